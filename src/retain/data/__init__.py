@@ -1,0 +1,27 @@
+"""Data layer: experiences, streams, scenario builders and offline data sets."""
+
+from retain.data.datasets import DATASETS, Dataset, DatasetNotFound, load_dataset
+from retain.data.experience import Experience, Stream
+from retain.data.scenarios import (
+    SCENARIOS,
+    build_scenario,
+    class_incremental,
+    permuted,
+    rotated,
+    task_incremental,
+)
+
+__all__ = [
+    "DATASETS",
+    "SCENARIOS",
+    "Dataset",
+    "DatasetNotFound",
+    "Experience",
+    "Stream",
+    "build_scenario",
+    "class_incremental",
+    "load_dataset",
+    "permuted",
+    "rotated",
+    "task_incremental",
+]

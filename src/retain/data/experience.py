@@ -1,0 +1,111 @@
+"""Experiences (one chunk of labeled data with its test split) and streams of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Experience:
+    """One chunk of labeled data that arrives at once, with the test split that judges it.
+
+    Labels are global class ids (``0 .. n_classes-1`` of the stream); ``task`` is the task
+    id used by per-task heads; ``id`` is the position in the stream.
+
+    >>> x = torch.zeros(4, 2)
+    >>> exp = Experience(x, torch.tensor([0, 1, 0, 1]), x[:2], torch.tensor([0, 1]), id=0)
+    >>> exp.classes, exp.n_train, exp.n_test
+    ((0, 1), 4, 2)
+    """
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    id: int = 0
+    task: int = 0
+    classes: tuple[int, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    t_train: Tensor | None = None
+    t_test: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+            if len(x) != len(y):
+                raise ValueError(
+                    f"experience {self.id}: x_{split} has {len(x)} rows but y_{split} has {len(y)}"
+                )
+        if not self.classes:
+            self.classes = tuple(sorted(set(self.y_train.tolist()) | set(self.y_test.tolist())))
+
+    @property
+    def n_train(self) -> int:
+        return len(self.y_train)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.y_test)
+
+    def train_tasks(self) -> Tensor:
+        """Task id of every training sample."""
+        if self.t_train is not None:
+            return self.t_train
+        return torch.full((self.n_train,), self.task, dtype=torch.long)
+
+    def test_tasks(self) -> Tensor:
+        """Task id of every test sample."""
+        if self.t_test is not None:
+            return self.t_test
+        return torch.full((self.n_test,), self.task, dtype=torch.long)
+
+
+@dataclass
+class Stream:
+    """An ordered sequence of experiences from one scenario.
+
+    >>> x = torch.zeros(2, 3)
+    >>> s = Stream([Experience(x, torch.tensor([0, 1]), x, torch.tensor([0, 1]))], n_classes=2)
+    >>> len(s), s[0].classes
+    (1, (0, 1))
+    """
+
+    experiences: list[Experience]
+    n_classes: int
+    name: str = "stream"
+    scenario: str = "class_incremental"
+    class_names: Sequence[str] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.experiences)
+
+    def __iter__(self) -> Iterator[Experience]:
+        return iter(self.experiences)
+
+    def __getitem__(self, i: int) -> Experience:
+        return self.experiences[i]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.experiences[0].x_train.shape[1:])
+
+    def merged(self) -> Experience:
+        """All experiences as one (the data a Joint upper bound trains on)."""
+        exps = self.experiences
+        return Experience(
+            torch.cat([e.x_train for e in exps]),
+            torch.cat([e.y_train for e in exps]),
+            torch.cat([e.x_test for e in exps]),
+            torch.cat([e.y_test for e in exps]),
+            id=0,
+            task=exps[0].task,
+            classes=tuple(sorted({c for e in exps for c in e.classes})),
+            metadata={"merged_from": [e.id for e in exps]},
+            t_train=torch.cat([e.train_tasks() for e in exps]),
+            t_test=torch.cat([e.test_tasks() for e in exps]),
+        )

@@ -1,0 +1,230 @@
+"""The Learner: a model, an optimizer and strategies, trained one experience at a time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from retain.data import Experience
+from retain.models import Classifier, MultiHead, build_model
+from retain.strategies import HOOKS, Strategy, implements, make_strategy
+
+FORMAT_VERSION = 1
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when a GPU is present, else the CPU.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but no CUDA GPU is available")
+    return torch.device(device)
+
+
+class Learner:
+    """Trains ``model`` on experiences with SGD and the given strategies.
+
+    Strategies compose: their hooks run in list order (see ``retain.strategies.base``). The
+    optimizer is rebuilt at every experience (a grown head has new parameters), so momentum
+    does not carry across experiences. Same model initialisation and seed, same numbers.
+
+    >>> from retain.data import class_incremental, digits
+    >>> from retain.models import make_model
+    >>> from retain.strategies import Replay
+    >>> torch.manual_seed(0) and None
+    >>> stream = class_incremental(digits(), 5)
+    >>> learner = Learner(make_model("mlp", stream.input_shape, 10, hidden=(64,)), [Replay(50)], epochs=3)
+    >>> for exp in stream:
+    ...     learner = learner.fit(exp)
+    >>> [round(a, 2) for a in learner.evaluate(stream)]
+    [0.81, 0.68, 0.86, 0.88, 0.99]
+    """
+
+    def __init__(
+        self,
+        model: Classifier,
+        strategies: Sequence[Strategy] = (),
+        *,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        batch_size: int = 32,
+        epochs: int = 1,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        for name, value, ok, allowed in (
+            ("lr", lr, lr > 0, "a positive number"),
+            ("momentum", momentum, 0 <= momentum < 1, "a number in [0, 1)"),
+            ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "an integer >= 1"),
+            ("epochs", epochs, isinstance(epochs, int) and epochs >= 1, "an integer >= 1"),
+        ):
+            if not ok:
+                raise ValueError(f"Learner {name} must be {allowed}, got {value!r}")
+        for s in strategies:
+            if not isinstance(s, Strategy):
+                raise TypeError(f"strategies must be retain Strategy objects, got {type(s).__name__}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.strategies = list(strategies)
+        self.lr, self.momentum, self.batch_size, self.epochs, self.seed = lr, momentum, batch_size, epochs, seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self._hooks = {h: [getattr(s, h) for s in self.strategies if implements(s, h)] for h in HOOKS}
+        self.seen_classes_: list[int] = []
+        self.task_classes_: dict[int, list[int]] = {}
+        self.experiences_seen_ = 0
+        self.steps_ = 0
+        # (x, y, t) of the current experience; before_experience hooks may replace it.
+        self.train_set: tuple[Tensor, Tensor, Tensor] | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # -- training ---------------------------------------------------------------------
+    def fit(self, experience: Experience) -> Learner:
+        """Train on one experience for ``epochs`` epochs, calling the strategies' hooks."""
+        if experience.n_train == 0:
+            raise ValueError(f"experience {experience.id} has no training samples")
+        self.train_set = (experience.x_train, experience.y_train, experience.train_tasks())
+        for hook in self._hooks["before_experience"]:
+            hook(self, experience)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum)
+        self.model.train()
+        x, y, t = self.train_set
+        for _ in range(self.epochs):
+            order = torch.randperm(len(y), generator=self.generator)
+            for start in range(0, len(y), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                self._step(x[idx].to(self.device), y[idx].to(self.device), t[idx].to(self.device))
+        self.train_set = None
+        self._remember(experience)
+        for hook in self._hooks["after_experience"]:
+            hook(self, experience)
+        self.experiences_seen_ += 1
+        return self
+
+    def _step(self, x: Tensor, y: Tensor, t: Tensor) -> None:
+        for hook in self._hooks["batch"]:
+            x, y, t = hook(self, x, y, t)
+        logits = self.model(x, t)
+        loss = F.cross_entropy(logits, y)
+        for hook in self._hooks["loss"]:
+            loss = loss + hook(self, x, y, t, logits)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for hook in self._hooks["after_backward"]:
+            hook(self)
+        self.optimizer.step()
+        self.steps_ += 1
+
+    def _remember(self, exp: Experience) -> None:
+        self.seen_classes_ = sorted(set(self.seen_classes_) | set(exp.classes))
+        known = set(self.task_classes_.get(exp.task, []))
+        self.task_classes_[exp.task] = sorted(known | set(exp.classes))
+
+    # -- inference --------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_logits(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 1024) -> Tensor:
+        """Logits over the global classes; ``t`` (task ids) is needed with per-task heads."""
+        if isinstance(self.model.head, MultiHead) and t is None:
+            raise ValueError("this model has per-task heads: pass the task id(s) t to predict")
+        if t is None or isinstance(t, int):
+            t = torch.full((len(x),), 0 if t is None else t, dtype=torch.long)
+        was_training = self.model.training
+        self.model.eval()
+        out = [
+            self.model(x[i:i + batch_size].to(self.device), t[i:i + batch_size].to(self.device)).cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+        self.model.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, self.model.head.n_outputs)
+
+    def predict(self, x: Tensor, t: Tensor | int | None = None) -> Tensor:
+        """Predicted class ids (``-1`` while the model has no output unit yet)."""
+        logits = self.predict_logits(x, t)
+        if logits.shape[1] == 0:
+            return torch.full((len(x),), -1, dtype=torch.long)
+        return logits.argmax(1)
+
+    def predict_proba(self, x: Tensor, t: Tensor | int | None = None) -> Tensor:
+        return self.predict_logits(x, t).softmax(1)
+
+    def score(self, experience: Experience) -> float:
+        """Accuracy on the experience's test split."""
+        if experience.n_test == 0:
+            raise ValueError(f"experience {experience.id} has no test samples")
+        pred = self.predict(experience.x_test, experience.test_tasks())
+        return float((pred == experience.y_test).float().mean())
+
+    def evaluate(self, experiences: Iterable[Experience]) -> list[float]:
+        """Accuracy on every experience's test split: one row of the accuracy matrix."""
+        return [self.score(e) for e in experiences]
+
+    # -- persistence ------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write the learner (model, strategy state, counters, random state) to ``directory``:
+        ``model.safetensors``, ``state.safetensors`` and ``learner.json``."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, Tensor] = {"learner.rng": self.generator.get_state()}
+        strategies = []
+        for i, s in enumerate(self.strategies):
+            extra = {}
+            for key, value in s.state_dict().items():
+                if isinstance(value, Tensor):
+                    tensors[f"{i}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    extra[key] = value
+            strategies.append({"name": s.name, "params": s.get_config(), "state": extra})
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                  path / "model.safetensors")
+        save_file(tensors, path / "state.safetensors")
+        meta = {
+            "format": FORMAT_VERSION,
+            "model": self.model.get_config(),
+            "learner": {"lr": self.lr, "momentum": self.momentum, "batch_size": self.batch_size,
+                        "epochs": self.epochs, "seed": self.seed},
+            "strategies": strategies,
+            "seen_classes": self.seen_classes_,
+            "task_classes": {str(k): v for k, v in self.task_classes_.items()},
+            "experiences_seen": self.experiences_seen_,
+            "steps": self.steps_,
+        }
+        (path / "learner.json").write_text(json.dumps(meta, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "auto") -> Learner:
+        """Rebuild a learner saved by :meth:`save`; training continues exactly where it stopped."""
+        path = Path(directory)
+        if not (path / "learner.json").is_file():
+            raise FileNotFoundError(f"{path} holds no saved learner (learner.json is missing)")
+        meta: dict[str, Any] = json.loads((path / "learner.json").read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported learner format {meta.get('format')!r}")
+        model = build_model(meta["model"])
+        model.load_state_dict(load_file(path / "model.safetensors"))
+        strategies = [make_strategy(s["name"], **s["params"]) for s in meta["strategies"]]
+        learner = cls(model, strategies, device=device, **meta["learner"])
+        tensors = load_file(path / "state.safetensors")
+        learner.generator.set_state(tensors["learner.rng"])
+        for i, (s, saved) in enumerate(zip(strategies, meta["strategies"], strict=True)):
+            prefix = f"{i}."
+            state = dict(saved["state"]) | {
+                k[len(prefix):]: v.to(learner.device) for k, v in tensors.items() if k.startswith(prefix)
+            }
+            s.load_state_dict(state, learner)
+        learner.seen_classes_ = meta["seen_classes"]
+        learner.task_classes_ = {int(k): v for k, v in meta["task_classes"].items()}
+        learner.experiences_seen_, learner.steps_ = meta["experiences_seen"], meta["steps"]
+        return learner

@@ -1,0 +1,65 @@
+"""A classifier is a backbone plus a head; it can be rebuilt from its config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from retain.models.backbones import BACKBONES
+from retain.models.heads import HEADS
+
+
+class Classifier(nn.Module):
+    """``backbone`` features followed by ``head`` logits over the global classes.
+
+    >>> import torch
+    >>> model = make_model("mlp", (1, 8, 8), n_classes=10, hidden=(32,))
+    >>> model(torch.zeros(5, 1, 8, 8)).shape
+    torch.Size([5, 10])
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        return self.head(self.backbone(x), t)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"backbone": self.backbone.get_config(), "head": self.head.get_config()}
+
+
+def build_model(config: dict[str, Any]) -> Classifier:
+    """Rebuild a classifier (with its current head sizes) from ``get_config()``."""
+    backbone_cfg = dict(config["backbone"])
+    backbone = BACKBONES[backbone_cfg.pop("name")](**backbone_cfg)
+    head_cfg = dict(config["head"])
+    head = HEADS[head_cfg.pop("kind")](**head_cfg)
+    return Classifier(backbone, head)
+
+
+def make_model(
+    name: str, input_shape: tuple[int, ...], n_classes: int, head: str = "fixed", **options: Any
+) -> Classifier:
+    """Build a fresh classifier for inputs of ``input_shape`` (without the batch axis).
+
+    ``head`` is ``fixed`` (all ``n_classes`` units from the start), ``growing`` (units appear
+    with the classes) or ``per_task`` (one head per task); the last two start empty.
+    """
+    if name == "mlp":
+        in_features = 1
+        for d in input_shape:
+            in_features *= d
+        backbone = BACKBONES["mlp"](in_features, **options)
+    elif name == "cnn":
+        backbone = BACKBONES["cnn"](input_shape[0], input_shape[-1], **options)
+    else:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(BACKBONES)}")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
+    n_out = n_classes if head == "fixed" else 0
+    return Classifier(backbone, HEADS[head](backbone.out_features, n_out))

@@ -1,0 +1,127 @@
+"""Classifier heads: fixed, growing with new classes, or one per task.
+
+Every head maps features ``(B, F)`` and task ids ``(B,)`` to logits over the global classes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+# Logit given to classes a per-task head cannot output: finite, so softmax and KL stay NaN-free.
+NEG = -1e9
+
+
+def _linear(in_features: int, n_outputs: int) -> nn.Linear:
+    with warnings.catch_warnings():  # an empty head is legitimate: it grows later
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        return nn.Linear(in_features, n_outputs)
+
+
+class LinearHead(nn.Module):
+    """A plain linear layer with a fixed number of classes; ignores task ids."""
+
+    def __init__(self, in_features: int, n_outputs: int) -> None:
+        super().__init__()
+        self.in_features, self.n_outputs = in_features, n_outputs
+        self.fc = nn.Linear(in_features, n_outputs)
+
+    def forward(self, h: Tensor, t: Tensor | None = None) -> Tensor:
+        return self.fc(h)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"kind": "fixed", "in_features": self.in_features, "n_outputs": self.n_outputs}
+
+
+class IncrementalHead(nn.Module):
+    """A linear head that appends output units when new classes appear.
+
+    Growing copies the old weights, so the logits of known classes are unchanged.
+
+    >>> head = IncrementalHead(4, 2)
+    >>> h = torch.randn(3, 4)
+    >>> before = head(h)
+    >>> head.grow(5)
+    True
+    >>> head(h).shape, bool(torch.equal(head(h)[:, :2], before))
+    (torch.Size([3, 5]), True)
+    """
+
+    def __init__(self, in_features: int, n_outputs: int = 0) -> None:
+        super().__init__()
+        self.in_features, self.n_outputs = in_features, n_outputs
+        self.fc = _linear(in_features, n_outputs)
+
+    def grow(self, n_outputs: int) -> bool:
+        """Widen to ``n_outputs`` units; returns whether anything changed."""
+        if n_outputs <= self.n_outputs:
+            return False
+        old = self.fc
+        self.fc = _linear(self.in_features, n_outputs).to(old.weight.device)
+        with torch.no_grad():
+            self.fc.weight[: self.n_outputs] = old.weight
+            self.fc.bias[: self.n_outputs] = old.bias
+        self.n_outputs = n_outputs
+        return True
+
+    def forward(self, h: Tensor, t: Tensor | None = None) -> Tensor:
+        return self.fc(h)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"kind": "growing", "in_features": self.in_features, "n_outputs": self.n_outputs}
+
+
+class MultiHead(nn.Module):
+    """One linear head per task; each sample is scored by its task's head only.
+
+    The other classes get the logit ``NEG`` so predictions stay inside the task's classes.
+
+    >>> head = MultiHead(4, n_outputs=4)
+    >>> head.add_task(0, [0, 1]); head.add_task(1, [2, 3])
+    >>> out = head(torch.randn(2, 4), torch.tensor([0, 1]))
+    >>> out.argmax(1).tolist()[1] in (2, 3), bool(out[0, 2] == NEG)
+    (True, True)
+    """
+
+    def __init__(self, in_features: int, n_outputs: int = 0,
+                 task_classes: dict[int, Sequence[int]] | None = None) -> None:
+        super().__init__()
+        self.in_features, self.n_outputs = in_features, n_outputs
+        self.heads = nn.ModuleDict()
+        self.task_classes: dict[int, list[int]] = {}
+        for task, classes in (task_classes or {}).items():
+            self.add_task(int(task), classes)
+
+    def add_task(self, task: int, classes: Sequence[int]) -> None:
+        """Create the head of ``task`` for ``classes`` (no-op when it exists)."""
+        if task in self.task_classes:
+            return
+        device = next(self.parameters(), torch.empty(0)).device
+        self.heads[str(task)] = nn.Linear(self.in_features, len(classes)).to(device)
+        self.task_classes[task] = sorted(int(c) for c in classes)
+        self.n_outputs = max(self.n_outputs, max(classes) + 1)
+
+    def forward(self, h: Tensor, t: Tensor | None = None) -> Tensor:
+        if t is None:
+            raise ValueError("a per-task head needs the task id of every sample")
+        # Written without in-place writes so torch.func (per-sample gradients) can trace it.
+        out = h.new_zeros((len(h), self.n_outputs))  # an unknown task keeps uniform logits
+        for task in t.unique().tolist():
+            if task not in self.task_classes:
+                continue
+            place = torch.zeros(len(self.task_classes[task]), self.n_outputs, device=h.device)
+            place[range(len(self.task_classes[task])), self.task_classes[task]] = 1.0
+            scores = self.heads[str(task)](h) @ place + NEG * (1.0 - place.sum(0))
+            out = torch.where((t == task).unsqueeze(1), scores, out)
+        return out
+
+    def get_config(self) -> dict[str, Any]:
+        return {"kind": "per_task", "in_features": self.in_features, "n_outputs": self.n_outputs,
+                "task_classes": {str(k): v for k, v in self.task_classes.items()}}
+
+
+HEADS = {"fixed": LinearHead, "growing": IncrementalHead, "per_task": MultiHead}

@@ -1,0 +1,56 @@
+"""Strategies: one file per continual-learning method, each a few hooks of the contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from retain.strategies.base import HOOKS, Strategy, implements
+from retain.strategies.cumulative import Cumulative
+from retain.strategies.ewc import EWC
+from retain.strategies.finetune import Finetune
+from retain.strategies.growing_head import GrowingHead
+from retain.strategies.joint import Joint
+from retain.strategies.l2 import L2
+from retain.strategies.lwf import LwF
+from retain.strategies.memory import Memory
+from retain.strategies.replay import Replay
+from retain.strategies.task_heads import TaskHeads
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (Finetune, Cumulative, Joint, Replay, L2, EWC, LwF, GrowingHead, TaskHeads)
+}
+
+
+def make_strategy(name: str, **params: Any) -> Strategy:
+    """Build a strategy by its registry name.
+
+    >>> make_strategy("replay", memory_size=50).memory_size
+    50
+    >>> make_strategy("rehearsal")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown strategy 'rehearsal'; choose one of: finetune, cumulative, joint, replay, l2, ewc, lwf, growing_head, task_heads
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](**params)
+
+
+__all__ = [
+    "EWC",
+    "HOOKS",
+    "L2",
+    "STRATEGIES",
+    "Cumulative",
+    "Finetune",
+    "GrowingHead",
+    "Joint",
+    "LwF",
+    "Memory",
+    "Replay",
+    "Strategy",
+    "TaskHeads",
+    "implements",
+    "make_strategy",
+]

@@ -1,0 +1,83 @@
+"""The strategy contract: five optional hooks that the learner calls in a fixed order.
+
+Per step the learner calls ``batch`` (may add samples), the model, ``loss`` (terms added to
+the cross-entropy), ``backward``, ``after_backward`` (may edit gradients), then the optimizer.
+Around each experience it calls ``before_experience`` and ``after_experience``.
+
+A batch is ``(x, y, t)``: inputs, global class labels and task ids. The task ids are part of
+the batch (DESIGN.md names only ``x, y``) because per-task heads and replay across tasks need
+to know which head scores which sample.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from retain.data import Experience
+    from retain.engine import Learner
+
+HOOKS = ("before_experience", "batch", "loss", "after_backward", "after_experience")
+
+# Strategy parameters are validated on construction: a wrong type, an unknown name or an
+# impossible value raises pydantic's ValidationError naming the field.
+params = dataclass(config=ConfigDict(extra="forbid", arbitrary_types_allowed=True))
+
+
+class Strategy:
+    """Base class: every hook is optional and does nothing by default.
+
+    Subclasses are ``@params`` dataclasses: fields are hyper-parameters, learned state is set
+    in ``__post_init__`` and ends in ``_``; ``state_dict`` returns it (tensors or JSON values).
+    """
+
+    name: ClassVar[str] = "strategy"
+    family: ClassVar[str] = "baseline"
+    # Joint trains once on the whole stream instead of experience by experience.
+    whole_stream: ClassVar[bool] = False
+
+    def before_experience(self, learner: Learner, exp: Experience) -> None:
+        """Before training on ``exp``: grow heads, snapshot the old model, edit the train set."""
+
+    def batch(self, learner: Learner, x: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Each step: return the batch to train on (e.g. with replayed samples appended)."""
+        return x, y, t
+
+    def loss(self, learner: Learner, x: Tensor, y: Tensor, t: Tensor, logits: Tensor) -> Tensor:
+        """Each step: a term added to the task loss (penalty or distillation)."""
+        raise NotImplementedError
+
+    def after_backward(self, learner: Learner) -> None:
+        """After ``backward()``, before the optimizer step: edit gradients."""
+
+    def after_experience(self, learner: Learner, exp: Experience) -> None:
+        """After training on ``exp``: estimate importances, update memories."""
+
+    def get_config(self) -> dict[str, Any]:
+        """Hyper-parameters, enough to rebuild the strategy."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Learned state: a flat dict of tensors and JSON-able values."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any], learner: Learner) -> None:
+        """Restore what ``state_dict`` returned (tensors already on the learner's device)."""
+
+
+def implements(strategy: Strategy, hook: str) -> bool:
+    """Whether ``strategy`` overrides ``hook`` (the learner skips the ones it does not)."""
+    return getattr(type(strategy), hook) is not getattr(Strategy, hook)
+
+
+def flatten(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {f"{prefix}.{k}": v for k, v in tensors.items()}
+
+
+def unflatten(prefix: str, state: dict[str, Any]) -> dict[str, Tensor]:
+    cut = len(prefix) + 1
+    return {k[cut:]: v for k, v in state.items() if k.startswith(prefix + ".")}

@@ -1,0 +1,82 @@
+"""Elastic weight consolidation: anchor each weight in proportion to how much it mattered."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat, PositiveInt
+from typing_extensions import Annotated
+
+from retain.strategies.base import Strategy, flatten, params, unflatten
+from retain.strategies.importance import fisher_diagonal, quadratic_penalty, snapshot
+
+
+@params
+class EWC(Strategy):
+    """Elastic Weight Consolidation (Kirkpatrick et al. 2017, PNAS).
+
+    After each experience the diagonal Fisher ``F`` is estimated from per-sample gradients on
+    its training data (``fisher_samples`` of them, all when unset), and training adds
+    ``(lam / 2) * sum_i F_i (theta_i - theta*_i)^2``.
+
+    Normalisation: ``F`` is the *mean* squared per-sample gradient of the log-likelihood
+    (empirical Fisher), so it does not change with data-set size or batch size. With that
+    scale the penalty is the Laplace approximation of the old posterior when ``lam`` equals the
+    number of old training samples: ``lam`` reads as "how many samples' worth of evidence the
+    old experience is worth".
+
+    ``mode="separate"`` keeps one (F, theta*) pair per experience (state grows by one model's
+    size per experience); ``mode="online"`` keeps a single running ``F <- decay * F + F_new``
+    anchored at the latest weights (online EWC, Schwarz et al. 2018, "Progress & Compress").
+    """
+
+    lam: NonNegativeFloat = 1000.0
+    mode: Literal["separate", "online"] = "separate"
+    decay: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    fisher_samples: PositiveInt | None = None
+    seed: int = 0
+
+    name = "ewc"
+    family = "regularization"
+
+    def __post_init__(self) -> None:
+        self.anchors_: list[dict[str, torch.Tensor]] = []
+        self.fishers_: list[dict[str, torch.Tensor]] = []
+
+    def loss(self, learner, x, y, t, logits):
+        total = logits.new_zeros(())
+        for anchor, fisher in zip(self.anchors_, self.fishers_, strict=True):
+            total = total + quadratic_penalty(learner.model, anchor, fisher)
+        return 0.5 * self.lam * total
+
+    def after_experience(self, learner, exp) -> None:
+        x, y, t = exp.x_train, exp.y_train, exp.train_tasks()
+        if self.fisher_samples is not None and self.fisher_samples < len(y):
+            g = torch.Generator().manual_seed(self.seed + exp.id)
+            keep = torch.randperm(len(y), generator=g)[: self.fisher_samples]
+            x, y, t = x[keep], y[keep], t[keep]
+        fisher = fisher_diagonal(learner, x, y, t)
+        if self.mode == "online" and self.fishers_:
+            old = self.fishers_[0]
+            fisher = {k: f + self.decay * _pad(old[k], f.shape) if k in old else f for k, f in fisher.items()}
+            self.anchors_, self.fishers_ = [], []
+        self.anchors_.append(snapshot(learner.model))
+        self.fishers_.append(fisher)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"count": len(self.anchors_)}
+        for i, (a, f) in enumerate(zip(self.anchors_, self.fishers_, strict=True)):
+            state |= flatten(f"anchor{i}", a) | flatten(f"fisher{i}", f)
+        return state
+
+    def load_state_dict(self, state, learner) -> None:
+        n = int(state.get("count", 0))
+        self.anchors_ = [unflatten(f"anchor{i}", state) for i in range(n)]
+        self.fishers_ = [unflatten(f"fisher{i}", state) for i in range(n)]
+
+
+def _pad(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Zero-pad ``t`` at the end of dim 0 to ``shape`` (a head that grew since)."""
+    return F.pad(t, [0, 0] * (t.dim() - 1) + [0, shape[0] - t.shape[0]]) if t.shape != shape else t

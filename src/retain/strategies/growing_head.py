@@ -1,0 +1,34 @@
+"""Dynamic architecture: a classifier head that grows when new classes appear."""
+
+from __future__ import annotations
+
+import torch
+
+from retain.models import IncrementalHead, LinearHead
+from retain.strategies.base import Strategy, params
+
+
+@params
+class GrowingHead(Strategy):
+    """Add one output unit per new class before training on it, copying the old units so the
+    logits of known classes are untouched (the expanding classifier of iCaRL, Rebuffi et al.
+    2017, and Avalanche's ``IncrementalClassifier``). Unseen classes get no unit, so they
+    cannot steal probability mass before they exist. Put it first in a strategy list.
+    """
+
+    name = "growing_head"
+    family = "architecture"
+
+    def before_experience(self, learner, exp) -> None:
+        model = learner.model
+        if isinstance(model.head, LinearHead):
+            # Take over a fixed head, keeping only the units of classes already learned.
+            fixed = model.head
+            keep = max(learner.seen_classes_) + 1 if learner.seen_classes_ else 0
+            model.head = IncrementalHead(fixed.in_features, keep).to(learner.device)
+            with torch.no_grad():
+                model.head.fc.weight.copy_(fixed.fc.weight[:keep])
+                model.head.fc.bias.copy_(fixed.fc.bias[:keep])
+        if not isinstance(model.head, IncrementalHead):
+            raise ValueError(f"growing_head needs a linear head, the model has {type(model.head).__name__}")
+        model.head.grow(max(exp.classes) + 1)

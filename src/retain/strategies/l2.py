@@ -1,0 +1,42 @@
+"""L2 regularization: keep the weights near those learned on the previous experiences."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import NonNegativeFloat
+
+from retain.strategies.base import Strategy, flatten, params, unflatten
+from retain.strategies.importance import quadratic_penalty, snapshot
+
+
+@params
+class L2(Strategy):
+    """Isotropic weight anchoring: adds ``(lam / 2) * sum_i (theta_i - theta*_i)^2``, with
+    ``theta*`` the weights at the end of the previous experience.
+
+    EWC with every importance equal to one; the "L2" baseline of Kirkpatrick et al. 2017
+    ("Overcoming catastrophic forgetting in neural networks", Fig. 2).
+    """
+
+    lam: NonNegativeFloat = 1.0
+
+    name = "l2"
+    family = "regularization"
+
+    def __post_init__(self) -> None:
+        self.anchor_: dict = {}
+
+    def loss(self, learner, x, y, t, logits):
+        if not self.anchor_:
+            return logits.new_zeros(())
+        return 0.5 * self.lam * quadratic_penalty(learner.model, self.anchor_, None)
+
+    def after_experience(self, learner, exp) -> None:
+        self.anchor_ = snapshot(learner.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return flatten("anchor", self.anchor_)
+
+    def load_state_dict(self, state, learner) -> None:
+        self.anchor_ = unflatten("anchor", state)

@@ -1,0 +1,83 @@
+"""Learning without Forgetting: keep the old model's outputs on new data."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from pydantic import NonNegativeFloat, PositiveFloat
+
+from retain.models import MultiHead, build_model
+from retain.strategies.base import Strategy, flatten, params, unflatten
+from retain.strategies.importance import distillation
+
+
+@params
+class LwF(Strategy):
+    """Learning without Forgetting (Li & Hoiem 2017, TPAMI).
+
+    Before each new experience the current model is frozen; training then adds
+    ``alpha * T^2 * KL(old || new)`` on the old classes' softened outputs (temperature ``T``)
+    for the new inputs. With per-task heads each old task's head is distilled on its own.
+    """
+
+    alpha: NonNegativeFloat = 1.0
+    temperature: PositiveFloat = 2.0
+
+    name = "lwf"
+    family = "regularization"
+
+    def __post_init__(self) -> None:
+        self.old_model_: torch.nn.Module | None = None
+        self.old_tasks_: dict[int, list[int]] = {}
+
+    def before_experience(self, learner, exp) -> None:
+        if not learner.seen_classes_:
+            return
+        self.old_model_ = _frozen(copy.deepcopy(learner.model))
+        self.old_tasks_ = {k: list(v) for k, v in learner.task_classes_.items()}
+
+    def loss(self, learner, x, y, t, logits):
+        if self.old_model_ is None:
+            return logits.new_zeros(())
+        model = learner.model
+        if not isinstance(model.head, MultiHead):
+            old_classes = sorted({c for cs in self.old_tasks_.values() for c in cs})
+            with torch.no_grad():
+                old = self.old_model_(x, t)[:, old_classes]
+            return self.alpha * distillation(logits[:, old_classes], old, self.temperature)
+        h = model.features(x)
+        with torch.no_grad():
+            h_old = self.old_model_.features(x)
+        total = logits.new_zeros(())
+        for task, classes in self.old_tasks_.items():
+            tt = torch.full_like(t, task)
+            total = total + distillation(
+                model.head(h, tt)[:, classes],
+                self.old_model_.head(h_old, tt)[:, classes].detach(),
+                self.temperature,
+            )
+        return self.alpha * total
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.old_model_ is None:
+            return {}
+        return {"config": self.old_model_.get_config(), "tasks": self.old_tasks_} | flatten(
+            "old", self.old_model_.state_dict()
+        )
+
+    def load_state_dict(self, state, learner) -> None:
+        if not state:
+            return
+        old = build_model(state["config"]).to(learner.device)
+        old.load_state_dict(unflatten("old", state))
+        self.old_model_ = _frozen(old)
+        self.old_tasks_ = {int(k): v for k, v in state["tasks"].items()}
+
+
+def _frozen(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

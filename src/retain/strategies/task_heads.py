@@ -1,0 +1,24 @@
+"""Dynamic architecture: one classifier head per task (task-incremental learning)."""
+
+from __future__ import annotations
+
+from retain.models import MultiHead
+from retain.strategies.base import Strategy, params
+
+
+@params
+class TaskHeads(Strategy):
+    """A new linear head for each new task over a shared backbone ("multi-headed" setup of
+    Li & Hoiem 2017 and the task-incremental protocol of van de Ven & Tolias 2019). At
+    prediction each sample is scored by the head of its task, so tasks cannot interfere in
+    the output layer. Needs task ids at test time. Put it first in a strategy list.
+    """
+
+    name = "task_heads"
+    family = "architecture"
+
+    def before_experience(self, learner, exp) -> None:
+        model = learner.model
+        if not isinstance(model.head, MultiHead):
+            model.head = MultiHead(model.head.in_features, 0).to(learner.device)
+        model.head.add_task(exp.task, exp.classes)
