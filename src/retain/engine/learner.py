@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,17 @@ class Learner:
     optimizer is rebuilt at every experience (a grown head has new parameters), so momentum
     does not carry across experiences. Same model initialisation and seed, same numbers.
 
-    >>> from retain.data import class_incremental, digits
+    >>> from retain.data import class_incremental, load_dataset
     >>> from retain.models import make_model
     >>> from retain.strategies import Replay
-    >>> torch.manual_seed(0) and None
-    >>> stream = class_incremental(digits(), 5)
-    >>> learner = Learner(make_model("mlp", stream.input_shape, 10, hidden=(64,)), [Replay(50)], epochs=3)
+    >>> stream = class_incremental(load_dataset("digits"), 5)
+    >>> _ = torch.manual_seed(0)
+    >>> model = make_model("mlp", stream.input_shape, 10, hidden=(128,))
+    >>> learner = Learner(model, [Replay(100)], epochs=5, lr=0.05, device="cpu")
     >>> for exp in stream:
     ...     learner = learner.fit(exp)
     >>> [round(a, 2) for a in learner.evaluate(stream)]
-    [0.81, 0.68, 0.86, 0.88, 0.99]
+    [0.87, 0.89, 0.92, 0.95, 0.88]
     """
 
     def __init__(
@@ -126,6 +128,15 @@ class Learner:
             hook(self)
         self.optimizer.step()
         self.steps_ += 1
+
+    @contextlib.contextmanager
+    def seeded(self) -> Iterator[None]:
+        """Run a block (e.g. initialising a new head) on torch's global RNG seeded from the
+        learner's own generator, so a saved and reloaded learner grows identically."""
+        seed = int(torch.randint(2**62, (1,), generator=self.generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
 
     def _remember(self, exp: Experience) -> None:
         self.seen_classes_ = sorted(set(self.seen_classes_) | set(exp.classes))

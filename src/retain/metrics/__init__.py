@@ -2,8 +2,8 @@
 
 from retain.metrics.accuracy import (
     accuracy_curve,
-    average_accuracy,
     avalanche_forgetting,
+    average_accuracy,
     bwt,
     forgetting,
     forgetting_per_experience,

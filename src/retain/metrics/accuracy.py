@@ -16,7 +16,10 @@ Matrix = Sequence[Sequence[float]] | np.ndarray
 
 
 def _square(R: Matrix) -> np.ndarray:
-    R = np.asarray(R, dtype=float)
+    try:
+        R = np.asarray(R, dtype=float)
+    except ValueError:
+        raise ValueError("the accuracy matrix must be square T x T; its rows differ in length") from None
     if R.ndim != 2 or R.shape[0] != R.shape[1] or R.shape[0] == 0:
         raise ValueError(f"the accuracy matrix must be square T x T with T >= 1, got shape {R.shape}")
     return R
@@ -51,6 +54,8 @@ def forgetting_per_experience(R: Matrix) -> np.ndarray:
     [0.8, -0.19999999999999996]
     """
     R = _square(R)
+    if R.shape[0] == 1:
+        return np.empty(0)
     return R[:-1, :-1].max(axis=0) - R[-1, :-1]
 
 

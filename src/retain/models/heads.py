@@ -5,7 +5,6 @@ Every head maps features ``(B, F)`` and task ids ``(B,)`` to logits over the glo
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,12 +13,6 @@ from torch import Tensor, nn
 
 # Logit given to classes a per-task head cannot output: finite, so softmax and KL stay NaN-free.
 NEG = -1e9
-
-
-def _linear(in_features: int, n_outputs: int) -> nn.Linear:
-    with warnings.catch_warnings():  # an empty head is legitimate: it grows later
-        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
-        return nn.Linear(in_features, n_outputs)
 
 
 class LinearHead(nn.Module):
@@ -38,9 +31,10 @@ class LinearHead(nn.Module):
 
 
 class IncrementalHead(nn.Module):
-    """A linear head that appends output units when new classes appear.
+    """A linear head that gains output units when new classes appear.
 
-    Growing copies the old weights, so the logits of known classes are unchanged.
+    Each growth appends a separate block of units; the old blocks and their weights are left
+    as they are, so the logits of known classes stay bit-for-bit the same.
 
     >>> head = IncrementalHead(4, 2)
     >>> h = torch.randn(3, 4)
@@ -51,28 +45,30 @@ class IncrementalHead(nn.Module):
     (torch.Size([3, 5]), True)
     """
 
-    def __init__(self, in_features: int, n_outputs: int = 0) -> None:
+    def __init__(self, in_features: int, n_outputs: int = 0, blocks: Sequence[int] | None = None) -> None:
         super().__init__()
-        self.in_features, self.n_outputs = in_features, n_outputs
-        self.fc = _linear(in_features, n_outputs)
+        self.in_features, self.n_outputs = in_features, 0
+        self.blocks = nn.ModuleList()
+        for size in blocks if blocks is not None else ([n_outputs] if n_outputs else []):
+            self.grow(self.n_outputs + size)
 
     def grow(self, n_outputs: int) -> bool:
         """Widen to ``n_outputs`` units; returns whether anything changed."""
         if n_outputs <= self.n_outputs:
             return False
-        old = self.fc
-        self.fc = _linear(self.in_features, n_outputs).to(old.weight.device)
-        with torch.no_grad():
-            self.fc.weight[: self.n_outputs] = old.weight
-            self.fc.bias[: self.n_outputs] = old.bias
+        device = self.blocks[0].weight.device if len(self.blocks) else None
+        self.blocks.append(nn.Linear(self.in_features, n_outputs - self.n_outputs, device=device))
         self.n_outputs = n_outputs
         return True
 
     def forward(self, h: Tensor, t: Tensor | None = None) -> Tensor:
-        return self.fc(h)
+        if not len(self.blocks):
+            return h.new_zeros((len(h), 0))
+        return torch.cat([block(h) for block in self.blocks], dim=1)
 
     def get_config(self) -> dict[str, Any]:
-        return {"kind": "growing", "in_features": self.in_features, "n_outputs": self.n_outputs}
+        return {"kind": "growing", "in_features": self.in_features,
+                "blocks": [b.out_features for b in self.blocks]}
 
 
 class MultiHead(nn.Module):

@@ -30,7 +30,7 @@ def make_strategy(name: str, **params: Any) -> Strategy:
     >>> make_strategy("rehearsal")
     Traceback (most recent call last):
     ...
-    ValueError: unknown strategy 'rehearsal'; choose one of: finetune, cumulative, joint, replay, l2, ewc, lwf, growing_head, task_heads
+    ValueError: unknown strategy 'rehearsal'; choose one of: finetune, cumulative, ...
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveInt
-from typing_extensions import Annotated
 
 from retain.strategies.base import Strategy, flatten, params, unflatten
 from retain.strategies.importance import fisher_diagonal, quadratic_penalty, snapshot
@@ -25,7 +25,10 @@ class EWC(Strategy):
     (empirical Fisher), so it does not change with data-set size or batch size. With that
     scale the penalty is the Laplace approximation of the old posterior when ``lam`` equals the
     number of old training samples: ``lam`` reads as "how many samples' worth of evidence the
-    old experience is worth".
+    old experience is worth". The default 1000 was the best trade-off on Permuted and
+    task-incremental Split MNIST-5k with SGD at lr 0.01; at 10000 that optimizer would diverge
+    without a guard, so each ``F_i`` is capped at ``1 / (lr * lam)``: the stiffest the optimizer
+    can follow, at which a weight is pulled fully back to its anchor every step.
 
     ``mode="separate"`` keeps one (F, theta*) pair per experience (state grows by one model's
     size per experience); ``mode="online"`` keeps a single running ``F <- decay * F + F_new``
@@ -44,12 +47,19 @@ class EWC(Strategy):
     def __post_init__(self) -> None:
         self.anchors_: list[dict[str, torch.Tensor]] = []
         self.fishers_: list[dict[str, torch.Tensor]] = []
+        self._merged: tuple[dict, dict] | None = None
 
     def loss(self, learner, x, y, t, logits):
-        total = logits.new_zeros(())
-        for anchor, fisher in zip(self.anchors_, self.fishers_, strict=True):
-            total = total + quadratic_penalty(learner.model, anchor, fisher)
-        return 0.5 * self.lam * total
+        if not self.anchors_:
+            return logits.new_zeros(())
+        if self._merged is None:
+            anchor, fisher = _merge(self.anchors_, self.fishers_)
+            # Stiffness above 1/lr makes SGD overshoot and diverge; capped, such a weight is
+            # still pulled fully back to its anchor at every step.
+            cap = 1.0 / (learner.lr * self.lam) if self.lam > 0 else math.inf
+            self._merged = anchor, {k: f.clamp(max=cap) for k, f in fisher.items()}
+        anchor, fisher = self._merged
+        return 0.5 * self.lam * quadratic_penalty(learner.model, anchor, fisher)
 
     def after_experience(self, learner, exp) -> None:
         x, y, t = exp.x_train, exp.y_train, exp.train_tasks()
@@ -64,6 +74,7 @@ class EWC(Strategy):
             self.anchors_, self.fishers_ = [], []
         self.anchors_.append(snapshot(learner.model))
         self.fishers_.append(fisher)
+        self._merged = None
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"count": len(self.anchors_)}
@@ -75,6 +86,21 @@ class EWC(Strategy):
         n = int(state.get("count", 0))
         self.anchors_ = [unflatten(f"anchor{i}", state) for i in range(n)]
         self.fishers_ = [unflatten(f"fisher{i}", state) for i in range(n)]
+        self._merged = None
+
+
+def _merge(anchors: list[dict], fishers: list[dict]) -> tuple[dict, dict]:
+    """One quadratic with the gradient of the sum of the per-experience ones: ``sum_k F_k
+    (theta - a_k)^2 = F (theta - a)^2 + const`` with ``F = sum_k F_k``, ``a = sum_k F_k a_k / F``.
+    Each step then pays for one penalty however many experiences came before."""
+    names = anchors[-1].keys()
+    shape = {k: anchors[-1][k].shape for k in names}
+    fisher = {k: sum(_pad(f[k], shape[k]) for f in fishers if k in f) for k in names}
+    weighted = {k: sum(_pad(f[k] * a[k], shape[k]) for a, f in zip(anchors, fishers, strict=True) if k in f)
+                for k in names}
+    anchor = {k: torch.where(fisher[k] > 0, weighted[k] / fisher[k].clamp_min(1e-30), anchors[-1][k])
+              for k in names}
+    return anchor, fisher
 
 
 def _pad(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -20,15 +20,20 @@ class GrowingHead(Strategy):
     family = "architecture"
 
     def before_experience(self, learner, exp) -> None:
+        with learner.seeded():
+            self._grow(learner, exp)
+
+    def _grow(self, learner, exp) -> None:
         model = learner.model
         if isinstance(model.head, LinearHead):
             # Take over a fixed head, keeping only the units of classes already learned.
             fixed = model.head
             keep = max(learner.seen_classes_) + 1 if learner.seen_classes_ else 0
             model.head = IncrementalHead(fixed.in_features, keep).to(learner.device)
-            with torch.no_grad():
-                model.head.fc.weight.copy_(fixed.fc.weight[:keep])
-                model.head.fc.bias.copy_(fixed.fc.bias[:keep])
+            if keep:
+                with torch.no_grad():
+                    model.head.blocks[0].weight.copy_(fixed.fc.weight[:keep])
+                    model.head.blocks[0].bias.copy_(fixed.fc.bias[:keep])
         if not isinstance(model.head, IncrementalHead):
             raise ValueError(f"growing_head needs a linear head, the model has {type(model.head).__name__}")
         model.head.grow(max(exp.classes) + 1)

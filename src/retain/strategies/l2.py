@@ -19,7 +19,7 @@ class L2(Strategy):
     ("Overcoming catastrophic forgetting in neural networks", Fig. 2).
     """
 
-    lam: NonNegativeFloat = 1.0
+    lam: NonNegativeFloat = 0.1
 
     name = "l2"
     family = "regularization"

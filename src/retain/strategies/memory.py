@@ -68,7 +68,7 @@ class Memory:
     def _class_balanced(self, x: Tensor, y: Tensor, t: Tensor, generator: torch.Generator | None) -> None:
         # Old samples first (already a random subset), then the new ones in random order.
         order = torch.randperm(len(y), generator=generator)
-        all_x, all_y, all_t = torch.cat([self.x, x[order]]), torch.cat([self.y, y[order]]), torch.cat([self.t, t[order]])
+        all_x, all_y, all_t = (torch.cat([old, new[order]]) for old, new in ((self.x, x), (self.y, y), (self.t, t)))
         classes = all_y.unique()
         quota = torch.full((len(classes),), self.size // len(classes))
         quota[: self.size % len(classes)] += 1

@@ -19,6 +19,7 @@ class TaskHeads(Strategy):
 
     def before_experience(self, learner, exp) -> None:
         model = learner.model
-        if not isinstance(model.head, MultiHead):
-            model.head = MultiHead(model.head.in_features, 0).to(learner.device)
-        model.head.add_task(exp.task, exp.classes)
+        with learner.seeded():
+            if not isinstance(model.head, MultiHead):
+                model.head = MultiHead(model.head.in_features, 0).to(learner.device)
+            model.head.add_task(exp.task, exp.classes)

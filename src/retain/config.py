@@ -1,0 +1,196 @@
+"""Run configuration: YAML validated by pydantic, every bad value refused with its field named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from retain.data.datasets import N_CLASSES
+from retain.strategies import STRATEGIES, Strategy, make_strategy
+
+HEAD_STRATEGY = {"growing": "growing_head", "per_task": "task_heads"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScenarioConfig(_Strict):
+    """Which data, cut into which stream."""
+
+    dataset: Literal["digits", "mnist5k", "fashion_mnist"]
+    path: str | None = Field(None, description="directory of the IDX files (fashion_mnist only)")
+    kind: Literal["class_incremental", "task_incremental", "permuted", "rotated"] = "class_incremental"
+    n_experiences: PositiveInt = 5
+    class_order: list[NonNegativeInt] | None = None
+    shuffle_seed: int | None = Field(None, description="shuffle the class order with this seed")
+    test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _fits_the_classes(self) -> ScenarioConfig:
+        n = N_CLASSES[self.dataset]
+        if self.kind in ("class_incremental", "task_incremental") and self.n_experiences > n:
+            raise ValueError(
+                f"n_experiences is {self.n_experiences} but {self.dataset} has only {n} classes: "
+                f"allowed is 1..{n} for a {self.kind} stream"
+            )
+        if self.class_order is not None and sorted(self.class_order) != list(range(n)):
+            raise ValueError(f"class_order must be a permutation of 0..{n - 1}, got {self.class_order}")
+        if self.path is not None and self.dataset != "fashion_mnist":
+            raise ValueError("path is only used with dataset: fashion_mnist")
+        return self
+
+
+class ModelConfig(_Strict):
+    name: Literal["mlp", "cnn"] = "mlp"
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256], min_length=1)
+    head: Literal["fixed", "growing", "per_task"] = "fixed"
+
+
+class TrainingConfig(_Strict):
+    epochs: PositiveInt = 1
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 0.01
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: PositiveInt | None = Field(None, description="torch CPU threads (default: torch's)")
+
+
+class MethodConfig(_Strict):
+    """One column of the comparison: a label and the strategies it composes."""
+
+    label: str
+    compose: list[dict[str, Any]]
+
+    def build(self, head: str = "fixed") -> list[Strategy]:
+        specs = list(self.compose)
+        if head in HEAD_STRATEGY and all(s["name"] != HEAD_STRATEGY[head] for s in specs):
+            specs.insert(0, {"name": HEAD_STRATEGY[head]})
+        return [make_strategy(s["name"], **{k: v for k, v in s.items() if k != "name"}) for s in specs]
+
+    @property
+    def whole_stream(self) -> bool:
+        return any(STRATEGIES[s["name"]].whole_stream for s in self.compose)
+
+
+def _component(entry: Any, where: str) -> dict[str, Any]:
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ValueError(f"{where}: give a strategy name or a mapping with 'name', got {entry!r}")
+    name = entry["name"]
+    if name not in STRATEGIES:
+        raise ValueError(f"{where}.name: unknown strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
+    params = {k: v for k, v in entry.items() if k != "name"}
+    try:
+        make_strategy(name, **params)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            for e in err.errors()
+        )
+        raise ValueError(problems) from None
+    return dict(entry)
+
+
+class RunConfig(_Strict):
+    """A whole ``retain run``: one scenario, several methods, several seeds."""
+
+    name: str = "run"
+    scenario: ScenarioConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    strategies: list[MethodConfig] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    output: str = "runs"
+
+    @field_validator("strategies", mode="before")
+    @classmethod
+    def _methods(cls, value: Any) -> list[dict[str, Any]]:
+        if not isinstance(value, list):
+            raise ValueError("strategies must be a list of strategy names or mappings")
+        methods = []
+        for i, entry in enumerate(value):
+            if isinstance(entry, dict) and "compose" in entry:
+                extra = set(entry) - {"compose", "label"}
+                if extra:
+                    raise ValueError(f"strategies.{i}: unknown key(s) {sorted(extra)} beside compose")
+                if not isinstance(entry["compose"], list) or not entry["compose"]:
+                    raise ValueError(f"strategies.{i}.compose: give a non-empty list of strategies")
+                parts = [_component(c, f"strategies.{i}.compose.{j}") for j, c in enumerate(entry["compose"])]
+                label = entry.get("label") or "+".join(p["name"] for p in parts)
+            else:
+                parts = [_component(entry, f"strategies.{i}")]
+                label = parts[0]["name"]
+            methods.append({"label": label, "compose": parts})
+        labels = [m["label"] for m in methods]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"strategies: labels must be unique, {dupes} repeat (set 'label')")
+        return methods
+
+    @model_validator(mode="after")
+    def _heads_fit_scenario(self) -> RunConfig:
+        if self.model.head == "per_task" and self.scenario.kind != "task_incremental":
+            raise ValueError("model.head: per_task needs scenario.kind: task_incremental (task ids at test time)")
+        return self
+
+
+def format_errors(err: ValidationError) -> str:
+    """One line per problem: the field's path, what is wrong, and the value given."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see examples/)"
+        shown = "" if isinstance(e.get("input"), dict) or e["type"] == "value_error" else f" (got {e.get('input')!r})"
+        where = "" if loc and msg.startswith(loc) else f"{loc or 'config'}: "
+        lines.append(f"  {where}{msg}{shown}")
+    return "\n".join(lines)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message lists every problem by field."""
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config.
+
+    >>> import tempfile, os
+    >>> f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    >>> _ = f.write("scenario: {dataset: digits}\\nstrategies: [{name: replay, memory_size: 0}]\\n"); f.close()
+    >>> load_config(f.name)
+    Traceback (most recent call last):
+    ...
+    retain.config.ConfigError: invalid config ...:
+      strategies.0.memory_size: Input should be greater than 0 (got 0)
+    >>> os.unlink(f.name)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping (scenario:, strategies:, ...), got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"invalid config {path}:\n{format_errors(err)}") from None

@@ -1,0 +1,131 @@
+"""Turn run results into ``results.json``, ``report.md`` and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _pct(mean: float, std: float | None = None) -> str:
+    if mean is None or math.isnan(mean):
+        return "n/a"
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def comparison_table(results: dict[str, Any]) -> str:
+    """The Markdown table of every method: ACC ± std, forgetting, BWT, FWT, time, memory."""
+    lines = [
+        "| method | ACC % | stream ACC % | forgetting % | BWT % | FWT % | train s | peak MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, m in results["methods"].items():
+        s = m["summary"]
+        lines.append(
+            f"| {label} | {_pct(s['acc'], s['acc_std'])} | {_pct(s['stream_acc'])} | "
+            f"{_pct(s['forgetting'])} | {_pct(s['bwt'])} | {_pct(s['fwt'])} | "
+            f"{s['train_seconds']:.2f} | {s['peak_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+
+
+def _heatmap(label: str, matrix: list[list[float]], path: Path) -> None:
+    R = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * R.shape[1], 1.0 + 0.7 * R.shape[0]))
+    ax.imshow(R, vmin=0, vmax=1, cmap="viridis")
+    for (i, j), v in np.ndenumerate(R):
+        ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
+    ax.set_xlabel("tested on experience")
+    ax.set_ylabel("after training experience" if R.shape[0] > 1 else "after joint training")
+    ax.set_xticks(range(R.shape[1]))
+    ax.set_yticks(range(R.shape[0]))
+    ax.set_title(f"{label}: accuracy %")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _curves(results: dict[str, Any], path: Path) -> None:
+    n = len(results["stream"]["experiences"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, m in results["methods"].items():
+        curve = m["summary"]["curve"]
+        if len(curve) == n:
+            ax.plot(range(1, n + 1), [100 * c for c in curve], marker="o", label=label)
+        else:  # trained once on everything: a reference line
+            ax.axhline(100 * m["summary"]["acc"], linestyle="--", color="grey", label=f"{label} (whole stream)")
+    ax.set_xlabel("experiences trained")
+    ax.set_ylabel("average accuracy on experiences seen so far (%)")
+    ax.set_xticks(range(1, n + 1))
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_report(results: dict[str, Any], directory: str | Path) -> Path:
+    """Write ``results.json``, ``report.md``, one heat map per method and the accuracy curves."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1))
+    _curves(results, out / "accuracy_curve.png")
+    heatmaps = []
+    for label, m in results["methods"].items():
+        name = f"heatmap_{_slug(label)}.png"
+        _heatmap(label, m["summary"]["matrix"], out / name)
+        heatmaps.append(f"![{label}]({name})")
+    cfg, stream = results["config"], results["stream"]
+    sizes = ", ".join(f"{e['n_train']}/{e['n_test']}" for e in stream["experiences"])
+    text = f"""# {cfg['name']}
+
+{stream['scenario'].replace('_', '-')} stream `{stream['name']}`: {len(stream['experiences'])} experiences
+(train/test samples: {sizes}); model `{cfg['model']['name']}` with a {cfg['model']['head']} head;
+{cfg['training']['epochs']} epoch(s) per experience, batch {cfg['training']['batch_size']}, SGD lr
+{cfg['training']['lr']} momentum {cfg['training']['momentum']}; seeds {results['seeds']}
+(mean ± standard deviation over seeds).
+
+{comparison_table(results)}
+
+- **ACC**: final accuracy averaged over experiences; **stream ACC**: the same weighted by test-set size.
+- **forgetting**: best earlier accuracy minus final accuracy, averaged over all but the last
+  experience (Chaudhry et al. 2018); **BWT** / **FWT**: backward / forward transfer
+  (Lopez-Paz & Ranzato 2017). n/a: not defined for a model trained once on the whole stream.
+- **train s**: training time summed over experiences (mean per seed); **peak MB**: peak memory
+  while training (process resident set on the CPU, allocated memory on a GPU).
+
+## Average accuracy after each experience
+
+![accuracy curve](accuracy_curve.png)
+
+## Accuracy matrices (row: after training experience i; column: tested on experience j)
+
+{chr(10).join(heatmaps)}
+
+Versions: {", ".join(f"{k} {v}" for k, v in results["versions"].items())}.
+"""
+    (out / "report.md").write_text(text)
+    return out

@@ -1,0 +1,43 @@
+"""Shared fixtures: small, seeded streams on scikit-learn's digits that train in seconds."""
+
+import pytest
+import torch
+
+from retain import Learner
+from retain.data import class_incremental, load_dataset, permuted, task_incremental
+from retain.models import make_model
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def split_digits(digits):
+    return class_incremental(digits, 5)
+
+
+@pytest.fixture(scope="session")
+def task_digits(digits):
+    return task_incremental(digits, 5)
+
+
+@pytest.fixture(scope="session")
+def permuted_digits(digits):
+    return permuted(digits, 4)
+
+
+def make_learner(stream, strategies=(), seed=0, hidden=(128,), epochs=5, lr=0.05):
+    torch.manual_seed(seed)
+    model = make_model("mlp", stream.input_shape, stream.n_classes, hidden=hidden)
+    return Learner(model, list(strategies), epochs=epochs, lr=lr, seed=seed, device="cpu")
+
+
+def train_matrix(stream, strategies=(), **kw):
+    learner = make_learner(stream, strategies, **kw)
+    rows = []
+    for exp in stream:
+        learner.fit(exp)
+        rows.append(learner.evaluate(stream))
+    return learner, rows

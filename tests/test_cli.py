@@ -1,0 +1,108 @@
+"""Config validation and the `retain run` command end to end."""
+
+import json
+
+import pytest
+import yaml
+
+from retain.cli import main
+from retain.config import ConfigError, load_config
+
+BASE = {
+    "name": "tiny",
+    "scenario": {"dataset": "digits", "kind": "class_incremental", "n_experiences": 2},
+    "model": {"hidden": [32]},
+    "training": {"epochs": 1},
+    "strategies": ["finetune", {"name": "replay", "memory_size": 30}, "joint"],
+    "seeds": [0, 1],
+}
+
+
+def write(tmp_path, cfg):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def with_change(path, value):
+    cfg = json.loads(json.dumps(BASE))
+    *parents, last = path
+    node = cfg
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "path,value,expected",
+    [
+        (["scenario", "n_experiences"], 11, "scenario: n_experiences is 11 but digits has only 10 classes"),
+        (["scenario", "dataset"], "cifar", "scenario.dataset: Input should be 'digits', 'mnist5k' or 'fashion_mnist'"),
+        (["training", "lr"], "fast", "training.lr: Input should be a valid number"),
+        (["training", "epochs"], 0, "training.epochs: Input should be greater than 0"),
+        (["training", "learning_rate"], 0.1, "training.learning_rate: unknown key"),
+        (["strategies"], [{"name": "replay", "memory_size": 0}],
+         "strategies.0.memory_size: Input should be greater than 0"),
+        (["strategies"], [{"name": "ewc", "lam": -1}], "strategies.0.lam: Input should be greater than or equal to 0"),
+        (["strategies"], [{"name": "ewc", "lamda": 5}], "strategies.0.lamda: Unexpected keyword argument"),
+        (["strategies"], ["rehearsal"], "strategies.0.name: unknown strategy 'rehearsal'"),
+        (["strategies"], [], "strategies: List should have at least 1 item"),
+        (["strategies"], [{"compose": [{"name": "replay"}, {"name": "lwf", "temperature": 0}]}],
+         "strategies.0.compose.1.temperature: Input should be greater than 0"),
+        (["model", "head"], "per_task", "model.head: per_task needs scenario.kind: task_incremental"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_field(tmp_path, path, value, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, with_change(path, value)))
+    assert expected in str(err.value)
+
+
+def test_unreadable_configs_say_why(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("scenario: {dataset: digits\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+
+
+def test_run_writes_results_report_and_plots(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, BASE)), "--out", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "accuracy_curve.png", "heatmap_finetune.png", "heatmap_joint.png", "heatmap_replay.png",
+        "report.md", "results.json",
+    ]
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0, 1] and "torch" in results["versions"]
+    fine = results["methods"]["finetune"]
+    assert len(fine["runs"]) == 2 and len(fine["runs"][0]["matrix"]) == 2
+    assert fine["runs"][0]["metrics"]["acc"] == pytest.approx(sum(fine["runs"][0]["matrix"][-1]) / 2)
+    assert results["methods"]["joint"]["summary"]["forgetting"] is None
+    report = (out / "report.md").read_text()
+    assert "| replay |" in report and "![accuracy curve](accuracy_curve.png)" in report
+    assert capsys.readouterr().out.strip() == f"report: {out / 'report.md'}"
+
+
+def test_run_with_a_bad_config_exits_2_with_the_message(tmp_path, capsys):
+    code = main(["run", str(write(tmp_path, with_change(["training", "lr"], -1)))])
+    err = capsys.readouterr().err
+    assert code == 2 and "training.lr: Input should be greater than 0" in err and "Traceback" not in err
+
+
+def test_run_with_missing_data_gives_the_install_hint(tmp_path, capsys):
+    cfg = with_change(["scenario"], {"dataset": "fashion_mnist", "path": str(tmp_path / "nowhere")})
+    assert main(["run", str(write(tmp_path, cfg))]) == 2
+    assert "pass a directory holding the four standard Fashion-MNIST IDX .gz files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("example", ["split_fashion_mnist", "digits_quick", "permuted_mnist5k", "task_il_mnist5k"])
+def test_examples_are_valid_configs(example):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parent.parent / "examples" / f"{example}.yaml")
+    assert cfg.strategies

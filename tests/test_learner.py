@@ -1,0 +1,98 @@
+"""The engine: reproducible training, save/load of everything, clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from retain import Learner
+from retain.models import make_model
+from retain.strategies import EWC, L2, Cumulative, GrowingHead, LwF, Replay, TaskHeads
+
+from .conftest import make_learner, train_matrix
+
+COMBOS = {
+    "replay+ewc+lwf": lambda: [Replay(60), EWC(), LwF()],
+    "growing+replay": lambda: [GrowingHead(), Replay(60, policy="reservoir")],
+    "l2+online-ewc": lambda: [L2(), EWC(mode="online", decay=0.9)],
+    "cumulative": lambda: [Cumulative()],
+}
+
+
+def test_same_seed_same_numbers(split_digits):
+    _, a = train_matrix(split_digits, [Replay(50), EWC()], epochs=1)
+    _, b = train_matrix(split_digits, [Replay(50), EWC()], epochs=1)
+    _, c = train_matrix(split_digits, [Replay(50), EWC()], epochs=1, seed=1)
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=list(COMBOS))
+def test_saved_learner_predicts_and_continues_identically(split_digits, tmp_path, combo):
+    learner = make_learner(split_digits, COMBOS[combo](), epochs=1)
+    for exp in split_digits[:2]:
+        learner.fit(exp)
+    learner.save(tmp_path / "ckpt")
+    loaded = Learner.load(tmp_path / "ckpt", device="cpu")
+    x = split_digits[0].x_test
+    assert torch.equal(loaded.predict_logits(x), learner.predict_logits(x))
+    for exp in split_digits[2:]:
+        learner.fit(exp)
+        loaded.fit(exp)
+    for exp in split_digits:
+        assert torch.equal(loaded.predict_logits(exp.x_test), learner.predict_logits(exp.x_test))
+    assert loaded.steps_ == learner.steps_ and loaded.seen_classes_ == list(range(10))
+
+
+def test_saved_task_heads_learner_round_trips(task_digits, tmp_path):
+    learner = make_learner(task_digits, [TaskHeads(), LwF()], epochs=1)
+    learner.fit(task_digits[0])
+    learner.fit(task_digits[1])
+    learner.save(tmp_path)
+    loaded = Learner.load(tmp_path, device="cpu")
+    learner.fit(task_digits[2])
+    loaded.fit(task_digits[2])
+    exp = task_digits[1]
+    assert torch.equal(loaded.predict(exp.x_test, exp.test_tasks()), learner.predict(exp.x_test, exp.test_tasks()))
+
+
+def test_save_writes_safetensors_and_json_only(split_digits, tmp_path):
+    learner = make_learner(split_digits, [Replay(20)], epochs=1)
+    learner.fit(split_digits[0])
+    learner.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["learner.json", "model.safetensors", "state.safetensors"]
+    meta = json.loads((tmp_path / "learner.json").read_text())
+    assert meta["strategies"][0]["name"] == "replay" and meta["strategies"][0]["params"]["memory_size"] == 20
+
+
+def test_loading_a_folder_without_a_learner_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="learner.json is missing"):
+        Learner.load(tmp_path)
+
+
+def test_per_task_model_needs_task_ids_to_predict(task_digits):
+    learner, _ = train_matrix(task_digits, [TaskHeads()], epochs=1)
+    with pytest.raises(ValueError, match="pass the task id"):
+        learner.predict(task_digits[0].x_test)
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [({"lr": 0.0}, "lr"), ({"momentum": 1.0}, "momentum"), ({"batch_size": 0}, "batch_size"),
+     ({"epochs": 0}, "epochs"), ({"device": "tpu"}, "device")],
+)
+def test_bad_learner_settings_name_the_setting(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        Learner(make_model("mlp", (1, 8, 8), 10), **kwargs)
+
+
+def test_strategies_must_be_strategy_objects():
+    with pytest.raises(TypeError, match="Strategy objects"):
+        Learner(make_model("mlp", (1, 8, 8), 10), ["replay"])
+
+
+def test_auto_device_runs_where_it_can(split_digits):
+    learner = Learner(make_model("mlp", (1, 8, 8), 10), device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert learner.device.type == expected
+    learner.fit(split_digits[0])
+    assert learner.predict(split_digits[0].x_test).device.type == "cpu"

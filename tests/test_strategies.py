@@ -1,0 +1,155 @@
+"""Behaviour each method exists for, on digits, in seconds."""
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from retain.metrics import average_accuracy, forgetting
+from retain.strategies import (
+    EWC,
+    L2,
+    Cumulative,
+    Finetune,
+    GrowingHead,
+    LwF,
+    Memory,
+    Replay,
+    TaskHeads,
+)
+from retain.strategies.importance import _linear_fisher, _vmap_fisher
+
+from .conftest import make_learner, train_matrix
+
+
+def test_finetune_forgets_everything_in_class_incremental(split_digits):
+    _, rows = train_matrix(split_digits, [Finetune()])
+    assert forgetting(rows) > 0.9 and average_accuracy(rows) < 0.25
+
+
+def test_replay_forgets_less_than_finetune(split_digits):
+    _, fine = train_matrix(split_digits, [Finetune()])
+    _, replay = train_matrix(split_digits, [Replay(100)])
+    assert forgetting(replay) < forgetting(fine) - 0.5
+    assert average_accuracy(replay) > 0.8
+
+
+def test_cumulative_trains_on_everything_seen(split_digits):
+    learner, rows = train_matrix(split_digits, [Cumulative()], epochs=2)
+    assert average_accuracy(rows) > 0.85
+    assert sum(len(y) for y in learner.strategies[0].y_) == sum(e.n_train for e in split_digits)
+
+
+@pytest.mark.parametrize("strategy", [L2(), EWC(), EWC(mode="online")], ids=["l2", "ewc", "online-ewc"])
+def test_weight_regularizers_forget_less_on_a_permuted_stream(permuted_digits, strategy):
+    _, fine = train_matrix(permuted_digits, [Finetune()])
+    _, reg = train_matrix(permuted_digits, [strategy])
+    assert forgetting(reg) < forgetting(fine) - 0.2
+    assert average_accuracy(reg) > average_accuracy(fine)
+
+
+@pytest.mark.parametrize("heads", [[], [TaskHeads()]], ids=["single-head", "task-heads"])
+def test_lwf_keeps_the_old_models_outputs(split_digits, task_digits, heads):
+    stream = task_digits if heads else split_digits
+    drift = {}
+    for label, extra in (("finetune", []), ("lwf", [LwF(alpha=1.0)])):
+        learner = make_learner(stream, [*heads, *extra], epochs=3)
+        learner.fit(stream[0])
+        x, t = stream[0].x_test, stream[0].test_tasks()
+        old = learner.predict_logits(x, t)[:, :2].log_softmax(1)
+        learner.fit(stream[1])
+        new = learner.predict_logits(x, t)[:, :2].log_softmax(1)
+        drift[label] = float(torch.nn.functional.kl_div(new, old, log_target=True, reduction="batchmean"))
+    assert drift["lwf"] < 0.5 * drift["finetune"]
+
+
+def test_task_heads_add_one_head_per_task(task_digits):
+    learner, rows = train_matrix(task_digits, [TaskHeads()], epochs=2)
+    assert sorted(learner.model.head.task_classes) == [0, 1, 2, 3, 4]
+    assert average_accuracy(rows) > 0.9
+
+
+def test_growing_head_grows_with_the_classes(split_digits):
+    learner = make_learner(split_digits, [GrowingHead(), Replay(50)], epochs=1)
+    sizes = []
+    for exp in split_digits:
+        learner.fit(exp)
+        sizes.append(learner.model.head.n_outputs)
+    assert sizes == [2, 4, 6, 8, 10]
+
+
+def test_growing_head_keeps_old_logits_when_it_grows(split_digits):
+    learner = make_learner(split_digits, [GrowingHead()], epochs=1)
+    learner.fit(split_digits[0])
+    x = split_digits[0].x_test
+    before = learner.predict_logits(x)
+    learner.strategies[0].before_experience(learner, split_digits[1])
+    assert torch.equal(learner.predict_logits(x)[:, :2], before)
+
+
+def test_linear_fisher_equals_per_sample_gradients(task_digits):
+    learner = make_learner(task_digits, [TaskHeads()], epochs=1)
+    learner.fit(task_digits[0])
+    learner.fit(task_digits[1])
+    x = torch.cat([task_digits[0].x_train, task_digits[1].x_train])
+    y = torch.cat([task_digits[0].y_train, task_digits[1].y_train])
+    t = torch.cat([task_digits[0].train_tasks(), task_digits[1].train_tasks()])
+    fast, exact = _linear_fisher(learner, x, y, t, 64), _vmap_fisher(learner, x, y, t, 64)
+    for k in exact:
+        assert torch.allclose(fast[k], exact[k], rtol=1e-4, atol=1e-9), k
+
+
+def test_reservoir_memory_holds_a_uniform_sample():
+    gen = torch.Generator().manual_seed(0)
+    hits = torch.zeros(1000)
+    for _ in range(200):
+        mem = Memory(50, "reservoir")
+        for start in range(0, 1000, 100):  # offered in chunks, like experiences
+            ids = torch.arange(start, start + 100)
+            mem.add(ids[:, None].float(), ids, torch.zeros(100, dtype=torch.long), gen)
+        assert len(mem) == 50 and len(mem.y.unique()) == 50
+        hits[mem.y] += 1
+    # each sample should be kept with probability 50/1000: 10 expected hits out of 200 draws
+    by_tenth = hits.view(10, 100).sum(1)  # 1000 expected per tenth of the stream
+    chi2 = float(((by_tenth - 1000) ** 2 / 1000).sum())
+    assert chi2 < 21.7  # chi-square, 9 degrees of freedom, p = 0.01
+
+
+def test_class_balanced_memory_shares_slots_equally():
+    mem = Memory(60, "class_balanced")
+    gen = torch.Generator().manual_seed(0)
+    for classes in ([0, 1], [2, 3], [4, 5]):
+        y = torch.tensor(classes).repeat_interleave(100)
+        mem.add(torch.randn(200, 3), y, torch.zeros(200, dtype=torch.long), gen)
+    assert torch.bincount(mem.y).tolist() == [10] * 6
+
+
+def test_replay_appends_memory_samples_to_the_batch(split_digits):
+    learner = make_learner(split_digits, [Replay(40, ratio=2.0)], epochs=1)
+    learner.fit(split_digits[0])
+    x, y, t = split_digits[1].x_train[:8], split_digits[1].y_train[:8], split_digits[1].train_tasks()[:8]
+    bx, by, bt = learner.strategies[0].batch(learner, x, y, t)
+    assert len(by) == 24 and set(by[8:].tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize(
+    "make,field",
+    [
+        (lambda: Replay(memory_size=0), "memory_size"),
+        (lambda: EWC(lam=-1.0), "lam"),
+        (lambda: L2(lam=-0.5), "lam"),
+        (lambda: EWC(mode="offline"), "mode"),
+        (lambda: LwF(temperature=0), "temperature"),
+        (lambda: Replay(memory=10), "memory"),
+    ],
+)
+def test_bad_hyper_parameters_name_the_field(make, field):
+    with pytest.raises(ValidationError) as err:
+        make()
+    assert err.value.errors()[0]["loc"] == (field,)
+
+
+def test_reservoir_replay_is_reproducible(split_digits):
+    a = train_matrix(split_digits, [Replay(50, policy="reservoir")], epochs=1)[1]
+    b = train_matrix(split_digits, [Replay(50, policy="reservoir")], epochs=1)[1]
+    assert np.array_equal(a, b)
