@@ -15,7 +15,7 @@ test: $(VENV)/.installed data
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed data
-	$(PY) benchmarks/class_il.py --out benchmarks/out/class_il.json --results benchmarks/RESULTS.md
+	$(PY) benchmarks/class_il.py --out benchmarks/results/class_il.json --results benchmarks/RESULTS.md
 
 data: $(FASHION)
 

@@ -89,6 +89,7 @@ class MultiHead(nn.Module):
         self.in_features, self.n_outputs = in_features, n_outputs
         self.heads = nn.ModuleDict()
         self.task_classes: dict[int, list[int]] = {}
+        self._places: dict[tuple, tuple[Tensor, Tensor]] = {}
         for task, classes in (task_classes or {}).items():
             self.add_task(int(task), classes)
 
@@ -109,11 +110,20 @@ class MultiHead(nn.Module):
         for task in t.unique().tolist():
             if task not in self.task_classes:
                 continue
-            place = torch.zeros(len(self.task_classes[task]), self.n_outputs, device=h.device)
-            place[range(len(self.task_classes[task])), self.task_classes[task]] = 1.0
-            scores = self.heads[str(task)](h) @ place + NEG * (1.0 - place.sum(0))
+            place, fill = self._placement(task, h.device)
+            scores = self.heads[str(task)](h) @ place + fill
             out = torch.where((t == task).unsqueeze(1), scores, out)
         return out
+
+    def _placement(self, task: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The 0/1 matrix putting task logits in their global columns, and NEG elsewhere."""
+        key = (task, self.n_outputs, device)
+        if key not in self._places:
+            classes = self.task_classes[task]
+            place = torch.zeros(len(classes), self.n_outputs, device=device)
+            place[range(len(classes)), classes] = 1.0
+            self._places[key] = (place, NEG * (1.0 - place.sum(0)))
+        return self._places[key]
 
     def get_config(self) -> dict[str, Any]:
         return {"kind": "per_task", "in_features": self.in_features, "n_outputs": self.n_outputs,
