@@ -33,6 +33,7 @@ class Experience:
     metadata: dict[str, Any] = field(default_factory=dict)
     t_train: Tensor | None = None
     t_test: Tensor | None = None
+    scenario: str = "class_incremental"
 
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
@@ -108,4 +109,5 @@ class Stream:
             metadata={"merged_from": [e.id for e in exps]},
             t_train=torch.cat([e.train_tasks() for e in exps]),
             t_test=torch.cat([e.test_tasks() for e in exps]),
+            scenario=exps[0].scenario,
         )

@@ -46,6 +46,7 @@ def _split_by_class(
             data.x_train[tr], relabel[data.y_train[tr]], data.x_test[te], relabel[data.y_test[te]],
             id=k, task=k if task_ids else 0, classes=tuple(new),
             metadata={"original_classes": [order[c] for c in new]},
+            scenario="task_incremental" if task_ids else "class_incremental",
         ))
     kind = "task_incremental" if task_ids else "class_incremental"
     return Stream(
@@ -84,7 +85,8 @@ def _domain_stream(data: Dataset, n_experiences: int, kind: str, transforms: lis
         raise ValueError(f"n_experiences must be at least 1, got {n_experiences}")
     classes = tuple(range(data.n_classes))
     experiences = [
-        Experience(f(data.x_train), data.y_train, f(data.x_test), data.y_test, id=k, classes=classes)
+        Experience(f(data.x_train), data.y_train, f(data.x_test), data.y_test, id=k, classes=classes,
+                   scenario="domain_incremental")
         for k, f in enumerate(transforms)
     ]
     return Stream(experiences, n_classes=data.n_classes, name=f"{kind}_{data.name}",

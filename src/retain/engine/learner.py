@@ -91,12 +91,20 @@ class Learner:
         # (x, y, t) of the current experience; before_experience hooks may replace it.
         self.train_set: tuple[Tensor, Tensor, Tensor] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.experience: Experience | None = None  # the one being trained on
 
     # -- training ---------------------------------------------------------------------
     def fit(self, experience: Experience) -> Learner:
         """Train on one experience for ``epochs`` epochs, calling the strategies' hooks."""
         if experience.n_train == 0:
             raise ValueError(f"experience {experience.id} has no training samples")
+        for s in self.strategies:
+            if experience.scenario not in s.scenarios:
+                raise ValueError(
+                    f"{s.name} supports {' and '.join(s.scenarios)} streams; experience "
+                    f"{experience.id} is {experience.scenario}"
+                )
+        self.experience = experience
         self.train_set = (experience.x_train, experience.y_train, experience.train_tasks())
         for hook in self._hooks["before_experience"]:
             hook(self, experience)
@@ -159,6 +167,15 @@ class Learner:
         ]
         self.model.train(was_training)
         return torch.cat(out) if out else torch.empty(0, self.model.head.n_outputs)
+
+    @torch.no_grad()
+    def features(self, x: Tensor, t: Tensor | None = None, batch_size: int = 1024) -> Tensor:
+        """Backbone features of ``x`` in evaluation mode (on the CPU)."""
+        was_training = self.model.training
+        self.model.eval()
+        out = [self.model.features(x[i:i + batch_size].to(self.device)).cpu() for i in range(0, len(x), batch_size)]
+        self.model.train(was_training)
+        return torch.cat(out)
 
     def predict(self, x: Tensor, t: Tensor | int | None = None) -> Tensor:
         """Predicted class ids (``-1`` while the model has no output unit yet)."""

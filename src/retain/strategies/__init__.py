@@ -4,21 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
+from retain.strategies.agem import AGEM
 from retain.strategies.base import HOOKS, Strategy, implements
 from retain.strategies.cumulative import Cumulative
+from retain.strategies.der import DER, DERPP
+from retain.strategies.er_ace import ERACE
 from retain.strategies.ewc import EWC
 from retain.strategies.finetune import Finetune
+from retain.strategies.gdumb import GDumb
+from retain.strategies.gem import GEM
 from retain.strategies.growing_head import GrowingHead
 from retain.strategies.joint import Joint
 from retain.strategies.l2 import L2
 from retain.strategies.lwf import LwF
+from retain.strategies.mas import MAS
 from retain.strategies.memory import Memory
 from retain.strategies.replay import Replay
+from retain.strategies.si import SI
 from retain.strategies.task_heads import TaskHeads
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (Finetune, Cumulative, Joint, Replay, L2, EWC, LwF, GrowingHead, TaskHeads)
+    for cls in (
+        Finetune, Cumulative, Joint, Replay, DER, DERPP, ERACE, GDumb, L2, EWC, SI, MAS, LwF,
+        GEM, AGEM, GrowingHead, TaskHeads,
+    )
 }
 
 
@@ -38,6 +48,12 @@ def make_strategy(name: str, **params: Any) -> Strategy:
 
 
 __all__ = [
+    "AGEM",
+    "DER",
+    "DERPP",
+    "ERACE",
+    "GEM",
+    "GDumb",
     "EWC",
     "HOOKS",
     "L2",
@@ -47,8 +63,10 @@ __all__ = [
     "GrowingHead",
     "Joint",
     "LwF",
+    "MAS",
     "Memory",
     "Replay",
+    "SI",
     "Strategy",
     "TaskHeads",
     "implements",

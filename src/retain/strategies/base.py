@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from retain.data import Experience
     from retain.engine import Learner
 
+SCENARIO_KINDS = ("class_incremental", "task_incremental", "domain_incremental")
 HOOKS = ("before_experience", "batch", "loss", "after_backward", "after_experience")
 
 # Strategy parameters are validated on construction: a wrong type, an unknown name or an
@@ -39,6 +40,8 @@ class Strategy:
     family: ClassVar[str] = "baseline"
     # Joint trains once on the whole stream instead of experience by experience.
     whole_stream: ClassVar[bool] = False
+    # The kinds of stream the method is meant for; the learner refuses the others.
+    scenarios: ClassVar[tuple[str, ...]] = SCENARIO_KINDS
 
     def before_experience(self, learner: Learner, exp: Experience) -> None:
         """Before training on ``exp``: grow heads, snapshot the old model, edit the train set."""

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
 from retain.strategies.base import Strategy, flatten, params, unflatten
-from retain.strategies.importance import fisher_diagonal, quadratic_penalty, snapshot
+from retain.strategies.importance import capped, fisher_diagonal, grown, quadratic_penalty, snapshot
 
 
 @params
@@ -54,10 +52,7 @@ class EWC(Strategy):
             return logits.new_zeros(())
         if self._merged is None:
             anchor, fisher = _merge(self.anchors_, self.fishers_)
-            # Stiffness above 1/lr makes SGD overshoot and diverge; capped, such a weight is
-            # still pulled fully back to its anchor at every step.
-            cap = 1.0 / (learner.lr * self.lam) if self.lam > 0 else math.inf
-            self._merged = anchor, {k: f.clamp(max=cap) for k, f in fisher.items()}
+            self._merged = anchor, capped(fisher, learner.lr, self.lam)
         anchor, fisher = self._merged
         return 0.5 * self.lam * quadratic_penalty(learner.model, anchor, fisher)
 
@@ -70,7 +65,7 @@ class EWC(Strategy):
         fisher = fisher_diagonal(learner, x, y, t)
         if self.mode == "online" and self.fishers_:
             old = self.fishers_[0]
-            fisher = {k: f + self.decay * _pad(old[k], f.shape) if k in old else f for k, f in fisher.items()}
+            fisher = {k: f + self.decay * grown(old.get(k), f) for k, f in fisher.items()}
             self.anchors_, self.fishers_ = [], []
         self.anchors_.append(snapshot(learner.model))
         self.fishers_.append(fisher)
@@ -94,15 +89,10 @@ def _merge(anchors: list[dict], fishers: list[dict]) -> tuple[dict, dict]:
     (theta - a_k)^2 = F (theta - a)^2 + const`` with ``F = sum_k F_k``, ``a = sum_k F_k a_k / F``.
     Each step then pays for one penalty however many experiences came before."""
     names = anchors[-1].keys()
-    shape = {k: anchors[-1][k].shape for k in names}
-    fisher = {k: sum(_pad(f[k], shape[k]) for f in fishers if k in f) for k in names}
-    weighted = {k: sum(_pad(f[k] * a[k], shape[k]) for a, f in zip(anchors, fishers, strict=True) if k in f)
+    last = anchors[-1]
+    fisher = {k: sum(grown(f.get(k), last[k]) for f in fishers) for k in names}
+    weighted = {k: sum(grown(f[k] * a[k] if k in f else None, last[k]) for a, f in zip(anchors, fishers, strict=True))
                 for k in names}
     anchor = {k: torch.where(fisher[k] > 0, weighted[k] / fisher[k].clamp_min(1e-30), anchors[-1][k])
               for k in names}
     return anchor, fisher
-
-
-def _pad(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Zero-pad ``t`` at the end of dim 0 to ``shape`` (a head that grew since)."""
-    return F.pad(t, [0, 0] * (t.dim() - 1) + [0, shape[0] - t.shape[0]]) if t.shape != shape else t

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+
+from retain.models import NEG
 
 if TYPE_CHECKING:
     from retain.engine import Learner
@@ -37,27 +40,71 @@ def quadratic_penalty(model: nn.Module, anchor: dict[str, Tensor], importance: d
     return total
 
 
-def fisher_diagonal(learner: Learner, x: Tensor, y: Tensor, t: Tensor, chunk: int = 256) -> dict[str, Tensor]:
-    """Empirical diagonal Fisher: the mean over samples of the squared per-sample gradient of
-    the log-likelihood of the true label.
+def _objective(kind: str, logits: Tensor, y: Tensor) -> Tensor:
+    """Summed per-sample objective whose per-sample gradients the importance is built from."""
+    if kind == "fisher":
+        return F.cross_entropy(logits, y, reduction="sum")
+    # MAS: squared L2 norm of the outputs; the NEG logits of other tasks' classes are not outputs.
+    return logits.masked_fill(logits <= NEG / 2, 0.0).pow(2).sum()
 
-    It is a mean, not a sum, so it does not grow with the data set or depend on the batch size.
-    When every trainable parameter sits in an ``nn.Linear`` used once per forward pass, the
-    per-sample squares come from one matrix product per layer (the per-sample gradient of
-    ``W`` is ``g x^T``, so its square summed over samples is ``(g^2)^T x^2``); otherwise they
-    come from ``torch.func.vmap``.
+
+def grown(old: Tensor | None, like: Tensor) -> Tensor:
+    """``old`` zero-padded at the end of dim 0 to the shape of ``like`` (a head may have grown
+    since), or zeros when there is no ``old``."""
+    if old is None:
+        return torch.zeros_like(like)
+    if old.shape == like.shape:
+        return old
+    return F.pad(old, [0, 0] * (old.dim() - 1) + [0, like.shape[0] - old.shape[0]])
+
+
+def capped(importance: dict[str, Tensor], lr: float, lam: float) -> dict[str, Tensor]:
+    """Cap each importance so the penalty ``(lam / 2) * sum_i w_i (theta_i - a_i)^2`` has a
+    stiffness ``lam * w_i`` of at most ``1 / lr``. Stiffer than that, SGD overshoots the anchor
+    and diverges; at the cap a weight is pulled fully back to its anchor at every step.
+
+    >>> capped({"w": torch.tensor([0.5, 50.0])}, lr=0.1, lam=1.0)["w"].tolist()
+    [0.5, 10.0]
     """
+    if lam <= 0:
+        return importance
+    return {k: v.clamp(max=1.0 / (lr * lam)) for k, v in importance.items()}
+
+
+def importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: str = "fisher",
+               chunk: int = 256) -> dict[str, Tensor]:
+    """Per-parameter importance from per-sample gradients, averaged over the samples.
+
+    ``fisher``: the empirical diagonal Fisher, mean of the squared per-sample gradient of the
+    log-likelihood of the true label (EWC). ``mas``: mean of the absolute per-sample gradient
+    of the squared L2 norm of the outputs (MAS; needs no labels).
+
+    Being means, they do not grow with the data set or depend on the batch size. When every
+    trainable parameter sits in an ``nn.Linear`` used once per forward pass, the per-sample
+    statistics come from one matrix product per layer (the per-sample gradient of ``W`` is
+    ``g x^T``, so ``sum_i (g_i x_i^T)^2 = (g^2)^T x^2`` and ``sum_i |g_i x_i^T| = |g|^T |x|``);
+    otherwise from ``torch.func.vmap``.
+    """
+    if kind not in ("fisher", "mas"):
+        raise ValueError(f"importance kind must be 'fisher' or 'mas', got {kind!r}")
     model = learner.model
     was_training = model.training
     model.eval()
-    fisher = _linear_fisher(learner, x, y, t, chunk)
-    if fisher is None:
-        fisher = _vmap_fisher(learner, x, y, t, chunk)
+    stat = (lambda a: a.pow(2)) if kind == "fisher" else torch.abs
+    total = _linear_importance(learner, x, y, t, kind, stat, chunk)
+    if total is None:
+        total = _vmap_importance(learner, x, y, t, kind, stat, chunk)
     model.train(was_training)
-    return {k: f / len(y) for k, f in fisher.items()}
+    return {k: v / len(y) for k, v in total.items()}
 
 
-def _linear_fisher(learner: Learner, x: Tensor, y: Tensor, t: Tensor, chunk: int) -> dict[str, Tensor] | None:
+def fisher_diagonal(learner: Learner, x: Tensor, y: Tensor, t: Tensor) -> dict[str, Tensor]:
+    """The empirical diagonal Fisher of :func:`importance`."""
+    return importance(learner, x, y, t, "fisher")
+
+
+def _linear_importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: str,
+                       stat: Callable[[Tensor], Tensor], chunk: int) -> dict[str, Tensor] | None:
     model = learner.model
     linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     covered = {f"{n}.{p}" for n, m in linears.items() for p, q in m.named_parameters() if q.requires_grad}
@@ -72,42 +119,43 @@ def _linear_fisher(learner: Learner, x: Tensor, y: Tensor, t: Tensor, chunk: int
         return hook
 
     handles = [m.register_forward_hook(keep(n)) for n, m in linears.items()]
-    fisher = {k: torch.zeros_like(p) for k, p in model.named_parameters() if p.requires_grad}
+    total = {k: torch.zeros_like(p) for k, p in model.named_parameters() if p.requires_grad}
     try:
         for start in range(0, len(y), chunk):
             seen.clear()
             xb, yb, tb = (a[start:start + chunk].to(learner.device) for a in (x, y, t))
-            # Summed loss: the gradient reaching row i of a layer's output is that of sample i alone.
-            loss = F.cross_entropy(model(xb, tb), yb, reduction="sum")
+            # A summed objective: the gradient reaching row i of a layer's output is sample i's alone.
+            loss = _objective(kind, model(xb, tb), yb)
             if any(len(calls) != 1 for calls in seen.values()):
                 return None  # a layer used twice per pass: the product trick does not hold
-            names = list(seen)
+            names = [n for n in seen if seen[n][0][1].requires_grad]
             grads = torch.autograd.grad(loss, [seen[n][0][1] for n in names], allow_unused=True)
             for name, g in zip(names, grads, strict=True):
                 if g is None:
                     continue
-                inp, g2 = seen[name][0][0], g.pow(2)
-                if f"{name}.weight" in fisher:
-                    fisher[f"{name}.weight"] += g2.T @ inp.pow(2)
-                if f"{name}.bias" in fisher:
-                    fisher[f"{name}.bias"] += g2.sum(0)
+                inp = seen[name][0][0]
+                if f"{name}.weight" in total:
+                    total[f"{name}.weight"] += stat(g).T @ stat(inp)
+                if f"{name}.bias" in total:
+                    total[f"{name}.bias"] += stat(g).sum(0)
     finally:
         for h in handles:
             h.remove()
-    return fisher
+    return total
 
 
-def _vmap_fisher(learner: Learner, x: Tensor, y: Tensor, t: Tensor, chunk: int) -> dict[str, Tensor]:
+def _vmap_importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: str,
+                     stat: Callable[[Tensor], Tensor], chunk: int) -> dict[str, Tensor]:
     model = learner.model
     params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
     buffers = {k: b.detach() for k, b in model.named_buffers()}
 
-    def nll(p: dict[str, Tensor], xi: Tensor, yi: Tensor, task: Tensor) -> Tensor:
+    def one(p: dict[str, Tensor], xi: Tensor, yi: Tensor, task: Tensor) -> Tensor:
         logits = functional_call(model, (p, buffers), (xi.unsqueeze(0), task))
-        return F.cross_entropy(logits, yi.unsqueeze(0))
+        return _objective(kind, logits, yi.unsqueeze(0))
 
-    per_sample = vmap(grad(nll), in_dims=(None, 0, 0, None))
-    fisher = {k: torch.zeros_like(p) for k, p in params.items()}
+    per_sample = vmap(grad(one), in_dims=(None, 0, 0, None))
+    total = {k: torch.zeros_like(p) for k, p in params.items()}
     for task in t.unique().tolist():
         rows = (t == task).nonzero().squeeze(1)
         task_id = torch.tensor([task], device=learner.device)
@@ -115,8 +163,8 @@ def _vmap_fisher(learner: Learner, x: Tensor, y: Tensor, t: Tensor, chunk: int) 
             idx = rows[start:start + chunk]
             xb, yb = x[idx].to(learner.device), y[idx].to(learner.device)
             for k, g in per_sample(params, xb, yb, task_id).items():
-                fisher[k] += g.pow(2).sum(0)
-    return fisher
+                total[k] += stat(g).sum(0)
+    return total
 
 
 def distillation(new_logits: Tensor, old_logits: Tensor, temperature: float) -> Tensor:

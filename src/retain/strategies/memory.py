@@ -7,86 +7,139 @@ from typing import Any
 import torch
 from torch import Tensor
 
-POLICIES = ("reservoir", "class_balanced")
+POLICIES = ("reservoir", "class_balanced", "herding")
 
 
 class Memory:
-    """Holds at most ``size`` samples ``(x, y, t)``.
+    """Holds at most ``size`` samples: ``x``, ``y``, ``t`` (task ids), ``e`` (experience ids)
+    and any extra per-sample tensors a method needs (e.g. DER's logits).
 
-    Policies: ``reservoir`` keeps a uniform sample of everything ever added (Vitter 1985);
-    ``class_balanced`` gives every class seen so far an equal share, keeping a random subset
-    of each class.
+    Policies: ``reservoir`` keeps a uniform sample of everything ever offered (Vitter 1985);
+    ``class_balanced`` gives every class seen so far an equal share (every experience, with
+    ``balance="e"``), keeping a random subset of each; ``herding`` shares slots the same way
+    but picks, per class, the samples whose running feature mean best tracks the class mean
+    (Welling 2009, as in iCaRL). When a
+    class's share shrinks, its first samples stay: a random subset, or the best herding prefix.
 
     >>> mem = Memory(4, "class_balanced")
-    >>> mem.add(torch.zeros(10, 2), torch.tensor([0] * 5 + [1] * 5), torch.zeros(10, dtype=torch.long))
-    >>> mem.add(torch.ones(10, 2), torch.tensor([2] * 5 + [3] * 5), torch.zeros(10, dtype=torch.long))
+    >>> mem.add(torch.zeros(10, 2), torch.tensor([0] * 5 + [1] * 5))
+    >>> mem.add(torch.ones(10, 2), torch.tensor([2] * 5 + [3] * 5))
     >>> sorted(mem.y.tolist())
     [0, 1, 2, 3]
     """
 
-    def __init__(self, size: int, policy: str = "class_balanced") -> None:
+    def __init__(self, size: int, policy: str = "class_balanced", balance: str = "y") -> None:
         if size < 1:
             raise ValueError(f"memory size must be at least 1, got {size}")
         if policy not in POLICIES:
             raise ValueError(f"unknown memory policy {policy!r}; choose one of: {', '.join(POLICIES)}")
-        self.size, self.policy = size, policy
-        self.x: Tensor | None = None
-        self.y = torch.empty(0, dtype=torch.long)
-        self.t = torch.empty(0, dtype=torch.long)
+        if balance not in ("y", "e"):
+            raise ValueError(f"balance must be 'y' (per class) or 'e' (per experience), got {balance!r}")
+        self.size, self.policy, self.balance = size, policy, balance
+        self.data: dict[str, Tensor] = {}
         self.seen = 0  # samples offered so far (reservoir needs it)
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.data["y"]) if self.data else 0
 
-    def add(self, x: Tensor, y: Tensor, t: Tensor, generator: torch.Generator | None = None) -> None:
-        """Offer new samples; the policy decides what stays (random draws from ``generator``)."""
-        x, y, t = x.detach().cpu(), y.cpu(), t.cpu()
-        if self.x is None:
-            self.x = x[:0].clone()
+    def __getattr__(self, name: str) -> Tensor:
+        data = self.__dict__.get("data", {})
+        if name in data:
+            return data[name]
+        if name in ("x", "y", "t", "e"):
+            return torch.empty(0, dtype=torch.long)
+        raise AttributeError(name)
+
+    def add(self, x: Tensor, y: Tensor, t: Tensor | None = None, e: Tensor | int = 0, *,
+            generator: torch.Generator | None = None, features: Tensor | None = None,
+            **extra: Tensor) -> None:
+        """Offer new samples; the policy decides what stays (random draws from ``generator``).
+        ``features`` are needed by ``herding`` only."""
+        n = len(y)
+        if t is None:
+            t = torch.zeros(n, dtype=torch.long)
+        if isinstance(e, int):
+            e = torch.full((n,), e, dtype=torch.long)
+        new = {"x": x, "y": y, "t": t, "e": e, **extra}
+        new = {k: v.detach().cpu() for k, v in new.items()}
+        if not self.data:
+            self.data = {k: v[:0].clone() for k, v in new.items()}
+        if set(new) != set(self.data):
+            raise ValueError(f"memory holds {sorted(self.data)}, got samples with {sorted(new)}")
         if self.policy == "reservoir":
-            self._reservoir(x, y, t, generator)
+            self._reservoir(new, generator)
         else:
-            self._class_balanced(x, y, t, generator)
-        self.seen += len(y)
+            if self.policy == "herding":
+                if features is None:
+                    raise ValueError("the herding policy needs the samples' features")
+                order = herding_order(features.detach().cpu(), new["y"])
+            else:
+                order = torch.randperm(n, generator=generator)
+            self._balanced({k: v[order] for k, v in new.items()})
+        self.seen += n
 
-    def _reservoir(self, x: Tensor, y: Tensor, t: Tensor, generator: torch.Generator | None) -> None:
-        free = max(0, min(self.size - len(self), len(y)))
-        self.x, self.y, self.t = (torch.cat([a, b[:free]]) for a, b in ((self.x, x), (self.y, y), (self.t, t)))
-        if free == len(y):
+    def _reservoir(self, new: dict[str, Tensor], generator: torch.Generator | None) -> None:
+        n = len(new["y"])
+        free = max(0, min(self.size - len(self), n))
+        self.data = {k: torch.cat([v, new[k][:free]]) for k, v in self.data.items()}
+        if free == n:
             return
         # Sample i of the rest is the (seen + free + i + 1)-th ever offered: it replaces slot j
-        # when j = randint(0, n) lands inside the memory. Later samples win ties, as in sequence.
-        n = self.seen + free + torch.arange(len(y) - free) + 1
-        j = (torch.rand(len(n), generator=generator, dtype=torch.float64) * n).long()
+        # when j = randint(0, count) lands inside the memory. Later samples win ties, as in sequence.
+        count = self.seen + free + torch.arange(n - free) + 1
+        j = (torch.rand(len(count), generator=generator, dtype=torch.float64) * count).long()
         keep = j < self.size
-        src, slot = torch.arange(free, len(y))[keep], j[keep]
+        src, slot = torch.arange(free, n)[keep], j[keep]
         winner = torch.full((self.size,), -1).scatter_reduce(0, slot, torch.arange(len(slot)), "amax")
         slot = (winner >= 0).nonzero().squeeze(1)
         src = src[winner[slot]]
-        self.x[slot], self.y[slot], self.t[slot] = x[src], y[src], t[src]
+        for k, v in self.data.items():
+            v[slot] = new[k][src]
 
-    def _class_balanced(self, x: Tensor, y: Tensor, t: Tensor, generator: torch.Generator | None) -> None:
-        # Old samples first (already a random subset), then the new ones in random order.
-        order = torch.randperm(len(y), generator=generator)
-        all_x, all_y, all_t = (torch.cat([old, new[order]]) for old, new in ((self.x, x), (self.y, y), (self.t, t)))
-        classes = all_y.unique()
+    def _balanced(self, new: dict[str, Tensor]) -> None:
+        merged = {k: torch.cat([v, new[k]]) for k, v in self.data.items()}
+        y = merged[self.balance]
+        classes = y.unique()
         quota = torch.full((len(classes),), self.size // len(classes))
         quota[: self.size % len(classes)] += 1
-        keep = torch.cat([(all_y == c).nonzero().squeeze(1)[:q] for c, q in zip(classes, quota, strict=True)])
-        self.x, self.y, self.t = all_x[keep], all_y[keep], all_t[keep]
+        keep = torch.cat([(y == c).nonzero().squeeze(1)[:q] for c, q in zip(classes, quota, strict=True)])
+        self.data = {k: v[keep] for k, v in merged.items()}
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def sample(self, n: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """``n`` random samples without replacement (all of them when fewer are stored)."""
         idx = torch.randperm(len(self), generator=generator)[:n]
-        return self.x[idx], self.y[idx], self.t[idx]
+        return {k: v[idx] for k, v in self.data.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"y": self.y, "t": self.t, "seen": self.seen}
-        if self.x is not None:
-            state["x"] = self.x
-        return state
+        return {"seen": self.seen} | {f"data.{k}": v for k, v in self.data.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.x = state["x"].cpu() if "x" in state else None
-        self.y, self.t = state["y"].cpu().long(), state["t"].cpu().long()
+        self.data = {k[5:]: v.cpu() for k, v in state.items() if k.startswith("data.")}
         self.seen = int(state["seen"])
+
+
+def herding_order(features: Tensor, y: Tensor) -> Tensor:
+    """Indices sorted class by class in herding order: each next sample is the one that brings
+    the running mean of the (L2-normalised) chosen features closest to the class mean.
+
+    >>> f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    >>> herding_order(f, torch.tensor([0, 0, 0])).tolist()[0]  # nearest to the mean comes first
+    2
+    """
+    f = torch.nn.functional.normalize(features.float(), dim=1)
+    order = []
+    for c in y.unique():
+        idx = (y == c).nonzero().squeeze(1)
+        fc = f[idx]
+        mu = fc.mean(0)
+        chosen: list[int] = []
+        total = torch.zeros_like(mu)
+        available = torch.ones(len(idx), dtype=torch.bool)
+        for k in range(1, len(idx) + 1):
+            dist = ((mu - (total + fc) / k) ** 2).sum(1).masked_fill(~available, float("inf"))
+            best = int(dist.argmin())
+            chosen.append(best)
+            available[best] = False
+            total += fc[best]
+        order.append(idx[torch.tensor(chosen)])
+    return torch.cat(order)

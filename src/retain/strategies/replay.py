@@ -19,13 +19,13 @@ class Replay(Strategy):
     Each step appends samples drawn from the memory: ``batch_size`` of them when set, else
     ``ratio`` times the new batch (2.0: 64 replayed beside 32 new, which beats 1.0 by about
     five points on Split MNIST); after each experience its samples are offered to the memory, which keeps a
-    ``class_balanced`` or ``reservoir`` selection of at most ``memory_size`` samples.
+    ``class_balanced``, ``reservoir`` or ``herding`` selection of at most ``memory_size`` samples.
     """
 
     memory_size: PositiveInt = 200
     batch_size: PositiveInt | None = None
     ratio: PositiveFloat = 2.0
-    policy: Literal["class_balanced", "reservoir"] = "class_balanced"
+    policy: Literal["class_balanced", "reservoir", "herding"] = "class_balanced"
 
     name = "replay"
     family = "replay"
@@ -36,12 +36,14 @@ class Replay(Strategy):
     def batch(self, learner, x, y, t):
         if len(self.memory_) == 0:
             return x, y, t
-        mx, my, mt = self.memory_.sample(self.batch_size or round(self.ratio * len(y)), learner.generator)
+        m = self.memory_.sample(self.batch_size or round(self.ratio * len(y)), learner.generator)
         dev = x.device
-        return torch.cat([x, mx.to(dev)]), torch.cat([y, my.to(dev)]), torch.cat([t, mt.to(dev)])
+        return torch.cat([x, m["x"].to(dev)]), torch.cat([y, m["y"].to(dev)]), torch.cat([t, m["t"].to(dev)])
 
     def after_experience(self, learner, exp) -> None:
-        self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), learner.generator)
+        features = learner.features(exp.x_train, exp.train_tasks()) if self.policy == "herding" else None
+        self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id,
+                         generator=learner.generator, features=features)
 
     def state_dict(self) -> dict[str, Any]:
         return self.memory_.state_dict()

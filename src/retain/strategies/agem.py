@@ -1,0 +1,55 @@
+"""A-GEM: never let a step increase the loss on a sample of the memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import PositiveInt
+
+from retain.strategies.base import Strategy, params
+from retain.strategies.memory import Memory
+from retain.strategies.projection import flat_grad, memory_grad, set_flat_grad
+
+
+@params
+class AGEM(Strategy):
+    """Averaged Gradient Episodic Memory (Chaudhry et al. 2019, ICLR).
+
+    Each step computes the reference gradient ``g_ref`` of the loss on ``sample_size`` memory
+    samples; when the new gradient ``g`` points against it (``g . g_ref < 0``), ``g`` is
+    projected to ``g - (g . g_ref / g_ref . g_ref) g_ref``, so the memory loss does not rise to
+    first order. The memory is class-balanced and filled after each experience.
+    """
+
+    memory_size: PositiveInt = 200
+    sample_size: PositiveInt = 64
+
+    name = "agem"
+    family = "gradient_projection"
+
+    def __post_init__(self) -> None:
+        self.memory_ = Memory(self.memory_size, "class_balanced")
+
+    def after_backward(self, learner) -> None:
+        if not len(self.memory_):
+            return
+        g = flat_grad(learner.model)
+        m = self.memory_.sample(self.sample_size, learner.generator)
+        g_ref = memory_grad(learner, m["x"], m["y"], m["t"])
+        dot = torch.dot(g, g_ref)
+        if dot < 0:
+            g = g - dot / torch.dot(g_ref, g_ref).clamp_min(1e-12) * g_ref
+        set_flat_grad(learner.model, g)
+
+    def after_experience(self, learner, exp) -> None:
+        self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id, generator=learner.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.memory_.state_dict()
+
+    def load_state_dict(self, state, learner) -> None:
+        self.memory_.load_state_dict(state)
+
+
+

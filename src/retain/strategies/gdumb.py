@@ -1,0 +1,44 @@
+"""GDumb: keep a class-balanced memory and retrain from scratch on it alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import PositiveInt
+
+from retain.strategies.base import Strategy, params
+from retain.strategies.memory import Memory
+
+
+@params
+class GDumb(Strategy):
+    """GDumb (Prabhu, Torr & Dokania 2020, ECCV, "GDumb: A Simple Approach that Questions Our
+    Progress in Continual Learning").
+
+    A greedy class-balanced sampler puts the new experience into the memory; the model is then
+    re-initialised and trained on the memory only. A baseline that any method using a memory
+    of the same size should beat.
+    """
+
+    memory_size: PositiveInt = 200
+
+    name = "gdumb"
+    family = "replay"
+
+    def __post_init__(self) -> None:
+        self.memory_ = Memory(self.memory_size, "class_balanced")
+
+    def before_experience(self, learner, exp) -> None:
+        x, y, t = learner.train_set
+        self.memory_.add(x, y, t, exp.id, generator=learner.generator)
+        with learner.seeded():
+            for module in learner.model.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        learner.train_set = (self.memory_.x, self.memory_.y, self.memory_.t)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.memory_.state_dict()
+
+    def load_state_dict(self, state, learner) -> None:
+        self.memory_.load_state_dict(state)

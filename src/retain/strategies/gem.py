@@ -1,0 +1,54 @@
+"""GEM: project each step so that no earlier experience's memory loss increases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import NonNegativeFloat, PositiveInt
+
+from retain.strategies.base import Strategy, params
+from retain.strategies.memory import Memory
+from retain.strategies.projection import flat_grad, memory_grad, project_to_cone, set_flat_grad
+
+
+@params
+class GEM(Strategy):
+    """Gradient Episodic Memory (Lopez-Paz & Ranzato 2017, NeurIPS).
+
+    The memory keeps an equal share of samples from every experience. Each step computes the
+    gradient of the loss on each earlier experience's samples; if the new gradient conflicts
+    with any of them, it is replaced by the closest gradient that conflicts with none (the
+    quadratic program is solved exactly, see :func:`~retain.strategies.projection.project_to_cone`).
+    ``margin`` (the paper's memory strength) biases the solution further towards old experiences.
+    """
+
+    memory_size: PositiveInt = 200
+    margin: NonNegativeFloat = 0.5
+
+    name = "gem"
+    family = "gradient_projection"
+
+    def __post_init__(self) -> None:
+        self.memory_ = Memory(self.memory_size, "class_balanced", balance="e")
+
+    def after_backward(self, learner) -> None:
+        if not len(self.memory_):
+            return
+        g = flat_grad(learner.model)
+        e = self.memory_.e
+        G = torch.stack([
+            memory_grad(learner, self.memory_.x[e == k], self.memory_.y[e == k], self.memory_.t[e == k])
+            for k in e.unique().tolist()
+        ])
+        if (G @ g < 0).any():
+            set_flat_grad(learner.model, project_to_cone(g, G, self.margin))
+
+    def after_experience(self, learner, exp) -> None:
+        self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id, generator=learner.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.memory_.state_dict()
+
+    def load_state_dict(self, state, learner) -> None:
+        self.memory_.load_state_dict(state)
