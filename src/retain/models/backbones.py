@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 
@@ -64,4 +65,74 @@ class SmallCNN(nn.Module):
                 "channels": self.channels, "out_features": self.out_features}
 
 
-BACKBONES = {"mlp": MLP, "cnn": SmallCNN}
+
+class ProgressiveMLP(nn.Module):
+    """Progressive neural network columns (Rusu et al. 2016) of MLP layers.
+
+    Each task gets its own column; layer ``l`` of column ``k`` also receives, through lateral
+    linear adapters, layer ``l-1`` of every earlier column. Earlier columns are frozen when a
+    new one is added, so what they compute for their tasks never changes.
+    """
+
+    uses_task = True
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (256, 256), tasks: Sequence[int] = ()) -> None:
+        super().__init__()
+        self.in_features, self.hidden, self.out_features = in_features, list(hidden), hidden[-1]
+        self.columns = nn.ModuleList()
+        self.laterals = nn.ModuleList()
+        self.tasks: list[int] = []
+        for task in tasks:
+            self.add_column(int(task))
+
+    def add_column(self, task: int) -> None:
+        """A new trainable column for ``task``; every existing column is frozen."""
+        if task in self.tasks:
+            return
+        for p in self.parameters():
+            p.requires_grad_(False)
+        device = next(self.parameters(), torch.empty(0)).device
+        k = len(self.columns)
+        widths = [self.in_features, *self.hidden]
+        self.columns.append(nn.ModuleList(
+            nn.Linear(widths[i], widths[i + 1], device=device) for i in range(len(self.hidden))
+        ))
+        # laterals[k][d-1][j]: from column j's layer d-1 output into column k's layer d
+        self.laterals.append(nn.ModuleList(
+            nn.ModuleList(nn.Linear(widths[d], widths[d + 1], bias=False, device=device) for _ in range(k))
+            for d in range(1, len(self.hidden))
+        ))
+        self.tasks.append(task)
+
+    def _column(self, x: Tensor, k: int) -> list[list[Tensor]]:
+        acts: list[list[Tensor]] = []  # acts[j][d]: column j's layer-d output
+        for j in range(k + 1):
+            out, h = [], x
+            for depth, layer in enumerate(self.columns[j]):
+                z = layer(h)
+                if depth > 0:
+                    for i, lateral in enumerate(self.laterals[j][depth - 1]):
+                        z = z + lateral(acts[i][depth - 1])
+                h = torch.relu(z)
+                out.append(h)
+            acts.append(out)
+        return acts
+
+    def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        x = x.flatten(1)
+        if t is None:
+            raise ValueError("a progressive network needs the task id of every sample")
+        out = x.new_zeros((len(x), self.out_features))
+        for task in t.unique().tolist():
+            if task not in self.tasks:
+                continue
+            k = self.tasks.index(task)
+            features = self._column(x, k)[k][-1]
+            out = torch.where((t == task).unsqueeze(1), features, out)
+        return out
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": "pnn", "in_features": self.in_features, "hidden": self.hidden, "tasks": self.tasks}
+
+
+BACKBONES = {"mlp": MLP, "cnn": SmallCNN, "pnn": ProgressiveMLP}

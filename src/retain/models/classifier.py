@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from retain.models.backbones import BACKBONES
-from retain.models.heads import HEADS
+from retain.models.heads import HEADS, _build_head
 
 
 class Classifier(nn.Module):
@@ -23,11 +23,12 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def features(self, x: Tensor) -> Tensor:
-        return self.backbone(x)
+    def features(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        # Progressive networks pick a column per task; other backbones ignore task ids.
+        return self.backbone(x, t) if getattr(self.backbone, "uses_task", False) else self.backbone(x)
 
     def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
-        return self.head(self.backbone(x), t)
+        return self.head(self.features(x, t), t)
 
     def get_config(self) -> dict[str, Any]:
         return {"backbone": self.backbone.get_config(), "head": self.head.get_config()}
@@ -37,8 +38,7 @@ def build_model(config: dict[str, Any]) -> Classifier:
     """Rebuild a classifier (with its current head sizes) from ``get_config()``."""
     backbone_cfg = dict(config["backbone"])
     backbone = BACKBONES[backbone_cfg.pop("name")](**backbone_cfg)
-    head_cfg = dict(config["head"])
-    head = HEADS[head_cfg.pop("kind")](**head_cfg)
+    head = _build_head(config["head"])
     return Classifier(backbone, head)
 
 

@@ -130,4 +130,69 @@ class MultiHead(nn.Module):
                 "task_classes": {str(k): v for k, v in self.task_classes.items()}}
 
 
-HEADS = {"fixed": LinearHead, "growing": IncrementalHead, "per_task": MultiHead}
+class NMEHead(nn.Module):
+    """Nearest-mean-of-exemplars classifier (iCaRL, Rebuffi et al. 2017) around a trained head.
+
+    In training mode it is the wrapped head; in evaluation mode each sample goes to the class
+    whose mean L2-normalised feature is nearest (classes without a mean get ``NEG``). With unit
+    features, ``argmin ||f - mu_c||^2 = argmax 2 f.mu_c - ||mu_c||^2``: a linear layer.
+    """
+
+    def __init__(self, in_features: int, inner: dict[str, Any] | nn.Module) -> None:
+        super().__init__()
+        self.inner = inner if isinstance(inner, nn.Module) else _build_head(inner)
+        self.in_features = in_features
+        self.register_buffer("means", torch.zeros(self.inner.n_outputs, in_features))
+        self.register_buffer("has_mean", torch.zeros(self.inner.n_outputs, dtype=torch.bool))
+
+    @property
+    def n_outputs(self) -> int:
+        return self.inner.n_outputs
+
+    def set_means(self, means: Tensor, has_mean: Tensor) -> None:
+        self.means, self.has_mean = means.to(self.means.device), has_mean.to(self.means.device)
+
+    def forward(self, h: Tensor, t: Tensor | None = None) -> Tensor:
+        if self.training or not bool(self.has_mean.any()):
+            return self.inner(h, t)
+        f = torch.nn.functional.normalize(h, dim=1)
+        scores = 2 * f @ self.means.T - (self.means**2).sum(1)
+        return scores.masked_fill(~self.has_mean, NEG)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"kind": "nme", "in_features": self.in_features, "inner": self.inner.get_config()}
+
+
+class BiasCorrectedHead(nn.Module):
+    """Per-class affine correction ``scale * z + shift`` of a head's logits (BiC, Wu et al. 2019).
+
+    Scales start at 1 and shifts at 0; BiC fits them for the newest classes only.
+    """
+
+    def __init__(self, in_features: int, inner: dict[str, Any] | nn.Module) -> None:
+        super().__init__()
+        self.inner = inner if isinstance(inner, nn.Module) else _build_head(inner)
+        self.in_features = in_features
+        self.register_buffer("scale", torch.ones(self.inner.n_outputs))
+        self.register_buffer("shift", torch.zeros(self.inner.n_outputs))
+
+    @property
+    def n_outputs(self) -> int:
+        return self.inner.n_outputs
+
+    def forward(self, h: Tensor, t: Tensor | None = None) -> Tensor:
+        return self.inner(h, t) * self.scale + self.shift
+
+    def get_config(self) -> dict[str, Any]:
+        return {"kind": "bias_corrected", "in_features": self.in_features, "inner": self.inner.get_config()}
+
+
+def _build_head(config: dict[str, Any]) -> nn.Module:
+    config = dict(config)
+    return HEADS[config.pop("kind")](**config)
+
+
+HEADS = {
+    "fixed": LinearHead, "growing": IncrementalHead, "per_task": MultiHead,
+    "nme": NMEHead, "bias_corrected": BiasCorrectedHead,
+}

@@ -6,6 +6,7 @@ from typing import Any
 
 from retain.strategies.agem import AGEM
 from retain.strategies.base import HOOKS, Strategy, implements
+from retain.strategies.bic import BiC
 from retain.strategies.cumulative import Cumulative
 from retain.strategies.der import DER, DERPP
 from retain.strategies.er_ace import ERACE
@@ -14,11 +15,13 @@ from retain.strategies.finetune import Finetune
 from retain.strategies.gdumb import GDumb
 from retain.strategies.gem import GEM
 from retain.strategies.growing_head import GrowingHead
+from retain.strategies.icarl import ICaRL
 from retain.strategies.joint import Joint
 from retain.strategies.l2 import L2
 from retain.strategies.lwf import LwF
 from retain.strategies.mas import MAS
 from retain.strategies.memory import Memory
+from retain.strategies.pnn import PNN
 from retain.strategies.replay import Replay
 from retain.strategies.si import SI
 from retain.strategies.task_heads import TaskHeads
@@ -27,7 +30,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (
         Finetune, Cumulative, Joint, Replay, DER, DERPP, ERACE, GDumb, L2, EWC, SI, MAS, LwF,
-        GEM, AGEM, GrowingHead, TaskHeads,
+        GEM, AGEM, ICaRL, BiC, GrowingHead, TaskHeads, PNN,
     )
 }
 
@@ -48,6 +51,9 @@ def make_strategy(name: str, **params: Any) -> Strategy:
 
 
 __all__ = [
+    "BiC",
+    "ICaRL",
+    "PNN",
     "AGEM",
     "DER",
     "DERPP",

@@ -110,6 +110,14 @@ class Memory:
         idx = torch.randperm(len(self), generator=generator)[:n]
         return {k: v[idx] for k, v in self.data.items()}
 
+    def extend(self, x: Tensor, y: Tensor, t: Tensor, n: int,
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The batch ``(x, y, t)`` with ``n`` random memory samples appended (as is when empty)."""
+        if not len(self):
+            return x, y, t
+        m = self.sample(n, generator)
+        return tuple(torch.cat([a, m[k].to(a.device)]) for a, k in ((x, "x"), (y, "y"), (t, "t")))
+
     def state_dict(self) -> dict[str, Any]:
         return {"seen": self.seen} | {f"data.{k}": v for k, v in self.data.items()}
 

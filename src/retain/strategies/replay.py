@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from pydantic import PositiveFloat, PositiveInt
 
 from retain.strategies.base import Strategy, params
@@ -34,11 +33,7 @@ class Replay(Strategy):
         self.memory_ = Memory(self.memory_size, self.policy)
 
     def batch(self, learner, x, y, t):
-        if len(self.memory_) == 0:
-            return x, y, t
-        m = self.memory_.sample(self.batch_size or round(self.ratio * len(y)), learner.generator)
-        dev = x.device
-        return torch.cat([x, m["x"].to(dev)]), torch.cat([y, m["y"].to(dev)]), torch.cat([t, m["t"].to(dev)])
+        return self.memory_.extend(x, y, t, self.batch_size or round(self.ratio * len(y)), learner.generator)
 
     def after_experience(self, learner, exp) -> None:
         features = learner.features(exp.x_train, exp.train_tasks()) if self.policy == "herding" else None

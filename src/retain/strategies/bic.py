@@ -1,0 +1,122 @@
+"""BiC: correct the output layer's bias towards new classes on a held-out slice of memory."""
+
+from __future__ import annotations
+
+import copy
+from typing import Annotated, Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+from retain.models import BiasCorrectedHead, build_model
+from retain.strategies.base import Strategy, flatten, params, unflatten
+from retain.strategies.importance import distillation
+from retain.strategies.lwf import _frozen
+from retain.strategies.memory import Memory
+
+
+@params
+class BiC(Strategy):
+    """Bias Correction (Wu et al. 2019, CVPR, "Large Scale Incremental Learning").
+
+    Stage 1 trains on new data plus replayed exemplars with distillation of the old classes
+    (as LwF). A ``val_fraction`` of the memory is held out, and as many samples per class are
+    held out of each new experience. Stage 2 then fits two numbers, ``scale`` and ``shift``,
+    applied to the new classes' logits only (:class:`~retain.models.BiasCorrectedHead`), by
+    minimising cross-entropy on that balanced held-out set with everything else frozen.
+    """
+
+    memory_size: PositiveInt = 200
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    ratio: PositiveFloat = 2.0
+    alpha: NonNegativeFloat = 1.0
+    temperature: PositiveFloat = 2.0
+    bias_steps: PositiveInt = 200
+
+    name = "bic"
+    family = "replay"
+    scenarios = ("class_incremental",)
+
+    def __post_init__(self) -> None:
+        n_val = max(1, round(self.memory_size * self.val_fraction))
+        self.memory_ = Memory(self.memory_size - n_val, "class_balanced")
+        self.validation_ = Memory(n_val, "class_balanced")
+        self.old_model_: torch.nn.Module | None = None
+        self.old_classes_: list[int] = []
+        self._held_out: tuple[torch.Tensor, ...] | None = None
+        self._trained_on: tuple[torch.Tensor, ...] | None = None
+
+    def before_experience(self, learner, exp) -> None:
+        model = learner.model
+        if not isinstance(model.head, BiasCorrectedHead):
+            model.head = BiasCorrectedHead(model.head.in_features, model.head).to(learner.device)
+        if learner.seen_classes_:
+            self.old_model_ = _frozen(copy.deepcopy(model))
+            self.old_classes_ = list(learner.seen_classes_)
+        # Hold out, per new class, as many samples as the validation memory will keep per class.
+        x, y, t = learner.train_set
+        per_class = max(1, self.validation_.size // (len(set(learner.seen_classes_) | set(exp.classes))))
+        order = torch.randperm(len(y), generator=learner.generator)
+        held = torch.cat([order[y[order] == c][:per_class] for c in y.unique()])
+        mask = torch.ones(len(y), dtype=torch.bool)
+        mask[held] = False
+        self._held_out = (x[held], y[held], t[held])
+        learner.train_set = (x[mask], y[mask], t[mask])
+        self._trained_on = learner.train_set
+
+    def batch(self, learner, x, y, t):
+        return self.memory_.extend(x, y, t, round(self.ratio * len(y)), learner.generator)
+
+    def loss(self, learner, x, y, t, logits):
+        if self.old_model_ is None:
+            return logits.new_zeros(())
+        with torch.no_grad():
+            old = self.old_model_(x, t)[:, self.old_classes_]
+        return self.alpha * distillation(logits[:, self.old_classes_], old, self.temperature)
+
+    def after_experience(self, learner, exp) -> None:
+        self.validation_.add(*self._held_out, exp.id, generator=learner.generator)
+        self.memory_.add(*self._trained_on, exp.id, generator=learner.generator)
+        self._held_out = self._trained_on = None
+        if self.old_classes_:
+            self._fit_bias(learner, list(exp.classes))
+
+    def _fit_bias(self, learner, new_classes: list[int]) -> None:
+        head = learner.model.head
+        dev = learner.device
+        with torch.no_grad():  # new classes' scale and shift are still 1 and 0 here
+            z = learner.predict_logits(self.validation_.x, self.validation_.t).to(dev)
+        y = self.validation_.y.to(dev)
+        cols = torch.tensor(new_classes, device=dev)
+        ab = torch.tensor([1.0, 0.0], device=dev, requires_grad=True)
+        opt = torch.optim.LBFGS([ab], lr=0.5, max_iter=self.bias_steps)
+
+        def closure():
+            opt.zero_grad()
+            corrected = z.clone()
+            corrected[:, cols] = z[:, cols] * ab[0] + ab[1]
+            loss = F.cross_entropy(corrected, y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            head.scale[cols] = ab[0].detach()
+            head.shift[cols] = ab[1].detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = flatten("memory", self.memory_.state_dict()) | flatten("validation", self.validation_.state_dict())
+        state |= {"old_classes": self.old_classes_}
+        if self.old_model_ is not None:
+            state |= {"config": self.old_model_.get_config()} | flatten("old", self.old_model_.state_dict())
+        return state
+
+    def load_state_dict(self, state, learner) -> None:
+        self.memory_.load_state_dict(unflatten("memory", state))
+        self.validation_.load_state_dict(unflatten("validation", state))
+        self.old_classes_ = list(state.get("old_classes", []))
+        if "config" in state:
+            old = build_model(state["config"]).to(learner.device)
+            old.load_state_dict(unflatten("old", state))
+            self.old_model_ = _frozen(old)
