@@ -145,6 +145,16 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _heads_fit_scenario(self) -> RunConfig:
+        kind = {"permuted": "domain_incremental", "rotated": "domain_incremental"}.get(
+            self.scenario.kind, self.scenario.kind)
+        for i, method in enumerate(self.strategies):
+            for part in method.compose:
+                allowed = STRATEGIES[part["name"]].scenarios
+                if kind not in allowed:
+                    raise ValueError(
+                        f"strategies.{i}: {part['name']} supports {' and '.join(allowed)} streams, "
+                        f"not scenario.kind {self.scenario.kind}"
+                    )
         if self.model.head == "per_task" and self.scenario.kind != "task_incremental":
             raise ValueError("model.head: per_task needs scenario.kind: task_incremental (task ids at test time)")
         return self

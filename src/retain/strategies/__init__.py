@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from retain.strategies.agem import AGEM
@@ -51,6 +52,7 @@ def make_strategy(name: str, **params: Any) -> Strategy:
 
 
 __all__ = [
+    "describe",
     "BiC",
     "ICaRL",
     "PNN",
@@ -78,3 +80,20 @@ __all__ = [
     "implements",
     "make_strategy",
 ]
+
+
+def describe(cls: type[Strategy]) -> dict[str, Any]:
+    """What ``retain strategies`` shows of a method: its job, family, scenarios, defaults, paper.
+
+    >>> describe(STRATEGIES["replay"])["defaults"]["memory_size"]
+    200
+    """
+    module = sys.modules[cls.__module__]
+    return {
+        "name": cls.name,
+        "summary": (module.__doc__ or "").strip().splitlines()[0],
+        "family": cls.family,
+        "scenarios": list(cls.scenarios),
+        "defaults": {k: f.default for k, f in cls.__dataclass_fields__.items()},
+        "paper": cls.paper,
+    }

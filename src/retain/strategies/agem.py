@@ -26,6 +26,7 @@ class AGEM(Strategy):
     sample_size: PositiveInt = 64
 
     name = "agem"
+    paper = 'Chaudhry et al. 2019, "Efficient Lifelong Learning with A-GEM", ICLR'
     family = "gradient_projection"
 
     def __post_init__(self) -> None:

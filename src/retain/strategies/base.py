@@ -38,6 +38,7 @@ class Strategy:
 
     name: ClassVar[str] = "strategy"
     family: ClassVar[str] = "baseline"
+    paper: ClassVar[str] = ""
     # Joint trains once on the whole stream instead of experience by experience.
     whole_stream: ClassVar[bool] = False
     # The kinds of stream the method is meant for; the learner refuses the others.

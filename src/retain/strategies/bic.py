@@ -35,6 +35,7 @@ class BiC(Strategy):
     bias_steps: PositiveInt = 200
 
     name = "bic"
+    paper = 'Wu et al. 2019, "Large Scale Incremental Learning", CVPR'
     family = "replay"
     scenarios = ("class_incremental",)
 
@@ -89,21 +90,23 @@ class BiC(Strategy):
             z = learner.predict_logits(self.validation_.x, self.validation_.t).to(dev)
         y = self.validation_.y.to(dev)
         cols = torch.tensor(new_classes, device=dev)
-        ab = torch.tensor([1.0, 0.0], device=dev, requires_grad=True)
-        opt = torch.optim.LBFGS([ab], lr=0.5, max_iter=self.bias_steps)
+        # scale = exp(a) stays positive; a weak pull towards the identity keeps a held-out set
+        # of a few samples per class from driving the two numbers to extremes.
+        ab = torch.zeros(2, device=dev, requires_grad=True)
+        opt = torch.optim.LBFGS([ab], lr=1.0, max_iter=self.bias_steps, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
             corrected = z.clone()
-            corrected[:, cols] = z[:, cols] * ab[0] + ab[1]
-            loss = F.cross_entropy(corrected, y)
+            corrected[:, cols] = z[:, cols] * ab[0].exp() + ab[1]
+            loss = F.cross_entropy(corrected, y) + 1e-2 * ab.pow(2).sum()
             loss.backward()
             return loss
 
         opt.step(closure)
         with torch.no_grad():
-            head.scale[cols] = ab[0].detach()
-            head.shift[cols] = ab[1].detach()
+            head.scale[cols] = ab[0].exp()
+            head.shift[cols] = ab[1]
 
     def state_dict(self) -> dict[str, Any]:
         state = flatten("memory", self.memory_.state_dict()) | flatten("validation", self.validation_.state_dict())

@@ -18,6 +18,7 @@ class Cumulative(Strategy):
     """
 
     name = "cumulative"
+    paper = 'Lomonaco & Maltoni 2017, "CORe50" (cumulative upper bound)'
 
     def __post_init__(self) -> None:
         self.x_: list[torch.Tensor] = []

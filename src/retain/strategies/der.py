@@ -30,6 +30,7 @@ class DER(Strategy):
     ratio: PositiveFloat = 2.0
 
     name = "der"
+    paper = 'Buzzega et al. 2020, "Dark Experience for General Continual Learning", NeurIPS'
     family = "replay"
 
     def __post_init__(self) -> None:
@@ -64,3 +65,4 @@ class DERPP(DER):
     beta: NonNegativeFloat = 1.0
 
     name = "derpp"
+    paper = "Buzzega et al. 2020, NeurIPS (DER++)"

@@ -28,6 +28,7 @@ class ERACE(Strategy):
     batch_size: PositiveInt | None = None
 
     name = "er_ace"
+    paper = 'Caccia et al. 2022, "New Insights on Reducing Abrupt Representation Change", ICLR'
     family = "replay"
     scenarios = ("class_incremental", "task_incremental")
 

@@ -14,3 +14,4 @@ class Finetune(Strategy):
     """
 
     name = "finetune"
+    paper = 'McCloskey & Cohen 1989, "Catastrophic interference in connectionist networks"'

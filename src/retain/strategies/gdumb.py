@@ -23,6 +23,7 @@ class GDumb(Strategy):
     memory_size: PositiveInt = 200
 
     name = "gdumb"
+    paper = 'Prabhu, Torr & Dokania 2020, "GDumb", ECCV'
     family = "replay"
 
     def __post_init__(self) -> None:

@@ -27,6 +27,7 @@ class GEM(Strategy):
     margin: NonNegativeFloat = 0.5
 
     name = "gem"
+    paper = 'Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory", NeurIPS'
     family = "gradient_projection"
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ class GrowingHead(Strategy):
     """
 
     name = "growing_head"
+    paper = "Rebuffi et al. 2017 (iCaRL's expanding classifier)"
     family = "architecture"
 
     def before_experience(self, learner, exp) -> None:

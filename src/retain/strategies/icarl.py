@@ -34,6 +34,7 @@ class ICaRL(Strategy):
     temperature: PositiveFloat = 2.0
 
     name = "icarl"
+    paper = 'Rebuffi et al. 2017, "iCaRL: Incremental Classifier and Representation Learning", CVPR'
     family = "replay"
     scenarios = ("class_incremental",)
 

@@ -15,4 +15,5 @@ class Joint(Strategy):
     """
 
     name = "joint"
+    paper = 'Lopez-Paz & Ranzato 2017 (joint/multi-task upper bound)'
     whole_stream = True

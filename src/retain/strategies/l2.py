@@ -22,6 +22,7 @@ class L2(Strategy):
     lam: NonNegativeFloat = 0.1
 
     name = "l2"
+    paper = 'Kirkpatrick et al. 2017, PNAS (the L2 baseline)'
     family = "regularization"
 
     def __post_init__(self) -> None:

@@ -26,6 +26,7 @@ class LwF(Strategy):
     temperature: PositiveFloat = 2.0
 
     name = "lwf"
+    paper = 'Li & Hoiem 2017, "Learning without Forgetting", TPAMI'
     family = "regularization"
 
     def __post_init__(self) -> None:

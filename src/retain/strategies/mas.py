@@ -26,6 +26,7 @@ class MAS(Strategy):
     decay: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
 
     name = "mas"
+    paper = 'Aljundi et al. 2018, "Memory Aware Synapses", ECCV'
     family = "regularization"
 
     def __post_init__(self) -> None:

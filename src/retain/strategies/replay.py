@@ -27,6 +27,7 @@ class Replay(Strategy):
     policy: Literal["class_balanced", "reservoir", "herding"] = "class_balanced"
 
     name = "replay"
+    paper = 'Chaudhry et al. 2019, "On Tiny Episodic Memories in Continual Learning"'
     family = "replay"
 
     def __post_init__(self) -> None:

@@ -26,6 +26,7 @@ class SI(Strategy):
     xi: PositiveFloat = 1e-3
 
     name = "si"
+    paper = 'Zenke, Poole & Ganguli 2017, "Continual Learning Through Synaptic Intelligence", ICML'
     family = "regularization"
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ class TaskHeads(Strategy):
     """
 
     name = "task_heads"
+    paper = 'Li & Hoiem 2017; van de Ven & Tolias 2019 (multi-headed setup)'
     family = "architecture"
 
     def before_experience(self, learner, exp) -> None:

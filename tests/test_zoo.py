@@ -1,0 +1,223 @@
+"""The strategy zoo: each method's defining property, on digits, in seconds."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from retain import Learner
+from retain.cli import main
+from retain.metrics import average_accuracy, forgetting
+from retain.models import NMEHead
+from retain.strategies import (
+    AGEM,
+    DER,
+    DERPP,
+    ERACE,
+    GEM,
+    MAS,
+    PNN,
+    SI,
+    STRATEGIES,
+    BiC,
+    Finetune,
+    GDumb,
+    ICaRL,
+    Memory,
+    Replay,
+    TaskHeads,
+    make_strategy,
+)
+from retain.strategies.memory import herding_order
+from retain.strategies.projection import flat_grad, memory_grad, project_to_cone
+
+from .conftest import make_learner, train_matrix
+
+
+def test_every_method_is_listed_with_family_scenarios_defaults_and_paper(capsys):
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    for name, cls in STRATEGIES.items():
+        assert f"\n{name} " in "\n" + out and cls.paper in out
+    assert "memory_size=200" in out and "gradient_projection" in out
+
+
+@pytest.mark.parametrize("strategy", [SI(), MAS()], ids=["si", "mas"])
+def test_importance_regularizers_forget_less_on_a_permuted_stream(permuted_digits, strategy):
+    _, fine = train_matrix(permuted_digits, [Finetune()])
+    _, reg = train_matrix(permuted_digits, [strategy])
+    assert forgetting(reg) < forgetting(fine) - 0.2
+
+
+@pytest.mark.parametrize("make", [DER, DERPP, ERACE, GEM, ICaRL, BiC], ids=lambda c: c.name)
+def test_memory_methods_beat_finetune_in_class_incremental(split_digits, make):
+    _, fine = train_matrix(split_digits, [Finetune()], epochs=3)
+    _, ours = train_matrix(split_digits, [make(memory_size=100)], epochs=3)
+    assert average_accuracy(ours) > average_accuracy(fine) + 0.3
+
+
+def test_der_stores_logits_with_the_sample(split_digits):
+    learner = make_learner(split_digits, [DER(memory_size=500)], epochs=1)
+    learner.fit(split_digits[0])
+    mem = learner.strategies[0].memory_
+    assert set(mem.data) == {"x", "y", "t", "e", "logits"} and mem.logits.shape == (len(mem), 10)
+    x, y, t = split_digits[1].x_train[:4], split_digits[1].y_train[:4], split_digits[1].train_tasks()[:4]
+    logits = torch.randn(4, 10)
+    fresh = DER(memory_size=5)
+    learner.experience = split_digits[1]
+    fresh.loss(learner, x, y, t, logits)
+    assert torch.equal(fresh.memory_.logits, logits) and torch.equal(fresh.memory_.x, x)
+
+
+def test_er_ace_leaves_absent_classes_alone_on_new_data(split_digits):
+    learner = make_learner(split_digits, [ERACE()], epochs=1)
+    learner.experience = split_digits[1]
+    exp = split_digits[1]
+    x, y, t = exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16]  # classes 2 and 3 only
+    logits = torch.randn(16, 10, requires_grad=True)
+    total = F.cross_entropy(logits, y) + learner.strategies[0].loss(learner, x, y, t, logits)
+    total.backward()
+    absent = [c for c in range(10) if c not in (2, 3)]
+    assert torch.equal(logits.grad[:, absent], torch.zeros(16, 8))
+
+
+def _one_backward(learner, exp):
+    x, y, t = exp.x_train[:32], exp.y_train[:32], exp.train_tasks()[:32]
+    learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.05)
+    learner.optimizer.zero_grad()
+    F.cross_entropy(learner.model(x, t), y).backward()
+
+
+def test_agem_projected_gradient_never_raises_the_memory_loss(split_digits):
+    learner = make_learner(split_digits, [AGEM(memory_size=60, sample_size=60)], epochs=2)
+    learner.fit(split_digits[0])
+    mem = learner.strategies[0].memory_
+    conflicts = 0
+    for exp in split_digits[1:3]:
+        _one_backward(learner, exp)
+        g_ref = memory_grad(learner, mem.x, mem.y, mem.t)
+        conflicts += int(torch.dot(flat_grad(learner.model), g_ref) < 0)
+        learner.strategies[0].after_backward(learner)
+        assert torch.dot(flat_grad(learner.model), g_ref) >= -1e-6
+    assert conflicts > 0  # the projection had something to do
+
+
+def test_gem_projection_satisfies_every_old_experience(split_digits):
+    learner = make_learner(split_digits, [GEM(memory_size=60)], epochs=2)
+    for exp in split_digits[:3]:
+        learner.fit(exp)
+    mem = learner.strategies[0].memory_
+    assert sorted(mem.e.unique().tolist()) == [0, 1, 2]
+    _one_backward(learner, split_digits[3])
+    learner.strategies[0].after_backward(learner)
+    g = flat_grad(learner.model)
+    for k in range(3):
+        rows = mem.e == k
+        assert torch.dot(g, memory_grad(learner, mem.x[rows], mem.y[rows], mem.t[rows])) >= -1e-5
+
+
+def test_cone_projection_is_the_closest_feasible_gradient():
+    torch.manual_seed(0)
+    for _ in range(20):
+        G, g = torch.randn(3, 6), torch.randn(6)
+        p = project_to_cone(g, G, eps=1e-10)
+        assert (G @ p >= -1e-5).all()
+        # optimality: p - g = G^T v with v >= 0 and v_k = 0 where constraint k is slack
+        v = torch.linalg.lstsq(G.T.double(), (p - g).double().unsqueeze(1)).solution.squeeze(1)
+        assert (v >= -1e-5).all() and ((G @ p > 1e-4) <= (v.abs() < 1e-4)).all()
+
+
+def test_gdumb_retrains_on_a_balanced_memory_only(split_digits):
+    learner, rows = train_matrix(split_digits, [GDumb(memory_size=100)], epochs=30)
+    mem = learner.strategies[0].memory_
+    assert torch.bincount(mem.y).tolist() == [10] * 10
+    assert average_accuracy(rows) > 0.6
+
+
+def test_icarl_predicts_with_the_nearest_mean_of_exemplars(split_digits):
+    learner = make_learner(split_digits, [ICaRL(memory_size=100)], epochs=2)
+    for exp in split_digits[:3]:
+        learner.fit(exp)
+    head = learner.model.head
+    assert isinstance(head, NMEHead) and head.has_mean.sum() == 6
+    x = split_digits[1].x_test
+    f = F.normalize(learner.features(x), dim=1)
+    nearest = torch.cdist(f, head.means[:6]).argmin(1)
+    assert torch.equal(learner.predict(x), nearest)
+    with torch.no_grad():
+        head.inner.fc.weight.zero_()  # the trained linear head plays no part in prediction
+    assert torch.equal(learner.predict(x), nearest)
+
+
+def test_herding_picks_the_sample_nearest_the_mean_first():
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])
+    order = herding_order(f, torch.zeros(4, dtype=torch.long))
+    assert order.tolist()[:2] in ([3, 2], [2, 3]) and len(set(order.tolist())) == 4
+    mem = Memory(2, "herding")
+    mem.add(f, torch.zeros(4, dtype=torch.long), features=f)
+    assert torch.allclose(mem.x[mem.x[:, 0].argsort()], torch.tensor([[0.6, 0.8], [0.8, 0.6]]))
+
+
+def test_bic_layer_only_rescales_new_class_logits(split_digits):
+    learner = make_learner(split_digits, [BiC(memory_size=100)], epochs=2)
+    learner.fit(split_digits[0])
+    head = learner.model.head
+    assert torch.equal(head.scale, torch.ones(10)) and torch.equal(head.shift, torch.zeros(10))
+    learner.fit(split_digits[1])
+    first = head.scale.clone(), head.shift.clone()
+    assert torch.equal(first[0][[0, 1]], torch.ones(2)) and torch.equal(first[1][[0, 1]], torch.zeros(2))
+    assert not torch.equal(first[0][[2, 3]], torch.ones(2))
+    learner.fit(split_digits[2])
+    assert torch.equal(head.scale[:4], first[0][:4]) and torch.equal(head.shift[:4], first[1][:4])
+    assert not torch.equal(head.scale[[4, 5]], torch.ones(2))
+
+
+def test_pnn_old_columns_stay_frozen(task_digits):
+    learner = make_learner(task_digits, [PNN()], epochs=2)
+    learner.fit(task_digits[0])
+    column0 = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    before = learner.predict(task_digits[0].x_test, task_digits[0].test_tasks())
+    for exp in task_digits[1:3]:
+        learner.fit(exp)
+    after = learner.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in column0.items())
+    assert torch.equal(learner.predict(task_digits[0].x_test, task_digits[0].test_tasks()), before)
+    assert len(learner.model.backbone.columns) == 3
+
+
+def test_a_strategy_refuses_a_scenario_it_does_not_support(split_digits):
+    learner = make_learner(split_digits, [PNN()], epochs=1)
+    with pytest.raises(ValueError, match="pnn supports task_incremental streams; experience 0 is class_incremental"):
+        learner.fit(split_digits[0])
+
+
+ROUND_TRIP = {
+    "si": ("split", lambda: [SI()]), "mas": ("split", lambda: [MAS()]),
+    "der": ("split", lambda: [DER(60)]), "derpp": ("split", lambda: [DERPP(60)]),
+    "er_ace": ("split", lambda: [ERACE(60)]), "agem": ("split", lambda: [AGEM(60)]),
+    "gem": ("split", lambda: [GEM(60)]), "gdumb": ("split", lambda: [GDumb(60)]),
+    "icarl": ("split", lambda: [ICaRL(60)]), "bic": ("split", lambda: [BiC(60)]),
+    "herding": ("split", lambda: [Replay(60, policy="herding")]),
+    "pnn": ("task", lambda: [PNN()]), "task_heads+si": ("task", lambda: [TaskHeads(), SI()]),
+}
+
+
+@pytest.mark.parametrize("name", ROUND_TRIP, ids=list(ROUND_TRIP))
+def test_save_load_round_trip(split_digits, task_digits, tmp_path, name):
+    kind, make = ROUND_TRIP[name]
+    stream = split_digits if kind == "split" else task_digits
+    learner = make_learner(stream, make(), epochs=1)
+    for exp in stream[:2]:
+        learner.fit(exp)
+    learner.save(tmp_path)
+    loaded = Learner.load(tmp_path, device="cpu")
+    for exp in stream[2:4]:
+        learner.fit(exp)
+        loaded.fit(exp)
+    for exp in stream[:4]:
+        args = (exp.x_test, exp.test_tasks())
+        assert torch.equal(loaded.predict_logits(*args), learner.predict_logits(*args))
+
+
+def test_every_registered_strategy_builds_with_defaults():
+    for name in STRATEGIES:
+        assert make_strategy(name).name == name
