@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 POLICIES = ("reservoir", "class_balanced", "herding")
@@ -64,6 +65,12 @@ class Memory:
         new = {k: v.detach().cpu() for k, v in new.items()}
         if not self.data:
             self.data = {k: v[:0].clone() for k, v in new.items()}
+        for k, v in new.items():  # logits of a head that grew since: pad the narrower side with NaN
+            old = self.data.get(k)
+            if old is not None and v.dim() == 2 and old.shape[1] != v.shape[1]:
+                width = max(old.shape[1], v.shape[1])
+                self.data[k] = F.pad(old, (0, width - old.shape[1]), value=float("nan"))
+                new[k] = F.pad(v, (0, width - v.shape[1]), value=float("nan"))
         if set(new) != set(self.data):
             raise ValueError(f"memory holds {sorted(self.data)}, got samples with {sorted(new)}")
         if self.policy == "reservoir":

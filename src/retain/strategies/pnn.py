@@ -32,6 +32,6 @@ class PNN(Strategy):
                 model.backbone = ProgressiveMLP(cfg["in_features"], cfg["hidden"]).to(learner.device)
                 model.head = MultiHead(model.backbone.out_features, 0).to(learner.device)
             model.backbone.add_column(exp.task)
-            for head in model.head.heads.values():
-                head.requires_grad_(False)
             model.head.add_task(exp.task, exp.classes)
+            for task, head in model.head.heads.items():
+                head.requires_grad_(task == str(exp.task))

@@ -23,4 +23,6 @@ class TaskHeads(Strategy):
         with learner.seeded():
             if not isinstance(model.head, MultiHead):
                 model.head = MultiHead(model.head.in_features, 0).to(learner.device)
-            model.head.add_task(exp.task, exp.classes)
+            _, y, t = learner.train_set  # a merged stream (Joint) holds several tasks at once
+            for task in t.unique().tolist():
+                model.head.add_task(task, y[t == task].unique().tolist())
