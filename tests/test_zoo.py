@@ -56,16 +56,18 @@ def test_memory_methods_beat_finetune_in_class_incremental(split_digits, make):
 
 
 def test_der_stores_logits_with_the_sample(split_digits):
-    learner = make_learner(split_digits, [DER(memory_size=500)], epochs=1)
+    learner = make_learner(split_digits, [DER(memory_size=50)], epochs=1)
     learner.fit(split_digits[0])
     mem = learner.strategies[0].memory_
-    assert set(mem.data) == {"x", "y", "t", "e", "logits"} and mem.logits.shape == (len(mem), 10)
+    assert set(mem.data) == {"x", "y", "t", "e", "logits"} and mem.logits.shape == (50, 10)
+    # stored at the end of the experience: the logits the trained model gives those samples
+    assert torch.allclose(mem.logits, learner.predict_logits(mem.x), atol=1e-5)
+    streaming = DER(memory_size=5, store="stream")
     x, y, t = split_digits[1].x_train[:4], split_digits[1].y_train[:4], split_digits[1].train_tasks()[:4]
     logits = torch.randn(4, 10)
-    fresh = DER(memory_size=5)
     learner.experience = split_digits[1]
-    fresh.loss(learner, x, y, t, logits)
-    assert torch.equal(fresh.memory_.logits, logits) and torch.equal(fresh.memory_.x, x)
+    streaming.loss(learner, x, y, t, logits)
+    assert torch.equal(streaming.memory_.logits, logits) and torch.equal(streaming.memory_.x, x)
 
 
 def test_er_ace_leaves_absent_classes_alone_on_new_data(split_digits):
@@ -192,7 +194,7 @@ def test_a_strategy_refuses_a_scenario_it_does_not_support(split_digits):
 
 ROUND_TRIP = {
     "si": ("split", lambda: [SI()]), "mas": ("split", lambda: [MAS()]),
-    "der": ("split", lambda: [DER(60)]), "derpp": ("split", lambda: [DERPP(60)]),
+    "der": ("split", lambda: [DER(60)]), "derpp": ("split", lambda: [DERPP(60, store="stream")]),
     "er_ace": ("split", lambda: [ERACE(60)]), "agem": ("split", lambda: [AGEM(60)]),
     "gem": ("split", lambda: [GEM(60)]), "gdumb": ("split", lambda: [GDumb(60)]),
     "icarl": ("split", lambda: [ICaRL(60)]), "bic": ("split", lambda: [BiC(60)]),
@@ -221,3 +223,21 @@ def test_save_load_round_trip(split_digits, task_digits, tmp_path, name):
 def test_every_registered_strategy_builds_with_defaults():
     for name in STRATEGIES:
         assert make_strategy(name).name == name
+
+
+def _state_bytes(learner):
+    return sum(v.numel() * v.element_size() for s in learner.strategies
+               for v in s.state_dict().values() if isinstance(v, torch.Tensor))
+
+
+@pytest.mark.parametrize("name", ["replay", "der", "derpp", "er_ace", "gdumb", "gem", "agem", "icarl", "bic",
+                                  "si", "mas", "lwf", "l2"])
+def test_state_does_not_grow_with_the_number_of_experiences(split_digits, name):
+    learner = make_learner(split_digits, [make_strategy(name, **({"memory_size": 40} if "memory_size" in
+                                                                  STRATEGIES[name].__dataclass_fields__ else {}))],
+                           epochs=1)
+    sizes = []
+    for exp in split_digits:
+        learner.fit(exp)
+        sizes.append(_state_bytes(learner))
+    assert sizes[-1] == sizes[2] > 0

@@ -1,0 +1,147 @@
+"""Avalanche 0.6.0 beside retain on the foundation protocol, in one run (optional, not in CI).
+
+    python benchmarks/peer_avalanche.py [--seeds 0 1 2] [--out benchmarks/results/peer_avalanche.json]
+
+Class-incremental Split MNIST-5k, MLP 784-256-256-10, SGD lr 0.01 momentum 0.9, batch 32,
+3 epochs, 200-sample memories, one torch thread. Avalanche needs its own environment
+(``torch==2.14.1 torchvision==0.29.1``, on this disk for Python 3.11, and ``quadprog`` for
+its GEM); it is created in ``.venv-avalanche`` on first use (about 5.5 GB). For each method
+the Avalanche run (a subprocess of that environment) and retain's namesake run back to back
+on the same split, which this script writes once to a temporary ``.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER = ROOT / ".venv-avalanche"
+
+# retain label -> (retain strategy config, Avalanche strategy and its arguments)
+PAIRS = {
+    "finetune": ("finetune", ("Naive", {})),
+    "replay": ({"name": "replay", "memory_size": 200}, ("Replay", {"mem_size": 200})),
+    "lwf": ("lwf", ("LwF", {"alpha": 1.0, "temperature": 2.0})),
+    "ewc": ("ewc", ("EWC", {"ewc_lambda": 1000.0})),
+    "si": ("si", ("SynapticIntelligence", {"si_lambda": 100.0})),
+    "mas": ("mas", ("MAS", {"lambda_reg": 1.0})),
+    "gem": ({"name": "gem", "memory_size": 200}, ("GEM", {"patterns_per_exp": 40, "memory_strength": 0.5})),
+    "agem": ({"name": "agem", "memory_size": 200}, ("AGEM", {"patterns_per_exp": 40, "sample_size": 64})),
+    "gdumb": ({"name": "gdumb", "memory_size": 200}, ("GDumb", {"mem_size": 200})),
+    "der": ({"name": "der", "memory_size": 200}, ("DER", {"mem_size": 200, "alpha": 0.1, "beta": 0.5})),
+    "derpp": ({"name": "derpp", "memory_size": 200}, ("DER", {"mem_size": 200, "alpha": 0.1, "beta": 0.5})),
+    "cumulative": ("cumulative", ("Cumulative", {})),
+}
+
+WORKER = r'''
+import json, sys, time
+import numpy as np
+import torch
+from torch import nn
+from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensors
+from avalanche.training import supervised
+from avalanche.training.plugins import EvaluationPlugin
+
+torch.set_num_threads(1)
+data_path, name, kwargs, seeds = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+d = np.load(data_path)
+xtr, ytr = torch.tensor(d["x_train"]).flatten(1), torch.tensor(d["y_train"])
+xte, yte = torch.tensor(d["x_test"]).flatten(1), torch.tensor(d["y_test"])
+bench = nc_benchmark(tensors(xtr, ytr), tensors(xte, yte), 5, task_labels=False, shuffle=False,
+                     fixed_class_order=list(range(10)))
+out = []
+for seed in seeds:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    strategy = getattr(supervised, name)(model=model, optimizer=opt, criterion=nn.CrossEntropyLoss(),
+                                         train_mb_size=32, train_epochs=3, eval_mb_size=1000, device="cpu",
+                                         evaluator=EvaluationPlugin(loggers=[]), **kwargs)
+    seconds = 0.0
+    for exp in bench.train_stream:
+        start = time.perf_counter()
+        strategy.train(exp)
+        seconds += time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        accs = [float((model(xte[(yte // 2) == k]).argmax(1) == yte[(yte // 2) == k]).float().mean())
+                for k in range(5)]
+    out.append({"seed": seed, "acc": float(np.mean(accs)), "train_seconds": seconds})
+print(json.dumps(out))
+'''
+
+
+def ensure_peer_env() -> Path:
+    python = PEER / "bin" / "python"
+    if not (PEER / ".ready").is_file():
+        print("creating .venv-avalanche (avalanche-lib 0.6.0, torch 2.14.1; several GB) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEER)], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "torch==2.14.1", "torchvision==0.29.1"], check=True)
+        subprocess.run([*pip, "avalanche-lib==0.6.0", "quadprog"], check=True)
+        (PEER / ".ready").touch()
+    return python
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=list(PAIRS), default=list(PAIRS))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    import torch
+    from class_il import config
+
+    from retain.experiment import build_stream, run_method
+
+    torch.set_num_threads(1)
+    python = ensure_peer_env()
+    cfg = config("mnist5k", "class_incremental", "fixed", [PAIRS[m][0] for m in args.methods], args.seeds)
+    stream = build_stream(cfg)
+    run_method(stream, cfg, cfg.strategies[0], 0)  # warm-up, out of the timings
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "split.npz"
+        merged = stream.merged()
+        np.savez(data, x_train=merged.x_train.numpy(), y_train=merged.y_train.numpy(),
+                 x_test=merged.x_test.numpy(), y_test=merged.y_test.numpy())
+        print("| method | retain ACC % | Avalanche ACC % | retain s/seed | Avalanche s/seed | time ratio |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for label, method in zip(args.methods, cfg.strategies, strict=True):
+            name, kwargs = PAIRS[label][1]
+            started = time.perf_counter()
+            done = subprocess.run([str(python), "-c", WORKER, str(data), name, json.dumps(kwargs),
+                                   json.dumps(args.seeds)], capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"| {label} | Avalanche failed: {done.stderr.strip().splitlines()[-1]} |", flush=True)
+                continue
+            peer = json.loads(done.stdout.strip().splitlines()[-1])
+            ours = [run_method(stream, cfg, method, seed)["metrics"] for seed in args.seeds]
+            row = {
+                "scenario": "class_il_mnist5k", "strategy": label, "peer": f"avalanche.{name}",
+                "acc": float(np.mean([m["acc"] for m in ours])), "acc_std": float(np.std([m["acc"] for m in ours])),
+                "train_seconds": float(np.mean([m["train_seconds"] for m in ours])),
+                "peer_acc": float(np.mean([p["acc"] for p in peer])),
+                "peer_train_seconds": float(np.mean([p["train_seconds"] for p in peer])),
+                "wall_seconds": time.perf_counter() - started,
+            }
+            rows.append(row)
+            print(f"| {label} | {100 * row['acc']:.1f} | {100 * row['peer_acc']:.1f} | {row['train_seconds']:.2f} | "
+                  f"{row['peer_train_seconds']:.2f} | {row['train_seconds'] / row['peer_train_seconds']:.2f} |",
+                  flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
