@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import PositiveInt
 
-from retain.strategies.base import Strategy, params
-from retain.strategies.memory import Memory
+from retain.strategies.base import params
+from retain.strategies.memory import Memory, MemoryStrategy
 from retain.strategies.projection import flat_grad, memory_grad, set_flat_grad
 
 
 @params
-class AGEM(Strategy):
+class AGEM(MemoryStrategy):
     """Averaged Gradient Episodic Memory (Chaudhry et al. 2019, ICLR).
 
     Each step computes the reference gradient ``g_ref`` of the loss on ``sample_size`` memory
@@ -45,12 +43,3 @@ class AGEM(Strategy):
 
     def after_experience(self, learner, exp) -> None:
         self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id, generator=learner.generator)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.memory_.state_dict()
-
-    def load_state_dict(self, state, learner) -> None:
-        self.memory_.load_state_dict(state)
-
-
-

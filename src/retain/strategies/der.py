@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
-from retain.strategies.base import Strategy, params
-from retain.strategies.memory import Memory
+from retain.strategies.base import params
+from retain.strategies.memory import Memory, MemoryStrategy
 
 
 @params
-class DER(Strategy):
+class DER(MemoryStrategy):
     """Dark Experience Replay (Buzzega et al. 2020, NeurIPS).
 
     The memory keeps training samples with the logits the model gives them: with
@@ -68,11 +68,6 @@ class DER(Strategy):
             self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id,
                              generator=learner.generator, logits=logits)
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.memory_.state_dict()
-
-    def load_state_dict(self, state, learner) -> None:
-        self.memory_.load_state_dict(state)
 
 
 @params

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from pydantic import PositiveInt
 
-from retain.strategies.base import Strategy, params
-from retain.strategies.memory import Memory
+from retain.strategies.base import params
+from retain.strategies.memory import Memory, MemoryStrategy
 
 
 @params
-class ERACE(Strategy):
+class ERACE(MemoryStrategy):
     """ER with Asymmetric Cross-Entropy (Caccia et al. 2022, ICLR, "New Insights on Reducing
     Abrupt Representation Change in Online Continual Learning").
 
@@ -46,9 +44,3 @@ class ERACE(Strategy):
             term = term + F.cross_entropy(out, m["y"].to(x.device))
         self.memory_.add(x, y, t, learner.experience.id, generator=learner.generator)
         return term
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.memory_.state_dict()
-
-    def load_state_dict(self, state, learner) -> None:
-        self.memory_.load_state_dict(state)

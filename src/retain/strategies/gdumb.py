@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import PositiveInt
 
-from retain.strategies.base import Strategy, params
-from retain.strategies.memory import Memory
+from retain.strategies.base import params
+from retain.strategies.memory import Memory, MemoryStrategy
 
 
 @params
-class GDumb(Strategy):
+class GDumb(MemoryStrategy):
     """GDumb (Prabhu, Torr & Dokania 2020, ECCV, "GDumb: A Simple Approach that Questions Our
     Progress in Continual Learning").
 
@@ -37,9 +35,3 @@ class GDumb(Strategy):
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
         learner.train_set = (self.memory_.x, self.memory_.y, self.memory_.t)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.memory_.state_dict()
-
-    def load_state_dict(self, state, learner) -> None:
-        self.memory_.load_state_dict(state)

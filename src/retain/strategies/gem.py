@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import NonNegativeFloat, PositiveInt
 
-from retain.strategies.base import Strategy, params
-from retain.strategies.memory import Memory
+from retain.strategies.base import params
+from retain.strategies.memory import Memory, MemoryStrategy
 from retain.strategies.projection import flat_grad, memory_grad, project_to_cone, set_flat_grad
 
 
 @params
-class GEM(Strategy):
+class GEM(MemoryStrategy):
     """Gradient Episodic Memory (Lopez-Paz & Ranzato 2017, NeurIPS).
 
     The memory keeps an equal share of samples from every experience. Each step computes the
@@ -47,9 +45,3 @@ class GEM(Strategy):
 
     def after_experience(self, learner, exp) -> None:
         self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id, generator=learner.generator)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.memory_.state_dict()
-
-    def load_state_dict(self, state, learner) -> None:
-        self.memory_.load_state_dict(state)

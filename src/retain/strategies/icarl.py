@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
-from retain.models import NMEHead, build_model
-from retain.strategies.base import Strategy, flatten, params, unflatten
-from retain.strategies.importance import distillation
-from retain.strategies.lwf import _frozen
+from retain.models import NMEHead
+from retain.strategies.base import Strategy, params
+from retain.strategies.importance import distillation, frozen_copy, load_old_model, old_model_state
 from retain.strategies.memory import Memory
 
 
@@ -48,7 +46,7 @@ class ICaRL(Strategy):
         if not isinstance(model.head, NMEHead):
             model.head = NMEHead(model.head.in_features, model.head).to(learner.device)
         if learner.seen_classes_:
-            self.old_model_ = _frozen(copy.deepcopy(model))
+            self.old_model_ = frozen_copy(model)
             self.old_classes_ = list(learner.seen_classes_)
 
     def batch(self, learner, x, y, t):
@@ -77,14 +75,9 @@ class ICaRL(Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         state = self.memory_.state_dict() | {"old_classes": self.old_classes_}
-        if self.old_model_ is not None:
-            state |= {"config": self.old_model_.get_config()} | flatten("old", self.old_model_.state_dict())
-        return state
+        return state | old_model_state(self.old_model_)
 
     def load_state_dict(self, state, learner) -> None:
         self.memory_.load_state_dict(state)
         self.old_classes_ = list(state.get("old_classes", []))
-        if "config" in state:
-            old = build_model(state["config"]).to(learner.device)
-            old.load_state_dict(unflatten("old", state))
-            self.old_model_ = _frozen(old)
+        self.old_model_ = load_old_model(state, learner)

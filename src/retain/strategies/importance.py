@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from retain.models import NEG
+from retain.models import NEG, build_model
+from retain.strategies.base import Strategy, flatten, unflatten
 
 if TYPE_CHECKING:
     from retain.engine import Learner
@@ -178,3 +180,55 @@ def distillation(new_logits: Tensor, old_logits: Tensor, temperature: float) -> 
     log_new = F.log_softmax(new_logits / temperature, dim=1)
     log_old = F.log_softmax(old_logits / temperature, dim=1)
     return F.kl_div(log_new, log_old, log_target=True, reduction="batchmean") * temperature**2
+
+
+class AnchoredPenalty(Strategy):
+    """Base of the methods that add ``(lam / 2) * sum_i w_i (theta_i - theta*_i)^2`` with one
+    importance ``w`` (``importance_``) and one anchor ``theta*`` (``anchor_``); subclasses
+    only say how the importance is learned. Importances are capped (:func:`capped`)."""
+
+    lam: float
+    importance_: dict[str, Tensor]
+    anchor_: dict[str, Tensor]
+
+    def set_anchor(self, learner: Learner, importance: dict[str, Tensor]) -> None:
+        self.importance_, self.anchor_ = importance, snapshot(learner.model)
+        self._capped = capped(importance, learner.lr, self.lam)
+
+    def loss(self, learner, x, y, t, logits):
+        if not getattr(self, "anchor_", None):
+            return logits.new_zeros(())
+        if getattr(self, "_capped", None) is None:
+            self._capped = capped(self.importance_, learner.lr, self.lam)
+        return 0.5 * self.lam * quadratic_penalty(learner.model, self.anchor_, self._capped)
+
+    def state_dict(self) -> dict[str, Any]:
+        return flatten("importance", getattr(self, "importance_", {})) | flatten("anchor", getattr(self, "anchor_", {}))
+
+    def load_state_dict(self, state: dict[str, Any], learner: Learner) -> None:
+        self.importance_, self.anchor_ = unflatten("importance", state), unflatten("anchor", state)
+        self._capped = None
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in evaluation mode with gradients off: the "old model" to distil from."""
+    old = copy.deepcopy(model).eval()
+    for p in old.parameters():
+        p.requires_grad_(False)
+    return old
+
+
+def old_model_state(model: nn.Module | None) -> dict[str, Any]:
+    """A frozen old model as strategy state: its config (to rebuild it) and its tensors."""
+    if model is None:
+        return {}
+    return {"old_config": model.get_config()} | flatten("old", model.state_dict())
+
+
+def load_old_model(state: dict[str, Any], learner: Learner) -> nn.Module | None:
+    """The old model saved by :func:`old_model_state`, rebuilt and frozen (``None`` if none)."""
+    if "old_config" not in state:
+        return None
+    old = build_model(state["old_config"]).to(learner.device)
+    old.load_state_dict(unflatten("old", state))
+    return frozen_copy(old)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from pydantic import NonNegativeFloat, PositiveFloat
 
-from retain.models import MultiHead, build_model
-from retain.strategies.base import Strategy, flatten, params, unflatten
-from retain.strategies.importance import distillation
+from retain.models import MultiHead
+from retain.strategies.base import Strategy, params
+from retain.strategies.importance import distillation, frozen_copy, load_old_model, old_model_state
 
 
 @params
@@ -36,7 +35,7 @@ class LwF(Strategy):
     def before_experience(self, learner, exp) -> None:
         if not learner.seen_classes_:
             return
-        self.old_model_ = _frozen(copy.deepcopy(learner.model))
+        self.old_model_ = frozen_copy(learner.model)
         self.old_tasks_ = {k: list(v) for k, v in learner.task_classes_.items()}
 
     def loss(self, learner, x, y, t, logits):
@@ -62,23 +61,8 @@ class LwF(Strategy):
         return self.alpha * total
 
     def state_dict(self) -> dict[str, Any]:
-        if self.old_model_ is None:
-            return {}
-        return {"config": self.old_model_.get_config(), "tasks": self.old_tasks_} | flatten(
-            "old", self.old_model_.state_dict()
-        )
+        return old_model_state(self.old_model_) | {"tasks": self.old_tasks_}
 
     def load_state_dict(self, state, learner) -> None:
-        if not state:
-            return
-        old = build_model(state["config"]).to(learner.device)
-        old.load_state_dict(unflatten("old", state))
-        self.old_model_ = _frozen(old)
-        self.old_tasks_ = {int(k): v for k, v in state["tasks"].items()}
-
-
-def _frozen(model: torch.nn.Module) -> torch.nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+        self.old_model_ = load_old_model(state, learner)
+        self.old_tasks_ = {int(k): v for k, v in state.get("tasks", {}).items()}

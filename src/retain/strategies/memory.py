@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from retain.strategies.base import Strategy
+
 POLICIES = ("reservoir", "class_balanced", "herding")
 
 
@@ -158,3 +160,15 @@ def herding_order(features: Tensor, y: Tensor) -> Tensor:
             total += fc[best]
         order.append(idx[torch.tensor(chosen)])
     return torch.cat(order)
+
+
+class MemoryStrategy(Strategy):
+    """Base of the methods whose learned state is their ``memory_``."""
+
+    memory_: Memory
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.memory_.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any], learner: Any) -> None:
+        self.memory_.load_state_dict(state)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import PositiveFloat, PositiveInt
 
-from retain.strategies.base import Strategy, params
-from retain.strategies.memory import Memory
+from retain.strategies.base import params
+from retain.strategies.memory import Memory, MemoryStrategy
 
 
 @params
-class Replay(Strategy):
+class Replay(MemoryStrategy):
     """Experience replay with a fixed-size episodic memory (Rolnick et al. 2019, "Experience
     Replay for Continual Learning"; Chaudhry et al. 2019, "On Tiny Episodic Memories").
 
@@ -40,9 +40,3 @@ class Replay(Strategy):
         features = learner.features(exp.x_train, exp.train_tasks()) if self.policy == "herding" else None
         self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id,
                          generator=learner.generator, features=features)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.memory_.state_dict()
-
-    def load_state_dict(self, state, learner) -> None:
-        self.memory_.load_state_dict(state)

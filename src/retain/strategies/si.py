@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import NonNegativeFloat, PositiveFloat
 
-from retain.strategies.base import Strategy, flatten, params, unflatten
-from retain.strategies.importance import capped, grown, quadratic_penalty, snapshot
+from retain.strategies.base import params
+from retain.strategies.importance import AnchoredPenalty, grown, snapshot
 
 
 @params
-class SI(Strategy):
+class SI(AnchoredPenalty):
     """Synaptic Intelligence (Zenke, Poole & Ganguli 2017, ICML).
 
     During training each weight accumulates ``omega_i = -sum_steps g_i * delta theta_i``, its
@@ -31,8 +29,6 @@ class SI(Strategy):
 
     def __post_init__(self) -> None:
         self.importance_: dict[str, torch.Tensor] = {}
-        self.anchor_: dict[str, torch.Tensor] = {}
-        self._capped: dict[str, torch.Tensor] | None = None
         self._start: dict[str, torch.Tensor] = {}
         self._omega: dict[str, torch.Tensor] = {}
         self._last: tuple[dict, dict] | None = None
@@ -41,13 +37,6 @@ class SI(Strategy):
         self._start = snapshot(learner.model)
         self._omega = {k: torch.zeros_like(v) for k, v in self._start.items()}
         self._last = None
-
-    def loss(self, learner, x, y, t, logits):
-        if not self.anchor_:
-            return logits.new_zeros(())
-        if self._capped is None:
-            self._capped = capped(self.importance_, learner.lr, self.lam)
-        return 0.5 * self.lam * quadratic_penalty(learner.model, self.anchor_, self._capped)
 
     def after_backward(self, learner) -> None:
         self._accumulate(learner)
@@ -66,14 +55,6 @@ class SI(Strategy):
     def after_experience(self, learner, exp) -> None:
         self._accumulate(learner)
         end = snapshot(learner.model)
-        for k, w in self._omega.items():
-            gain = w.clamp(min=0) / ((end[k] - self._start[k]) ** 2 + self.xi)
-            self.importance_[k] = gain + grown(self.importance_.get(k), gain)
-        self.anchor_, self._capped, self._last = end, None, None
-
-    def state_dict(self) -> dict[str, Any]:
-        return flatten("importance", self.importance_) | flatten("anchor", self.anchor_)
-
-    def load_state_dict(self, state, learner) -> None:
-        self.importance_ = unflatten("importance", state)
-        self.anchor_ = unflatten("anchor", state)
+        gains = {k: w.clamp(min=0) / ((end[k] - self._start[k]) ** 2 + self.xi) for k, w in self._omega.items()}
+        self.set_anchor(learner, {k: g + grown(self.importance_.get(k), g) for k, g in gains.items()})
+        self._last = None
