@@ -18,10 +18,11 @@ class MAS(AnchoredPenalty):
     absolute gradient of the squared L2 norm of the model's outputs (labels are not needed);
     importances accumulate as ``Omega <- decay * Omega + Omega_new`` and training adds
     ``(lam / 2) * sum_i Omega_i (theta_i - theta*_i)^2`` around the latest weights, capped for
-    SGD stability as in :func:`~retain.strategies.importance.capped`.
+    SGD stability as in :func:`~retain.strategies.importance.capped`. Default ``lam`` 0.3: on
+    Split MNIST-5k, 29% class-incremental and 96% task-incremental (1.0: 17% and 97%).
     """
 
-    lam: NonNegativeFloat = 1.0
+    lam: NonNegativeFloat = 0.3
     decay: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
 
     name = "mas"
