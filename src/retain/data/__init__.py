@@ -2,6 +2,7 @@
 
 from retain.data.datasets import DATASETS, Dataset, DatasetNotFound, load_dataset
 from retain.data.experience import Experience, Stream
+from retain.data.online import Batch, OnlineStream
 from retain.data.scenarios import (
     SCENARIOS,
     build_scenario,
@@ -12,6 +13,8 @@ from retain.data.scenarios import (
 )
 
 __all__ = [
+    "Batch",
+    "OnlineStream",
     "DATASETS",
     "SCENARIOS",
     "Dataset",

@@ -1,5 +1,6 @@
 """Engine layer: the Learner that trains a model with strategies, saves and reloads it."""
 
 from retain.engine.learner import Learner, resolve_device
+from retain.engine.online import Hybrid, run_online
 
-__all__ = ["Learner", "resolve_device"]
+__all__ = ["Hybrid", "Learner", "resolve_device", "run_online"]

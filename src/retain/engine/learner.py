@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from retain.data import Experience
-from retain.models import Classifier, MultiHead, build_model
+from retain.models import Classifier, IncrementalHead, MultiHead, build_model
 from retain.strategies import HOOKS, Strategy, implements, make_strategy
 
 FORMAT_VERSION = 1
@@ -88,14 +88,18 @@ class Learner:
         self.task_classes_: dict[int, list[int]] = {}
         self.experiences_seen_ = 0
         self.steps_ = 0
+        self.samples_seen_ = 0  # through partial_fit
+        self.fresh = True  # whether this step is the first on its incoming batch
         # (x, y, t) of the current experience; before_experience hooks may replace it.
         self.train_set: tuple[Tensor, Tensor, Tensor] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.experience: Experience | None = None  # the one being trained on
 
     # -- training ---------------------------------------------------------------------
-    def fit(self, experience: Experience) -> Learner:
-        """Train on one experience for ``epochs`` epochs, calling the strategies' hooks."""
+    def fit(self, experience: Experience, epochs: int | None = None, incoming: bool = True) -> Learner:
+        """Train on one experience for ``epochs`` epochs (the learner's by default), calling
+        the strategies' hooks. Stream memories are offered each sample once, in the first
+        epoch; ``incoming=False`` (a consolidation over data already seen) offers none."""
         if experience.n_train == 0:
             raise ValueError(f"experience {experience.id} has no training samples")
         for s in self.strategies:
@@ -111,17 +115,78 @@ class Learner:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum)
         self.model.train()
         x, y, t = self.train_set
-        for _ in range(self.epochs):
+        for epoch in range(epochs or self.epochs):
+            self.fresh = incoming and epoch == 0
             order = torch.randperm(len(y), generator=self.generator)
             for start in range(0, len(y), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 self._step(x[idx].to(self.device), y[idx].to(self.device), t[idx].to(self.device))
         self.train_set = None
+        self.fresh = True
         self._remember(experience)
         for hook in self._hooks["after_experience"]:
             hook(self, experience)
         self.experiences_seen_ += 1
         return self
+
+    def partial_fit(self, x: Tensor, y: Tensor, t: Tensor | int | None = None, steps: int = 1) -> Learner:
+        """One online update on an incoming mini-batch (size 1 and up): ``steps`` gradient steps
+        with the strategies' per-step hooks. No task boundary is assumed: strategies that only
+        learn at experience ends are refused (use hybrid mode for them). A bad batch raises
+        ``ValueError`` before anything changes.
+
+        >>> from retain.models import make_model
+        >>> learner = Learner(make_model("mlp", (4,), 3, hidden=(8,)), device="cpu")
+        >>> learner.partial_fit(torch.rand(1, 4), torch.tensor([2])).samples_seen_
+        1
+        >>> learner.partial_fit(torch.rand(2, 4), torch.tensor([0, 3]))
+        Traceback (most recent call last):
+        ...
+        ValueError: partial_fit: label 3 is outside the model's classes 0..2
+        """
+        x, y, t = self._check_batch(x, y, t)
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"partial_fit: steps must be an integer >= 1, got {steps!r}")
+        for s in self.strategies:
+            if not s.supports_online():
+                raise ValueError(f"partial_fit: {s.name} learns only at experience ends; {s.online_hint}")
+        if self.optimizer is None:
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum)
+        self.model.train()
+        for k in range(steps):
+            self.fresh = k == 0
+            self._step(x, y, t)
+        self.fresh = True
+        self.samples_seen_ += len(y)
+        new = set(y.tolist()) - set(self.seen_classes_)
+        if new:
+            self.seen_classes_ = sorted(set(self.seen_classes_) | new)
+        return self
+
+    def _check_batch(self, x: Any, y: Any, t: Any) -> tuple[Tensor, Tensor, Tensor]:
+        x = torch.as_tensor(x, dtype=torch.float32)
+        y = torch.as_tensor(y)
+        if x.dim() < 2 or len(x) == 0:
+            raise ValueError(f"partial_fit: x must be a non-empty batch (n, features...), got shape {tuple(x.shape)}")
+        if y.dim() != 1 or len(y) != len(x):
+            raise ValueError(f"partial_fit: y must hold one label per row of x ({len(x)}), got shape {tuple(y.shape)}")
+        expected = getattr(self.model.backbone, "in_features", None)
+        if expected is not None and x[0].numel() != expected:
+            raise ValueError(f"partial_fit: each sample must have {expected} values, got {x[0].numel()} "
+                             f"(shape {tuple(x.shape[1:])})")
+        if not torch.isfinite(x).all():
+            raise ValueError("partial_fit: x holds NaN or infinite values")
+        if y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"partial_fit: labels must be integers, got {y.dtype}")
+        limit = self.model.head.n_outputs if not isinstance(self.model.head, IncrementalHead) else 2**31
+        bad = y[(y < 0) | (y >= limit)]
+        if len(bad):
+            allowed = f"0..{limit - 1}" if limit < 2**31 else "0 and up"
+            raise ValueError(f"partial_fit: label {int(bad[0])} is outside the model's classes {allowed}")
+        t = torch.full((len(y),), t or 0, dtype=torch.long) if t is None or isinstance(t, int) else torch.as_tensor(t)
+        if t.shape != y.shape:
+            raise ValueError(f"partial_fit: t must hold one task id per sample, got shape {tuple(t.shape)}")
+        return x.to(self.device), y.long().to(self.device), t.long().to(self.device)
 
     def _step(self, x: Tensor, y: Tensor, t: Tensor) -> None:
         for hook in self._hooks["batch"]:
@@ -136,6 +201,11 @@ class Learner:
             hook(self)
         self.optimizer.step()
         self.steps_ += 1
+
+    @property
+    def experience_id(self) -> int:
+        """Id of the experience being trained on (0 in a task-free online stream)."""
+        return self.experience.id if self.experience is not None else 0
 
     @contextlib.contextmanager
     def seeded(self) -> Iterator[None]:
@@ -227,6 +297,7 @@ class Learner:
             "task_classes": {str(k): v for k, v in self.task_classes_.items()},
             "experiences_seen": self.experiences_seen_,
             "steps": self.steps_,
+            "samples_seen": self.samples_seen_,
         }
         (path / "learner.json").write_text(json.dumps(meta, indent=2))
         return path
@@ -255,4 +326,5 @@ class Learner:
         learner.seen_classes_ = meta["seen_classes"]
         learner.task_classes_ = {int(k): v for k, v in meta["task_classes"].items()}
         learner.experiences_seen_, learner.steps_ = meta["experiences_seen"], meta["steps"]
+        learner.samples_seen_ = meta.get("samples_seen", 0)
         return learner

@@ -22,6 +22,7 @@ from retain.strategies.l2 import L2
 from retain.strategies.lwf import LwF
 from retain.strategies.mas import MAS
 from retain.strategies.memory import Memory
+from retain.strategies.mir import MIR
 from retain.strategies.pnn import PNN
 from retain.strategies.replay import Replay
 from retain.strategies.si import SI
@@ -31,7 +32,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (
         Finetune, Cumulative, Joint, Replay, DER, DERPP, ERACE, GDumb, L2, EWC, SI, MAS, LwF,
-        GEM, AGEM, ICaRL, BiC, GrowingHead, TaskHeads, PNN,
+        GEM, AGEM, ICaRL, BiC, MIR, GrowingHead, TaskHeads, PNN,
     )
 }
 
@@ -72,6 +73,7 @@ __all__ = [
     "Joint",
     "LwF",
     "MAS",
+    "MIR",
     "Memory",
     "Replay",
     "SI",

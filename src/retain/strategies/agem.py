@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import PositiveInt
 
@@ -17,11 +19,13 @@ class AGEM(MemoryStrategy):
     Each step computes the reference gradient ``g_ref`` of the loss on ``sample_size`` memory
     samples; when the new gradient ``g`` points against it (``g . g_ref < 0``), ``g`` is
     projected to ``g - (g . g_ref / g_ref . g_ref) g_ref``, so the memory loss does not rise to
-    first order. The memory is class-balanced and filled after each experience.
+    first order. The memory is class-balanced and filled after each experience, or with
+    ``update="stream"`` (online A-GEM) with each incoming batch once its step is projected.
     """
 
     memory_size: PositiveInt = 200
     sample_size: PositiveInt = 64
+    update: Literal["experience", "stream"] = "experience"
 
     name = "agem"
     paper = 'Chaudhry et al. 2019, "Efficient Lifelong Learning with A-GEM", ICLR'
@@ -30,7 +34,17 @@ class AGEM(MemoryStrategy):
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "class_balanced")
 
+    def supports_online(self) -> bool:
+        return self.update == "stream"
+
+    def batch(self, learner, x, y, t):
+        if self.update == "stream" and learner.fresh:
+            self._incoming = (x, y, t)
+        return x, y, t
+
     def after_backward(self, learner) -> None:
+        if self.update == "stream" and learner.fresh:
+            self.memory_.add(*self._incoming, learner.experience_id, generator=learner.generator)
         if not len(self.memory_):
             return
         g = flat_grad(learner.model)
@@ -42,4 +56,6 @@ class AGEM(MemoryStrategy):
         set_flat_grad(learner.model, g)
 
     def after_experience(self, learner, exp) -> None:
+        if self.update == "stream":
+            return
         self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id, generator=learner.generator)

@@ -43,6 +43,9 @@ class Strategy:
     whole_stream: ClassVar[bool] = False
     # The kinds of stream the method is meant for; the learner refuses the others.
     scenarios: ClassVar[tuple[str, ...]] = SCENARIO_KINDS
+    # Whether the method learns from per-step hooks alone (usable with partial_fit).
+    online: ClassVar[bool] = False
+    online_hint: ClassVar[str] = "run it in hybrid mode, where consolidations are experiences"
 
     def before_experience(self, learner: Learner, exp: Experience) -> None:
         """Before training on ``exp``: grow heads, snapshot the old model, edit the train set."""
@@ -60,6 +63,10 @@ class Strategy:
 
     def after_experience(self, learner: Learner, exp: Experience) -> None:
         """After training on ``exp``: estimate importances, update memories."""
+
+    def supports_online(self) -> bool:
+        """Whether ``partial_fit`` may use this strategy (it learns without experience ends)."""
+        return self.online
 
     def get_config(self) -> dict[str, Any]:
         """Hyper-parameters, enough to rebuild the strategy."""

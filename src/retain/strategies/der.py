@@ -58,9 +58,12 @@ class DER(MemoryStrategy):
                 m = self.memory_.sample(n, learner.generator)
                 out = learner.model(m["x"].to(x.device), m["t"].to(x.device))
                 extra = extra + self.beta * F.cross_entropy(out, m["y"].to(x.device))
-        if self.store == "stream":
-            self.memory_.add(x, y, t, learner.experience.id, generator=learner.generator, logits=logits.detach())
+        if self.store == "stream" and learner.fresh:
+            self.memory_.add(x, y, t, learner.experience_id, generator=learner.generator, logits=logits.detach())
         return extra
+
+    def supports_online(self) -> bool:
+        return self.store == "stream"
 
     def after_experience(self, learner, exp) -> None:
         if self.store == "end":

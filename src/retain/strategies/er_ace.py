@@ -25,6 +25,7 @@ class ERACE(MemoryStrategy):
     memory_size: PositiveInt = 200
     batch_size: PositiveInt | None = None
 
+    online = True
     name = "er_ace"
     paper = 'Caccia et al. 2022, "New Insights on Reducing Abrupt Representation Change", ICLR'
     family = "replay"
@@ -42,5 +43,6 @@ class ERACE(MemoryStrategy):
             m = self.memory_.sample(self.batch_size or len(y), learner.generator)
             out = learner.model(m["x"].to(x.device), m["t"].to(x.device))
             term = term + F.cross_entropy(out, m["y"].to(x.device))
-        self.memory_.add(x, y, t, learner.experience.id, generator=learner.generator)
+        if learner.fresh:
+            self.memory_.add(x, y, t, learner.experience_id, generator=learner.generator)
         return term

@@ -13,5 +13,6 @@ class Finetune(Strategy):
     learner just keeps minimising the loss of the newest data.
     """
 
+    online = True
     name = "finetune"
     paper = 'McCloskey & Cohen 1989, "Catastrophic interference in connectionist networks"'

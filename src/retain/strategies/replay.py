@@ -19,12 +19,15 @@ class Replay(MemoryStrategy):
     ``ratio`` times the new batch (2.0: 64 replayed beside 32 new, which beats 1.0 by about
     five points on Split MNIST); after each experience its samples are offered to the memory, which keeps a
     ``class_balanced``, ``reservoir`` or ``herding`` selection of at most ``memory_size`` samples.
+    With ``update="stream"`` (online ER) incoming batches are offered as they arrive instead,
+    after the replayed samples are drawn, so it also works task-free through ``partial_fit``.
     """
 
     memory_size: PositiveInt = 200
     batch_size: PositiveInt | None = None
     ratio: PositiveFloat = 2.0
     policy: Literal["class_balanced", "reservoir", "herding"] = "class_balanced"
+    update: Literal["experience", "stream"] = "experience"
 
     name = "replay"
     paper = 'Chaudhry et al. 2019, "On Tiny Episodic Memories in Continual Learning"'
@@ -33,10 +36,18 @@ class Replay(MemoryStrategy):
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, self.policy)
 
+    def supports_online(self) -> bool:
+        return self.update == "stream"
+
     def batch(self, learner, x, y, t):
-        return self.memory_.extend(x, y, t, self.batch_size or round(self.ratio * len(y)), learner.generator)
+        mixed = self.memory_.extend(x, y, t, self.batch_size or round(self.ratio * len(y)), learner.generator)
+        if self.update == "stream" and learner.fresh:
+            self.memory_.add(x, y, t, learner.experience_id, generator=learner.generator)
+        return mixed
 
     def after_experience(self, learner, exp) -> None:
+        if self.update == "stream":
+            return
         features = learner.features(exp.x_train, exp.train_tasks()) if self.policy == "herding" else None
         self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id,
                          generator=learner.generator, features=features)
