@@ -106,3 +106,25 @@ def test_examples_are_valid_configs(example):
 
     cfg = load_config(Path(__file__).parent.parent / "examples" / f"{example}.yaml")
     assert cfg.strategies
+
+
+def test_run_compares_offline_online_and_hybrid(tmp_path):
+    cfg = with_change(["strategies"], [{"name": "replay", "memory_size": 60, "policy": "reservoir",
+                                        "update": "stream", "ratio": 1.0}])
+    cfg |= {"mode": ["offline", "online", "hybrid"], "seeds": [0],
+            "online": {"batch_size": 10, "eval_every": 200}, "hybrid": {"every": 300, "epochs": 1}}
+    out = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, cfg)), "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    modes = {label: m["mode"] for label, m in results["methods"].items()}
+    assert modes == {"replay [offline]": "offline", "replay [online]": "online", "replay [hybrid]": "hybrid"}
+    hybrid = results["methods"]["replay [hybrid]"]["summary"]
+    assert [c["trigger"] for c in hybrid["consolidations"]] == ["schedule"] * 2
+    assert 0 < hybrid["prequential_acc"] < 1 and hybrid["gradient_steps"] > 0
+    assert (out / "online_curves.png").is_file() and "| replay [online] | online |" in (out / "report.md").read_text()
+
+
+def test_online_mode_refuses_strategies_that_need_experience_ends(tmp_path):
+    cfg = with_change(["strategies"], ["ewc"]) | {"mode": "online"}
+    with pytest.raises(ConfigError, match="strategies.0: ewc learns only at experience ends"):
+        load_config(write(tmp_path, cfg))

@@ -97,9 +97,9 @@ def test_prequential_accuracy_is_measured_before_the_update(split_digits):
     calls = []
     original = learner.partial_fit
 
-    def spy(x, y, t=None, steps=1):
+    def spy(x, y, t=None, steps=1, hybrid=False):
         calls.append(float((learner.predict(x, t) == y).float().mean()))
-        return original(x, y, t, steps)
+        return original(x, y, t, steps, hybrid)
 
     learner.partial_fit = spy
     result = run_online(learner, OnlineStream(split_digits, batch_size=50, seed=0), eval_every=10**6)

@@ -70,6 +70,28 @@ class TrainingConfig(_Strict):
     threads: PositiveInt | None = Field(None, description="torch CPU threads (default: torch's)")
 
 
+class OnlineConfig(_Strict):
+    """How the stream arrives in online and hybrid modes."""
+
+    batch_size: PositiveInt = 10
+    steps: PositiveInt = Field(1, description="gradient steps per incoming batch")
+    shuffle: bool = True
+    blurry: float = Field(0.0, ge=0.0, le=0.5)
+    eval_every: PositiveInt = 500
+
+
+class HybridConfig(_Strict):
+    """When hybrid mode consolidates (see ``retain.engine.Hybrid``)."""
+
+    every: PositiveInt | None = 700
+    on_new_class: bool = False
+    drift: Literal["page_hinkley", "adwin"] | None = None
+    window: PositiveInt = 700
+    epochs: PositiveInt = 3
+    delay: NonNegativeInt = 0
+    cooldown: NonNegativeInt = 100
+
+
 class MethodConfig(_Strict):
     """One column of the comparison: a label and the strategies it composes."""
 
@@ -116,7 +138,15 @@ class RunConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     strategies: list[MethodConfig] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    mode: list[Literal["offline", "online", "hybrid"]] = Field(default_factory=lambda: ["offline"], min_length=1)
+    online: OnlineConfig = Field(default_factory=OnlineConfig)
+    hybrid: HybridConfig = Field(default_factory=HybridConfig)
     output: str = "runs"
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _one_or_more_modes(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("strategies", mode="before")
     @classmethod
@@ -145,6 +175,14 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _heads_fit_scenario(self) -> RunConfig:
+        if "online" in self.mode:
+            for i, method in enumerate(self.strategies):
+                for strategy in method.build(self.model.head):
+                    if not strategy.supports_online():
+                        raise ValueError(
+                            f"strategies.{i}: {strategy.name} learns only at experience ends, so it cannot run in "
+                            "mode online (use hybrid, or a stream-updated memory such as update: stream)"
+                        )
         kind = {"permuted": "domain_incremental", "rotated": "domain_incremental"}.get(
             self.scenario.kind, self.scenario.kind)
         for i, method in enumerate(self.strategies):

@@ -13,12 +13,14 @@ import torch
 from tqdm.auto import tqdm
 
 from retain.config import MethodConfig, RunConfig
-from retain.data import Stream, build_scenario, load_dataset
-from retain.engine import Learner
+from retain.data import OnlineStream, Stream, build_scenario, load_dataset
+from retain.engine import Hybrid, Learner, run_online
 from retain.metrics import PeakMemory, accuracy_curve, average_accuracy, stream_accuracy, summarize
 from retain.models import make_model
 
-SCALARS = ("acc", "stream_acc", "forgetting", "bwt", "fwt", "train_seconds", "peak_mb")
+SCALARS = ("acc", "stream_acc", "forgetting", "bwt", "fwt", "train_seconds", "peak_mb", "gradient_steps",
+           "samples_per_second")
+ONLINE_SCALARS = ("prequential_acc", "p50_ms", "p99_ms")
 
 
 def build_stream(cfg: RunConfig) -> Stream:
@@ -32,15 +34,37 @@ def build_stream(cfg: RunConfig) -> Stream:
     return build_scenario(sc.kind, data, sc.n_experiences, **options)
 
 
-def run_method(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int,
-               tick: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    """Train one method with one seed; returns its accuracy matrix, metrics and costs."""
+def _learner(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int) -> Learner:
     torch.manual_seed(seed)
     model = make_model(cfg.model.name, stream.input_shape, stream.n_classes,
                        **({"hidden": tuple(cfg.model.hidden)} if cfg.model.name == "mlp" else {}))
     tr = cfg.training
-    learner = Learner(model, method.build(cfg.model.head), lr=tr.lr, momentum=tr.momentum,
-                      batch_size=tr.batch_size, epochs=tr.epochs, device=tr.device, seed=seed)
+    return Learner(model, method.build(cfg.model.head), lr=tr.lr, momentum=tr.momentum,
+                   batch_size=tr.batch_size, epochs=tr.epochs, device=tr.device, seed=seed)
+
+
+def run_method_online(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int, hybrid: bool,
+                      tick: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    """One method, one seed, in online or hybrid mode: the stream arrives in small batches."""
+    learner = _learner(stream, cfg, method, seed)
+    untrained = learner.evaluate(stream)
+    oc, hc = cfg.online, cfg.hybrid
+    online = OnlineStream(stream, oc.batch_size, oc.shuffle, oc.blurry, seed)
+    schedule = Hybrid(**hc.model_dump()) if hybrid else None
+    with PeakMemory(learner.device) as cost:
+        result = run_online(learner, online, steps=oc.steps, eval_every=oc.eval_every, hybrid=schedule, tick=tick)
+    rows = result.pop("matrix")
+    metrics = summarize(rows, untrained, [e.n_test for e in stream])
+    metrics |= {k: result[k] for k in ("prequential_acc", "gradient_steps", "samples_per_second", "p50_ms", "p99_ms")}
+    metrics |= {"train_seconds": result["seconds"], "peak_mb": cost.peak_mb}
+    return {"seed": seed, "matrix": rows, "untrained": untrained, "online": result, "steps": learner.steps_,
+            "metrics": metrics}
+
+
+def run_method(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int,
+               tick: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Train one method with one seed; returns its accuracy matrix, metrics and costs."""
+    learner = _learner(stream, cfg, method, seed)
     sizes = [e.n_test for e in stream]
     untrained = learner.evaluate(stream)
     rows, seconds, peaks = [], [], []
@@ -67,7 +91,9 @@ def run_method(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int,
         "train_seconds_per_experience": seconds,
         "peak_mb_per_experience": peaks,
         "steps": learner.steps_,
-        "metrics": metrics | {"train_seconds": float(sum(seconds)), "peak_mb": float(max(peaks))},
+        "metrics": metrics | {"train_seconds": float(sum(seconds)), "peak_mb": float(max(peaks)),
+                              "gradient_steps": learner.steps_,
+                              "samples_per_second": sum(len(e.y_train) for e in chunks) / max(sum(seconds), 1e-9)},
     }
 
 
@@ -77,6 +103,13 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = np.array([r["metrics"][key] for r in runs], dtype=float)
         out[key] = float(values.mean())
         out[f"{key}_std"] = float(values.std()) if len(values) > 1 else 0.0
+    for key in ONLINE_SCALARS:
+        if key in runs[0]["metrics"]:
+            out[key] = float(np.mean([r["metrics"][key] for r in runs]))
+    if "online" in runs[0]:
+        out["prequential_curve"] = runs[0]["online"]["prequential"]
+        out["anytime_curve"] = runs[0]["online"]["anytime"]
+        out["consolidations"] = runs[0]["online"]["consolidations"]
     matrices = [np.asarray(r["matrix"]) for r in runs]
     mean = np.mean(matrices, axis=0)
     out["matrix"] = mean.tolist()
@@ -114,14 +147,22 @@ def run_experiment(cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
         },
         "methods": {},
     }
-    total = len(cfg.strategies) * len(cfg.seeds) * len(stream)
-    with tqdm(total=total, disable=not progress, unit="exp", desc=cfg.name) as bar:
+    n_train = sum(e.n_train for e in stream)
+    offline = "offline" in cfg.mode
+    total = len(cfg.strategies) * len(cfg.seeds) * (n_train * (len(cfg.mode) - offline) + offline * len(stream))
+    several = len(cfg.mode) > 1
+    with tqdm(total=total, disable=not progress, unit="", desc=cfg.name) as bar:
         for method in cfg.strategies:
-            runs = []
-            for seed in cfg.seeds:
-                bar.set_postfix_str(f"{method.label} seed {seed}")
-                runs.append(run_method(stream, cfg, method, seed, lambda: bar.update(1)))
-            results["methods"][method.label] = {
-                "compose": method.compose, "runs": runs, "summary": _aggregate(runs),
-            }
+            for mode in cfg.mode:
+                label = f"{method.label} [{mode}]" if several else method.label
+                runs = []
+                for seed in cfg.seeds:
+                    bar.set_postfix_str(f"{label} seed {seed}")
+                    if mode == "offline":
+                        runs.append(run_method(stream, cfg, method, seed, lambda: bar.update(1)))
+                    else:
+                        runs.append(run_method_online(stream, cfg, method, seed, mode == "hybrid", bar.update))
+                results["methods"][label] = {
+                    "compose": method.compose, "mode": mode, "runs": runs, "summary": _aggregate(runs),
+                }
     return results

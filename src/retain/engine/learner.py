@@ -129,11 +129,12 @@ class Learner:
         self.experiences_seen_ += 1
         return self
 
-    def partial_fit(self, x: Tensor, y: Tensor, t: Tensor | int | None = None, steps: int = 1) -> Learner:
+    def partial_fit(self, x: Tensor, y: Tensor, t: Tensor | int | None = None, steps: int = 1,
+                    hybrid: bool = False) -> Learner:
         """One online update on an incoming mini-batch (size 1 and up): ``steps`` gradient steps
         with the strategies' per-step hooks. No task boundary is assumed: strategies that only
-        learn at experience ends are refused (use hybrid mode for them). A bad batch raises
-        ``ValueError`` before anything changes.
+        learn at experience ends are refused unless ``hybrid`` (consolidations are then their
+        experiences). A bad batch raises ``ValueError`` before anything changes.
 
         >>> from retain.models import make_model
         >>> learner = Learner(make_model("mlp", (4,), 3, hidden=(8,)), device="cpu")
@@ -148,7 +149,7 @@ class Learner:
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"partial_fit: steps must be an integer >= 1, got {steps!r}")
         for s in self.strategies:
-            if not s.supports_online():
+            if not hybrid and not s.supports_online():
                 raise ValueError(f"partial_fit: {s.name} learns only at experience ends; {s.online_hint}")
         if self.optimizer is None:
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum)

@@ -115,7 +115,7 @@ def run_online(
         new_class = bool(set(batch.y.tolist()) - seen)
         seen |= set(batch.y.tolist())
         began = time.perf_counter()
-        learner.partial_fit(batch.x, batch.y, batch.t, steps=steps)
+        learner.partial_fit(batch.x, batch.y, batch.t, steps=steps, hybrid=hybrid is not None)
         latencies.append(1000 * (time.perf_counter() - began))
         done += len(batch.y)
         prequential.append((done, correct / done))

@@ -24,15 +24,17 @@ def _pct(mean: float, std: float | None = None) -> str:
 def comparison_table(results: dict[str, Any]) -> str:
     """The Markdown table of every method: ACC ± std, forgetting, BWT, FWT, time, memory."""
     lines = [
-        "| method | ACC % | stream ACC % | forgetting % | BWT % | FWT % | train s | peak MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | mode | ACC % | stream ACC % | forgetting % | BWT % | FWT % | prequential % | gradient steps "
+        "| train s | samples/s | peak MB |",
+        "|" + " --- |" * 12,
     ]
     for label, m in results["methods"].items():
         s = m["summary"]
         lines.append(
-            f"| {label} | {_pct(s['acc'], s['acc_std'])} | {_pct(s['stream_acc'])} | "
-            f"{_pct(s['forgetting'])} | {_pct(s['bwt'])} | {_pct(s['fwt'])} | "
-            f"{s['train_seconds']:.2f} | {s['peak_mb']:.0f} |"
+            f"| {label} | {m.get('mode', 'offline')} | {_pct(s['acc'], s['acc_std'])} | {_pct(s['stream_acc'])} | "
+            f"{_pct(s['forgetting'])} | {_pct(s['bwt'])} | {_pct(s['fwt'])} | {_pct(s.get('prequential_acc'))} | "
+            f"{s['gradient_steps']:.0f} | {s['train_seconds']:.2f} | {s['samples_per_second']:.0f} | "
+            f"{s['peak_mb']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -77,6 +79,32 @@ def _curves(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _online_curves(results: dict[str, Any], path: Path) -> bool:
+    online = {k: m["summary"] for k, m in results["methods"].items() if "prequential_curve" in m["summary"]}
+    if not online:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for label, s in online.items():
+        n, acc = zip(*s["prequential_curve"], strict=True)
+        line = axes[0].plot(n, [100 * a for a in acc], label=label)[0]
+        n, acc = zip(*s["anytime_curve"], strict=True)
+        axes[1].plot(n, [100 * a for a in acc], marker=".", color=line.get_color(), label=label)
+        for c in s.get("consolidations", []):
+            axes[1].axvline(c["at_sample"], color=line.get_color(), alpha=0.25, linestyle=":")
+    axes[0].set_title("prequential accuracy (test-then-train, cumulative)")
+    axes[1].set_title("accuracy on the classes seen so far (dotted: consolidations)")
+    for ax in axes:
+        ax.set_xlabel("samples seen")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("%")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -93,6 +121,7 @@ def write_report(results: dict[str, Any], directory: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1))
     _curves(results, out / "accuracy_curve.png")
+    online = _online_curves(results, out / "online_curves.png")
     heatmaps = []
     for label, m in results["methods"].items():
         name = f"heatmap_{_slug(label)}.png"
@@ -100,6 +129,12 @@ def write_report(results: dict[str, Any], directory: str | Path) -> Path:
         heatmaps.append(f"![{label}]({name})")
     cfg, stream = results["config"], results["stream"]
     sizes = ", ".join(f"{e['n_train']}/{e['n_test']}" for e in stream["experiences"])
+    online_section = (
+        "## Online and hybrid runs\n\n![online curves](online_curves.png)\n\n"
+        "Prequential accuracy scores each incoming batch before learning from it; online and hybrid "
+        "runs see each sample once, hybrid adds consolidations (short offline passes over the memory "
+        "and a recent window).\n\n" if online else ""
+    )
     text = f"""# {cfg['name']}
 
 {stream['scenario'].replace('_', '-')} stream `{stream['name']}`: {len(stream['experiences'])} experiences
@@ -121,7 +156,7 @@ def write_report(results: dict[str, Any], directory: str | Path) -> Path:
 
 ![accuracy curve](accuracy_curve.png)
 
-## Accuracy matrices (row: after training experience i; column: tested on experience j)
+{online_section}## Accuracy matrices (row: after training experience i; column: tested on experience j)
 
 {chr(10).join(heatmaps)}
 
