@@ -119,7 +119,7 @@ def test_run_compares_offline_online_and_hybrid(tmp_path):
     modes = {label: m["mode"] for label, m in results["methods"].items()}
     assert modes == {"replay [offline]": "offline", "replay [online]": "online", "replay [hybrid]": "hybrid"}
     hybrid = results["methods"]["replay [hybrid]"]["summary"]
-    assert [c["trigger"] for c in hybrid["consolidations"]] == ["schedule"] * 2
+    assert [c["at_sample"] for c in hybrid["consolidations"]] == [300, 600, 900, 1200]
     assert 0 < hybrid["prequential_acc"] < 1 and hybrid["gradient_steps"] > 0
     assert (out / "online_curves.png").is_file() and "| replay [online] | online |" in (out / "report.md").read_text()
 
