@@ -112,7 +112,7 @@ class Learner:
         self.train_set = (experience.x_train, experience.y_train, experience.train_tasks())
         for hook in self._hooks["before_experience"]:
             hook(self, experience)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum)
+        self.optimizer = self._optimizer()
         self.model.train()
         x, y, t = self.train_set
         for epoch in range(epochs or self.epochs):
@@ -128,6 +128,9 @@ class Learner:
             hook(self, experience)
         self.experiences_seen_ += 1
         return self
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum)
 
     def partial_fit(self, x: Tensor, y: Tensor, t: Tensor | int | None = None, steps: int = 1,
                     hybrid: bool = False) -> Learner:
@@ -152,8 +155,9 @@ class Learner:
             if not hybrid and not s.supports_online():
                 raise ValueError(f"partial_fit: {s.name} learns only at experience ends; {s.online_hint}")
         if self.optimizer is None:
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum)
-        self.model.train()
+            self.optimizer = self._optimizer()
+        if not self.model.training:
+            self.model.train()
         for k in range(steps):
             self.fresh = k == 0
             self._step(x, y, t)
@@ -180,10 +184,11 @@ class Learner:
         if y.dtype.is_floating_point or y.dtype == torch.bool:
             raise ValueError(f"partial_fit: labels must be integers, got {y.dtype}")
         limit = self.model.head.n_outputs if not isinstance(self.model.head, IncrementalHead) else 2**31
-        bad = y[(y < 0) | (y >= limit)]
-        if len(bad):
+        low, high = torch.aminmax(y)
+        if low < 0 or high >= limit:
+            bad = int(low) if low < 0 else int(high)
             allowed = f"0..{limit - 1}" if limit < 2**31 else "0 and up"
-            raise ValueError(f"partial_fit: label {int(bad[0])} is outside the model's classes {allowed}")
+            raise ValueError(f"partial_fit: label {bad} is outside the model's classes {allowed}")
         t = torch.full((len(y),), t or 0, dtype=torch.long) if t is None or isinstance(t, int) else torch.as_tensor(t)
         if t.shape != y.shape:
             raise ValueError(f"partial_fit: t must hold one task id per sample, got shape {tuple(t.shape)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -90,20 +91,22 @@ class Memory:
     def _reservoir(self, new: dict[str, Tensor], generator: torch.Generator | None) -> None:
         n = len(new["y"])
         free = max(0, min(self.size - len(self), n))
-        self.data = {k: torch.cat([v, new[k][:free]]) for k, v in self.data.items()}
+        if free:
+            self.data = {k: torch.cat([v, new[k][:free]]) for k, v in self.data.items()}
         if free == n:
             return
         # Sample i of the rest is the (seen + free + i + 1)-th ever offered: it replaces slot j
-        # when j = randint(0, count) lands inside the memory. Later samples win ties, as in sequence.
-        count = self.seen + free + torch.arange(n - free) + 1
-        j = (torch.rand(len(count), generator=generator, dtype=torch.float64) * count).long()
-        keep = j < self.size
-        src, slot = torch.arange(free, n)[keep], j[keep]
-        winner = torch.full((self.size,), -1).scatter_reduce(0, slot, torch.arange(len(slot)), "amax")
-        slot = (winner >= 0).nonzero().squeeze(1)
-        src = src[winner[slot]]
-        for k, v in self.data.items():
-            v[slot] = new[k][src]
+        # when j = randint(0, count) lands inside the memory. Later samples win ties, as in
+        # sequence. The index arithmetic is on a handful of numbers: numpy does it cheaper.
+        count = self.seen + free + np.arange(n - free) + 1
+        j = (torch.rand(len(count), generator=generator, dtype=torch.float64).numpy() * count).astype(np.int64)
+        src = np.arange(free, n)[j < self.size]
+        slot = j[j < self.size]
+        last = len(slot) - 1 - np.unique(slot[::-1], return_index=True)[1]  # last offer per slot wins
+        if len(last):
+            slot, src = torch.from_numpy(slot[last]), torch.from_numpy(src[last])
+            for k, v in self.data.items():
+                v[slot] = new[k][src]
 
     def _balanced(self, new: dict[str, Tensor]) -> None:
         merged = {k: torch.cat([v, new[k]]) for k, v in self.data.items()}
