@@ -20,7 +20,7 @@ from retain.models import make_model
 
 SCALARS = ("acc", "stream_acc", "forgetting", "bwt", "fwt", "train_seconds", "peak_mb", "gradient_steps",
            "samples_per_second")
-ONLINE_SCALARS = ("prequential_acc", "p50_ms", "p99_ms")
+ONLINE_SCALARS = ("prequential_acc", "update_samples_per_second", "p50_ms", "p99_ms")
 
 
 def build_stream(cfg: RunConfig) -> Stream:
@@ -55,7 +55,8 @@ def run_method_online(stream: Stream, cfg: RunConfig, method: MethodConfig, seed
         result = run_online(learner, online, steps=oc.steps, eval_every=oc.eval_every, hybrid=schedule, tick=tick)
     rows = result.pop("matrix")
     metrics = summarize(rows, untrained, [e.n_test for e in stream])
-    metrics |= {k: result[k] for k in ("prequential_acc", "gradient_steps", "samples_per_second", "p50_ms", "p99_ms")}
+    metrics |= {k: result[k] for k in ("prequential_acc", "gradient_steps", "samples_per_second",
+                                         "update_samples_per_second", "p50_ms", "p99_ms")}
     metrics |= {"train_seconds": result["seconds"], "peak_mb": cost.peak_mb}
     return {"seed": seed, "matrix": rows, "untrained": untrained, "online": result, "steps": learner.steps_,
             "metrics": metrics}
