@@ -16,6 +16,7 @@ test: $(VENV)/.installed data
 
 bench: $(VENV)/.installed data
 	$(PY) benchmarks/class_il.py --out benchmarks/results/class_il.json --results benchmarks/RESULTS.md
+	$(PY) benchmarks/online.py --out benchmarks/results/online.json --results benchmarks/ONLINE.md
 
 data: $(FASHION)
 
