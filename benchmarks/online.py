@@ -37,7 +37,7 @@ ONLINE = [  # (label, strategy, steps per batch)
 DERPP = {"name": "derpp", "memory_size": 500, "store": "stream"}
 HYBRID = [  # (label, strategy, steps, hybrid settings)
     ("er", ER, 1, {"every": 700, "window": 700, "epochs": 3}),
-    ("derpp", DERPP, 3, {"every": 700, "window": 700, "epochs": 3}),
+    ("derpp", DERPP, 3, {"every": 700, "window": 1000, "epochs": 5}),
     ("er", ER, 3, {"every": 700, "window": 700, "epochs": 3}),
     ("er+drift", ER, 3, {"every": None, "drift": "page_hinkley", "delay": 600, "cooldown": 300,
                          "window": 700, "epochs": 3}),

@@ -83,11 +83,12 @@ class OnlineConfig(_Strict):
 class HybridConfig(_Strict):
     """When hybrid mode consolidates (see ``retain.engine.Hybrid``)."""
 
-    every: PositiveInt | None = 700
+    every: PositiveInt | None = Field(700, description="samples between consolidations (700: one experience "
+                                                     "of Split MNIST-5k); size it to your stream")
     on_new_class: bool = False
     drift: Literal["page_hinkley", "adwin"] | None = None
-    window: PositiveInt = 700
-    epochs: PositiveInt = 3
+    window: PositiveInt = 1000
+    epochs: PositiveInt = 5
     delay: NonNegativeInt = 0
     cooldown: NonNegativeInt = 100
 

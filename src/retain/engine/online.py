@@ -34,7 +34,7 @@ class Hybrid:
     on_new_class: bool = True
     drift: str | None = "page_hinkley"
     window: int = 1000
-    epochs: int = 1
+    epochs: int = 5
     cooldown: int = 100
     delay: int = 0
 
