@@ -68,8 +68,8 @@ class Memory:
         new = {k: v.detach().cpu() for k, v in new.items()}
         if not self.data:
             self.data = {k: v[:0].clone() for k, v in new.items()}
-        for k, v in new.items():  # logits of a head that grew since: pad the narrower side with NaN
-            old = self.data.get(k)
+        for k in extra:  # logits of a head that grew since: pad the narrower side with NaN
+            v, old = new[k], self.data.get(k)
             if old is not None and v.dim() == 2 and old.shape[1] != v.shape[1]:
                 width = max(old.shape[1], v.shape[1])
                 self.data[k] = F.pad(old, (0, width - old.shape[1]), value=float("nan"))
@@ -100,8 +100,10 @@ class Memory:
         # sequence. The index arithmetic is on a handful of numbers: numpy does it cheaper.
         count = self.seen + free + np.arange(n - free) + 1
         j = (torch.rand(len(count), generator=generator, dtype=torch.float64).numpy() * count).astype(np.int64)
-        src = np.arange(free, n)[j < self.size]
-        slot = j[j < self.size]
+        hit = j < self.size
+        if not hit.any():
+            return
+        src, slot = np.arange(free, n)[hit], j[hit]
         last = len(slot) - 1 - np.unique(slot[::-1], return_index=True)[1]  # last offer per slot wins
         if len(last):
             slot, src = torch.from_numpy(slot[last]), torch.from_numpy(src[last])
