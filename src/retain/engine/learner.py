@@ -176,8 +176,8 @@ class Learner:
         if y.dim() != 1 or len(y) != len(x):
             raise ValueError(f"partial_fit: y must hold one label per row of x ({len(x)}), got shape {tuple(y.shape)}")
         expected = getattr(self.model.backbone, "in_features", None)
-        if expected is not None and x[0].numel() != expected:
-            raise ValueError(f"partial_fit: each sample must have {expected} values, got {x[0].numel()} "
+        if expected is not None and x.numel() // len(x) != expected:
+            raise ValueError(f"partial_fit: each sample must have {expected} values, got {x.numel() // len(x)} "
                              f"(shape {tuple(x.shape[1:])})")
         # One reduction first (NaN and inf propagate into the sum); the exact check only if it fails.
         if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():

@@ -65,7 +65,7 @@ class Memory:
         if isinstance(e, int):
             e = torch.full((n,), e, dtype=torch.long)
         new = {"x": x, "y": y, "t": t, "e": e, **extra}
-        new = {k: v.detach().cpu() for k, v in new.items()}
+        new = {k: (v.detach() if v.requires_grad else v).cpu() for k, v in new.items()}
         if not self.data:
             self.data = {k: v[:0].clone() for k, v in new.items()}
         for k in extra:  # logits of a head that grew since: pad the narrower side with NaN
@@ -119,17 +119,18 @@ class Memory:
         keep = torch.cat([(y == c).nonzero().squeeze(1)[:q] for c, q in zip(classes, quota, strict=True)])
         self.data = {k: v[keep] for k, v in merged.items()}
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               keys: tuple[str, ...] | None = None) -> dict[str, Tensor]:
         """``n`` random samples without replacement (all of them when fewer are stored)."""
         idx = torch.randperm(len(self), generator=generator)[:n]
-        return {k: v[idx] for k, v in self.data.items()}
+        return {k: self.data[k][idx] for k in keys or self.data}
 
     def extend(self, x: Tensor, y: Tensor, t: Tensor, n: int,
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The batch ``(x, y, t)`` with ``n`` random memory samples appended (as is when empty)."""
         if not len(self):
             return x, y, t
-        m = self.sample(n, generator)
+        m = self.sample(n, generator, ("x", "y", "t"))
         return tuple(torch.cat([a, m[k].to(a.device)]) for a, k in ((x, "x"), (y, "y"), (t, "t")))
 
     def state_dict(self) -> dict[str, Any]:
