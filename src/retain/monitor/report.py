@@ -149,8 +149,11 @@ def write_report(results: dict[str, Any], directory: str | Path) -> Path:
 - **forgetting**: best earlier accuracy minus final accuracy, averaged over all but the last
   experience (Chaudhry et al. 2018); **BWT** / **FWT**: backward / forward transfer
   (Lopez-Paz & Ranzato 2017). n/a: not defined for a model trained once on the whole stream.
-- **train s**: training time summed over experiences (mean per seed); **peak MB**: peak memory
-  while training (process resident set on the CPU, allocated memory on a GPU).
+- **prequential**: accuracy on each incoming batch before learning from it (online and hybrid
+  modes only); **gradient steps**: optimizer steps per seed, consolidations included.
+- **train s**: training time (online and hybrid: the whole pass, evaluation included), mean per
+  seed; **samples/s**: training samples over that time; **peak MB**: peak memory while training
+  (process resident set on the CPU, allocated memory on a GPU).
 
 ## Average accuracy after each experience
 
