@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from retain.models import BiasCorrectedHead
-from retain.strategies.base import Strategy, flatten, params, unflatten
-from retain.strategies.importance import distillation, frozen_copy, load_old_model, old_model_state
+from retain.strategies.base import flatten, params, unflatten
 from retain.strategies.memory import Memory
+from retain.strategies.rehearsal import DistilledReplay
 
 
 @params
-class BiC(Strategy):
+class BiC(DistilledReplay):
     """Bias Correction (Wu et al. 2019, CVPR, "Large Scale Incremental Learning").
 
     Stage 1 trains on new data plus replayed exemplars with distillation of the old classes
@@ -41,8 +41,6 @@ class BiC(Strategy):
         n_val = max(1, round(self.memory_size * self.val_fraction))
         self.memory_ = Memory(self.memory_size - n_val, "class_balanced")
         self.validation_ = Memory(n_val, "class_balanced")
-        self.old_model_: torch.nn.Module | None = None
-        self.old_classes_: list[int] = []
         self._held_out: tuple[torch.Tensor, ...] | None = None
         self._trained_on: tuple[torch.Tensor, ...] | None = None
 
@@ -50,9 +48,7 @@ class BiC(Strategy):
         model = learner.model
         if not isinstance(model.head, BiasCorrectedHead):
             model.head = BiasCorrectedHead(model.head.in_features, model.head).to(learner.device)
-        if learner.seen_classes_:
-            self.old_model_ = frozen_copy(model)
-            self.old_classes_ = list(learner.seen_classes_)
+        self.snapshot(learner)
         # Hold out, per new class, as many samples as the validation memory will keep per class.
         x, y, t = learner.train_set
         per_class = max(1, self.validation_.size // (len(set(learner.seen_classes_) | set(exp.classes))))
@@ -63,16 +59,6 @@ class BiC(Strategy):
         self._held_out = (x[held], y[held], t[held])
         learner.train_set = (x[mask], y[mask], t[mask])
         self._trained_on = learner.train_set
-
-    def batch(self, learner, x, y, t):
-        return self.memory_.extend(x, y, t, round(self.ratio * len(y)), learner.generator)
-
-    def loss(self, learner, x, y, t, logits):
-        if self.old_model_ is None:
-            return logits.new_zeros(())
-        with torch.no_grad():
-            old = self.old_model_(x, t)[:, self.old_classes_]
-        return self.alpha * distillation(logits[:, self.old_classes_], old, self.temperature)
 
     def after_experience(self, learner, exp) -> None:
         self.validation_.add(*self._held_out, exp.id, generator=learner.generator)
@@ -106,13 +92,9 @@ class BiC(Strategy):
             head.scale[cols] = ab[0].exp()
             head.shift[cols] = ab[1]
 
-    def state_dict(self) -> dict[str, Any]:
-        state = flatten("memory", self.memory_.state_dict()) | flatten("validation", self.validation_.state_dict())
-        state |= {"old_classes": self.old_classes_}
-        return state | old_model_state(self.old_model_)
+    def memory_state(self) -> dict[str, Any]:
+        return flatten("memory", self.memory_.state_dict()) | flatten("validation", self.validation_.state_dict())
 
-    def load_state_dict(self, state, learner) -> None:
+    def load_memory_state(self, state: dict[str, Any]) -> None:
         self.memory_.load_state_dict(unflatten("memory", state))
         self.validation_.load_state_dict(unflatten("validation", state))
-        self.old_classes_ = list(state.get("old_classes", []))
-        self.old_model_ = load_old_model(state, learner)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
 from retain.models import NMEHead
-from retain.strategies.base import Strategy, params
-from retain.strategies.importance import distillation, frozen_copy, load_old_model, old_model_state
+from retain.strategies.base import params
 from retain.strategies.memory import Memory
+from retain.strategies.rehearsal import DistilledReplay
 
 
 @params
-class ICaRL(Strategy):
+class ICaRL(DistilledReplay):
     """iCaRL (Rebuffi, Kolesnikov, Sperl & Lampert 2017, CVPR).
 
     Exemplars are chosen by herding (their feature mean tracks the class mean) and replayed
@@ -38,27 +36,17 @@ class ICaRL(Strategy):
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "herding")
-        self.old_model_: torch.nn.Module | None = None
-        self.old_classes_: list[int] = []
 
     def before_experience(self, learner, exp) -> None:
         model = learner.model
         if not isinstance(model.head, NMEHead):
             model.head = NMEHead(model.head.in_features, model.head).to(learner.device)
-        if learner.seen_classes_:
-            self.old_model_ = frozen_copy(model)
-            self.old_classes_ = list(learner.seen_classes_)
+        self.snapshot(learner)
 
-    def batch(self, learner, x, y, t):
-        return self.memory_.extend(x, y, t, round(self.ratio * len(y)), learner.generator)
-
-    def loss(self, learner, x, y, t, logits):
-        if self.old_model_ is None:
-            return logits.new_zeros(())
+    def old_logits(self, x, t):
+        # the trained linear head's outputs, not the NME scores the old model predicts with
         self.old_model_.head.inner.eval()
-        with torch.no_grad():
-            old = self.old_model_.head.inner(self.old_model_.features(x, t), t)[:, self.old_classes_]
-        return self.alpha * distillation(logits[:, self.old_classes_], old, self.temperature)
+        return self.old_model_.head.inner(self.old_model_.features(x, t), t)
 
     def after_experience(self, learner, exp) -> None:
         features = learner.features(exp.x_train, exp.train_tasks())
@@ -72,12 +60,3 @@ class ICaRL(Strategy):
             means[c] = F.normalize(f[self.memory_.y == c].mean(0), dim=0)
             has[c] = True
         head.set_means(means, has)
-
-    def state_dict(self) -> dict[str, Any]:
-        state = self.memory_.state_dict() | {"old_classes": self.old_classes_}
-        return state | old_model_state(self.old_model_)
-
-    def load_state_dict(self, state, learner) -> None:
-        self.memory_.load_state_dict(state)
-        self.old_classes_ = list(state.get("old_classes", []))
-        self.old_model_ = load_old_model(state, learner)

@@ -1,0 +1,57 @@
+"""Shared base of the replay methods that also distil the old model (iCaRL, BiC)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from retain.strategies.importance import distillation, frozen_copy, load_old_model, old_model_state
+from retain.strategies.memory import MemoryStrategy
+
+
+class DistilledReplay(MemoryStrategy):
+    """Appends ``ratio`` memory samples per new sample to each batch and adds
+    ``alpha * T^2 KL`` between the old model's and the current model's outputs on the old classes.
+    Subclasses declare ``ratio``, ``alpha`` and ``temperature``, build ``memory_`` and call
+    :meth:`snapshot` before an experience."""
+
+    ratio: float
+    alpha: float
+    temperature: float
+    old_model_: torch.nn.Module | None = None
+    old_classes_: tuple[int, ...] | list[int] = ()
+
+    def snapshot(self, learner) -> None:
+        """Freeze the model as it is before a new experience (nothing to keep before the first)."""
+        if learner.seen_classes_:
+            self.old_model_ = frozen_copy(learner.model)
+            self.old_classes_ = list(learner.seen_classes_)
+
+    def old_logits(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.old_model_(x, t)
+
+    def batch(self, learner, x, y, t):
+        return self.memory_.extend(x, y, t, round(self.ratio * len(y)), learner.generator)
+
+    def loss(self, learner, x, y, t, logits):
+        if self.old_model_ is None:
+            return logits.new_zeros(())
+        with torch.no_grad():
+            old = self.old_logits(x, t)[:, self.old_classes_]
+        return self.alpha * distillation(logits[:, self.old_classes_], old, self.temperature)
+
+    def memory_state(self) -> dict[str, Any]:
+        return self.memory_.state_dict()
+
+    def load_memory_state(self, state: dict[str, Any]) -> None:
+        self.memory_.load_state_dict(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.memory_state() | {"old_classes": list(self.old_classes_)} | old_model_state(self.old_model_)
+
+    def load_state_dict(self, state: dict[str, Any], learner) -> None:
+        self.load_memory_state(state)
+        self.old_classes_ = list(state.get("old_classes", []))
+        self.old_model_ = load_old_model(state, learner)
