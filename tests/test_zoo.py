@@ -241,3 +241,18 @@ def test_state_does_not_grow_with_the_number_of_experiences(split_digits, name):
         learner.fit(exp)
         sizes.append(_state_bytes(learner))
     assert sizes[-1] == sizes[2] > 0
+
+
+def test_penalty_gradient_equals_the_gradient_of_the_penalty():
+    from retain.strategies.importance import add_penalty_grad
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 4)
+    anchor = {"weight": torch.randn(3, 5), "bias": torch.randn(3)}  # the layer has grown by one unit since
+    stiffness = {"weight": torch.rand(3, 5), "bias": torch.rand(3)}
+    penalty = sum(0.5 * (stiffness[k] * (getattr(layer, k)[: len(a)] - a) ** 2).sum() for k, a in anchor.items())
+    penalty.backward()
+    expected = {k: p.grad.clone() for k, p in layer.named_parameters()}
+    layer.zero_grad()
+    add_penalty_grad(layer, anchor, stiffness)
+    assert all(torch.allclose(p.grad, expected[k]) for k, p in layer.named_parameters())

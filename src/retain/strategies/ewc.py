@@ -8,7 +8,7 @@ import torch
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
 from retain.strategies.base import Strategy, flatten, params, unflatten
-from retain.strategies.importance import capped, fisher_diagonal, grown, quadratic_penalty, snapshot
+from retain.strategies.importance import add_penalty_grad, capped, fisher_diagonal, grown, snapshot
 
 
 @params
@@ -49,14 +49,13 @@ class EWC(Strategy):
         self.fishers_: list[dict[str, torch.Tensor]] = []
         self._merged: tuple[dict, dict] | None = None
 
-    def loss(self, learner, x, y, t, logits):
+    def after_backward(self, learner) -> None:
         if not self.anchors_:
-            return logits.new_zeros(())
+            return
         if self._merged is None:
             anchor, fisher = _merge(self.anchors_, self.fishers_)
-            self._merged = anchor, capped(fisher, learner.lr, self.lam)
-        anchor, fisher = self._merged
-        return 0.5 * self.lam * quadratic_penalty(learner.model, anchor, fisher)
+            self._merged = anchor, {k: self.lam * f for k, f in capped(fisher, learner.lr, self.lam).items()}
+        add_penalty_grad(learner.model, *self._merged)
 
     def after_experience(self, learner, exp) -> None:
         x, y, t = exp.x_train, exp.y_train, exp.train_tasks()

@@ -23,31 +23,35 @@ def snapshot(model: nn.Module) -> dict[str, Tensor]:
     return {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
 
 
-def quadratic_penalty(model: nn.Module, anchor: dict[str, Tensor], importance: dict[str, Tensor] | None) -> Tensor:
-    """``sum_i w_i (theta_i - anchor_i)^2`` over the anchored parameters (``w = 1`` without importance).
-
-    A parameter that has grown since (a head with new classes) is compared on its old slice.
-
-    >>> layer = nn.Linear(2, 1)
-    >>> anchor = {k: torch.zeros_like(v) for k, v in layer.named_parameters()}
-    >>> bool(torch.isclose(quadratic_penalty(layer, anchor, None), sum((p ** 2).sum() for p in layer.parameters())))
-    True
-    """
-    params = dict(model.named_parameters())
-    total = torch.zeros((), device=next(iter(anchor.values())).device)
-    for name, old in anchor.items():
-        p = params[name][tuple(slice(0, s) for s in old.shape)]
-        sq = (p - old).pow(2)
-        total = total + (sq * importance[name] if importance is not None else sq).sum()
-    return total
-
-
 def _objective(kind: str, logits: Tensor, y: Tensor) -> Tensor:
     """Summed per-sample objective whose per-sample gradients the importance is built from."""
     if kind == "fisher":
         return F.cross_entropy(logits, y, reduction="sum")
     # MAS: squared L2 norm of the outputs; the NEG logits of other tasks' classes are not outputs.
     return logits.masked_fill(logits <= NEG / 2, 0.0).pow(2).sum()
+
+
+def add_penalty_grad(model: nn.Module, anchor: dict[str, Tensor], stiffness: dict[str, Tensor] | float) -> None:
+    """Add to the parameters' gradients the gradient of ``1/2 sum_i s_i (theta_i - a_i)^2``, that
+    is ``s_i (theta_i - a_i)``, directly: the same update as putting the penalty in the loss,
+    without building and back-propagating its graph at every step. A parameter that has grown
+    since (a head with new classes) is anchored on its old slice.
+
+    >>> layer = nn.Linear(2, 1)
+    >>> layer.zero_grad()
+    >>> add_penalty_grad(layer, {k: torch.zeros_like(v) for k, v in layer.named_parameters()}, 2.0)
+    >>> bool(torch.allclose(layer.weight.grad, 2 * layer.weight.detach()))
+    True
+    """
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, a in anchor.items():
+            p = params[name]
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            part = tuple(slice(0, n) for n in a.shape)
+            s = stiffness if isinstance(stiffness, float) else stiffness[name]
+            p.grad[part].add_((p[part] - a).mul_(s))
 
 
 def grown(old: Tensor | None, like: Tensor) -> Tensor:
@@ -183,9 +187,10 @@ def distillation(new_logits: Tensor, old_logits: Tensor, temperature: float) -> 
 
 
 class AnchoredPenalty(Strategy):
-    """Base of the methods that add ``(lam / 2) * sum_i w_i (theta_i - theta*_i)^2`` with one
-    importance ``w`` (``importance_``) and one anchor ``theta*`` (``anchor_``); subclasses
-    only say how the importance is learned. Importances are capped (:func:`capped`)."""
+    """Base of the methods that penalise ``(lam / 2) * sum_i w_i (theta_i - theta*_i)^2`` with
+    one importance ``w`` (``importance_``) and one anchor ``theta*`` (``anchor_``); subclasses
+    only say how the importance is learned. Importances are capped (:func:`capped`); the
+    penalty's gradient is added after ``backward`` (:func:`add_penalty_grad`)."""
 
     lam: float
     importance_: dict[str, Tensor]
@@ -193,21 +198,21 @@ class AnchoredPenalty(Strategy):
 
     def set_anchor(self, learner: Learner, importance: dict[str, Tensor]) -> None:
         self.importance_, self.anchor_ = importance, snapshot(learner.model)
-        self._capped = capped(importance, learner.lr, self.lam)
+        self._stiffness = None
 
-    def loss(self, learner, x, y, t, logits):
+    def after_backward(self, learner) -> None:
         if not getattr(self, "anchor_", None):
-            return logits.new_zeros(())
-        if getattr(self, "_capped", None) is None:
-            self._capped = capped(self.importance_, learner.lr, self.lam)
-        return 0.5 * self.lam * quadratic_penalty(learner.model, self.anchor_, self._capped)
+            return
+        if getattr(self, "_stiffness", None) is None:
+            self._stiffness = {k: self.lam * w for k, w in capped(self.importance_, learner.lr, self.lam).items()}
+        add_penalty_grad(learner.model, self.anchor_, self._stiffness)
 
     def state_dict(self) -> dict[str, Any]:
         return flatten("importance", getattr(self, "importance_", {})) | flatten("anchor", getattr(self, "anchor_", {}))
 
     def load_state_dict(self, state: dict[str, Any], learner: Learner) -> None:
         self.importance_, self.anchor_ = unflatten("importance", state), unflatten("anchor", state)
-        self._capped = None
+        self._stiffness = None
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import NonNegativeFloat
 
 from retain.strategies.base import Strategy, flatten, params, unflatten
-from retain.strategies.importance import quadratic_penalty, snapshot
+from retain.strategies.importance import add_penalty_grad, snapshot
 
 
 @params
@@ -28,10 +28,9 @@ class L2(Strategy):
     def __post_init__(self) -> None:
         self.anchor_: dict = {}
 
-    def loss(self, learner, x, y, t, logits):
-        if not self.anchor_:
-            return logits.new_zeros(())
-        return 0.5 * self.lam * quadratic_penalty(learner.model, self.anchor_, None)
+    def after_backward(self, learner) -> None:
+        if self.anchor_:
+            add_penalty_grad(learner.model, self.anchor_, float(self.lam))
 
     def after_experience(self, learner, exp) -> None:
         self.anchor_ = snapshot(learner.model)

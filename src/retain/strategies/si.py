@@ -41,6 +41,7 @@ class SI(AnchoredPenalty):
         self._last = None
 
     def after_backward(self, learner) -> None:
+        super().after_backward(learner)  # the penalty's gradient first: omega follows the full gradient
         self._accumulate(learner)
         named = [(k, p) for k, p in learner.model.named_parameters() if p.grad is not None]
         self._last = ({k: p.detach().clone() for k, p in named}, {k: p.grad.detach().clone() for k, p in named})
