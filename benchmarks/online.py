@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from retain.config import RunConfig
 from retain.data import OnlineStream
 from retain.engine import Hybrid, run_online
-from retain.experiment import _learner, build_stream, run_method, run_method_online
+from retain.experiment import build_learner, build_stream, run_method, run_method_online
 from retain.models import make_model
 
 ER = {"name": "replay", "memory_size": 500, "ratio": 1.0, "policy": "reservoir", "update": "stream"}
@@ -105,7 +105,7 @@ def plain_er(stream, seed: int) -> dict:
 def tight_er(stream, seed: int) -> dict:
     """retain's online ER timed like the plain loop: partial_fit calls back to back, no evaluation."""
     cfg = config(ER, "online", 1, [seed])
-    learner = _learner(stream, cfg, cfg.strategies[0], seed)
+    learner = build_learner(stream, cfg, cfg.strategies[0], seed)
     lat = []
     for b in OnlineStream(stream, 10, seed=seed):
         start = time.perf_counter()
@@ -126,7 +126,7 @@ def drift_rows(seeds: list[int]) -> list[dict]:
         cfg = config(ER, "hybrid", 1, [seed], blurry=0.1)
         stream = build_stream(cfg)
         online = OnlineStream(stream, 10, blurry=0.1, seed=seed)
-        learner = _learner(stream, cfg, cfg.strategies[0], seed)
+        learner = build_learner(stream, cfg, cfg.strategies[0], seed)
         fired = [c["at_sample"] for c in run_online(learner, online, hybrid=hybrid)["consolidations"]]
         for k in range(1, len(stream)):
             start = int((online.y == stream[k].classes[0]).nonzero()[0]) + 1  # the new class's first sample
@@ -134,7 +134,7 @@ def drift_rows(seeds: list[int]) -> list[dict]:
             delays.append(min(later) if later else float("inf"))
         quiet_cfg = config(ER, "hybrid", 1, [seed], n_experiences=1)
         quiet = build_stream(quiet_cfg)
-        learner = _learner(quiet, quiet_cfg, quiet_cfg.strategies[0], seed)
+        learner = build_learner(quiet, quiet_cfg, quiet_cfg.strategies[0], seed)
         alarms += len(run_online(learner, OnlineStream(quiet, 10, seed=seed), hybrid=hybrid)["consolidations"])
     return [{"scenario": "class_il_mnist5k_blurry", "strategy": "er", "mode": "hybrid", "trigger": "drift",
              "detection_delay": float(np.mean(delays)), "detection_delay_max": float(np.max(delays)),

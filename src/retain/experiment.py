@@ -34,7 +34,8 @@ def build_stream(cfg: RunConfig) -> Stream:
     return build_scenario(sc.kind, data, sc.n_experiences, **options)
 
 
-def _learner(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int) -> Learner:
+def build_learner(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int) -> Learner:
+    """The learner a config describes for one method and seed, its model initialised from ``seed``."""
     torch.manual_seed(seed)
     model = make_model(cfg.model.name, stream.input_shape, stream.n_classes,
                        **({"hidden": tuple(cfg.model.hidden)} if cfg.model.name == "mlp" else {}))
@@ -46,7 +47,7 @@ def _learner(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int) ->
 def run_method_online(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int, hybrid: bool,
                       tick: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
     """One method, one seed, in online or hybrid mode: the stream arrives in small batches."""
-    learner = _learner(stream, cfg, method, seed)
+    learner = build_learner(stream, cfg, method, seed)
     untrained = learner.evaluate(stream)
     oc, hc = cfg.online, cfg.hybrid
     online = OnlineStream(stream, oc.batch_size, oc.shuffle, oc.blurry, seed)
@@ -65,7 +66,7 @@ def run_method_online(stream: Stream, cfg: RunConfig, method: MethodConfig, seed
 def run_method(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int,
                tick: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Train one method with one seed; returns its accuracy matrix, metrics and costs."""
-    learner = _learner(stream, cfg, method, seed)
+    learner = build_learner(stream, cfg, method, seed)
     sizes = [e.n_test for e in stream]
     untrained = learner.evaluate(stream)
     rows, seconds, peaks = [], [], []

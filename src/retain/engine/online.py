@@ -55,12 +55,13 @@ class _Window:
     """The most recent ``size`` samples seen."""
 
     def __init__(self, size: int) -> None:
-        self.size, self.parts = size, []
+        self.size, self.parts, self.count = size, [], 0
 
     def add(self, x: Tensor, y: Tensor, t: Tensor) -> None:
         self.parts.append((x, y, t))
-        while sum(len(p[1]) for p in self.parts) - len(self.parts[0][1]) >= self.size:
-            self.parts.pop(0)
+        self.count += len(y)
+        while self.count - len(self.parts[0][1]) >= self.size:  # the oldest part is not needed
+            self.count -= len(self.parts.pop(0)[1])
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
         return tuple(torch.cat([p[i] for p in self.parts])[-self.size:] for i in range(3))

@@ -38,13 +38,12 @@ class AGEM(MemoryStrategy):
         return self.update == "stream"
 
     def batch(self, learner, x, y, t):
-        if self.update == "stream" and learner.fresh:
-            self._incoming = (x, y, t)
+        self._incoming = (x, y, t)  # offered to a stream memory once its step is projected
         return x, y, t
 
     def after_backward(self, learner) -> None:
-        if self.update == "stream" and learner.fresh:
-            self.memory_.add(*self._incoming, learner.experience_id, generator=learner.generator)
+        if self.update == "stream":
+            self.offer(learner, *self._incoming)
         if not len(self.memory_):
             return
         g = flat_grad(learner.model)

@@ -60,8 +60,8 @@ class DER(MemoryStrategy):
                 m = self.memory_.sample(n, learner.generator)
                 out = learner.model(m["x"].to(x.device), m["t"].to(x.device))
                 extra = extra + self.beta * F.cross_entropy(out, m["y"].to(x.device))
-        if self.store == "stream" and learner.fresh:
-            self.memory_.add(x, y, t, learner.experience_id, generator=learner.generator, logits=logits.detach())
+        if self.store == "stream":
+            self.offer(learner, x, y, t, logits=logits.detach())
         return extra
 
     def after_backward(self, learner) -> None:

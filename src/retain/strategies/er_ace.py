@@ -43,6 +43,5 @@ class ERACE(MemoryStrategy):
             m = self.memory_.sample(self.batch_size or len(y), learner.generator)
             out = learner.model(m["x"].to(x.device), m["t"].to(x.device))
             term = term + F.cross_entropy(out, m["y"].to(x.device))
-        if learner.fresh:
-            self.memory_.add(x, y, t, learner.experience_id, generator=learner.generator)
+        self.offer(learner, x, y, t)
         return term

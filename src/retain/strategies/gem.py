@@ -30,18 +30,24 @@ class GEM(MemoryStrategy):
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "class_balanced", balance="e")
+        self._groups: list[tuple[torch.Tensor, ...]] | None = None
 
     def after_backward(self, learner) -> None:
         if not len(self.memory_):
             return
+        if self._groups is None:  # the memory changes only between experiences
+            e = self.memory_.e
+            self._groups = [(self.memory_.x[e == k], self.memory_.y[e == k], self.memory_.t[e == k])
+                            for k in e.unique().tolist()]
         g = flat_grad(learner.model)
-        e = self.memory_.e
-        G = torch.stack([
-            memory_grad(learner, self.memory_.x[e == k], self.memory_.y[e == k], self.memory_.t[e == k])
-            for k in e.unique().tolist()
-        ])
+        G = torch.stack([memory_grad(learner, *group) for group in self._groups])
         if (G @ g < 0).any():
             set_flat_grad(learner.model, project_to_cone(g, G, self.margin))
 
     def after_experience(self, learner, exp) -> None:
         self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id, generator=learner.generator)
+        self._groups = None
+
+    def load_state_dict(self, state, learner) -> None:
+        super().load_state_dict(state, learner)
+        self._groups = None

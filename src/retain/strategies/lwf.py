@@ -37,16 +37,16 @@ class LwF(Strategy):
             return
         self.old_model_ = frozen_copy(learner.model)
         self.old_tasks_ = {k: list(v) for k, v in learner.task_classes_.items()}
+        self._old_classes = list(learner.seen_classes_)
 
     def loss(self, learner, x, y, t, logits):
         if self.old_model_ is None:
             return logits.new_zeros(())
         model = learner.model
         if not isinstance(model.head, MultiHead):
-            old_classes = sorted({c for cs in self.old_tasks_.values() for c in cs})
             with torch.no_grad():
-                old = self.old_model_(x, t)[:, old_classes]
-            return self.alpha * distillation(logits[:, old_classes], old, self.temperature)
+                old = self.old_model_(x, t)[:, self._old_classes]
+            return self.alpha * distillation(logits[:, self._old_classes], old, self.temperature)
         h = model.features(x)
         with torch.no_grad():
             h_old = self.old_model_.features(x)
@@ -66,3 +66,4 @@ class LwF(Strategy):
     def load_state_dict(self, state, learner) -> None:
         self.old_model_ = load_old_model(state, learner)
         self.old_tasks_ = {int(k): v for k, v in state.get("tasks", {}).items()}
+        self._old_classes = sorted({c for cs in self.old_tasks_.values() for c in cs})

@@ -178,3 +178,9 @@ class MemoryStrategy(Strategy):
 
     def load_state_dict(self, state: dict[str, Any], learner: Any) -> None:
         self.memory_.load_state_dict(state)
+
+    def offer(self, learner: Any, x: Tensor, y: Tensor, t: Tensor, **extra: Tensor) -> None:
+        """Offer an incoming batch to the memory once: on the first step taken on it (the
+        learner's ``fresh``), not again on later steps or epochs over the same samples."""
+        if learner.fresh:
+            self.memory_.add(x, y, t, learner.experience_id, generator=learner.generator, **extra)

@@ -54,6 +54,5 @@ class MIR(MemoryStrategy):
             rise = self.interference(learner, x, y, t, cx, cy, ct)
             top = rise.topk(min(self.batch_size or len(y), len(rise))).indices
             out = (torch.cat([x, cx[top]]), torch.cat([y, cy[top]]), torch.cat([t, ct[top]]))
-        if learner.fresh:
-            self.memory_.add(x, y, t, learner.experience_id, generator=learner.generator)
+        self.offer(learner, x, y, t)
         return out

@@ -41,8 +41,8 @@ class Replay(MemoryStrategy):
 
     def batch(self, learner, x, y, t):
         mixed = self.memory_.extend(x, y, t, self.batch_size or round(self.ratio * len(y)), learner.generator)
-        if self.update == "stream" and learner.fresh:
-            self.memory_.add(x, y, t, learner.experience_id, generator=learner.generator)
+        if self.update == "stream":
+            self.offer(learner, x, y, t)
         return mixed
 
     def after_experience(self, learner, exp) -> None:
