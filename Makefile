@@ -2,7 +2,9 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# Debian packages behind the data sets: Fashion-MNIST, fortune files (text), speech synthesis (audio).
+DEBIAN := dataset-fashion-mnist fortunes fortunes-min fortunes-de fortunes-es fortunes-it fortunes-ru \
+	fortunes-pl fortunes-cs fortunes-br espeak-ng flite festival sox
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench clean data
@@ -18,11 +20,13 @@ bench: $(VENV)/.installed data
 	$(PY) benchmarks/class_il.py --out benchmarks/results/class_il.json --results benchmarks/RESULTS.md
 	$(PY) benchmarks/online.py --out benchmarks/results/online.json --results benchmarks/ONLINE.md
 
-data: $(FASHION)
-
-$(FASHION):
-	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+data:
+	@missing=$$(for p in $(DEBIAN); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)

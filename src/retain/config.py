@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from retain.data.datasets import N_CLASSES
+from retain.data.datasets import MODALITY, N_CLASSES
 from retain.strategies import STRATEGIES, Strategy, make_strategy
 
 HEAD_STRATEGY = {"growing": "growing_head", "per_task": "task_heads"}
@@ -31,7 +31,7 @@ class _Strict(BaseModel):
 class ScenarioConfig(_Strict):
     """Which data, cut into which stream."""
 
-    dataset: Literal["digits", "mnist5k", "fashion_mnist"]
+    dataset: Literal["digits", "mnist5k", "fashion_mnist", "fortunes_language", "fortunes_topics", "keywords"]
     path: str | None = Field(None, description="directory of the IDX files (fashion_mnist only)")
     kind: Literal["class_incremental", "task_incremental", "permuted", "rotated"] = "class_incremental"
     n_experiences: PositiveInt = 5
@@ -39,6 +39,8 @@ class ScenarioConfig(_Strict):
     shuffle_seed: int | None = Field(None, description="shuffle the class order with this seed")
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     split_seed: int = 0
+    max_train_per_class: PositiveInt | None = Field(None, description="keep at most this many train samples a class")
+    max_test_per_class: PositiveInt | None = Field(None, description="keep at most this many test samples a class")
 
     @model_validator(mode="after")
     def _fits_the_classes(self) -> ScenarioConfig:
@@ -55,10 +57,40 @@ class ScenarioConfig(_Strict):
         return self
 
 
+BACKBONE_MODALITY = {"minilm": "text", "tiny_text": "text", "efficientnet_lite0": "vision",
+                     "efficientnet_lite0_random": "vision", "logmel": "audio"}
+
+
 class ModelConfig(_Strict):
-    name: Literal["mlp", "cnn"] = "mlp"
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256], min_length=1)
+    """The trainable model, optionally on top of a (pretrained) backbone.
+
+    With ``backbone`` and ``adaptation: frozen`` the backbone's features are computed once
+    (cached) and ``name``/``hidden`` is the model trained on them (``hidden: []`` is a linear
+    probe); with ``lora`` or ``full`` the head sits on the backbone, which trains too.
+    """
+
+    name: Literal["mlp", "cnn", "audio_cnn"] = "mlp"
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256])
     head: Literal["fixed", "growing", "per_task"] = "fixed"
+    backbone: Literal["minilm", "tiny_text", "efficientnet_lite0", "efficientnet_lite0_random", "logmel"] | None = None
+    adaptation: Literal["frozen", "lora", "full"] = "frozen"
+    lora_rank: PositiveInt = 8
+    image_size: PositiveInt = Field(64, description="side the image backbone resizes inputs to")
+    feature_cache: str | None = Field("default", description="folder of cached features; default: "
+                                      "$RETAIN_CACHE/features or ~/.cache/retain/features; null: no cache")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.backbone == "logmel" and self.adaptation != "frozen":
+            raise ValueError("backbone logmel has no weights to adapt: use adaptation: frozen (name: audio_cnn "
+                             "is the network that trains on the log-mel features)")
+        if self.name == "audio_cnn" and self.backbone != "logmel":
+            raise ValueError("name audio_cnn needs backbone: logmel (it reads log-mel spectrograms)")
+        if self.backbone is None and self.adaptation != "frozen":
+            raise ValueError("adaptation needs a backbone (minilm, tiny_text, efficientnet_lite0, ...)")
+        if self.name in ("mlp",) and not self.hidden and self.backbone is None:
+            raise ValueError("hidden: an MLP on raw inputs needs at least one hidden layer")
+        return self
 
 
 class TrainingConfig(_Strict):
@@ -194,6 +226,13 @@ class RunConfig(_Strict):
                         f"strategies.{i}: {part['name']} supports {' and '.join(allowed)} streams, "
                         f"not scenario.kind {self.scenario.kind}"
                     )
+        modality = MODALITY[self.scenario.dataset]
+        if self.model.backbone is not None and BACKBONE_MODALITY[self.model.backbone] != modality:
+            raise ValueError(f"model.backbone: {self.model.backbone} reads {BACKBONE_MODALITY[self.model.backbone]}, "
+                             f"but data set {self.scenario.dataset} is {modality}")
+        if self.model.backbone is None and modality != "vision":
+            hint = {"text": "minilm (or tiny_text)", "audio": "logmel"}[modality]
+            raise ValueError(f"model.backbone: data set {self.scenario.dataset} is {modality}; set backbone: {hint}")
         if self.model.head == "per_task" and self.scenario.kind != "task_incremental":
             raise ValueError("model.head: per_task needs scenario.kind: task_incremental (task ids at test time)")
         return self

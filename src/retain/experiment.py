@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import platform
+import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -14,18 +15,25 @@ from tqdm.auto import tqdm
 
 from retain.config import MethodConfig, RunConfig
 from retain.data import OnlineStream, Stream, build_scenario, load_dataset
+from retain.data.audio import cache_dir
+from retain.data.datasets import MODALITY, per_class
+from retain.data.features import FeatureCache, LazyEncoder, encode_stream
 from retain.engine import Hybrid, Learner, run_online
 from retain.metrics import PeakMemory, accuracy_curve, average_accuracy, stream_accuracy, summarize
-from retain.models import make_model
+from retain.models import Classifier, make_model
+from retain.models.pretrained import ImageEncoder, LogMel, TextEncoder, backbone_id
 
 SCALARS = ("acc", "stream_acc", "forgetting", "bwt", "fwt", "train_seconds", "peak_mb", "gradient_steps",
            "samples_per_second")
 ONLINE_SCALARS = ("prequential_acc", "update_samples_per_second", "p50_ms", "p99_ms")
 
 
-def build_stream(cfg: RunConfig) -> Stream:
+def build_raw_stream(cfg: RunConfig) -> Stream:
+    """The stream of raw inputs (images, token ids, waveforms) the config describes."""
     sc = cfg.scenario
     data = load_dataset(sc.dataset, sc.path, sc.test_fraction, sc.split_seed)
+    if sc.max_train_per_class or sc.max_test_per_class:
+        data = per_class(data, sc.max_train_per_class, sc.max_test_per_class, sc.split_seed)
     options: dict[str, Any] = {}
     if sc.kind in ("class_incremental", "task_incremental"):
         options = {"class_order": sc.class_order, "seed": sc.shuffle_seed}
@@ -34,11 +42,71 @@ def build_stream(cfg: RunConfig) -> Stream:
     return build_scenario(sc.kind, data, sc.n_experiences, **options)
 
 
+_ENCODERS: dict[tuple, torch.nn.Module] = {}
+
+
+def backbone_encoder(cfg: RunConfig) -> LazyEncoder:
+    """The frozen feature extractor of ``cfg.model.backbone``, built on first use, once per process."""
+    m = cfg.model
+    key = (m.backbone, m.image_size)
+
+    def build() -> torch.nn.Module:
+        if key not in _ENCODERS:
+            if m.backbone in ("minilm", "tiny_text"):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)  # tiny_text's random weights are part of its id
+                    encoder = TextEncoder(m.backbone, "frozen")
+            elif m.backbone == "logmel":
+                encoder = LogMel()
+            else:
+                encoder = ImageEncoder(m.image_size, pretrained=m.backbone == "efficientnet_lite0")
+            _ENCODERS[key] = encoder.eval()
+        return _ENCODERS[key]
+
+    return LazyEncoder(backbone_id(m.backbone, m.image_size), build)
+
+
+def feature_cache(cfg: RunConfig) -> FeatureCache | None:
+    if cfg.model.feature_cache is None:
+        return None
+    return FeatureCache(cache_dir() / "features" if cfg.model.feature_cache == "default" else cfg.model.feature_cache)
+
+
+def build_stream(cfg: RunConfig, progress: bool = False) -> Stream:
+    """The stream the learner trains on: raw inputs, or a frozen backbone's cached features.
+
+    With a frozen backbone, ``stream.metadata`` records ``feature_seconds`` and the cache's hits and misses.
+    """
+    stream = build_raw_stream(cfg)
+    if cfg.model.backbone is None or cfg.model.adaptation != "frozen":
+        return stream
+    cache = feature_cache(cfg)
+    start = time.perf_counter()
+    encoded = encode_stream(stream, backbone_encoder(cfg), cache, progress=progress)
+    encoded.metadata |= {"feature_seconds": time.perf_counter() - start,
+                         "cache_hits": cache.hits if cache else 0, "cache_misses": cache.misses if cache else 0}
+    return encoded
+
+
+def build_model(stream: Stream, cfg: RunConfig) -> Classifier:
+    """A fresh model for ``stream`` (seed torch first): on raw inputs, on features, or around a backbone."""
+    m = cfg.model
+    if m.backbone is not None and m.adaptation != "frozen":
+        if m.backbone in ("minilm", "tiny_text"):
+            options: dict[str, Any] = {"backbone": m.backbone}
+            name = "text"
+        else:
+            options, name = {"image_size": m.image_size, "pretrained": m.backbone == "efficientnet_lite0"}, "image"
+        return make_model(name, stream.input_shape, stream.n_classes, adaptation=m.adaptation,
+                          lora_rank=m.lora_rank, **options)
+    options = {"hidden": tuple(m.hidden)} if m.name == "mlp" else {}
+    return make_model(m.name, stream.input_shape, stream.n_classes, **options)
+
+
 def build_learner(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int) -> Learner:
     """The learner a config describes for one method and seed, its model initialised from ``seed``."""
     torch.manual_seed(seed)
-    model = make_model(cfg.model.name, stream.input_shape, stream.n_classes,
-                       **({"hidden": tuple(cfg.model.hidden)} if cfg.model.name == "mlp" else {}))
+    model = build_model(stream, cfg)
     tr = cfg.training
     return Learner(model, method.build(cfg.model.head), lr=tr.lr, momentum=tr.momentum,
                    batch_size=tr.batch_size, epochs=tr.epochs, device=tr.device, seed=seed)
@@ -137,13 +205,17 @@ def run_experiment(cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
     """
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
-    stream = build_stream(cfg)
+    stream = build_stream(cfg, progress=progress)
     results: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
         "seeds": cfg.seeds,
         "versions": versions(),
         "stream": {
             "name": stream.name, "scenario": stream.scenario, "n_classes": stream.n_classes,
+            "modality": MODALITY[cfg.scenario.dataset], "backbone": cfg.model.backbone,
+            "adaptation": cfg.model.adaptation if cfg.model.backbone else None,
+            **{k: stream.metadata[k] for k in ("feature_seconds", "cache_hits", "cache_misses")
+               if k in stream.metadata},
             "experiences": [{"id": e.id, "task": e.task, "classes": list(e.classes),
                              "n_train": e.n_train, "n_test": e.n_test} for e in stream],
         },

@@ -125,12 +125,60 @@ def fashion_mnist(path: str | Path | None = None) -> Dataset:
     return Dataset("fashion_mnist", *arrays["train"], *arrays["test"], FASHION_CLASSES)
 
 
+def _text(name: str) -> Callable[..., Dataset]:
+    def load(test_fraction: float = 0.25, split_seed: int = 0) -> Dataset:
+        from retain.data import text
+        from retain.models.pretrained import tokenize
+
+        data = getattr(text, name)(test_fraction=test_fraction, seed=split_seed)
+        as_y = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
+        return Dataset(name, tokenize(data.texts_train), as_y(data.y_train), tokenize(data.texts_test),
+                       as_y(data.y_test), data.class_names)
+
+    load.__doc__ = f"``retain.data.text.{name}`` as MiniLM token ids ``(N, 64)``."
+    return load
+
+
+def _keywords(test_fraction: float = 0.25, split_seed: int = 0) -> Dataset:
+    """``retain.data.audio.keywords``: waveforms ``(N, 16000)``, test voices held out."""
+    from retain.data.audio import keywords
+
+    return keywords(test_fraction=test_fraction, seed=split_seed)
+
+
+def per_class(data: Dataset, n_train: int | None, n_test: int | None, seed: int = 0) -> Dataset:
+    """At most ``n_train`` / ``n_test`` samples of every class (a seeded choice), for smaller runs.
+
+    >>> small = per_class(digits(), 10, 5)
+    >>> len(small.y_train), len(small.y_test)
+    (100, 50)
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(y: Tensor, n: int | None) -> Tensor:
+        order = torch.randperm(len(y), generator=g)
+        if n is None:
+            return torch.arange(len(y))
+        keep = torch.cat([order[y[order] == c][:n] for c in torch.unique(y)])
+        return keep.sort().values
+
+    tr, te = pick(data.y_train, n_train), pick(data.y_test, n_test)
+    return Dataset(data.name, data.x_train[tr], data.y_train[tr], data.x_test[te], data.y_test[te],
+                   data.class_names)
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": digits,
     "mnist5k": mnist5k,
     "fashion_mnist": fashion_mnist,
+    "fortunes_language": _text("fortunes_language"),
+    "fortunes_topics": _text("fortunes_topics"),
+    "keywords": _keywords,
 }
-N_CLASSES = {"digits": 10, "mnist5k": 10, "fashion_mnist": 10}
+N_CLASSES = {"digits": 10, "mnist5k": 10, "fashion_mnist": 10, "fortunes_language": 8, "fortunes_topics": 10,
+             "keywords": 20}
+MODALITY = {"digits": "vision", "mnist5k": "vision", "fashion_mnist": "vision", "fortunes_language": "text",
+            "fortunes_topics": "text", "keywords": "audio"}
 
 
 def load_dataset(
@@ -141,7 +189,7 @@ def load_dataset(
     >>> load_dataset("nope")
     Traceback (most recent call last):
     ...
-    ValueError: unknown data set 'nope'; choose one of: digits, mnist5k, fashion_mnist
+    ValueError: unknown data set 'nope'; choose one of: digits, mnist5k, fashion_mnist, fortunes_language, ...
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")

@@ -20,8 +20,7 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int, hidden: Sequence[int] = (256, 256)) -> None:
         super().__init__()
-        if not hidden:
-            raise ValueError("MLP needs at least one hidden layer")
+        # No hidden layer: the features pass through flattened, so the head is a linear probe.
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for h in hidden:

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from retain.models.backbones import BACKBONES
 from retain.models.heads import HEADS, _build_head
+from retain.models.pretrained import AudioCNN, ImageEncoder, TextEncoder
 
 
 class Classifier(nn.Module):
@@ -34,10 +35,16 @@ class Classifier(nn.Module):
         return {"backbone": self.backbone.get_config(), "head": self.head.get_config()}
 
 
+MODELS = BACKBONES | {"text": TextEncoder, "image": ImageEncoder, "audio_cnn": AudioCNN}
+
+
 def build_model(config: dict[str, Any]) -> Classifier:
     """Rebuild a classifier (with its current head sizes) from ``get_config()``."""
     backbone_cfg = dict(config["backbone"])
-    backbone = BACKBONES[backbone_cfg.pop("name")](**backbone_cfg)
+    name = backbone_cfg.pop("name")
+    if name == "text":
+        backbone_cfg["name"] = backbone_cfg.pop("model")
+    backbone = MODELS[name](**backbone_cfg)
     head = _build_head(config["head"])
     return Classifier(backbone, head)
 
@@ -47,6 +54,9 @@ def make_model(
 ) -> Classifier:
     """Build a fresh classifier for inputs of ``input_shape`` (without the batch axis).
 
+    ``name`` is ``mlp``, ``cnn``, ``audio_cnn`` (log-mel inputs), ``text`` (token ids; options
+    ``backbone`` minilm|tiny_text, ``adaptation``, ``lora_rank``) or ``image`` (options
+    ``image_size``, ``pretrained``, ``adaptation``, ``lora_rank``).
     ``head`` is ``fixed`` (all ``n_classes`` units from the start), ``growing`` (units appear
     with the classes) or ``per_task`` (one head per task); the last two start empty.
     """
@@ -57,8 +67,12 @@ def make_model(
         backbone = BACKBONES["mlp"](in_features, **options)
     elif name == "cnn":
         backbone = BACKBONES["cnn"](input_shape[0], input_shape[-1], **options)
+    elif name == "text":
+        backbone = TextEncoder(options.pop("backbone", "minilm"), **options)
+    elif name in ("image", "audio_cnn"):
+        backbone = MODELS[name](**options)
     else:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(BACKBONES)}")
+        raise ValueError(f"unknown model {name!r}; choose one of: mlp, cnn, audio_cnn, text, image")
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
     n_out = n_classes if head == "fixed" else 0

