@@ -7,7 +7,7 @@ DEBIAN := dataset-fashion-mnist fortunes fortunes-min fortunes-de fortunes-es fo
 	fortunes-pl fortunes-cs fortunes-br espeak-ng flite festival sox
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench clean data
+.PHONY: run test lint bench bench-backbones clean data
 
 run: $(VENV)/.installed data
 	$(VENV)/bin/retain run examples/split_fashion_mnist.yaml
@@ -19,6 +19,9 @@ test: $(VENV)/.installed data
 bench: $(VENV)/.installed data
 	$(PY) benchmarks/class_il.py --out benchmarks/results/class_il.json --results benchmarks/RESULTS.md
 	$(PY) benchmarks/online.py --out benchmarks/results/online.json --results benchmarks/ONLINE.md
+
+bench-backbones: $(VENV)/.installed data
+	$(PY) benchmarks/backbones.py --out benchmarks/results/backbones.json --results benchmarks/BACKBONES.md
 
 data:
 	@missing=$$(for p in $(DEBIAN); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

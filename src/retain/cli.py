@@ -34,6 +34,40 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _select(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from retain.config import ConfigError, format_errors, load_config
+    from retain.data import DatasetNotFound
+    from retain.experiment import compare_backbones
+
+    try:
+        cfg = load_config(args.config)
+        if args.seeds:
+            cfg.seeds = args.seeds
+        backbones = args.backbone or [cfg.model.backbone]
+        choices = [(b, a) for b in backbones for a in args.adaptation.split(",")]
+        rows = compare_backbones(cfg, choices, progress=not args.quiet)
+    except ValidationError as err:
+        print(f"retain: invalid choice:\n{format_errors(err)}", file=sys.stderr)
+        return 2
+    except (ConfigError, DatasetNotFound) as err:
+        print(f"retain: {err}", file=sys.stderr)
+        return 2
+    header = ("backbone", "adaptation", "method", "ACC %", "forgetting %", "update s", "features s",
+              "trainable params", "peak MB")
+    print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
+    for r in rows:
+        print(f"| {r['backbone']} | {r['adaptation']} | {r['strategy']} "
+              f"| {100 * r['acc']:.1f} ± {100 * r['acc_std']:.1f} "
+              f"| {100 * r['forgetting']:.1f} | {r['update_seconds']:.2f} | {r['feature_seconds']:.1f} "
+              f"| {r['trainable_parameters']:,.0f} | {r['peak_mb']:.0f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+        print(f"rows: {args.out}")
+    return 0
+
+
 def _strategies(args: argparse.Namespace) -> int:
     from retain.strategies import STRATEGIES, describe
 
@@ -61,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds")
     run.add_argument("--quiet", action="store_true", help="no progress bars or table, only the report path")
     run.set_defaults(func=_run)
+    select = sub.add_parser("select", help="model selection: compare backbones and adaptation modes on a config")
+    select.add_argument("config", help="YAML run config (its scenario and strategies are used)")
+    select.add_argument("--backbone", action="append", help="backbone to compare (repeat; default: the config's)")
+    select.add_argument("--adaptation", default="frozen,lora,full", help="comma-separated: frozen, lora, full")
+    select.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds")
+    select.add_argument("--out", help="write the rows as JSON to this file")
+    select.add_argument("--quiet", action="store_true", help="no progress bars")
+    select.set_defaults(func=_select)
     listing = sub.add_parser("strategies", help="list every method: family, scenarios, defaults, paper")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_strategies)

@@ -97,6 +97,9 @@ class TrainingConfig(_Strict):
     epochs: PositiveInt = 1
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 0.01
+    backbone_lr: PositiveFloat | None = Field(None, description="learning rate of the backbone's own weights "
+                                              "when they train (adaptation: full); heads and LoRA adapters "
+                                              "use lr; default: lr")
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: PositiveInt | None = Field(None, description="torch CPU threads (default: torch's)")
@@ -233,6 +236,10 @@ class RunConfig(_Strict):
         if self.model.backbone is None and modality != "vision":
             hint = {"text": "minilm (or tiny_text)", "audio": "logmel"}[modality]
             raise ValueError(f"model.backbone: data set {self.scenario.dataset} is {modality}; set backbone: {hint}")
+        uses_experts = any(p["name"] == "lora_experts" for m in self.strategies for p in m.compose)
+        if uses_experts and (self.model.adaptation != "lora" or BACKBONE_MODALITY.get(self.model.backbone) != "text"):
+            raise ValueError("strategies: lora_experts needs model.backbone minilm (or tiny_text) with "
+                             "model.adaptation: lora")
         if self.model.head == "per_task" and self.scenario.kind != "task_incremental":
             raise ValueError("model.head: per_task needs scenario.kind: task_incremental (task ids at test time)")
         return self

@@ -109,7 +109,8 @@ def build_learner(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: in
     model = build_model(stream, cfg)
     tr = cfg.training
     return Learner(model, method.build(cfg.model.head), lr=tr.lr, momentum=tr.momentum,
-                   batch_size=tr.batch_size, epochs=tr.epochs, device=tr.device, seed=seed)
+                   batch_size=tr.batch_size, epochs=tr.epochs, device=tr.device, seed=seed,
+                   backbone_lr=tr.backbone_lr)
 
 
 def run_method_online(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int, hybrid: bool,
@@ -162,6 +163,9 @@ def run_method(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int,
         "peak_mb_per_experience": peaks,
         "steps": learner.steps_,
         "metrics": metrics | {"train_seconds": float(sum(seconds)), "peak_mb": float(max(peaks)),
+                              "update_seconds": float(np.mean(seconds[1:] if len(seconds) > 1 else seconds)),
+                              "trainable_parameters": sum(p.numel() for p in learner.model.parameters()
+                                                          if p.requires_grad),
                               "gradient_steps": learner.steps_,
                               "samples_per_second": sum(len(e.y_train) for e in chunks) / max(sum(seconds), 1e-9)},
     }
@@ -173,6 +177,9 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = np.array([r["metrics"][key] for r in runs], dtype=float)
         out[key] = float(values.mean())
         out[f"{key}_std"] = float(values.std()) if len(values) > 1 else 0.0
+    for key in ("update_seconds", "trainable_parameters"):
+        if key in runs[0]["metrics"]:
+            out[key] = float(np.mean([r["metrics"][key] for r in runs]))
     for key in ONLINE_SCALARS:
         if key in runs[0]["metrics"]:
             out[key] = float(np.mean([r["metrics"][key] for r in runs]))
@@ -240,3 +247,33 @@ def run_experiment(cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
                     "compose": method.compose, "mode": mode, "runs": runs, "summary": _aggregate(runs),
                 }
     return results
+
+
+def result_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One JSON row per method in the benchmarks' shape, with the backbone's fields added."""
+    st = results["stream"]
+    rows = []
+    for label, entry in results["methods"].items():
+        sm = entry["summary"]
+        rows.append({
+            "scenario": st["name"], "strategy": label, "mode": entry["mode"], "modality": st["modality"],
+            "backbone": st["backbone"] or results["config"]["model"]["name"], "adaptation": st["adaptation"] or "full",
+            "acc": sm["acc"], "acc_std": sm["acc_std"], "forgetting": sm["forgetting"], "bwt": sm["bwt"],
+            "train_seconds": sm["train_seconds"], "update_seconds": sm.get("update_seconds"),
+            "feature_seconds": st.get("feature_seconds", 0.0), "peak_mb": sm["peak_mb"],
+            "trainable_parameters": sm.get("trainable_parameters"),
+            "n_train": sum(e["n_train"] for e in st["experiences"]),
+        })
+    return rows
+
+
+def compare_backbones(cfg: RunConfig, choices: list[tuple[str | None, str]], progress: bool = True,
+                      ) -> list[dict[str, Any]]:
+    """Model selection: run ``cfg`` once per (backbone, adaptation) and return all rows side by side."""
+    rows = []
+    for backbone, adaptation in choices:
+        model = cfg.model.model_copy(update={"backbone": backbone, "adaptation": adaptation})
+        variant = RunConfig.model_validate(cfg.model_dump() | {"model": model.model_dump(),
+                                                              "name": f"{cfg.name}-{backbone}-{adaptation}"})
+        rows += result_rows(run_experiment(variant, progress=progress))
+    return rows

@@ -106,7 +106,7 @@ def _clips(voice: str, word: str, copies: int, seed: int, workdir: Path) -> list
         out = workdir / f"{tag}-{c}.wav"
         effects = [] if c == 0 else ["tempo", f"{rng.uniform(0.85, 1.15):.3f}",
                                      "pitch", f"{rng.uniform(-250, 250):.0f}"]
-        subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out), *effects],
+        subprocess.run(["sox", "-R", "-D", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out), *effects],
                        check=True, capture_output=True)
         audio = _fit(_read_wav(out), SAMPLE_RATE)
         if c > 0:  # white noise at a signal-to-noise ratio between 10 and 30 dB
@@ -119,39 +119,43 @@ def _clips(voice: str, word: str, copies: int, seed: int, workdir: Path) -> list
 
 
 def keywords(words: tuple[str, ...] = WORDS, copies: int = 4, test_fraction: float = 0.25, seed: int = 0,
-             workers: int = 4, progress: bool = True) -> Dataset:
+             workers: int = 4, progress: bool = True, speakers: list[str] | None = None) -> Dataset:
     """The synthesised keyword data set: ``x`` is ``(N, 16000)`` waveforms in [-1, 1], ``y`` the word.
 
-    Test voices never appear in training. Generated once per parameter set, then loaded from cache.
+    Test voices never appear in training; ``metadata["voice_train"]`` / ``["voice_test"]`` name
+    each clip's voice. ``speakers`` restricts the voices (default: all of :func:`voices`).
+    Generated once per parameter set, then loaded from cache.
     """
-    params = {"words": list(words), "voices": voices(), "copies": copies, "test_fraction": test_fraction,
-              "seed": seed, "rate": SAMPLE_RATE, "version": 1}
+    all_voices = list(speakers) if speakers is not None else voices()
+    params = {"words": list(words), "voices": all_voices, "copies": copies, "test_fraction": test_fraction,
+              "seed": seed, "rate": SAMPLE_RATE, "version": 3}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "keywords" / f"keywords-{key}.npz"
     if path.is_file():
         try:
             with np.load(path) as z:
-                arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+                arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test", "voice_train", "voice_test")}
             return _as_dataset(arrays, words)
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: generate again below
     _check_tools()
-    all_voices = voices()
     held_out = set(random.Random(seed).sample(all_voices, round(len(all_voices) * test_fraction)))
     jobs = [(v, label, w) for v in all_voices for label, w in enumerate(words)]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(_clips, v, w, copies, seed, Path(tmp)) for v, _, w in jobs]
         results = [f.result() for f in tqdm(futures, desc="synthesising keywords", unit="word",
                                              disable=not progress)]
-    split: dict[str, list] = {"x_train": [], "y_train": [], "x_test": [], "y_test": []}
+    split: dict[str, list] = {k: [] for k in ("x_train", "y_train", "x_test", "y_test", "voice_train", "voice_test")}
     for (voice, label, _), clips in zip(jobs, results, strict=True):
         part = "test" if voice in held_out else "train"
         split[f"x_{part}"] += clips
         split[f"y_{part}"] += [label] * len(clips)
-    arrays = {k: np.asarray(v, dtype=np.float16 if k[0] == "x" else np.int64) for k, v in split.items()}
+        split[f"voice_{part}"] += [voice] * len(clips)
+    dtypes = {"x": np.float16, "y": np.int64, "v": str}
+    arrays = {k: np.asarray(v, dtype=dtypes[k[0]]) for k, v in split.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_suffix(".tmp.npz")
-    np.savez(tmp_path, **arrays, held_out=np.array(sorted(held_out)))
+    np.savez(tmp_path, **arrays)
     tmp_path.replace(path)
     return _as_dataset(arrays, words)
 
@@ -159,4 +163,5 @@ def keywords(words: tuple[str, ...] = WORDS, copies: int = 4, test_fraction: flo
 def _as_dataset(arrays: dict[str, np.ndarray], words: tuple[str, ...]) -> Dataset:
     x = {k: torch.from_numpy(arrays[k].astype(np.float32)) for k in ("x_train", "x_test")}
     y = {k: torch.from_numpy(arrays[k].astype(np.int64)) for k in ("y_train", "y_test")}
-    return Dataset("keywords", x["x_train"], y["y_train"], x["x_test"], y["y_test"], tuple(words))
+    voice = {k: [str(v) for v in arrays[k]] for k in ("voice_train", "voice_test")}
+    return Dataset("keywords", x["x_train"], y["y_train"], x["x_test"], y["y_test"], tuple(words), voice)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ class Dataset:
     x_test: Tensor
     y_test: Tensor
     class_names: tuple[str, ...]
+    metadata: dict = field(default_factory=dict)  # e.g. the speaker of every clip
 
     @property
     def n_classes(self) -> int:

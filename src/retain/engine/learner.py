@@ -66,12 +66,14 @@ class Learner:
         epochs: int = 1,
         device: str = "auto",
         seed: int = 0,
+        backbone_lr: float | None = None,
     ) -> None:
         for name, value, ok, allowed in (
             ("lr", lr, lr > 0, "a positive number"),
             ("momentum", momentum, 0 <= momentum < 1, "a number in [0, 1)"),
             ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "an integer >= 1"),
             ("epochs", epochs, isinstance(epochs, int) and epochs >= 1, "an integer >= 1"),
+            ("backbone_lr", backbone_lr, backbone_lr is None or backbone_lr > 0, "a positive number or None"),
         ):
             if not ok:
                 raise ValueError(f"Learner {name} must be {allowed}, got {value!r}")
@@ -82,6 +84,7 @@ class Learner:
         self.model = model.to(self.device)
         self.strategies = list(strategies)
         self.lr, self.momentum, self.batch_size, self.epochs, self.seed = lr, momentum, batch_size, epochs, seed
+        self.backbone_lr = backbone_lr  # a pretrained backbone usually wants a smaller step than the head
         self.generator = torch.Generator().manual_seed(seed)
         self._hooks = {h: [getattr(s, h) for s in self.strategies if implements(s, h)] for h in HOOKS}
         self.seen_classes_: list[int] = []
@@ -130,7 +133,13 @@ class Learner:
         return self
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum)
+        if self.backbone_lr is None:
+            return torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum)
+        # Pretrained weights get backbone_lr; new weights (heads, LoRA adapters) get lr.
+        backbone = {id(p) for n, p in self.model.backbone.named_parameters() if "lora_" not in n}
+        groups = [{"params": [p for p in self.model.parameters() if id(p) in backbone], "lr": self.backbone_lr},
+                  {"params": [p for p in self.model.parameters() if id(p) not in backbone]}]
+        return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum)
 
     def partial_fit(self, x: Tensor, y: Tensor, t: Tensor | int | None = None, steps: int = 1,
                     hybrid: bool = False) -> Learner:
@@ -232,7 +241,8 @@ class Learner:
     @torch.no_grad()
     def predict_logits(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 1024) -> Tensor:
         """Logits over the global classes; ``t`` (task ids) is needed with per-task heads."""
-        if isinstance(self.model.head, MultiHead) and t is None:
+        if isinstance(self.model.head, MultiHead) and t is None and not getattr(self.model.backbone, "routes_tasks",
+                                                                                 False):
             raise ValueError("this model has per-task heads: pass the task id(s) t to predict")
         if t is None or isinstance(t, int):
             t = torch.full((len(x),), 0 if t is None else t, dtype=torch.long)
@@ -298,7 +308,7 @@ class Learner:
             "format": FORMAT_VERSION,
             "model": self.model.get_config(),
             "learner": {"lr": self.lr, "momentum": self.momentum, "batch_size": self.batch_size,
-                        "epochs": self.epochs, "seed": self.seed},
+                        "epochs": self.epochs, "seed": self.seed, "backbone_lr": self.backbone_lr},
             "strategies": strategies,
             "seen_classes": self.seen_classes_,
             "task_classes": {str(k): v for k, v in self.task_classes_.items()},

@@ -29,6 +29,9 @@ class Classifier(nn.Module):
         return self.backbone(x, t) if getattr(self.backbone, "uses_task", False) else self.backbone(x)
 
     def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        if not self.training and getattr(self.backbone, "routes_tasks", False):
+            h, t = self.backbone.route(x)  # per-experience experts pick their own task id
+            return self.head(h, t)
         return self.head(self.features(x, t), t)
 
     def get_config(self) -> dict[str, Any]:

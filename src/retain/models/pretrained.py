@@ -92,7 +92,8 @@ class TextEncoder(nn.Module):
 
     takes_tokens = True
 
-    def __init__(self, name: str = "minilm", adaptation: str = "frozen", lora_rank: int = 8) -> None:
+    def __init__(self, name: str = "minilm", adaptation: str = "frozen", lora_rank: int = 8,
+                 experts: dict[str, list[int]] | None = None, task_free: bool = False) -> None:
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         transformers = _require("transformers", "transformers")
@@ -109,8 +110,48 @@ class TextEncoder(nn.Module):
         self.backbone_id = backbone_id(name)
         self.adaptation, self.lora_rank = "full", lora_rank
         adapt(self, adaptation, lora_rank)
+        # Per-experience LoRA experts: adapter k has the classes experts[k] and their prototypes.
+        self.experts: dict[int, list[int]] = {}
+        for k, classes in (experts or {}).items():
+            self.add_expert(int(k), classes)
+        self.task_free = task_free
 
-    def forward(self, ids: Tensor) -> Tensor:
+    # -- per-experience adapters ------------------------------------------------------
+    @property
+    def uses_task(self) -> bool:
+        return bool(self.experts)
+
+    @property
+    def routes_tasks(self) -> bool:
+        """Whether prediction picks the expert itself (set by the strategy for task-free streams)."""
+        return bool(self.experts) and self.task_free
+
+    task_free = False  # True when the stream's task ids say nothing (class-incremental)
+
+    def add_expert(self, k: int, classes: list[int]) -> None:
+        """A new LoRA adapter for experience ``k`` (expert 0 is PEFT's ``default`` adapter)."""
+        if self.adaptation != "lora":
+            raise ValueError("per-experience adapters need a LoRA backbone (adaptation: lora)")
+        if k in self.experts:
+            return
+        if k > 0:
+            peft = _require("peft", "peft")
+            config = peft.LoraConfig(r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.0,
+                                     target_modules=lora_targets(self.encoder.get_base_model()))
+            self.encoder.add_adapter(self._adapter(k), config)
+        self.experts[k] = sorted(int(c) for c in classes)
+        device = next(self.parameters()).device
+        self.register_buffer(f"prototypes_{k}", torch.zeros(len(classes), self.out_features, device=device))
+
+    @staticmethod
+    def _adapter(k: int) -> str:
+        return "default" if k == 0 else f"exp{k}"
+
+    def use_expert(self, k: int) -> None:
+        """Make expert ``k`` the active (and only trainable) adapter."""
+        self.encoder.set_adapter(self._adapter(k))
+
+    def _embed(self, ids: Tensor) -> Tensor:
         ids = ids.long()
         length = int((ids != 0).sum(1).max()) if len(ids) else 1
         ids = ids[:, :max(length, 1)]  # drop all-padding columns (padding is on the right)
@@ -119,8 +160,39 @@ class TextEncoder(nn.Module):
         pooled = (states * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
         return F.normalize(pooled, dim=-1)
 
+    def forward(self, ids: Tensor, t: Tensor | None = None) -> Tensor:
+        if not self.experts or t is None:
+            return self._embed(ids)
+        active = self.encoder.active_adapter
+        out = None
+        for k in t.unique().tolist():
+            self.use_expert(k if k in self.experts else max(self.experts))
+            rows = t == k
+            h = self._embed(ids[rows])
+            out = h.new_zeros(len(ids), h.shape[1]) if out is None else out
+            out = out.index_put((rows.nonzero().squeeze(1),), h)
+        self.encoder.set_adapter(active)
+        return out
+
+    def route(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Features and expert id of every sample when no task id is given: each expert embeds the
+        batch, and the one whose nearest class prototype is most similar (cosine) wins."""
+        active = self.encoder.active_adapter
+        feats, scores = [], []
+        for k in sorted(self.experts):
+            self.use_expert(k)
+            h = self._embed(ids)
+            feats.append(h)
+            scores.append((h @ getattr(self, f"prototypes_{k}").T).max(1).values)
+        self.encoder.set_adapter(active)
+        experts = torch.tensor(sorted(self.experts), device=ids.device)
+        best = torch.stack(scores, 1).argmax(1)
+        h = torch.stack(feats, 1)[torch.arange(len(ids), device=ids.device), best]
+        return h, experts[best]
+
     def get_config(self) -> dict[str, Any]:
-        return {"name": "text", "model": self.name, "adaptation": self.adaptation, "lora_rank": self.lora_rank}
+        return {"name": "text", "model": self.name, "adaptation": self.adaptation, "lora_rank": self.lora_rank,
+                "experts": {str(k): v for k, v in self.experts.items()}, "task_free": self.task_free}
 
 
 class ImageEncoder(nn.Module):
@@ -194,21 +266,22 @@ class LogMel(nn.Module):
 
 
 class AudioCNN(nn.Module):
-    """Keyword-spotting CNN on log-mel spectrograms: three conv blocks, global pooling, 128-d.
+    """Keyword-spotting CNN on log-mel spectrograms: a strided stem, three conv blocks, global pooling.
 
     >>> AudioCNN()(torch.zeros(2, 1, 40, 101)).shape
     torch.Size([2, 128])
     """
 
-    def __init__(self, channels: int = 32, out_features: int = 128) -> None:
+    def __init__(self, channels: int = 24, out_features: int = 128) -> None:
         super().__init__()
 
-        def block(c_in: int, c_out: int) -> list[nn.Module]:
-            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+        def block(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
 
         self.net = nn.Sequential(
-            nn.InstanceNorm2d(1), *block(1, channels), *block(channels, 2 * channels),
-            *block(2 * channels, 2 * channels), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.InstanceNorm2d(1), *block(1, channels, stride=2), *block(channels, channels), nn.MaxPool2d(2),
+            *block(channels, 2 * channels), nn.MaxPool2d(2), *block(2 * channels, 2 * channels),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
             nn.Linear(2 * channels, out_features), nn.ReLU(),
         )
         self.channels, self.out_features = channels, out_features

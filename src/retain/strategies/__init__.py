@@ -19,6 +19,7 @@ from retain.strategies.growing_head import GrowingHead
 from retain.strategies.icarl import ICaRL
 from retain.strategies.joint import Joint
 from retain.strategies.l2 import L2
+from retain.strategies.lora_experts import LoRAExperts
 from retain.strategies.lwf import LwF
 from retain.strategies.mas import MAS
 from retain.strategies.memory import Memory
@@ -26,13 +27,14 @@ from retain.strategies.mir import MIR
 from retain.strategies.pnn import PNN
 from retain.strategies.replay import Replay
 from retain.strategies.si import SI
+from retain.strategies.slda import SLDA
 from retain.strategies.task_heads import TaskHeads
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (
         Finetune, Cumulative, Joint, Replay, DER, DERPP, ERACE, GDumb, L2, EWC, SI, MAS, LwF,
-        GEM, AGEM, ICaRL, BiC, MIR, GrowingHead, TaskHeads, PNN,
+        GEM, AGEM, ICaRL, BiC, MIR, GrowingHead, TaskHeads, PNN, SLDA, LoRAExperts,
     )
 }
 
@@ -56,6 +58,8 @@ __all__ = [
     "describe",
     "BiC",
     "ICaRL",
+    "SLDA",
+    "LoRAExperts",
     "PNN",
     "AGEM",
     "DER",

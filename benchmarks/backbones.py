@@ -1,0 +1,207 @@
+"""Pretrained backbones across text, vision and audio: accuracy, cache, update vs retraining, model selection.
+
+For each modality's stream (the example configs), this script
+
+1. computes the frozen backbone's features twice into an empty cache (first run: every
+   experience a miss; second run: every experience a hit) and times both;
+2. runs the config's methods (incremental ones and Cumulative, the retrain-on-everything reference);
+3. times an incremental update against retraining from scratch when the last experience arrives:
+   update = features of the new experience + training the best incremental method on it;
+   retrain = features of all data seen + Joint training from a fresh model on all of it
+   (both with the same backbone, mode, epochs and batch size); also the head-only times;
+4. model selection: text with MiniLM frozen / LoRA / full fine-tuning (and a random tiny encoder),
+   vision with ImageNet EfficientNet-Lite0 frozen against random EfficientNet weights and raw pixels.
+
+    python benchmarks/backbones.py --out benchmarks/results/backbones.json --results benchmarks/BACKBONES.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from retain.config import MethodConfig, RunConfig, load_config
+from retain.data.features import FeatureCache, encode
+from retain.experiment import (
+    _ENCODERS,
+    backbone_encoder,
+    build_raw_stream,
+    build_stream,
+    compare_backbones,
+    result_rows,
+    run_experiment,
+    run_method,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+STREAMS = {
+    "text_language": ROOT / "examples/text_language_minilm.yaml",
+    "text_topics": ROOT / "examples/text_topics_minilm.yaml",
+    "vision_fashion": ROOT / "examples/vision_fashion_efficientnet.yaml",
+    "audio_keywords": ROOT / "examples/audio_keywords.yaml",
+}
+REFERENCE = ("cumulative", "joint")
+
+
+def cache_runs(cfg: RunConfig) -> dict[str, Any]:
+    """Features into an empty cache, twice; per-experience cold times for the update/retrain split."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cold_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"feature_cache": tmp})})
+        _ENCODERS.clear()  # the first run pays for loading the backbone, as a new process would
+        raw = build_raw_stream(cold_cfg)
+        encoder, cache = backbone_encoder(cold_cfg), FeatureCache(Path(tmp))
+        per_exp = []
+        start = time.perf_counter()
+        for e in raw:
+            t0 = time.perf_counter()
+            cache.features(encoder, e.x_train, progress=False)
+            per_exp.append(time.perf_counter() - t0)
+            cache.features(encoder, e.x_test, progress=False)
+        first = time.perf_counter() - start
+        second = build_stream(cold_cfg).metadata["feature_seconds"]
+    # Train-split encoding times measured with the model already loaded (the update's real cost).
+    module = encoder.get()
+    warm = []
+    for e in raw:
+        t0 = time.perf_counter()
+        encode(module, e.x_train, progress=False)
+        warm.append(time.perf_counter() - t0)
+    return {"first_seconds": first, "second_seconds": second, "train_feature_seconds": warm,
+            "n_train": [e.n_train for e in raw], "n_test": [e.n_test for e in raw]}
+
+
+def update_vs_retrain(cfg: RunConfig, results: dict[str, Any], cache: dict[str, Any]) -> dict[str, Any]:
+    methods = {k: v for k, v in results["methods"].items() if k not in REFERENCE}
+    best = max(methods, key=lambda k: methods[k]["summary"]["acc"])
+    head_update = float(np.mean([r["train_seconds_per_experience"][-1] for r in methods[best]["runs"]]))
+    stream = build_stream(cfg)
+    joint = MethodConfig(label="joint", compose=[{"name": "joint"}])
+    runs = [run_method(stream, cfg, joint, seed) for seed in cfg.seeds]
+    head_retrain = float(np.mean([r["metrics"]["train_seconds"] for r in runs]))
+    feats = cache["train_feature_seconds"]
+    update, retrain = feats[-1] + head_update, sum(feats) + head_retrain
+    return {
+        "best_method": best, "best_acc": methods[best]["summary"]["acc"],
+        "retrain_acc": float(np.mean([r["metrics"]["acc"] for r in runs])),
+        "cumulative_acc": results["methods"].get("cumulative", {}).get("summary", {}).get("acc"),
+        "update_seconds": update, "retrain_seconds": retrain, "ratio": retrain / update,
+        "head_update_seconds": head_update, "head_retrain_seconds": head_retrain,
+        "head_ratio": head_retrain / head_update,
+    }
+
+
+def run(names: list[str], select: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"rows": [], "streams": {}, "selection": [], "adapters": []}
+    for name in names:
+        cfg = load_config(STREAMS[name])
+        print(f"== {name}", flush=True)
+        cache = cache_runs(cfg)
+        results = run_experiment(cfg, progress=False)
+        cost = update_vs_retrain(cfg, results, cache)
+        rows = result_rows(results)
+        for r in rows:
+            r |= {"stream": name, "retrain_seconds": cost["retrain_seconds"],
+                  "feature_seconds": cache["first_seconds"]}
+        out["rows"] += rows
+        out["streams"][name] = {"cache": cache, "cost": cost, "seeds": cfg.seeds,
+                                "modality": results["stream"]["modality"], "backbone": cfg.model.backbone,
+                                "classes": results["stream"]["n_classes"],
+                                "experiences": len(results["stream"]["experiences"])}
+        print(json.dumps({"cache": {k: cache[k] for k in ("first_seconds", "second_seconds")}, "cost": cost}),
+              flush=True)
+    if select:
+        experts = run_experiment(load_config(ROOT / "examples/text_lora_experts.yaml"), progress=False)
+        out["adapters"] = result_rows(experts)
+        text = load_config(ROOT / "examples/text_select.yaml")
+        out["selection"] += compare_backbones(text, [("minilm", "frozen"), ("minilm", "lora"), ("minilm", "full"),
+                                                     ("tiny_text", "frozen")], progress=False)
+        vision = load_config(STREAMS["vision_fashion"])
+        vision.strategies = [m for m in vision.strategies if m.label in ("replay", "cumulative")]
+        out["selection"] += compare_backbones(vision, [("efficientnet_lite0", "frozen"),
+                                                       ("efficientnet_lite0_random", "frozen"), (None, "frozen")],
+                                              progress=False)
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def write_results(out: dict[str, Any], path: Path) -> None:
+    lines = ["# Pretrained backbones: text, vision, audio", "",
+             "Generated by `python benchmarks/backbones.py --out benchmarks/results/backbones.json "
+             "--results benchmarks/BACKBONES.md` on 2 CPU cores (no GPU). Configs: `examples/*.yaml`.", "",
+             "## Streams and accuracy (final ACC %, mean ± std over seeds)", "",
+             "| stream | modality | backbone | classes / experiences | train / test samples | method | ACC % | "
+             "forgetting % | update s (head) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, st in out["streams"].items():
+        for r in (r for r in out["rows"] if r["stream"] == name):
+            lines.append(f"| {name} | {st['modality']} | {st['backbone']} | {st['classes']} / {st['experiences']} | "
+                         f"{sum(st['cache']['n_train'])} / {sum(st['cache']['n_test'])} | {r['strategy']} | "
+                         f"{_pct(r['acc'])} ± {_pct(r['acc_std'])} | {_pct(r['forgetting'])} | "
+                         f"{r['update_seconds']:.2f} |")
+    lines += ["", "## Incremental update vs retraining from scratch (last experience arrives)", "",
+              "Update = features of the new experience + training the best incremental method on it. Retrain = "
+              "features of all data seen + Joint training of a fresh model on it. Head-only columns leave the "
+              "features out (as if every feature were already cached).", "",
+              "| stream | best incremental | its ACC % | retrain ACC % | gap (points) | update s | retrain s | "
+              "retrain / update | head update s | head retrain s | head ratio |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, st in out["streams"].items():
+        c = st["cost"]
+        lines.append(f"| {name} | {c['best_method']} | {_pct(c['best_acc'])} | {_pct(c['retrain_acc'])} | "
+                     f"{100 * (c['retrain_acc'] - c['best_acc']):+.1f} | {c['update_seconds']:.2f} | "
+                     f"{c['retrain_seconds']:.2f} | {c['ratio']:.1f}× | {c['head_update_seconds']:.2f} | "
+                     f"{c['head_retrain_seconds']:.2f} | {c['head_ratio']:.1f}× |")
+    lines += ["", "## Feature cache: the same stream twice into an empty cache", "",
+              "| stream | first run: features s | second run: features s | second / first |",
+              "| --- | --- | --- | --- |"]
+    for name, st in out["streams"].items():
+        c = st["cache"]
+        lines.append(f"| {name} | {c['first_seconds']:.2f} | {c['second_seconds']:.3f} | "
+                     f"{100 * c['second_seconds'] / c['first_seconds']:.2f}% |")
+    if out["selection"]:
+        lines += ["", "## Model selection (`retain select`)", "",
+                  "| stream | backbone | adaptation | method | ACC % | forgetting % | update s | features s | "
+                  "trainable params | peak MB |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in out["selection"]:
+            lines.append(f"| {r['scenario']} | {r['backbone']} | {r['adaptation']} | {r['strategy']} | "
+                         f"{_pct(r['acc'])} | {_pct(r['forgetting'])} | {r['update_seconds']:.2f} | "
+                         f"{r['feature_seconds']:.1f} | {r['trainable_parameters']:,.0f} | {r['peak_mb']:.0f} |")
+    if out["adapters"]:
+        lines += ["", "## Per-experience LoRA adapters against one shared adapter (`examples/text_lora_experts.yaml`)",
+                  "", "No task ids at test time: `lora_experts` picks the adapter by the nearest class prototype.", "",
+                  "| method | ACC % | forgetting % | update s | trainable params (end) | peak MB |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in out["adapters"]:
+            lines.append(f"| {r['strategy']} | {_pct(r['acc'])} | {_pct(r['forgetting'])} | "
+                         f"{r['update_seconds']:.2f} | {r['trainable_parameters']:,.0f} | {r['peak_mb']:.0f} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", nargs="+", default=list(STREAMS), choices=list(STREAMS))
+    parser.add_argument("--no-select", action="store_true", help="skip the model-selection runs")
+    parser.add_argument("--out", type=Path, help="write the JSON rows here")
+    parser.add_argument("--results", type=Path, help="write the Markdown tables here")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    out = run(args.streams, not args.no_select)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1))
+    if args.results:
+        write_results(out, args.results)
+        print(args.results.read_text())
+
+
+if __name__ == "__main__":
+    main()

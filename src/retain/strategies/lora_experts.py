@@ -1,0 +1,80 @@
+"""Per-experience LoRA adapters on a frozen text encoder, routed by class prototypes."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from retain.models import MultiHead
+from retain.strategies.base import Strategy, params
+
+
+@params
+class LoRAExperts(Strategy):
+    """One LoRA adapter and one head per experience over a frozen pretrained encoder.
+
+    Parameter-efficient dynamic architecture in the spirit of progressive networks (Rusu et al.
+    2016) with low-rank adapters (Hu et al. 2022): experience ``k`` trains only its own adapter
+    and head, so nothing learned before can be overwritten. After training, the adapter's
+    normalised class means of its training features are kept as prototypes.
+
+    Choosing the adapter at prediction: with task ids (task-incremental streams) the task's
+    adapter is used. Without them (class-incremental streams) every adapter embeds the input
+    and the adapter whose nearest prototype is most similar (cosine) wins; its head then
+    scores the sample. Prediction therefore costs one encoder pass per experience seen.
+    Needs ``model.backbone`` a text encoder with ``adaptation: lora``; the per-experience state
+    is one adapter (``2 r (d_in + d_out)`` per adapted layer), one head and its prototypes.
+    """
+
+    name = "lora_experts"
+    paper = 'Hu et al. 2022, "LoRA: Low-Rank Adaptation of Large Language Models"; Rusu et al. 2016'
+    family = "architecture"
+    scenarios = ("class_incremental", "task_incremental")
+
+    def __post_init__(self) -> None:
+        self.current_ = 0
+
+    def _backbone(self, learner):
+        backbone = learner.model.backbone
+        if not hasattr(backbone, "add_expert") or getattr(backbone, "adaptation", None) != "lora":
+            raise ValueError("lora_experts needs a text backbone with adaptation: lora "
+                             "(model: {backbone: minilm, adaptation: lora})")
+        return backbone
+
+    def _expert(self, exp) -> int:
+        return exp.task if exp.scenario == "task_incremental" else exp.id
+
+    def before_experience(self, learner, exp) -> None:
+        backbone, model = self._backbone(learner), learner.model
+        self.current_ = self._expert(exp)
+        with learner.seeded():
+            backbone.add_expert(self.current_, list(exp.classes))
+            if not isinstance(model.head, MultiHead):
+                model.head = MultiHead(model.head.in_features, 0).to(learner.device)
+            model.head.add_task(self.current_, list(exp.classes))
+        backbone.task_free = exp.scenario == "class_incremental"
+        backbone.use_expert(self.current_)
+
+    def batch(self, learner, x, y, t):
+        return x, y, torch.full_like(t, self.current_)
+
+    @torch.no_grad()
+    def after_experience(self, learner, exp) -> None:
+        backbone, k = self._backbone(learner), self.current_
+        was_training = backbone.training
+        backbone.eval()
+        t = torch.full((64,), k, device=learner.device)
+        feats = torch.cat([backbone(exp.x_train[i:i + 64].to(learner.device), t[: len(exp.x_train[i:i + 64])])
+                           for i in range(0, exp.n_train, 64)])
+        backbone.train(was_training)
+        protos = getattr(backbone, f"prototypes_{k}")
+        y = exp.y_train.to(learner.device)
+        for i, c in enumerate(backbone.experts[k]):
+            if (y == c).any():
+                protos[i] = F.normalize(feats[y == c].mean(0), dim=0)
+
+    def state_dict(self):
+        return {"current": self.current_}
+
+    def load_state_dict(self, state, learner) -> None:
+        self.current_ = int(state.get("current", 0))
