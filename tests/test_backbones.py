@@ -324,3 +324,42 @@ def test_slda_refuses_features_that_train(split_digits):
     learner = Learner(make_model("mlp", split_digits.input_shape, 10, hidden=(16,)), [SLDA()], device="cpu")
     with pytest.raises(ValueError, match="slda needs fixed features"):
         learner.fit(split_digits[0])
+
+
+def test_image_lora_starts_as_the_pretrained_model_and_trains_only_adapters():
+    x = torch.rand(4, 1, 28, 28)
+    frozen = ImageEncoder(32, pretrained=True).eval()
+    lora = ImageEncoder(32, pretrained=True, adaptation="lora", lora_rank=4).eval()
+    with torch.no_grad():
+        assert torch.allclose(frozen(x), lora(x), atol=1e-5)  # LoRA's B starts at zero
+    trainable, total = count_parameters(lora)
+    assert 0 < trainable < total * 0.05
+    lora.train()
+    lora(x).sum().backward()
+    assert all(p.grad is not None for p in lora.parameters() if p.requires_grad)
+
+
+def test_per_sample_loop_importance_matches_the_matrix_trick(split_digits):
+    from retain.strategies.importance import _loop_importance, importance
+
+    torch.manual_seed(0)
+    learner = Learner(make_model("mlp", split_digits.input_shape, 10, hidden=(16,)), [], device="cpu")
+    exp = split_digits[0]
+    x, y, t = exp.x_train[:40], exp.y_train[:40], exp.train_tasks()[:40]
+    fast = importance(learner, x, y, t, "fisher")
+    slow = _loop_importance(learner, x, y, t, "fisher", lambda g: g.pow(2))
+    assert all(torch.allclose(fast[k], slow[k] / 40, atol=1e-7) for k in fast)
+
+
+def test_ewc_runs_on_a_lora_text_encoder():
+    from retain.strategies import EWC
+
+    stream = _two_experience_text_stream(False)
+    torch.manual_seed(0)
+    model = make_model("text", (8,), 4, backbone="tiny_text", adaptation="lora", lora_rank=2)
+    learner = Learner(model, [EWC()], lr=0.1, epochs=1, batch_size=6, device="cpu")
+    learner.fit(stream[0])
+    fisher = learner.strategies[0].fishers_[-1]
+    assert fisher and all("lora_" in k or k.startswith("head.") for k in fisher)
+    assert sum(float(v.sum()) for v in fisher.values()) > 0
+    learner.fit(stream[1])

@@ -214,6 +214,7 @@ class ImageEncoder(nn.Module):
             self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         self.net._fc = nn.Identity()
         self.net._dropout = nn.Identity()
+        _plain_pointwise(self.net)
         self.image_size, self.pretrained, self.out_features = image_size, pretrained, 1280
         self.backbone_id = backbone_id("efficientnet_lite0" if pretrained else "efficientnet_lite0_random", image_size)
         self.adaptation, self.lora_rank = "full", lora_rank
@@ -229,6 +230,22 @@ class ImageEncoder(nn.Module):
     def get_config(self) -> dict[str, Any]:
         return {"name": "image", "image_size": self.image_size, "pretrained": self.pretrained,
                 "adaptation": self.adaptation, "lora_rank": self.lora_rank}
+
+
+def _plain_pointwise(net: nn.Module) -> None:
+    """Swap the library's 1x1 "static same padding" convolutions (no padding at all) for plain
+    ``nn.Conv2d`` with the same weights, so PEFT can wrap them with LoRA (it rebuilds a layer
+    of the same class, and the library's class needs an image size)."""
+    for block in getattr(net, "_blocks", []):
+        for name in ("_expand_conv", "_project_conv"):
+            conv = getattr(block, name, None)
+            if conv is None or conv.kernel_size != (1, 1) or conv.stride not in ((1, 1), [1, 1]):
+                continue
+            plain = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
+            plain.weight = conv.weight
+            if conv.bias is not None:
+                plain.bias = conv.bias
+            setattr(block, name, plain)
 
 
 def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float = 20.0,

@@ -98,7 +98,10 @@ def importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: str = "f
     model.eval()
     stat = (lambda a: a.pow(2)) if kind == "fisher" else torch.abs
     total = _linear_importance(learner, x, y, t, kind, stat, chunk)
-    if total is None:
+    if total is None and getattr(model.backbone, "takes_tokens", False):
+        # Transformers: data-dependent shapes (padding trimmed per batch) defeat vmap; loop instead.
+        total = _loop_importance(learner, x, y, t, kind, stat)
+    elif total is None:
         total = _vmap_importance(learner, x, y, t, kind, stat, chunk)
     model.train(was_training)
     return {k: v / len(y) for k, v in total.items()}
@@ -140,6 +143,8 @@ def _linear_importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: 
                 if g is None:
                     continue
                 inp = seen[name][0][0]
+                if inp.dim() != 2:
+                    return None  # a layer applied per token: g x^T sums over tokens, the trick does not hold
                 if f"{name}.weight" in total:
                     total[f"{name}.weight"] += stat(g).T @ stat(inp)
                 if f"{name}.bias" in total:
@@ -170,6 +175,21 @@ def _vmap_importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: st
             xb, yb = x[idx].to(learner.device), y[idx].to(learner.device)
             for k, g in per_sample(params, xb, yb, task_id).items():
                 total[k] += stat(g).sum(0)
+    return total
+
+
+def _loop_importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: str,
+                     stat: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+    """One backward pass per sample: slow but exact for any model (the trainable weights only)."""
+    model = learner.model
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    total = {k: torch.zeros_like(p) for k, p in params.items()}
+    for i in range(len(y)):
+        xi, yi, ti = (a[i:i + 1].to(learner.device) for a in (x, y, t))
+        grads = torch.autograd.grad(_objective(kind, model(xi, ti), yi), list(params.values()), allow_unused=True)
+        for k, g in zip(params, grads, strict=True):
+            if g is not None:
+                total[k] += stat(g)
     return total
 
 
