@@ -97,7 +97,7 @@ def update_vs_retrain(cfg: RunConfig, results: dict[str, Any], cache: dict[str, 
     }
 
 
-def run(names: list[str], select: bool) -> dict[str, Any]:
+def run(names: list[str], select: bool, partial: Path | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": [], "streams": {}, "selection": [], "adapters": []}
     for name in names:
         cfg = load_config(STREAMS[name])
@@ -116,12 +116,18 @@ def run(names: list[str], select: bool) -> dict[str, Any]:
                                 "experiences": len(results["stream"]["experiences"])}
         print(json.dumps({"cache": {k: cache[k] for k in ("first_seconds", "second_seconds")}, "cost": cost}),
               flush=True)
+        if partial:
+            partial.write_text(json.dumps(out))
     if select:
         experts = run_experiment(load_config(ROOT / "examples/text_lora_experts.yaml"), progress=False)
         out["adapters"] = result_rows(experts)
+        if partial:
+            partial.write_text(json.dumps(out))
         text = load_config(ROOT / "examples/text_select.yaml")
         out["selection"] += compare_backbones(text, [("minilm", "frozen"), ("minilm", "lora"), ("minilm", "full"),
                                                      ("tiny_text", "frozen")], progress=False)
+        if partial:
+            partial.write_text(json.dumps(out))
         vision = load_config(STREAMS["vision_fashion"])
         vision.strategies = [m for m in vision.strategies if m.label in ("replay", "cumulative")]
         out["selection"] += compare_backbones(vision, [("efficientnet_lite0", "frozen"),
@@ -192,9 +198,20 @@ def main() -> None:
     parser.add_argument("--no-select", action="store_true", help="skip the model-selection runs")
     parser.add_argument("--out", type=Path, help="write the JSON rows here")
     parser.add_argument("--results", type=Path, help="write the Markdown tables here")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep what --out already holds for the streams (and selection) not run now")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    out = run(args.streams, not args.no_select)
+    partial = args.out.with_suffix(".partial.json") if args.out else None
+    out = run(args.streams, not args.no_select, partial)
+    if args.merge and args.out and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        ran = set(args.streams)
+        out["rows"] = [r for r in old["rows"] if r.get("stream") not in ran] + out["rows"]
+        out["streams"] = {k: v for k, v in old["streams"].items() if k not in ran} | out["streams"]
+        out["streams"] = {k: out["streams"][k] for k in STREAMS if k in out["streams"]}
+        for key in ("selection", "adapters"):
+            out[key] = out[key] or old.get(key, [])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1))

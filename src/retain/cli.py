@@ -23,7 +23,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.seeds:
             cfg.seeds = args.seeds
         results = run_experiment(cfg, progress=not args.quiet)
-    except (ConfigError, DatasetNotFound) as err:
+    except (ConfigError, DatasetNotFound, ImportError) as err:  # ImportError: a backbone's package is missing
         print(f"retain: {err}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(cfg.output) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -51,7 +51,7 @@ def _select(args: argparse.Namespace) -> int:
     except ValidationError as err:
         print(f"retain: invalid choice:\n{format_errors(err)}", file=sys.stderr)
         return 2
-    except (ConfigError, DatasetNotFound) as err:
+    except (ConfigError, DatasetNotFound, ImportError) as err:  # ImportError: a backbone's package is missing
         print(f"retain: {err}", file=sys.stderr)
         return 2
     header = ("backbone", "adaptation", "method", "ACC %", "forgetting %", "update s", "features s",

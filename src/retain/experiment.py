@@ -269,10 +269,16 @@ def result_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def compare_backbones(cfg: RunConfig, choices: list[tuple[str | None, str]], progress: bool = True,
                       ) -> list[dict[str, Any]]:
-    """Model selection: run ``cfg`` once per (backbone, adaptation) and return all rows side by side."""
+    """Model selection: run ``cfg`` once per (backbone, adaptation) and return all rows side by side.
+
+    Backbone ``None`` means raw inputs; a config whose head is a linear probe (``hidden: []``)
+    then gets the foundation's MLP (256, 256)."""
     rows = []
     for backbone, adaptation in choices:
-        model = cfg.model.model_copy(update={"backbone": backbone, "adaptation": adaptation})
+        update: dict[str, Any] = {"backbone": backbone, "adaptation": adaptation}
+        if backbone is None and not cfg.model.hidden:
+            update["hidden"] = [256, 256]  # raw inputs need hidden layers: the foundation's MLP
+        model = cfg.model.model_copy(update=update)
         variant = RunConfig.model_validate(cfg.model_dump() | {"model": model.model_dump(),
                                                               "name": f"{cfg.name}-{backbone}-{adaptation}"})
         rows += result_rows(run_experiment(variant, progress=progress))
