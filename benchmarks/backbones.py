@@ -51,18 +51,15 @@ REFERENCE = ("cumulative", "joint")
 
 
 def cache_runs(cfg: RunConfig) -> dict[str, Any]:
-    """Features into an empty cache, twice; per-experience cold times for the update/retrain split."""
+    """Features into an empty cache, twice; then per-experience train-split times with the model loaded."""
     with tempfile.TemporaryDirectory() as tmp:
         cold_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"feature_cache": tmp})})
         _ENCODERS.clear()  # the first run pays for loading the backbone, as a new process would
         raw = build_raw_stream(cold_cfg)
         encoder, cache = backbone_encoder(cold_cfg), FeatureCache(Path(tmp))
-        per_exp = []
         start = time.perf_counter()
         for e in raw:
-            t0 = time.perf_counter()
             cache.features(encoder, e.x_train, progress=False)
-            per_exp.append(time.perf_counter() - t0)
             cache.features(encoder, e.x_test, progress=False)
         first = time.perf_counter() - start
         second = build_stream(cold_cfg).metadata["feature_seconds"]

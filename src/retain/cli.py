@@ -12,18 +12,32 @@ from pathlib import Path
 from retain import __version__
 
 
-def _run(args: argparse.Namespace) -> int:
-    from retain.config import ConfigError, load_config
+def _config(args: argparse.Namespace):
+    """The run config named on the command line, with ``--seeds`` applied."""
+    from retain.config import load_config
+
+    cfg = load_config(args.config)
+    if args.seeds:
+        cfg.seeds = args.seeds
+    return cfg
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """What a user can cause and fix (a bad config, a missing data set or backbone package): a message, no traceback."""
+    from retain.config import ConfigError
     from retain.data import DatasetNotFound
+
+    return ConfigError, DatasetNotFound, ImportError
+
+
+def _run(args: argparse.Namespace) -> int:
     from retain.experiment import run_experiment
     from retain.monitor import comparison_table, write_report
 
     try:
-        cfg = load_config(args.config)
-        if args.seeds:
-            cfg.seeds = args.seeds
+        cfg = _config(args)
         results = run_experiment(cfg, progress=not args.quiet)
-    except (ConfigError, DatasetNotFound, ImportError) as err:  # ImportError: a backbone's package is missing
+    except _user_errors() as err:
         print(f"retain: {err}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(cfg.output) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -37,21 +51,18 @@ def _run(args: argparse.Namespace) -> int:
 def _select(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from retain.config import ConfigError, format_errors, load_config
-    from retain.data import DatasetNotFound
+    from retain.config import format_errors
     from retain.experiment import compare_backbones
 
     try:
-        cfg = load_config(args.config)
-        if args.seeds:
-            cfg.seeds = args.seeds
+        cfg = _config(args)
         backbones = args.backbone or [cfg.model.backbone]
         choices = [(b, a) for b in backbones for a in args.adaptation.split(",")]
         rows = compare_backbones(cfg, choices, progress=not args.quiet)
     except ValidationError as err:
         print(f"retain: invalid choice:\n{format_errors(err)}", file=sys.stderr)
         return 2
-    except (ConfigError, DatasetNotFound, ImportError) as err:  # ImportError: a backbone's package is missing
+    except _user_errors() as err:
         print(f"retain: {err}", file=sys.stderr)
         return 2
     header = ("backbone", "adaptation", "method", "ACC %", "forgetting %", "update s", "features s",

@@ -88,7 +88,7 @@ class ModelConfig(_Strict):
             raise ValueError("name audio_cnn needs backbone: logmel (it reads log-mel spectrograms)")
         if self.backbone is None and self.adaptation != "frozen":
             raise ValueError("adaptation needs a backbone (minilm, tiny_text, efficientnet_lite0, ...)")
-        if self.name in ("mlp",) and not self.hidden and self.backbone is None:
+        if self.name == "mlp" and not self.hidden and self.backbone is None:
             raise ValueError("hidden: an MLP on raw inputs needs at least one hidden layer")
         return self
 

@@ -15,13 +15,12 @@ from tqdm.auto import tqdm
 
 from retain.config import MethodConfig, RunConfig
 from retain.data import OnlineStream, Stream, build_scenario, load_dataset
-from retain.data.audio import cache_dir
-from retain.data.datasets import MODALITY, per_class
+from retain.data.datasets import MODALITY, cache_dir, per_class
 from retain.data.features import FeatureCache, LazyEncoder, encode_stream
 from retain.engine import Hybrid, Learner, run_online
 from retain.metrics import PeakMemory, accuracy_curve, average_accuracy, stream_accuracy, summarize
-from retain.models import Classifier, make_model
-from retain.models.pretrained import ImageEncoder, LogMel, TextEncoder, backbone_id
+from retain.models import Classifier, LinearHead, make_model
+from retain.models.pretrained import backbone_id, count_parameters, make_backbone
 
 SCALARS = ("acc", "stream_acc", "forgetting", "bwt", "fwt", "train_seconds", "peak_mb", "gradient_steps",
            "samples_per_second")
@@ -52,15 +51,9 @@ def backbone_encoder(cfg: RunConfig) -> LazyEncoder:
 
     def build() -> torch.nn.Module:
         if key not in _ENCODERS:
-            if m.backbone in ("minilm", "tiny_text"):
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(0)  # tiny_text's random weights are part of its id
-                    encoder = TextEncoder(m.backbone, "frozen")
-            elif m.backbone == "logmel":
-                encoder = LogMel()
-            else:
-                encoder = ImageEncoder(m.image_size, pretrained=m.backbone == "efficientnet_lite0")
-            _ENCODERS[key] = encoder.eval()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # random-weight backbones: their weights are part of their id
+                _ENCODERS[key] = make_backbone(m.backbone, "frozen", m.image_size).eval()
         return _ENCODERS[key]
 
     return LazyEncoder(backbone_id(m.backbone, m.image_size), build)
@@ -92,13 +85,8 @@ def build_model(stream: Stream, cfg: RunConfig) -> Classifier:
     """A fresh model for ``stream`` (seed torch first): on raw inputs, on features, or around a backbone."""
     m = cfg.model
     if m.backbone is not None and m.adaptation != "frozen":
-        if m.backbone in ("minilm", "tiny_text"):
-            options: dict[str, Any] = {"backbone": m.backbone}
-            name = "text"
-        else:
-            options, name = {"image_size": m.image_size, "pretrained": m.backbone == "efficientnet_lite0"}, "image"
-        return make_model(name, stream.input_shape, stream.n_classes, adaptation=m.adaptation,
-                          lora_rank=m.lora_rank, **options)
+        backbone = make_backbone(m.backbone, m.adaptation, m.image_size, m.lora_rank)
+        return Classifier(backbone, LinearHead(backbone.out_features, stream.n_classes))
     options = {"hidden": tuple(m.hidden)} if m.name == "mlp" else {}
     return make_model(m.name, stream.input_shape, stream.n_classes, **options)
 
@@ -164,8 +152,7 @@ def run_method(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int,
         "steps": learner.steps_,
         "metrics": metrics | {"train_seconds": float(sum(seconds)), "peak_mb": float(max(peaks)),
                               "update_seconds": float(np.mean(seconds[1:] if len(seconds) > 1 else seconds)),
-                              "trainable_parameters": sum(p.numel() for p in learner.model.parameters()
-                                                          if p.requires_grad),
+                              "trainable_parameters": count_parameters(learner.model)[0],
                               "gradient_steps": learner.steps_,
                               "samples_per_second": sum(len(e.y_train) for e in chunks) / max(sum(seconds), 1e-9)},
     }
@@ -177,10 +164,7 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = np.array([r["metrics"][key] for r in runs], dtype=float)
         out[key] = float(values.mean())
         out[f"{key}_std"] = float(values.std()) if len(values) > 1 else 0.0
-    for key in ("update_seconds", "trainable_parameters"):
-        if key in runs[0]["metrics"]:
-            out[key] = float(np.mean([r["metrics"][key] for r in runs]))
-    for key in ONLINE_SCALARS:
+    for key in ("update_seconds", "trainable_parameters", *ONLINE_SCALARS):
         if key in runs[0]["metrics"]:
             out[key] = float(np.mean([r["metrics"][key] for r in runs]))
     if "online" in runs[0]:

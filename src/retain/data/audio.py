@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from retain.data.datasets import Dataset, DatasetNotFound
+from retain.data.datasets import Dataset, DatasetNotFound, cache_dir
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
          "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -43,11 +42,6 @@ ESPEAK_VARIANTS = ("m1", "m3", "f2", "f4")
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 SAMPLE_RATE = 16_000
 TOOLS = {"espeak-ng": "espeak-ng", "flite": "flite", "text2wave": "festival", "sox": "sox"}
-
-
-def cache_dir() -> Path:
-    """Where retain caches generated data and features (``$RETAIN_CACHE`` or ``~/.cache/retain``)."""
-    return Path(os.environ.get("RETAIN_CACHE", Path.home() / ".cache" / "retain"))
 
 
 def voices() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,11 @@ FASHION_CLASSES = (
     "t-shirt", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
 )
+
+
+def cache_dir() -> Path:
+    """Where retain caches generated data and features (``$RETAIN_CACHE`` or ``~/.cache/retain``)."""
+    return Path(os.environ.get("RETAIN_CACHE", Path.home() / ".cache" / "retain"))
 
 
 class DatasetNotFound(FileNotFoundError):

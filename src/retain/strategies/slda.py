@@ -35,6 +35,9 @@ class SLDA(Strategy):
         self.scatter_: torch.Tensor | None = None  # (d, d), around each sample's class mean
 
     def before_experience(self, learner, exp) -> None:
+        if not hasattr(learner.model.head, "fc"):
+            raise ValueError(f"slda writes a linear head (head: fixed); this model's head is "
+                             f"{type(learner.model.head).__name__}")
         if any(p.requires_grad for p in learner.model.backbone.parameters()):
             raise ValueError("slda needs fixed features, but this backbone trains: use a frozen backbone and "
                              "a linear head (model: {adaptation: frozen, hidden: []})")
@@ -44,8 +47,8 @@ class SLDA(Strategy):
         head = learner.model.head
         n_classes, d = head.n_outputs, f.shape[1]
         if self.sums_ is None:
-            self.sums_, self.counts_ = torch.zeros(n_classes, d, dtype=torch.float64), torch.zeros(n_classes,
-                                                                                                 dtype=torch.float64)
+            self.sums_ = torch.zeros(n_classes, d, dtype=torch.float64)
+            self.counts_ = torch.zeros(n_classes, dtype=torch.float64)
             self.scatter_ = torch.zeros(d, d, dtype=torch.float64)
         y = exp.y_train.cpu()
         for c in y.unique().tolist():
@@ -69,10 +72,7 @@ class SLDA(Strategy):
         precision = torch.linalg.inv(cov + self.shrinkage * torch.eye(len(cov), dtype=cov.dtype))
         w = means @ precision
         b = -0.5 * (w * means).sum(1)
-        fc = head.fc if hasattr(head, "fc") else None
-        if fc is None:
-            raise ValueError("slda writes a linear head (head: fixed); this model's head is "
-                             f"{type(head).__name__}")
+        fc = head.fc
         with torch.no_grad():
             fc.weight.zero_()
             fc.bias.fill_(-1e9)  # classes never seen are never predicted
