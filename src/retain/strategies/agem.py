@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import PositiveInt
 
 from retain.strategies.base import params
 from retain.strategies.memory import Memory, MemoryStrategy
-from retain.strategies.projection import flat_grad, memory_grad, set_flat_grad
+from retain.strategies.projection import dot, grads, memory_grads
 
 
 @params
@@ -46,13 +45,14 @@ class AGEM(MemoryStrategy):
             self.offer(learner, *self._incoming)
         if not len(self.memory_):
             return
-        g = flat_grad(learner.model)
-        m = self.memory_.sample(self.sample_size, learner.generator)
-        g_ref = memory_grad(learner, m["x"], m["y"], m["t"])
-        dot = torch.dot(g, g_ref)
-        if dot < 0:
-            g = g - dot / torch.dot(g_ref, g_ref).clamp_min(1e-12) * g_ref
-        set_flat_grad(learner.model, g)
+        g = grads(learner.model)
+        m = self.memory_.sample(self.sample_size, learner.generator, ("x", "y", "t"))
+        g_ref = memory_grads(learner, m["x"], m["y"], m["t"])
+        conflict = float(dot(g, g_ref))
+        if conflict < 0:  # edit the gradients in place: g -= (g . g_ref / g_ref . g_ref) g_ref
+            scale = conflict / max(float(dot(g_ref, g_ref)), 1e-12)
+            for gi, ri in zip(g, g_ref, strict=True):
+                gi.sub_(ri, alpha=scale)
 
     def after_experience(self, learner, exp) -> None:
         if self.update == "stream":

@@ -49,17 +49,21 @@ class DER(MemoryStrategy):
         extra = logits.new_zeros(())
         n = self.batch_size or round(self.ratio * len(y))
         if len(self.memory_):
-            m = self.memory_.sample(n, learner.generator)
-            out = learner.model(m["x"].to(x.device), m["t"].to(x.device))
-            target = m["logits"].to(x.device)
-            if target.shape[1] < out.shape[1]:  # the head grew since the memory last grew
-                target = F.pad(target, (0, out.shape[1] - target.shape[1]), value=float("nan"))
-            known = torch.isfinite(target)  # units that did not exist when a sample was stored
-            extra = extra + self.alpha * (out[known] - target[known]).pow(2).mean()
+            m = self.memory_.sample(n, learner.generator, ("x", "t", "logits"))
+            xs, ts = [m["x"]], [m["t"]]
+            if self.beta > 0:  # a second, independent memory batch for the label term: one forward for both
+                m2 = self.memory_.sample(n, learner.generator, ("x", "y", "t"))
+                xs.append(m2["x"])
+                ts.append(m2["t"])
+            out = learner.model(torch.cat(xs).to(x.device), torch.cat(ts).to(x.device))
+            k, target = len(m["x"]), m["logits"].to(x.device)
+            diff = out[:k, :target.shape[1]] - target
+            if torch.isnan(target).any():
+                # Units that did not exist when a sample was stored (a head grew) are left out.
+                diff = diff[torch.isfinite(target)]
+            extra = extra + self.alpha * diff.pow(2).mean()
             if self.beta > 0:
-                m = self.memory_.sample(n, learner.generator)
-                out = learner.model(m["x"].to(x.device), m["t"].to(x.device))
-                extra = extra + self.beta * F.cross_entropy(out, m["y"].to(x.device))
+                extra = extra + self.beta * F.cross_entropy(out[k:], m2["y"].to(x.device))
         if self.store == "stream":
             self.offer(learner, x, y, t, logits=logits.detach())
         return extra

@@ -49,9 +49,16 @@ def add_penalty_grad(model: nn.Module, anchor: dict[str, Tensor], stiffness: dic
             p = params[name]
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            part = tuple(slice(0, n) for n in a.shape)
             s = stiffness if isinstance(stiffness, float) else stiffness[name]
-            p.grad[part].add_((p[part] - a).mul_(s))
+            if a.shape == p.shape:
+                grad, value = p.grad, p
+            else:
+                part = tuple(slice(0, n) for n in a.shape)
+                grad, value = p.grad[part], p[part]
+            if isinstance(s, float):
+                grad.add_(value - a, alpha=s)
+            else:
+                grad.addcmul_(value - a, s)
 
 
 def grown(old: Tensor | None, like: Tensor) -> Tensor:

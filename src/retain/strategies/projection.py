@@ -18,9 +18,17 @@ def _params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def grads(model: nn.Module) -> list[Tensor]:
+    """Every trainable parameter's gradient (a zero tensor is stored where one is missing)."""
+    for p in _params(model):
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    return [p.grad for p in _params(model)]
+
+
 def flat_grad(model: nn.Module) -> Tensor:
     """All trainable parameters' gradients as one vector (zeros where a gradient is missing)."""
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in _params(model)])
+    return torch.cat([g.flatten() for g in grads(model)])
 
 
 def set_flat_grad(model: nn.Module, g: Tensor) -> None:
@@ -31,16 +39,24 @@ def set_flat_grad(model: nn.Module, g: Tensor) -> None:
         start += p.numel()
 
 
-def memory_grad(learner: Learner, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
-    """Gradient of the cross-entropy on memory samples, leaving the parameters' gradients as
-    they were."""
+def memory_grads(learner: Learner, x: Tensor, y: Tensor, t: Tensor) -> list[Tensor]:
+    """Per-parameter gradients of the cross-entropy on memory samples, leaving the parameters'
+    gradients as they were."""
     params = _params(learner.model)
     dev = learner.device
     loss = F.cross_entropy(learner.model(x.to(dev), t.to(dev)), y.to(dev))
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([
-        (g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params, strict=True)
-    ])
+    found = torch.autograd.grad(loss, params, allow_unused=True)
+    return [g if g is not None else torch.zeros_like(p) for g, p in zip(found, params, strict=True)]
+
+
+def memory_grad(learner: Learner, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
+    """:func:`memory_grads` as one vector, in :func:`flat_grad`'s order."""
+    return torch.cat([g.flatten() for g in memory_grads(learner, x, y, t)])
+
+
+def dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """Dot product of two gradients given per parameter."""
+    return torch.stack([torch.vdot(u.flatten(), v.flatten()) for u, v in zip(a, b, strict=True)]).sum()
 
 
 def project_to_cone(g: Tensor, G: Tensor, margin: float = 0.0, eps: float = 1e-6) -> Tensor:

@@ -33,31 +33,34 @@ class SI(AnchoredPenalty):
         self.importance_: dict[str, torch.Tensor] = {}
         self._start: dict[str, torch.Tensor] = {}
         self._omega: dict[str, torch.Tensor] = {}
-        self._last: tuple[dict, dict] | None = None
+        self._last: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def before_experience(self, learner, exp) -> None:
         self._start = snapshot(learner.model)
         self._omega = {k: torch.zeros_like(v) for k, v in self._start.items()}
-        self._last = None
+        self._last = {}
 
     def after_backward(self, learner) -> None:
         super().after_backward(learner)  # the penalty's gradient first: omega follows the full gradient
         self._accumulate(learner)
-        named = [(k, p) for k, p in learner.model.named_parameters() if p.grad is not None]
-        self._last = ({k: p.detach().clone() for k, p in named}, {k: p.grad.detach().clone() for k, p in named})
+        # The gradient tensor itself is kept, not a copy: the learner's zero_grad replaces it with
+        # a new one, and any later in-place edit (clipping) is what the optimizer then applies.
+        self._last = {k: (p.grad, p.detach().clone()) for k, p in learner.model.named_parameters()
+                      if p.grad is not None and k in self._omega}
 
     def _accumulate(self, learner) -> None:
         """Add the contribution of the optimizer step taken since the last gradient."""
-        if self._last is None:
+        if not self._last:
             return
-        before, grads = self._last
-        for k, p in learner.model.named_parameters():
-            if k in grads and k in self._omega:
-                self._omega[k] -= grads[k] * (p.detach() - before[k])
+        with torch.no_grad():
+            for k, p in learner.model.named_parameters():
+                if k in self._last:
+                    grad, before = self._last[k]
+                    self._omega[k].addcmul_(grad, before.sub_(p))  # -g * (theta_now - theta_before)
 
     def after_experience(self, learner, exp) -> None:
         self._accumulate(learner)
         end = snapshot(learner.model)
         gains = {k: w.clamp(min=0) / ((end[k] - self._start[k]) ** 2 + self.xi) for k, w in self._omega.items()}
         self.set_anchor(learner, {k: g + grown(self.importance_.get(k), g) for k, g in gains.items()})
-        self._last = None
+        self._last = {}
