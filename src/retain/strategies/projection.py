@@ -72,12 +72,12 @@ def project_to_cone(g: Tensor, G: Tensor, margin: float = 0.0, eps: float = 1e-6
     >>> [round(v, 4) + 0.0 for v in project_to_cone(g, G).tolist()]
     [1.0, 0.0]
     """
-    Gd = G.double()
-    gd = g.double()
-    A = Gd @ Gd.T + eps * torch.eye(len(G), dtype=torch.float64, device=G.device)
+    # The products over all parameters run in the gradients' precision; the small k x k problem in float64.
+    gram = G @ G.T
+    A = gram.double() + eps * torch.eye(len(G), dtype=torch.float64, device=G.device)
     L = torch.linalg.cholesky(A)
-    shifted = gd + margin * Gd.sum(0)
-    rhs = -torch.linalg.solve_triangular(L, (Gd @ shifted).unsqueeze(1), upper=False).squeeze(1)
+    Gs = (G @ g).double() + margin * gram.double().sum(1)  # G (g + margin G^T 1)
+    rhs = -torch.linalg.solve_triangular(L, Gs.unsqueeze(1), upper=False).squeeze(1)
     u, _ = nnls(L.T.cpu().numpy(), rhs.cpu().numpy())
-    v = torch.from_numpy(np.asarray(u)).to(Gd) + margin
-    return (gd + Gd.T @ v).to(g.dtype)
+    v = torch.from_numpy(np.asarray(u)).to(G) + margin
+    return g + G.T @ v
