@@ -10,9 +10,13 @@ For each modality's stream (the example configs), this script
    retrain = features of all data seen + Joint training from a fresh model on all of it
    (both with the same backbone, mode, epochs and batch size); also the head-only times;
 4. model selection: text with MiniLM frozen / LoRA / full fine-tuning (and a random tiny encoder),
-   vision with ImageNet EfficientNet-Lite0 frozen against random EfficientNet weights and raw pixels.
+   vision with ImageNet EfficientNet-Lite0 frozen against random EfficientNet weights and raw pixels;
+5. (``--arrivals``, also run by default) the update against retraining as experiences get smaller: the
+   frozen text and vision streams cut into one class per experience, SLDA updating on the last class
+   to arrive, retraining encoding all the data seen in one go.
 
     python benchmarks/backbones.py --out benchmarks/results/backbones.json --results benchmarks/BACKBONES.md
+    python benchmarks/backbones.py --arrivals-only --merge --out ... --results ...   # step 5 alone
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 
 from retain.config import MethodConfig, RunConfig, load_config
+from retain.data.datasets import N_CLASSES
 from retain.data.features import FeatureCache, encode
 from retain.experiment import (
     _ENCODERS,
@@ -63,15 +68,51 @@ def cache_runs(cfg: RunConfig) -> dict[str, Any]:
             cache.features(encoder, e.x_test, progress=False)
         first = time.perf_counter() - start
         second = build_stream(cold_cfg).metadata["feature_seconds"]
-    # Train-split encoding times measured with the model already loaded (the update's real cost).
+    return {"first_seconds": first, "second_seconds": second, "train_feature_seconds": warm_seconds(raw, encoder),
+            "n_train": [e.n_train for e in raw], "n_test": [e.n_test for e in raw]}
+
+
+def warm_seconds(raw, encoder) -> list[float]:
+    """Train-split encoding time of each experience, with the model already loaded (an update's real cost)."""
     module = encoder.get()
     warm = []
     for e in raw:
         t0 = time.perf_counter()
         encode(module, e.x_train, progress=False)
         warm.append(time.perf_counter() - t0)
-    return {"first_seconds": first, "second_seconds": second, "train_feature_seconds": warm,
-            "n_train": [e.n_train for e in raw], "n_test": [e.n_test for e in raw]}
+    return warm
+
+
+ARRIVALS = ("text_language", "text_topics", "vision_fashion")  # the frozen-backbone streams with SLDA
+
+
+def arrivals(cfg: RunConfig) -> dict[str, Any]:
+    """The same data cut into one class per experience: the last arrival is then the smallest share
+    of the data seen. Update = its features + SLDA on it; retrain = all training data encoded in one
+    go + Joint on it. SLDA's model does not depend on the cut (its statistics are exact)."""
+    n_classes = N_CLASSES[cfg.scenario.dataset]
+    fine = cfg.model_copy(update={"scenario": cfg.scenario.model_copy(update={"n_experiences": n_classes}),
+                                  "strategies": [m for m in cfg.strategies if m.label == "slda"]})
+    raw = build_raw_stream(fine)
+    encoder = backbone_encoder(fine)
+    feats = warm_seconds(raw, encoder)
+    t0 = time.perf_counter()
+    encode(encoder.get(), raw.merged().x_train, progress=False)
+    all_feats = time.perf_counter() - t0
+    stream = build_stream(fine)
+    runs = [run_method(stream, fine, fine.strategies[0], seed) for seed in fine.seeds]
+    joint = MethodConfig(label="joint", compose=[{"name": "joint"}])
+    retrains = [run_method(stream, fine, joint, seed) for seed in fine.seeds]
+    head_update = float(np.mean([r["train_seconds_per_experience"][-1] for r in runs]))
+    head_retrain = float(np.mean([r["metrics"]["train_seconds"] for r in retrains]))
+    n_train = [e.n_train for e in raw]
+    update, retrain = feats[-1] + head_update, all_feats + head_retrain
+    return {"experiences": n_classes, "new_samples": n_train[-1], "seen_samples": sum(n_train),
+            "acc": float(np.mean([r["metrics"]["acc"] for r in runs])),
+            "retrain_acc": float(np.mean([r["metrics"]["acc"] for r in retrains])),
+            "update_feature_seconds": feats[-1], "update_head_seconds": head_update,
+            "retrain_feature_seconds": all_feats, "retrain_head_seconds": head_retrain,
+            "update_seconds": update, "retrain_seconds": retrain, "ratio": retrain / update}
 
 
 def update_vs_retrain(cfg: RunConfig, results: dict[str, Any], cache: dict[str, Any]) -> dict[str, Any]:
@@ -94,9 +135,16 @@ def update_vs_retrain(cfg: RunConfig, results: dict[str, Any], cache: dict[str, 
     }
 
 
-def run(names: list[str], select: bool, partial: Path | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"rows": [], "streams": {}, "selection": [], "adapters": []}
-    for name in names:
+def run(names: list[str], select: bool, partial: Path | None = None, streams: bool = True,
+        cut: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"rows": [], "streams": {}, "selection": [], "adapters": [], "arrivals": {}}
+    for name in (n for n in names if cut and n in ARRIVALS):
+        print(f"== {name}, one class per experience", flush=True)
+        out["arrivals"][name] = arrivals(load_config(STREAMS[name]))
+        print(json.dumps(out["arrivals"][name]), flush=True)
+        if partial:
+            partial.write_text(json.dumps(out))
+    for name in names if streams else []:
         cfg = load_config(STREAMS[name])
         print(f"== {name}", flush=True)
         cache = cache_runs(cfg)
@@ -115,7 +163,7 @@ def run(names: list[str], select: bool, partial: Path | None = None) -> dict[str
               flush=True)
         if partial:
             partial.write_text(json.dumps(out))
-    if select:
+    if select and streams:
         experts = run_experiment(load_config(ROOT / "examples/text_lora_experts.yaml"), progress=False)
         out["adapters"] = result_rows(experts)
         if partial:
@@ -163,6 +211,20 @@ def write_results(out: dict[str, Any], path: Path) -> None:
                      f"{100 * (c['retrain_acc'] - c['best_acc']):+.1f} | {c['update_seconds']:.2f} | "
                      f"{c['retrain_seconds']:.2f} | {c['ratio']:.1f}× | {c['head_update_seconds']:.2f} | "
                      f"{c['head_retrain_seconds']:.2f} | {c['head_ratio']:.1f}× |")
+    if out.get("arrivals"):
+        lines += ["", "## Smaller arrivals: one class per experience", "",
+                  "The same frozen-feature data cut into one class per experience. Update = features of the last "
+                  "class to arrive + SLDA on it (SLDA's model is the same whatever the cut). Retrain = the "
+                  "features of all the training data, encoded in one go, + Joint training a fresh head on them.", "",
+                  "| stream | experiences | new / seen samples | SLDA ACC % | retrain ACC % | "
+                  "update s (features + head) | retrain s (features + head) | retrain / update |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, a in out["arrivals"].items():
+            lines.append(f"| {name} | {a['experiences']} | {a['new_samples']} / {a['seen_samples']} | "
+                         f"{_pct(a['acc'])} | {_pct(a['retrain_acc'])} | {a['update_seconds']:.2f} "
+                         f"({a['update_feature_seconds']:.2f} + {a['update_head_seconds']:.2f}) | "
+                         f"{a['retrain_seconds']:.2f} ({a['retrain_feature_seconds']:.2f} + "
+                         f"{a['retrain_head_seconds']:.2f}) | {a['ratio']:.1f}× |")
     lines += ["", "## Feature cache: the same stream twice into an empty cache", "",
               "| stream | first run: features s | second run: features s | second / first |",
               "| --- | --- | --- | --- |"]
@@ -197,18 +259,21 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="write the Markdown tables here")
     parser.add_argument("--merge", action="store_true",
                         help="keep what --out already holds for the streams (and selection) not run now")
+    parser.add_argument("--no-arrivals", action="store_true", help="skip the one-class-per-experience cuts")
+    parser.add_argument("--arrivals-only", action="store_true", help="run only the one-class-per-experience cuts")
     args = parser.parse_args()
     torch.set_num_threads(2)
     partial = args.out.with_suffix(".partial.json") if args.out else None
-    out = run(args.streams, not args.no_select, partial)
+    out = run(args.streams, not args.no_select, partial, streams=not args.arrivals_only, cut=not args.no_arrivals)
     if args.merge and args.out and args.out.is_file():
         old = json.loads(args.out.read_text())
-        ran = set(args.streams)
+        ran = set() if args.arrivals_only else set(args.streams)
         out["rows"] = [r for r in old["rows"] if r.get("stream") not in ran] + out["rows"]
         out["streams"] = {k: v for k, v in old["streams"].items() if k not in ran} | out["streams"]
         out["streams"] = {k: out["streams"][k] for k in STREAMS if k in out["streams"]}
         for key in ("selection", "adapters"):
             out[key] = out[key] or old.get(key, [])
+        out["arrivals"] = old.get("arrivals", {}) | out["arrivals"]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1))

@@ -66,6 +66,7 @@ def test_der_stores_logits_with_the_sample(split_digits):
     x, y, t = split_digits[1].x_train[:4], split_digits[1].y_train[:4], split_digits[1].train_tasks()[:4]
     logits = torch.randn(4, 10)
     learner.experience = split_digits[1]
+    x, y, t = streaming.batch(learner, x, y, t)  # the contract's order: batch, then loss
     streaming.loss(learner, x, y, t, logits)
     assert torch.equal(streaming.memory_.logits, logits) and torch.equal(streaming.memory_.x, x)
 

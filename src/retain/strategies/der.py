@@ -45,28 +45,39 @@ class DER(MemoryStrategy):
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "reservoir" if self.store == "stream" else "class_balanced")
 
-    def loss(self, learner, x, y, t, logits):
-        extra = logits.new_zeros(())
+    def batch(self, learner, x, y, t):
+        # Memory rows ride in the same forward pass as the new ones (one pass, one backward, no
+        # gradient accumulation across graphs): [new | logit-matching batch | DER++ label batch].
+        self._rows = (len(y), 0)
+        self._targets = None
+        if not len(self.memory_):
+            return x, y, t
         n = self.batch_size or round(self.ratio * len(y))
-        if len(self.memory_):
-            m = self.memory_.sample(n, learner.generator, ("x", "t", "logits"))
-            xs, ts = [m["x"]], [m["t"]]
-            if self.beta > 0:  # a second, independent memory batch for the label term: one forward for both
-                m2 = self.memory_.sample(n, learner.generator, ("x", "y", "t"))
-                xs.append(m2["x"])
-                ts.append(m2["t"])
-            out = learner.model(torch.cat(xs).to(x.device), torch.cat(ts).to(x.device))
-            k, target = len(m["x"]), m["logits"].to(x.device)
-            diff = out[:k, :target.shape[1]] - target
-            if torch.isnan(target).any():
-                # Units that did not exist when a sample was stored (a head grew) are left out.
-                diff = diff[torch.isfinite(target)]
-            extra = extra + self.alpha * diff.pow(2).mean()
-            if self.beta > 0:
-                extra = extra + self.beta * F.cross_entropy(out[k:], m2["y"].to(x.device))
+        m = self.memory_.sample(n, learner.generator, ("x", "y", "t", "logits"))
+        parts = [(x, y, t), (m["x"], m["y"], m["t"])]
+        if self.beta > 0:
+            m2 = self.memory_.sample(n, learner.generator, ("x", "y", "t"))
+            parts.append((m2["x"], m2["y"], m2["t"]))
+        self._rows, self._targets = (len(y), len(m["y"])), m["logits"].to(x.device)
+        return tuple(torch.cat([part[i].to(x.device) for part in parts]) for i in range(3))
+
+    def loss(self, learner, x, y, t, logits):
+        new, matched = self._rows
         if self.store == "stream":
-            self.offer(learner, x, y, t, logits=logits.detach())
-        return extra
+            self.offer(learner, x[:new], y[:new], t[:new], logits=logits[:new].detach())
+        if self._targets is None:
+            return logits.new_zeros(())
+        # The learner's cross-entropy covers every row; DER's is over the new rows only (replayed
+        # labels enter through beta), so this term swaps one for the other, as ER-ACE does.
+        term = F.cross_entropy(logits[:new], y[:new]) - F.cross_entropy(logits, y)
+        target = self._targets
+        diff = logits[new:new + matched, :target.shape[1]] - target
+        if torch.isnan(target).any():  # units added after a sample was stored (a head grew) are left out
+            diff = diff[torch.isfinite(target)]
+        term = term + self.alpha * diff.pow(2).mean()
+        if self.beta > 0:
+            term = term + self.beta * F.cross_entropy(logits[new + matched:], y[new + matched:])
+        return term
 
     def after_backward(self, learner) -> None:
         if self.max_grad_norm is not None:
