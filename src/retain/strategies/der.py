@@ -44,12 +44,13 @@ class DER(MemoryStrategy):
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "reservoir" if self.store == "stream" else "class_balanced")
+        self._rows: tuple[int, int] = (0, 0)  # this step's new rows and logit-matching memory rows
+        self._targets: torch.Tensor | None = None
 
     def batch(self, learner, x, y, t):
         # Memory rows ride in the same forward pass as the new ones (one pass, one backward, no
         # gradient accumulation across graphs): [new | logit-matching batch | DER++ label batch].
-        self._rows = (len(y), 0)
-        self._targets = None
+        self._rows, self._targets = (len(y), 0), None
         if not len(self.memory_):
             return x, y, t
         n = self.batch_size or round(self.ratio * len(y))
