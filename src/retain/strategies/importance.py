@@ -200,6 +200,18 @@ def _loop_importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: st
     return total
 
 
+def columns(classes: list[int]) -> slice | Tensor:
+    """An index for the logit columns of ``classes``: a slice (a view, no copy) when they are
+    ``0..k-1``, as in a class-incremental stream, else an index tensor.
+
+    >>> columns([0, 1, 2]), columns([3, 1]).tolist()
+    (slice(0, 3, None), [3, 1])
+    """
+    if list(classes) == list(range(len(classes))):
+        return slice(0, len(classes))
+    return torch.tensor(list(classes), dtype=torch.long)
+
+
 def distillation(new_logits: Tensor, old_logits: Tensor, temperature: float) -> Tensor:
     """Knowledge distillation (Hinton et al. 2015): ``T^2 KL(softmax(old/T) || softmax(new/T))``,
     averaged over the batch; the ``T^2`` keeps gradient size independent of ``T``.

@@ -9,7 +9,7 @@ from pydantic import NonNegativeFloat, PositiveFloat
 
 from retain.models import MultiHead
 from retain.strategies.base import Strategy, params
-from retain.strategies.importance import distillation, frozen_copy, load_old_model, old_model_state
+from retain.strategies.importance import columns, distillation, frozen_copy, load_old_model, old_model_state
 
 
 @params
@@ -37,7 +37,7 @@ class LwF(Strategy):
             return
         self.old_model_ = frozen_copy(learner.model)
         self.old_tasks_ = {k: list(v) for k, v in learner.task_classes_.items()}
-        self._old_classes = list(learner.seen_classes_)
+        self._old_columns = columns(learner.seen_classes_)
 
     def loss(self, learner, x, y, t, logits):
         if self.old_model_ is None:
@@ -45,8 +45,8 @@ class LwF(Strategy):
         model = learner.model
         if not isinstance(model.head, MultiHead):
             with torch.no_grad():
-                old = self.old_model_(x, t)[:, self._old_classes]
-            return self.alpha * distillation(logits[:, self._old_classes], old, self.temperature)
+                old = self.old_model_(x, t)[:, self._old_columns]
+            return self.alpha * distillation(logits[:, self._old_columns], old, self.temperature)
         h = model.features(x)
         with torch.no_grad():
             h_old = self.old_model_.features(x)
@@ -66,4 +66,4 @@ class LwF(Strategy):
     def load_state_dict(self, state, learner) -> None:
         self.old_model_ = load_old_model(state, learner)
         self.old_tasks_ = {int(k): v for k, v in state.get("tasks", {}).items()}
-        self._old_classes = sorted({c for cs in self.old_tasks_.values() for c in cs})
+        self._old_columns = columns(sorted({c for cs in self.old_tasks_.values() for c in cs}))

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from retain.strategies.importance import distillation, frozen_copy, load_old_model, old_model_state
+from retain.strategies.importance import columns, distillation, frozen_copy, load_old_model, old_model_state
 from retain.strategies.memory import MemoryStrategy
 
 
@@ -39,8 +39,9 @@ class DistilledReplay(MemoryStrategy):
         if self.old_model_ is None:
             return logits.new_zeros(())
         with torch.no_grad():
-            old = self.old_logits(x, t)[:, self.old_classes_]
-        return self.alpha * distillation(logits[:, self.old_classes_], old, self.temperature)
+            cols = columns(self.old_classes_)
+            old = self.old_logits(x, t)[:, cols]
+        return self.alpha * distillation(logits[:, cols], old, self.temperature)
 
     def memory_state(self) -> dict[str, Any]:
         return self.memory_.state_dict()
