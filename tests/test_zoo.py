@@ -155,6 +155,7 @@ def test_herding_picks_the_sample_nearest_the_mean_first():
     f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])
     order = herding_order(f, torch.zeros(4, dtype=torch.long))
     assert order.tolist()[:2] in ([3, 2], [2, 3]) and len(set(order.tolist())) == 4
+    assert herding_order(f, torch.zeros(4, dtype=torch.long), limit=2).tolist() == order.tolist()[:2]
     mem = Memory(2, "herding")
     mem.add(f, torch.zeros(4, dtype=torch.long), features=f)
     assert torch.allclose(mem.x[mem.x[:, 0].argsort()], torch.tensor([[0.6, 0.8], [0.8, 0.6]]))

@@ -82,7 +82,8 @@ class Memory:
             if self.policy == "herding":
                 if features is None:
                     raise ValueError("the herding policy needs the samples' features")
-                order = herding_order(features.detach().cpu(), new["y"])
+                # No class can keep more than the whole memory: herding stops there.
+                order = herding_order(features.detach().cpu(), new["y"], limit=self.size)
             else:
                 order = torch.randperm(n, generator=generator)
             self._balanced({k: v[order] for k, v in new.items()})
@@ -141,9 +142,10 @@ class Memory:
         self.seen = int(state["seen"])
 
 
-def herding_order(features: Tensor, y: Tensor) -> Tensor:
+def herding_order(features: Tensor, y: Tensor, limit: int | None = None) -> Tensor:
     """Indices sorted class by class in herding order: each next sample is the one that brings
-    the running mean of the (L2-normalised) chosen features closest to the class mean.
+    the running mean of the (L2-normalised) chosen features closest to the class mean. With
+    ``limit``, only the first ``limit`` of each class (the cost is ``limit x class size``).
 
     >>> f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
     >>> herding_order(f, torch.tensor([0, 0, 0])).tolist()[0]  # nearest to the mean comes first
@@ -158,7 +160,7 @@ def herding_order(features: Tensor, y: Tensor) -> Tensor:
         chosen: list[int] = []
         total = torch.zeros_like(mu)
         available = torch.ones(len(idx), dtype=torch.bool)
-        for k in range(1, len(idx) + 1):
+        for k in range(1, min(len(idx), limit or len(idx)) + 1):
             dist = ((mu - (total + fc) / k) ** 2).sum(1).masked_fill(~available, float("inf"))
             best = int(dist.argmin())
             chosen.append(best)
