@@ -76,11 +76,23 @@ def test_er_ace_leaves_absent_classes_alone_on_new_data(split_digits):
     learner.experience = split_digits[1]
     exp = split_digits[1]
     x, y, t = exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16]  # classes 2 and 3 only
+    x, y, t = learner.strategies[0].batch(learner, x, y, t)  # the contract's order: batch, then loss
     logits = torch.randn(16, 10, requires_grad=True)
     total = F.cross_entropy(logits, y) + learner.strategies[0].loss(learner, x, y, t, logits)
     total.backward()
     absent = [c for c in range(10) if c not in (2, 3)]
     assert torch.equal(logits.grad[:, absent], torch.zeros(16, 8))
+    # With a memory, replayed rows join the batch and get the plain cross-entropy over every class,
+    # while the incoming rows still leave the absent classes alone.
+    old = split_digits[0]
+    learner.strategies[0].memory_.add(old.x_train[:20], old.y_train[:20], old.train_tasks()[:20])
+    x, y, t = learner.strategies[0].batch(learner, exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16])
+    assert len(y) == 32 and set(y[16:].tolist()) - {2, 3}  # old classes among the replayed rows
+    logits = torch.randn(32, 10, requires_grad=True)
+    (F.cross_entropy(logits, y) + learner.strategies[0].loss(learner, x, y, t, logits)).backward()
+    assert torch.equal(logits.grad[:16, absent], torch.zeros(16, 8))
+    expected = torch.autograd.grad(F.cross_entropy(logits[16:], y[16:]), logits)[0][16:]
+    assert torch.allclose(logits.grad[16:], expected, atol=1e-6)
 
 
 def _one_backward(learner, exp):

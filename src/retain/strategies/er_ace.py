@@ -18,8 +18,9 @@ class ERACE(MemoryStrategy):
     Incoming samples are scored only among the classes present in their batch, so learning a
     new class does not push down the logits of old ones; replayed samples use the usual
     cross-entropy over all classes. The learner's loss is cross-entropy over every class, so
-    this strategy's term swaps it: ``ACE(new) - CE(new) + CE(replayed)``. The reservoir memory
-    is filled as samples stream in.
+    this strategy's term swaps it: ``ACE(new) - CE(all rows) + CE(replayed)``, the replayed rows
+    riding in the same forward pass as the new ones. The reservoir memory is filled as samples
+    stream in.
     """
 
     memory_size: PositiveInt = 200
@@ -33,15 +34,22 @@ class ERACE(MemoryStrategy):
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "reservoir")
+        self._new = 0  # incoming rows at the head of this step's batch
+
+    def batch(self, learner, x, y, t):
+        # Replayed rows join the incoming ones in the learner's forward pass (one graph a step).
+        self._new = len(y)
+        mixed = self.memory_.extend(x, y, t, self.batch_size or len(y), learner.generator)
+        return mixed
 
     def loss(self, learner, x, y, t, logits):
+        new = self._new
+        xn, yn, zn = x[:new], y[:new], logits[:new]
         present = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-        present[y] = True
-        asymmetric = F.cross_entropy(logits.masked_fill(~present, torch.finfo(logits.dtype).min), y)
-        term = asymmetric - F.cross_entropy(logits, y)
-        if len(self.memory_):
-            m = self.memory_.sample(self.batch_size or len(y), learner.generator)
-            out = learner.model(m["x"].to(x.device), m["t"].to(x.device))
-            term = term + F.cross_entropy(out, m["y"].to(x.device))
-        self.offer(learner, x, y, t)
+        present[yn] = True
+        asymmetric = F.cross_entropy(zn.masked_fill(~present, torch.finfo(logits.dtype).min), yn)
+        term = asymmetric - F.cross_entropy(logits, y)  # the learner's CE covers every row: swap it out
+        if len(y) > new:
+            term = term + F.cross_entropy(logits[new:], y[new:])
+        self.offer(learner, xn, yn, t[:new])
         return term
