@@ -141,7 +141,7 @@ class Learner:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = list(self.model.parameters())
-        # The fused kernel updates every tensor in one call (same arithmetic as the default loop).
+        # The fused kernel applies the same update to every tensor in one call (rounding may differ in the last bit).
         fused = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params) or None
         if self.backbone_lr is None:
             return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, fused=fused)
