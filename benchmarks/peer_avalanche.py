@@ -43,12 +43,14 @@ PAIRS = {
     "cumulative": ("cumulative", ("Cumulative", {})),
 }
 # retain configured with Avalanche's batch composition (32 new + 32 replayed per step) where its
-# defaults replay more (64 per step; DER++ draws a second 32 for its label term): the same work per
-# step, so the time ratio compares the implementations rather than the settings.
+# defaults replay more (64 per step; DER++ draws a second 32 for its label term), and GEM with
+# Avalanche's 40 patterns per experience: the same work per step, so the time ratio compares the
+# implementations rather than the settings.
 MATCHED = {
     "replay": {"name": "replay", "memory_size": 200, "batch_size": 32},
     "der": {"name": "der", "memory_size": 200, "batch_size": 32},
     "derpp": {"name": "derpp", "memory_size": 200, "batch_size": 32},
+    "gem": {"name": "gem", "memory_size": 200, "per_experience": 40},  # Avalanche's patterns_per_exp
 }
 
 WORKER = r'''

@@ -127,6 +127,17 @@ def test_class_balanced_memory_shares_slots_equally():
     assert torch.bincount(mem.y).tolist() == [10] * 6
 
 
+def test_capped_memory_keeps_a_fixed_share_per_experience_until_full():
+    mem = Memory(60, "class_balanced", balance="e", cap=25)
+    gen = torch.Generator().manual_seed(0)
+    sizes = []
+    for e in range(4):
+        mem.add(torch.randn(100, 3), torch.full((100,), e), e=e, generator=gen)
+        sizes.append(torch.bincount(mem.e).tolist())
+    # 25 each while they fit; then the 60 slots are shared (15 each for four experiences)
+    assert sizes == [[25], [25, 25], [20, 20, 20], [15, 15, 15, 15]]
+
+
 def test_replay_appends_memory_samples_to_the_batch(split_digits):
     learner = make_learner(split_digits, [Replay(40, ratio=2.0)], epochs=1)
     learner.fit(split_digits[0])

@@ -19,17 +19,21 @@ class GEM(MemoryStrategy):
     with any of them, it is replaced by the closest gradient that conflicts with none (the
     quadratic program is solved exactly, see :func:`~retain.strategies.projection.project_to_cone`).
     ``margin`` (the paper's memory strength) biases the solution further towards old experiences.
+    ``per_experience`` caps each experience's share (the paper's and Avalanche's fixed number of
+    patterns per task): cheaper steps early in a stream, at some accuracy (Split MNIST-5k with
+    40: see ``benchmarks/PEER_AVALANCHE.md``).
     """
 
     memory_size: PositiveInt = 200
     margin: NonNegativeFloat = 0.5
+    per_experience: PositiveInt | None = None
 
     name = "gem"
     paper = 'Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory", NeurIPS'
     family = "gradient_projection"
 
     def __post_init__(self) -> None:
-        self.memory_ = Memory(self.memory_size, "class_balanced", balance="e")
+        self.memory_ = Memory(self.memory_size, "class_balanced", balance="e", cap=self.per_experience)
         self._groups: list[tuple[torch.Tensor, ...]] | None = None
 
     def after_backward(self, learner) -> None:

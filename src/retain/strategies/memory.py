@@ -20,10 +20,10 @@ class Memory:
 
     Policies: ``reservoir`` keeps a uniform sample of everything ever offered (Vitter 1985);
     ``class_balanced`` gives every class seen so far an equal share (every experience, with
-    ``balance="e"``), keeping a random subset of each; ``herding`` shares slots the same way
-    but picks, per class, the samples whose running feature mean best tracks the class mean
-    (Welling 2009, as in iCaRL). When a
-    class's share shrinks, its first samples stay: a random subset, or the best herding prefix.
+    ``balance="e"``; at most ``cap`` each when set), keeping a random subset of each;
+    ``herding`` shares slots the same way but picks, per class, the samples whose running
+    feature mean best tracks the class mean (Welling 2009, as in iCaRL). When a class's share
+    shrinks, its first samples stay: a random subset, or the best herding prefix.
 
     >>> mem = Memory(4, "class_balanced")
     >>> mem.add(torch.zeros(10, 2), torch.tensor([0] * 5 + [1] * 5))
@@ -32,14 +32,16 @@ class Memory:
     [0, 1, 2, 3]
     """
 
-    def __init__(self, size: int, policy: str = "class_balanced", balance: str = "y") -> None:
+    def __init__(self, size: int, policy: str = "class_balanced", balance: str = "y", cap: int | None = None) -> None:
         if size < 1:
             raise ValueError(f"memory size must be at least 1, got {size}")
+        if cap is not None and cap < 1:
+            raise ValueError(f"memory cap must be at least 1 sample per group, got {cap}")
         if policy not in POLICIES:
             raise ValueError(f"unknown memory policy {policy!r}; choose one of: {', '.join(POLICIES)}")
         if balance not in ("y", "e"):
             raise ValueError(f"balance must be 'y' (per class) or 'e' (per experience), got {balance!r}")
-        self.size, self.policy, self.balance = size, policy, balance
+        self.size, self.policy, self.balance, self.cap = size, policy, balance, cap
         self.data: dict[str, Tensor] = {}
         self.seen = 0  # samples offered so far (reservoir needs it)
 
@@ -117,6 +119,8 @@ class Memory:
         classes = y.unique()
         quota = torch.full((len(classes),), self.size // len(classes))
         quota[: self.size % len(classes)] += 1
+        if self.cap is not None:  # at most cap per group, even while the memory has room for more
+            quota.clamp_(max=self.cap)
         keep = torch.cat([(y == c).nonzero().squeeze(1)[:q] for c, q in zip(classes, quota, strict=True)])
         self.data = {k: v[keep] for k, v in merged.items()}
 
