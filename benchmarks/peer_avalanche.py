@@ -112,6 +112,8 @@ def main() -> None:
                         help="alternate the two sides this many times; each keeps its fastest (mean s/seed)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     import torch
     from class_il import config

@@ -72,7 +72,7 @@ class ModelConfig(_Strict):
     name: Literal["mlp", "cnn", "audio_cnn"] = "mlp"
     hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256])
     head: Literal["fixed", "growing", "per_task"] = "fixed"
-    backbone: Literal["minilm", "tiny_text", "efficientnet_lite0", "efficientnet_lite0_random", "logmel"] | None = None
+    backbone: Literal[tuple(BACKBONE_MODALITY)] | None = None  # type: ignore[valid-type]
     adaptation: Literal["frozen", "lora", "full"] = "frozen"
     lora_rank: PositiveInt = 8
     image_size: PositiveInt = Field(64, description="side the image backbone resizes inputs to")

@@ -143,12 +143,11 @@ class Learner:
         params = list(self.model.parameters())
         # The fused kernel applies the same update to every tensor in one call (rounding may differ in the last bit).
         fused = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params) or None
-        if self.backbone_lr is None:
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, fused=fused)
-        # Pretrained weights get backbone_lr; new weights (heads, LoRA adapters) get lr.
-        backbone = {id(p) for n, p in self.model.backbone.named_parameters() if "lora_" not in n}
-        groups = [{"params": [p for p in params if id(p) in backbone], "lr": self.backbone_lr},
-                  {"params": [p for p in params if id(p) not in backbone]}]
+        groups = [{"params": params}]
+        if self.backbone_lr is not None:  # pretrained weights get backbone_lr; heads and LoRA adapters lr
+            backbone = {id(p) for n, p in self.model.backbone.named_parameters() if "lora_" not in n}
+            groups = [{"params": [p for p in params if id(p) in backbone], "lr": self.backbone_lr},
+                      {"params": [p for p in params if id(p) not in backbone]}]
         return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, fused=fused)
 
     def partial_fit(self, x: Tensor, y: Tensor, t: Tensor | int | None = None, steps: int = 1,

@@ -43,6 +43,22 @@ def _require(module: str, package: str) -> Any:
         raise ImportError(f"this backbone needs the PyPI package {package}: pip install {package}") from err
 
 
+def _transformers() -> Any:
+    """The ``transformers`` module, with the Hugging Face hub switched offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return _require("transformers", "transformers")
+
+
+def _lora_config(module: nn.Module, rank: int) -> Any:
+    """PEFT's LoRA settings for ``module``: rank ``rank``, alpha ``2 * rank``, no dropout."""
+    peft = _require("peft", "peft")
+    return peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=lora_targets(module))
+
+
+def _logmel_id(sample_rate: int = 16_000, n_fft: int = 512, hop: int = 160, n_mels: int = 40) -> str:
+    return f"logmel-{sample_rate}-{n_fft}-{hop}-{n_mels}"
+
+
 def backbone_id(backbone: str, image_size: int = 64) -> str:
     """The id that names a frozen backbone's weights and preprocessing (the feature cache keys on it).
 
@@ -52,7 +68,7 @@ def backbone_id(backbone: str, image_size: int = 64) -> str:
     ids = {"minilm": "minilm-all-MiniLM-L6-v2", "tiny_text": "tiny_text-random-seed0",
            "efficientnet_lite0": f"efficientnet_lite0-imagenet-{image_size}px",
            "efficientnet_lite0_random": f"efficientnet_lite0-random-{image_size}px",
-           "logmel": "logmel-16000-512-160-40"}
+           "logmel": _logmel_id()}
     if backbone not in ids:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of: {', '.join(ids)}")
     return ids[backbone]
@@ -66,9 +82,7 @@ def minilm_path() -> Path:
 @functools.cache
 def tokenizer():
     """The MiniLM word-piece tokenizer (also used by ``tiny_text``), loaded offline once per process."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    transformers = _require("transformers", "transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(minilm_path()))
+    return _transformers().AutoTokenizer.from_pretrained(str(minilm_path()))
 
 
 def tokenize(texts: list[str], max_tokens: int = MAX_TOKENS) -> Tensor:
@@ -97,8 +111,7 @@ class TextEncoder(nn.Module):
     def __init__(self, name: str = "minilm", adaptation: str = "frozen", lora_rank: int = 8,
                  experts: dict[str, list[int]] | None = None, task_free: bool = False) -> None:
         super().__init__()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        transformers = _require("transformers", "transformers")
+        transformers = _transformers()
         if name == "minilm":
             self.encoder = transformers.AutoModel.from_pretrained(str(minilm_path()))
         elif name == "tiny_text":
@@ -116,7 +129,7 @@ class TextEncoder(nn.Module):
         self.experts: dict[int, list[int]] = {}
         for k, classes in (experts or {}).items():
             self.add_expert(int(k), classes)
-        self.task_free = task_free
+        self.task_free = task_free  # True when the stream's task ids say nothing (class-incremental)
 
     # -- per-experience adapters ------------------------------------------------------
     @property
@@ -128,8 +141,6 @@ class TextEncoder(nn.Module):
         """Whether prediction picks the expert itself (set by the strategy for task-free streams)."""
         return bool(self.experts) and self.task_free
 
-    task_free = False  # True when the stream's task ids say nothing (class-incremental)
-
     def add_expert(self, k: int, classes: list[int]) -> None:
         """A new LoRA adapter for experience ``k`` (expert 0 is PEFT's ``default`` adapter)."""
         if self.adaptation != "lora":
@@ -137,10 +148,7 @@ class TextEncoder(nn.Module):
         if k in self.experts:
             return
         if k > 0:
-            peft = _require("peft", "peft")
-            config = peft.LoraConfig(r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.0,
-                                     target_modules=lora_targets(self.encoder.get_base_model()))
-            self.encoder.add_adapter(self._adapter(k), config)
+            self.encoder.add_adapter(self._adapter(k), _lora_config(self.encoder.get_base_model(), self.lora_rank))
         self.experts[k] = sorted(int(c) for c in classes)
         device = next(self.parameters()).device
         self.register_buffer(f"prototypes_{k}", torch.zeros(len(classes), self.out_features, device=device))
@@ -277,7 +285,7 @@ class LogMel(nn.Module):
         self.sample_rate, self.n_fft, self.hop, self.n_mels = sample_rate, n_fft, hop, n_mels
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.register_buffer("filters", mel_filterbank(n_mels, n_fft, sample_rate), persistent=False)
-        self.backbone_id = f"logmel-{sample_rate}-{n_fft}-{hop}-{n_mels}"  # = backbone_id("logmel") by default
+        self.backbone_id = _logmel_id(sample_rate, n_fft, hop, n_mels)
 
     def forward(self, wave: Tensor) -> Tensor:
         spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, return_complex=True).abs() ** 2
@@ -330,10 +338,8 @@ def adapt(backbone: nn.Module, adaptation: str, lora_rank: int = 8) -> nn.Module
         raise ValueError(f"unknown adaptation {adaptation!r}; choose one of: {', '.join(ADAPTATIONS)}")
     inner_name = "encoder" if hasattr(backbone, "encoder") else "net"
     if adaptation == "lora" and backbone.adaptation != "lora":
-        peft = _require("peft", "peft")
-        config = peft.LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                                 target_modules=lora_targets(getattr(backbone, inner_name)))
-        setattr(backbone, inner_name, peft.get_peft_model(getattr(backbone, inner_name), config))
+        inner = getattr(backbone, inner_name)
+        setattr(backbone, inner_name, _require("peft", "peft").get_peft_model(inner, _lora_config(inner, lora_rank)))
     elif adaptation != "lora" and backbone.adaptation == "lora":
         raise ValueError("a LoRA-wrapped backbone cannot be switched back; build a new one")
     if adaptation != "lora":

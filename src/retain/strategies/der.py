@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
 from retain.strategies.base import params
-from retain.strategies.memory import Memory, MemoryStrategy
+from retain.strategies.memory import Memory, MemoryStrategy, append
 
 
 @params
@@ -55,12 +55,11 @@ class DER(MemoryStrategy):
             return x, y, t
         n = self.batch_size or round(self.ratio * len(y))
         m = self.memory_.sample(n, learner.generator, ("x", "y", "t", "logits"))
-        parts = [(x, y, t), (m["x"], m["y"], m["t"])]
-        if self.beta > 0:
-            m2 = self.memory_.sample(n, learner.generator, ("x", "y", "t"))
-            parts.append((m2["x"], m2["y"], m2["t"]))
         self._rows, self._targets = (len(y), len(m["y"])), m["logits"].to(x.device)
-        return tuple(torch.cat([part[i].to(x.device) for part in parts]) for i in range(3))
+        batch = append((x, y, t), m)
+        if self.beta > 0:  # a second, independent memory batch for the label term
+            batch = self.memory_.extend(*batch, n, learner.generator)
+        return batch
 
     def loss(self, learner, x, y, t, logits):
         new, matched = self._rows

@@ -39,8 +39,7 @@ class ERACE(MemoryStrategy):
     def batch(self, learner, x, y, t):
         # Replayed rows join the incoming ones in the learner's forward pass (one graph a step).
         self._new = len(y)
-        mixed = self.memory_.extend(x, y, t, self.batch_size or len(y), learner.generator)
-        return mixed
+        return self.memory_.extend(x, y, t, self.batch_size or len(y), learner.generator)
 
     def loss(self, learner, x, y, t, logits):
         new = self._new

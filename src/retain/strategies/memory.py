@@ -135,8 +135,7 @@ class Memory:
         """The batch ``(x, y, t)`` with ``n`` random memory samples appended (as is when empty)."""
         if not len(self):
             return x, y, t
-        m = self.sample(n, generator, ("x", "y", "t"))
-        return tuple(torch.cat([a, m[k].to(a.device)]) for a, k in ((x, "x"), (y, "y"), (t, "t")))
+        return append((x, y, t), self.sample(n, generator, ("x", "y", "t")))
 
     def state_dict(self) -> dict[str, Any]:
         return {"seen": self.seen} | {f"data.{k}": v for k, v in self.data.items()}
@@ -144,6 +143,11 @@ class Memory:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.data = {k[5:]: v.cpu() for k, v in state.items() if k.startswith("data.")}
         self.seen = int(state["seen"])
+
+
+def append(batch: tuple[Tensor, Tensor, Tensor], sample: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch ``(x, y, t)`` with a memory sample's ``x``, ``y``, ``t`` rows appended (on the batch's device)."""
+    return tuple(torch.cat([a, sample[k].to(a.device)]) for a, k in zip(batch, ("x", "y", "t"), strict=True))
 
 
 def herding_order(features: Tensor, y: Tensor, limit: int | None = None) -> Tensor:

@@ -23,11 +23,15 @@ class DistilledReplay(MemoryStrategy):
     old_model_: torch.nn.Module | None = None
     old_classes_: tuple[int, ...] | list[int] = ()
 
+    def _set_old_classes(self, classes: list[int]) -> None:
+        self.old_classes_ = list(classes)
+        self._old_columns = columns(self.old_classes_)
+
     def snapshot(self, learner) -> None:
         """Freeze the model as it is before a new experience (nothing to keep before the first)."""
         if learner.seen_classes_:
             self.old_model_ = frozen_copy(learner.model)
-            self.old_classes_ = list(learner.seen_classes_)
+            self._set_old_classes(learner.seen_classes_)
 
     def old_logits(self, x: Tensor, t: Tensor) -> Tensor:
         return self.old_model_(x, t)
@@ -39,9 +43,8 @@ class DistilledReplay(MemoryStrategy):
         if self.old_model_ is None:
             return logits.new_zeros(())
         with torch.no_grad():
-            cols = columns(self.old_classes_)
-            old = self.old_logits(x, t)[:, cols]
-        return self.alpha * distillation(logits[:, cols], old, self.temperature)
+            old = self.old_logits(x, t)[:, self._old_columns]
+        return self.alpha * distillation(logits[:, self._old_columns], old, self.temperature)
 
     def memory_state(self) -> dict[str, Any]:
         return self.memory_.state_dict()
@@ -54,5 +57,5 @@ class DistilledReplay(MemoryStrategy):
 
     def load_state_dict(self, state: dict[str, Any], learner) -> None:
         self.load_memory_state(state)
-        self.old_classes_ = list(state.get("old_classes", []))
+        self._set_old_classes(state.get("old_classes", []))
         self.old_model_ = load_old_model(state, learner)
