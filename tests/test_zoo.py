@@ -71,6 +71,20 @@ def test_der_stores_logits_with_the_sample(split_digits):
     assert torch.equal(streaming.memory_.logits, logits) and torch.equal(streaming.memory_.x, x)
 
 
+def test_der_clips_the_gradient_norm_only_above_its_cap(split_digits):
+    learner = make_learner(split_digits, [DER(memory_size=50, max_grad_norm=0.5)], epochs=1)
+    params = list(learner.model.parameters())
+    for p in params:
+        p.grad = torch.full_like(p, 0.1)  # norm far above 0.5
+    learner.strategies[0].after_backward(learner)
+    assert torch.nn.utils.get_total_norm([p.grad for p in params]).item() == pytest.approx(0.5, rel=1e-4)
+    small = [g.clone() * 1e-3 for g in (p.grad for p in params)]  # norm 0.0005: left as it is
+    for p, g in zip(params, small, strict=True):
+        p.grad = g.clone()
+    learner.strategies[0].after_backward(learner)
+    assert all(torch.equal(p.grad, g) for p, g in zip(params, small, strict=True))
+
+
 def test_er_ace_leaves_absent_classes_alone_on_new_data(split_digits):
     learner = make_learner(split_digits, [ERACE()], epochs=1)
     learner.experience = split_digits[1]

@@ -120,14 +120,15 @@ class Learner:
         self.model.train()
         x, y, t = self.train_set
         # Shuffled rows are gathered (and moved to the device) CHUNK batches at a time, so a step
-        # takes a view instead of paying for its own gather and copy.
+        # takes a view instead of paying for its own gather and copy. index_select, not x[idx]:
+        # the same rows, several times faster on the CPU.
         chunk = self.batch_size * CHUNK
         for epoch in range(epochs or self.epochs):
             self.fresh = incoming and epoch == 0
             order = torch.randperm(len(y), generator=self.generator)
             for first in range(0, len(y), chunk):
                 idx = order[first:first + chunk]
-                xc, yc, tc = x[idx].to(self.device), y[idx].to(self.device), t[idx].to(self.device)
+                xc, yc, tc = (a.index_select(0, idx.to(a.device)).to(self.device) for a in (x, y, t))
                 for start in range(0, len(idx), self.batch_size):
                     end = start + self.batch_size
                     self._step(xc[start:end], yc[start:end], tc[start:end])

@@ -80,8 +80,12 @@ class DER(MemoryStrategy):
         return term
 
     def after_backward(self, learner) -> None:
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(learner.model.parameters(), self.max_grad_norm)
+        if self.max_grad_norm is None:
+            return
+        params = [p for p in learner.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if norm > self.max_grad_norm:  # most steps are under the cap: no rescaling by 1 then
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm, foreach=True)
 
     def supports_online(self) -> bool:
         return self.store == "stream"

@@ -128,7 +128,7 @@ class Memory:
                keys: tuple[str, ...] | None = None) -> dict[str, Tensor]:
         """``n`` random samples without replacement (all of them when fewer are stored)."""
         idx = torch.randperm(len(self), generator=generator)[:n]
-        return {k: self.data[k][idx] for k in keys or self.data}
+        return {k: self.data[k].index_select(0, idx.to(self.data[k].device)) for k in keys or self.data}
 
     def extend(self, x: Tensor, y: Tensor, t: Tensor, n: int,
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
