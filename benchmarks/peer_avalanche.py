@@ -43,7 +43,7 @@ PAIRS = {
     "cumulative": ("cumulative", ("Cumulative", {})),
 }
 # retain configured with Avalanche's batch composition (32 new + 32 replayed per step) where its
-# defaults replay more (64 per step; DER++ draws a second 32 for its label term), and GEM with
+# defaults replay more (64 per step), and GEM with
 # Avalanche's 40 patterns per experience: the same work per step, so the time ratio compares the
 # implementations rather than the settings.
 MATCHED = {

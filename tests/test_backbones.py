@@ -177,6 +177,7 @@ def test_slda_incremental_equals_fitting_on_everything(split_digits):
     for exp in split_digits:
         step_by_step.fit(exp)
     at_once = learner().fit(split_digits.merged())
+    assert step_by_step.steps_ == at_once.steps_ == 0  # closed form: no gradient step to throw away
     x = split_digits.merged().x_test
     assert torch.allclose(step_by_step.predict_logits(x), at_once.predict_logits(x), rtol=1e-4, atol=1e-3)
     assert sum(step_by_step.evaluate(split_digits)) / 5 > 0.9

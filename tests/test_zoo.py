@@ -71,6 +71,25 @@ def test_der_stores_logits_with_the_sample(split_digits):
     assert torch.equal(streaming.memory_.logits, logits) and torch.equal(streaming.memory_.x, x)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_derpp_label_term_reuses_the_logit_batch_when_shared(split_digits, shared):
+    derpp = DERPP(memory_size=20, batch_size=8, shared=shared)
+    learner = make_learner(split_digits, [derpp], epochs=1)
+    learner.fit(split_digits[0])
+    exp = learner.experience = split_digits[1]
+    x, y, t = derpp.batch(learner, exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16])
+    assert len(y) == (24 if shared else 32)  # one memory batch of 8, or two
+    mem = derpp.memory_
+    stored = torch.stack([mem.logits[(mem.x == row).flatten(1).all(1)][0] for row in x[16:24]])  # the logits kept with them
+    logits = torch.randn(len(y), 10)
+    labels = slice(16, 24) if shared else slice(24, 32)
+    expected = (F.cross_entropy(logits[:16], y[:16]) - F.cross_entropy(logits, y)
+                + derpp.alpha * (logits[16:24] - stored).pow(2).mean()
+                + derpp.beta * F.cross_entropy(logits[labels], y[labels]))
+    assert torch.allclose(derpp.loss(learner, x, y, t, logits), expected, atol=1e-6)
+    assert DERPP().shared and not DER().shared  # DER++ shares by default (Avalanche's form)
+
+
 def test_der_clips_the_gradient_norm_only_above_its_cap(split_digits):
     learner = make_learner(split_digits, [DER(memory_size=50, max_grad_norm=0.5)], epochs=1)
     params = list(learner.model.parameters())

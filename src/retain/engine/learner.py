@@ -123,7 +123,8 @@ class Learner:
         # takes a view instead of paying for its own gather and copy. index_select, not x[idx]:
         # the same rows, several times faster on the CPU.
         chunk = self.batch_size * CHUNK
-        for epoch in range(epochs or self.epochs):
+        steps = not any(s.closed_form for s in self.strategies)  # a closed-form method writes the model itself
+        for epoch in range((epochs or self.epochs) if steps else 0):
             self.fresh = incoming and epoch == 0
             order = torch.randperm(len(y), generator=self.generator)
             for first in range(0, len(y), chunk):

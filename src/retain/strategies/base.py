@@ -43,6 +43,10 @@ class Strategy:
     whole_stream: ClassVar[bool] = False
     # The kinds of stream the method is meant for; the learner refuses the others.
     scenarios: ClassVar[tuple[str, ...]] = SCENARIO_KINDS
+    # Whether the method writes the model in closed form at experience ends (SLDA): gradient
+    # steps would be overwritten, so the learner takes none (a contract extension: without it
+    # such a method pays for epochs of SGD it throws away).
+    closed_form: ClassVar[bool] = False
     # Whether the method learns from per-step hooks alone (usable with partial_fit).
     online: ClassVar[bool] = False
     online_hint: ClassVar[str] = "run it in hybrid mode, where consolidations are experiences"

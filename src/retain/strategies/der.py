@@ -23,7 +23,9 @@ class DER(MemoryStrategy):
     (Split MNIST-5k, 3 epochs: 88% against 67%). Each step adds
     ``alpha * MSE(model(x_m), logits_m)`` on a memory batch (matching old responses, a form of
     distillation), and with ``beta > 0`` (DER++) also ``beta * CE(model(x_m'), y_m')`` on a
-    second memory batch. Memory batches hold ``ratio`` times the training batch
+    second memory batch (the paper's), or on the same one with ``shared=True`` (Avalanche's form,
+    DER++'s default: a third fewer rows a step at the same accuracy on our benchmarks, see
+    ``DERPP``). Memory batches hold ``ratio`` times the training batch
     (``batch_size`` when set). Output units added after a sample was stored (growing or
     per-task heads) are left out of its MSE. The gradient norm is clipped at ``max_grad_norm``:
     matching large logits can otherwise make SGD diverge (it did on Split Fashion-MNIST).
@@ -37,6 +39,7 @@ class DER(MemoryStrategy):
     ratio: PositiveFloat = 2.0
     store: Literal["end", "stream"] = "end"
     max_grad_norm: PositiveFloat | None = 10.0
+    shared: bool = False
 
     name = "der"
     paper = 'Buzzega et al. 2020, "Dark Experience for General Continual Learning", NeurIPS'
@@ -57,7 +60,7 @@ class DER(MemoryStrategy):
         m = self.memory_.sample(n, learner.generator, ("x", "y", "t", "logits"))
         self._rows, self._targets = (len(y), len(m["y"])), m["logits"].to(x.device)
         batch = append((x, y, t), m)
-        if self.beta > 0:  # a second, independent memory batch for the label term
+        if self.beta > 0 and not self.shared:  # a second, independent memory batch for the label term
             batch = self.memory_.extend(*batch, n, learner.generator)
         return batch
 
@@ -76,7 +79,8 @@ class DER(MemoryStrategy):
             diff = diff[torch.isfinite(target)]
         term = term + self.alpha * diff.pow(2).mean()
         if self.beta > 0:
-            term = term + self.beta * F.cross_entropy(logits[new + matched:], y[new + matched:])
+            label = slice(new, new + matched) if self.shared else slice(new + matched, None)
+            term = term + self.beta * F.cross_entropy(logits[label], y[label])
         return term
 
     def after_backward(self, learner) -> None:
@@ -100,10 +104,17 @@ class DER(MemoryStrategy):
 
 @params
 class DERPP(DER):
-    """DER++ (Buzzega et al. 2020): DER plus cross-entropy on replayed labels (``beta``)."""
+    """DER++ (Buzzega et al. 2020): DER plus cross-entropy on replayed labels (``beta``).
+
+    By default both terms use one memory batch (``shared``). Against the paper's two batches, over
+    seeds 0-2 with the foundation protocol: Split MNIST-5k 89.1 vs 89.0%, Split Fashion-MNIST
+    72.5 vs 73.1% (std 0.5-0.6), Permuted MNIST-5k 87.2 vs 86.6%, task-incremental 97.6 vs 97.7%,
+    for 28-42% less training time.
+    """
 
     alpha: NonNegativeFloat = 0.5
     beta: NonNegativeFloat = 1.0
+    shared: bool = True
 
     name = "derpp"
     paper = "Buzzega et al. 2020, NeurIPS (DER++)"

@@ -18,8 +18,8 @@ class SLDA(Strategy):
     ``P = (Sigma + shrinkage I)^-1``. The statistics are sufficient, so the result equals LDA
     fitted on all data seen so far: nothing is forgotten and nothing is replayed. Its state is
     ``n_classes x d`` means and one ``d x d`` matrix, whatever the stream's length. It needs a
-    linear head directly on the features (``hidden: []``) or any head over fixed features;
-    the gradient steps of the experience are overwritten, so run it with ``epochs: 1``.
+    linear head directly on the features (``hidden: []``) or any head over fixed features.
+    It takes no gradient steps (``closed_form``): an update costs one pass over the new features.
     """
 
     shrinkage: NonNegativeFloat = 1e-2
@@ -28,6 +28,7 @@ class SLDA(Strategy):
     paper = 'Hayes & Kanan 2020, "Lifelong Machine Learning with Deep Streaming Linear Discriminant Analysis"'
     family = "prototype"
     scenarios = ("class_incremental", "domain_incremental")
+    closed_form = True
 
     def __post_init__(self) -> None:
         self.sums_: torch.Tensor | None = None  # (classes, d)
