@@ -80,7 +80,8 @@ def test_derpp_label_term_reuses_the_logit_batch_when_shared(split_digits, share
     x, y, t = derpp.batch(learner, exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16])
     assert len(y) == (24 if shared else 32)  # one memory batch of 8, or two
     mem = derpp.memory_
-    stored = torch.stack([mem.logits[(mem.x == row).flatten(1).all(1)][0] for row in x[16:24]])  # the logits kept with them
+    # the logits kept with the replayed samples
+    stored = torch.stack([mem.logits[(mem.x == row).flatten(1).all(1)][0] for row in x[16:24]])
     logits = torch.randn(len(y), 10)
     labels = slice(16, 24) if shared else slice(24, 32)
     expected = (F.cross_entropy(logits[:16], y[:16]) - F.cross_entropy(logits, y)
