@@ -96,3 +96,16 @@ def test_auto_device_runs_where_it_can(split_digits):
     assert learner.device.type == expected
     learner.fit(split_digits[0])
     assert learner.predict(split_digits[0].x_test).device.type == "cpu"
+
+
+def test_fit_re_estimates_batchnorm_statistics_on_the_training_set_and_memory(split_digits):
+    learner = make_learner(split_digits, [Replay(60)], hidden=(32,), epochs=2)
+    norm = torch.nn.BatchNorm1d(64)
+    learner.model.backbone.net.insert(1, norm)  # normalise the flattened pixels, before the first layer
+    learner.fit(split_digits[0])
+    memory = learner.strategies[0].memory_.x.clone()
+    learner.fit(split_digits[1])
+    seen = torch.cat([split_digits[1].x_train, memory]).flatten(1)  # what experience 1 trained on
+    assert torch.allclose(norm.running_mean, seen.mean(0), atol=2e-3)
+    assert torch.allclose(norm.running_var, seen.var(0), atol=2e-3)
+    assert norm.momentum == 0.1  # the training-time momentum is restored
