@@ -120,16 +120,16 @@ class Learner:
         self.model.train()
         x, y, t = self.train_set
         # Shuffled rows are gathered (and moved to the device) CHUNK batches at a time, so a step
-        # takes a view instead of paying for its own gather and copy. index_select, not x[idx]:
-        # the same rows, several times faster on the CPU.
+        # takes a view instead of paying for its own gather and copy.
         chunk = self.batch_size * CHUNK
-        steps = not any(s.closed_form for s in self.strategies)  # a closed-form method writes the model itself
-        for epoch in range((epochs or self.epochs) if steps else 0):
+        # A closed-form method (SLDA) writes the model itself: no gradient steps then.
+        epochs = 0 if any(s.closed_form for s in self.strategies) else (epochs or self.epochs)
+        for epoch in range(epochs):
             self.fresh = incoming and epoch == 0
             order = torch.randperm(len(y), generator=self.generator)
             for first in range(0, len(y), chunk):
                 idx = order[first:first + chunk]
-                xc, yc, tc = (a.index_select(0, idx.to(a.device)).to(self.device) for a in (x, y, t))
+                xc, yc, tc = self._gather(idx, x, y, t)
                 for start in range(0, len(idx), self.batch_size):
                     end = start + self.batch_size
                     self._step(xc[start:end], yc[start:end], tc[start:end])
@@ -141,6 +141,11 @@ class Learner:
             hook(self, experience)
         self.experiences_seen_ += 1
         return self
+
+    def _gather(self, idx: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """The rows ``idx`` of each tensor, on the learner's device (``index_select``, not
+        ``a[idx]``: the same rows, several times faster on the CPU)."""
+        return tuple(a.index_select(0, idx.to(a.device)).to(self.device) for a in tensors)
 
     @torch.no_grad()
     def _recalibrate_norms(self, x: Tensor, t: Tensor) -> None:
@@ -164,8 +169,7 @@ class Learner:
         # Near-equal batches (sizes differ by at most one), as the cumulative average weighs batches alike.
         for idx in torch.tensor_split(order, -(-len(order) // max(self.batch_size * 8, 256))):
             if len(idx) > 1:  # one row has no batch variance
-                self.model(xs.index_select(0, idx.to(xs.device)).to(self.device),
-                           ts.index_select(0, idx.to(ts.device)).to(self.device))
+                self.model(*self._gather(idx, xs, ts))
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
 
