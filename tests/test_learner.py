@@ -109,3 +109,47 @@ def test_fit_re_estimates_batchnorm_statistics_on_the_training_set_and_memory(sp
     assert torch.allclose(norm.running_mean, seen.mean(0), atol=2e-3)
     assert torch.allclose(norm.running_var, seen.var(0), atol=2e-3)
     assert norm.momentum == 0.1  # the training-time momentum is restored
+
+
+def _sgd_trajectory(make_optimizer, late_head: bool) -> torch.Tensor:
+    """Parameters after 12 steps on a two-layer net; with ``late_head`` a second head joins the
+    loss at step 5 (its momentum then starts mid-run, as a task head does)."""
+    torch.manual_seed(0)
+    body, head, late = torch.nn.Linear(10, 8), torch.nn.Linear(8, 3), torch.nn.Linear(8, 3)
+    params = [*body.parameters(), *head.parameters(), *late.parameters()]
+    opt = make_optimizer(params)
+    g = torch.Generator().manual_seed(1)
+    for step in range(12):
+        x, y = torch.randn(16, 10, generator=g), torch.randint(0, 3, (16,), generator=g)
+        z = body(x).relu()
+        out = head(z) + late(z) if late_head and step >= 5 else head(z)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(out, y).backward()
+        opt.step()
+    return torch.cat([p.detach().flatten() for p in params])
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_learner_sgd_takes_torch_sgd_steps(momentum):
+    from retain.engine.sgd import FusedSGD
+
+    ours = _sgd_trajectory(lambda ps: FusedSGD([(ps, 0.05)], momentum), late_head=False)
+    fused = _sgd_trajectory(lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=momentum, fused=True), late_head=False)
+    assert torch.equal(ours, fused)  # the same kernel: bit for bit
+    # A parameter that gets its first gradient late starts its momentum then (torch's fused SGD
+    # cannot take that case; its per-parameter loop can, rounding aside).
+    ours = _sgd_trajectory(lambda ps: FusedSGD([(ps, 0.05)], momentum), late_head=True)
+    loop = _sgd_trajectory(lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=momentum, foreach=False), late_head=True)
+    assert torch.allclose(ours, loop, atol=1e-6)
+
+
+def test_learner_uses_the_fused_sgd_and_keeps_backbone_lr_apart(split_digits):
+    from retain.engine.sgd import FusedSGD
+
+    learner = make_learner(split_digits, [], hidden=(16,))
+    learner.backbone_lr = 0.001
+    opt = learner._optimizer()
+    assert isinstance(opt, FusedSGD)
+    backbone = {id(p) for p in learner.model.backbone.parameters()}
+    lrs = {lr for params, lr in opt.groups for p in params if id(p) in backbone}
+    assert lrs == {0.001} and sum(len(ps) for ps, _ in opt.groups) == len(list(learner.model.parameters()))

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from retain.data import Experience
+from retain.engine.sgd import FusedSGD
 from retain.models import Classifier, IncrementalHead, MultiHead, build_model
 from retain.strategies import HOOKS, Strategy, implements, make_strategy
 
@@ -96,7 +97,7 @@ class Learner:
         self.fresh = True  # whether this step is the first on its incoming batch
         # (x, y, t) of the current experience; before_experience hooks may replace it.
         self.train_set: tuple[Tensor, Tensor, Tensor] | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer: FusedSGD | torch.optim.Optimizer | None = None
         self.experience: Experience | None = None  # the one being trained on
 
     # -- training ---------------------------------------------------------------------
@@ -173,16 +174,16 @@ class Learner:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
 
-    def _optimizer(self) -> torch.optim.Optimizer:
+    def _optimizer(self) -> FusedSGD | torch.optim.Optimizer:
         params = list(self.model.parameters())
-        # The fused kernel applies the same update to every tensor in one call (rounding may differ in the last bit).
-        fused = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params) or None
-        groups = [{"params": params}]
+        groups = [(params, self.lr)]
         if self.backbone_lr is not None:  # pretrained weights get backbone_lr; heads and LoRA adapters lr
             backbone = {id(p) for n, p in self.model.backbone.named_parameters() if "lora_" not in n}
-            groups = [{"params": [p for p in params if id(p) in backbone], "lr": self.backbone_lr},
-                      {"params": [p for p in params if id(p) not in backbone]}]
-        return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, fused=fused)
+            groups = [([p for p in params if id(p) in backbone], self.backbone_lr),
+                      ([p for p in params if id(p) not in backbone], self.lr)]
+        if FusedSGD.fits(params):
+            return FusedSGD(groups, self.momentum)
+        return torch.optim.SGD([{"params": g, "lr": lr} for g, lr in groups], lr=self.lr, momentum=self.momentum)
 
     def partial_fit(self, x: Tensor, y: Tensor, t: Tensor | int | None = None, steps: int = 1,
                     hybrid: bool = False) -> Learner:
@@ -254,7 +255,7 @@ class Learner:
         loss = F.cross_entropy(logits, y)
         for hook in self._hooks["loss"]:
             loss = loss + hook(self, x, y, t, logits)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
         for hook in self._hooks["after_backward"]:
             hook(self)
