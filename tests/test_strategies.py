@@ -12,6 +12,7 @@ from retain.strategies import (
     Cumulative,
     Finetune,
     GrowingHead,
+    ICaRL,
     LwF,
     Memory,
     Replay,
@@ -61,6 +62,48 @@ def test_lwf_keeps_the_old_models_outputs(split_digits, task_digits, heads):
         new = learner.predict_logits(x, t)[:, :2].log_softmax(1)
         drift[label] = float(torch.nn.functional.kl_div(new, old, log_target=True, reduction="batchmean"))
     assert drift["lwf"] < 0.5 * drift["finetune"]
+
+
+DISTILLERS = {
+    "lwf+replay": (False, lambda: [Replay(60), LwF()]),
+    "task-heads+lwf+replay": (True, lambda: [TaskHeads(), Replay(60), LwF()]),
+    "icarl": (False, lambda: [ICaRL(60)]),
+}
+
+
+@pytest.mark.parametrize("combo", list(DISTILLERS))
+def test_distillers_run_the_old_model_on_the_training_set_once_per_experience(split_digits, task_digits, combo,
+                                                                               monkeypatch):
+    """With replayed rows appended to each batch: the old model sees each training row once
+    (cached, in large batches) plus the replayed rows of every step, not every row in every
+    epoch; and training lands where recomputing the old outputs at each step lands."""
+    from retain.strategies.importance import OldOutputs
+
+    per_task, strategies = DISTILLERS[combo]
+    stream = task_digits if per_task else split_digits
+    seen, params = {}, {}
+    for cached in (True, False):
+        if not cached:  # what the loss did before: the old model on the whole batch at each step
+            monkeypatch.setattr(OldOutputs, "__call__", lambda self, learner, x, t: self.fn(x, t))
+        learner = make_learner(stream, strategies(), epochs=3)
+        learner.fit(stream[0])
+        distiller, rows = learner.strategies[-1], []
+
+        def count(module, args, out, distiller=distiller, rows=rows):
+            if module is distiller.old_model_.backbone:
+                rows.append(len(args[0]))
+
+        handle = torch.nn.modules.module.register_module_forward_hook(count)
+        try:
+            learner.fit(stream[1])
+        finally:
+            handle.remove()
+        seen[cached] = sum(rows)
+        params[cached] = torch.cat([p.detach().flatten() for p in learner.model.parameters()])
+    n = stream[1].n_train
+    assert seen[False] - seen[True] == 2 * n  # three epochs of training rows against one pass
+    assert seen[True] > n  # the replayed rows still go through the old model, at each step
+    assert torch.allclose(params[True], params[False], atol=1e-4)
 
 
 def test_task_heads_add_one_head_per_task(task_digits):

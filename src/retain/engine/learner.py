@@ -97,6 +97,8 @@ class Learner:
         self.fresh = True  # whether this step is the first on its incoming batch
         # (x, y, t) of the current experience; before_experience hooks may replace it.
         self.train_set: tuple[Tensor, Tensor, Tensor] | None = None
+        # Indices in train_set of the rows the current fit step starts with (None outside fit).
+        self.rows_: Tensor | None = None
         self.optimizer: FusedSGD | torch.optim.Optimizer | None = None
         self.experience: Experience | None = None  # the one being trained on
 
@@ -131,9 +133,12 @@ class Learner:
             for first in range(0, len(y), chunk):
                 idx = order[first:first + chunk]
                 xc, yc, tc = self._gather(idx, x, y, t)
+                rows = idx.to(self.device)
                 for start in range(0, len(idx), self.batch_size):
                     end = start + self.batch_size
+                    self.rows_ = rows[start:end]
                     self._step(xc[start:end], yc[start:end], tc[start:end])
+        self.rows_ = None
         self._recalibrate_norms(x, t)
         self.train_set = None
         self.fresh = True
@@ -211,6 +216,7 @@ class Learner:
             self.optimizer = self._optimizer()
         if not self.model.training:
             self.model.train()
+        self.rows_ = None  # these rows are not from a training set
         for k in range(steps):
             self.fresh = k == 0
             self._step(x, y, t)

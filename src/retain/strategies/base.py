@@ -6,7 +6,11 @@ Around each experience it calls ``before_experience`` and ``after_experience``.
 
 A batch is ``(x, y, t)``: inputs, global class labels and task ids. The task ids are part of
 the batch (DESIGN.md names only ``x, y``) because per-task heads and replay across tasks need
-to know which head scores which sample.
+to know which head scores which sample. A ``batch`` hook keeps the incoming rows first, with
+their inputs unchanged, and appends what it adds: during ``fit`` the learner's ``rows_`` names
+the training-set rows the step started with (a contract extension: it lets the distilling
+methods compute the frozen old model's outputs on the training set once per experience instead
+of once per epoch; see ``importance.OldOutputs``).
 """
 
 from __future__ import annotations

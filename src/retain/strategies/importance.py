@@ -254,6 +254,40 @@ class AnchoredPenalty(Strategy):
         self._stiffness = None
 
 
+class OldOutputs:
+    """A frozen old model's outputs (``fn(x, t)``) on the rows of each step's batch, for the
+    distilling methods. The old model does not change during an experience and the learner
+    names the training-set rows a batch starts with (``learner.rows_``), so their outputs are
+    computed once, on the first step, over the whole training set in large batches, instead of
+    again in every epoch (the 3-epoch protocol paid for each row's old forward three times).
+    Rows a ``batch`` hook appended (replayed samples), and every row outside ``fit``, go through
+    the old model as before. Build a new one whenever the old model changes.
+    """
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.fn = fn
+        self._train_set: tuple[Tensor, ...] | None = None  # the training set the cache is for
+        self._cache: Tensor | None = None
+
+    @torch.no_grad()
+    def __call__(self, learner: Learner, x: Tensor, t: Tensor) -> Tensor:
+        rows = learner.rows_
+        if rows is None or learner.train_set is None:
+            return self.fn(x, t)
+        train_x, _, train_t = learner.train_set
+        if self._train_set is not learner.train_set:  # a new experience, or a replaced training set
+            self._train_set = learner.train_set
+            step = max(learner.batch_size * 8, 256)
+            self._cache = torch.cat([self.fn(*learner._gather(torch.arange(i, min(i + step, len(train_x))),
+                                                              train_x, train_t))
+                                     for i in range(0, len(train_x), step)])
+        n = len(rows)
+        if not torch.equal(t[:n], train_t.index_select(0, rows.to(train_t.device)).to(t.device)):
+            return self.fn(x, t)  # a batch hook re-labelled the tasks: the cached outputs do not apply
+        cached = self._cache.index_select(0, rows.to(self._cache.device))
+        return cached if len(x) == n else torch.cat([cached, self.fn(x[n:], t[n:])])
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in evaluation mode with gradients off: the "old model" to distil from."""
     old = copy.deepcopy(model).eval()

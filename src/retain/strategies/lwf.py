@@ -9,7 +9,14 @@ from pydantic import NonNegativeFloat, PositiveFloat
 
 from retain.models import MultiHead
 from retain.strategies.base import Strategy, params
-from retain.strategies.importance import columns, distillation, frozen_copy, load_old_model, old_model_state
+from retain.strategies.importance import (
+    OldOutputs,
+    columns,
+    distillation,
+    frozen_copy,
+    load_old_model,
+    old_model_state,
+)
 
 
 @params
@@ -37,19 +44,24 @@ class LwF(Strategy):
             return
         self.old_model_ = frozen_copy(learner.model)
         self.old_tasks_ = {k: list(v) for k, v in learner.task_classes_.items()}
-        self._old_columns = columns(learner.seen_classes_)
+        self._set_outputs(learner.seen_classes_)
+
+    def _set_outputs(self, old_classes: list[int]) -> None:
+        self._old_columns = columns(old_classes)
+        old = self.old_model_
+        # per-task heads distil each old task's head on the old features; one head, its old columns
+        self._old = OldOutputs(lambda x, t: old.features(x) if isinstance(old.head, MultiHead)
+                               else old(x, t)[:, self._old_columns])
 
     def loss(self, learner, x, y, t, logits):
         if self.old_model_ is None:
             return logits.new_zeros(())
         model = learner.model
         if not isinstance(model.head, MultiHead):
-            with torch.no_grad():
-                old = self.old_model_(x, t)[:, self._old_columns]
+            old = self._old(learner, x, t)
             return self.alpha * distillation(logits[:, self._old_columns], old, self.temperature)
         h = model.features(x)
-        with torch.no_grad():
-            h_old = self.old_model_.features(x)
+        h_old = self._old(learner, x, t)
         total = logits.new_zeros(())
         for task, classes in self.old_tasks_.items():
             tt = torch.full_like(t, task)
@@ -66,4 +78,5 @@ class LwF(Strategy):
     def load_state_dict(self, state, learner) -> None:
         self.old_model_ = load_old_model(state, learner)
         self.old_tasks_ = {int(k): v for k, v in state.get("tasks", {}).items()}
-        self._old_columns = columns(sorted({c for cs in self.old_tasks_.values() for c in cs}))
+        if self.old_model_ is not None:
+            self._set_outputs(sorted({c for cs in self.old_tasks_.values() for c in cs}))

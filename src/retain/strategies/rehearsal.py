@@ -7,7 +7,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from retain.strategies.importance import columns, distillation, frozen_copy, load_old_model, old_model_state
+from retain.strategies.importance import (
+    OldOutputs,
+    columns,
+    distillation,
+    frozen_copy,
+    load_old_model,
+    old_model_state,
+)
 from retain.strategies.memory import MemoryStrategy
 
 
@@ -32,6 +39,7 @@ class DistilledReplay(MemoryStrategy):
         if learner.seen_classes_:
             self.old_model_ = frozen_copy(learner.model)
             self._set_old_classes(learner.seen_classes_)
+            self._old = OldOutputs(lambda x, t: self.old_logits(x, t)[:, self._old_columns])
 
     def old_logits(self, x: Tensor, t: Tensor) -> Tensor:
         return self.old_model_(x, t)
@@ -42,8 +50,7 @@ class DistilledReplay(MemoryStrategy):
     def loss(self, learner, x, y, t, logits):
         if self.old_model_ is None:
             return logits.new_zeros(())
-        with torch.no_grad():
-            old = self.old_logits(x, t)[:, self._old_columns]
+        old = self._old(learner, x, t)
         return self.alpha * distillation(logits[:, self._old_columns], old, self.temperature)
 
     def memory_state(self) -> dict[str, Any]:
@@ -59,3 +66,4 @@ class DistilledReplay(MemoryStrategy):
         self.load_memory_state(state)
         self._set_old_classes(state.get("old_classes", []))
         self.old_model_ = load_old_model(state, learner)
+        self._old = OldOutputs(lambda x, t: self.old_logits(x, t)[:, self._old_columns])
