@@ -207,6 +207,23 @@ def test_herding_picks_the_sample_nearest_the_mean_first():
     assert torch.allclose(mem.x[mem.x[:, 0].argsort()], torch.tensor([[0.6, 0.8], [0.8, 0.6]]))
 
 
+def test_herding_memory_keeps_each_class_s_herding_prefix_over_experiences():
+    """Herding stops at a class's share of the memory; what is kept is still the head of each
+    class's full herding order (the mean-matching prefix), experience after experience."""
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(120, 8, generator=g).relu() + 0.1
+    y = torch.arange(120) % 4
+    mem = Memory(30, "herding")
+    for e, classes in enumerate(([2, 3], [0, 1])):  # the new classes get the odd slots
+        rows = torch.isin(y, torch.tensor(classes)).nonzero().squeeze(1)
+        mem.add(f[rows], y[rows], e=e, features=f[rows])
+    for c in range(4):  # 30 slots over 4 classes: 8, 8, 7, 7 (the remainder goes to the lowest labels)
+        rows = (y == c).nonzero().squeeze(1)
+        full = rows[herding_order(f[rows], y[rows])]  # no limit
+        kept = mem.x[mem.y == c]
+        assert torch.equal(kept, f[full[:len(kept)]]) and len(kept) == (8 if c < 2 else 7)
+
+
 def test_bic_layer_only_rescales_new_class_logits(split_digits):
     learner = make_learner(split_digits, [BiC(memory_size=100)], epochs=2)
     learner.fit(split_digits[0])

@@ -84,8 +84,12 @@ class Memory:
             if self.policy == "herding":
                 if features is None:
                     raise ValueError("the herding policy needs the samples' features")
-                # No class can keep more than the whole memory: herding stops there.
-                order = herding_order(features.detach().cpu(), new["y"], limit=self.size)
+                # A class keeps at most its share of the memory (rounded up): herding stops there.
+                limit = self.size
+                if self.balance == "y":
+                    classes = torch.cat([self.data["y"], new["y"]]).unique()
+                    limit = -(-self.size // len(classes))
+                order = herding_order(features.detach().cpu(), new["y"], limit=limit)
             else:
                 order = torch.randperm(n, generator=generator)
             self._balanced({k: v[order] for k, v in new.items()})
@@ -165,15 +169,17 @@ def herding_order(features: Tensor, y: Tensor, limit: int | None = None) -> Tens
         idx = (y == c).nonzero().squeeze(1)
         fc = f[idx]
         mu = fc.mean(0)
+        # ||mu - (S + f_i) / k||^2 = (||f_i||^2 - 2 f_i . r + ||r||^2) / k^2 with r = k mu - S (S: the
+        # sum of the k - 1 chosen): the argmin needs one matrix-vector product per pick.
+        sq = (fc * fc).sum(1)
+        r = mu.clone()
+        taken = torch.zeros(len(idx), dtype=torch.bool)
         chosen: list[int] = []
-        total = torch.zeros_like(mu)
-        available = torch.ones(len(idx), dtype=torch.bool)
-        for k in range(1, min(len(idx), limit or len(idx)) + 1):
-            dist = ((mu - (total + fc) / k) ** 2).sum(1).masked_fill(~available, float("inf"))
-            best = int(dist.argmin())
+        for _ in range(min(len(idx), limit or len(idx))):
+            best = int(torch.addmv(sq, fc, r, alpha=-2.0).masked_fill_(taken, float("inf")).argmin())
             chosen.append(best)
-            available[best] = False
-            total += fc[best]
+            taken[best] = True
+            r.add_(mu).sub_(fc[best])
         order.append(idx[torch.tensor(chosen)])
     return torch.cat(order)
 
