@@ -148,6 +148,12 @@ class Learner:
         self.experiences_seen_ += 1
         return self
 
+    @property
+    def bulk_size(self) -> int:
+        """Rows per batch of the no-gradient passes over a whole training set (BatchNorm
+        re-estimation, the distillers' cached old outputs)."""
+        return max(self.batch_size * 8, 256)
+
     def _gather(self, idx: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
         """The rows ``idx`` of each tensor, on the learner's device (``index_select``, not
         ``a[idx]``: the same rows, several times faster on the CPU)."""
@@ -173,7 +179,7 @@ class Learner:
             m.momentum = None  # a cumulative average over the batches below
         order = torch.randperm(len(xs), generator=self.generator)
         # Near-equal batches (sizes differ by at most one), as the cumulative average weighs batches alike.
-        for idx in torch.tensor_split(order, -(-len(order) // max(self.batch_size * 8, 256))):
+        for idx in torch.tensor_split(order, -(-len(order) // self.bulk_size)):
             if len(idx) > 1:  # one row has no batch variance
                 self.model(*self._gather(idx, xs, ts))
         for m, momentum in zip(norms, momenta, strict=True):

@@ -52,13 +52,12 @@ class FusedSGD:
             if self.momentum == 0:
                 self._apply(params, buffers, live, lr, first=False)
                 continue
+            steady = [k for k in live if buffers[k] is not None]
             fresh = [k for k in live if buffers[k] is None]
-            for k in fresh:
+            self._apply(params, buffers, steady, lr, first=False)
+            for k in fresh:  # the kernel copies the gradient into these new buffers
                 buffers[k] = torch.empty_like(params[k])
-            if len(fresh) < len(live):
-                self._apply(params, buffers, [k for k in live if k not in fresh], lr, first=False)
-            if fresh:  # the kernel copies the gradient into these buffers
-                self._apply(params, buffers, fresh, lr, first=True)
+            self._apply(params, buffers, fresh, lr, first=True)
 
     def _apply(self, params: list[Tensor], buffers: list[Tensor | None], ks: list[int], lr: float,
                first: bool) -> None:

@@ -272,14 +272,12 @@ class OldOutputs:
     @torch.no_grad()
     def __call__(self, learner: Learner, x: Tensor, t: Tensor) -> Tensor:
         rows = learner.rows_
-        if rows is None or learner.train_set is None:
+        if rows is None:  # outside fit
             return self.fn(x, t)
         train_x, _, train_t = learner.train_set
         if self._train_set is not learner.train_set:  # a new experience, or a replaced training set
-            self._train_set = learner.train_set
-            step = max(learner.batch_size * 8, 256)
-            self._cache = torch.cat([self.fn(*learner._gather(torch.arange(i, min(i + step, len(train_x))),
-                                                              train_x, train_t))
+            self._train_set, dev, step = learner.train_set, learner.device, learner.bulk_size
+            self._cache = torch.cat([self.fn(train_x[i:i + step].to(dev), train_t[i:i + step].to(dev))
                                      for i in range(0, len(train_x), step)])
         n = len(rows)
         if not torch.equal(t[:n], train_t.index_select(0, rows.to(train_t.device)).to(t.device)):

@@ -48,10 +48,10 @@ class LwF(Strategy):
 
     def _set_outputs(self, old_classes: list[int]) -> None:
         self._old_columns = columns(old_classes)
-        old = self.old_model_
+        old, cols = self.old_model_, self._old_columns
         # per-task heads distil each old task's head on the old features; one head, its old columns
-        self._old = OldOutputs(lambda x, t: old.features(x) if isinstance(old.head, MultiHead)
-                               else old(x, t)[:, self._old_columns])
+        self._old = OldOutputs((lambda x, t: old.features(x)) if isinstance(old.head, MultiHead)
+                               else (lambda x, t: old(x, t)[:, cols]))
 
     def loss(self, learner, x, y, t, logits):
         if self.old_model_ is None:

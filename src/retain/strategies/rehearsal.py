@@ -30,16 +30,16 @@ class DistilledReplay(MemoryStrategy):
     old_model_: torch.nn.Module | None = None
     old_classes_: tuple[int, ...] | list[int] = ()
 
-    def _set_old_classes(self, classes: list[int]) -> None:
-        self.old_classes_ = list(classes)
-        self._old_columns = columns(self.old_classes_)
+    def _set_old(self, model: torch.nn.Module | None, classes: list[int]) -> None:
+        """The old model and its classes; its outputs are cached afresh (``OldOutputs``)."""
+        self.old_model_, self.old_classes_ = model, list(classes)
+        self._old_columns = cols = columns(self.old_classes_)
+        self._old = OldOutputs(lambda x, t: self.old_logits(x, t)[:, cols])
 
     def snapshot(self, learner) -> None:
         """Freeze the model as it is before a new experience (nothing to keep before the first)."""
         if learner.seen_classes_:
-            self.old_model_ = frozen_copy(learner.model)
-            self._set_old_classes(learner.seen_classes_)
-            self._old = OldOutputs(lambda x, t: self.old_logits(x, t)[:, self._old_columns])
+            self._set_old(frozen_copy(learner.model), learner.seen_classes_)
 
     def old_logits(self, x: Tensor, t: Tensor) -> Tensor:
         return self.old_model_(x, t)
@@ -64,6 +64,4 @@ class DistilledReplay(MemoryStrategy):
 
     def load_state_dict(self, state: dict[str, Any], learner) -> None:
         self.load_memory_state(state)
-        self._set_old_classes(state.get("old_classes", []))
-        self.old_model_ = load_old_model(state, learner)
-        self._old = OldOutputs(lambda x, t: self.old_logits(x, t)[:, self._old_columns])
+        self._set_old(load_old_model(state, learner), state.get("old_classes", []))
