@@ -9,7 +9,15 @@ from retain import Learner
 from retain.config import ConfigError, RunConfig
 from retain.data.audio import keywords, voices
 from retain.data.datasets import DatasetNotFound, per_class
-from retain.data.features import FeatureCache, LazyEncoder, encode_stream, tensor_digest
+from retain.data.features import (
+    TOKEN_BUDGET,
+    FeatureCache,
+    LazyEncoder,
+    batch_bounds,
+    encode,
+    encode_stream,
+    tensor_digest,
+)
 from retain.data.text import fortunes_language
 from retain.experiment import build_stream, compare_backbones, run_experiment
 from retain.models import Classifier, LinearHead, make_model
@@ -39,6 +47,25 @@ def test_padding_does_not_change_a_sentence_embedding(minilm):
     long = tokenize(["cats purr"], max_tokens=32)
     with torch.no_grad():
         assert torch.allclose(minilm(short), minilm(long), atol=1e-5)
+
+
+def test_texts_are_encoded_in_token_budgeted_batches_with_the_features_of_one_at_a_time():
+    torch.manual_seed(0)
+    encoder = TextEncoder("tiny_text", "frozen").eval()
+    lengths = torch.cat([torch.randint(1, 5, (200,)), torch.randint(5, 65, (60,))])[torch.randperm(260)]
+    ids = torch.randint(1000, 2000, (260, 64)) * (torch.arange(64) < lengths[:, None])
+    order, bounds = batch_bounds(ids, batch_size=128, tokens=True)
+    assert torch.equal(torch.sort(order).values, torch.arange(260))  # every row once
+    assert [s for s, _ in bounds] == [0] + [e for _, e in bounds[:-1]] and bounds[-1][1] == 260
+    widths = [int(lengths[order[s:e]].max()) * (e - s) for s, e in bounds]
+    assert max(widths) <= TOKEN_BUDGET and len(bounds) > 3  # short texts share a batch, long ones split
+    assert max(e - s for s, e in bounds) == 128  # the row cap still holds for the shortest texts
+    with torch.no_grad():
+        alone = torch.cat([encoder(ids[i:i + 1]) for i in range(260)])
+    assert torch.allclose(encode(encoder, ids, progress=False), alone, atol=1e-5)
+    learner = Learner(Classifier(encoder, LinearHead(encoder.out_features, 3)), device="cpu")
+    assert torch.allclose(learner.features(ids), alone, atol=1e-5)  # the learner batches texts the same way
+    assert torch.allclose(learner.predict_logits(ids), learner.model.head(alone), atol=1e-5)
 
 
 def test_pretrained_efficientnet_separates_garments_better_than_random_weights(fashion_slice):

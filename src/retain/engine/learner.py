@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from retain.data import Experience
+from retain.data.features import batch_bounds
 from retain.engine.sgd import FusedSGD
 from retain.models import Classifier, IncrementalHead, MultiHead, build_model
 from retain.strategies import HOOKS, Strategy, implements, make_strategy
@@ -302,25 +303,30 @@ class Learner:
             raise ValueError("this model has per-task heads: pass the task id(s) t to predict")
         if t is None or isinstance(t, int):
             t = torch.full((len(x),), 0 if t is None else t, dtype=torch.long)
-        was_training = self.model.training
-        self.model.eval()
-        out = [
-            self.model(x[i:i + batch_size].to(self.device), t[i:i + batch_size].to(self.device)).cpu()
-            for i in range(0, len(x), batch_size)
-        ]
-        self.model.train(was_training)
-        return torch.cat(out) if out else torch.empty(0, self.model.head.n_outputs)
+        if not len(x):
+            return torch.empty(0, self.model.head.n_outputs)
+        return self._batched(self.model, x, t, batch_size)
 
     @torch.no_grad()
     def features(self, x: Tensor, t: Tensor | None = None, batch_size: int = 1024) -> Tensor:
         """Backbone features of ``x`` in evaluation mode (on the CPU)."""
+        return self._batched(self.model.features, x, t, batch_size)
+
+    def _batched(self, fn: Any, x: Tensor, t: Tensor | None, batch_size: int) -> Tensor:
+        """``fn(x, t)`` in evaluation mode, batch by batch, rows back in their order on the CPU.
+        Texts go in length-sorted, token-budgeted batches (``features.batch_bounds``)."""
         was_training = self.model.training
         self.model.eval()
-        out = [self.model.features(x[i:i + batch_size].to(self.device),
-                                   None if t is None else t[i:i + batch_size].to(self.device)).cpu()
-               for i in range(0, len(x), batch_size)]
+        order, bounds = batch_bounds(x, batch_size, getattr(self.model.backbone, "takes_tokens", False))
+        out = []
+        for start, end in bounds:
+            rows = order[start:end]
+            out.append(fn(x[rows].to(self.device), None if t is None else t[rows].to(self.device)).cpu())
         self.model.train(was_training)
-        return torch.cat(out)
+        stacked = torch.cat(out)
+        result = torch.empty_like(stacked)
+        result[order] = stacked
+        return result
 
     def predict(self, x: Tensor, t: Tensor | int | None = None) -> Tensor:
         """Predicted class ids (``-1`` while the model has no output unit yet)."""
