@@ -1,9 +1,11 @@
 """Pretrained backbones, the feature cache, the text and audio data sets, and SLDA."""
 
+import copy
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from retain import Learner
 from retain.config import ConfigError, RunConfig
@@ -16,6 +18,7 @@ from retain.data.features import (
     batch_bounds,
     encode,
     encode_stream,
+    encoder_batches,
     tensor_digest,
 )
 from retain.data.text import fortunes_language
@@ -365,6 +368,19 @@ def test_image_lora_starts_as_the_pretrained_model_and_trains_only_adapters():
     lora.train()
     lora(x).sum().backward()
     assert all(p.grad is not None for p in lora.parameters() if p.requires_grad)
+
+
+def test_images_are_encoded_channels_last_in_small_cpu_batches_with_unchanged_features():
+    torch.manual_seed(0)
+    encoder = ImageEncoder(64, pretrained=False).eval()
+    x = torch.rand(70, 1, 28, 28)
+    order, bounds = encoder_batches(encoder, x, batch_size=128)
+    assert torch.equal(order, torch.arange(70)) and [e - s for s, e in bounds] == [32, 32, 6]
+    assert max(e - s for s, e in encoder_batches(ImageEncoder(128, pretrained=False), x, 128)[1]) == 8
+    plain = copy.deepcopy(encoder.net).to(memory_format=torch.contiguous_format)
+    with torch.no_grad():  # the same numbers as the contiguous network on the whole batch
+        expected = plain((F.interpolate(x.expand(-1, 3, -1, -1), size=(64, 64), mode="bilinear") * 255 - 127) / 128)
+    assert torch.allclose(encode(encoder, x, progress=False), expected, atol=1e-4)
 
 
 def test_per_sample_loop_importance_matches_the_matrix_trick(split_digits):

@@ -146,18 +146,33 @@ def batch_bounds(x: Tensor, batch_size: int, tokens: bool) -> tuple[Tensor, list
     return order, bounds
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device a module's buffers (or, without any, its parameters) live on."""
+    return next((b.device for b in module.buffers()), None) or next(module.parameters()).device
+
+
+def encoder_batches(encoder: nn.Module, x: Tensor, batch_size: int) -> tuple[Tensor, list[tuple[int, int]]]:
+    """:func:`batch_bounds` for ``encoder``: texts if it takes tokens, and on the CPU at most its
+    ``cpu_batch_rows`` rows a batch when it states one (an image CNN does: many images at once
+    spill its activations out of the CPU caches)."""
+    cap = getattr(encoder, "cpu_batch_rows", None)
+    if cap is not None and module_device(encoder).type == "cpu":
+        batch_size = min(batch_size, cap)
+    return batch_bounds(x, batch_size, getattr(encoder, "takes_tokens", False))
+
+
 @torch.no_grad()
 def encode(encoder: nn.Module, x: Tensor, batch_size: int = 128, desc: str = "features",
            progress: bool = True) -> Tensor:
     """Run ``encoder`` over ``x`` in batches (evaluation mode), with a progress bar.
 
-    Token inputs are sorted by length and batched by a token budget (:func:`batch_bounds`),
-    so each batch carries little padding.
+    Token inputs are sorted by length and batched by a token budget, so each batch carries
+    little padding; an image CNN on the CPU takes fewer rows a batch (:func:`encoder_batches`).
     """
     was_training = encoder.training
     encoder.eval()
-    order, bounds = batch_bounds(x, batch_size, getattr(encoder, "takes_tokens", False))
-    device = next((b.device for b in encoder.buffers()), None) or next(encoder.parameters()).device
+    order, bounds = encoder_batches(encoder, x, batch_size)
+    device = module_device(encoder)
     out = []
     for start, end in tqdm(bounds, desc=desc, unit="batch", disable=not progress, leave=False):
         out.append(encoder(x[order[start:end]].to(device)).float().cpu())

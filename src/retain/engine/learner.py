@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from retain.data import Experience
-from retain.data.features import batch_bounds
+from retain.data.features import encoder_batches
 from retain.engine.sgd import FusedSGD
 from retain.models import Classifier, IncrementalHead, MultiHead, build_model
 from retain.strategies import HOOKS, Strategy, implements, make_strategy
@@ -314,10 +314,10 @@ class Learner:
 
     def _batched(self, fn: Any, x: Tensor, t: Tensor | None, batch_size: int) -> Tensor:
         """``fn(x, t)`` in evaluation mode, batch by batch, rows back in their order on the CPU.
-        Texts go in length-sorted, token-budgeted batches (``features.batch_bounds``)."""
+        Batches are cut as the backbone's frozen features are (``features.encoder_batches``)."""
         was_training = self.model.training
         self.model.eval()
-        order, bounds = batch_bounds(x, batch_size, getattr(self.model.backbone, "takes_tokens", False))
+        order, bounds = encoder_batches(self.model.backbone, x, batch_size)
         out = []
         for start, end in bounds:
             rows = order[start:end]

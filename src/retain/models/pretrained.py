@@ -229,13 +229,19 @@ class ImageEncoder(nn.Module):
         self.backbone_id = backbone_id("efficientnet_lite0" if pretrained else "efficientnet_lite0_random", image_size)
         self.adaptation, self.lora_rank = "full", lora_rank
         adapt(self, adaptation, lora_rank)
+        # Channels-last convolutions, and a CPU batch of at most 2^17 pixels (32 images at 64 px):
+        # 1,200 Fashion-MNIST images at 64 px on 2 cores took 3.5 s in batches of 128 (contiguous),
+        # 1.9 s channels-last, 1.2 s channels-last in batches of 32 (at 128 px: 8 a batch is fastest).
+        self.net.to(memory_format=torch.channels_last)
+        self.cpu_batch_rows = max(1, min(32, 2**17 // image_size**2))
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        return self.net((x * 255.0 - 127.0) / 128.0)
+        x = ((x * 255.0 - 127.0) / 128.0).contiguous(memory_format=torch.channels_last)
+        return self.net(x)
 
     def get_config(self) -> dict[str, Any]:
         return {"name": "image", "image_size": self.image_size, "pretrained": self.pretrained,
