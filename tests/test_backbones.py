@@ -213,6 +213,23 @@ def test_slda_incremental_equals_fitting_on_everything(split_digits):
     assert sum(step_by_step.evaluate(split_digits)) / 5 > 0.9
 
 
+def test_slda_solves_by_cholesky_and_survives_a_singular_covariance(split_digits):
+    from retain.strategies.slda import _solve_spd
+
+    torch.manual_seed(0)
+    f = torch.randn(50, 8, dtype=torch.float64)
+    spd, b = f.T @ f / 50 + 0.01 * torch.eye(8, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64)
+    assert torch.allclose(_solve_spd(spd, b), torch.linalg.inv(spd) @ b, atol=1e-10)
+    singular = f[:5].T @ f[:5]  # rank 5 of 8
+    assert torch.allclose(_solve_spd(singular, b), torch.linalg.pinv(singular) @ b, atol=1e-8)
+    # digits have pixels that are always 0: without shrinkage the covariance is singular
+    learner = Learner(make_model("mlp", split_digits.input_shape, 10, hidden=()), [SLDA(shrinkage=0.0)],
+                      epochs=1, device="cpu")
+    for exp in split_digits:
+        learner.fit(exp)
+    assert torch.isfinite(learner.model.head.fc.weight).all() and sum(learner.evaluate(split_digits)) / 5 > 0.9
+
+
 def test_slda_state_survives_save_and_load(tmp_path, split_digits):
     torch.manual_seed(0)
     learner = Learner(make_model("mlp", split_digits.input_shape, 10, hidden=()), [SLDA()], epochs=1, device="cpu")
