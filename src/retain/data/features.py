@@ -11,9 +11,10 @@ replay strategy then holds feature vectors, not raw inputs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -161,7 +162,36 @@ def encoder_batches(encoder: nn.Module, x: Tensor, batch_size: int) -> tuple[Ten
     return batch_bounds(x, batch_size, getattr(encoder, "takes_tokens", False))
 
 
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in evaluation mode for the block, then back in the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 @torch.no_grad()
+def in_batches(fn: Callable[..., Tensor], encoder: nn.Module, x: Tensor, batch_size: int, device: torch.device,
+               t: Tensor | None = None, desc: str = "features", progress: bool = False) -> Tensor:
+    """``fn(x)`` (or ``fn(x, t)`` with task ids) over the batches :func:`encoder_batches` cuts for
+    ``encoder``, run on ``device``; the outputs come back on the CPU, in ``x``'s row order."""
+    order, bounds = encoder_batches(encoder, x, batch_size)
+    out = []
+    for start, end in tqdm(bounds, desc=desc, unit="batch", disable=not progress, leave=False):
+        rows = order[start:end]
+        args = (x[rows],) if t is None else (x[rows], t[rows])
+        out.append(fn(*(a.to(device) for a in args)).float().cpu())
+    if not out:
+        return torch.empty(0)
+    stacked = torch.cat(out)
+    result = torch.empty_like(stacked)
+    result[order] = stacked
+    return result
+
+
 def encode(encoder: nn.Module, x: Tensor, batch_size: int = 128, desc: str = "features",
            progress: bool = True) -> Tensor:
     """Run ``encoder`` over ``x`` in batches (evaluation mode), with a progress bar.
@@ -169,20 +199,8 @@ def encode(encoder: nn.Module, x: Tensor, batch_size: int = 128, desc: str = "fe
     Token inputs are sorted by length and batched by a token budget, so each batch carries
     little padding; an image CNN on the CPU takes fewer rows a batch (:func:`encoder_batches`).
     """
-    was_training = encoder.training
-    encoder.eval()
-    order, bounds = encoder_batches(encoder, x, batch_size)
-    device = module_device(encoder)
-    out = []
-    for start, end in tqdm(bounds, desc=desc, unit="batch", disable=not progress, leave=False):
-        out.append(encoder(x[order[start:end]].to(device)).float().cpu())
-    encoder.train(was_training)
-    if not out:
-        return torch.empty(0)
-    stacked = torch.cat(out)
-    feats = torch.empty_like(stacked)
-    feats[order] = stacked
-    return feats
+    with evaluating(encoder):
+        return in_batches(encoder, encoder, x, batch_size, module_device(encoder), desc=desc, progress=progress)
 
 
 def encode_stream(stream: Stream, encoder: nn.Module | LazyEncoder, cache: FeatureCache | None, batch_size: int = 128,

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from retain.data import Experience
-from retain.data.features import encoder_batches
+from retain.data.features import evaluating, in_batches
 from retain.engine.sgd import FusedSGD
 from retain.models import Classifier, IncrementalHead, MultiHead, build_model
 from retain.strategies import HOOKS, Strategy, implements, make_strategy
@@ -305,28 +305,14 @@ class Learner:
             t = torch.full((len(x),), 0 if t is None else t, dtype=torch.long)
         if not len(x):
             return torch.empty(0, self.model.head.n_outputs)
-        return self._batched(self.model, x, t, batch_size)
+        with evaluating(self.model):  # batches cut as the backbone's frozen features are
+            return in_batches(self.model, self.model.backbone, x, batch_size, self.device, t)
 
     @torch.no_grad()
     def features(self, x: Tensor, t: Tensor | None = None, batch_size: int = 1024) -> Tensor:
         """Backbone features of ``x`` in evaluation mode (on the CPU)."""
-        return self._batched(self.model.features, x, t, batch_size)
-
-    def _batched(self, fn: Any, x: Tensor, t: Tensor | None, batch_size: int) -> Tensor:
-        """``fn(x, t)`` in evaluation mode, batch by batch, rows back in their order on the CPU.
-        Batches are cut as the backbone's frozen features are (``features.encoder_batches``)."""
-        was_training = self.model.training
-        self.model.eval()
-        order, bounds = encoder_batches(self.model.backbone, x, batch_size)
-        out = []
-        for start, end in bounds:
-            rows = order[start:end]
-            out.append(fn(x[rows].to(self.device), None if t is None else t[rows].to(self.device)).cpu())
-        self.model.train(was_training)
-        stacked = torch.cat(out)
-        result = torch.empty_like(stacked)
-        result[order] = stacked
-        return result
+        with evaluating(self.model):
+            return in_batches(self.model.features, self.model.backbone, x, batch_size, self.device, t)
 
     def predict(self, x: Tensor, t: Tensor | int | None = None) -> Tensor:
         """Predicted class ids (``-1`` while the model has no output unit yet)."""

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from retain.data.features import evaluating
 from retain.models import NEG, build_model
 from retain.strategies.base import Strategy, flatten, unflatten
 
@@ -101,16 +102,14 @@ def importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: str = "f
     if kind not in ("fisher", "mas"):
         raise ValueError(f"importance kind must be 'fisher' or 'mas', got {kind!r}")
     model = learner.model
-    was_training = model.training
-    model.eval()
     stat = (lambda a: a.pow(2)) if kind == "fisher" else torch.abs
-    total = _linear_importance(learner, x, y, t, kind, stat, chunk)
-    if total is None and getattr(model.backbone, "takes_tokens", False):
-        # Transformers: data-dependent shapes (padding trimmed per batch) defeat vmap; loop instead.
-        total = _loop_importance(learner, x, y, t, kind, stat)
-    elif total is None:
-        total = _vmap_importance(learner, x, y, t, kind, stat, chunk)
-    model.train(was_training)
+    with evaluating(model):
+        total = _linear_importance(learner, x, y, t, kind, stat, chunk)
+        if total is None and getattr(model.backbone, "takes_tokens", False):
+            # Transformers: data-dependent shapes (padding trimmed per batch) defeat vmap; loop instead.
+            total = _loop_importance(learner, x, y, t, kind, stat)
+        elif total is None:
+            total = _vmap_importance(learner, x, y, t, kind, stat, chunk)
     return {k: v / len(y) for k, v in total.items()}
 
 
