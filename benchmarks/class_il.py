@@ -46,7 +46,8 @@ SCENARIOS = {
                  ["finetune", *[m for m in MEMORY if m["name"] != "er_ace"], *REGULARIZERS, "cumulative", "joint"]),
     "fashion_class_il": ("fashion_mnist", "class_incremental", "fixed", CLASS_IL),
 }
-PLAIN = {"finetune": 0, "replay": 64}  # label -> replayed samples per step in the plain twin
+# label -> (replayed samples per step, loss weight of a replayed row) in the plain twin
+PLAIN = {"finetune": (0, 1.0), "replay": (32, 2.0)}
 
 
 def config(dataset: str, kind: str, head: str, strategies: list, seeds: list[int]) -> RunConfig:
@@ -60,9 +61,10 @@ def config(dataset: str, kind: str, head: str, strategies: list, seeds: list[int
     })
 
 
-def plain_loop(stream, seed: int, replay: int) -> tuple[float, float]:
-    """Fine-tuning (``replay=0``) or class-balanced replay of ``replay`` samples per step, in
-    plain PyTorch. Returns (final average accuracy, training seconds)."""
+def plain_loop(stream, seed: int, replay: int, weight: float = 1.0) -> tuple[float, float]:
+    """Fine-tuning (``replay=0``) or class-balanced replay of ``replay`` samples per step, each
+    weighing ``weight`` new ones in the loss, in plain PyTorch. Returns (final average accuracy,
+    training seconds)."""
     torch.manual_seed(seed)
     model = make_model("mlp", stream.input_shape, 10, hidden=(256, 256))
     gen = torch.Generator().manual_seed(seed)
@@ -80,7 +82,13 @@ def plain_loop(stream, seed: int, replay: int) -> tuple[float, float]:
                 if replay and len(mem_y):
                     pick = torch.randperm(len(mem_y), generator=gen)[:replay]
                     x, y = torch.cat([x, mem_x[pick]]), torch.cat([y, mem_y[pick]])
-                loss = F.cross_entropy(model(x, t[:1].expand(len(y))), y)
+                logits = model(x, t[:1].expand(len(y)))
+                if weight != 1 and len(y) > len(idx):
+                    w = torch.ones(len(y))
+                    w[len(idx):] = weight
+                    loss = F.cross_entropy(logits, y, reduction="none") @ (w / w.sum())
+                else:
+                    loss = F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -117,7 +125,7 @@ def run(scenarios: list[str], seeds: list[int]) -> list[dict]:
             for seed in seeds:
                 runs.append(run_method(stream, cfg, method, seed))
                 if name == "class_il" and method.label in PLAIN:
-                    plain.append(plain_loop(stream, seed, PLAIN[method.label]))
+                    plain.append(plain_loop(stream, seed, *PLAIN[method.label]))
             metrics = [r["metrics"] for r in runs]
             acc = [m["acc"] for m in metrics]
             row = {

@@ -189,6 +189,30 @@ def test_replay_appends_memory_samples_to_the_batch(split_digits):
     assert len(by) == 24 and set(by[8:].tolist()) <= {0, 1}
 
 
+@pytest.mark.parametrize("weight", [1.0, 2.0, 3.0])
+def test_replay_weighs_a_replayed_row_weight_times_a_new_one(split_digits, weight):
+    learner = make_learner(split_digits, [Replay(40, ratio=1.0, weight=weight)], epochs=1)
+    learner.fit(split_digits[0])
+    exp = split_digits[1]
+    x, y, t = learner.strategies[0].batch(learner, exp.x_train[:8], exp.y_train[:8], exp.train_tasks()[:8])
+    assert len(y) == 16 and set(y[8:].tolist()) <= {0, 1}
+    # rows i and i + 8 get the same logits and labels: only their weights differ
+    z = torch.randn(8, 10)
+    logits, y = torch.cat([z, z]).requires_grad_(True), torch.cat([y[:8], y[:8]])
+    loss = learner.objective(x, y, t, logits)
+    per_row = torch.nn.functional.cross_entropy(logits.detach(), y, reduction="none")
+    assert loss.item() == pytest.approx(((per_row[:8].sum() + weight * per_row[8:].sum()) / (8 + 8 * weight)).item())
+    loss.backward()
+    assert torch.allclose(logits.grad[8:], weight * logits.grad[:8], atol=1e-7)
+
+
+def test_two_strategies_that_replace_the_task_loss_do_not_compose(split_digits):
+    from retain.strategies import DER, ERACE
+
+    with pytest.raises(ValueError, match="der and er_ace each replace the task loss"):
+        make_learner(split_digits, [DER(50), ERACE(50)])
+
+
 @pytest.mark.parametrize(
     "make,field",
     [

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from retain import Learner
 from retain.cli import main
 from retain.metrics import average_accuracy, forgetting
-from retain.models import NMEHead
+from retain.models import NMEHead, make_model
 from retain.strategies import (
     AGEM,
     DER,
@@ -28,7 +28,7 @@ from retain.strategies import (
     make_strategy,
 )
 from retain.strategies.memory import herding_order
-from retain.strategies.projection import flat_grad, memory_grad, project_to_cone
+from retain.strategies.projection import GroupGrads, flat_grad, memory_grad, project_to_cone
 
 from .conftest import make_learner, train_matrix
 
@@ -84,10 +84,11 @@ def test_derpp_label_term_reuses_the_logit_batch_when_shared(split_digits, share
     stored = torch.stack([mem.logits[(mem.x == row).flatten(1).all(1)][0] for row in x[16:24]])
     logits = torch.randn(len(y), 10)
     labels = slice(16, 24) if shared else slice(24, 32)
-    expected = (F.cross_entropy(logits[:16], y[:16]) - F.cross_entropy(logits, y)
+    # the step's loss: cross-entropy on the new rows, logit matching, labels of replayed rows
+    expected = (F.cross_entropy(logits[:16], y[:16])
                 + derpp.alpha * (logits[16:24] - stored).pow(2).mean()
                 + derpp.beta * F.cross_entropy(logits[labels], y[labels]))
-    assert torch.allclose(derpp.loss(learner, x, y, t, logits), expected, atol=1e-6)
+    assert torch.allclose(learner.objective(x, y, t, logits), expected, atol=1e-6)
     assert DERPP().shared and not DER().shared  # DER++ shares by default (Avalanche's form)
 
 
@@ -112,8 +113,7 @@ def test_er_ace_leaves_absent_classes_alone_on_new_data(split_digits):
     x, y, t = exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16]  # classes 2 and 3 only
     x, y, t = learner.strategies[0].batch(learner, x, y, t)  # the contract's order: batch, then loss
     logits = torch.randn(16, 10, requires_grad=True)
-    total = F.cross_entropy(logits, y) + learner.strategies[0].loss(learner, x, y, t, logits)
-    total.backward()
+    learner.objective(x, y, t, logits).backward()
     absent = [c for c in range(10) if c not in (2, 3)]
     assert torch.equal(logits.grad[:, absent], torch.zeros(16, 8))
     # With a memory, replayed rows join the batch and get the plain cross-entropy over every class,
@@ -123,7 +123,7 @@ def test_er_ace_leaves_absent_classes_alone_on_new_data(split_digits):
     x, y, t = learner.strategies[0].batch(learner, exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16])
     assert len(y) == 32 and set(y[16:].tolist()) - {2, 3}  # old classes among the replayed rows
     logits = torch.randn(32, 10, requires_grad=True)
-    (F.cross_entropy(logits, y) + learner.strategies[0].loss(learner, x, y, t, logits)).backward()
+    learner.objective(x, y, t, logits).backward()
     assert torch.equal(logits.grad[:16, absent], torch.zeros(16, 8))
     expected = torch.autograd.grad(F.cross_entropy(logits[16:], y[16:]), logits)[0][16:]
     assert torch.allclose(logits.grad[16:], expected, atol=1e-6)
@@ -162,6 +162,46 @@ def test_gem_projection_satisfies_every_old_experience(split_digits):
     for k in range(3):
         rows = mem.e == k
         assert torch.dot(g, memory_grad(learner, mem.x[rows], mem.y[rows], mem.t[rows])) >= -1e-5
+
+
+class _SharedLayer(torch.nn.Module):
+    """One linear layer applied twice: its rows' errors do not give its gradient in one pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x, t=None):
+        return self.fc(x.flatten(1)) + self.fc(x.flatten(1).flip(1))
+
+
+@pytest.mark.parametrize("head,one_pass", [("fixed", True), ("growing", True), ("per_task", True),
+                                           ("cnn", False), ("shared_layer", False)])
+def test_group_gradients_in_one_pass_equal_a_pass_per_group(split_digits, head, one_pass):
+    torch.manual_seed(0)
+    if head == "shared_layer":
+        model = _SharedLayer()
+    elif head == "cnn":
+        model = make_model("cnn", split_digits.input_shape, 10)
+    else:
+        model = make_model("mlp", split_digits.input_shape, 10, head=head, hidden=(32,))
+    if head == "growing":
+        model.head.grow(4)
+        model.head.grow(10)  # two blocks of units
+    if head == "per_task":
+        model.head.add_task(0, [0, 1])
+        model.head.add_task(1, [2, 3])
+    learner = Learner(model, [], device="cpu")
+    rows = [split_digits[k] for k in (0, 1)]
+    x = torch.cat([e.x_train[:n] for e, n in zip(rows, (12, 7), strict=True)])
+    y = torch.cat([e.y_train[:n] for e, n in zip(rows, (12, 7), strict=True)])
+    t = torch.tensor([0] * 12 + [1] * 7)
+    grads = GroupGrads()
+    G = grads(learner, x, y, t, [12, 7])
+    assert (grads._layout is not None) == one_pass
+    expected = torch.stack([memory_grad(learner, x[:12], y[:12], t[:12]), memory_grad(learner, x[12:], y[12:], t[12:])])
+    assert G.shape == expected.shape and torch.allclose(G, expected, atol=1e-6)
+    assert torch.allclose(grads(learner, x, y, t, [12, 7]), expected, atol=1e-6)  # and again, on its buffer
 
 
 def test_cone_projection_is_the_closest_feasible_gradient():

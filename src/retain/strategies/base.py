@@ -11,6 +11,12 @@ their inputs unchanged, and appends what it adds: during ``fit`` the learner's `
 the training-set rows the step started with (a contract extension: it lets the distilling
 methods compute the frozen old model's outputs on the training set once per experience instead
 of once per epoch; see ``importance.OldOutputs``).
+
+A sixth hook, ``task_loss``, is a second extension: a strategy may replace the cross-entropy over
+every row that ``loss`` terms are added to (replay that weighs replayed rows, ER-ACE's asymmetric
+loss, DER's cross-entropy over new rows only). Without it such a method had to add the
+cross-entropy it wanted and subtract the learner's, computing the loss three times a step; at most
+one strategy of a composition may replace it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ if TYPE_CHECKING:
     from retain.engine import Learner
 
 SCENARIO_KINDS = ("class_incremental", "task_incremental", "domain_incremental")
-HOOKS = ("before_experience", "batch", "loss", "after_backward", "after_experience")
+HOOKS = ("before_experience", "batch", "task_loss", "loss", "after_backward", "after_experience")
 
 # Strategy parameters are validated on construction: a wrong type, an unknown name or an
 # impossible value raises pydantic's ValidationError naming the field.
@@ -61,6 +67,10 @@ class Strategy:
     def batch(self, learner: Learner, x: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Each step: return the batch to train on (e.g. with replayed samples appended)."""
         return x, y, t
+
+    def task_loss(self, learner: Learner, x: Tensor, y: Tensor, t: Tensor, logits: Tensor) -> Tensor:
+        """Each step: the loss to minimise instead of cross-entropy over every row."""
+        raise NotImplementedError
 
     def loss(self, learner: Learner, x: Tensor, y: Tensor, t: Tensor, logits: Tensor) -> Tensor:
         """Each step: a term added to the task loss (penalty or distillation)."""

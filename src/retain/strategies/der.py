@@ -26,17 +26,20 @@ class DER(MemoryStrategy):
     second memory batch (the paper's), or on the same one with ``shared=True`` (Avalanche's form,
     DER++'s default: a third fewer rows a step at the same accuracy on our benchmarks, see
     ``DERPP``). Memory batches hold ``ratio`` times the training batch
-    (``batch_size`` when set). Output units added after a sample was stored (growing or
-    per-task heads) are left out of its MSE. The gradient norm is clipped at ``max_grad_norm``:
-    matching large logits can otherwise make SGD diverge (it did on Split Fashion-MNIST).
-    Defaults were tuned on Split MNIST-5k (3 epochs, SGD 0.01).
+    (``batch_size`` when set): 1 by default, 32 replayed rows beside 32 new, which against 2 scores
+    87.6 vs 88.0% on Split MNIST-5k and 75.4 vs 72.7% on Split Fashion-MNIST in 20% less time. The
+    cross-entropy covers the new rows only (the strategy replaces the learner's). Output units
+    added after a sample was stored (growing or per-task heads) are left out of its MSE. The
+    gradient norm is clipped at ``max_grad_norm``: matching large logits can otherwise make SGD
+    diverge (it did on Split Fashion-MNIST). Defaults were tuned on Split MNIST-5k (3 epochs,
+    SGD 0.01).
     """
 
     memory_size: PositiveInt = 200
     alpha: NonNegativeFloat = 1.0
     beta: NonNegativeFloat = 0.0
     batch_size: PositiveInt | None = None
-    ratio: PositiveFloat = 2.0
+    ratio: PositiveFloat = 1.0
     store: Literal["end", "stream"] = "end"
     max_grad_norm: PositiveFloat | None = 10.0
     shared: bool = False
@@ -64,20 +67,22 @@ class DER(MemoryStrategy):
             batch = self.memory_.extend(*batch, n, learner.generator)
         return batch
 
+    def task_loss(self, learner, x, y, t, logits):
+        # DER's cross-entropy is over the new rows only; replayed labels enter through beta.
+        new = self._rows[0]
+        return F.cross_entropy(logits[:new], y[:new]) if new < len(y) else F.cross_entropy(logits, y)
+
     def loss(self, learner, x, y, t, logits):
         new, matched = self._rows
         if self.store == "stream":
             self.offer(learner, x[:new], y[:new], t[:new], logits=logits[:new].detach())
         if self._targets is None:
             return logits.new_zeros(())
-        # The learner's cross-entropy covers every row; DER's is over the new rows only (replayed
-        # labels enter through beta), so this term swaps one for the other, as ER-ACE does.
-        term = F.cross_entropy(logits[:new], y[:new]) - F.cross_entropy(logits, y)
         target = self._targets
         diff = logits[new:new + matched, :target.shape[1]] - target
         if torch.isnan(target).any():  # units added after a sample was stored (a head grew) are left out
             diff = diff[torch.isfinite(target)]
-        term = term + self.alpha * diff.pow(2).mean()
+        term = self.alpha * diff.pow(2).mean()
         if self.beta > 0:
             label = slice(new, new + matched) if self.shared else slice(new + matched, None)
             term = term + self.beta * F.cross_entropy(logits[label], y[label])
@@ -106,13 +111,14 @@ class DER(MemoryStrategy):
 class DERPP(DER):
     """DER++ (Buzzega et al. 2020): DER plus cross-entropy on replayed labels (``beta``).
 
-    By default both terms use one memory batch (``shared``). Against the paper's two batches, over
-    seeds 0-2 with the foundation protocol: Split MNIST-5k 89.1 vs 89.0%, Split Fashion-MNIST
-    72.5 vs 73.1% (std 0.5-0.6), Permuted MNIST-5k 87.2 vs 86.6%, task-incremental 97.6 vs 97.7%,
-    for 28-42% less training time.
+    By default both terms use one memory batch (``shared``) of 32 rows, at ``alpha`` 1. Against the
+    paper's two batches, over seeds 0-2 with the foundation protocol: Split MNIST-5k 88.7 vs 88.8%,
+    Split Fashion-MNIST 74.5 vs 75.3% (std 0.2-0.7), Permuted MNIST-5k 87.0 vs 86.2%,
+    task-incremental 97.7 vs 97.8%, for 5-30% less training time. With 64-row batches and
+    ``alpha`` 0.5 (the defaults until the row weights of ``task_loss``): 89.1% on Split MNIST-5k
+    but 72.1% on Split Fashion-MNIST, in 25% more time.
     """
 
-    alpha: NonNegativeFloat = 0.5
     beta: NonNegativeFloat = 1.0
     shared: bool = True
 

@@ -17,10 +17,9 @@ class ERACE(MemoryStrategy):
 
     Incoming samples are scored only among the classes present in their batch, so learning a
     new class does not push down the logits of old ones; replayed samples use the usual
-    cross-entropy over all classes. The learner's loss is cross-entropy over every class, so
-    this strategy's term swaps it: ``ACE(new) - CE(all rows) + CE(replayed)``, the replayed rows
-    riding in the same forward pass as the new ones. The reservoir memory is filled as samples
-    stream in.
+    cross-entropy over all classes: the step's loss is ``ACE(new) + CE(replayed)``, the replayed
+    rows riding in the same forward pass as the new ones. The reservoir memory is filled as
+    samples stream in.
     """
 
     memory_size: PositiveInt = 200
@@ -37,18 +36,19 @@ class ERACE(MemoryStrategy):
         self._new = 0  # incoming rows at the head of this step's batch
 
     def batch(self, learner, x, y, t):
-        # Replayed rows join the incoming ones in the learner's forward pass (one graph a step).
+        # Replayed rows join the incoming ones in the learner's forward pass (one graph a step);
+        # the incoming ones are offered to the memory after the replayed ones are drawn.
         self._new = len(y)
-        return self.memory_.extend(x, y, t, self.batch_size or len(y), learner.generator)
+        mixed = self.memory_.extend(x, y, t, self.batch_size or len(y), learner.generator)
+        self.offer(learner, x, y, t)
+        return mixed
 
-    def loss(self, learner, x, y, t, logits):
+    def task_loss(self, learner, x, y, t, logits):
         new = self._new
-        xn, yn, zn = x[:new], y[:new], logits[:new]
+        yn, zn = y[:new], logits[:new]
         present = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
         present[yn] = True
-        asymmetric = F.cross_entropy(zn.masked_fill(~present, torch.finfo(logits.dtype).min), yn)
-        term = asymmetric - F.cross_entropy(logits, y)  # the learner's CE covers every row: swap it out
+        loss = F.cross_entropy(zn.masked_fill(~present, torch.finfo(logits.dtype).min), yn)
         if len(y) > new:
-            term = term + F.cross_entropy(logits[new:], y[new:])
-        self.offer(learner, xn, yn, t[:new])
-        return term
+            loss = loss + F.cross_entropy(logits[new:], y[new:])
+        return loss

@@ -7,7 +7,7 @@ from pydantic import NonNegativeFloat, PositiveInt
 
 from retain.strategies.base import params
 from retain.strategies.memory import Memory, MemoryStrategy
-from retain.strategies.projection import flat_grad, memory_grad, project_to_cone, set_flat_grad
+from retain.strategies.projection import GroupGrads, flat_grad, project_to_cone, set_flat_grad
 
 
 @params
@@ -34,17 +34,19 @@ class GEM(MemoryStrategy):
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "class_balanced", balance="e", cap=self.per_experience)
-        self._groups: list[tuple[torch.Tensor, ...]] | None = None
+        self._groups: tuple[tuple[torch.Tensor, ...], list[int]] | None = None
+        self._grads = GroupGrads()
 
     def after_backward(self, learner) -> None:
         if not len(self.memory_):
             return
-        if self._groups is None:  # the memory changes only between experiences
+        if self._groups is None:  # the memory changes only between experiences: sorted by experience once
             e = self.memory_.e
-            self._groups = [(self.memory_.x[e == k], self.memory_.y[e == k], self.memory_.t[e == k])
-                            for k in e.unique().tolist()]
+            order = torch.argsort(e, stable=True)
+            rows = tuple(v[order].to(learner.device) for v in (self.memory_.x, self.memory_.y, self.memory_.t))
+            self._groups = rows, torch.bincount(e)[e.unique()].tolist()
         g = flat_grad(learner.model)
-        G = torch.stack([memory_grad(learner, *group) for group in self._groups])
+        G = self._grads(learner, *self._groups[0], self._groups[1])
         if (G @ g < 0).any():
             set_flat_grad(learner.model, project_to_cone(g, G, self.margin))
 

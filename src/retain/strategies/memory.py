@@ -195,6 +195,19 @@ class MemoryStrategy(Strategy):
     def load_state_dict(self, state: dict[str, Any], learner: Any) -> None:
         self.memory_.load_state_dict(state)
 
+    def replay_loss(self, logits: Tensor, y: Tensor, new: int, weight: float) -> Tensor:
+        """Cross-entropy over a batch whose rows after the first ``new`` were replayed, a
+        replayed row weighing ``weight`` times a new one (the mean over every row at 1)."""
+        if weight == 1 or len(y) == new:
+            return F.cross_entropy(logits, y)
+        key = (new, len(y), weight, y.device)
+        cached = self.__dict__.get("_row_weights")
+        if cached is None or cached[0] != key:  # kept while the batch's shape holds
+            w = torch.full((len(y),), float(weight), device=y.device)
+            w[:new] = 1
+            self._row_weights = cached = key, w / w.sum()
+        return F.cross_entropy(logits, y, reduction="none") @ cached[1]
+
     def offer(self, learner: Any, x: Tensor, y: Tensor, t: Tensor, **extra: Tensor) -> None:
         """Offer an incoming batch to the memory once: on the first step taken on it (the
         learner's ``fresh``), not again on later steps or epochs over the same samples."""

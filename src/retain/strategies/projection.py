@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -52,6 +53,102 @@ def memory_grads(learner: Learner, x: Tensor, y: Tensor, t: Tensor) -> list[Tens
 def memory_grad(learner: Learner, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
     """:func:`memory_grads` as one vector, in :func:`flat_grad`'s order."""
     return torch.cat([g.flatten() for g in memory_grads(learner, x, y, t)])
+
+
+class GroupGrads:
+    """Gradients of the mean cross-entropy of consecutive groups of samples (GEM: one group per
+    earlier experience), as the rows of a ``(groups, parameters)`` matrix in :func:`flat_grad`'s
+    order.
+
+    When every trainable parameter belongs to an ``nn.Linear`` that the forward pass applies once
+    to the whole batch (MLPs, linear and growing heads), one forward and one backward serve all
+    the groups: the backward pass to each layer's outputs gives every row's error, which depends
+    on that row alone, and a group's weight gradient is its rows' errors times their inputs, written
+    straight into its row of the matrix. Other models (convolutions, per-task heads that see part of
+    the batch, batch normalisation in training) take one forward and backward pass per group.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[int, ...] = ()
+        self._layout: list[tuple[nn.Linear, str, int, torch.Size]] | None = None
+        self._buffer = torch.empty(0)
+        self._weights: tuple[tuple, Tensor] | None = None
+
+    def __call__(self, learner: Learner, x: Tensor, y: Tensor, t: Tensor, sizes: list[int]) -> Tensor:
+        model = learner.model
+        key = tuple(id(p) for p in _params(model))
+        if key != self._key:  # a head grew or the model changed: inspect it again
+            self._key, self._layout = key, _linear_layout(model)
+        if self._layout is not None:
+            G = self._one_pass(learner, x, y, t, sizes)
+            if G is not None:
+                return G
+            self._layout = None  # a layer saw part of the batch, or saw it twice: one pass per group
+        return torch.stack([memory_grad(learner, x[a:b], y[a:b], t[a:b]) for a, b in _spans(sizes)])
+
+    def _one_pass(self, learner: Learner, x: Tensor, y: Tensor, t: Tensor, sizes: list[int]) -> Tensor | None:
+        model, dev, n = learner.model, learner.device, len(y)
+        seen: dict[nn.Linear, list[tuple[Tensor, Tensor]]] = {}
+        handles = [m.register_forward_hook(lambda m, i, o: seen.setdefault(m, []).append((i[0], o)))
+                   for m in dict.fromkeys(m for m, *_ in self._layout)]
+        try:
+            logits = model(x.to(dev), t.to(dev))
+        finally:
+            for h in handles:
+                h.remove()
+        if any(len(v) != 1 or v[0][0].dim() != 2 or len(v[0][0]) != n for v in seen.values()):
+            return None
+        wkey = (tuple(sizes), dev)
+        if self._weights is None or self._weights[0] != wkey:  # each group's loss is its mean
+            self._weights = wkey, torch.cat([torch.full((k,), 1.0 / k, device=dev) for k in sizes])
+        loss = F.cross_entropy(logits, y.to(dev), reduction="none") @ self._weights[1]
+        layers = list(seen)
+        errors = dict(zip(layers, torch.autograd.grad(loss, [seen[m][0][1] for m in layers], allow_unused=True),
+                          strict=True))
+        size = sum(shape.numel() for *_, shape in self._layout)
+        if self._buffer.shape[1:] != (size,) or len(self._buffer) < len(sizes) or self._buffer.device != dev:
+            self._buffer = torch.empty(len(sizes), size, device=dev)
+        G = self._buffer[:len(sizes)]
+        with torch.no_grad():
+            for m, kind, start, shape in self._layout:
+                part = G[:, start:start + shape.numel()]
+                d = errors.get(m)
+                if d is None:  # a layer the batch did not reach: no gradient
+                    part.zero_()
+                    continue
+                a = seen[m][0][0]
+                for k, (lo, hi) in enumerate(_spans(sizes)):
+                    if kind == "weight":
+                        torch.mm(d[lo:hi].T, a[lo:hi], out=part[k].view(shape))
+                    else:
+                        torch.sum(d[lo:hi], 0, out=part[k])
+        return G
+
+
+def _spans(sizes: list[int]) -> list[tuple[int, int]]:
+    """Consecutive row ranges of groups of the given sizes."""
+    return list(itertools.pairwise(np.cumsum([0, *sizes]).tolist()))
+
+
+def _linear_layout(model: nn.Module) -> list[tuple[nn.Linear, str, int, torch.Size]] | None:
+    """Where each trainable parameter's gradient lies in a flat vector, when all belong to
+    ``nn.Linear`` layers and nothing mixes the rows of a batch; ``None`` otherwise."""
+    owner: dict[int, tuple[nn.Linear, str]] = {}
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+            return None
+        if isinstance(m, nn.Linear):
+            owner[id(m.weight)] = (m, "weight")
+            if m.bias is not None:
+                owner[id(m.bias)] = (m, "bias")
+    layout, start = [], 0
+    for p in _params(model):
+        if id(p) not in owner:
+            return None
+        m, kind = owner[id(p)]
+        layout.append((m, kind, start, p.shape))
+        start += p.numel()
+    return layout
 
 
 def dot(a: list[Tensor], b: list[Tensor]) -> Tensor:

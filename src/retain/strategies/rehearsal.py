@@ -19,12 +19,14 @@ from retain.strategies.memory import MemoryStrategy
 
 
 class DistilledReplay(MemoryStrategy):
-    """Appends ``ratio`` memory samples per new sample to each batch and adds
-    ``alpha * T^2 KL`` between the old model's and the current model's outputs on the old classes.
-    Subclasses declare ``ratio``, ``alpha`` and ``temperature``, build ``memory_`` and call
-    :meth:`snapshot` before an experience."""
+    """Appends ``ratio`` memory samples per new sample to each batch, a replayed row weighing
+    ``weight`` times a new one in the cross-entropy, and adds ``alpha * T^2 KL`` between the old
+    model's and the current model's outputs on the old classes. Subclasses declare ``ratio``,
+    ``weight``, ``alpha`` and ``temperature``, build ``memory_`` and call :meth:`snapshot` before
+    an experience."""
 
     ratio: float
+    weight: float
     alpha: float
     temperature: float
     old_model_: torch.nn.Module | None = None
@@ -45,7 +47,11 @@ class DistilledReplay(MemoryStrategy):
         return self.old_model_(x, t)
 
     def batch(self, learner, x, y, t):
+        self._new = len(y)
         return self.memory_.extend(x, y, t, round(self.ratio * len(y)), learner.generator)
+
+    def task_loss(self, learner, x, y, t, logits):
+        return self.replay_loss(logits, y, self._new, self.weight)
 
     def loss(self, learner, x, y, t, logits):
         if self.old_model_ is None:
