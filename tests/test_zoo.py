@@ -151,7 +151,7 @@ def test_agem_projected_gradient_never_raises_the_memory_loss(split_digits):
 
 
 def test_gem_projection_satisfies_every_old_experience(split_digits):
-    learner = make_learner(split_digits, [GEM(memory_size=60)], epochs=2)
+    learner = make_learner(split_digits, [GEM(memory_size=60, sample_size=None)], epochs=2)
     for exp in split_digits[:3]:
         learner.fit(exp)
     mem = learner.strategies[0].memory_
@@ -202,6 +202,28 @@ def test_group_gradients_in_one_pass_equal_a_pass_per_group(split_digits, head, 
     expected = torch.stack([memory_grad(learner, x[:12], y[:12], t[:12]), memory_grad(learner, x[12:], y[12:], t[12:])])
     assert G.shape == expected.shape and torch.allclose(G, expected, atol=1e-6)
     assert torch.allclose(grads(learner, x, y, t, [12, 7]), expected, atol=1e-6)  # and again, on its buffer
+
+
+def test_gem_constrains_each_step_by_a_fresh_sample_of_every_old_experience(split_digits):
+    gem = GEM(memory_size=60, sample_size=8)
+    learner = make_learner(split_digits, [gem], epochs=2)
+    for exp in split_digits[:3]:
+        learner.fit(exp)
+    calls = []
+    real = gem._grads
+    gem._grads = lambda learner, x, y, t, sizes: calls.append((x, y, t, sizes)) or real(learner, x, y, t, sizes)
+    for _ in range(2):
+        _one_backward(learner, split_digits[3])
+        gem.after_backward(learner)
+        x, y, t, sizes = calls[-1]
+        assert sizes == [8, 8, 8]  # of the 20 stored per experience
+        mem = gem.memory_
+        source = [int(mem.e[(mem.x == row).flatten(1).all(1)][0]) for row in x]
+        assert source == [0] * 8 + [1] * 8 + [2] * 8
+        g = flat_grad(learner.model)
+        for lo in (0, 8, 16):  # the projection satisfies the constraints it was given
+            assert torch.dot(g, memory_grad(learner, x[lo:lo + 8], y[lo:lo + 8], t[lo:lo + 8])) >= -1e-5
+    assert not torch.equal(calls[0][0], calls[1][0])  # drawn afresh each step
 
 
 def test_cone_projection_is_the_closest_feasible_gradient():
