@@ -13,7 +13,8 @@ For each modality's stream (the example configs), this script
    vision with ImageNet EfficientNet-Lite0 frozen against random EfficientNet weights and raw pixels;
 5. (``--arrivals``, also run by default) the update against retraining as experiences get smaller: the
    frozen text and vision streams cut into one class per experience, SLDA updating on the last class
-   to arrive, retraining encoding all the data seen in one go.
+   to arrive, retraining encoding all the data seen in one go; then batches of 1/20, 1/40 and 1/80
+   of the data seen (the last class arriving in two parts).
 
     python benchmarks/backbones.py --out benchmarks/results/backbones.json --results benchmarks/BACKBONES.md
     python benchmarks/backbones.py --arrivals-only --merge --out ... --results ...   # step 5 alone
@@ -32,11 +33,13 @@ import numpy as np
 import torch
 
 from retain.config import MethodConfig, RunConfig, load_config
+from retain.data import Experience
 from retain.data.datasets import N_CLASSES
 from retain.data.features import FeatureCache, encode
 from retain.experiment import (
     _ENCODERS,
     backbone_encoder,
+    build_learner,
     build_raw_stream,
     build_stream,
     compare_backbones,
@@ -107,12 +110,52 @@ def arrivals(cfg: RunConfig) -> dict[str, Any]:
     head_retrain = float(np.mean([r["metrics"]["train_seconds"] for r in retrains]))
     n_train = [e.n_train for e in raw]
     update, retrain = feats[-1] + head_update, all_feats + head_retrain
-    return {"experiences": n_classes, "new_samples": n_train[-1], "seen_samples": sum(n_train),
+    sizes = batch_arrivals(fine, raw, stream, encoder, all_feats, head_retrain)
+    return {"experiences": n_classes, "new_samples": n_train[-1], "seen_samples": sum(n_train), "sizes": sizes,
             "acc": float(np.mean([r["metrics"]["acc"] for r in runs])),
             "retrain_acc": float(np.mean([r["metrics"]["acc"] for r in retrains])),
             "update_feature_seconds": feats[-1], "update_head_seconds": head_update,
             "retrain_feature_seconds": all_feats, "retrain_head_seconds": head_retrain,
             "update_seconds": update, "retrain_seconds": retrain, "ratio": retrain / update}
+
+
+SHARES = (20, 40, 80)  # batch arrivals: one twentieth, fortieth, eightieth of the data seen
+
+
+def batch_arrivals(cfg: RunConfig, raw, stream, encoder, all_feats: float, head_retrain: float) -> list[dict[str, Any]]:
+    """Update against retraining when a batch smaller than a class arrives: the last class's
+    training samples come in a first part and then a batch of ``seen / share`` samples. Update =
+    the batch's features (best of 3) + SLDA on it, with the learner trained on everything before;
+    retrain = all the training data encoded in one go + Joint on it (measured on the whole set,
+    which the batch completes)."""
+    module, last, raw_last = encoder.get(), stream[len(stream) - 1], raw[len(raw) - 1]
+    seen = sum(e.n_train for e in raw)
+    rows = []
+    for share in SHARES:
+        k = seen // share
+        if k >= last.n_train:
+            continue
+        feats = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            encode(module, raw_last.x_train[last.n_train - k:], progress=False)
+            feats.append(time.perf_counter() - t0)
+        heads = []
+        for seed in cfg.seeds:
+            learner = build_learner(stream, cfg, cfg.strategies[0], seed)
+            for e in list(stream)[:-1]:
+                learner.fit(e)
+            first = Experience(last.x_train[:-k], last.y_train[:-k], last.x_test, last.y_test, id=last.id)
+            batch = Experience(last.x_train[-k:], last.y_train[-k:], last.x_test, last.y_test, id=last.id + 1)
+            learner.fit(first)
+            t0 = time.perf_counter()
+            learner.fit(batch)
+            heads.append(time.perf_counter() - t0)
+        update = min(feats) + float(np.mean(heads))
+        rows.append({"new_samples": k, "seen_samples": seen, "update_feature_seconds": min(feats),
+                     "update_head_seconds": float(np.mean(heads)), "update_seconds": update,
+                     "retrain_seconds": all_feats + head_retrain, "ratio": (all_feats + head_retrain) / update})
+    return rows
 
 
 def update_vs_retrain(cfg: RunConfig, results: dict[str, Any], cache: dict[str, Any]) -> dict[str, Any]:
@@ -225,6 +268,19 @@ def write_results(out: dict[str, Any], path: Path) -> None:
                          f"({a['update_feature_seconds']:.2f} + {a['update_head_seconds']:.2f}) | "
                          f"{a['retrain_seconds']:.2f} ({a['retrain_feature_seconds']:.2f} + "
                          f"{a['retrain_head_seconds']:.2f}) | {a['ratio']:.1f}× |")
+        if any(a.get("sizes") for a in out["arrivals"].values()):
+            lines += ["", "### Batches smaller than a class", "",
+                      "The last class arrives in two parts; the second, a batch of 1/20, 1/40 or 1/80 of the training "
+                      "data, is the update timed here (SLDA on it, the learner having learned everything before; "
+                      "its features, best of 3). Retrain = as above, the whole training set, which the batch "
+                      "completes.", "",
+                      "| stream | new / seen samples | update s (features + head) | retrain s | retrain / update |",
+                      "| --- | --- | --- | --- | --- |"]
+            for name, a in out["arrivals"].items():
+                for r in a.get("sizes", []):
+                    lines.append(f"| {name} | {r['new_samples']} / {r['seen_samples']} | {r['update_seconds']:.2f} "
+                                 f"({r['update_feature_seconds']:.2f} + {r['update_head_seconds']:.2f}) | "
+                                 f"{r['retrain_seconds']:.2f} | {r['ratio']:.1f}× |")
     lines += ["", "## Feature cache: the same stream twice into an empty cache", "",
               "| stream | first run: features s | second run: features s | second / first |",
               "| --- | --- | --- | --- |"]
