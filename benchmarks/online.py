@@ -26,7 +26,9 @@ from retain.engine import Hybrid, run_online
 from retain.experiment import build_learner, build_stream, run_method, run_method_online
 from retain.models import make_model
 
-ER = {"name": "replay", "memory_size": 500, "ratio": 1.0, "policy": "reservoir", "update": "stream"}
+# ER as the paper runs it online: each replayed row weighs as a new one (Replay's default, 2, is
+# tuned for experiences; on this stream it gave 78.0% final but 63.4% prequential accuracy vs 73.8 and 69.5).
+ER = {"name": "replay", "memory_size": 500, "ratio": 1.0, "weight": 1.0, "policy": "reservoir", "update": "stream"}
 ONLINE = [  # (label, strategy, steps per batch)
     ("er", ER, 1), ("er", ER, 3),
     ("er_ace", {"name": "er_ace", "memory_size": 500}, 3),
