@@ -61,11 +61,12 @@ class GroupGrads:
     order.
 
     When every trainable parameter belongs to an ``nn.Linear`` that the forward pass applies once
-    to the whole batch (MLPs, linear and growing heads), one forward and one backward serve all
-    the groups: the backward pass to each layer's outputs gives every row's error, which depends
-    on that row alone, and a group's weight gradient is its rows' errors times their inputs, written
-    straight into its row of the matrix. Other models (convolutions, per-task heads that see part of
-    the batch, batch normalisation in training) take one forward and backward pass per group.
+    to the whole batch (MLPs; linear, growing and per-task heads), one forward and one backward
+    serve all the groups: the backward pass to each layer's outputs gives every row's error, which
+    depends on that row alone, and a group's weight gradient is its rows' errors times their
+    inputs, written straight into its row of the matrix. Other models (convolutions, a layer
+    applied to part of the batch or twice, batch normalisation in training) take one forward and
+    backward pass per group.
     """
 
     def __init__(self) -> None:
