@@ -23,6 +23,7 @@ For each modality's stream (the example configs), this script
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -130,6 +131,12 @@ def batch_arrivals(cfg: RunConfig, raw, stream, encoder, all_feats: float, head_
     which the batch completes)."""
     module, last, raw_last = encoder.get(), stream[len(stream) - 1], raw[len(raw) - 1]
     seen = sum(e.n_train for e in raw)
+    before = []  # per seed, the learner that has learned every class but the last
+    for seed in cfg.seeds:
+        learner = build_learner(stream, cfg, cfg.strategies[0], seed)
+        for e in list(stream)[:-1]:
+            learner.fit(e)
+        before.append(learner)
     rows = []
     for share in SHARES:
         k = seen // share
@@ -140,13 +147,10 @@ def batch_arrivals(cfg: RunConfig, raw, stream, encoder, all_feats: float, head_
             t0 = time.perf_counter()
             encode(module, raw_last.x_train[last.n_train - k:], progress=False)
             feats.append(time.perf_counter() - t0)
+        first = Experience(last.x_train[:-k], last.y_train[:-k], last.x_test, last.y_test, id=last.id)
+        batch = Experience(last.x_train[-k:], last.y_train[-k:], last.x_test, last.y_test, id=last.id + 1)
         heads = []
-        for seed in cfg.seeds:
-            learner = build_learner(stream, cfg, cfg.strategies[0], seed)
-            for e in list(stream)[:-1]:
-                learner.fit(e)
-            first = Experience(last.x_train[:-k], last.y_train[:-k], last.x_test, last.y_test, id=last.id)
-            batch = Experience(last.x_train[-k:], last.y_train[-k:], last.x_test, last.y_test, id=last.id + 1)
+        for learner in map(copy.deepcopy, before):
             learner.fit(first)
             t0 = time.perf_counter()
             learner.fit(batch)

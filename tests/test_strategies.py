@@ -194,7 +194,7 @@ def test_replay_weighs_a_replayed_row_weight_times_a_new_one(split_digits, weigh
     learner = make_learner(split_digits, [Replay(40, ratio=1.0, weight=weight)], epochs=1)
     learner.fit(split_digits[0])
     exp = split_digits[1]
-    x, y, t = learner.strategies[0].batch(learner, exp.x_train[:8], exp.y_train[:8], exp.train_tasks()[:8])
+    x, y, t = learner.step_batch(exp.x_train[:8], exp.y_train[:8], exp.train_tasks()[:8])
     assert len(y) == 16 and set(y[8:].tolist()) <= {0, 1}
     # rows i and i + 8 get the same logits and labels: only their weights differ
     z = torch.randn(8, 10)

@@ -66,6 +66,7 @@ def test_der_stores_logits_with_the_sample(split_digits):
     x, y, t = split_digits[1].x_train[:4], split_digits[1].y_train[:4], split_digits[1].train_tasks()[:4]
     logits = torch.randn(4, 10)
     learner.experience = split_digits[1]
+    learner.incoming_ = len(y)  # as the learner's step records it
     x, y, t = streaming.batch(learner, x, y, t)  # the contract's order: batch, then loss
     streaming.loss(learner, x, y, t, logits)
     assert torch.equal(streaming.memory_.logits, logits) and torch.equal(streaming.memory_.x, x)
@@ -77,7 +78,7 @@ def test_derpp_label_term_reuses_the_logit_batch_when_shared(split_digits, share
     learner = make_learner(split_digits, [derpp], epochs=1)
     learner.fit(split_digits[0])
     exp = learner.experience = split_digits[1]
-    x, y, t = derpp.batch(learner, exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16])
+    x, y, t = learner.step_batch(exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16])
     assert len(y) == (24 if shared else 32)  # one memory batch of 8, or two
     mem = derpp.memory_
     # the logits kept with the replayed samples
@@ -111,7 +112,7 @@ def test_er_ace_leaves_absent_classes_alone_on_new_data(split_digits):
     learner.experience = split_digits[1]
     exp = split_digits[1]
     x, y, t = exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16]  # classes 2 and 3 only
-    x, y, t = learner.strategies[0].batch(learner, x, y, t)  # the contract's order: batch, then loss
+    x, y, t = learner.step_batch(x, y, t)  # the contract's order: batch, then loss
     logits = torch.randn(16, 10, requires_grad=True)
     learner.objective(x, y, t, logits).backward()
     absent = [c for c in range(10) if c not in (2, 3)]
@@ -120,7 +121,7 @@ def test_er_ace_leaves_absent_classes_alone_on_new_data(split_digits):
     # while the incoming rows still leave the absent classes alone.
     old = split_digits[0]
     learner.strategies[0].memory_.add(old.x_train[:20], old.y_train[:20], old.train_tasks()[:20])
-    x, y, t = learner.strategies[0].batch(learner, exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16])
+    x, y, t = learner.step_batch(exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16])
     assert len(y) == 32 and set(y[16:].tolist()) - {2, 3}  # old classes among the replayed rows
     logits = torch.randn(32, 10, requires_grad=True)
     learner.objective(x, y, t, logits).backward()

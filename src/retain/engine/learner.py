@@ -110,6 +110,7 @@ class Learner:
         self.train_set: tuple[Tensor, Tensor, Tensor] | None = None
         # Indices in train_set of the rows the current fit step starts with (None outside fit).
         self.rows_: Tensor | None = None
+        self.incoming_ = 0  # rows the current step started with, at the head of its batch
         self.optimizer: FusedSGD | torch.optim.Optimizer | None = None
         self.experience: Experience | None = None  # the one being trained on
 
@@ -272,8 +273,7 @@ class Learner:
         return x.to(self.device), y.long().to(self.device), t.long().to(self.device)
 
     def _step(self, x: Tensor, y: Tensor, t: Tensor) -> None:
-        for hook in self._hooks["batch"]:
-            x, y, t = hook(self, x, y, t)
+        x, y, t = self.step_batch(x, y, t)
         logits = self.model(x, t)
         loss = self.objective(x, y, t, logits)
         self.optimizer.zero_grad()
@@ -282,6 +282,14 @@ class Learner:
             hook(self)
         self.optimizer.step()
         self.steps_ += 1
+
+    def step_batch(self, x: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The batch a step trains on: the incoming rows (``incoming_`` of them) and what the
+        strategies' ``batch`` hooks append."""
+        self.incoming_ = len(y)
+        for hook in self._hooks["batch"]:
+            x, y, t = hook(self, x, y, t)
+        return x, y, t
 
     def objective(self, x: Tensor, y: Tensor, t: Tensor, logits: Tensor) -> Tensor:
         """What a training step minimises on a batch its ``batch`` hooks returned: the task loss

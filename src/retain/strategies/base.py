@@ -10,7 +10,8 @@ to know which head scores which sample. A ``batch`` hook keeps the incoming rows
 their inputs unchanged, and appends what it adds: during ``fit`` the learner's ``rows_`` names
 the training-set rows the step started with (a contract extension: it lets the distilling
 methods compute the frozen old model's outputs on the training set once per experience instead
-of once per epoch; see ``importance.OldOutputs``).
+of once per epoch; see ``importance.OldOutputs``), and in every step ``incoming_`` counts them, so
+the rows after them are the ones the hooks added.
 
 A sixth hook, ``task_loss``, is a second extension: a strategy may replace the cross-entropy over
 every row that ``loss`` terms are added to (replay that weighs replayed rows, ER-ACE's asymmetric

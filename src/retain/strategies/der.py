@@ -50,18 +50,18 @@ class DER(MemoryStrategy):
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "reservoir" if self.store == "stream" else "class_balanced")
-        self._rows: tuple[int, int] = (0, 0)  # this step's new rows and logit-matching memory rows
+        self._matched = 0  # this step's logit-matching memory rows, after the incoming ones
         self._targets: torch.Tensor | None = None
 
     def batch(self, learner, x, y, t):
         # Memory rows ride in the same forward pass as the new ones (one pass, one backward, no
         # gradient accumulation across graphs): [new | logit-matching batch | DER++ label batch].
-        self._rows, self._targets = (len(y), 0), None
+        self._matched, self._targets = 0, None
         if not len(self.memory_):
             return x, y, t
         n = self.batch_size or round(self.ratio * len(y))
         m = self.memory_.sample(n, learner.generator, ("x", "y", "t", "logits"))
-        self._rows, self._targets = (len(y), len(m["y"])), m["logits"].to(x.device)
+        self._matched, self._targets = len(m["y"]), m["logits"].to(x.device)
         batch = append((x, y, t), m)
         if self.beta > 0 and not self.shared:  # a second, independent memory batch for the label term
             batch = self.memory_.extend(*batch, n, learner.generator)
@@ -69,11 +69,11 @@ class DER(MemoryStrategy):
 
     def task_loss(self, learner, x, y, t, logits):
         # DER's cross-entropy is over the new rows only; replayed labels enter through beta.
-        new = self._rows[0]
+        new = learner.incoming_
         return F.cross_entropy(logits[:new], y[:new]) if new < len(y) else F.cross_entropy(logits, y)
 
     def loss(self, learner, x, y, t, logits):
-        new, matched = self._rows
+        new, matched = learner.incoming_, self._matched
         if self.store == "stream":
             self.offer(learner, x[:new], y[:new], t[:new], logits=logits[:new].detach())
         if self._targets is None:

@@ -33,18 +33,16 @@ class ERACE(MemoryStrategy):
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "reservoir")
-        self._new = 0  # incoming rows at the head of this step's batch
 
     def batch(self, learner, x, y, t):
         # Replayed rows join the incoming ones in the learner's forward pass (one graph a step);
         # the incoming ones are offered to the memory after the replayed ones are drawn.
-        self._new = len(y)
         mixed = self.memory_.extend(x, y, t, self.batch_size or len(y), learner.generator)
         self.offer(learner, x, y, t)
         return mixed
 
     def task_loss(self, learner, x, y, t, logits):
-        new = self._new
+        new = learner.incoming_
         yn, zn = y[:new], logits[:new]
         present = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
         present[yn] = True

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from pydantic import NonNegativeFloat, PositiveInt
 
 from retain.strategies.base import params
 from retain.strategies.memory import Memory, MemoryStrategy
-from retain.strategies.projection import GroupGrads, flat_grad, project_to_cone, set_flat_grad
+from retain.strategies.projection import GroupGrads, flat_grad, project_to_cone, set_flat_grad, spans
 
 
 @params
@@ -55,9 +54,8 @@ class GEM(MemoryStrategy):
             self._groups = rows, torch.bincount(e)[e.unique()].tolist()
         (x, y, t), sizes = self._groups
         if self.sample_size is not None and max(sizes) > self.sample_size:
-            starts = np.cumsum([0, *sizes[:-1]]).tolist()
-            rows = torch.cat([start + torch.randperm(n, generator=learner.generator)[:self.sample_size]
-                              for start, n in zip(starts, sizes, strict=True)]).to(x.device)
+            rows = torch.cat([lo + torch.randperm(hi - lo, generator=learner.generator)[:self.sample_size]
+                              for lo, hi in spans(sizes)]).to(x.device)
             x, y, t = x.index_select(0, rows), y.index_select(0, rows), t.index_select(0, rows)
             sizes = [min(n, self.sample_size) for n in sizes]
         g = flat_grad(learner.model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -149,6 +150,17 @@ class Memory:
         self.seen = int(state["seen"])
 
 
+@functools.lru_cache(maxsize=64)
+def row_weights(sizes: tuple[int, ...], values: tuple[float, ...], device: torch.device) -> Tensor:
+    """A vector of ``sizes[k]`` rows of ``values[k]`` for each k (cached: a step's batches repeat shapes)."""
+    return torch.cat([torch.full((n,), float(v), device=device) for n, v in zip(sizes, values, strict=True)])
+
+
+def weighted_cross_entropy(logits: Tensor, y: Tensor, sizes: tuple[int, ...], values: tuple[float, ...]) -> Tensor:
+    """``sum_i w_i CE_i`` over consecutive groups of rows, the rows of group k weighing ``values[k]``."""
+    return F.cross_entropy(logits, y, reduction="none") @ row_weights(sizes, values, y.device)
+
+
 def append(batch: tuple[Tensor, Tensor, Tensor], sample: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """The batch ``(x, y, t)`` with a memory sample's ``x``, ``y``, ``t`` rows appended (on the batch's device)."""
     return tuple(torch.cat([a, sample[k].to(a.device)]) for a, k in zip(batch, ("x", "y", "t"), strict=True))
@@ -195,18 +207,14 @@ class MemoryStrategy(Strategy):
     def load_state_dict(self, state: dict[str, Any], learner: Any) -> None:
         self.memory_.load_state_dict(state)
 
-    def replay_loss(self, logits: Tensor, y: Tensor, new: int, weight: float) -> Tensor:
-        """Cross-entropy over a batch whose rows after the first ``new`` were replayed, a
+    def replay_loss(self, learner: Any, logits: Tensor, y: Tensor, weight: float) -> Tensor:
+        """Cross-entropy over a batch whose rows after the step's incoming ones were replayed, a
         replayed row weighing ``weight`` times a new one (the mean over every row at 1)."""
-        if weight == 1 or len(y) == new:
+        new, replayed = learner.incoming_, len(y) - learner.incoming_
+        if weight == 1 or not replayed:
             return F.cross_entropy(logits, y)
-        key = (new, len(y), weight, y.device)
-        cached = self.__dict__.get("_row_weights")
-        if cached is None or cached[0] != key:  # kept while the batch's shape holds
-            w = torch.full((len(y),), float(weight), device=y.device)
-            w[:new] = 1
-            self._row_weights = cached = key, w / w.sum()
-        return F.cross_entropy(logits, y, reduction="none") @ cached[1]
+        total = new + weight * replayed
+        return weighted_cross_entropy(logits, y, (new, replayed), (1 / total, weight / total))
 
     def offer(self, learner: Any, x: Tensor, y: Tensor, t: Tensor, **extra: Tensor) -> None:
         """Offer an incoming batch to the memory once: on the first step taken on it (the

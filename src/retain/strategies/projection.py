@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from scipy.optimize import nnls
 from torch import Tensor, nn
 
+from retain.strategies.memory import weighted_cross_entropy
+
 if TYPE_CHECKING:
     from retain.engine import Learner
 
@@ -73,7 +75,6 @@ class GroupGrads:
         self._key: tuple[int, ...] = ()
         self._layout: list[tuple[nn.Linear, str, int, torch.Size]] | None = None
         self._buffer = torch.empty(0)
-        self._weights: tuple[tuple, Tensor] | None = None
 
     def __call__(self, learner: Learner, x: Tensor, y: Tensor, t: Tensor, sizes: list[int]) -> Tensor:
         model = learner.model
@@ -85,7 +86,7 @@ class GroupGrads:
             if G is not None:
                 return G
             self._layout = None  # a layer saw part of the batch, or saw it twice: one pass per group
-        return torch.stack([memory_grad(learner, x[a:b], y[a:b], t[a:b]) for a, b in _spans(sizes)])
+        return torch.stack([memory_grad(learner, x[a:b], y[a:b], t[a:b]) for a, b in spans(sizes)])
 
     def _one_pass(self, learner: Learner, x: Tensor, y: Tensor, t: Tensor, sizes: list[int]) -> Tensor | None:
         model, dev, n = learner.model, learner.device, len(y)
@@ -99,10 +100,8 @@ class GroupGrads:
                 h.remove()
         if any(len(v) != 1 or v[0][0].dim() != 2 or len(v[0][0]) != n for v in seen.values()):
             return None
-        wkey = (tuple(sizes), dev)
-        if self._weights is None or self._weights[0] != wkey:  # each group's loss is its mean
-            self._weights = wkey, torch.cat([torch.full((k,), 1.0 / k, device=dev) for k in sizes])
-        loss = F.cross_entropy(logits, y.to(dev), reduction="none") @ self._weights[1]
+        # the groups' mean losses, summed
+        loss = weighted_cross_entropy(logits, y.to(dev), tuple(sizes), tuple(1.0 / k for k in sizes))
         layers = list(seen)
         errors = dict(zip(layers, torch.autograd.grad(loss, [seen[m][0][1] for m in layers], allow_unused=True),
                           strict=True))
@@ -118,7 +117,7 @@ class GroupGrads:
                     part.zero_()
                     continue
                 a = seen[m][0][0]
-                for k, (lo, hi) in enumerate(_spans(sizes)):
+                for k, (lo, hi) in enumerate(spans(sizes)):
                     if kind == "weight":
                         torch.mm(d[lo:hi].T, a[lo:hi], out=part[k].view(shape))
                     else:
@@ -126,7 +125,7 @@ class GroupGrads:
         return G
 
 
-def _spans(sizes: list[int]) -> list[tuple[int, int]]:
+def spans(sizes: list[int]) -> list[tuple[int, int]]:
     """Consecutive row ranges of groups of the given sizes."""
     return list(itertools.pairwise(np.cumsum([0, *sizes]).tolist()))
 

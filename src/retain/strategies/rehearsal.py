@@ -47,11 +47,10 @@ class DistilledReplay(MemoryStrategy):
         return self.old_model_(x, t)
 
     def batch(self, learner, x, y, t):
-        self._new = len(y)
         return self.memory_.extend(x, y, t, round(self.ratio * len(y)), learner.generator)
 
     def task_loss(self, learner, x, y, t, logits):
-        return self.replay_loss(logits, y, self._new, self.weight)
+        return self.replay_loss(learner, logits, y, self.weight)
 
     def loss(self, learner, x, y, t, logits):
         if self.old_model_ is None:

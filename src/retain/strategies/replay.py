@@ -43,20 +43,18 @@ class Replay(MemoryStrategy):
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, self.policy)
-        self._new = 0  # incoming rows at the head of this step's batch
 
     def supports_online(self) -> bool:
         return self.update == "stream"
 
     def batch(self, learner, x, y, t):
-        self._new = len(y)
         mixed = self.memory_.extend(x, y, t, self.batch_size or round(self.ratio * len(y)), learner.generator)
         if self.update == "stream":
             self.offer(learner, x, y, t)
         return mixed
 
     def task_loss(self, learner, x, y, t, logits):
-        return self.replay_loss(logits, y, self._new, self.weight)
+        return self.replay_loss(learner, logits, y, self.weight)
 
     def after_experience(self, learner, exp) -> None:
         if self.update == "stream":
