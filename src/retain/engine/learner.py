@@ -112,6 +112,8 @@ class Learner:
         self.rows_: Tensor | None = None
         self.incoming_ = 0  # rows the current step started with, at the head of its batch
         self.optimizer: FusedSGD | torch.optim.Optimizer | None = None
+        # The parameters the optimizer updates (what a gradient clip covers): the model's until one is built.
+        self.stepped_: list[Tensor] = list(self.model.parameters())
         self.experience: Experience | None = None  # the one being trained on
 
     # -- training ---------------------------------------------------------------------
@@ -198,7 +200,7 @@ class Learner:
             m.momentum = momentum
 
     def _optimizer(self) -> FusedSGD | torch.optim.Optimizer:
-        params = list(self.model.parameters())
+        params = self.stepped_ = list(self.model.parameters())
         groups = [(params, self.lr)]
         if self.backbone_lr is not None:  # pretrained weights get backbone_lr; heads and LoRA adapters lr
             backbone = {id(p) for n, p in self.model.backbone.named_parameters() if "lora_" not in n}
