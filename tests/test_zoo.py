@@ -145,9 +145,9 @@ def test_agem_projected_gradient_never_raises_the_memory_loss(split_digits):
     for exp in split_digits[1:3]:
         _one_backward(learner, exp)
         g_ref = memory_grad(learner, mem.x, mem.y, mem.t)
-        conflicts += int(torch.dot(flat_grad(learner.model), g_ref) < 0)
+        conflicts += int(torch.dot(flat_grad(learner), g_ref) < 0)
         learner.strategies[0].after_backward(learner)
-        assert torch.dot(flat_grad(learner.model), g_ref) >= -1e-6
+        assert torch.dot(flat_grad(learner), g_ref) >= -1e-6
     assert conflicts > 0  # the projection had something to do
 
 
@@ -159,7 +159,7 @@ def test_gem_projection_satisfies_every_old_experience(split_digits):
     assert sorted(mem.e.unique().tolist()) == [0, 1, 2]
     _one_backward(learner, split_digits[3])
     learner.strategies[0].after_backward(learner)
-    g = flat_grad(learner.model)
+    g = flat_grad(learner)
     for k in range(3):
         rows = mem.e == k
         assert torch.dot(g, memory_grad(learner, mem.x[rows], mem.y[rows], mem.t[rows])) >= -1e-5
@@ -221,7 +221,7 @@ def test_gem_constrains_each_step_by_a_fresh_sample_of_every_old_experience(spli
         mem = gem.memory_
         source = [int(mem.e[(mem.x == row).flatten(1).all(1)][0]) for row in x]
         assert source == [0] * 8 + [1] * 8 + [2] * 8
-        g = flat_grad(learner.model)
+        g = flat_grad(learner)
         for lo in (0, 8, 16):  # the projection satisfies the constraints it was given
             assert torch.dot(g, memory_grad(learner, x[lo:lo + 8], y[lo:lo + 8], t[lo:lo + 8])) >= -1e-5
     assert not torch.equal(calls[0][0], calls[1][0])  # drawn afresh each step

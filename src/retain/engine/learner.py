@@ -112,8 +112,9 @@ class Learner:
         self.rows_: Tensor | None = None
         self.incoming_ = 0  # rows the current step started with, at the head of its batch
         self.optimizer: FusedSGD | torch.optim.Optimizer | None = None
-        # The parameters the optimizer updates (what a gradient clip covers): the model's until one is built.
-        self.stepped_: list[Tensor] = list(self.model.parameters())
+        # The trainable parameters, as of the optimizer's build (or construction): what a step
+        # updates, so what a gradient clip or projection covers, without walking the modules each step.
+        self.stepped_: list[Tensor] = self._trainable()
         self.experience: Experience | None = None  # the one being trained on
 
     # -- training ---------------------------------------------------------------------
@@ -199,8 +200,12 @@ class Learner:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
 
+    def _trainable(self) -> list[Tensor]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
     def _optimizer(self) -> FusedSGD | torch.optim.Optimizer:
-        params = self.stepped_ = list(self.model.parameters())
+        params = list(self.model.parameters())
+        self.stepped_ = self._trainable()
         groups = [(params, self.lr)]
         if self.backbone_lr is not None:  # pretrained weights get backbone_lr; heads and LoRA adapters lr
             backbone = {id(p) for n, p in self.model.backbone.named_parameters() if "lora_" not in n}

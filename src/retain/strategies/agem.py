@@ -45,7 +45,7 @@ class AGEM(MemoryStrategy):
             self.offer(learner, *self._incoming)
         if not len(self.memory_):
             return
-        g = grads(learner.model)
+        g = grads(learner)
         m = self.memory_.sample(self.sample_size, learner.generator, ("x", "y", "t"))
         g_ref = memory_grads(learner, m["x"], m["y"], m["t"])
         conflict = float(dot(g, g_ref))

@@ -58,10 +58,10 @@ class GEM(MemoryStrategy):
                               for lo, hi in spans(sizes)]).to(x.device)
             x, y, t = x.index_select(0, rows), y.index_select(0, rows), t.index_select(0, rows)
             sizes = [min(n, self.sample_size) for n in sizes]
-        g = flat_grad(learner.model)
+        g = flat_grad(learner)
         G = self._grads(learner, x, y, t, sizes)
         if (G @ g < 0).any():
-            set_flat_grad(learner.model, project_to_cone(g, G, self.margin))
+            set_flat_grad(learner, project_to_cone(g, G, self.margin))
 
     def after_experience(self, learner, exp) -> None:
         self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id, generator=learner.generator)

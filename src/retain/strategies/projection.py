@@ -17,27 +17,24 @@ if TYPE_CHECKING:
     from retain.engine import Learner
 
 
-def _params(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def grads(model: nn.Module) -> list[Tensor]:
-    """Every trainable parameter's gradient (a zero tensor is stored where one is missing)."""
-    for p in _params(model):
+def grads(learner: Learner) -> list[Tensor]:
+    """Every trainable parameter's gradient (a zero tensor is stored where one is missing), in
+    the order of ``learner.stepped_``."""
+    for p in learner.stepped_:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    return [p.grad for p in _params(model)]
+    return [p.grad for p in learner.stepped_]
 
 
-def flat_grad(model: nn.Module) -> Tensor:
+def flat_grad(learner: Learner) -> Tensor:
     """All trainable parameters' gradients as one vector (zeros where a gradient is missing)."""
-    return torch.cat([g.flatten() for g in grads(model)])
+    return torch.cat([g.flatten() for g in grads(learner)])
 
 
-def set_flat_grad(model: nn.Module, g: Tensor) -> None:
+def set_flat_grad(learner: Learner, g: Tensor) -> None:
     """Write a vector from :func:`flat_grad` back into the parameters' gradients."""
     start = 0
-    for p in _params(model):
+    for p in learner.stepped_:
         p.grad = g[start:start + p.numel()].view_as(p).clone()
         start += p.numel()
 
@@ -45,7 +42,7 @@ def set_flat_grad(model: nn.Module, g: Tensor) -> None:
 def memory_grads(learner: Learner, x: Tensor, y: Tensor, t: Tensor) -> list[Tensor]:
     """Per-parameter gradients of the cross-entropy on memory samples, leaving the parameters'
     gradients as they were."""
-    params = _params(learner.model)
+    params = learner.stepped_
     dev = learner.device
     loss = F.cross_entropy(learner.model(x.to(dev), t.to(dev)), y.to(dev))
     found = torch.autograd.grad(loss, params, allow_unused=True)
@@ -77,10 +74,9 @@ class GroupGrads:
         self._buffer = torch.empty(0)
 
     def __call__(self, learner: Learner, x: Tensor, y: Tensor, t: Tensor, sizes: list[int]) -> Tensor:
-        model = learner.model
-        key = tuple(id(p) for p in _params(model))
+        key = tuple(id(p) for p in learner.stepped_)
         if key != self._key:  # a head grew or the model changed: inspect it again
-            self._key, self._layout = key, _linear_layout(model)
+            self._key, self._layout = key, _linear_layout(learner.model, learner.stepped_)
         if self._layout is not None:
             G = self._one_pass(learner, x, y, t, sizes)
             if G is not None:
@@ -130,9 +126,9 @@ def spans(sizes: list[int]) -> list[tuple[int, int]]:
     return list(itertools.pairwise(np.cumsum([0, *sizes]).tolist()))
 
 
-def _linear_layout(model: nn.Module) -> list[tuple[nn.Linear, str, int, torch.Size]] | None:
-    """Where each trainable parameter's gradient lies in a flat vector, when all belong to
-    ``nn.Linear`` layers and nothing mixes the rows of a batch; ``None`` otherwise."""
+def _linear_layout(model: nn.Module, params: list[Tensor]) -> list[tuple[nn.Linear, str, int, torch.Size]] | None:
+    """Where each of ``params`` (the trainable ones) has its gradient in a flat vector, when all
+    belong to ``nn.Linear`` layers and nothing mixes the rows of a batch; ``None`` otherwise."""
     owner: dict[int, tuple[nn.Linear, str]] = {}
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
@@ -142,7 +138,7 @@ def _linear_layout(model: nn.Module) -> list[tuple[nn.Linear, str, int, torch.Si
             if m.bias is not None:
                 owner[id(m.bias)] = (m, "bias")
     layout, start = [], 0
-    for p in _params(model):
+    for p in params:
         if id(p) not in owner:
             return None
         m, kind = owner[id(p)]
