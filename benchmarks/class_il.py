@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from retain.build import build_stream
 from retain.config import RunConfig
-from retain.experiment import build_stream, run_method
+from retain.experiment import run_method
 from retain.models import make_model
 from retain.strategies import STRATEGIES
 

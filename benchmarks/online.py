@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from retain.build import build_learner, build_stream
 from retain.config import RunConfig
 from retain.data import OnlineStream
 from retain.engine import Hybrid, run_online
-from retain.experiment import build_learner, build_stream, run_method, run_method_online
+from retain.experiment import run_method, run_method_online
 from retain.models import make_model
 
 # ER as the paper runs it online: each replayed row weighs as a new one (Replay's default, 2, is
@@ -37,12 +38,13 @@ ONLINE = [  # (label, strategy, steps per batch)
     ("derpp", {"name": "derpp", "memory_size": 500, "store": "stream"}, 3),
 ]
 DERPP = {"name": "derpp", "memory_size": 500, "store": "stream"}
+SCHEDULE = {"every": 700, "on_new_class": False, "drift": None}  # one consolidation per experience's worth
 HYBRID = [  # (label, strategy, steps, hybrid settings)
-    ("er", ER, 1, {"every": 700, "window": 700, "epochs": 3}),
-    ("derpp", DERPP, 3, {"every": 700, "window": 1000, "epochs": 5}),
-    ("er", ER, 3, {"every": 700, "window": 700, "epochs": 3}),
-    ("er+drift", ER, 3, {"every": None, "drift": "page_hinkley", "delay": 600, "cooldown": 300,
-                         "window": 700, "epochs": 3}),
+    ("er", ER, 1, SCHEDULE | {"window": 700, "epochs": 3}),
+    ("derpp", DERPP, 3, SCHEDULE | {"window": 1000, "epochs": 5}),
+    ("er", ER, 3, SCHEDULE | {"window": 700, "epochs": 3}),
+    ("er+drift", ER, 3, {"every": None, "on_new_class": False, "drift": "page_hinkley", "delay": 600,
+                         "cooldown": 300, "window": 700, "epochs": 3}),
 ]
 
 
@@ -129,7 +131,7 @@ def drift_rows(seeds: list[int]) -> list[dict]:
         stream = build_stream(cfg)
         online = OnlineStream(stream, 10, blurry=0.1, seed=seed)
         learner = build_learner(stream, cfg, cfg.strategies[0], seed)
-        fired = [c["at_sample"] for c in run_online(learner, online, hybrid=hybrid)["consolidations"]]
+        fired = [c.at_sample for c in run_online(learner, online, hybrid=hybrid).consolidations]
         for k in range(1, len(stream)):
             start = int((online.y == stream[k].classes[0]).nonzero()[0]) + 1  # the new class's first sample
             later = [f - start for f in fired if f >= start]
@@ -137,7 +139,7 @@ def drift_rows(seeds: list[int]) -> list[dict]:
         quiet_cfg = config(ER, "hybrid", 1, [seed], n_experiences=1)
         quiet = build_stream(quiet_cfg)
         learner = build_learner(quiet, quiet_cfg, quiet_cfg.strategies[0], seed)
-        alarms += len(run_online(learner, OnlineStream(quiet, 10, seed=seed), hybrid=hybrid)["consolidations"])
+        alarms += len(run_online(learner, OnlineStream(quiet, 10, seed=seed), hybrid=hybrid).consolidations)
     return [{"scenario": "class_il_mnist5k_blurry", "strategy": "er", "mode": "hybrid", "trigger": "drift",
              "detection_delay": float(np.mean(delays)), "detection_delay_max": float(np.max(delays)),
              "false_alarms": alarms}]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from online import ER, config, plain_er, tight_er
 
-from retain.experiment import build_stream
+from retain.build import build_stream
 
 
 def main() -> None:

@@ -41,3 +41,11 @@ def train_matrix(stream, strategies=(), **kw):
         learner.fit(exp)
         rows.append(learner.evaluate(stream))
     return learner, rows
+
+
+def incoming(exp, n, start=0):
+    """A step's batch as the learner builds it: ``n`` incoming rows of ``exp``'s training set."""
+    from retain.strategies import Step
+
+    rows = slice(start, start + n)
+    return Step(exp.x_train[rows], exp.y_train[rows], exp.train_tasks()[rows], incoming=n, experience_id=exp.id)

@@ -8,24 +8,18 @@ import torch
 import torch.nn.functional as F
 
 from retain import Learner
+from retain.build import build_stream
 from retain.config import ConfigError, RunConfig
 from retain.data.audio import keywords, voices
 from retain.data.datasets import DatasetNotFound, per_class
-from retain.data.features import (
-    TOKEN_BUDGET,
-    FeatureCache,
-    LazyEncoder,
-    batch_bounds,
-    encode,
-    encode_stream,
-    encoder_batches,
-    tensor_digest,
-)
+from retain.data.features import FeatureCache, LazyEncoder, encode, encode_stream, tensor_digest
 from retain.data.text import fortunes_language
-from retain.experiment import build_stream, compare_backbones, run_experiment
+from retain.data.tokens import tokenize
+from retain.experiment import compare_backbones, run_experiment
 from retain.models import Classifier, LinearHead, make_model
-from retain.models.pretrained import AudioCNN, ImageEncoder, LogMel, TextEncoder, adapt, count_parameters, tokenize
+from retain.models.pretrained import AudioCNN, ImageEncoder, LogMel, TextEncoder, adapt, count_parameters
 from retain.strategies import SLDA, Finetune
+from retain.util import TOKEN_BUDGET, batch_bounds, encoder_batches
 
 
 @pytest.fixture(scope="module")

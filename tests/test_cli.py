@@ -113,7 +113,8 @@ def test_run_compares_offline_online_and_hybrid(tmp_path):
     cfg = with_change(["strategies"], [{"name": "replay", "memory_size": 60, "policy": "reservoir",
                                         "update": "stream", "ratio": 1.0}])
     cfg |= {"mode": ["offline", "online", "hybrid"], "seeds": [0],
-            "online": {"batch_size": 10, "eval_every": 200}, "hybrid": {"every": 300, "epochs": 1}}
+            "online": {"batch_size": 10, "eval_every": 200},
+            "hybrid": {"every": 300, "on_new_class": False, "drift": None, "epochs": 1}}
     out = tmp_path / "run"
     assert main(["run", str(write(tmp_path, cfg)), "--out", str(out), "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())

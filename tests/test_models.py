@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from retain.models import NEG, IncrementalHead, MultiHead, build_model, make_model
+from retain.models import NEG, Classifier, IncrementalHead, MultiHead, make_model
 
 
 def test_growing_head_keeps_old_logits_exactly():
@@ -43,7 +43,7 @@ def test_model_rebuilds_from_its_config(name, head):
         model.head.grow(4)
     if head == "per_task":
         model.head.add_task(0, [0, 1])
-    copy = build_model(model.get_config())
+    copy = Classifier.from_config(model.get_config())
     copy.load_state_dict(model.state_dict())
     x, t = torch.randn(3, 1, 8, 8), torch.zeros(3, dtype=torch.long)
     assert torch.equal(copy(x, t), model(x, t))

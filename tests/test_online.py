@@ -7,7 +7,7 @@ from retain.data import OnlineStream
 from retain.engine import Hybrid, run_online
 from retain.strategies import EWC, MIR, Replay
 
-from .conftest import make_learner
+from .conftest import incoming, make_learner
 
 ONLINE_ER = dict(memory_size=100, ratio=1.0, policy="reservoir", update="stream")
 
@@ -79,15 +79,13 @@ def test_mir_replays_the_samples_whose_loss_rises_most(split_digits):
         if learner.samples_seen_ >= 400:
             break
     mir = learner.strategies[0]
-    nxt = split_digits[3]
-    x, y, t = nxt.x_train[:10], nxt.y_train[:10], nxt.train_tasks()[:10]
+    step = incoming(split_digits[3], 10)
+    step.fresh = False  # a later step on these rows: nothing offered to the memory
     mem = mir.memory_
-    rise = mir.interference(learner, x, y, t, mem.x, mem.y, mem.t)
+    rise = mir.interference(learner, *step.new(), mem.x, mem.y, mem.t)
     state = learner.generator.get_state()
-    learner.fresh = False
-    bx, by, bt = mir.batch(learner, x, y, t)
+    chosen = mir.batch(learner, step).added()[0]
     learner.generator.set_state(state)
-    chosen = bx[10:]
     top = mem.x[rise.topk(5).indices]
     assert torch.equal(chosen.sort(0).values, top.sort(0).values)
 
@@ -103,22 +101,22 @@ def test_prequential_accuracy_is_measured_before_the_update(split_digits):
 
     learner.partial_fit = spy
     result = run_online(learner, OnlineStream(split_digits, batch_size=50, seed=0), eval_every=10**6)
-    sizes = [50] * (len(calls) - 1) + [result["samples"] - 50 * (len(calls) - 1)]
+    sizes = [50] * (len(calls) - 1) + [result.samples - 50 * (len(calls) - 1)]
     weighted = sum(c * n for c, n in zip(calls, sizes, strict=True)) / sum(sizes)
-    assert result["prequential_acc"] == pytest.approx(weighted)
-    assert len(result["matrix"]) == 5 and result["gradient_steps"] == len(calls)
+    assert result.prequential_acc == pytest.approx(weighted)
+    assert len(result.matrix) == 5 and result.gradient_steps == len(calls)
 
 
 def _triggers(stream, hybrid, steps=1):
     learner = make_learner(stream, [Replay(**ONLINE_ER)])
     result = run_online(learner, OnlineStream(stream, batch_size=10, seed=0), steps=steps, hybrid=hybrid)
-    return result, [c["trigger"] for c in result["consolidations"]], [c["at_sample"] for c in result["consolidations"]]
+    return result, [c.trigger for c in result.consolidations], [c.at_sample for c in result.consolidations]
 
 
 def test_hybrid_consolidates_on_schedule(split_digits):
     result, triggers, at = _triggers(split_digits, Hybrid(every=300, on_new_class=False, drift=None, cooldown=0))
     assert triggers == ["schedule"] * 4 and at == [300, 600, 900, 1200]
-    assert all(c["gradient_steps"] > 0 and c["seconds"] > 0 for c in result["consolidations"])
+    assert all(c.gradient_steps > 0 and c.seconds > 0 for c in result.consolidations)
 
 
 def test_hybrid_consolidates_when_a_new_class_appears(split_digits):

@@ -20,7 +20,7 @@ from retain.strategies import (
 )
 from retain.strategies.importance import _linear_importance, _vmap_importance
 
-from .conftest import make_learner, train_matrix
+from .conftest import incoming, make_learner, train_matrix
 
 
 def test_finetune_forgets_everything_in_class_incremental(split_digits):
@@ -77,14 +77,14 @@ def test_distillers_run_the_old_model_on_the_training_set_once_per_experience(sp
     """With replayed rows appended to each batch: the old model sees each training row once
     (cached, in large batches) plus the replayed rows of every step, not every row in every
     epoch; and training lands where recomputing the old outputs at each step lands."""
-    from retain.strategies.importance import OldOutputs
+    from retain.strategies.distillation import OldOutputs
 
     per_task, strategies = DISTILLERS[combo]
     stream = task_digits if per_task else split_digits
     seen, params = {}, {}
     for cached in (True, False):
         if not cached:  # what the loss did before: the old model on the whole batch at each step
-            monkeypatch.setattr(OldOutputs, "__call__", lambda self, learner, x, t: self.fn(x, t))
+            monkeypatch.setattr(OldOutputs, "__call__", lambda self, learner, step, x, t: self.fn(x, t))
         learner = make_learner(stream, strategies(), epochs=3)
         learner.fit(stream[0])
         distiller, rows = learner.strategies[-1], []
@@ -184,22 +184,23 @@ def test_capped_memory_keeps_a_fixed_share_per_experience_until_full():
 def test_replay_appends_memory_samples_to_the_batch(split_digits):
     learner = make_learner(split_digits, [Replay(40, ratio=2.0)], epochs=1)
     learner.fit(split_digits[0])
-    x, y, t = split_digits[1].x_train[:8], split_digits[1].y_train[:8], split_digits[1].train_tasks()[:8]
-    bx, by, bt = learner.strategies[0].batch(learner, x, y, t)
-    assert len(by) == 24 and set(by[8:].tolist()) <= {0, 1}
+    step = learner.strategies[0].batch(learner, incoming(split_digits[1], 8))
+    assert len(step.y) == 24 and set(step.y[8:].tolist()) <= {0, 1}
+    assert torch.equal(step.new()[0], split_digits[1].x_train[:8])  # the incoming rows first, unchanged
 
 
 @pytest.mark.parametrize("weight", [1.0, 2.0, 3.0])
 def test_replay_weighs_a_replayed_row_weight_times_a_new_one(split_digits, weight):
     learner = make_learner(split_digits, [Replay(40, ratio=1.0, weight=weight)], epochs=1)
     learner.fit(split_digits[0])
-    exp = split_digits[1]
-    x, y, t = learner.step_batch(exp.x_train[:8], exp.y_train[:8], exp.train_tasks()[:8])
+    step = learner.step_batch(incoming(split_digits[1], 8))
+    y = step.y
     assert len(y) == 16 and set(y[8:].tolist()) <= {0, 1}
     # rows i and i + 8 get the same logits and labels: only their weights differ
     z = torch.randn(8, 10)
     logits, y = torch.cat([z, z]).requires_grad_(True), torch.cat([y[:8], y[:8]])
-    loss = learner.objective(x, y, t, logits)
+    step.y = y
+    loss = learner.objective(step, logits)
     per_row = torch.nn.functional.cross_entropy(logits.detach(), y, reduction="none")
     assert loss.item() == pytest.approx(((per_row[:8].sum() + weight * per_row[8:].sum()) / (8 + 8 * weight)).item())
     loss.backward()

@@ -30,7 +30,7 @@ from retain.strategies import (
 from retain.strategies.memory import herding_order
 from retain.strategies.projection import GroupGrads, flat_grad, memory_grad, project_to_cone
 
-from .conftest import make_learner, train_matrix
+from .conftest import incoming, make_learner, train_matrix
 
 
 def test_every_method_is_listed_with_family_scenarios_defaults_and_paper(capsys):
@@ -63,13 +63,11 @@ def test_der_stores_logits_with_the_sample(split_digits):
     # stored at the end of the experience: the logits the trained model gives those samples
     assert torch.allclose(mem.logits, learner.predict_logits(mem.x), atol=1e-5)
     streaming = DER(memory_size=5, store="stream")
-    x, y, t = split_digits[1].x_train[:4], split_digits[1].y_train[:4], split_digits[1].train_tasks()[:4]
     logits = torch.randn(4, 10)
-    learner.experience = split_digits[1]
-    learner.incoming_ = len(y)  # as the learner's step records it
-    x, y, t = streaming.batch(learner, x, y, t)  # the contract's order: batch, then loss
-    streaming.loss(learner, x, y, t, logits)
-    assert torch.equal(streaming.memory_.logits, logits) and torch.equal(streaming.memory_.x, x)
+    step = streaming.batch(learner, incoming(split_digits[1], 4))  # the contract's order: batch, then loss
+    streaming.loss(learner, step, logits)
+    assert torch.equal(streaming.memory_.logits, logits) and torch.equal(streaming.memory_.x, step.x)
+    assert streaming.memory_.e.tolist() == [1] * 4  # stored as samples of the step's experience
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -77,8 +75,8 @@ def test_derpp_label_term_reuses_the_logit_batch_when_shared(split_digits, share
     derpp = DERPP(memory_size=20, batch_size=8, shared=shared)
     learner = make_learner(split_digits, [derpp], epochs=1)
     learner.fit(split_digits[0])
-    exp = learner.experience = split_digits[1]
-    x, y, t = learner.step_batch(exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16])
+    step = learner.step_batch(incoming(split_digits[1], 16))
+    x, y = step.x, step.y
     assert len(y) == (24 if shared else 32)  # one memory batch of 8, or two
     mem = derpp.memory_
     # the logits kept with the replayed samples
@@ -89,7 +87,7 @@ def test_derpp_label_term_reuses_the_logit_batch_when_shared(split_digits, share
     expected = (F.cross_entropy(logits[:16], y[:16])
                 + derpp.alpha * (logits[16:24] - stored).pow(2).mean()
                 + derpp.beta * F.cross_entropy(logits[labels], y[labels]))
-    assert torch.allclose(learner.objective(x, y, t, logits), expected, atol=1e-6)
+    assert torch.allclose(learner.objective(step, logits), expected, atol=1e-6)
     assert DERPP().shared and not DER().shared  # DER++ shares by default (Avalanche's form)
 
 
@@ -98,33 +96,32 @@ def test_der_clips_the_gradient_norm_only_above_its_cap(split_digits):
     params = list(learner.model.parameters())
     for p in params:
         p.grad = torch.full_like(p, 0.1)  # norm far above 0.5
-    learner.strategies[0].after_backward(learner)
+    learner.strategies[0].after_backward(learner, incoming(split_digits[0], 1))
     assert torch.nn.utils.get_total_norm([p.grad for p in params]).item() == pytest.approx(0.5, rel=1e-4)
     small = [g.clone() * 1e-3 for g in (p.grad for p in params)]  # norm 0.0005: left as it is
     for p, g in zip(params, small, strict=True):
         p.grad = g.clone()
-    learner.strategies[0].after_backward(learner)
+    learner.strategies[0].after_backward(learner, incoming(split_digits[0], 1))
     assert all(torch.equal(p.grad, g) for p, g in zip(params, small, strict=True))
 
 
 def test_er_ace_leaves_absent_classes_alone_on_new_data(split_digits):
     learner = make_learner(split_digits, [ERACE()], epochs=1)
-    learner.experience = split_digits[1]
     exp = split_digits[1]
-    x, y, t = exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16]  # classes 2 and 3 only
-    x, y, t = learner.step_batch(x, y, t)  # the contract's order: batch, then loss
+    step = learner.step_batch(incoming(exp, 16))  # classes 2 and 3 only; the contract's order: batch, then loss
     logits = torch.randn(16, 10, requires_grad=True)
-    learner.objective(x, y, t, logits).backward()
+    learner.objective(step, logits).backward()
     absent = [c for c in range(10) if c not in (2, 3)]
     assert torch.equal(logits.grad[:, absent], torch.zeros(16, 8))
     # With a memory, replayed rows join the batch and get the plain cross-entropy over every class,
     # while the incoming rows still leave the absent classes alone.
     old = split_digits[0]
     learner.strategies[0].memory_.add(old.x_train[:20], old.y_train[:20], old.train_tasks()[:20])
-    x, y, t = learner.step_batch(exp.x_train[:16], exp.y_train[:16], exp.train_tasks()[:16])
+    step = learner.step_batch(incoming(exp, 16))
+    y = step.y
     assert len(y) == 32 and set(y[16:].tolist()) - {2, 3}  # old classes among the replayed rows
     logits = torch.randn(32, 10, requires_grad=True)
-    learner.objective(x, y, t, logits).backward()
+    learner.objective(step, logits).backward()
     assert torch.equal(logits.grad[:16, absent], torch.zeros(16, 8))
     expected = torch.autograd.grad(F.cross_entropy(logits[16:], y[16:]), logits)[0][16:]
     assert torch.allclose(logits.grad[16:], expected, atol=1e-6)
@@ -146,7 +143,7 @@ def test_agem_projected_gradient_never_raises_the_memory_loss(split_digits):
         _one_backward(learner, exp)
         g_ref = memory_grad(learner, mem.x, mem.y, mem.t)
         conflicts += int(torch.dot(flat_grad(learner), g_ref) < 0)
-        learner.strategies[0].after_backward(learner)
+        learner.strategies[0].after_backward(learner, incoming(exp, 32))
         assert torch.dot(flat_grad(learner), g_ref) >= -1e-6
     assert conflicts > 0  # the projection had something to do
 
@@ -158,7 +155,7 @@ def test_gem_projection_satisfies_every_old_experience(split_digits):
     mem = learner.strategies[0].memory_
     assert sorted(mem.e.unique().tolist()) == [0, 1, 2]
     _one_backward(learner, split_digits[3])
-    learner.strategies[0].after_backward(learner)
+    learner.strategies[0].after_backward(learner, incoming(split_digits[0], 1))
     g = flat_grad(learner)
     for k in range(3):
         rows = mem.e == k
@@ -215,7 +212,7 @@ def test_gem_constrains_each_step_by_a_fresh_sample_of_every_old_experience(spli
     gem._grads = lambda learner, x, y, t, sizes: calls.append((x, y, t, sizes)) or real(learner, x, y, t, sizes)
     for _ in range(2):
         _one_backward(learner, split_digits[3])
-        gem.after_backward(learner)
+        gem.after_backward(learner, incoming(split_digits[3], 32))
         x, y, t, sizes = calls[-1]
         assert sizes == [8, 8, 8]  # of the 20 stored per experience
         mem = gem.memory_
@@ -316,7 +313,8 @@ def test_pnn_old_columns_stay_frozen(task_digits):
 
 def test_a_strategy_refuses_a_scenario_it_does_not_support(split_digits):
     learner = make_learner(split_digits, [PNN()], epochs=1)
-    with pytest.raises(ValueError, match="pnn supports task_incremental streams; experience 0 is class_incremental"):
+    expected = r"pnn supports task_incremental streams, not class_incremental \(experience 0\)"
+    with pytest.raises(ValueError, match=expected):
         learner.fit(split_digits[0])
 
 

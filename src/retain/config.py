@@ -18,8 +18,11 @@ from pydantic import (
     model_validator,
 )
 
-from retain.data.datasets import MODALITY, N_CLASSES
+from retain.data.datasets import DATASETS
+from retain.engine.updater import Hybrid
+from retain.models.pretrained import BACKBONES, adaptation_problem
 from retain.strategies import STRATEGIES, Strategy, make_strategy
+from retain.strategies.contract import online_problem, scenario_problem
 
 HEAD_STRATEGY = {"growing": "growing_head", "per_task": "task_heads"}
 
@@ -31,7 +34,7 @@ class _Strict(BaseModel):
 class ScenarioConfig(_Strict):
     """Which data, cut into which stream."""
 
-    dataset: Literal["digits", "mnist5k", "fashion_mnist", "fortunes_language", "fortunes_topics", "keywords"]
+    dataset: Literal[tuple(DATASETS)]  # type: ignore[valid-type]
     path: str | None = Field(None, description="directory of the IDX files (fashion_mnist only)")
     kind: Literal["class_incremental", "task_incremental", "permuted", "rotated"] = "class_incremental"
     n_experiences: PositiveInt = 5
@@ -44,7 +47,7 @@ class ScenarioConfig(_Strict):
 
     @model_validator(mode="after")
     def _fits_the_classes(self) -> ScenarioConfig:
-        n = N_CLASSES[self.dataset]
+        n = DATASETS[self.dataset].n_classes
         if self.kind in ("class_incremental", "task_incremental") and self.n_experiences > n:
             raise ValueError(
                 f"n_experiences is {self.n_experiences} but {self.dataset} has only {n} classes: "
@@ -55,10 +58,6 @@ class ScenarioConfig(_Strict):
         if self.path is not None and self.dataset != "fashion_mnist":
             raise ValueError("path is only used with dataset: fashion_mnist")
         return self
-
-
-BACKBONE_MODALITY = {"minilm": "text", "tiny_text": "text", "efficientnet_lite0": "vision",
-                     "efficientnet_lite0_random": "vision", "logmel": "audio"}
 
 
 class ModelConfig(_Strict):
@@ -72,7 +71,7 @@ class ModelConfig(_Strict):
     name: Literal["mlp", "cnn", "audio_cnn"] = "mlp"
     hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256])
     head: Literal["fixed", "growing", "per_task"] = "fixed"
-    backbone: Literal[tuple(BACKBONE_MODALITY)] | None = None  # type: ignore[valid-type]
+    backbone: Literal[tuple(BACKBONES)] | None = None  # type: ignore[valid-type]
     adaptation: Literal["frozen", "lora", "full"] = "frozen"
     lora_rank: PositiveInt = 8
     image_size: PositiveInt = Field(64, description="side the image backbone resizes inputs to")
@@ -81,9 +80,9 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
-        if self.backbone == "logmel" and self.adaptation != "frozen":
-            raise ValueError("backbone logmel has no weights to adapt: use adaptation: frozen (name: audio_cnn "
-                             "is the network that trains on the log-mel features)")
+        problem = self.backbone and adaptation_problem(self.backbone, self.adaptation)
+        if problem:
+            raise ValueError(problem)
         if self.name == "audio_cnn" and self.backbone != "logmel":
             raise ValueError("name audio_cnn needs backbone: logmel (it reads log-mel spectrograms)")
         if self.backbone is None and self.adaptation != "frozen":
@@ -115,19 +114,6 @@ class OnlineConfig(_Strict):
     eval_every: PositiveInt = 500
 
 
-class HybridConfig(_Strict):
-    """When hybrid mode consolidates (see ``retain.engine.Hybrid``)."""
-
-    every: PositiveInt | None = Field(700, description="samples between consolidations (700: one experience "
-                                                     "of Split MNIST-5k); size it to your stream")
-    on_new_class: bool = False
-    drift: Literal["page_hinkley", "adwin"] | None = None
-    window: PositiveInt = 1000
-    epochs: PositiveInt = 5
-    delay: NonNegativeInt = 0
-    cooldown: NonNegativeInt = 100
-
-
 class MethodConfig(_Strict):
     """One column of the comparison: a label and the strategies it composes."""
 
@@ -135,6 +121,7 @@ class MethodConfig(_Strict):
     compose: list[dict[str, Any]]
 
     def build(self, head: str = "fixed") -> list[Strategy]:
+        """The strategies, a head-growing one first when the model's head asks for it."""
         specs = list(self.compose)
         if head in HEAD_STRATEGY and all(s["name"] != HEAD_STRATEGY[head] for s in specs):
             specs.insert(0, {"name": HEAD_STRATEGY[head]})
@@ -155,14 +142,14 @@ def _component(entry: Any, where: str) -> dict[str, Any]:
         raise ValueError(f"{where}.name: unknown strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
     params = {k: v for k, v in entry.items() if k != "name"}
     try:
-        make_strategy(name, **params)
+        strategy = make_strategy(name, **params)
     except ValidationError as err:
         problems = "; ".join(
             f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
             for e in err.errors()
         )
         raise ValueError(problems) from None
-    return dict(entry)
+    return {"name": name, **strategy.get_config()}  # validated once; every hyper-parameter recorded
 
 
 class RunConfig(_Strict):
@@ -176,7 +163,7 @@ class RunConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     mode: list[Literal["offline", "online", "hybrid"]] = Field(default_factory=lambda: ["offline"], min_length=1)
     online: OnlineConfig = Field(default_factory=OnlineConfig)
-    hybrid: HybridConfig = Field(default_factory=HybridConfig)
+    hybrid: Hybrid = Field(default_factory=Hybrid)
     output: str = "runs"
 
     @field_validator("mode", mode="before")
@@ -210,39 +197,45 @@ class RunConfig(_Strict):
         return methods
 
     @model_validator(mode="after")
-    def _heads_fit_scenario(self) -> RunConfig:
-        if "online" in self.mode:
-            for i, method in enumerate(self.strategies):
-                for strategy in method.build(self.model.head):
-                    if not strategy.supports_online():
-                        raise ValueError(
-                            f"strategies.{i}: {strategy.name} learns only at experience ends, so it cannot run in "
-                            "mode online (use hybrid, or a stream-updated memory such as update: stream)"
-                        )
+    def _strategies_fit(self) -> RunConfig:
         kind = {"permuted": "domain_incremental", "rotated": "domain_incremental"}.get(
             self.scenario.kind, self.scenario.kind)
         for i, method in enumerate(self.strategies):
-            for part in method.compose:
-                allowed = STRATEGIES[part["name"]].scenarios
-                if kind not in allowed:
-                    raise ValueError(
-                        f"strategies.{i}: {part['name']} supports {' and '.join(allowed)} streams, "
-                        f"not scenario.kind {self.scenario.kind}"
-                    )
-        modality = MODALITY[self.scenario.dataset]
-        if self.model.backbone is not None and BACKBONE_MODALITY[self.model.backbone] != modality:
-            raise ValueError(f"model.backbone: {self.model.backbone} reads {BACKBONE_MODALITY[self.model.backbone]}, "
+            for strategy in method.build(self.model.head):
+                problem = scenario_problem(strategy, kind)
+                if problem:
+                    raise ValueError(f"strategies.{i}: {problem} (scenario.kind {self.scenario.kind})")
+                problem = _needs_problem(strategy, self.model)
+                if problem:
+                    raise ValueError(f"strategies.{i}: {problem}")
+                problem = "online" in self.mode and online_problem(strategy)
+                if problem:
+                    raise ValueError(f"strategies.{i}: {problem}; mode online needs a stream-updated memory "
+                                     "(such as update: stream)")
+        modality = DATASETS[self.scenario.dataset].modality
+        if self.model.backbone is not None and BACKBONES[self.model.backbone].modality != modality:
+            raise ValueError(f"model.backbone: {self.model.backbone} reads {BACKBONES[self.model.backbone].modality}, "
                              f"but data set {self.scenario.dataset} is {modality}")
         if self.model.backbone is None and modality != "vision":
             hint = {"text": "minilm (or tiny_text)", "audio": "logmel"}[modality]
             raise ValueError(f"model.backbone: data set {self.scenario.dataset} is {modality}; set backbone: {hint}")
-        uses_experts = any(p["name"] == "lora_experts" for m in self.strategies for p in m.compose)
-        if uses_experts and (self.model.adaptation != "lora" or BACKBONE_MODALITY.get(self.model.backbone) != "text"):
-            raise ValueError("strategies: lora_experts needs model.backbone minilm (or tiny_text) with "
-                             "model.adaptation: lora")
         if self.model.head == "per_task" and self.scenario.kind != "task_incremental":
             raise ValueError("model.head: per_task needs scenario.kind: task_incremental (task ids at test time)")
         return self
+
+
+def _needs_problem(strategy: Strategy, model: ModelConfig) -> str | None:
+    """Why ``model`` lacks what ``strategy`` declares it needs (``Strategy.needs``), or None."""
+    for need in strategy.needs:
+        if need == "lora_text" and (model.adaptation != "lora" or model.backbone is None
+                                    or BACKBONES[model.backbone].modality != "text"):
+            return f"{strategy.name} needs model.backbone minilm (or tiny_text) with model.adaptation: lora"
+        if need == "fixed_features" and (model.adaptation != "frozen" or model.hidden or model.head != "fixed"):
+            return (f"{strategy.name} needs fixed features and a linear head: model.adaptation: frozen, "
+                    "hidden: [], head: fixed")
+        if need == "mlp" and (model.name != "mlp" or model.adaptation != "frozen"):
+            return f"{strategy.name} builds MLP columns: it needs model.name: mlp on raw inputs or frozen features"
+    return None
 
 
 def format_errors(err: ValidationError) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import platform
-import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -13,92 +12,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from retain.build import build_learner, build_stream
 from retain.config import MethodConfig, RunConfig
-from retain.data import OnlineStream, Stream, build_scenario, load_dataset
-from retain.data.datasets import MODALITY, cache_dir, per_class
-from retain.data.features import FeatureCache, LazyEncoder, encode_stream
-from retain.engine import Hybrid, Learner, run_online
+from retain.data import OnlineStream, Stream
+from retain.data.datasets import DATASETS
+from retain.engine import run_online
 from retain.metrics import PeakMemory, accuracy_curve, average_accuracy, stream_accuracy, summarize
-from retain.models import Classifier, LinearHead, make_model
-from retain.models.pretrained import backbone_id, count_parameters, make_backbone
+from retain.models.pretrained import count_parameters
 
 SCALARS = ("acc", "stream_acc", "forgetting", "bwt", "fwt", "train_seconds", "peak_mb", "gradient_steps",
            "samples_per_second")
 ONLINE_SCALARS = ("prequential_acc", "update_samples_per_second", "p50_ms", "p99_ms")
-
-
-def build_raw_stream(cfg: RunConfig) -> Stream:
-    """The stream of raw inputs (images, token ids, waveforms) the config describes."""
-    sc = cfg.scenario
-    data = load_dataset(sc.dataset, sc.path, sc.test_fraction, sc.split_seed)
-    if sc.max_train_per_class or sc.max_test_per_class:
-        data = per_class(data, sc.max_train_per_class, sc.max_test_per_class, sc.split_seed)
-    options: dict[str, Any] = {}
-    if sc.kind in ("class_incremental", "task_incremental"):
-        options = {"class_order": sc.class_order, "seed": sc.shuffle_seed}
-    elif sc.kind == "permuted":
-        options = {"seed": sc.split_seed}
-    return build_scenario(sc.kind, data, sc.n_experiences, **options)
-
-
-_ENCODERS: dict[tuple, torch.nn.Module] = {}
-
-
-def backbone_encoder(cfg: RunConfig) -> LazyEncoder:
-    """The frozen feature extractor of ``cfg.model.backbone``, built on first use, once per process."""
-    m = cfg.model
-    key = (m.backbone, m.image_size)
-
-    def build() -> torch.nn.Module:
-        if key not in _ENCODERS:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)  # random-weight backbones: their weights are part of their id
-                _ENCODERS[key] = make_backbone(m.backbone, "frozen", m.image_size).eval()
-        return _ENCODERS[key]
-
-    return LazyEncoder(backbone_id(m.backbone, m.image_size), build)
-
-
-def feature_cache(cfg: RunConfig) -> FeatureCache | None:
-    if cfg.model.feature_cache is None:
-        return None
-    return FeatureCache(cache_dir() / "features" if cfg.model.feature_cache == "default" else cfg.model.feature_cache)
-
-
-def build_stream(cfg: RunConfig, progress: bool = False) -> Stream:
-    """The stream the learner trains on: raw inputs, or a frozen backbone's cached features.
-
-    With a frozen backbone, ``stream.metadata`` records ``feature_seconds`` and the cache's hits and misses.
-    """
-    stream = build_raw_stream(cfg)
-    if cfg.model.backbone is None or cfg.model.adaptation != "frozen":
-        return stream
-    cache = feature_cache(cfg)
-    start = time.perf_counter()
-    encoded = encode_stream(stream, backbone_encoder(cfg), cache, progress=progress)
-    encoded.metadata |= {"feature_seconds": time.perf_counter() - start,
-                         "cache_hits": cache.hits if cache else 0, "cache_misses": cache.misses if cache else 0}
-    return encoded
-
-
-def build_model(stream: Stream, cfg: RunConfig) -> Classifier:
-    """A fresh model for ``stream`` (seed torch first): on raw inputs, on features, or around a backbone."""
-    m = cfg.model
-    if m.backbone is not None and m.adaptation != "frozen":
-        backbone = make_backbone(m.backbone, m.adaptation, m.image_size, m.lora_rank)
-        return Classifier(backbone, LinearHead(backbone.out_features, stream.n_classes))
-    options = {"hidden": tuple(m.hidden)} if m.name == "mlp" else {}
-    return make_model(m.name, stream.input_shape, stream.n_classes, **options)
-
-
-def build_learner(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int) -> Learner:
-    """The learner a config describes for one method and seed, its model initialised from ``seed``."""
-    torch.manual_seed(seed)
-    model = build_model(stream, cfg)
-    tr = cfg.training
-    return Learner(model, method.build(cfg.model.head), lr=tr.lr, momentum=tr.momentum,
-                   batch_size=tr.batch_size, epochs=tr.epochs, device=tr.device, seed=seed,
-                   backbone_lr=tr.backbone_lr)
 
 
 def run_method_online(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int, hybrid: bool,
@@ -108,9 +32,10 @@ def run_method_online(stream: Stream, cfg: RunConfig, method: MethodConfig, seed
     untrained = learner.evaluate(stream)
     oc, hc = cfg.online, cfg.hybrid
     online = OnlineStream(stream, oc.batch_size, oc.shuffle, oc.blurry, seed)
-    schedule = Hybrid(**hc.model_dump()) if hybrid else None
     with PeakMemory(learner.device) as cost:
-        result = run_online(learner, online, steps=oc.steps, eval_every=oc.eval_every, hybrid=schedule, tick=tick)
+        run = run_online(learner, online, steps=oc.steps, eval_every=oc.eval_every, hybrid=hc if hybrid else None,
+                         tick=tick)
+    result = run.to_dict()
     rows = result.pop("matrix")
     metrics = summarize(rows, untrained, [e.n_test for e in stream])
     metrics |= {k: result[k] for k in ("prequential_acc", "gradient_steps", "samples_per_second",
@@ -203,7 +128,7 @@ def run_experiment(cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
         "versions": versions(),
         "stream": {
             "name": stream.name, "scenario": stream.scenario, "n_classes": stream.n_classes,
-            "modality": MODALITY[cfg.scenario.dataset], "backbone": cfg.model.backbone,
+            "modality": DATASETS[cfg.scenario.dataset].modality, "backbone": cfg.model.backbone,
             "adaptation": cfg.model.adaptation if cfg.model.backbone else None,
             **{k: stream.metadata[k] for k in ("feature_seconds", "cache_hits", "cache_misses")
                if k in stream.metadata},

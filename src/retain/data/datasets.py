@@ -135,7 +135,7 @@ def fashion_mnist(path: str | Path | None = None) -> Dataset:
 def _text(name: str) -> Callable[..., Dataset]:
     def load(test_fraction: float = 0.25, split_seed: int = 0) -> Dataset:
         from retain.data import text
-        from retain.models.pretrained import tokenize
+        from retain.data.tokens import tokenize
 
         data = getattr(text, name)(test_fraction=test_fraction, seed=split_seed)
         as_y = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
@@ -174,18 +174,24 @@ def per_class(data: Dataset, n_train: int | None, n_test: int | None, seed: int 
                    data.class_names)
 
 
-DATASETS: dict[str, Callable[..., Dataset]] = {
-    "digits": digits,
-    "mnist5k": mnist5k,
-    "fashion_mnist": fashion_mnist,
-    "fortunes_language": _text("fortunes_language"),
-    "fortunes_topics": _text("fortunes_topics"),
-    "keywords": _keywords,
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A built-in data set: its loader, how many classes it has and what kind of input it holds."""
+
+    load: Callable[..., Dataset]
+    n_classes: int
+    modality: str  # vision, text or audio: which backbones can read it
+
+
+# The one table of built-in data sets; the config's allowed names and checks derive from it.
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(digits, 10, "vision"),
+    "mnist5k": DatasetInfo(mnist5k, 10, "vision"),
+    "fashion_mnist": DatasetInfo(fashion_mnist, 10, "vision"),
+    "fortunes_language": DatasetInfo(_text("fortunes_language"), 8, "text"),
+    "fortunes_topics": DatasetInfo(_text("fortunes_topics"), 10, "text"),
+    "keywords": DatasetInfo(_keywords, 20, "audio"),
 }
-N_CLASSES = {"digits": 10, "mnist5k": 10, "fashion_mnist": 10, "fortunes_language": 8, "fortunes_topics": 10,
-             "keywords": 20}
-MODALITY = {"digits": "vision", "mnist5k": "vision", "fashion_mnist": "vision", "fortunes_language": "text",
-            "fortunes_topics": "text", "keywords": "audio"}
 
 
 def load_dataset(
@@ -202,4 +208,4 @@ def load_dataset(
         raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
     if name == "fashion_mnist":
         return fashion_mnist(path)
-    return DATASETS[name](test_fraction=test_fraction, split_seed=split_seed)
+    return DATASETS[name].load(test_fraction=test_fraction, split_seed=split_seed)

@@ -14,18 +14,20 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from retain.data import Experience
-from retain.data.features import evaluating, in_batches
 from retain.engine.sgd import FusedSGD
-from retain.models import Classifier, IncrementalHead, MultiHead, build_model
-from retain.strategies import HOOKS, Strategy, implements, make_strategy
+from retain.models import Classifier, IncrementalHead, MultiHead
+from retain.quality import check_batch
+from retain.strategies import HOOKS, ExperienceContext, Step, Strategy, implements, make_strategy
+from retain.strategies.contract import online_problem, scenario_problem
+from retain.util import evaluating, in_batches
 
 FORMAT_VERSION = 1
 CHUNK = 32  # batches gathered at once by fit
 
 
-def cross_entropy(learner: Learner, x: Tensor, y: Tensor, t: Tensor, logits: Tensor) -> Tensor:
+def cross_entropy(learner: Learner, step: Step, logits: Tensor) -> Tensor:
     """The task loss unless a strategy replaces it: cross-entropy over every row."""
-    return F.cross_entropy(logits, y)
+    return F.cross_entropy(logits, step.y)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -95,6 +97,9 @@ class Learner:
         self.backbone_lr = backbone_lr  # a pretrained backbone usually wants a smaller step than the head
         self.generator = torch.Generator().manual_seed(seed)
         self._hooks = {h: [getattr(s, h) for s in self.strategies if implements(s, h)] for h in HOOKS}
+        # The experience hooks run with their strategy known: only a declared one may replace the train set.
+        self._experience_hooks = {h: [s for s in self.strategies if implements(s, h)]
+                                  for h in ("before_experience", "after_experience")}
         replacing = [s.name for s in self.strategies if implements(s, "task_loss")]
         if len(replacing) > 1:
             raise ValueError(f"{' and '.join(replacing)} each replace the task loss (cross-entropy over every "
@@ -105,17 +110,16 @@ class Learner:
         self.experiences_seen_ = 0
         self.steps_ = 0
         self.samples_seen_ = 0  # through partial_fit
-        self.fresh = True  # whether this step is the first on its incoming batch
-        # (x, y, t) of the current experience; before_experience hooks may replace it.
-        self.train_set: tuple[Tensor, Tensor, Tensor] | None = None
-        # Indices in train_set of the rows the current fit step starts with (None outside fit).
-        self.rows_: Tensor | None = None
-        self.incoming_ = 0  # rows the current step started with, at the head of its batch
         self.optimizer: FusedSGD | torch.optim.Optimizer | None = None
         # The trainable parameters, as of the optimizer's build (or construction): what a step
         # updates, so what a gradient clip or projection covers, without walking the modules each step.
-        self.stepped_: list[Tensor] = self._trainable()
-        self.experience: Experience | None = None  # the one being trained on
+        self._trainable: list[Tensor] = self._requires_grad()
+        self._experience_id = 0  # of the last experience fit (partial_fit's rows join it in memories)
+
+    @property
+    def trainable(self) -> list[Tensor]:
+        """The parameters the optimizer steps."""
+        return self._trainable
 
     # -- training ---------------------------------------------------------------------
     def fit(self, experience: Experience, epochs: int | None = None, incoming: bool = True) -> Learner:
@@ -125,25 +129,25 @@ class Learner:
         if experience.n_train == 0:
             raise ValueError(f"experience {experience.id} has no training samples")
         for s in self.strategies:
-            if experience.scenario not in s.scenarios:
-                raise ValueError(
-                    f"{s.name} supports {' and '.join(s.scenarios)} streams; experience "
-                    f"{experience.id} is {experience.scenario}"
-                )
-        self.experience = experience
-        self.train_set = (experience.x_train, experience.y_train, experience.train_tasks())
-        for hook in self._hooks["before_experience"]:
-            hook(self, experience)
+            problem = scenario_problem(s, experience.scenario)
+            if problem:
+                raise ValueError(f"{problem} (experience {experience.id})")
+        self._experience_id = experience.id
+        ctx = ExperienceContext(experience)
+        for s in self._experience_hooks["before_experience"]:
+            with ctx.written_by(s):
+                s.before_experience(self, ctx)
         self.optimizer = self._optimizer()
         self.model.train()
-        x, y, t = self.train_set
+        source = ctx.train_set
+        x, y, t = source
         # Shuffled rows are gathered (and moved to the device) CHUNK batches at a time, so a step
         # takes a view instead of paying for its own gather and copy.
         chunk = self.batch_size * CHUNK
         # A closed-form method (SLDA) writes the model itself: no gradient steps then.
         epochs = 0 if any(s.closed_form for s in self.strategies) else (epochs or self.epochs)
         for epoch in range(epochs):
-            self.fresh = incoming and epoch == 0
+            fresh = incoming and epoch == 0
             order = torch.randperm(len(y), generator=self.generator)
             for first in range(0, len(y), chunk):
                 idx = order[first:first + chunk]
@@ -151,15 +155,14 @@ class Learner:
                 rows = idx.to(self.device)
                 for start in range(0, len(idx), self.batch_size):
                     end = start + self.batch_size
-                    self.rows_ = rows[start:end]
-                    self._step(xc[start:end], yc[start:end], tc[start:end])
-        self.rows_ = None
+                    yb = yc[start:end]
+                    self._step(Step(xc[start:end], yb, tc[start:end], len(yb), fresh, experience.id,
+                                    rows[start:end], source))
         self._recalibrate_norms(x, t)
-        self.train_set = None
-        self.fresh = True
         self._remember(experience)
-        for hook in self._hooks["after_experience"]:
-            hook(self, experience)
+        for s in self._experience_hooks["after_experience"]:
+            with ctx.written_by(s):
+                s.after_experience(self, ctx)
         self.experiences_seen_ += 1
         return self
 
@@ -185,8 +188,7 @@ class Learner:
                  if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
         if not norms:
             return
-        parts = [(x, t)] + [(s.memory_.x, s.memory_.t) for s in self.strategies
-                            if len(getattr(s, "memory_", ())) and s.memory_.x.shape[1:] == x.shape[1:]]
+        parts = [(x, t)] + [(m.x, m.t) for m in self.memories() if m.x.shape[1:] == x.shape[1:]]
         xs, ts = torch.cat([p[0].to(x.device) for p in parts]), torch.cat([p[1].to(t.device) for p in parts])
         momenta = [m.momentum for m in norms]
         for m in norms:
@@ -200,12 +202,16 @@ class Learner:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
 
-    def _trainable(self) -> list[Tensor]:
+    def memories(self) -> list:
+        """The non-empty memories the strategies declare (``Strategy.memory``), in strategy order."""
+        return [m for m in (s.memory() for s in self.strategies) if m is not None and len(m)]
+
+    def _requires_grad(self) -> list[Tensor]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def _optimizer(self) -> FusedSGD | torch.optim.Optimizer:
         params = list(self.model.parameters())
-        self.stepped_ = self._trainable()
+        self._trainable = self._requires_grad()
         groups = [(params, self.lr)]
         if self.backbone_lr is not None:  # pretrained weights get backbone_lr; heads and LoRA adapters lr
             backbone = {id(p) for n, p in self.model.backbone.named_parameters() if "lora_" not in n}
@@ -220,7 +226,8 @@ class Learner:
         """One online update on an incoming mini-batch (size 1 and up): ``steps`` gradient steps
         with the strategies' per-step hooks. No task boundary is assumed: strategies that only
         learn at experience ends are refused unless ``hybrid`` (consolidations are then their
-        experiences). A bad batch raises ``ValueError`` before anything changes.
+        experiences). A bad batch raises ``BatchRefused`` (a ``ValueError`` carrying the quality
+        report, ``retain.quality.check_batch``) before anything changes.
 
         >>> from retain.models import make_model
         >>> learner = Learner(make_model("mlp", (4,), 3, hidden=(8,)), device="cpu")
@@ -229,87 +236,54 @@ class Learner:
         >>> learner.partial_fit(torch.rand(2, 4), torch.tensor([0, 3]))
         Traceback (most recent call last):
         ...
-        ValueError: partial_fit: label 3 is outside the model's classes 0..2
+        retain.quality.checks.BatchRefused: partial_fit: label 3 is outside the model's classes 0..2
         """
-        x, y, t = self._check_batch(x, y, t)
+        head = self.model.head
+        report = check_batch(x, y, t, n_features=getattr(self.model.backbone, "in_features", None),
+                             n_classes=None if isinstance(head, IncrementalHead) else head.n_outputs,
+                             known_classes=self.seen_classes_, where="partial_fit").raise_if_refused()
+        x, y, t = report.x.to(self.device), report.y.to(self.device), report.t.to(self.device)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"partial_fit: steps must be an integer >= 1, got {steps!r}")
         for s in self.strategies:
-            if not hybrid and not s.supports_online():
-                raise ValueError(f"partial_fit: {s.name} learns only at experience ends; {s.online_hint}")
+            problem = None if hybrid else online_problem(s)
+            if problem:
+                raise ValueError(f"partial_fit: {problem}")
         if self.optimizer is None:
             self.optimizer = self._optimizer()
         if not self.model.training:
             self.model.train()
-        self.rows_ = None  # these rows are not from a training set
-        for k in range(steps):
-            self.fresh = k == 0
-            self._step(x, y, t)
-        self.fresh = True
+        for k in range(steps):  # these rows come from no training set: no rows, no source
+            self._step(Step(x, y, t, len(y), k == 0, self._experience_id))
         self.samples_seen_ += len(y)
-        new = set(y.tolist()) - set(self.seen_classes_)
-        if new:
-            self.seen_classes_ = sorted(set(self.seen_classes_) | new)
+        if report.new_classes:
+            self.seen_classes_ = sorted(set(self.seen_classes_) | set(report.new_classes))
         return self
 
-    def _check_batch(self, x: Any, y: Any, t: Any) -> tuple[Tensor, Tensor, Tensor]:
-        x = torch.as_tensor(x, dtype=torch.float32)
-        y = torch.as_tensor(y)
-        if x.dim() < 2 or len(x) == 0:
-            raise ValueError(f"partial_fit: x must be a non-empty batch (n, features...), got shape {tuple(x.shape)}")
-        if y.dim() != 1 or len(y) != len(x):
-            raise ValueError(f"partial_fit: y must hold one label per row of x ({len(x)}), got shape {tuple(y.shape)}")
-        expected = getattr(self.model.backbone, "in_features", None)
-        if expected is not None and x.numel() // len(x) != expected:
-            raise ValueError(f"partial_fit: each sample must have {expected} values, got {x.numel() // len(x)} "
-                             f"(shape {tuple(x.shape[1:])})")
-        # One reduction first (NaN and inf propagate into the sum); the exact check only if it fails.
-        if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
-            raise ValueError("partial_fit: x holds NaN or infinite values")
-        if y.dtype.is_floating_point or y.dtype == torch.bool:
-            raise ValueError(f"partial_fit: labels must be integers, got {y.dtype}")
-        limit = self.model.head.n_outputs if not isinstance(self.model.head, IncrementalHead) else 2**31
-        low, high = torch.aminmax(y)
-        if low < 0 or high >= limit:
-            bad = int(low) if low < 0 else int(high)
-            allowed = f"0..{limit - 1}" if limit < 2**31 else "0 and up"
-            raise ValueError(f"partial_fit: label {bad} is outside the model's classes {allowed}")
-        t = torch.full((len(y),), t or 0, dtype=torch.long) if t is None or isinstance(t, int) else torch.as_tensor(t)
-        if t.shape != y.shape:
-            raise ValueError(f"partial_fit: t must hold one task id per sample, got shape {tuple(t.shape)}")
-        return x.to(self.device), y.long().to(self.device), t.long().to(self.device)
-
-    def _step(self, x: Tensor, y: Tensor, t: Tensor) -> None:
-        x, y, t = self.step_batch(x, y, t)
-        logits = self.model(x, t)
-        loss = self.objective(x, y, t, logits)
+    def _step(self, step: Step) -> None:
+        step = self.step_batch(step)
+        logits = self.model(step.x, step.t)
+        loss = self.objective(step, logits)
         self.optimizer.zero_grad()
         loss.backward()
         for hook in self._hooks["after_backward"]:
-            hook(self)
+            hook(self, step)
         self.optimizer.step()
         self.steps_ += 1
 
-    def step_batch(self, x: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The batch a step trains on: the incoming rows (``incoming_`` of them) and what the
-        strategies' ``batch`` hooks append."""
-        self.incoming_ = len(y)
+    def step_batch(self, step: Step) -> Step:
+        """The batch a step trains on: the incoming rows and what the strategies' ``batch`` hooks append."""
         for hook in self._hooks["batch"]:
-            x, y, t = hook(self, x, y, t)
-        return x, y, t
+            step = hook(self, step)
+        return step
 
-    def objective(self, x: Tensor, y: Tensor, t: Tensor, logits: Tensor) -> Tensor:
+    def objective(self, step: Step, logits: Tensor) -> Tensor:
         """What a training step minimises on a batch its ``batch`` hooks returned: the task loss
         (cross-entropy over every row unless a strategy replaces it) plus every ``loss`` term."""
-        loss = self._task_loss(self, x, y, t, logits)
+        loss = self._task_loss(self, step, logits)
         for hook in self._hooks["loss"]:
-            loss = loss + hook(self, x, y, t, logits)
+            loss = loss + hook(self, step, logits)
         return loss
-
-    @property
-    def experience_id(self) -> int:
-        """Id of the experience being trained on (0 in a task-free online stream)."""
-        return self.experience.id if self.experience is not None else 0
 
     @contextlib.contextmanager
     def seeded(self) -> Iterator[None]:
@@ -409,7 +383,7 @@ class Learner:
         meta: dict[str, Any] = json.loads((path / "learner.json").read_text())
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path}: unsupported learner format {meta.get('format')!r}")
-        model = build_model(meta["model"])
+        model = Classifier.from_config(meta["model"])
         model.load_state_dict(load_file(path / "model.safetensors"))
         strategies = [make_strategy(s["name"], **s["params"]) for s in meta["strategies"]]
         learner = cls(model, strategies, device=device, **meta["learner"])

@@ -1,7 +1,7 @@
 """Model layer: backbones, heads that grow with new classes or tasks, and the classifier."""
 
 from retain.models.backbones import MLP, ProgressiveMLP, SmallCNN
-from retain.models.classifier import Classifier, build_model, make_model
+from retain.models.classifier import Classifier, make_model
 from retain.models.heads import NEG, BiasCorrectedHead, IncrementalHead, LinearHead, MultiHead, NMEHead
 
 __all__ = [
@@ -15,6 +15,5 @@ __all__ = [
     "LinearHead",
     "MultiHead",
     "SmallCNN",
-    "build_model",
     "make_model",
 ]

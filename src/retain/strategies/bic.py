@@ -40,36 +40,33 @@ class BiC(DistilledReplay):
     paper = 'Wu et al. 2019, "Large Scale Incremental Learning", CVPR'
     family = "replay"
     scenarios = ("class_incremental",)
+    replaces_train_set = True
 
     def __post_init__(self) -> None:
         n_val = max(1, round(self.memory_size * self.val_fraction))
         self.memory_ = Memory(self.memory_size - n_val, "class_balanced")
         self.validation_ = Memory(n_val, "class_balanced")
-        self._held_out: tuple[torch.Tensor, ...] | None = None
-        self._trained_on: tuple[torch.Tensor, ...] | None = None
 
-    def before_experience(self, learner, exp) -> None:
+    def before_experience(self, learner, ctx) -> None:
         model = learner.model
         if not isinstance(model.head, BiasCorrectedHead):
             model.head = BiasCorrectedHead(model.head.in_features, model.head).to(learner.device)
         self.snapshot(learner)
         # Hold out, per new class, as many samples as the validation memory will keep per class.
-        x, y, t = learner.train_set
-        per_class = max(1, self.validation_.size // (len(set(learner.seen_classes_) | set(exp.classes))))
+        x, y, t = ctx.train_set
+        per_class = max(1, self.validation_.size // (len(set(learner.seen_classes_) | set(ctx.classes))))
         order = torch.randperm(len(y), generator=learner.generator)
         held = torch.cat([order[y[order] == c][:per_class] for c in y.unique()])
         mask = torch.ones(len(y), dtype=torch.bool)
         mask[held] = False
-        self._held_out = (x[held], y[held], t[held])
-        learner.train_set = (x[mask], y[mask], t[mask])
-        self._trained_on = learner.train_set
+        ctx.replace_train_set(x[mask], y[mask], t[mask])
+        ctx.notes["bic"] = (x[held], y[held], t[held])  # the held-out samples
 
-    def after_experience(self, learner, exp) -> None:
-        self.validation_.add(*self._held_out, exp.id, generator=learner.generator)
-        self.memory_.add(*self._trained_on, exp.id, generator=learner.generator)
-        self._held_out = self._trained_on = None
+    def after_experience(self, learner, ctx) -> None:
+        self.validation_.add(*ctx.notes["bic"], ctx.id, generator=learner.generator)
+        self.memory_.add(*ctx.train_set, ctx.id, generator=learner.generator)
         if self.old_classes_:
-            self._fit_bias(learner, list(exp.classes))
+            self._fit_bias(learner, list(ctx.classes))
 
     def _fit_bias(self, learner, new_classes: list[int]) -> None:
         head = learner.model.head

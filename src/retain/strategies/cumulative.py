@@ -19,18 +19,20 @@ class Cumulative(Strategy):
 
     name = "cumulative"
     paper = 'Lomonaco & Maltoni 2017, "CORe50" (cumulative upper bound)'
+    replaces_train_set = True
+    grows = "it keeps every training sample seen"
 
     def __post_init__(self) -> None:
         self.x_: list[torch.Tensor] = []
         self.y_: list[torch.Tensor] = []
         self.t_: list[torch.Tensor] = []
 
-    def before_experience(self, learner, exp) -> None:
-        x, y, t = learner.train_set
+    def before_experience(self, learner, ctx) -> None:
+        x, y, t = ctx.train_set
         self.x_.append(x)
         self.y_.append(y)
         self.t_.append(t)
-        learner.train_set = (torch.cat(self.x_), torch.cat(self.y_), torch.cat(self.t_))
+        ctx.replace_train_set(torch.cat(self.x_), torch.cat(self.y_), torch.cat(self.t_))
 
     def state_dict(self) -> dict[str, Any]:
         if not self.y_:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 
 from retain.strategies.base import params
-from retain.strategies.memory import Memory, MemoryStrategy, append
+from retain.strategies.memory import Memory, MemoryStrategy
 
 
 @params
@@ -50,35 +50,34 @@ class DER(MemoryStrategy):
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "reservoir" if self.store == "stream" else "class_balanced")
-        self._matched = 0  # this step's logit-matching memory rows, after the incoming ones
-        self._targets: torch.Tensor | None = None
 
-    def batch(self, learner, x, y, t):
+    def batch(self, learner, step):
         # Memory rows ride in the same forward pass as the new ones (one pass, one backward, no
         # gradient accumulation across graphs): [new | logit-matching batch | DER++ label batch].
-        self._matched, self._targets = 0, None
+        # The logits stored with the matching rows are the step's note for the loss.
         if not len(self.memory_):
-            return x, y, t
-        n = self.batch_size or round(self.ratio * len(y))
+            return step
+        n = self.batch_size or round(self.ratio * step.incoming)
         m = self.memory_.sample(n, learner.generator, ("x", "y", "t", "logits"))
-        self._matched, self._targets = len(m["y"]), m["logits"].to(x.device)
-        batch = append((x, y, t), m)
+        step.notes["der"] = m["logits"].to(step.x.device)
+        step.append(m["x"], m["y"], m["t"])
         if self.beta > 0 and not self.shared:  # a second, independent memory batch for the label term
-            batch = self.memory_.extend(*batch, n, learner.generator)
-        return batch
+            self.memory_.replay_into(step, n, learner.generator)
+        return step
 
-    def task_loss(self, learner, x, y, t, logits):
+    def task_loss(self, learner, step, logits):
         # DER's cross-entropy is over the new rows only; replayed labels enter through beta.
-        new = learner.incoming_
-        return F.cross_entropy(logits[:new], y[:new])
+        new = step.incoming
+        return F.cross_entropy(logits[:new], step.y[:new])
 
-    def loss(self, learner, x, y, t, logits):
-        new, matched = learner.incoming_, self._matched
+    def loss(self, learner, step, logits):
+        new, y = step.incoming, step.y
         if self.store == "stream":
-            self.offer(learner, x[:new], y[:new], t[:new], logits=logits[:new].detach())
-        if self._targets is None:
+            self.offer(learner, step, logits=logits[:new].detach())
+        target = step.notes.get("der")
+        if target is None:
             return logits.new_zeros(())
-        target = self._targets
+        matched = len(target)
         diff = logits[new:new + matched, :target.shape[1]] - target
         if torch.isnan(target).any():  # units added after a sample was stored (a head grew) are left out
             diff = diff[torch.isfinite(target)]
@@ -88,13 +87,13 @@ class DER(MemoryStrategy):
             term = term + self.beta * F.cross_entropy(logits[label], y[label])
         return term
 
-    def after_backward(self, learner) -> None:
+    def after_backward(self, learner, step) -> None:
         if self.max_grad_norm is None:
             return
         # The learner's parameter list, not model.parameters() (a walk over every module, 26 us a
         # step), and one norm per tensor (60 against get_total_norm's 100 us in a DER run here):
         # 2-3% of a DER step of the 784-256-256-10 MLP.
-        params = [p for p in learner.stepped_ if p.grad is not None]
+        params = [p for p in learner.trainable if p.grad is not None]
         if not params:
             return
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
@@ -104,7 +103,8 @@ class DER(MemoryStrategy):
     def supports_online(self) -> bool:
         return self.store == "stream"
 
-    def after_experience(self, learner, exp) -> None:
+    def after_experience(self, learner, ctx) -> None:
+        exp = ctx.experience
         if self.store == "end":
             logits = learner.predict_logits(exp.x_train, exp.train_tasks())
             self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id,

@@ -34,15 +34,15 @@ class ERACE(MemoryStrategy):
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "reservoir")
 
-    def batch(self, learner, x, y, t):
+    def batch(self, learner, step):
         # Replayed rows join the incoming ones in the learner's forward pass (one graph a step);
         # the incoming ones are offered to the memory after the replayed ones are drawn.
-        mixed = self.memory_.extend(x, y, t, self.batch_size or len(y), learner.generator)
-        self.offer(learner, x, y, t)
-        return mixed
+        step = self.memory_.replay_into(step, self.batch_size or step.incoming, learner.generator)
+        self.offer(learner, step)
+        return step
 
-    def task_loss(self, learner, x, y, t, logits):
-        new = learner.incoming_
+    def task_loss(self, learner, step, logits):
+        new, y = step.incoming, step.y
         yn, zn = y[:new], logits[:new]
         present = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
         present[yn] = True

@@ -43,13 +43,14 @@ class EWC(Strategy):
     name = "ewc"
     paper = 'Kirkpatrick et al. 2017, "Overcoming catastrophic forgetting", PNAS; Schwarz et al. 2018 (online)'
     family = "regularization"
+    grows = "mode separate keeps one anchor and Fisher per experience (mode online keeps one)"
 
     def __post_init__(self) -> None:
         self.anchors_: list[dict[str, torch.Tensor]] = []
         self.fishers_: list[dict[str, torch.Tensor]] = []
         self._merged: tuple[dict, dict] | None = None
 
-    def after_backward(self, learner) -> None:
+    def after_backward(self, learner, step) -> None:
         if not self.anchors_:
             return
         if self._merged is None:
@@ -57,7 +58,8 @@ class EWC(Strategy):
             self._merged = anchor, {k: self.lam * f for k, f in capped(fisher, learner.lr, self.lam).items()}
         add_penalty_grad(learner.model, *self._merged)
 
-    def after_experience(self, learner, exp) -> None:
+    def after_experience(self, learner, ctx) -> None:
+        exp = ctx.experience
         x, y, t = exp.x_train, exp.y_train, exp.train_tasks()
         if self.fisher_samples is not None and self.fisher_samples < len(y):
             g = torch.Generator().manual_seed(self.seed + exp.id)

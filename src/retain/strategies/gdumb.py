@@ -23,15 +23,15 @@ class GDumb(MemoryStrategy):
     name = "gdumb"
     paper = 'Prabhu, Torr & Dokania 2020, "GDumb", ECCV'
     family = "replay"
+    replaces_train_set = True
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "class_balanced")
 
-    def before_experience(self, learner, exp) -> None:
-        x, y, t = learner.train_set
-        self.memory_.add(x, y, t, exp.id, generator=learner.generator)
+    def before_experience(self, learner, ctx) -> None:
+        self.memory_.add(*ctx.train_set, ctx.id, generator=learner.generator)
         with learner.seeded():
             for module in learner.model.modules():
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
-        learner.train_set = (self.memory_.x, self.memory_.y, self.memory_.t)
+        ctx.replace_train_set(self.memory_.x, self.memory_.y, self.memory_.t)

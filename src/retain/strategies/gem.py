@@ -44,7 +44,7 @@ class GEM(MemoryStrategy):
         self._groups: tuple[tuple[torch.Tensor, ...], list[int]] | None = None
         self._grads = GroupGrads()
 
-    def after_backward(self, learner) -> None:
+    def after_backward(self, learner, step) -> None:
         if not len(self.memory_):
             return
         if self._groups is None:  # the memory changes only between experiences: sorted by experience once
@@ -63,7 +63,8 @@ class GEM(MemoryStrategy):
         if (G @ g < 0).any():
             set_flat_grad(learner, project_to_cone(g, G, self.margin))
 
-    def after_experience(self, learner, exp) -> None:
+    def after_experience(self, learner, ctx) -> None:
+        exp = ctx.experience
         self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id, generator=learner.generator)
         self._groups = None
 

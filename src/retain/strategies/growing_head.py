@@ -20,11 +20,11 @@ class GrowingHead(Strategy):
     paper = "Rebuffi et al. 2017 (iCaRL's expanding classifier)"
     family = "architecture"
 
-    def before_experience(self, learner, exp) -> None:
+    def before_experience(self, learner, ctx) -> None:
         with learner.seeded():
-            self._grow(learner, exp)
+            self._grow(learner, ctx.classes)
 
-    def _grow(self, learner, exp) -> None:
+    def _grow(self, learner, classes) -> None:
         model = learner.model
         if isinstance(model.head, LinearHead):
             # Take over a fixed head, keeping only the units of classes already learned.
@@ -37,4 +37,4 @@ class GrowingHead(Strategy):
                     model.head.blocks[0].bias.copy_(fixed.fc.bias[:keep])
         if not isinstance(model.head, IncrementalHead):
             raise ValueError(f"growing_head needs a linear head, the model has {type(model.head).__name__}")
-        model.head.grow(max(exp.classes) + 1)
+        model.head.grow(max(classes) + 1)

@@ -41,7 +41,7 @@ class ICaRL(DistilledReplay):
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "herding")
 
-    def before_experience(self, learner, exp) -> None:
+    def before_experience(self, learner, ctx) -> None:
         model = learner.model
         if not isinstance(model.head, NMEHead):
             model.head = NMEHead(model.head.in_features, model.head).to(learner.device)
@@ -52,7 +52,8 @@ class ICaRL(DistilledReplay):
         self.old_model_.head.inner.eval()
         return self.old_model_.head.inner(self.old_model_.features(x, t), t)
 
-    def after_experience(self, learner, exp) -> None:
+    def after_experience(self, learner, ctx) -> None:
+        exp = ctx.experience
         features = learner.features(exp.x_train, exp.train_tasks())
         self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id,
                          generator=learner.generator, features=features)

@@ -28,11 +28,11 @@ class L2(Strategy):
     def __post_init__(self) -> None:
         self.anchor_: dict = {}
 
-    def after_backward(self, learner) -> None:
+    def after_backward(self, learner, step) -> None:
         if self.anchor_:
             add_penalty_grad(learner.model, self.anchor_, float(self.lam))
 
-    def after_experience(self, learner, exp) -> None:
+    def after_experience(self, learner, ctx) -> None:
         self.anchor_ = snapshot(learner.model)
 
     def state_dict(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class LoRAExperts(Strategy):
     paper = 'Hu et al. 2022, "LoRA: Low-Rank Adaptation of Large Language Models"; Rusu et al. 2016'
     family = "architecture"
     scenarios = ("class_incremental", "task_incremental")
+    needs = ("lora_text",)
 
     def __post_init__(self) -> None:
         self.current_ = 0
@@ -44,7 +45,8 @@ class LoRAExperts(Strategy):
     def _expert(self, exp) -> int:
         return exp.task if exp.scenario == "task_incremental" else exp.id
 
-    def before_experience(self, learner, exp) -> None:
+    def before_experience(self, learner, ctx) -> None:
+        exp = ctx.experience
         backbone, model = self._backbone(learner), learner.model
         self.current_ = self._expert(exp)
         with learner.seeded():
@@ -55,11 +57,13 @@ class LoRAExperts(Strategy):
         backbone.task_free = exp.scenario == "class_incremental"
         backbone.use_expert(self.current_)
 
-    def batch(self, learner, x, y, t):
-        return x, y, torch.full_like(t, self.current_)
+    def batch(self, learner, step):
+        step.t = torch.full_like(step.t, self.current_)
+        return step
 
     @torch.no_grad()
-    def after_experience(self, learner, exp) -> None:
+    def after_experience(self, learner, ctx) -> None:
+        exp = ctx.experience
         backbone, k = self._backbone(learner), self.current_
         feats = learner.features(exp.x_train, torch.full((exp.n_train,), k), batch_size=64)
         protos = getattr(backbone, f"prototypes_{k}")

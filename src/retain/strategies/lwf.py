@@ -9,7 +9,7 @@ from pydantic import NonNegativeFloat, PositiveFloat
 
 from retain.models import MultiHead
 from retain.strategies.base import Strategy, params
-from retain.strategies.importance import (
+from retain.strategies.distillation import (
     OldOutputs,
     columns,
     distillation,
@@ -39,7 +39,7 @@ class LwF(Strategy):
         self.old_model_: torch.nn.Module | None = None
         self.old_tasks_: dict[int, list[int]] = {}
 
-    def before_experience(self, learner, exp) -> None:
+    def before_experience(self, learner, ctx) -> None:
         if not learner.seen_classes_:
             return
         self.old_model_ = frozen_copy(learner.model)
@@ -53,15 +53,15 @@ class LwF(Strategy):
         self._old = OldOutputs((lambda x, t: old.features(x)) if isinstance(old.head, MultiHead)
                                else (lambda x, t: old(x, t)[:, cols]))
 
-    def loss(self, learner, x, y, t, logits):
+    def loss(self, learner, step, logits):
         if self.old_model_ is None:
             return logits.new_zeros(())
-        model = learner.model
+        model, x, t = learner.model, step.x, step.t
         if not isinstance(model.head, MultiHead):
-            old = self._old(learner, x, t)
+            old = self._old(learner, step, x, t)
             return self.alpha * distillation(logits[:, self._old_columns], old, self.temperature)
         h = model.features(x)
-        h_old = self._old(learner, x, t)
+        h_old = self._old(learner, step, x, t)
         total = logits.new_zeros(())
         for task, classes in self.old_tasks_.items():
             tt = torch.full_like(t, task)

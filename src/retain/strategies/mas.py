@@ -29,7 +29,8 @@ class MAS(AnchoredPenalty):
     paper = 'Aljundi et al. 2018, "Memory Aware Synapses", ECCV'
     family = "regularization"
 
-    def after_experience(self, learner, exp) -> None:
+    def after_experience(self, learner, ctx) -> None:
+        exp = ctx.experience
         new = importance(learner, exp.x_train, exp.y_train, exp.train_tasks(), "mas")
         old = getattr(self, "importance_", {})
         self.set_anchor(learner, {k: v + self.decay * grown(old.get(k), v) for k, v in new.items()})

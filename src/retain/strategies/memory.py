@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from retain.strategies.base import Strategy
+from retain.strategies.contract import LearnerView, Step
 
 POLICIES = ("reservoir", "class_balanced", "herding")
 
@@ -135,12 +136,12 @@ class Memory:
         idx = torch.randperm(len(self), generator=generator)[:n]
         return {k: self.data[k].index_select(0, idx.to(self.data[k].device)) for k in keys or self.data}
 
-    def extend(self, x: Tensor, y: Tensor, t: Tensor, n: int,
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """The batch ``(x, y, t)`` with ``n`` random memory samples appended (as is when empty)."""
+    def replay_into(self, step: Step, n: int, generator: torch.Generator | None = None) -> Step:
+        """``step`` with ``n`` random memory samples appended to its batch (as is when empty)."""
         if not len(self):
-            return x, y, t
-        return append((x, y, t), self.sample(n, generator, ("x", "y", "t")))
+            return step
+        m = self.sample(n, generator, ("x", "y", "t"))
+        return step.append(m["x"], m["y"], m["t"])
 
     def state_dict(self) -> dict[str, Any]:
         return {"seen": self.seen} | {f"data.{k}": v for k, v in self.data.items()}
@@ -159,11 +160,6 @@ def row_weights(sizes: tuple[int, ...], values: tuple[float, ...], device: torch
 def weighted_cross_entropy(logits: Tensor, y: Tensor, sizes: tuple[int, ...], values: tuple[float, ...]) -> Tensor:
     """``sum_i w_i CE_i`` over consecutive groups of rows, the rows of group k weighing ``values[k]``."""
     return F.cross_entropy(logits, y, reduction="none") @ row_weights(sizes, values, y.device)
-
-
-def append(batch: tuple[Tensor, Tensor, Tensor], sample: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """The batch ``(x, y, t)`` with a memory sample's ``x``, ``y``, ``t`` rows appended (on the batch's device)."""
-    return tuple(torch.cat([a, sample[k].to(a.device)]) for a, k in zip(batch, ("x", "y", "t"), strict=True))
 
 
 def herding_order(features: Tensor, y: Tensor, limit: int | None = None) -> Tensor:
@@ -201,23 +197,27 @@ class MemoryStrategy(Strategy):
 
     memory_: Memory
 
+    def memory(self) -> Memory:
+        return self.memory_
+
     def state_dict(self) -> dict[str, Any]:
         return self.memory_.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any], learner: Any) -> None:
+    def load_state_dict(self, state: dict[str, Any], learner: LearnerView) -> None:
         self.memory_.load_state_dict(state)
 
-    def replay_loss(self, learner: Any, logits: Tensor, y: Tensor, weight: float) -> Tensor:
+    def replay_loss(self, step: Step, logits: Tensor, weight: float) -> Tensor:
         """Cross-entropy over a batch whose rows after the step's incoming ones were replayed, a
         replayed row weighing ``weight`` times a new one (the mean over every row at 1)."""
-        new, replayed = learner.incoming_, len(y) - learner.incoming_
+        y = step.y
+        new, replayed = step.incoming, len(y) - step.incoming
         if weight == 1 or not replayed:
             return F.cross_entropy(logits, y)
         total = new + weight * replayed
         return weighted_cross_entropy(logits, y, (new, replayed), (1 / total, weight / total))
 
-    def offer(self, learner: Any, x: Tensor, y: Tensor, t: Tensor, **extra: Tensor) -> None:
-        """Offer an incoming batch to the memory once: on the first step taken on it (the
-        learner's ``fresh``), not again on later steps or epochs over the same samples."""
-        if learner.fresh:
-            self.memory_.add(x, y, t, learner.experience_id, generator=learner.generator, **extra)
+    def offer(self, learner: LearnerView, step: Step, **extra: Tensor) -> None:
+        """Offer the step's incoming rows to the memory once: on the first step taken on them
+        (``step.fresh``), not again on later steps or epochs over the same samples."""
+        if step.fresh:
+            self.memory_.add(*step.new(), step.experience_id, generator=learner.generator, **extra)

@@ -46,13 +46,13 @@ class MIR(MemoryStrategy):
             after = F.cross_entropy(functional_call(model, virtual, (cx, ct)), cy, reduction="none")
         return after - before
 
-    def batch(self, learner, x, y, t):
-        out = (x, y, t)
+    def batch(self, learner, step):
         if len(self.memory_):
+            x, y, t = step.new()
             m = self.memory_.sample(self.candidates, learner.generator)
             cx, cy, ct = (m[k].to(x.device) for k in ("x", "y", "t"))
             rise = self.interference(learner, x, y, t, cx, cy, ct)
             top = rise.topk(min(self.batch_size or len(y), len(rise))).indices
-            out = (torch.cat([x, cx[top]]), torch.cat([y, cy[top]]), torch.cat([t, ct[top]]))
-        self.offer(learner, x, y, t)
-        return out
+            step.append(cx[top], cy[top], ct[top])
+        self.offer(learner, step)
+        return step

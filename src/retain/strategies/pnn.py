@@ -21,9 +21,10 @@ class PNN(Strategy):
     paper = 'Rusu et al. 2016, "Progressive Neural Networks", arXiv:1606.04671'
     family = "architecture"
     scenarios = ("task_incremental",)
+    needs = ("mlp",)
 
-    def before_experience(self, learner, exp) -> None:
-        model = learner.model
+    def before_experience(self, learner, ctx) -> None:
+        model, exp = learner.model, ctx.experience
         with learner.seeded():
             if not isinstance(model.backbone, ProgressiveMLP):
                 cfg = model.backbone.get_config()

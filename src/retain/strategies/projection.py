@@ -14,16 +14,16 @@ from torch import Tensor, nn
 from retain.strategies.memory import weighted_cross_entropy
 
 if TYPE_CHECKING:
-    from retain.engine import Learner
+    from retain.strategies.contract import LearnerView as Learner
 
 
 def grads(learner: Learner) -> list[Tensor]:
     """Every trainable parameter's gradient (a zero tensor is stored where one is missing), in
-    the order of ``learner.stepped_``."""
-    for p in learner.stepped_:
+    the order of ``learner.trainable``."""
+    for p in learner.trainable:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    return [p.grad for p in learner.stepped_]
+    return [p.grad for p in learner.trainable]
 
 
 def flat_grad(learner: Learner) -> Tensor:
@@ -34,7 +34,7 @@ def flat_grad(learner: Learner) -> Tensor:
 def set_flat_grad(learner: Learner, g: Tensor) -> None:
     """Write a vector from :func:`flat_grad` back into the parameters' gradients."""
     start = 0
-    for p in learner.stepped_:
+    for p in learner.trainable:
         p.grad = g[start:start + p.numel()].view_as(p).clone()
         start += p.numel()
 
@@ -42,7 +42,7 @@ def set_flat_grad(learner: Learner, g: Tensor) -> None:
 def memory_grads(learner: Learner, x: Tensor, y: Tensor, t: Tensor) -> list[Tensor]:
     """Per-parameter gradients of the cross-entropy on memory samples, leaving the parameters'
     gradients as they were."""
-    params = learner.stepped_
+    params = learner.trainable
     dev = learner.device
     loss = F.cross_entropy(learner.model(x.to(dev), t.to(dev)), y.to(dev))
     found = torch.autograd.grad(loss, params, allow_unused=True)
@@ -74,9 +74,9 @@ class GroupGrads:
         self._buffer = torch.empty(0)
 
     def __call__(self, learner: Learner, x: Tensor, y: Tensor, t: Tensor, sizes: list[int]) -> Tensor:
-        key = tuple(id(p) for p in learner.stepped_)
+        key = tuple(id(p) for p in learner.trainable)
         if key != self._key:  # a head grew or the model changed: inspect it again
-            self._key, self._layout = key, _linear_layout(learner.model, learner.stepped_)
+            self._key, self._layout = key, _linear_layout(learner.model, learner.trainable)
         if self._layout is not None:
             G = self._one_pass(learner, x, y, t, sizes)
             if G is not None:

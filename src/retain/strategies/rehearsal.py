@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from retain.strategies.importance import (
+from retain.strategies.distillation import (
     OldOutputs,
     columns,
     distillation,
@@ -46,16 +46,16 @@ class DistilledReplay(MemoryStrategy):
     def old_logits(self, x: Tensor, t: Tensor) -> Tensor:
         return self.old_model_(x, t)
 
-    def batch(self, learner, x, y, t):
-        return self.memory_.extend(x, y, t, round(self.ratio * len(y)), learner.generator)
+    def batch(self, learner, step):
+        return self.memory_.replay_into(step, round(self.ratio * step.incoming), learner.generator)
 
-    def task_loss(self, learner, x, y, t, logits):
-        return self.replay_loss(learner, logits, y, self.weight)
+    def task_loss(self, learner, step, logits):
+        return self.replay_loss(step, logits, self.weight)
 
-    def loss(self, learner, x, y, t, logits):
+    def loss(self, learner, step, logits):
         if self.old_model_ is None:
             return logits.new_zeros(())
-        old = self._old(learner, x, t)
+        old = self._old(learner, step, step.x, step.t)
         return self.alpha * distillation(logits[:, self._old_columns], old, self.temperature)
 
     def memory_state(self) -> dict[str, Any]:

@@ -47,18 +47,19 @@ class Replay(MemoryStrategy):
     def supports_online(self) -> bool:
         return self.update == "stream"
 
-    def batch(self, learner, x, y, t):
-        mixed = self.memory_.extend(x, y, t, self.batch_size or round(self.ratio * len(y)), learner.generator)
+    def batch(self, learner, step):
+        step = self.memory_.replay_into(step, self.batch_size or round(self.ratio * step.incoming), learner.generator)
         if self.update == "stream":
-            self.offer(learner, x, y, t)
-        return mixed
+            self.offer(learner, step)
+        return step
 
-    def task_loss(self, learner, x, y, t, logits):
-        return self.replay_loss(learner, logits, y, self.weight)
+    def task_loss(self, learner, step, logits):
+        return self.replay_loss(step, logits, self.weight)
 
-    def after_experience(self, learner, exp) -> None:
+    def after_experience(self, learner, ctx) -> None:
         if self.update == "stream":
             return
+        exp = ctx.experience
         features = learner.features(exp.x_train, exp.train_tasks()) if self.policy == "herding" else None
         self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id,
                          generator=learner.generator, features=features)

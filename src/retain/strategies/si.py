@@ -35,13 +35,13 @@ class SI(AnchoredPenalty):
         self._omega: dict[str, torch.Tensor] = {}
         self._last: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def before_experience(self, learner, exp) -> None:
+    def before_experience(self, learner, ctx) -> None:
         self._start = snapshot(learner.model)
         self._omega = {k: torch.zeros_like(v) for k, v in self._start.items()}
         self._last = {}
 
-    def after_backward(self, learner) -> None:
-        super().after_backward(learner)  # the penalty's gradient first: omega follows the full gradient
+    def after_backward(self, learner, step) -> None:
+        super().after_backward(learner, step)  # the penalty's gradient first: omega follows the full gradient
         self._accumulate(learner)
         # The gradient tensor itself is kept, not a copy: the learner's zero_grad replaces it with
         # a new one, and any later in-place edit (clipping) is what the optimizer then applies.
@@ -58,7 +58,7 @@ class SI(AnchoredPenalty):
                     grad, before = self._last[k]
                     self._omega[k].addcmul_(grad, before.sub_(p))  # -g * (theta_now - theta_before)
 
-    def after_experience(self, learner, exp) -> None:
+    def after_experience(self, learner, ctx) -> None:
         self._accumulate(learner)
         end = snapshot(learner.model)
         gains = {k: w.clamp(min=0) / ((end[k] - self._start[k]) ** 2 + self.xi) for k, w in self._omega.items()}

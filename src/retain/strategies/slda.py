@@ -29,13 +29,14 @@ class SLDA(Strategy):
     family = "prototype"
     scenarios = ("class_incremental", "domain_incremental")
     closed_form = True
+    needs = ("fixed_features",)
 
     def __post_init__(self) -> None:
         self.sums_: torch.Tensor | None = None  # (classes, d)
         self.counts_: torch.Tensor | None = None  # (classes,)
         self.scatter_: torch.Tensor | None = None  # (d, d), around each sample's class mean
 
-    def before_experience(self, learner, exp) -> None:
+    def before_experience(self, learner, ctx) -> None:
         if not hasattr(learner.model.head, "fc"):
             raise ValueError(f"slda writes a linear head (head: fixed); this model's head is "
                              f"{type(learner.model.head).__name__}")
@@ -43,7 +44,8 @@ class SLDA(Strategy):
             raise ValueError("slda needs fixed features, but this backbone trains: use a frozen backbone and "
                              "a linear head (model: {adaptation: frozen, hidden: []})")
 
-    def after_experience(self, learner, exp) -> None:
+    def after_experience(self, learner, ctx) -> None:
+        exp = ctx.experience
         f = learner.features(exp.x_train, exp.train_tasks()).double()
         head = learner.model.head
         n_classes, d = head.n_outputs, f.shape[1]

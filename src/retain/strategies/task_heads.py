@@ -18,11 +18,11 @@ class TaskHeads(Strategy):
     paper = 'Li & Hoiem 2017; van de Ven & Tolias 2019 (multi-headed setup)'
     family = "architecture"
 
-    def before_experience(self, learner, exp) -> None:
+    def before_experience(self, learner, ctx) -> None:
         model = learner.model
         with learner.seeded():
             if not isinstance(model.head, MultiHead):
                 model.head = MultiHead(model.head.in_features, 0).to(learner.device)
-            _, y, t = learner.train_set  # a merged stream (Joint) holds several tasks at once
+            _, y, t = ctx.train_set  # a merged stream (Joint) holds several tasks at once
             for task in t.unique().tolist():
                 model.head.add_task(task, y[t == task].unique().tolist())

@@ -1,0 +1,88 @@
+"""Build what a run config describes: its stream (raw or a frozen backbone's cached features), model and learner.
+
+The service, the CLI's model store and the benchmarks build learners here, without the comparison runner.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import torch
+
+from retain.config import MethodConfig, RunConfig
+from retain.data import Stream, build_scenario, load_dataset
+from retain.data.datasets import cache_dir, per_class
+from retain.data.features import FeatureCache, LazyEncoder, encode_stream
+from retain.engine import Learner
+from retain.models import Classifier, make_model
+from retain.models.pretrained import backbone_id, make_backbone
+
+
+def build_raw_stream(cfg: RunConfig) -> Stream:
+    """The stream of raw inputs (images, token ids, waveforms) the config describes."""
+    sc = cfg.scenario
+    data = load_dataset(sc.dataset, sc.path, sc.test_fraction, sc.split_seed)
+    if sc.max_train_per_class or sc.max_test_per_class:
+        data = per_class(data, sc.max_train_per_class, sc.max_test_per_class, sc.split_seed)
+    options: dict[str, Any] = {}
+    if sc.kind in ("class_incremental", "task_incremental"):
+        options = {"class_order": sc.class_order, "seed": sc.shuffle_seed}
+    elif sc.kind == "permuted":
+        options = {"seed": sc.split_seed}
+    return build_scenario(sc.kind, data, sc.n_experiences, **options)
+
+
+@functools.cache
+def frozen_backbone(name: str, image_size: int) -> torch.nn.Module:
+    """A frozen backbone, built once per process (loading a pretrained one takes seconds)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random-weight backbones: their weights are part of their id
+        return make_backbone(name, "frozen", image_size).eval()
+
+
+def backbone_encoder(cfg: RunConfig) -> LazyEncoder:
+    """The frozen feature extractor of ``cfg.model.backbone``, built on first use."""
+    m = cfg.model
+    return LazyEncoder(backbone_id(m.backbone, m.image_size), lambda: frozen_backbone(m.backbone, m.image_size))
+
+
+def feature_cache(cfg: RunConfig) -> FeatureCache | None:
+    if cfg.model.feature_cache is None:
+        return None
+    return FeatureCache(cache_dir() / "features" if cfg.model.feature_cache == "default" else cfg.model.feature_cache)
+
+
+def build_stream(cfg: RunConfig, progress: bool = False) -> Stream:
+    """The stream the learner trains on: raw inputs, or a frozen backbone's cached features.
+
+    With a frozen backbone, ``stream.metadata`` records ``feature_seconds`` and the cache's hits and misses.
+    """
+    stream = build_raw_stream(cfg)
+    if cfg.model.backbone is None or cfg.model.adaptation != "frozen":
+        return stream
+    cache = feature_cache(cfg)
+    start = time.perf_counter()
+    encoded = encode_stream(stream, backbone_encoder(cfg), cache, progress=progress)
+    encoded.metadata |= {"feature_seconds": time.perf_counter() - start,
+                         "cache_hits": cache.hits if cache else 0, "cache_misses": cache.misses if cache else 0}
+    return encoded
+
+
+def build_model(stream: Stream, cfg: RunConfig) -> Classifier:
+    """A fresh model for ``stream`` (seed torch first): on raw inputs, on features, or around a backbone."""
+    m = cfg.model
+    options: dict[str, Any] = {"hidden": tuple(m.hidden)} if m.name == "mlp" else {}
+    return make_model(m.name, stream.input_shape, stream.n_classes, backbone=m.backbone, adaptation=m.adaptation,
+                      image_size=m.image_size, lora_rank=m.lora_rank, **options)
+
+
+def build_learner(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int) -> Learner:
+    """The learner a config describes for one method and seed, its model initialised from ``seed``."""
+    torch.manual_seed(seed)
+    model = build_model(stream, cfg)
+    tr = cfg.training
+    return Learner(model, method.build(cfg.model.head), lr=tr.lr, momentum=tr.momentum,
+                   batch_size=tr.batch_size, epochs=tr.epochs, device=tr.device, seed=seed,
+                   backbone_lr=tr.backbone_lr)
