@@ -351,24 +351,6 @@ def test_every_registered_strategy_builds_with_defaults():
         assert make_strategy(name).name == name
 
 
-def _state_bytes(learner):
-    return sum(v.numel() * v.element_size() for s in learner.strategies
-               for v in s.state_dict().values() if isinstance(v, torch.Tensor))
-
-
-@pytest.mark.parametrize("name", ["replay", "der", "derpp", "er_ace", "gdumb", "gem", "agem", "icarl", "bic",
-                                  "si", "mas", "lwf", "l2"])
-def test_state_does_not_grow_with_the_number_of_experiences(split_digits, name):
-    learner = make_learner(split_digits, [make_strategy(name, **({"memory_size": 40} if "memory_size" in
-                                                                  STRATEGIES[name].__dataclass_fields__ else {}))],
-                           epochs=1)
-    sizes = []
-    for exp in split_digits:
-        learner.fit(exp)
-        sizes.append(_state_bytes(learner))
-    assert sizes[-1] == sizes[2] > 0
-
-
 def test_penalty_gradient_equals_the_gradient_of_the_penalty():
     from retain.strategies.importance import add_penalty_grad
 

@@ -200,6 +200,10 @@ class RunConfig(_Strict):
     def _strategies_fit(self) -> RunConfig:
         kind = {"permuted": "domain_incremental", "rotated": "domain_incremental"}.get(
             self.scenario.kind, self.scenario.kind)
+        head = STRATEGIES.get(HEAD_STRATEGY.get(self.model.head, ""))
+        if head is not None and scenario_problem(head, kind):
+            raise ValueError(f"model.head: {self.model.head} needs scenario.kind: {' or '.join(head.scenarios)} "
+                             "(task ids at test time)")
         for i, method in enumerate(self.strategies):
             for strategy in method.build(self.model.head):
                 problem = scenario_problem(strategy, kind)
@@ -219,8 +223,6 @@ class RunConfig(_Strict):
         if self.model.backbone is None and modality != "vision":
             hint = {"text": "minilm (or tiny_text)", "audio": "logmel"}[modality]
             raise ValueError(f"model.backbone: data set {self.scenario.dataset} is {modality}; set backbone: {hint}")
-        if self.model.head == "per_task" and self.scenario.kind != "task_incremental":
-            raise ValueError("model.head: per_task needs scenario.kind: task_incremental (task ids at test time)")
         return self
 
 

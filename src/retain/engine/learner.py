@@ -115,6 +115,7 @@ class Learner:
         # updates, so what a gradient clip or projection covers, without walking the modules each step.
         self._trainable: list[Tensor] = self._requires_grad()
         self._experience_id = 0  # of the last experience fit (partial_fit's rows join it in memories)
+        self._dropout = False  # whether a training step draws dropout masks (set with the optimizer)
 
     @property
     def trainable(self) -> list[Tensor]:
@@ -212,6 +213,8 @@ class Learner:
     def _optimizer(self) -> FusedSGD | torch.optim.Optimizer:
         params = list(self.model.parameters())
         self._trainable = self._requires_grad()
+        self._dropout = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0
+                            for m in self.model.modules())
         groups = [(params, self.lr)]
         if self.backbone_lr is not None:  # pretrained weights get backbone_lr; heads and LoRA adapters lr
             backbone = {id(p) for n, p in self.model.backbone.named_parameters() if "lora_" not in n}
@@ -261,6 +264,13 @@ class Learner:
         return self
 
     def _step(self, step: Step) -> None:
+        if self._dropout:  # its masks come from torch's global RNG: seeded from ours, so a reload continues exactly
+            with self.seeded():
+                self._train_step(step)
+        else:
+            self._train_step(step)
+
+    def _train_step(self, step: Step) -> None:
         step = self.step_batch(step)
         logits = self.model(step.x, step.t)
         loss = self.objective(step, logits)
@@ -290,7 +300,7 @@ class Learner:
         """Run a block (e.g. initialising a new head) on torch's global RNG seeded from the
         learner's own generator, so a saved and reloaded learner grows identically."""
         seed = int(torch.randint(2**62, (1,), generator=self.generator))
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             yield
 

@@ -17,6 +17,9 @@ class TaskHeads(Strategy):
     name = "task_heads"
     paper = 'Li & Hoiem 2017; van de Ven & Tolias 2019 (multi-headed setup)'
     family = "architecture"
+    # Each task's classes get their own head once: a class-incremental stream (one task id, new
+    # classes every experience) would find task 0's head already built for its first classes.
+    scenarios = ("task_incremental",)
 
     def before_experience(self, learner, ctx) -> None:
         model = learner.model

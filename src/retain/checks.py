@@ -1,0 +1,249 @@
+"""The conformance checks every strategy passes, as River's ``check_estimator`` does for estimators.
+
+The test suite runs them over the whole registry, so a method is checked the moment its file
+exists in ``retain/strategies/``; :func:`check_strategy` runs them on one class (yours too).
+Each check builds the smallest setting the strategy declares it fits: its first scenario kind, a
+model that meets its ``needs``, scikit-learn's digits (or token ids for a text backbone).
+
+>>> from retain.strategies import Replay
+>>> check_strategy(Replay)
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from retain.data import Experience, Stream, class_incremental, load_dataset, permuted, task_incremental
+from retain.engine import Learner
+from retain.models import make_model
+from retain.strategies import EWC, Replay, Strategy, describe, implements
+from retain.strategies.contract import HOOKS, LEARNER_VIEW, SCENARIO_KINDS
+
+HOOK_PARAMETERS = {"before_experience": ["learner", "ctx"], "batch": ["learner", "step"],
+                   "task_loss": ["learner", "step", "logits"], "loss": ["learner", "step", "logits"],
+                   "after_backward": ["learner", "step"], "after_experience": ["learner", "ctx"]}
+
+
+@dataclass
+class Bench:
+    """A stream and a model builder that fit a strategy's declared scenario and needs."""
+
+    stream: Stream
+    model: Callable[[], torch.nn.Module]
+
+
+@functools.cache
+def _digits_stream(kind: str) -> Stream:
+    data = load_dataset("digits")
+    builders = {"class_incremental": class_incremental, "task_incremental": task_incremental,
+                "domain_incremental": permuted}
+    return builders[kind](data, 5)
+
+
+@functools.cache
+def _token_stream(kind: str) -> Stream:
+    """Five experiences of two classes each; class ``c``'s texts carry token ``1000 + c``."""
+    g = torch.Generator().manual_seed(0)
+    exps = []
+    for k in range(5):
+        parts = []
+        for c in (2 * k, 2 * k + 1):
+            ids = torch.randint(2000, 3000, (30, 8), generator=g)
+            ids[:, 0], ids[:, 1], ids[:, -2:] = 101, 1000 + c, 0  # [CLS], the class's token, padding
+            parts.append((ids, torch.full((30,), c)))
+        x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        exps.append(Experience(x[::2].contiguous(), y[::2], x[1::2].contiguous(), y[1::2], id=k,
+                               task=k if kind == "task_incremental" else 0, scenario=kind))
+    return Stream(exps, n_classes=10, name="tokens", scenario=kind)
+
+
+def bench(cls: type[Strategy], kind: str | None = None) -> Bench:
+    """The setting to check ``cls`` in, on the ``kind`` stream (default: its first scenario)."""
+    kind = kind or cls.scenarios[0]
+    if "lora_text" in cls.needs:
+        stream = _token_stream(kind)
+        return Bench(stream, lambda: make_model("text", (8,), 10, backbone="tiny_text", adaptation="lora",
+                                                lora_rank=2))
+    stream = _digits_stream(kind)
+    hidden = () if "fixed_features" in cls.needs else (32,)
+    return Bench(stream, lambda: make_model("mlp", stream.input_shape, stream.n_classes, hidden=hidden))
+
+
+def _learner(b: Bench, strategies: list[Strategy], seed: int = 0) -> Learner:
+    torch.manual_seed(seed)
+    return Learner(b.model(), strategies, epochs=1, lr=0.05, seed=seed, device="cpu")
+
+
+def _state_bytes(strategy: Strategy) -> int:
+    return sum(v.numel() * v.element_size() for v in strategy.state_dict().values() if isinstance(v, torch.Tensor))
+
+
+def check_builds_from_defaults_and_config(cls: type[Strategy]) -> None:
+    """Defaults build; ``get_config()`` is JSON and rebuilds the same strategy; it is documented."""
+    s = cls()
+    config = s.get_config()
+    json.dumps(config)
+    assert cls(**config).get_config() == config, f"{cls.name}: get_config() does not rebuild the same strategy"
+    info = describe(cls)
+    assert info["summary"] and cls.paper and cls.__doc__, f"{cls.name}: a method states its idea and cites its paper"
+    for hook in HOOKS:
+        if implements(s, hook):
+            names = list(inspect.signature(getattr(cls, hook)).parameters)[1:]
+            assert names == HOOK_PARAMETERS[hook], (f"{cls.name}.{hook} takes {names}, the contract says "
+                                                    f"{HOOK_PARAMETERS[hook]}")
+
+
+def check_save_load_continues_bit_exactly(cls: type[Strategy]) -> None:
+    """Saved after two experiences and reloaded, the learner trains the third to the same bits."""
+    b = bench(cls)
+    learner = _learner(b, [cls()])
+    for exp in b.stream[:2]:
+        learner.fit(exp)
+    with tempfile.TemporaryDirectory() as tmp:
+        learner.save(tmp)
+        loaded = Learner.load(tmp, device="cpu")
+    for one in (learner, loaded):
+        one.fit(b.stream[2])
+    mine, theirs = learner.model.state_dict(), loaded.model.state_dict()
+    assert mine.keys() == theirs.keys(), f"{cls.name}: the reloaded model has other parameters"
+    for k, v in mine.items():
+        assert torch.equal(v, theirs[k]), f"{cls.name}: {k} differs after training on from a reload"
+    a, z = learner.strategies[0].state_dict(), loaded.strategies[0].state_dict()
+    assert a.keys() == z.keys(), f"{cls.name}: the reloaded strategy state has other keys"
+    for k, v in a.items():
+        same = torch.equal(v.cpu(), z[k].cpu()) if isinstance(v, torch.Tensor) else v == z[k]
+        assert same, f"{cls.name}: state {k} differs after training on from a reload"
+
+
+def check_state_stays_bounded(cls: type[Strategy]) -> None:
+    """Its state has the same size after experience 5 as after experience 3 (memories full by
+    then), unless the method declares why it grows (``grows``), and then it does grow."""
+    b = bench(cls)
+    strategy = cls()
+    learner = _learner(b, [strategy])
+    sizes = []
+    for exp in b.stream:
+        learner.fit(exp)
+        sizes.append(_state_bytes(strategy))
+    if cls.grows is None:
+        assert sizes[4] == sizes[2], f"{cls.name}: state grew from {sizes[2]} to {sizes[4]} bytes (experience 3 to 5)"
+    else:
+        assert sizes[4] > sizes[2], f"{cls.name} declares its state grows ({cls.grows}) but it did not"
+    memory = strategy.memory()
+    if memory is not None:
+        assert len(memory) == memory.size, f"{cls.name}: its memory did not fill up"
+    if cls.family in ("replay", "regularization", "gradient_projection", "prototype"):
+        assert sizes[4] > 0, f"{cls.name}: a {cls.family} method learned no state"
+
+
+def check_online_flag(cls: type[Strategy]) -> None:
+    """``partial_fit`` takes the method when it says it learns online, refuses it otherwise, and
+    takes it in hybrid mode once an experience has been learned."""
+    b = bench(cls)
+    exp = b.stream[0]
+    x, y, t = exp.x_train[:8], exp.y_train[:8], exp.train_tasks()[:8]
+    learner = _learner(b, [cls()])
+    if cls().supports_online():
+        learner.partial_fit(x, y, t, steps=2)
+        assert learner.steps_ == 2 and learner.samples_seen_ == 8, f"{cls.name}: partial_fit took no steps"
+    else:
+        try:
+            learner.partial_fit(x, y, t)
+        except ValueError as err:
+            assert "learns only at experience ends" in str(err), f"{cls.name}: refused online for {err}"
+        else:
+            raise AssertionError(f"{cls.name} does not support online learning, yet partial_fit took it")
+        learner.fit(exp)
+        steps = learner.steps_
+        learner.partial_fit(x, y, t, hybrid=True)
+        assert learner.steps_ == steps + 1, f"{cls.name}: partial_fit in hybrid mode took no step"
+
+
+def check_scenarios_are_enforced(cls: type[Strategy]) -> None:
+    """Every scenario kind the method does not declare is refused before training starts."""
+    for kind in SCENARIO_KINDS:
+        if kind in cls.scenarios:
+            continue
+        b = bench(cls, kind)
+        learner = _learner(b, [cls()])
+        before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+        try:
+            learner.fit(b.stream[0])
+        except ValueError as err:
+            assert f"{cls.name} supports" in str(err), f"{cls.name}: refused {kind} for another reason: {err}"
+        else:
+            raise AssertionError(f"{cls.name} declares {cls.scenarios} but trained on a {kind} stream")
+        after = learner.model.state_dict()
+        assert all(torch.equal(v, after[k]) for k, v in before.items()), f"{cls.name}: refused after changing"
+
+
+def check_composes_with_replay_and_ewc(cls: type[Strategy]) -> None:
+    """Put first, it composes with ``Replay`` and with ``EWC``: two experiences train to finite
+    weights, unless both replace the task loss, which the learner refuses at once."""
+    for other in (Replay(60), EWC()):
+        if type(other) is cls:
+            continue
+        b = bench(cls)
+        both_replace = implements(cls(), "task_loss") and implements(other, "task_loss")
+        try:
+            learner = _learner(b, [cls(), other])
+        except ValueError as err:
+            assert both_replace and "each replace the task loss" in str(err), f"{cls.name}+{other.name}: {err}"
+            continue
+        assert not both_replace, f"{cls.name}+{other.name}: two task losses were accepted"
+        for exp in b.stream[:2]:
+            learner.fit(exp)
+        assert all(torch.isfinite(p).all() for p in learner.model.parameters()), f"{cls.name}+{other.name}: NaN"
+        assert 0.0 <= learner.score(b.stream[0]) <= 1.0
+
+
+def check_reads_only_the_learner_view(cls: type[Strategy]) -> None:
+    """The method's module (and its bases' modules) read only ``LearnerView`` of the learner and write nothing on it."""
+    modules = {sys.modules[k.__module__] for k in cls.__mro__ if k.__module__.startswith("retain.strategies")}
+    modules.add(sys.modules[cls.__module__])
+    for module in modules:
+        problems = learner_access_problems(Path(inspect.getfile(module)).read_text())
+        assert not problems, f"{module.__name__}: {'; '.join(problems)}"
+
+
+def learner_access_problems(source: str) -> list[str]:
+    """Lines of ``source`` that read a learner attribute outside ``LearnerView`` or write one.
+
+    >>> learner_access_problems("def hook(learner, step):\\n    learner.steps_ += 1\\n    return learner.model")
+    ['line 2: writes learner.steps_', 'line 2: reads learner.steps_, which is not in LearnerView']
+    """
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "learner":
+            if isinstance(node.ctx, ast.Store | ast.Del):
+                problems.append(f"line {node.lineno}: writes learner.{node.attr}")
+            if node.attr not in LEARNER_VIEW:
+                problems.append(f"line {node.lineno}: reads learner.{node.attr}, which is not in LearnerView")
+    return problems
+
+
+CHECKS = (
+    check_builds_from_defaults_and_config,
+    check_reads_only_the_learner_view,
+    check_save_load_continues_bit_exactly,
+    check_state_stays_bounded,
+    check_online_flag,
+    check_scenarios_are_enforced,
+    check_composes_with_replay_and_ewc,
+)
+
+
+def check_strategy(cls: type[Strategy]) -> None:
+    """Run every check on ``cls``; the first that fails raises ``AssertionError`` naming the method."""
+    for check in CHECKS:
+        check(cls)
