@@ -34,21 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from retain.build import backbone_encoder, build_learner, build_raw_stream, build_stream, frozen_backbone
 from retain.config import MethodConfig, RunConfig, load_config
 from retain.data import Experience
-from retain.data.datasets import N_CLASSES
+from retain.data.datasets import DATASETS
 from retain.data.features import FeatureCache, encode
-from retain.experiment import (
-    _ENCODERS,
-    backbone_encoder,
-    build_learner,
-    build_raw_stream,
-    build_stream,
-    compare_backbones,
-    result_rows,
-    run_experiment,
-    run_method,
-)
+from retain.experiment import compare_backbones, run_experiment, run_method
+from retain.metrics import ExperimentResult
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS = {
@@ -64,7 +56,7 @@ def cache_runs(cfg: RunConfig) -> dict[str, Any]:
     """Features into an empty cache, twice; then per-experience train-split times with the model loaded."""
     with tempfile.TemporaryDirectory() as tmp:
         cold_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"feature_cache": tmp})})
-        _ENCODERS.clear()  # the first run pays for loading the backbone, as a new process would
+        frozen_backbone.cache_clear()  # the first run pays for loading the backbone, as a new process would
         raw = build_raw_stream(cold_cfg)
         encoder, cache = backbone_encoder(cold_cfg), FeatureCache(Path(tmp))
         start = time.perf_counter()
@@ -95,7 +87,7 @@ def arrivals(cfg: RunConfig) -> dict[str, Any]:
     """The same data cut into one class per experience: the last arrival is then the smallest share
     of the data seen. Update = its features + SLDA on it; retrain = all training data encoded in one
     go + Joint on it. SLDA's model does not depend on the cut (its statistics are exact)."""
-    n_classes = N_CLASSES[cfg.scenario.dataset]
+    n_classes = DATASETS[cfg.scenario.dataset].n_classes
     fine = cfg.model_copy(update={"scenario": cfg.scenario.model_copy(update={"n_experiences": n_classes}),
                                   "strategies": [m for m in cfg.strategies if m.label == "slda"]})
     raw = build_raw_stream(fine)
@@ -108,14 +100,14 @@ def arrivals(cfg: RunConfig) -> dict[str, Any]:
     runs = [run_method(stream, fine, fine.strategies[0], seed) for seed in fine.seeds]
     joint = MethodConfig(label="joint", compose=[{"name": "joint"}])
     retrains = [run_method(stream, fine, joint, seed) for seed in fine.seeds]
-    head_update = float(np.mean([r["train_seconds_per_experience"][-1] for r in runs]))
-    head_retrain = float(np.mean([r["metrics"]["train_seconds"] for r in retrains]))
+    head_update = float(np.mean([r.train_seconds_per_experience[-1] for r in runs]))
+    head_retrain = float(np.mean([r.metrics.train_seconds for r in retrains]))
     n_train = [e.n_train for e in raw]
     update, retrain = feats[-1] + head_update, all_feats + head_retrain
     sizes = batch_arrivals(fine, raw, stream, encoder, all_feats, head_retrain)
     return {"experiences": n_classes, "new_samples": n_train[-1], "seen_samples": sum(n_train), "sizes": sizes,
-            "acc": float(np.mean([r["metrics"]["acc"] for r in runs])),
-            "retrain_acc": float(np.mean([r["metrics"]["acc"] for r in retrains])),
+            "acc": float(np.mean([r.metrics.acc for r in runs])),
+            "retrain_acc": float(np.mean([r.metrics.acc for r in retrains])),
             "update_feature_seconds": feats[-1], "update_head_seconds": head_update,
             "retrain_feature_seconds": all_feats, "retrain_head_seconds": head_retrain,
             "update_seconds": update, "retrain_seconds": retrain, "ratio": retrain / update}
@@ -163,20 +155,20 @@ def batch_arrivals(cfg: RunConfig, raw, stream, encoder, all_feats: float, head_
     return rows
 
 
-def update_vs_retrain(cfg: RunConfig, results: dict[str, Any], cache: dict[str, Any]) -> dict[str, Any]:
-    methods = {k: v for k, v in results["methods"].items() if k not in REFERENCE}
-    best = max(methods, key=lambda k: methods[k]["summary"]["acc"])
-    head_update = float(np.mean([r["train_seconds_per_experience"][-1] for r in methods[best]["runs"]]))
+def update_vs_retrain(cfg: RunConfig, results: ExperimentResult, cache: dict[str, Any]) -> dict[str, Any]:
+    methods = {k: v for k, v in results.methods.items() if k not in REFERENCE}
+    best = max(methods, key=lambda k: methods[k].summary.mean.acc)
+    head_update = float(np.mean([r.train_seconds_per_experience[-1] for r in methods[best].runs]))
     stream = build_stream(cfg)
     joint = MethodConfig(label="joint", compose=[{"name": "joint"}])
     runs = [run_method(stream, cfg, joint, seed) for seed in cfg.seeds]
-    head_retrain = float(np.mean([r["metrics"]["train_seconds"] for r in runs]))
+    head_retrain = float(np.mean([r.metrics.train_seconds for r in runs]))
     feats = cache["train_feature_seconds"]
     update, retrain = feats[-1] + head_update, sum(feats) + head_retrain
     return {
-        "best_method": best, "best_acc": methods[best]["summary"]["acc"],
-        "retrain_acc": float(np.mean([r["metrics"]["acc"] for r in runs])),
-        "cumulative_acc": results["methods"].get("cumulative", {}).get("summary", {}).get("acc"),
+        "best_method": best, "best_acc": methods[best].summary.mean.acc,
+        "retrain_acc": float(np.mean([r.metrics.acc for r in runs])),
+        "cumulative_acc": results.methods["cumulative"].summary.mean.acc if "cumulative" in results.methods else None,
         "update_seconds": update, "retrain_seconds": retrain, "ratio": retrain / update,
         "head_update_seconds": head_update, "head_retrain_seconds": head_retrain,
         "head_ratio": head_retrain / head_update,
@@ -198,22 +190,22 @@ def run(names: list[str], select: bool, partial: Path | None = None, streams: bo
         cache = cache_runs(cfg)
         results = run_experiment(cfg, progress=False)
         cost = update_vs_retrain(cfg, results, cache)
-        rows = result_rows(results)
+        rows = results.rows()
         for r in rows:
             r |= {"stream": name, "retrain_seconds": cost["retrain_seconds"],
                   "feature_seconds": cache["first_seconds"]}
         out["rows"] += rows
         out["streams"][name] = {"cache": cache, "cost": cost, "seeds": cfg.seeds,
-                                "modality": results["stream"]["modality"], "backbone": cfg.model.backbone,
-                                "classes": results["stream"]["n_classes"],
-                                "experiences": len(results["stream"]["experiences"])}
+                                "modality": results.stream.modality, "backbone": cfg.model.backbone,
+                                "classes": results.stream.n_classes,
+                                "experiences": len(results.stream.experiences)}
         print(json.dumps({"cache": {k: cache[k] for k in ("first_seconds", "second_seconds")}, "cost": cost}),
               flush=True)
         if partial:
             partial.write_text(json.dumps(out))
     if select and streams:
         experts = run_experiment(load_config(ROOT / "examples/text_lora_experts.yaml"), progress=False)
-        out["adapters"] = result_rows(experts)
+        out["adapters"] = experts.rows()
         if partial:
             partial.write_text(json.dumps(out))
         text = load_config(ROOT / "examples/text_select.yaml")

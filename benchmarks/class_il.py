@@ -127,16 +127,16 @@ def run(scenarios: list[str], seeds: list[int]) -> list[dict]:
                 runs.append(run_method(stream, cfg, method, seed))
                 if name == "class_il" and method.label in PLAIN:
                     plain.append(plain_loop(stream, seed, *PLAIN[method.label]))
-            metrics = [r["metrics"] for r in runs]
-            acc = [m["acc"] for m in metrics]
+            metrics = [r.metrics for r in runs]
+            acc = [m.acc for m in metrics]
             row = {
                 "scenario": name if name.startswith("fashion") else f"{name}_mnist5k", "strategy": method.label,
                 "family": "+".join(STRATEGIES[c["name"]].family for c in method.compose),
                 "acc": float(np.mean(acc)), "acc_std": float(np.std(acc)),
-                "forgetting": _mean([m["forgetting"] for m in metrics]),
-                "bwt": _mean([m["bwt"] for m in metrics]),
-                "train_seconds": float(np.mean([m["train_seconds"] for m in metrics])),
-                "peak_mb": float(np.max([m["peak_mb"] for m in metrics])),
+                "forgetting": _mean([m.forgetting for m in metrics]),
+                "bwt": _mean([m.bwt for m in metrics]),
+                "train_seconds": float(np.mean([m.train_seconds for m in metrics])),
+                "peak_mb": float(np.max([m.peak_mb for m in metrics])),
             }
             if plain:
                 row["plain_acc"] = float(np.mean([p[0] for p in plain]))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from retain.config import RunConfig
 from retain.data import OnlineStream
 from retain.engine import Hybrid, run_online
 from retain.experiment import run_method, run_method_online
+from retain.metrics import SeedRun
 from retain.models import make_model
 
 # ER as the paper runs it online: each replayed row weighs as a new one (Replay's default, 2, is
@@ -59,8 +61,12 @@ def config(strategy: dict, mode: str, steps: int, seeds: list[int], hybrid: dict
     })
 
 
-def _row(label: str, mode: str, runs: list[dict], **extra) -> dict:
-    m = [r["metrics"] for r in runs]
+def _metrics(runs: list[SeedRun]) -> list[dict]:
+    """The measured metrics of retain's runs, by name."""
+    return [{k: v for k, v in asdict(r.metrics).items() if v is not None} for r in runs]
+
+
+def _row(label: str, mode: str, m: list[dict], **extra) -> dict:
     mean = lambda k: float(np.mean([x[k] for x in m])) if k in m[0] else None  # noqa: E731
     return {"scenario": "class_il_mnist5k", "strategy": label, "mode": mode, "acc": mean("acc"),
             "acc_std": float(np.std([x["acc"] for x in m])), "forgetting": mean("forgetting"), "bwt": mean("bwt"),
@@ -101,9 +107,9 @@ def plain_er(stream, seed: int) -> dict:
     with torch.no_grad():
         acc = np.mean([float((model(e.x_test, e.test_tasks()).argmax(1) == e.y_test).float().mean()) for e in stream])
     lat = np.array(lat) * 1000
-    return {"metrics": {"acc": float(acc), "update_samples_per_second": 3500 / (lat.sum() / 1000),
-                        "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-                        "gradient_steps": len(lat)}}
+    return {"acc": float(acc), "update_samples_per_second": 3500 / (lat.sum() / 1000),
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "gradient_steps": len(lat)}
 
 
 def tight_er(stream, seed: int) -> dict:
@@ -117,9 +123,9 @@ def tight_er(stream, seed: int) -> dict:
         lat.append(time.perf_counter() - start)
     lat = np.array(lat) * 1000
     acc = np.mean(learner.evaluate(stream))
-    return {"metrics": {"acc": float(acc), "update_samples_per_second": len(lat) * 10 / (lat.sum() / 1000),
-                        "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-                        "gradient_steps": learner.steps_}}
+    return {"acc": float(acc), "update_samples_per_second": len(lat) * 10 / (lat.sum() / 1000),
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "gradient_steps": learner.steps_}
 
 
 def drift_rows(seeds: list[int]) -> list[dict]:
@@ -179,15 +185,15 @@ def main() -> None:
     emit(_row("er (update loop only)", "online", [tight_er(stream, s) for s in seeds], steps=1))
     for label, strategy, steps in ONLINE:
         cfg = config(strategy, "online", steps, seeds)
-        emit(_row(label, "online", [run_method_online(stream, cfg, cfg.strategies[0], s, False) for s in seeds],
-                  steps=steps))
+        emit(_row(label, "online", _metrics([run_method_online(stream, cfg, cfg.strategies[0], s, False)
+                                             for s in seeds]), steps=steps))
     for label, strategy, steps, settings in HYBRID:
         cfg = config(strategy, "hybrid", steps, seeds, settings)
         runs = [run_method_online(stream, cfg, cfg.strategies[0], s, True) for s in seeds]
-        emit(_row(label, "hybrid", runs, steps=steps, consolidations=len(runs[0]["online"]["consolidations"])))
+        emit(_row(label, "hybrid", _metrics(runs), steps=steps, consolidations=len(runs[0].online.consolidations)))
     offline = config({"name": "replay", "memory_size": 500}, "offline", 1, seeds)
-    emit(_row("replay (3 epochs, batch 32)", "offline", [run_method(stream, offline, offline.strategies[0], s)
-                                                        for s in seeds]))
+    emit(_row("replay (3 epochs, batch 32)", "offline", _metrics([run_method(stream, offline, offline.strategies[0], s)
+                                                                 for s in seeds])))
     drift = drift_rows(seeds)
     rows.extend(drift)
     print(f"\ndrift trigger on a blurry stream: mean delay {drift[0]['detection_delay']:.0f} samples "

@@ -31,7 +31,7 @@ def main() -> None:
     ratios = []
     for r in range(args.repeats):
         for seed in (0, 1, 2):
-            p, t = plain_er(stream, seed)["metrics"], tight_er(stream, seed)["metrics"]
+            p, t = plain_er(stream, seed), tight_er(stream, seed)
             ratios.append(p["update_samples_per_second"] / t["update_samples_per_second"])
             print(f"| {r} | {seed} | {p['update_samples_per_second']:.0f} | {p['p99_ms']:.2f} | "
                   f"{t['update_samples_per_second']:.0f} | {t['p99_ms']:.2f} | {ratios[-1]:.2f} |", flush=True)

@@ -132,7 +132,8 @@ def main() -> None:
     import torch
     from class_il import config, plain_loop
 
-    from retain.experiment import build_stream, run_method
+    from retain.build import build_stream
+    from retain.experiment import run_method
 
     torch.set_num_threads(1)
     python = ensure_peer_env()
@@ -161,11 +162,11 @@ def main() -> None:
                     break
                 peer = json.loads(done.stdout.strip().splitlines()[-1])
                 peer_times.append(float(np.mean([p["train_seconds"] for p in peer])))
-                ours = [run_method(stream, cfg, method, seed)["metrics"] for seed in args.seeds]
-                our_times.append(float(np.mean([m["train_seconds"] for m in ours])))
+                ours = [run_method(stream, cfg, method, seed).metrics for seed in args.seeds]
+                our_times.append(float(np.mean([m.train_seconds for m in ours])))
                 if label in matched:
-                    same = [run_method(stream, cfg, matched[label], seed)["metrics"] for seed in args.seeds]
-                    matched_times.append(float(np.mean([m["train_seconds"] for m in same])))
+                    same = [run_method(stream, cfg, matched[label], seed).metrics for seed in args.seeds]
+                    matched_times.append(float(np.mean([m.train_seconds for m in same])))
                 if label in PLAIN:
                     plain_runs.append([plain_loop(stream, seed, *PLAIN[label]) for seed in args.seeds])
             if done.returncode != 0:
@@ -173,14 +174,14 @@ def main() -> None:
                 continue
             row = {
                 "scenario": "class_il_mnist5k", "strategy": label, "peer": f"avalanche.{name}",
-                "acc": float(np.mean([m["acc"] for m in ours])), "acc_std": float(np.std([m["acc"] for m in ours])),
+                "acc": float(np.mean([m.acc for m in ours])), "acc_std": float(np.std([m.acc for m in ours])),
                 "train_seconds": min(our_times), "train_seconds_repeats": our_times,
                 "peer_acc": float(np.mean([p["acc"] for p in peer])),
                 "peer_train_seconds": min(peer_times), "peer_train_seconds_repeats": peer_times,
             }
             cells = "| | | |"
             if label in matched:
-                row["matched_acc"] = float(np.mean([m["acc"] for m in same]))
+                row["matched_acc"] = float(np.mean([m.acc for m in same]))
                 row["matched_train_seconds"], row["matched_train_seconds_repeats"] = min(matched_times), matched_times
                 cells = (f"| {100 * row['matched_acc']:.1f} | {row['matched_train_seconds']:.2f} | "
                          f"{row['matched_train_seconds'] / row['peer_train_seconds']:.2f} |")

@@ -269,8 +269,8 @@ def text_config(tmp_path, **model):
 def test_frozen_text_run_caches_features_and_reports_backbone_fields(tmp_path):
     cfg = text_config(tmp_path)
     results = run_experiment(cfg, progress=False)
-    st = results["stream"]
-    assert (st["modality"], st["backbone"], st["adaptation"], st["cache_misses"]) == ("text", "tiny_text", "frozen", 8)
+    st = results.stream
+    assert (st.modality, st.backbone, st.adaptation, st.cache_misses) == ("text", "tiny_text", "frozen", 8)
     again = build_stream(cfg)
     assert again.metadata["cache_hits"] == 8 and again.metadata["cache_misses"] == 0
     assert again[0].x_train.shape == (12, 32)

@@ -73,3 +73,37 @@ def test_wrong_sizes_are_refused():
         stream_accuracy(R, [1, 2])
     with pytest.raises(ValueError, match="one accuracy per experience"):
         fwt(R, [0.1])
+
+
+def test_summary_of_seeds_and_results_json_round_trip():
+    import json
+
+    from retain.metrics import ExperienceInfo, ExperimentResult, MethodResult, Metrics, SeedRun, StreamInfo, Summary
+
+    def run(seed, final):
+        matrix = [[1.0, 0.0], [final, 0.8]]
+        m = Metrics(**summarize(matrix, [0.5, 0.5], [10, 30]), train_seconds=2.0 + seed, peak_mb=100.0,
+                    gradient_steps=10, samples_per_second=50.0, update_seconds=1.0)
+        return SeedRun(seed, matrix, [0.5, 0.5], m, 10, [1.0, 1.0 + seed], [90.0, 100.0])
+
+    runs = [run(0, 0.6), run(1, 0.4)]
+    s = Summary.of(runs)
+    assert s.mean.acc == pytest.approx((0.7 + 0.6) / 2) and s.std.acc == pytest.approx(0.05)
+    assert s.mean.train_seconds == 2.5 and s.mean.prequential_acc is None and s.std.prequential_acc is None
+    assert s.matrix == [[1.0, 0.0], [0.5, 0.8]] and s.curve == pytest.approx([1.0, 0.65])
+    stream = StreamInfo("s", "class_incremental", 4, "vision", None, None,
+                        [ExperienceInfo(0, 0, [0, 1], 20, 10), ExperienceInfo(1, 0, [2, 3], 20, 30)])
+    result = ExperimentResult({"model": {"name": "mlp"}}, [0, 1], {"torch": "x"}, stream,
+                              {"m": MethodResult([{"name": "replay"}], "offline", runs, s)})
+    written = json.loads(json.dumps(result.to_dict()))  # what results.json holds
+    summary = written["methods"]["m"]["summary"]
+    assert summary["acc"] == pytest.approx(0.65) and summary["acc_std"] == pytest.approx(0.05)
+    assert "prequential_acc" not in summary and written["stream"]["backbone"] is None
+    back = ExperimentResult.from_dict(written)
+    assert back.methods["m"].summary.mean == s.mean and back.methods["m"].runs[1].metrics == runs[1].metrics
+    assert back.rows() == result.rows() and back.rows()[0]["acc"] == pytest.approx(0.65)
+    nan_run = SeedRun(0, [[1.0, 1.0]], [0.5, 0.5], Metrics(**(runs[0].metrics.__dict__ | {"forgetting": math.nan})), 1)
+    joint = ExperimentResult(result.config, [0], {}, stream,
+                             {"j": MethodResult([], "offline", [nan_run], Summary.of([nan_run]))}).to_dict()
+    assert joint["methods"]["j"]["summary"]["forgetting"] is None  # written as null
+    assert math.isnan(ExperimentResult.from_dict(json.loads(json.dumps(joint))).methods["j"].summary.mean.forgetting)

@@ -1,7 +1,7 @@
 """Engine layer: the Learner that trains a model with strategies, the online updater, saving and reloading."""
 
 from retain.engine.learner import Learner, resolve_device
-from retain.engine.online import OnlineResult, run_online
-from retain.engine.updater import Consolidation, Hybrid, Updater
+from retain.engine.online import run_online
+from retain.engine.updater import Hybrid, Updater
 
-__all__ = ["Consolidation", "Hybrid", "Learner", "OnlineResult", "Updater", "resolve_device", "run_online"]
+__all__ = ["Hybrid", "Learner", "Updater", "resolve_device", "run_online"]

@@ -5,39 +5,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
 from retain.data import OnlineStream
 from retain.engine.learner import Learner
-from retain.engine.updater import Consolidation, Hybrid, Updater
-
-
-@dataclass
-class OnlineResult:
-    """What :func:`run_online` measured."""
-
-    matrix: list[list[float]]  # accuracy on every experience's test set at each experience boundary
-    prequential_acc: float  # each batch predicted before it is learned
-    prequential: list[tuple[int, float]]  # (samples, prequential accuracy so far), at most ~200 points
-    anytime: list[tuple[int, float]]  # (samples, accuracy on the test samples of the classes seen so far)
-    consolidations: list[Consolidation]
-    gradient_steps: int
-    samples: int
-    seconds: float
-    samples_per_second: float
-    update_samples_per_second: float  # counting partial_fit's time only
-    p50_ms: float  # partial_fit latency percentiles
-    p99_ms: float
-    latencies_ms: list[float] = field(default_factory=list, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("latencies_ms")
-        return out
+from retain.engine.updater import Hybrid, Updater
+from retain.metrics.results import OnlineResult
 
 
 def run_online(
@@ -107,5 +82,4 @@ def run_online(
         update_samples_per_second=done / (lat.sum() / 1000) if lat.sum() else math.inf,
         p50_ms=float(np.percentile(lat, 50)),
         p99_ms=float(np.percentile(lat, 99)),
-        latencies_ms=latencies,
     )

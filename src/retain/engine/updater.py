@@ -10,7 +10,6 @@ experience hooks take part. The online runner (``retain.engine.online``) and the
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -20,6 +19,7 @@ from torch import Tensor
 
 from retain.data import Experience
 from retain.engine.learner import Learner
+from retain.metrics.results import Consolidation
 
 TRIGGERS = ("schedule", "new_class", "drift")
 
@@ -60,22 +60,6 @@ class Hybrid:
             # "up": only a rising error is a drift; a model getting better is not an alarm.
             return drift.PageHinkley(min_instances=30, delta=0.005, threshold=25.0, mode="up")
         return drift.ADWIN()
-
-
-@dataclass
-class Consolidation:
-    """One consolidation: what fired it, when, what it cost, and the accuracy around it."""
-
-    trigger: str
-    at_sample: int
-    seconds: float
-    gradient_steps: int
-    samples: int
-    anytime_before: float | None = None
-    anytime_after: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Window:

@@ -12,9 +12,29 @@ from retain.metrics.accuracy import (
     summarize,
 )
 from retain.metrics.cost import PeakMemory
+from retain.metrics.results import (
+    Consolidation,
+    ExperienceInfo,
+    ExperimentResult,
+    MethodResult,
+    Metrics,
+    OnlineResult,
+    SeedRun,
+    StreamInfo,
+    Summary,
+)
 
 __all__ = [
+    "Consolidation",
+    "ExperienceInfo",
+    "ExperimentResult",
+    "MethodResult",
+    "Metrics",
+    "OnlineResult",
     "PeakMemory",
+    "SeedRun",
+    "StreamInfo",
+    "Summary",
     "accuracy_curve",
     "average_accuracy",
     "avalanche_forgetting",

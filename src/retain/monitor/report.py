@@ -6,13 +6,14 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from retain.metrics import ExperimentResult  # noqa: E402
 
 
 def _pct(mean: float, std: float | None = None) -> str:
@@ -21,20 +22,20 @@ def _pct(mean: float, std: float | None = None) -> str:
     return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
-def comparison_table(results: dict[str, Any]) -> str:
+def comparison_table(results: ExperimentResult) -> str:
     """The Markdown table of every method: ACC ± std, forgetting, BWT, FWT, time, memory."""
     lines = [
         "| method | mode | ACC % | stream ACC % | forgetting % | BWT % | FWT % | prequential % | gradient steps "
         "| train s | samples/s | peak MB |",
         "|" + " --- |" * 12,
     ]
-    for label, m in results["methods"].items():
-        s = m["summary"]
+    for label, m in results.methods.items():
+        s, sd = m.summary.mean, m.summary.std
         lines.append(
-            f"| {label} | {m.get('mode', 'offline')} | {_pct(s['acc'], s['acc_std'])} | {_pct(s['stream_acc'])} | "
-            f"{_pct(s['forgetting'])} | {_pct(s['bwt'])} | {_pct(s['fwt'])} | {_pct(s.get('prequential_acc'))} | "
-            f"{s['gradient_steps']:.0f} | {s['train_seconds']:.2f} | {s['samples_per_second']:.0f} | "
-            f"{s['peak_mb']:.0f} |"
+            f"| {label} | {m.mode} | {_pct(s.acc, sd.acc)} | {_pct(s.stream_acc)} | "
+            f"{_pct(s.forgetting)} | {_pct(s.bwt)} | {_pct(s.fwt)} | {_pct(s.prequential_acc)} | "
+            f"{s.gradient_steps:.0f} | {s.train_seconds:.2f} | {s.samples_per_second:.0f} | "
+            f"{s.peak_mb:.0f} |"
         )
     return "\n".join(lines)
 
@@ -59,15 +60,15 @@ def _heatmap(label: str, matrix: list[list[float]], path: Path) -> None:
     plt.close(fig)
 
 
-def _curves(results: dict[str, Any], path: Path) -> None:
-    n = len(results["stream"]["experiences"])
+def _curves(results: ExperimentResult, path: Path) -> None:
+    n = len(results.stream.experiences)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, m in results["methods"].items():
-        curve = m["summary"]["curve"]
+    for label, m in results.methods.items():
+        curve = m.summary.curve
         if len(curve) == n:
             ax.plot(range(1, n + 1), [100 * c for c in curve], marker="o", label=label)
         else:  # trained once on everything: a reference line
-            ax.axhline(100 * m["summary"]["acc"], linestyle="--", color="grey", label=f"{label} (whole stream)")
+            ax.axhline(100 * m.summary.mean.acc, linestyle="--", color="grey", label=f"{label} (whole stream)")
     ax.set_xlabel("experiences trained")
     ax.set_ylabel("average accuracy on experiences seen so far (%)")
     ax.set_xticks(range(1, n + 1))
@@ -79,18 +80,18 @@ def _curves(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _online_curves(results: dict[str, Any], path: Path) -> bool:
-    online = {k: m["summary"] for k, m in results["methods"].items() if "prequential_curve" in m["summary"]}
+def _online_curves(results: ExperimentResult, path: Path) -> bool:
+    online = {k: m.summary for k, m in results.methods.items() if m.summary.prequential_curve is not None}
     if not online:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for label, s in online.items():
-        n, acc = zip(*s["prequential_curve"], strict=True)
+        n, acc = zip(*s.prequential_curve, strict=True)
         line = axes[0].plot(n, [100 * a for a in acc], label=label)[0]
-        n, acc = zip(*s["anytime_curve"], strict=True)
+        n, acc = zip(*s.anytime_curve, strict=True)
         axes[1].plot(n, [100 * a for a in acc], marker=".", color=line.get_color(), label=label)
-        for c in s.get("consolidations", []):
-            axes[1].axvline(c["at_sample"], color=line.get_color(), alpha=0.25, linestyle=":")
+        for c in s.consolidations:
+            axes[1].axvline(c.at_sample, color=line.get_color(), alpha=0.25, linestyle=":")
     axes[0].set_title("prequential accuracy (test-then-train, cumulative)")
     axes[1].set_title("accuracy on the classes seen so far (dotted: consolidations)")
     for ax in axes:
@@ -105,30 +106,20 @@ def _online_curves(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def write_report(results: dict[str, Any], directory: str | Path) -> Path:
+def write_report(results: ExperimentResult, directory: str | Path) -> Path:
     """Write ``results.json``, ``report.md``, one heat map per method and the accuracy curves."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1))
+    (out / "results.json").write_text(json.dumps(results.to_dict(), indent=1))
     _curves(results, out / "accuracy_curve.png")
     online = _online_curves(results, out / "online_curves.png")
     heatmaps = []
-    for label, m in results["methods"].items():
+    for label, m in results.methods.items():
         name = f"heatmap_{_slug(label)}.png"
-        _heatmap(label, m["summary"]["matrix"], out / name)
+        _heatmap(label, m.summary.matrix, out / name)
         heatmaps.append(f"![{label}]({name})")
-    cfg, stream = results["config"], results["stream"]
-    sizes = ", ".join(f"{e['n_train']}/{e['n_test']}" for e in stream["experiences"])
+    cfg, stream = results.config, results.stream
+    sizes = ", ".join(f"{e.n_train}/{e.n_test}" for e in stream.experiences)
     online_section = (
         "## Online and hybrid runs\n\n![online curves](online_curves.png)\n\n"
         "Prequential accuracy scores each incoming batch before learning from it; online and hybrid "
@@ -137,10 +128,10 @@ def write_report(results: dict[str, Any], directory: str | Path) -> Path:
     )
     text = f"""# {cfg['name']}
 
-{stream['scenario'].replace('_', '-')} stream `{stream['name']}`: {len(stream['experiences'])} experiences
+{stream.scenario.replace('_', '-')} stream `{stream.name}`: {len(stream.experiences)} experiences
 (train/test samples: {sizes}); model `{cfg['model']['name']}` with a {cfg['model']['head']} head;
 {cfg['training']['epochs']} epoch(s) per experience, batch {cfg['training']['batch_size']}, SGD lr
-{cfg['training']['lr']} momentum {cfg['training']['momentum']}; seeds {results['seeds']}
+{cfg['training']['lr']} momentum {cfg['training']['momentum']}; seeds {results.seeds}
 (mean ± standard deviation over seeds).
 
 {comparison_table(results)}
@@ -163,7 +154,7 @@ def write_report(results: dict[str, Any], directory: str | Path) -> Path:
 
 {chr(10).join(heatmaps)}
 
-Versions: {", ".join(f"{k} {v}" for k, v in results["versions"].items())}.
+Versions: {", ".join(f"{k} {v}" for k, v in results.versions.items())}.
 """
     (out / "report.md").write_text(text)
     return out
