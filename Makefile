@@ -13,7 +13,7 @@ run: $(VENV)/.installed data
 	$(VENV)/bin/retain run examples/split_fashion_mnist.yaml
 
 test: $(VENV)/.installed data
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks conftest.py
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed data

@@ -5,20 +5,11 @@ import pathlib
 import sys
 
 import pytest
-import torch
 
 import retain.strategies
 from retain.checks import CHECKS, check_strategy, learner_access_problems
 from retain.config import RunConfig
 from retain.strategies import STRATEGIES, discover, make_strategy
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))

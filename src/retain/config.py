@@ -101,7 +101,8 @@ class TrainingConfig(_Strict):
                                               "use lr; default: lr")
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: PositiveInt | None = Field(None, description="torch CPU threads (default: torch's)")
+    threads: PositiveInt | Literal["auto"] = Field("auto", description="torch CPU threads; auto: one per core "
+                                                   "not already busy at the start (see retain.util.auto_threads)")
 
 
 class OnlineConfig(_Strict):

@@ -31,6 +31,7 @@ from retain.metrics import (
     summarize,
 )
 from retain.models.pretrained import count_parameters
+from retain.util import auto_threads
 
 
 def run_method_online(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int, hybrid: bool,
@@ -89,6 +90,7 @@ def versions() -> dict[str, str]:
             found[pkg] = version(pkg)
         except PackageNotFoundError:
             found[pkg] = "not installed"
+    found["torch threads"] = str(torch.get_num_threads())
     return found
 
 
@@ -106,8 +108,7 @@ def stream_info(stream: Stream, cfg: RunConfig) -> StreamInfo:
 def run_experiment(cfg: RunConfig, progress: bool = True) -> ExperimentResult:
     """Run every method of ``cfg`` on its stream for every seed: the config, versions, the
     stream's sizes, and per method its runs (matrix, metrics, costs per seed) and summary."""
-    if cfg.training.threads:
-        torch.set_num_threads(cfg.training.threads)
+    torch.set_num_threads(auto_threads() if cfg.training.threads == "auto" else cfg.training.threads)
     stream = build_stream(cfg, progress=progress)
     results = ExperimentResult(cfg.model_dump(mode="json"), cfg.seeds, versions(), stream_info(stream, cfg))
     n_train = sum(e.n_train for e in stream)
