@@ -129,6 +129,16 @@ def test_lora_learner_survives_save_and_load(tmp_path):
     learner.save(tmp_path / "m")
     again = Learner.load(tmp_path / "m", device="cpu")
     assert torch.equal(learner.predict_logits(ids), again.predict_logits(ids))
+    # Dropout masks continue from the learner's own RNG state, whatever else the process draws
+    # (without momentum: the optimizer's buffers are not saved, so online steps start them afresh).
+    learner.optimizer = again.optimizer = None
+    learner.momentum = again.momentum = 0.0
+    y = torch.tensor([2, 0, 1] * 3)
+    learner.partial_fit(ids, y, steps=2)
+    torch.rand(1000)
+    again.partial_fit(ids, y, steps=2)
+    assert torch.equal(learner.predict_logits(ids), again.predict_logits(ids))
+    assert any(m.p > 0 for m in learner.model.modules() if isinstance(m, torch.nn.Dropout))  # masks were drawn
 
 
 def test_cache_key_changes_with_the_input_and_the_backbone(tmp_path):

@@ -8,14 +8,17 @@ import retain
 # Lower numbers sit lower; a module may import a package of a lower rank, or its own package.
 RANK = {
     "util": 0, "metrics": 1, "data": 1, "models": 2, "quality": 2, "strategies": 3, "engine": 4,
-    "config": 5, "monitor": 5, "build": 6, "checks": 7, "experiment": 7, "cli": 9,
+    "config": 5, "monitor": 5, "build": 6, "checks": 7, "experiment": 7, "__init__": 8, "cli": 9,
 }
 SRC = pathlib.Path(retain.__file__).parent
 
 
 def _imports(path):
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("retain."):
+        if isinstance(node, ast.ImportFrom) and node.module == "retain":  # the package's front door
+            for alias in node.names:
+                yield node.lineno, alias.name if alias.name in RANK else "__init__"
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("retain."):
             yield node.lineno, node.module.split(".")[1]
         elif isinstance(node, ast.Import):
             for alias in node.names:

@@ -134,3 +134,18 @@ def test_hybrid_consolidates_on_drift_and_not_on_a_stationary_stream(split_digit
     stationary = type(split_digits)(split_digits.experiences[:1], n_classes=10)
     _, quiet, _ = _triggers(stationary, Hybrid(on_new_class=False, drift="page_hinkley"))
     assert quiet == []
+
+
+def test_a_reloaded_learner_files_online_rows_under_the_last_experience(split_digits, tmp_path):
+    from retain import Learner
+    from retain.strategies import GEM
+
+    learner = make_learner(split_digits, [GEM(memory_size=40), Replay(**ONLINE_ER)], epochs=1)
+    for exp in split_digits[:2]:
+        learner.fit(exp)
+    learner.save(tmp_path)
+    loaded = Learner.load(tmp_path, device="cpu")
+    for one in (learner, loaded):
+        one.partial_fit(split_digits[2].x_train[:10], split_digits[2].y_train[:10], hybrid=True)
+    assert torch.equal(loaded.strategies[1].memory_.e, learner.strategies[1].memory_.e)
+    assert set(loaded.strategies[1].memory_.e.tolist()) == {0, 1}  # stream rows join experience 1, the last fit

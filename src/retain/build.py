@@ -1,6 +1,7 @@
 """Build what a run config describes: its stream (raw or a frozen backbone's cached features), model and learner.
 
-The service, the CLI's model store and the benchmarks build learners here, without the comparison runner.
+Whatever builds a learner from a config (the comparison runner, the benchmarks) does it here; this
+module needs none of the runner.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from retain.data import Stream, build_scenario, load_dataset
 from retain.data.datasets import cache_dir, per_class
 from retain.data.features import FeatureCache, LazyEncoder, encode_stream
 from retain.engine import Learner
-from retain.models import Classifier, make_model
+from retain.models import make_model
 from retain.models.pretrained import backbone_id, make_backbone
 
 
@@ -70,19 +71,14 @@ def build_stream(cfg: RunConfig, progress: bool = False) -> Stream:
     return encoded
 
 
-def build_model(stream: Stream, cfg: RunConfig) -> Classifier:
-    """A fresh model for ``stream`` (seed torch first): on raw inputs, on features, or around a backbone."""
-    m = cfg.model
-    options: dict[str, Any] = {"hidden": tuple(m.hidden)} if m.name == "mlp" else {}
-    return make_model(m.name, stream.input_shape, stream.n_classes, backbone=m.backbone, adaptation=m.adaptation,
-                      image_size=m.image_size, lora_rank=m.lora_rank, **options)
-
-
 def build_learner(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int) -> Learner:
-    """The learner a config describes for one method and seed, its model initialised from ``seed``."""
+    """The learner a config describes for one method and seed, its model (``make_model``: on raw
+    inputs, on a frozen backbone's features, or around a backbone that trains) initialised from ``seed``."""
     torch.manual_seed(seed)
-    model = build_model(stream, cfg)
-    tr = cfg.training
+    m, tr = cfg.model, cfg.training
+    options: dict[str, Any] = {"hidden": tuple(m.hidden)} if m.name == "mlp" else {}
+    model = make_model(m.name, stream.input_shape, stream.n_classes, backbone=m.backbone, adaptation=m.adaptation,
+                       image_size=m.image_size, lora_rank=m.lora_rank, **options)
     return Learner(model, method.build(cfg.model.head), lr=tr.lr, momentum=tr.momentum,
                    batch_size=tr.batch_size, epochs=tr.epochs, device=tr.device, seed=seed,
                    backbone_lr=tr.backbone_lr)

@@ -20,7 +20,7 @@ from pydantic import (
 
 from retain.data.datasets import DATASETS
 from retain.engine.updater import Hybrid
-from retain.models.pretrained import BACKBONES, adaptation_problem
+from retain.models.pretrained import PRETRAINED, adaptation_problem
 from retain.strategies import STRATEGIES, Strategy, make_strategy
 from retain.strategies.contract import online_problem, scenario_problem
 
@@ -71,7 +71,7 @@ class ModelConfig(_Strict):
     name: Literal["mlp", "cnn", "audio_cnn"] = "mlp"
     hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256])
     head: Literal["fixed", "growing", "per_task"] = "fixed"
-    backbone: Literal[tuple(BACKBONES)] | None = None  # type: ignore[valid-type]
+    backbone: Literal[tuple(PRETRAINED)] | None = None  # type: ignore[valid-type]
     adaptation: Literal["frozen", "lora", "full"] = "frozen"
     lora_rank: PositiveInt = 8
     image_size: PositiveInt = Field(64, description="side the image backbone resizes inputs to")
@@ -218,8 +218,8 @@ class RunConfig(_Strict):
                     raise ValueError(f"strategies.{i}: {problem}; mode online needs a stream-updated memory "
                                      "(such as update: stream)")
         modality = DATASETS[self.scenario.dataset].modality
-        if self.model.backbone is not None and BACKBONES[self.model.backbone].modality != modality:
-            raise ValueError(f"model.backbone: {self.model.backbone} reads {BACKBONES[self.model.backbone].modality}, "
+        if self.model.backbone is not None and PRETRAINED[self.model.backbone].modality != modality:
+            raise ValueError(f"model.backbone: {self.model.backbone} reads {PRETRAINED[self.model.backbone].modality}, "
                              f"but data set {self.scenario.dataset} is {modality}")
         if self.model.backbone is None and modality != "vision":
             hint = {"text": "minilm (or tiny_text)", "audio": "logmel"}[modality]
@@ -231,7 +231,7 @@ def _needs_problem(strategy: Strategy, model: ModelConfig) -> str | None:
     """Why ``model`` lacks what ``strategy`` declares it needs (``Strategy.needs``), or None."""
     for need in strategy.needs:
         if need == "lora_text" and (model.adaptation != "lora" or model.backbone is None
-                                    or BACKBONES[model.backbone].modality != "text"):
+                                    or PRETRAINED[model.backbone].modality != "text"):
             return f"{strategy.name} needs model.backbone minilm (or tiny_text) with model.adaptation: lora"
         if need == "fixed_features" and (model.adaptation != "frozen" or model.hidden or model.head != "fixed"):
             return (f"{strategy.name} needs fixed features and a linear head: model.adaptation: frozen, "

@@ -108,7 +108,15 @@ def stream_info(stream: Stream, cfg: RunConfig) -> StreamInfo:
 def run_experiment(cfg: RunConfig, progress: bool = True) -> ExperimentResult:
     """Run every method of ``cfg`` on its stream for every seed: the config, versions, the
     stream's sizes, and per method its runs (matrix, metrics, costs per seed) and summary."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(auto_threads() if cfg.training.threads == "auto" else cfg.training.threads)
+    try:
+        return _run_experiment(cfg, progress)
+    finally:
+        torch.set_num_threads(threads)  # the caller's setting, as it was
+
+
+def _run_experiment(cfg: RunConfig, progress: bool) -> ExperimentResult:
     stream = build_stream(cfg, progress=progress)
     results = ExperimentResult(cfg.model_dump(mode="json"), cfg.seeds, versions(), stream_info(stream, cfg))
     n_train = sum(e.n_train for e in stream)

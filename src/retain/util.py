@@ -23,11 +23,15 @@ def auto_threads() -> int:
     300 s with 2. Idle cores still pay: EfficientNet-Lite0 features of 600 images take 0.8 s with
     2 threads and 1.8 s with 1.
 
-    >>> 1 <= auto_threads() <= len(os.sched_getaffinity(0))
+    >>> 1 <= auto_threads() <= (os.cpu_count() or 1)
     True
     """
-    cores = len(os.sched_getaffinity(0))
-    return max(1, min(cores, int(cores - os.getloadavg()[0] + 0.5)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average (Windows): all cores
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
 
 
 def require(module: str, package: str) -> Any:
@@ -35,7 +39,7 @@ def require(module: str, package: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise ImportError(f"this backbone needs the PyPI package {package}: pip install {package}") from err
+        raise ImportError(f"{module} is needed here: pip install {package}") from err
 
 
 TOKEN_BUDGET = 2048  # at most this many token slots (rows x the batch's longest row) per batch of texts

@@ -48,7 +48,8 @@ def resolve_device(device: str) -> torch.device:
 class Learner:
     """Trains ``model`` on experiences with SGD and the given strategies.
 
-    Strategies compose: their hooks run in list order (see ``retain.strategies.base``). The
+    Strategies compose: their hooks run in list order (the contract: ``retain.strategies.contract``;
+    the learner is the ``LearnerView`` they read). The
     optimizer is rebuilt at every experience (a grown head has new parameters), so momentum
     does not carry across experiences. Same model initialisation and seed, same numbers.
 
@@ -96,7 +97,8 @@ class Learner:
         self.lr, self.momentum, self.batch_size, self.epochs, self.seed = lr, momentum, batch_size, epochs, seed
         self.backbone_lr = backbone_lr  # a pretrained backbone usually wants a smaller step than the head
         self.generator = torch.Generator().manual_seed(seed)
-        self._hooks = {h: [getattr(s, h) for s in self.strategies if implements(s, h)] for h in HOOKS}
+        self._hooks = {h: [getattr(s, h) for s in self.strategies if implements(s, h)]
+                       for h in HOOKS if h not in ("before_experience", "after_experience")}
         # The experience hooks run with their strategy known: only a declared one may replace the train set.
         self._experience_hooks = {h: [s for s in self.strategies if implements(s, h)]
                                   for h in ("before_experience", "after_experience")}
@@ -115,7 +117,11 @@ class Learner:
         # updates, so what a gradient clip or projection covers, without walking the modules each step.
         self._trainable: list[Tensor] = self._requires_grad()
         self._experience_id = 0  # of the last experience fit (partial_fit's rows join it in memories)
-        self._dropout = False  # whether a training step draws dropout masks (set with the optimizer)
+        # Dropout masks (and EfficientNet's drop connect) come from torch's global RNG. The learner
+        # keeps that RNG's state as its own, so the masks continue from where it stopped, whatever
+        # else the process draws, and save/load carries them: a reloaded learner trains on exactly.
+        self._stochastic = False  # whether a training forward pass draws random numbers (set with the optimizer)
+        self._torch_rng = torch.get_rng_state()
 
     @property
     def trainable(self) -> list[Tensor]:
@@ -197,9 +203,10 @@ class Learner:
             m.momentum = None  # a cumulative average over the batches below
         order = torch.randperm(len(xs), generator=self.generator)
         # Near-equal batches (sizes differ by at most one), as the cumulative average weighs batches alike.
-        for idx in torch.tensor_split(order, -(-len(order) // self.bulk_size)):
-            if len(idx) > 1:  # one row has no batch variance
-                self.model(*self._gather(idx, xs, ts))
+        with self._own_rng() if self._stochastic else contextlib.nullcontext():
+            for idx in torch.tensor_split(order, -(-len(order) // self.bulk_size)):
+                if len(idx) > 1:  # one row has no batch variance
+                    self.model(*self._gather(idx, xs, ts))
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
 
@@ -213,8 +220,9 @@ class Learner:
     def _optimizer(self) -> FusedSGD | torch.optim.Optimizer:
         params = list(self.model.parameters())
         self._trainable = self._requires_grad()
-        self._dropout = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0
-                            for m in self.model.modules())
+        self._stochastic = any(getattr(m, "random_in_training", False)
+                               or (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+                               for m in self.model.modules())
         groups = [(params, self.lr)]
         if self.backbone_lr is not None:  # pretrained weights get backbone_lr; heads and LoRA adapters lr
             backbone = {id(p) for n, p in self.model.backbone.named_parameters() if "lora_" not in n}
@@ -264,11 +272,22 @@ class Learner:
         return self
 
     def _step(self, step: Step) -> None:
-        if self._dropout:  # its masks come from torch's global RNG: seeded from ours, so a reload continues exactly
-            with self.seeded():
+        if self._stochastic:
+            with self._own_rng():
                 self._train_step(step)
         else:
             self._train_step(step)
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Torch's global CPU RNG in the state this learner left it (see ``_torch_rng``). Models
+        without random layers skip this: getting and setting the state costs about 2% of an MLP step."""
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._torch_rng)
+            try:
+                yield
+            finally:
+                self._torch_rng = torch.get_rng_state()
 
     def _train_step(self, step: Step) -> None:
         step = self.step_batch(step)
@@ -300,7 +319,7 @@ class Learner:
         """Run a block (e.g. initialising a new head) on torch's global RNG seeded from the
         learner's own generator, so a saved and reloaded learner grows identically."""
         seed = int(torch.randint(2**62, (1,), generator=self.generator))
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             yield
 
@@ -356,7 +375,7 @@ class Learner:
         ``model.safetensors``, ``state.safetensors`` and ``learner.json``."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        tensors: dict[str, Tensor] = {"learner.rng": self.generator.get_state()}
+        tensors: dict[str, Tensor] = {"learner.rng": self.generator.get_state(), "learner.torch_rng": self._torch_rng}
         strategies = []
         for i, s in enumerate(self.strategies):
             extra = {}
@@ -380,6 +399,7 @@ class Learner:
             "experiences_seen": self.experiences_seen_,
             "steps": self.steps_,
             "samples_seen": self.samples_seen_,
+            "experience_id": self._experience_id,
         }
         (path / "learner.json").write_text(json.dumps(meta, indent=2))
         return path
@@ -399,6 +419,8 @@ class Learner:
         learner = cls(model, strategies, device=device, **meta["learner"])
         tensors = load_file(path / "state.safetensors")
         learner.generator.set_state(tensors["learner.rng"])
+        if "learner.torch_rng" in tensors:
+            learner._torch_rng = tensors["learner.torch_rng"]
         for i, (s, saved) in enumerate(zip(strategies, meta["strategies"], strict=True)):
             prefix = f"{i}."
             state = dict(saved["state"]) | {
@@ -409,4 +431,5 @@ class Learner:
         learner.task_classes_ = {int(k): v for k, v in meta["task_classes"].items()}
         learner.experiences_seen_, learner.steps_ = meta["experiences_seen"], meta["steps"]
         learner.samples_seen_ = meta.get("samples_seen", 0)
+        learner._experience_id = meta.get("experience_id", 0)
         return learner

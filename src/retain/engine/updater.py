@@ -4,7 +4,7 @@ An :class:`Updater` is fed one labelled batch at a time. It learns from it onlin
 (``Learner.partial_fit``), keeps the most recent samples, watches for a new class, the schedule or
 a drift of the error (river's detectors), and when a trigger is due consolidates: a short offline
 pass with ``Learner.fit`` over the strategies' memory plus the recent window, so every strategy's
-experience hooks take part. The online runner (``retain.engine.online``) and the service feed it.
+experience hooks take part. The online runner (``retain.engine.online``) feeds it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from torch import Tensor
 from retain.data import Experience
 from retain.engine.learner import Learner
 from retain.metrics.results import Consolidation
-
-TRIGGERS = ("schedule", "new_class", "drift")
 
 
 @validated(config=ConfigDict(extra="forbid"))

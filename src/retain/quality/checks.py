@@ -1,4 +1,4 @@
-"""Checks on an incoming batch (shapes, values, labels) that return a report the CLI and service can show."""
+"""Checks on an incoming batch (shapes, values, labels) that return a report of every problem found."""
 
 from __future__ import annotations
 
@@ -42,10 +42,6 @@ class BatchReport:
             raise BatchRefused(self)
         return self
 
-    def summary(self) -> dict[str, Any]:
-        """The report as JSON: rows, problems, new classes."""
-        return {"where": self.where, "rows": self.rows, "ok": self.ok, "problems": list(self.problems),
-                "new_classes": list(self.new_classes)}
 
 
 def check_batch(x: Any, y: Any, t: Any = None, *, n_features: int | None = None, n_classes: int | None = None,

@@ -3,7 +3,7 @@
 A method is registered by existing: every module in this package (or in a folder added to its
 ``__path__``) is imported, and every :class:`Strategy` subclass defined there that sets its own
 ``name`` joins :data:`STRATEGIES`, and is exported from this package under its class name. The
-conformance suite (``retain.strategies.checks``) runs over that registry.
+conformance suite (``retain.checks``, run by ``tests/test_conformance.py``) checks every method in it.
 """
 
 from __future__ import annotations
@@ -37,9 +37,12 @@ def discover() -> dict[str, type[Strategy]]:
                                     f"{', '.join(FAMILIES)}")
                 found[cls.name] = cls
     ordered = sorted(found.values(), key=lambda c: (FAMILIES.index(c.family), c.name != "finetune", c.name))
+    for old in STRATEGIES.values():  # a method whose file is gone is no longer exported
+        globals().pop(old.__name__, None)
     STRATEGIES.clear()
     STRATEGIES.update((cls.name, cls) for cls in ordered)
     globals().update((cls.__name__, cls) for cls in ordered)
+    __all__[:] = [*_BASE_EXPORTS, *sorted(cls.__name__ for cls in ordered)]
     return STRATEGIES
 
 
@@ -75,7 +78,7 @@ def describe(cls: type[Strategy]) -> dict[str, Any]:
     }
 
 
-discover()
-
 __all__ = ["ExperienceContext", "HOOKS", "LearnerView", "Memory", "STRATEGIES", "Step", "Strategy", "describe",
-           "discover", "implements", "make_strategy", *sorted(cls.__name__ for cls in STRATEGIES.values())]
+           "discover", "implements", "make_strategy"]  # and every method's class, added by discover()
+_BASE_EXPORTS = tuple(__all__)
+discover()

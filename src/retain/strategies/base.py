@@ -1,12 +1,14 @@
 """The base class of every strategy: hyper-parameters as a validated dataclass, hooks that do nothing.
 
 The hooks, their order and what they receive are the contract of ``retain.strategies.contract``.
-Two capabilities extend it, each declared by a class attribute so the learner can rely on it:
-``task_loss`` (a strategy may replace the cross-entropy over every row that ``loss`` terms are
-added to: replay that weighs replayed rows, ER-ACE's asymmetric loss, DER's cross-entropy over
-new rows only; without it such a method had to add the cross-entropy it wanted and subtract the
-learner's, computing the loss three times a step; at most one strategy of a composition may), and
-``closed_form`` (a method that writes the model at experience ends takes no gradient steps).
+``task_loss`` lets a strategy replace the cross-entropy over every row that ``loss`` terms are
+added to (replay that weighs replayed rows, ER-ACE's asymmetric loss, DER's cross-entropy over new
+rows only; without it such a method had to add the cross-entropy it wanted and subtract the
+learner's, computing the loss three times a step); at most one strategy of a composition may.
+What the learner, the config and the conformance suite rely on is declared, not discovered:
+``scenarios``, ``online`` (or ``supports_online()``), ``closed_form`` (it writes the model at
+experience ends, so no gradient steps are taken), ``replaces_train_set``, ``needs`` (of the
+model), ``grows`` (why its state may grow with the stream) and ``memory()`` (its replay memory).
 """
 
 from __future__ import annotations
