@@ -10,18 +10,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from retain.data import Experience
+from retain.engine import persist
 from retain.engine.sgd import FusedSGD
 from retain.models import Classifier, IncrementalHead, MultiHead
 from retain.quality import check_batch
-from retain.strategies import HOOKS, ExperienceContext, Step, Strategy, implements, make_strategy
+from retain.strategies import HOOKS, STRATEGIES, ExperienceContext, Step, Strategy, implements, make_strategy
 from retain.strategies.contract import online_problem, scenario_problem
 from retain.util import evaluating, in_batches
 
-FORMAT_VERSION = 1
 CHUNK = 32  # batches gathered at once by fit
 
 
@@ -371,10 +373,9 @@ class Learner:
 
     # -- persistence ------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write the learner (model, strategy state, counters, random state) to ``directory``:
-        ``model.safetensors``, ``state.safetensors`` and ``learner.json``."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+        """Write the learner (model, strategy state, counters, random state) to ``directory``,
+        atomically and with checksums (``retain.engine.persist``): a crash mid-save leaves the
+        folder holding the previous save, whole."""
         tensors: dict[str, Tensor] = {"learner.rng": self.generator.get_state(), "learner.torch_rng": self._torch_rng}
         strategies = []
         for i, s in enumerate(self.strategies):
@@ -385,11 +386,8 @@ class Learner:
                 else:
                     extra[key] = value
             strategies.append({"name": s.name, "params": s.get_config(), "state": extra})
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-                  path / "model.safetensors")
-        save_file(tensors, path / "state.safetensors")
         meta = {
-            "format": FORMAT_VERSION,
+            "format": persist.FORMAT_VERSION,
             "model": self.model.get_config(),
             "learner": {"lr": self.lr, "momentum": self.momentum, "batch_size": self.batch_size,
                         "epochs": self.epochs, "seed": self.seed, "backbone_lr": self.backbone_lr},
@@ -401,35 +399,135 @@ class Learner:
             "samples_seen": self.samples_seen_,
             "experience_id": self._experience_id,
         }
-        (path / "learner.json").write_text(json.dumps(meta, indent=2))
-        return path
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        parts = {"model": safetensors_bytes(weights), "state": safetensors_bytes(tensors),
+                 "learner": json.dumps(meta, indent=1).encode()}
+        return persist.write_generation(directory, parts, {"model": "safetensors", "state": "safetensors",
+                                                           "learner": "json"})
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "auto") -> Learner:
-        """Rebuild a learner saved by :meth:`save`; training continues exactly where it stopped."""
+        """Rebuild a learner saved by :meth:`save`; training continues exactly where it stopped.
+        Every file is checked against its checksum and the JSON against a schema with bounds
+        before anything is built from it; a problem raises ``persist.LoadError`` naming the file."""
         path = Path(directory)
-        if not (path / "learner.json").is_file():
-            raise FileNotFoundError(f"{path} holds no saved learner (learner.json is missing)")
-        meta: dict[str, Any] = json.loads((path / "learner.json").read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported learner format {meta.get('format')!r}")
-        model = Classifier.from_config(meta["model"])
-        model.load_state_dict(load_file(path / "model.safetensors"))
-        strategies = [make_strategy(s["name"], **s["params"]) for s in meta["strategies"]]
-        learner = cls(model, strategies, device=device, **meta["learner"])
-        tensors = load_file(path / "state.safetensors")
-        learner.generator.set_state(tensors["learner.rng"])
-        if "learner.torch_rng" in tensors:
+        parts = persist.read_generation(path)
+        meta = saved_learner(parts["learner"], path)
+        try:
+            strategies = [make_strategy(s.name, **s.params) for s in meta.strategies]
+        except ValidationError as err:
+            raise persist.LoadError(f"{path}: a saved strategy's settings are invalid: {err.errors()[0]['loc']} "
+                                    f"{err.errors()[0]['msg']}") from None
+        weights = _tensors(parts["model"], path, "model")
+        model = _model(meta.model, weights, path)
+        learner = cls(model, strategies, device=device, **meta.learner.model_dump())
+        tensors = _tensors(parts["state"], path, "state")
+        for key in ("learner.rng", "learner.torch_rng"):
+            if key not in tensors:
+                raise persist.LoadError(f"{path}: the state file has no {key}")
+        try:
+            learner.generator.set_state(tensors["learner.rng"])
             learner._torch_rng = tensors["learner.torch_rng"]
-        for i, (s, saved) in enumerate(zip(strategies, meta["strategies"], strict=True)):
-            prefix = f"{i}."
-            state = dict(saved["state"]) | {
-                k[len(prefix):]: v.to(learner.device) for k, v in tensors.items() if k.startswith(prefix)
-            }
-            s.load_state_dict(state, learner)
-        learner.seen_classes_ = meta["seen_classes"]
-        learner.task_classes_ = {int(k): v for k, v in meta["task_classes"].items()}
-        learner.experiences_seen_, learner.steps_ = meta["experiences_seen"], meta["steps"]
-        learner.samples_seen_ = meta.get("samples_seen", 0)
-        learner._experience_id = meta.get("experience_id", 0)
+            for i, (s, saved) in enumerate(zip(strategies, meta.strategies, strict=True)):
+                prefix = f"{i}."
+                state = dict(saved.state) | {
+                    k[len(prefix):]: v.to(learner.device) for k, v in tensors.items() if k.startswith(prefix)
+                }
+                s.load_state_dict(state, learner)
+        except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as err:
+            raise persist.LoadError(f"{path}: the saved strategy state does not fit its strategies ({err})") from None
+        learner.seen_classes_ = meta.seen_classes
+        learner.task_classes_ = {int(k): v for k, v in meta.task_classes.items()}
+        learner.experiences_seen_, learner.steps_ = meta.experiences_seen, meta.steps
+        learner.samples_seen_, learner._experience_id = meta.samples_seen, meta.experience_id
         return learner
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(gt=0, le=1e6)
+    momentum: float = Field(ge=0, lt=1)
+    batch_size: int = Field(ge=1, le=1 << 20)
+    epochs: int = Field(ge=1, le=1 << 20)
+    seed: int
+    backbone_lr: float | None = Field(None, gt=0, le=1e6)
+
+
+class _SavedStrategy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    params: dict[str, Any]
+    state: dict[str, Any]
+
+
+class _Saved(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: int
+    model: dict[str, Any]
+    learner: _Settings
+    strategies: list[_SavedStrategy] = Field(max_length=64)
+    seen_classes: list[int] = Field(max_length=1 << 20)
+    task_classes: dict[str, list[int]] = Field(max_length=1 << 16)
+    experiences_seen: int = Field(ge=0)
+    steps: int = Field(ge=0)
+    samples_seen: int = Field(ge=0)
+    experience_id: int = Field(ge=0)
+
+
+def saved_learner(data: bytes, path: Path) -> _Saved:
+    """A saved ``learner.json``, validated: its schema, the strategies it names, and bounds on every
+    size in the model's config and the strategies' settings."""
+    where = f"{path}/learner.json"
+    try:
+        meta = _Saved.model_validate(json.loads(data))
+    except ValueError as err:
+        raise persist.LoadError(f"{where}: {persist._first_problem(err)}") from None
+    if meta.format != persist.FORMAT_VERSION:
+        raise persist.LoadError(f"{where}: unsupported learner format {meta.format!r}")
+    persist.bounded(meta.model, f"{where}: model")
+    for i, s in enumerate(meta.strategies):
+        if s.name not in STRATEGIES:
+            raise persist.LoadError(f"{where}: strategies.{i}.name: unknown strategy {s.name!r} (a newer retain, "
+                                    "or a method whose file is gone)")
+        persist.bounded(s.params, f"{where}: strategies.{i}.params", limit=1 << 24)
+    return meta
+
+
+def _tensors(data: bytes, path: Path, part: str) -> dict[str, Tensor]:
+    try:
+        return safetensors_load(data)
+    except Exception as err:  # noqa: BLE001 - whatever safetensors says of bytes that passed their checksum
+        raise persist.LoadError(f"{path}: the {part} file is not readable safetensors ({err})") from None
+
+
+def _model(config: dict[str, Any], weights: dict[str, Tensor], path: Path) -> Classifier:
+    """The model ``config`` describes, holding ``weights``, once the shapes the config implies (built
+    on the meta device, allocating nothing) match the weights actually saved."""
+    backbone = config.get("backbone", {}) if isinstance(config, dict) else {}
+    if backbone.get("name") in ("text", "image"):
+        # Their sizes are the pretrained network's, which loads its weights (no meta build): only
+        # the adapters' rank is the config's to choose.
+        if not 1 <= backbone.get("lora_rank", 8) <= 1024:
+            raise persist.LoadError(f"{path}: the saved model config's lora_rank must be 1..1024")
+        skeleton = None
+    else:
+        try:
+            with torch.device("meta"):
+                skeleton = Classifier.from_config(config)
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise persist.LoadError(f"{path}: the saved model config is invalid ({err})") from None
+    shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()} if skeleton is not None else None
+    saved = {k: tuple(v.shape) for k, v in weights.items()}
+    if shapes is not None and shapes != saved:
+        diff = sorted(set(shapes.items()) ^ set(saved.items()))[:1]
+        raise persist.LoadError(f"{path}: the model config does not describe the saved weights (first difference: "
+                                f"{diff[0][0]} {diff[0][1]})")
+    try:
+        model = Classifier.from_config(config)
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise persist.LoadError(f"{path}: the saved model does not load ({str(err).splitlines()[0]})") from None
+    return model

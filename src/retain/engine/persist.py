@@ -1,0 +1,163 @@
+"""Saving a learner atomically with checksums, and reading it back only once every file is verified.
+
+A saved learner is a folder holding generations of three files (``model-N.safetensors``,
+``state-N.safetensors``, ``learner-N.json``) and ``manifest.json``, which names the current
+generation and the SHA-256 of each of its files. A save writes and fsyncs the new generation's
+files, then replaces the manifest in one ``os.replace`` (atomic on POSIX), fsyncs the folder and
+only then deletes the older generation. Killed at any point, the folder loads as the old learner
+or the new one, never a mix and never nothing. A load reads the manifest, checks every file's
+checksum and size, and validates the JSON against a schema with bounds before anything is
+allocated from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 2
+PARTS = ("model", "state", "learner")
+MAX_JSON_BYTES = 64 << 20  # a manifest or learner.json larger than this is not one retain wrote
+_NAME = re.compile(r"^(model|state|learner)-([0-9]{1,12})\.(safetensors|json)$")
+
+
+class LoadError(ValueError):
+    """A saved learner that cannot be loaded; the message names the file and what is wrong."""
+
+
+class _Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: int
+    generation: int = Field(ge=1, le=10**12)
+    files: dict[str, str]
+    sha256: dict[str, str]
+    sizes: dict[str, int]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and flush it to the disk before returning."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_manifest(directory: Path) -> _Manifest | None:
+    """The folder's manifest, or None when it has none (a folder never saved to, or an old format)."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise LoadError(f"{path}: {path.stat().st_size} bytes is not a manifest retain wrote")
+    try:
+        manifest = _Manifest.model_validate(json.loads(path.read_bytes()))
+    except (ValueError, ValidationError) as err:
+        raise LoadError(f"{path} is damaged: {_first_problem(err)}") from None
+    if manifest.format != FORMAT_VERSION:
+        raise LoadError(f"{path}: unsupported format {manifest.format!r} (this retain reads {FORMAT_VERSION})")
+    for part in PARTS:
+        name = manifest.files.get(part)
+        if name is None or not _NAME.match(name) or not name.startswith(f"{part}-"):
+            raise LoadError(f"{path}: files.{part} must name this folder's {part} file, got {name!r}")
+        if not re.fullmatch(r"[0-9a-f]{64}", manifest.sha256.get(part, "")):
+            raise LoadError(f"{path}: sha256.{part} is not a SHA-256 digest")
+    return manifest
+
+
+def write_generation(directory: str | Path, parts: dict[str, bytes], suffixes: dict[str, str]) -> Path:
+    """Write ``parts`` (``model``, ``state``, ``learner`` -> bytes) as the folder's next generation."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        old = read_manifest(path)
+    except LoadError:
+        old = None  # a damaged manifest is replaced by this save
+    generation = (old.generation if old else 0) + 1
+    files = {part: f"{part}-{generation}.{suffixes[part]}" for part in PARTS}
+    for part in PARTS:
+        durable_write(path / files[part], parts[part])
+    manifest = {"format": FORMAT_VERSION, "generation": generation, "files": files,
+                "sha256": {p: hashlib.sha256(parts[p]).hexdigest() for p in PARTS},
+                "sizes": {p: len(parts[p]) for p in PARTS}}
+    staged = path / f"{MANIFEST}.tmp"
+    durable_write(staged, json.dumps(manifest, indent=1).encode())
+    os.replace(staged, path / MANIFEST)  # the switch: before it the old generation is current, after it the new
+    _fsync_dir(path)
+    for entry in path.iterdir():  # older generations, and files of saves that were interrupted
+        match = _NAME.match(entry.name)
+        if match and int(match.group(2)) != generation:
+            entry.unlink(missing_ok=True)
+    return path
+
+
+def read_generation(directory: str | Path) -> dict[str, bytes]:
+    """The current generation's files, each checked against the manifest's size and SHA-256."""
+    path = Path(directory)
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise FileNotFoundError(f"{path} holds no saved learner ({MANIFEST} is missing)")
+    parts = {}
+    for part in PARTS:
+        file = path / manifest.files[part]
+        if not file.is_file():
+            raise LoadError(f"{file} is missing: the folder was changed after the save")
+        size = file.stat().st_size
+        if size != manifest.sizes.get(part):
+            raise LoadError(f"{file} has {size} bytes, the manifest says {manifest.sizes.get(part)}: it is "
+                            "truncated or was changed")
+        data = file.read_bytes()
+        if hashlib.sha256(data).hexdigest() != manifest.sha256[part]:
+            raise LoadError(f"{file} does not match its checksum: it was changed or damaged after the save")
+        parts[part] = data
+    return parts
+
+
+def _first_problem(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        e = err.errors()[0]
+        return f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {e['msg']}"
+    return str(err).splitlines()[0]
+
+
+def bounded(value: Any, where: str, limit: int = 1 << 20, items: int = 10_000, depth: int = 0) -> None:
+    """Refuse a JSON value with an integer over ``limit`` (a layer size, a class id), a list or
+    mapping over ``items`` entries, or nesting deeper than 32: what a small edit could turn into
+    gigabytes of allocation.
+
+    >>> bounded({"hidden": [256, 10**9]}, "model")
+    Traceback (most recent call last):
+    ...
+    retain.engine.persist.LoadError: model.hidden.1: 1000000000 is over the limit of 1048576
+    """
+    if depth > 32:
+        raise LoadError(f"{where}: nested deeper than 32 levels")
+    if isinstance(value, bool) or value is None or isinstance(value, str | float):
+        return
+    if isinstance(value, int):
+        if abs(value) > limit:
+            raise LoadError(f"{where}: {value} is over the limit of {limit}")
+        return
+    if isinstance(value, list | dict):
+        if len(value) > items:
+            raise LoadError(f"{where}: {len(value)} entries is over the limit of {items}")
+        entries = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in entries:
+            bounded(item, f"{where}.{key}", limit, items, depth + 1)
+        return
+    raise LoadError(f"{where}: unexpected value {value!r}")
