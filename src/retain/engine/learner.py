@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -18,10 +19,10 @@ from torch import Tensor
 from retain.data import Experience
 from retain.engine import persist
 from retain.engine.sgd import FusedSGD
-from retain.models import Classifier, IncrementalHead, MultiHead
-from retain.quality import check_batch
+from retain.models import Classifier, IncrementalHead, LinearHead, MultiHead
+from retain.quality import check_batch, check_inputs
 from retain.strategies import HOOKS, STRATEGIES, ExperienceContext, Step, Strategy, implements, make_strategy
-from retain.strategies.contract import online_problem, scenario_problem
+from retain.strategies.contract import SCENARIO_KINDS, online_problem, scenario_problem
 from retain.util import evaluating, in_batches
 
 CHUNK = 32  # batches gathered at once by fit
@@ -30,6 +31,10 @@ CHUNK = 32  # batches gathered at once by fit
 def cross_entropy(learner: Learner, step: Step, logits: Tensor) -> Tensor:
     """The task loss unless a strategy replaces it: cross-entropy over every row."""
     return F.cross_entropy(logits, step.y)
+
+
+class Diverged(ValueError):
+    """Training produced a loss or weights that are not finite; the learner was restored."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -131,16 +136,99 @@ class Learner:
         return self._trainable
 
     # -- training ---------------------------------------------------------------------
-    def fit(self, experience: Experience, epochs: int | None = None, incoming: bool = True) -> Learner:
+    def fit(self, experience: Experience | Any, y: Any = None, t: Any = None, *, epochs: int | None = None,
+            incoming: bool = True) -> Learner:
         """Train on one experience for ``epochs`` epochs (the learner's by default), calling
-        the strategies' hooks. Stream memories are offered each sample once, in the first
-        epoch; ``incoming=False`` (a consolidation over data already seen) offers none."""
+        the strategies' hooks. ``fit(x, y[, t])`` takes arrays (tensors, numpy, lists) as one
+        experience. Stream memories are offered each sample once, in the first epoch;
+        ``incoming=False`` (a consolidation over data already seen) offers none.
+
+        The data is checked before anything changes (``ValueError`` naming the problem), and a fit
+        that fails midway, a diverging one included (:class:`Diverged`), leaves the learner as it was.
+
+        >>> from retain.models import make_model
+        >>> learner = Learner(make_model("mlp", (4,), 3, hidden=(8,)), device="cpu")
+        >>> learner.fit([[0.1, 0.2, 0.3, 0.4]] * 4, [0, 1, 2, 1]).experiences_seen_
+        1
+        >>> learner.fit(torch.full((2, 4), float("nan")), torch.tensor([0, 1]))
+        Traceback (most recent call last):
+        ...
+        retain.quality.checks.BatchRefused: fit: experience 1: x holds NaN or infinite values
+        """
+        experience = self._as_experience(experience, y, t)
+        self._check_experience(experience)
+        saved = self._checkpoint()
+        try:
+            return self._fit(experience, epochs, incoming)
+        except Diverged as err:
+            self._restore(saved)
+            raise Diverged(f"fit: {err}; the learner is as it was before this experience") from None
+        except BaseException:
+            self._restore(saved)
+            raise
+
+    def _as_experience(self, data: Experience | Any, y: Any, t: Any) -> Experience:
+        if isinstance(data, Experience):
+            if y is not None or t is not None:
+                raise TypeError("fit takes an Experience, or arrays x, y[, t]; not both")
+            return data
+        if y is None:
+            raise TypeError("fit(x, y[, t]): give the labels y with the inputs x")
+        report = check_batch(data, y, t, where=f"fit: experience {self.experiences_seen_}").raise_if_refused()
+        x = torch.as_tensor(data)
+        x = x.float() if x.dtype.is_floating_point else x
+        tasks = report.t
+        scenario = next((k for k in SCENARIO_KINDS if all(k in s.scenarios for s in self.strategies)),
+                        "class_incremental")
+        return Experience(x, report.y, x[:0], report.y[:0], id=self.experiences_seen_, task=int(tasks[0]),
+                          t_train=tasks, t_test=tasks[:0], scenario=scenario)
+
+    def _check_experience(self, experience: Experience) -> None:
+        """Refuse an experience the model cannot learn from, before anything changes."""
         if experience.n_train == 0:
             raise ValueError(f"experience {experience.id} has no training samples")
         for s in self.strategies:
             problem = scenario_problem(s, experience.scenario)
             if problem:
                 raise ValueError(f"{problem} (experience {experience.id})")
+        x = experience.x_train
+        check_batch(x if x.dtype.is_floating_point else torch.zeros(len(x), 1), experience.y_train,
+                    experience.train_tasks(), n_features=self._n_features(x), n_classes=self._label_limit(),
+                    where=f"fit: experience {experience.id}").raise_if_refused()
+
+    def _n_features(self, x: Tensor) -> int | None:
+        """Values a row the model reads, when it says (token ids are not checked)."""
+        return getattr(self.model.backbone, "in_features", None) if x.dtype.is_floating_point else None
+
+    def _label_limit(self) -> int | None:
+        """How many classes the model can learn, or None when its head grows (or a strategy grows it)."""
+        head = self.model.head
+        while hasattr(head, "inner"):
+            head = head.inner
+        if not isinstance(head, LinearHead) or any(s.family == "architecture" for s in self.strategies):
+            return None
+        return head.n_outputs
+
+    def _checkpoint(self) -> dict[str, Any]:
+        """What a failed fit restores: the model as it is, the strategies' state, random state, counters."""
+        states = [{k: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in s.state_dict().items()}
+                  for s in self.strategies]
+        return {"model": copy.deepcopy(self.model), "strategies": states, "rng": self.generator.get_state(),
+                "torch_rng": self._torch_rng, "experience_id": self._experience_id,
+                "counters": (list(self.seen_classes_), copy.deepcopy(self.task_classes_), self.experiences_seen_,
+                             self.steps_, self.samples_seen_)}
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        self.model = saved["model"]
+        for s, state in zip(self.strategies, saved["strategies"], strict=True):
+            s.load_state_dict(state, self)
+        self.generator.set_state(saved["rng"])
+        self._torch_rng, self._experience_id = saved["torch_rng"], saved["experience_id"]
+        (self.seen_classes_, self.task_classes_, self.experiences_seen_, self.steps_,
+         self.samples_seen_) = saved["counters"]
+        self.optimizer, self._trainable = None, self._requires_grad()
+
+    def _fit(self, experience: Experience, epochs: int | None, incoming: bool) -> Learner:
         self._experience_id = experience.id
         ctx = ExperienceContext(experience)
         for s in self._experience_hooks["before_experience"]:
@@ -167,6 +255,9 @@ class Learner:
                     yb = yc[start:end]
                     self._step(Step(xc[start:end], yb, tc[start:end], len(yb), fresh, experience.id,
                                     rows[start:end], source))
+        if not all(torch.isfinite(p).all() for p in self._trainable):
+            raise Diverged(f"training diverged in experience {experience.id}: the weights are no longer finite "
+                           f"(lr {self.lr})")
         self._recalibrate_norms(x, t)
         self._remember(experience)
         for s in self._experience_hooks["after_experience"]:
@@ -266,8 +357,12 @@ class Learner:
             self.optimizer = self._optimizer()
         if not self.model.training:
             self.model.train()
-        for k in range(steps):  # these rows come from no training set: no rows, no source
-            self._step(Step(x, y, t, len(y), k == 0, self._experience_id))
+        try:
+            for k in range(steps):  # these rows come from no training set: no rows, no source
+                self._step(Step(x, y, t, len(y), k == 0, self._experience_id))
+        except Diverged as err:
+            raise Diverged(f"partial_fit: {err}; the diverging step changed no weight (a stream memory may "
+                           "already hold the batch)") from None
         self.samples_seen_ += len(y)
         if report.new_classes:
             self.seen_classes_ = sorted(set(self.seen_classes_) | set(report.new_classes))
@@ -295,6 +390,9 @@ class Learner:
         step = self.step_batch(step)
         logits = self.model(step.x, step.t)
         loss = self.objective(step, logits)
+        if not torch.isfinite(loss):  # stop before the optimizer writes NaN into the weights
+            raise Diverged(f"training diverged at step {self.steps_ + 1} (experience {step.experience_id}): the loss "
+                           f"is {float(loss.detach())}; a smaller learning rate (now {self.lr}) or penalty may help")
         self.optimizer.zero_grad()
         loss.backward()
         for hook in self._hooks["after_backward"]:
@@ -333,7 +431,9 @@ class Learner:
     # -- inference --------------------------------------------------------------------
     @torch.no_grad()
     def predict_logits(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 1024) -> Tensor:
-        """Logits over the global classes; ``t`` (task ids) is needed with per-task heads."""
+        """Logits over the global classes; ``t`` (task ids) is needed with per-task heads. ``x``
+        may be a tensor, numpy array or list; a batch of the wrong shape or with NaN is refused."""
+        x = check_inputs(x, n_features=getattr(self.model.backbone, "in_features", None), where="predict")
         if isinstance(self.model.head, MultiHead) and t is None and not getattr(self.model.backbone, "routes_tasks",
                                                                                  False):
             raise ValueError("this model has per-task heads: pass the task id(s) t to predict")

@@ -96,3 +96,28 @@ def check_batch(x: Any, y: Any, t: Any = None, *, n_features: int | None = None,
     labels = set(y.tolist())
     report.new_classes = sorted(labels - set(known_classes))
     return report
+
+
+def check_inputs(x: Any, *, n_features: int | None = None, where: str = "predict") -> Tensor:
+    """Inputs to predict from, as a tensor: a ``(n, features...)`` batch (token ids stay integers)
+    of finite numbers with ``n_features`` values a row when the model states it. Raises
+    :class:`BatchRefused` naming the problem.
+
+    >>> check_inputs([[0.5, float("nan")]], where="predict")
+    Traceback (most recent call last):
+    ...
+    retain.quality.checks.BatchRefused: predict: x holds NaN or infinite values
+    """
+    x = torch.as_tensor(x)
+    if not (x.dtype.is_floating_point or x.dtype in (torch.int32, torch.int64)):
+        x = x.float()
+    report = BatchReport(where, rows=len(x) if x.dim() else 0)
+    if x.dim() < 2:
+        report.problems.append(f"x must be a batch (n, features...), got shape {tuple(x.shape)}")
+    elif len(x) and n_features is not None and x.numel() // len(x) != n_features:
+        report.problems.append(f"each sample must have {n_features} values, got {x.numel() // len(x)} "
+                               f"(shape {tuple(x.shape[1:])})")
+    elif x.dtype.is_floating_point and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
+        report.problems.append("x holds NaN or infinite values")
+    report.raise_if_refused()
+    return x.float() if x.dtype == torch.float64 else x
