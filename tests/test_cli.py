@@ -130,3 +130,79 @@ def test_online_mode_refuses_strategies_that_need_experience_ends(tmp_path):
     cfg = with_change(["strategies"], ["ewc"]) | {"mode": "online"}
     with pytest.raises(ConfigError, match="strategies.0: ewc learns only at experience ends"):
         load_config(write(tmp_path, cfg))
+
+
+def test_a_run_name_cannot_lead_outside_the_output_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = BASE | {"name": "../../escape", "output": "runs", "strategies": ["finetune"], "seeds": [0]}
+    assert main(["run", str(write(tmp_path, cfg)), "--quiet"]) == 0
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert folder.name.startswith("escape-") and (folder / "results.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml", "runs"]
+
+
+@pytest.mark.parametrize("kind", ["not-empty", "a-file"])
+def test_an_unusable_output_folder_is_refused_before_training(tmp_path, capsys, monkeypatch, kind):
+    import retain.experiment
+
+    monkeypatch.setattr(retain.experiment, "run_method", lambda *a, **k: pytest.fail("trained before the check"))
+    out = tmp_path / "out"
+    if kind == "not-empty":
+        out.mkdir()
+        (out / "old.txt").write_text("an earlier run")
+        expected = "already holds files; choose another --out, or pass --resume"
+    else:
+        out.write_text("a file, not a folder")
+        expected = "cannot write the run's results to"
+    assert main(["run", str(write(tmp_path, BASE)), "--out", str(out), "--quiet"]) == 2
+    assert expected in capsys.readouterr().err
+    assert (out / "old.txt").read_text() == "an earlier run" if kind == "not-empty" else out.is_file()
+
+
+def test_an_interrupted_run_keeps_finished_methods_and_resumes(tmp_path, monkeypatch):
+    import retain.experiment
+
+    out, cfg = tmp_path / "run", write(tmp_path, BASE)
+    real, calls = retain.experiment.run_method, []
+
+    def interrupted(stream, cfg, method, seed, tick=lambda: None):
+        calls.append(method.label)
+        if method.label == "replay" and seed == 1:
+            raise KeyboardInterrupt  # Ctrl-C in the second method's second seed
+        return real(stream, cfg, method, seed, tick)
+
+    monkeypatch.setattr(retain.experiment, "run_method", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["run", str(cfg), "--out", str(out), "--quiet"])
+    assert list(json.loads((out / "results.json").read_text())["methods"]) == ["finetune"]
+    calls.clear()
+    monkeypatch.setattr(retain.experiment, "run_method", lambda *a, **k: calls.append(a[2].label) or real(*a, **k))
+    assert main(["run", str(cfg), "--out", str(out), "--quiet", "--resume"]) == 0
+    assert calls == ["replay", "replay", "joint", "joint"]  # finetune was not run again
+    resumed = json.loads((out / "results.json").read_text())
+    fresh = tmp_path / "fresh"
+    assert main(["run", str(cfg), "--out", str(fresh), "--quiet"]) == 0
+    again = json.loads((fresh / "results.json").read_text())
+    for label in ("finetune", "replay", "joint"):
+        assert resumed["methods"][label]["summary"]["matrix"] == again["methods"][label]["summary"]["matrix"]
+    (tmp_path / "other").mkdir()
+    other = write(tmp_path / "other", with_change(["training", "epochs"], 2))
+    assert main(["run", str(other), "--out", str(out), "--quiet", "--resume"]) == 2  # another config: refused
+
+
+def test_labels_that_name_files_alike_get_their_own_heat_maps(tmp_path):
+    cfg = BASE | {"strategies": [{"compose": [{"name": "finetune"}], "label": "a/b"},
+                                 {"compose": [{"name": "finetune"}], "label": "a_b"}], "seeds": [0]}
+    out = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, cfg)), "--out", str(out), "--quiet"]) == 0
+    assert {"heatmap_a_b.png", "heatmap_a_b-2.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_config_with_only_data_and_strategies_gets_the_benchmark_protocol(tmp_path):
+    cfg = {"scenario": {"dataset": "digits", "n_experiences": 5}, "strategies": ["finetune", "replay"], "seeds": [0],
+           "output": str(tmp_path)}
+    out = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, cfg)), "--out", str(out), "--quiet"]) == 0
+    summary = {k: m["summary"] for k, m in json.loads((out / "results.json").read_text())["methods"].items()}
+    assert summary["replay"]["acc"] > summary["finetune"]["acc"] + 0.4
+    assert json.loads((out / "results.json").read_text())["config"]["training"]["epochs"] == 3

@@ -22,25 +22,87 @@ def _config(args: argparse.Namespace):
     return cfg
 
 
+class RunFolderError(ValueError):
+    """The run's output folder cannot be used; the message says why and what to do."""
+
+
+def _run_folder(cfg, out: str | None, resume: bool) -> Path:
+    """The folder a run writes to, checked and created before any training: ``--out``, else a new
+    ``<output>/<name>-<time>`` inside the output root (the name cannot lead outside it). A folder
+    holding another run's files is refused unless resuming it; ``--resume`` without ``--out``
+    takes the newest folder of the run's name."""
+    from retain.util import slug
+
+    root = Path(cfg.output)
+    name = slug(cfg.name)
+    if out is not None:
+        folder = Path(out)
+    elif resume:
+        previous = sorted(root.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
+        if not previous:
+            raise RunFolderError(f"--resume: no earlier run named {name} in {root}")
+        folder = previous[-1]
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = root / f"{name}-{stamp}"
+        for k in range(2, 1000):  # two runs in the same second get separate folders
+            if not folder.exists():
+                break
+            folder = root / f"{name}-{stamp}-{k}"
+        if root.resolve() not in folder.resolve().parents:
+            raise RunFolderError(f"run name {cfg.name!r} would write outside the output folder {root}")
+    if folder.is_dir() and any(folder.iterdir()) and not resume:
+        raise RunFolderError(f"{folder} already holds files; choose another --out, or pass --resume to finish the "
+                             "run it holds")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise RunFolderError(f"cannot write the run's results to {folder}: {err.strerror}") from None
+    return folder
+
+
+def _finished_methods(cfg, folder: Path) -> dict:
+    """The methods an interrupted run in ``folder`` already finished, if it ran this very config."""
+    from retain.metrics import ExperimentResult
+
+    path = folder / "results.json"
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        previous = ExperimentResult.from_dict(saved)
+    except (ValueError, KeyError, TypeError) as err:
+        raise RunFolderError(f"{path} cannot be resumed: it is damaged ({err})") from None
+    if previous.config != cfg.model_dump(mode="json") or previous.seeds != cfg.seeds:
+        raise RunFolderError(f"{folder} holds a run of another config; start a new run (or pass its own config)")
+    return previous.methods
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     """What a user can cause and fix (a bad config, a missing data set or backbone package): a message, no traceback."""
     from retain.config import ConfigError
     from retain.data import DatasetNotFound
 
-    return ConfigError, DatasetNotFound, ImportError
+    return ConfigError, DatasetNotFound, ImportError, RunFolderError
 
 
 def _run(args: argparse.Namespace) -> int:
     from retain.experiment import run_experiment
-    from retain.monitor import comparison_table, write_report
+    from retain.monitor import comparison_table, write_report, write_results
 
     try:
         cfg = _config(args)
-        results = run_experiment(cfg, progress=not args.quiet)
+        out = _run_folder(cfg, args.out, args.resume)
+        done = _finished_methods(cfg, out) if args.resume else {}
+        if done:
+            print(f"resuming {out}: {', '.join(done)} already done", file=sys.stderr)
+        results = run_experiment(cfg, progress=not args.quiet, done=done, on_method=lambda r: write_results(r, out))
     except _user_errors() as err:
         print(f"retain: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(cfg.output) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     write_report(results, out)
     if not args.quiet:
         print(comparison_table(results))
@@ -105,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", help="run folder (default: <output>/<name>-<timestamp>)")
     run.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds")
     run.add_argument("--quiet", action="store_true", help="no progress bars or table, only the report path")
+    run.add_argument("--resume", action="store_true",
+                     help="finish an interrupted run (--out, or the newest of its name): methods done are kept")
     run.set_defaults(func=_run)
     select = sub.add_parser("select", help="model selection: compare backbones and adaptation modes on a config")
     select.add_argument("config", help="YAML run config (its scenario and strategies are used)")

@@ -93,7 +93,9 @@ class ModelConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    epochs: PositiveInt = 1
+    """How each experience is trained; the defaults are the benchmarks' protocol (``benchmarks/class_il.py``)."""
+
+    epochs: PositiveInt = 3
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 0.01
     backbone_lr: PositiveFloat | None = Field(None, description="learning rate of the backbone's own weights "

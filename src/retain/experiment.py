@@ -105,18 +105,24 @@ def stream_info(stream: Stream, cfg: RunConfig) -> StreamInfo:
     )
 
 
-def run_experiment(cfg: RunConfig, progress: bool = True) -> ExperimentResult:
+def run_experiment(cfg: RunConfig, progress: bool = True, done: dict[str, MethodResult] | None = None,
+                   on_method: Callable[[ExperimentResult], None] = lambda r: None) -> ExperimentResult:
     """Run every method of ``cfg`` on its stream for every seed: the config, versions, the
-    stream's sizes, and per method its runs (matrix, metrics, costs per seed) and summary."""
+    stream's sizes, and per method its runs (matrix, metrics, costs per seed) and summary.
+
+    ``done`` holds methods already measured (a resumed run): they are kept, not run again.
+    ``on_method`` is called with the results so far each time a method finishes.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(auto_threads() if cfg.training.threads == "auto" else cfg.training.threads)
     try:
-        return _run_experiment(cfg, progress)
+        return _run_experiment(cfg, progress, done or {}, on_method)
     finally:
         torch.set_num_threads(threads)  # the caller's setting, as it was
 
 
-def _run_experiment(cfg: RunConfig, progress: bool) -> ExperimentResult:
+def _run_experiment(cfg: RunConfig, progress: bool, done: dict[str, MethodResult],
+                    on_method: Callable[[ExperimentResult], None]) -> ExperimentResult:
     stream = build_stream(cfg, progress=progress)
     results = ExperimentResult(cfg.model_dump(mode="json"), cfg.seeds, versions(), stream_info(stream, cfg))
     n_train = sum(e.n_train for e in stream)
@@ -127,6 +133,10 @@ def _run_experiment(cfg: RunConfig, progress: bool) -> ExperimentResult:
         for method in cfg.strategies:
             for mode in cfg.mode:
                 label = f"{method.label} [{mode}]" if several else method.label
+                if label in done:
+                    results.methods[label] = done[label]
+                    bar.update(len(cfg.seeds) * (len(stream) if mode == "offline" else n_train))
+                    continue
                 runs = []
                 for seed in cfg.seeds:
                     bar.set_postfix_str(f"{label} seed {seed}")
@@ -135,6 +145,7 @@ def _run_experiment(cfg: RunConfig, progress: bool) -> ExperimentResult:
                     else:
                         runs.append(run_method_online(stream, cfg, method, seed, mode == "hybrid", bar.update))
                 results.methods[label] = MethodResult(method.compose, mode, runs, Summary.of(runs))
+                on_method(results)
     return results
 
 

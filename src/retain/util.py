@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +33,15 @@ def auto_threads() -> int:
     except (AttributeError, OSError):  # no load average (Windows): all cores
         busy = 0.0
     return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def slug(text: str) -> str:
+    """``text`` as a safe file name: runs of other characters become ``_``, no leading dots.
+
+    >>> slug("../../etc/passwd"), slug("replay+lwf"), slug("a b")
+    ('etc_passwd', 'replay_lwf', 'a_b')
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).lstrip("._") or "_"
 
 
 def require(module: str, package: str) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import os
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from retain.metrics import ExperimentResult  # noqa: E402
+from retain.util import slug  # noqa: E402
 
 
 def _pct(mean: float, std: float | None = None) -> str:
@@ -38,10 +39,6 @@ def comparison_table(results: ExperimentResult) -> str:
             f"{s.peak_mb:.0f} |"
         )
     return "\n".join(lines)
-
-
-def _slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
 
 
 def _heatmap(label: str, matrix: list[list[float]], path: Path) -> None:
@@ -106,16 +103,41 @@ def _online_curves(results: ExperimentResult, path: Path) -> bool:
     return True
 
 
+def write_results(results: ExperimentResult, directory: str | Path) -> Path:
+    """Write ``results.json`` (replaced in one step, so a crash leaves the previous version whole)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    staged = out / "results.json.tmp"
+    staged.write_text(json.dumps(results.to_dict(), indent=1))
+    os.replace(staged, out / "results.json")
+    return out / "results.json"
+
+
+def _file_names(labels: list[str]) -> dict[str, str]:
+    """A heat map file name per method label, distinct even where two labels slug alike.
+
+    >>> _file_names(["a/b", "a_b", "replay"])
+    {'a/b': 'heatmap_a_b.png', 'a_b': 'heatmap_a_b-2.png', 'replay': 'heatmap_replay.png'}
+    """
+    names: dict[str, str] = {}
+    for label in labels:
+        base, k = f"heatmap_{slug(label)}", 1
+        while f"{base}{'' if k == 1 else f'-{k}'}.png" in names.values():
+            k += 1
+        names[label] = f"{base}{'' if k == 1 else f'-{k}'}.png"
+    return names
+
+
 def write_report(results: ExperimentResult, directory: str | Path) -> Path:
     """Write ``results.json``, ``report.md``, one heat map per method and the accuracy curves."""
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results.to_dict(), indent=1))
+    write_results(results, out)
     _curves(results, out / "accuracy_curve.png")
     online = _online_curves(results, out / "online_curves.png")
     heatmaps = []
+    files = _file_names(list(results.methods))
     for label, m in results.methods.items():
-        name = f"heatmap_{_slug(label)}.png"
+        name = files[label]
         _heatmap(label, m.summary.matrix, out / name)
         heatmaps.append(f"![{label}]({name})")
     cfg, stream = results.config, results.stream
