@@ -16,6 +16,7 @@ from retain.config import MethodConfig, RunConfig
 from retain.data import Stream, build_scenario, load_dataset
 from retain.data.datasets import cache_dir, per_class
 from retain.data.features import FeatureCache, LazyEncoder, encode_stream
+from retain.data.files import load_stream
 from retain.engine import Learner
 from retain.models import make_model
 from retain.models.pretrained import backbone_id, make_backbone
@@ -24,6 +25,8 @@ from retain.models.pretrained import backbone_id, make_backbone
 def build_raw_stream(cfg: RunConfig) -> Stream:
     """The stream of raw inputs (images, token ids, waveforms) the config describes."""
     sc = cfg.scenario
+    if sc.dataset == "files":
+        return load_stream(sc.path, **sc.files.options())
     data = load_dataset(sc.dataset, sc.path, sc.test_fraction, sc.split_seed)
     if sc.max_train_per_class or sc.max_test_per_class:
         data = per_class(data, sc.max_train_per_class, sc.max_test_per_class, sc.split_seed)

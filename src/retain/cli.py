@@ -85,8 +85,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """What a user can cause and fix (a bad config, a missing data set or backbone package): a message, no traceback."""
     from retain.config import ConfigError
     from retain.data import DatasetNotFound
+    from retain.data.files import FileError
 
-    return ConfigError, DatasetNotFound, ImportError, RunFolderError
+    return ConfigError, DatasetNotFound, ImportError, RunFolderError, FileError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -141,6 +142,22 @@ def _select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from retain.data.export import export
+
+    try:
+        folder = export(args.dataset, args.folder, args.format, kind=args.kind, n_experiences=args.experiences,
+                        test_fraction=args.test_fraction, split_seed=args.split_seed,
+                        max_train_per_class=args.max_train_per_class, max_test_per_class=args.max_test_per_class)
+    except (*_user_errors(), ValueError) as err:
+        print(f"retain: {err}", file=sys.stderr)
+        return 2
+    batches = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    print(f"{args.dataset} as {args.format}: {len(batches)} batches ({', '.join(batches)}) in {folder}")
+    print(f"train on it with a config whose scenario is {{dataset: files, path: {folder}}}")
+    return 0
+
+
 def _strategies(args: argparse.Namespace) -> int:
     from retain.strategies import STRATEGIES, describe
 
@@ -178,6 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     select.add_argument("--out", help="write the rows as JSON to this file")
     select.add_argument("--quiet", action="store_true", help="no progress bars")
     select.set_defaults(func=_select)
+    from retain.data.datasets import DATASETS
+    from retain.data.export import FORMATS
+
+    exporting = sub.add_parser("export", help="write a built-in data set as files (tables, images, WAV, npz), "
+                               "one folder per batch, as a user would bring them")
+    exporting.add_argument("dataset", choices=list(DATASETS))
+    exporting.add_argument("folder", help="a new or empty folder")
+    exporting.add_argument("--format", required=True, choices=FORMATS)
+    exporting.add_argument("--kind", default="class_incremental", choices=["class_incremental", "task_incremental"])
+    exporting.add_argument("--experiences", type=int, default=5, help="batches to cut the stream into")
+    exporting.add_argument("--test-fraction", type=float, default=0.3)
+    exporting.add_argument("--split-seed", type=int, default=0)
+    exporting.add_argument("--max-train-per-class", type=int)
+    exporting.add_argument("--max-test-per-class", type=int)
+    exporting.set_defaults(func=_export)
     listing = sub.add_parser("strategies", help="list every method: family, scenarios, defaults, paper")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_strategies)

@@ -31,11 +31,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ScenarioConfig(_Strict):
-    """Which data, cut into which stream."""
+class FilesConfig(_Strict):
+    """How to read the user's own files (``dataset: files``); unset columns are inferred."""
 
-    dataset: Literal[tuple(DATASETS)]  # type: ignore[valid-type]
-    path: str | None = Field(None, description="directory of the IDX files (fashion_mnist only)")
+    label: str = Field("label", description="the label column of a table")
+    text: str | None = Field(None, description="the text column of a table (default: 'text' if there is one)")
+    features: list[str] | None = Field(None, description="numeric feature columns (default: all but label, task)")
+    task: str | None = Field(None, description="a task id column")
+    image_size: PositiveInt | None = Field(None, description="side images are resized to (default: the first's)")
+    channels: Literal[1, 3] | None = Field(None, description="image channels (default: the first image's)")
+    sample_rate: PositiveInt = Field(16_000, description="audio is resampled to this rate")
+    seconds: PositiveFloat = Field(1.0, description="audio clips are cut or padded to this length")
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for ``retain.data.files.load_stream``."""
+        return {"label": self.label, "text": self.text, "features": self.features, "task": self.task,
+                "size": self.image_size, "channels": self.channels, "sample_rate": self.sample_rate,
+                "seconds": self.seconds}
+
+
+class ScenarioConfig(_Strict):
+    """Which data, cut into which stream (``dataset: files`` reads a folder of batches, ``path``)."""
+
+    dataset: Literal[(*DATASETS, "files")]  # type: ignore[valid-type]
+    path: str | None = Field(None, description="folder of batches (files), or of the IDX files (fashion_mnist)")
+    files: FilesConfig = Field(default_factory=FilesConfig)
     kind: Literal["class_incremental", "task_incremental", "permuted", "rotated"] = "class_incremental"
     n_experiences: PositiveInt = 5
     class_order: list[NonNegativeInt] | None = None
@@ -45,8 +65,23 @@ class ScenarioConfig(_Strict):
     max_train_per_class: PositiveInt | None = Field(None, description="keep at most this many train samples a class")
     max_test_per_class: PositiveInt | None = Field(None, description="keep at most this many test samples a class")
 
+    def modality(self) -> str:
+        """What the data holds: vision, text, audio, or tabular (numeric features)."""
+        if self.dataset != "files":
+            return DATASETS[self.dataset].modality
+        from retain.data.files import FileError, modality_of
+
+        try:
+            return modality_of(self.path, self.files.text)
+        except FileError as err:
+            raise ValueError(f"scenario.path: {err}") from None
+
     @model_validator(mode="after")
     def _fits_the_classes(self) -> ScenarioConfig:
+        if self.dataset == "files":
+            if self.path is None:
+                raise ValueError("dataset files needs path: the folder of batch folders (see retain export)")
+            return self
         n = DATASETS[self.dataset].n_classes
         if self.kind in ("class_incremental", "task_incremental") and self.n_experiences > n:
             raise ValueError(
@@ -56,7 +91,7 @@ class ScenarioConfig(_Strict):
         if self.class_order is not None and sorted(self.class_order) != list(range(n)):
             raise ValueError(f"class_order must be a permutation of 0..{n - 1}, got {self.class_order}")
         if self.path is not None and self.dataset != "fashion_mnist":
-            raise ValueError("path is only used with dataset: fashion_mnist")
+            raise ValueError("path is only used with dataset: fashion_mnist or files")
         return self
 
 
@@ -204,12 +239,13 @@ class RunConfig(_Strict):
         kind = {"permuted": "domain_incremental", "rotated": "domain_incremental"}.get(
             self.scenario.kind, self.scenario.kind)
         head = STRATEGIES.get(HEAD_STRATEGY.get(self.model.head, ""))
-        if head is not None and scenario_problem(head, kind):
+        files = self.scenario.dataset == "files"  # its kind is read off the data: the learner checks it then
+        if head is not None and not files and scenario_problem(head, kind):
             raise ValueError(f"model.head: {self.model.head} needs scenario.kind: {' or '.join(head.scenarios)} "
                              "(task ids at test time)")
         for i, method in enumerate(self.strategies):
             for strategy in method.build(self.model.head):
-                problem = scenario_problem(strategy, kind)
+                problem = None if files else scenario_problem(strategy, kind)
                 if problem:
                     raise ValueError(f"strategies.{i}: {problem} (scenario.kind {self.scenario.kind})")
                 problem = _needs_problem(strategy, self.model)
@@ -219,11 +255,11 @@ class RunConfig(_Strict):
                 if problem:
                     raise ValueError(f"strategies.{i}: {problem}; mode online needs a stream-updated memory "
                                      "(such as update: stream)")
-        modality = DATASETS[self.scenario.dataset].modality
+        modality = self.scenario.modality()
         if self.model.backbone is not None and PRETRAINED[self.model.backbone].modality != modality:
             raise ValueError(f"model.backbone: {self.model.backbone} reads {PRETRAINED[self.model.backbone].modality}, "
                              f"but data set {self.scenario.dataset} is {modality}")
-        if self.model.backbone is None and modality != "vision":
+        if self.model.backbone is None and modality not in ("vision", "tabular"):
             hint = {"text": "minilm (or tiny_text)", "audio": "logmel"}[modality]
             raise ValueError(f"model.backbone: data set {self.scenario.dataset} is {modality}; set backbone: {hint}")
         return self

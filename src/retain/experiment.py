@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 from retain.build import build_learner, build_stream
 from retain.config import MethodConfig, RunConfig
 from retain.data import OnlineStream, Stream
-from retain.data.datasets import DATASETS
 from retain.engine import run_online
 from retain.metrics import (
     ExperienceInfo,
@@ -98,7 +97,7 @@ def stream_info(stream: Stream, cfg: RunConfig) -> StreamInfo:
     """What a result records of the stream it was measured on."""
     return StreamInfo(
         name=stream.name, scenario=stream.scenario, n_classes=stream.n_classes,
-        modality=DATASETS[cfg.scenario.dataset].modality, backbone=cfg.model.backbone,
+        modality=stream.metadata.get("modality") or cfg.scenario.modality(), backbone=cfg.model.backbone,
         adaptation=cfg.model.adaptation if cfg.model.backbone else None,
         experiences=[ExperienceInfo(e.id, e.task, list(e.classes), e.n_train, e.n_test) for e in stream],
         **{k: stream.metadata[k] for k in ("feature_seconds", "cache_hits", "cache_misses") if k in stream.metadata},

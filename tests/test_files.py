@@ -1,0 +1,122 @@
+"""The user's own files: loaders, their one-line errors, and `retain export` round trips."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from retain.cli import main
+from retain.data import class_incremental
+from retain.data.files import FileError, LabelMap, load, load_audio_folder, load_image_folder, load_stream, load_table
+
+
+def test_a_csv_of_features_and_label_names(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("a,b,label\n1,2,cat\n3,4.5,dog\n5,6,cat\n")
+    labels = LabelMap()
+    rows = load_table(path, labels)
+    assert rows.x.tolist() == [[1, 2], [3, 4.5], [5, 6]] and rows.y.tolist() == [0, 1, 0]
+    assert labels.names == ["cat", "dog"] and rows.modality == "tabular"
+    later = tmp_path / "later.jsonl"
+    later.write_text('{"a": 1, "b": 1, "label": "bird"}\n{"a": 2, "b": 2, "label": "dog"}\n')
+    assert load_table(later, labels).y.tolist() == [2, 1] and labels.new == ["bird"]  # a new class, reported
+
+
+def _png(path, value=128, size=5, mode="L"):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, (size, size), value if mode == "L" else (value, 0, 0)).save(path)
+
+
+def test_an_image_folder_of_any_size_is_resized(tmp_path):
+    _png(tmp_path / "cat" / "1.png", 255, size=10)
+    _png(tmp_path / "dog" / "2.png", 0, size=4)
+    rows = load_image_folder(tmp_path, LabelMap(), size=8)
+    assert rows.x.shape == (2, 1, 8, 8) and rows.y.tolist() == [0, 1] and float(rows.x[0].min()) == 1.0
+
+
+def _wav(path, rate=16_000, seconds=0.5, dtype=np.float32):
+    from scipy.io import wavfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wave = (0.5 * np.sin(np.arange(int(rate * seconds)) / 10)).astype(np.float32)
+    wavfile.write(path, rate, wave if dtype == np.float32 else (wave * 32767).astype(np.int16))
+
+
+def test_an_audio_folder_is_resampled_and_padded(tmp_path):
+    _wav(tmp_path / "yes" / "a.wav", rate=8_000, seconds=0.5, dtype=np.int16)
+    _wav(tmp_path / "no" / "b.wav", rate=16_000, seconds=2.0)
+    rows = load_audio_folder(tmp_path, LabelMap())
+    assert rows.x.shape == (2, 16_000) and rows.y.tolist() == [0, 1]  # 'no' sorts first, 'a.wav' before 'b.wav'
+    assert float(rows.x[0, 9000:].abs().max()) == 0.0 and 0.4 < float(rows.x[0].abs().max()) < 0.6
+
+
+@pytest.mark.parametrize(
+    "write,message",
+    [
+        (lambda p: p.joinpath("d.csv").write_text("a,b\n1,2\n"), r"d.csv: no label column 'label' \(columns: a, b\)"),
+        (lambda p: p.joinpath("d.csv").write_text("a,label\n1,x\n2,y,3\n"), r"d.csv: row 3: 3 fields, the header has"),
+        (lambda p: p.joinpath("d.csv").write_bytes(b"a,label\n1,x\n2,caf\xe9\n"), r"d.csv: row 3: not UTF-8"),
+        (lambda p: p.joinpath("d.csv").write_text("a,label\n1,x\nseven,y\n"), r"d.csv: row 3: field 'a': 'seven'"),
+        (lambda p: p.joinpath("d.csv").write_text("a,label\n1,x\n2,\n"), r"d.csv: row 3: field 'label' is empty"),
+        (lambda p: p.joinpath("d.jsonl").write_text('{"a": 1, "label": "x"}\n{"a": 2,\n'), r"d.jsonl: row 2: not JSON"),
+        (lambda p: p.joinpath("d.parquet").write_bytes(b"PAR1 not really"), r"d.parquet: not a readable Parquet"),
+        (lambda p: np.savez(p / "d.npz", x=np.zeros((3, 2)), z=np.zeros(3)), r"d.npz: no array 'y'"),
+    ],
+    ids=["unknown-label-column", "ragged", "encoding", "not-a-number", "empty-label", "bad-json", "parquet", "npz"],
+)
+def test_a_malformed_table_names_file_row_and_field(tmp_path, write, message):
+    write(tmp_path)
+    (path,) = tmp_path.iterdir()
+    with pytest.raises(FileError, match=message):
+        load(path, LabelMap())
+
+
+def test_unreadable_images_and_audio_name_the_file(tmp_path):
+    _png(tmp_path / "img" / "cat" / "1.png")
+    (tmp_path / "img" / "dog").mkdir()
+    (tmp_path / "img" / "dog" / "2.png").write_bytes(b"not an image")
+    with pytest.raises(FileError, match=r"dog/2.png: not a readable image"):
+        load(tmp_path / "img", LabelMap())
+    _wav(tmp_path / "wav" / "yes" / "a.wav", rate=2_000)
+    with pytest.raises(FileError, match=r"yes/a.wav: sample rate 2000 Hz is too low"):
+        load(tmp_path / "wav", LabelMap())
+    (tmp_path / "wav" / "yes" / "a.wav").write_bytes(b"RIFF....WAVEjunk")
+    with pytest.raises(FileError, match=r"yes/a.wav: not a readable WAV file"):
+        load(tmp_path / "wav", LabelMap())
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet", "npz"])
+def test_export_round_trips_digits_exactly(tmp_path, fmt, digits):
+    assert main(["export", "digits", str(tmp_path / "out"), "--format", fmt]) == 0
+    files, built_in = load_stream(tmp_path / "out"), class_incremental(digits, 5)
+    for ours, theirs in zip(files, built_in, strict=True):
+        assert torch.equal(ours.x_train.flatten(1), theirs.x_train.flatten(1))
+        assert torch.equal(ours.y_train, theirs.y_train) and torch.equal(ours.y_test, theirs.y_test)
+    assert files.metadata["new_classes"][1] == ["2", "3"] and files.scenario == "class_incremental"
+
+
+def test_export_round_trips_fashion_images_and_refuses_lossy_png(tmp_path, capsys):
+    args = ["--format", "images", "--max-train-per-class", "6", "--max-test-per-class", "3"]
+    assert main(["export", "fashion_mnist", str(tmp_path / "img"), *args]) == 0
+    stream = load_stream(tmp_path / "img")
+    assert stream[0].x_train.shape == (12, 1, 28, 28) and stream.class_names[:2] == ["t-shirt", "trouser"]
+    assert main(["export", "digits", str(tmp_path / "digits"), "--format", "images"]) == 2
+    assert "not whole steps of 1/255" in capsys.readouterr().err
+
+
+def test_a_run_on_exported_files_scores_as_the_built_in_run(tmp_path):
+    assert main(["export", "digits", str(tmp_path / "csv"), "--format", "csv"]) == 0
+    base = {"model": {"hidden": [32]}, "training": {"epochs": 1}, "seeds": [0],
+            "strategies": ["finetune", {"name": "replay", "memory_size": 60}]}
+    accs = {}
+    for name, scenario in (("built-in", {"dataset": "digits"}), ("files", {"dataset": "files",
+                                                                         "path": str(tmp_path / "csv")})):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(base | {"scenario": scenario}))
+        assert main(["run", str(tmp_path / f"{name}.yaml"), "--out", str(tmp_path / name), "--quiet"]) == 0
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        accs[name] = {k: m["summary"]["matrix"] for k, m in results["methods"].items()}
+    assert accs["files"] == accs["built-in"]
