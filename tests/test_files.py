@@ -75,6 +75,21 @@ def test_a_malformed_table_names_file_row_and_field(tmp_path, write, message):
         load(path, LabelMap())
 
 
+def test_a_datasets_folder_with_class_names(tmp_path):
+    import datasets
+
+    table = datasets.Dataset.from_dict({"text": ["the cat sat", "das ist gut"], "label": [1, 0]},
+                                       features=datasets.Features({"text": datasets.Value("string"),
+                                                                   "label": datasets.ClassLabel(names=["de", "en"])}))
+    table.save_to_disk(str(tmp_path / "split"))
+    labels = LabelMap()
+    rows = load(tmp_path / "split", labels)
+    assert labels.names == ["en", "de"] and rows.y.tolist() == [0, 1] and rows.modality == "text"
+    (tmp_path / "split" / "state.json").write_text("{")
+    with pytest.raises(FileError, match="split: not a readable datasets folder"):
+        load(tmp_path / "split", LabelMap())
+
+
 def test_unreadable_images_and_audio_name_the_file(tmp_path):
     _png(tmp_path / "img" / "cat" / "1.png")
     (tmp_path / "img" / "dog").mkdir()
@@ -89,7 +104,7 @@ def test_unreadable_images_and_audio_name_the_file(tmp_path):
         load(tmp_path / "wav", LabelMap())
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet", "npz"])
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet", "npz", "hf"])
 def test_export_round_trips_digits_exactly(tmp_path, fmt, digits):
     assert main(["export", "digits", str(tmp_path / "out"), "--format", fmt]) == 0
     files, built_in = load_stream(tmp_path / "out"), class_incremental(digits, 5)
@@ -120,3 +135,22 @@ def test_a_run_on_exported_files_scores_as_the_built_in_run(tmp_path):
         results = json.loads((tmp_path / name / "results.json").read_text())
         accs[name] = {k: m["summary"]["matrix"] for k, m in results["methods"].items()}
     assert accs["files"] == accs["built-in"]
+    stream = json.loads((tmp_path / "files" / "results.json").read_text())["stream"]
+    assert [e["new_classes"] for e in stream["experiences"]] == [["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"],
+                                                                 ["8", "9"]]
+    assert "batch 1: 2, 3" in (tmp_path / "files" / "report.md").read_text()
+
+
+def test_a_saved_model_keeps_its_label_names(tmp_path):
+    from retain import Learner
+    from retain.build import build_learner, build_stream
+    from retain.config import RunConfig
+
+    assert main(["export", "fashion_mnist", str(tmp_path / "img"), "--format", "images", "--max-train-per-class",
+                 "4", "--max-test-per-class", "2"]) == 0
+    cfg = RunConfig.model_validate({"scenario": {"dataset": "files", "path": str(tmp_path / "img")},
+                                    "model": {"hidden": [16]}, "strategies": ["replay"]})
+    stream = build_stream(cfg)
+    learner = build_learner(stream, cfg, cfg.strategies[0], 0).fit(stream[0])
+    loaded = Learner.load(learner.save(tmp_path / "model"), device="cpu")
+    assert loaded.class_names_[:3] == ["t-shirt", "trouser", "pullover"] and len(loaded.class_names_) == 10

@@ -82,6 +82,8 @@ def build_learner(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: in
     options: dict[str, Any] = {"hidden": tuple(m.hidden)} if m.name == "mlp" else {}
     model = make_model(m.name, stream.input_shape, stream.n_classes, backbone=m.backbone, adaptation=m.adaptation,
                        image_size=m.image_size, lora_rank=m.lora_rank, **options)
-    return Learner(model, method.build(cfg.model.head), lr=tr.lr, momentum=tr.momentum,
-                   batch_size=tr.batch_size, epochs=tr.epochs, device=tr.device, seed=seed,
-                   backbone_lr=tr.backbone_lr)
+    learner = Learner(model, method.build(cfg.model.head), lr=tr.lr, momentum=tr.momentum,
+                      batch_size=tr.batch_size, epochs=tr.epochs, device=tr.device, seed=seed,
+                      backbone_lr=tr.backbone_lr)
+    learner.class_names_ = list(stream.class_names)  # saved with the model: ids keep their names
+    return learner

@@ -99,7 +99,8 @@ def stream_info(stream: Stream, cfg: RunConfig) -> StreamInfo:
         name=stream.name, scenario=stream.scenario, n_classes=stream.n_classes,
         modality=stream.metadata.get("modality") or cfg.scenario.modality(), backbone=cfg.model.backbone,
         adaptation=cfg.model.adaptation if cfg.model.backbone else None,
-        experiences=[ExperienceInfo(e.id, e.task, list(e.classes), e.n_train, e.n_test) for e in stream],
+        experiences=[ExperienceInfo(e.id, e.task, list(e.classes), e.n_train, e.n_test, new)
+                     for e, new in zip(stream, stream.metadata.get("new_classes") or [[]] * len(stream), strict=True)],
         **{k: stream.metadata[k] for k in ("feature_seconds", "cache_hits", "cache_misses") if k in stream.metadata},
     )
 

@@ -21,7 +21,7 @@ from retain.data.datasets import DATASETS, Dataset, load_dataset, per_class
 from retain.data.files import FileError
 from retain.data.scenarios import build_scenario
 
-FORMATS = ("csv", "tsv", "jsonl", "parquet", "npz", "images", "wav")
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "hf", "npz", "images", "wav")
 
 
 def _texts(name: str, test_fraction: float, split_seed: int) -> tuple[list[str], list[str]]:
@@ -78,7 +78,7 @@ def _whole_steps(x: Tensor) -> bool:
 
 
 def _write(base: Path, fmt: str, x: Tensor, texts: list[str] | None, names: list[str], tasks: Tensor | None) -> None:
-    if fmt in ("csv", "tsv", "jsonl", "parquet"):
+    if fmt in ("csv", "tsv", "jsonl", "parquet", "hf"):
         columns: dict[str, list[Any]] = {}
         if texts is not None:
             columns["text"] = texts
@@ -115,7 +115,13 @@ def _write(base: Path, fmt: str, x: Tensor, texts: list[str] | None, names: list
 def _table(base: Path, fmt: str, columns: dict[str, list[Any]]) -> None:
     names = list(columns)
     rows = list(zip(*columns.values(), strict=True))
-    if fmt == "parquet":
+    if fmt == "hf":  # a Hugging Face datasets folder, as save_to_disk writes it
+        from retain.util import require
+
+        datasets = require("datasets", "datasets")
+        datasets.disable_progress_bars()
+        datasets.Dataset.from_dict(columns).save_to_disk(str(base))
+    elif fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 

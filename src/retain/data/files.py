@@ -123,7 +123,32 @@ def load_table(path: str | Path, labels: LabelMap, *, label: str = "label", text
     """A table with a label column and either a text column or numeric feature columns (by
     default: ``text`` if there is such a column, else every column but the label and task)."""
     path = Path(path)
-    records = list(_rows(path))
+    return _records(list(_rows(path)), path, labels, label, text, features, task)
+
+
+def load_hf_dataset(path: str | Path, labels: LabelMap, *, label: str = "label", text: str | None = None,
+                    features: list[str] | None = None, task: str | None = None) -> Labeled:
+    """A Hugging Face ``datasets`` table saved with ``save_to_disk`` (text or numeric columns); a
+    ``ClassLabel`` label column gives its names."""
+    from retain.util import require
+
+    datasets = require("datasets", "datasets")
+    path = Path(path)
+    try:
+        table = datasets.load_from_disk(str(path))
+    except Exception as err:  # noqa: BLE001 - datasets' own errors say what is wrong with the folder
+        raise FileError(f"{path}: not a readable datasets folder ({str(err).splitlines()[0]})") from None
+    if isinstance(table, datasets.DatasetDict):
+        raise FileError(f"{path}: holds splits {', '.join(table)}; give one split's folder (train or test)")
+    records = table.to_list()
+    names = getattr(table.features.get(label), "names", None)
+    if names:  # class ids stored with their names: the names are the labels
+        records = [r | {label: names[r[label]]} for r in records]
+    return _records(list(enumerate(records, start=1)), path, labels, label, text, features, task)
+
+
+def _records(records: list[tuple[int, dict[str, Any]]], path: Path, labels: LabelMap, label: str, text: str | None,
+             features: list[str] | None, task: str | None) -> Labeled:
     if not records:
         raise FileError(f"{path}: no rows")
     columns = list(records[0][1])
@@ -266,10 +291,13 @@ def load(path: str | Path, labels: LabelMap, **options: Any) -> Labeled:
     class folders holding images or WAV clips."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() in TABLES:
-        return load_table(path, labels, **{k: v for k, v in options.items() if k in ("label", "text", "features",
-                                                                                     "task")})
+        return load_table(path, labels, **{k: options[k] for k in ("label", "text", "features", "task")
+                                           if k in options})
     if path.is_file() and path.suffix.lower() in ARRAYS:
         return load_arrays(path, labels)
+    table = {k: options[k] for k in ("label", "text", "features", "task") if k in options}
+    if path.is_dir() and (path / "state.json").is_file():
+        return load_hf_dataset(path, labels, **table)
     if path.is_dir():
         kinds = {f.suffix.lower() for d in path.iterdir() if d.is_dir() for f in d.iterdir()}
         if kinds & set(AUDIO):
@@ -317,6 +345,11 @@ def batches(folder: str | Path) -> list[Path]:
 def modality_of(folder: str | Path, text: str | None = None) -> str:
     """What a stream folder holds, from its first batch's train split, without reading it all."""
     train = split_of(batches(folder)[0], "train")
+    if train.is_dir() and (train / "state.json").is_file():
+        from retain.util import require
+
+        columns = require("datasets", "datasets").load_from_disk(str(train)).column_names
+        return "text" if (text or "text") in columns else "tabular"
     if train.is_dir():
         kinds = {f.suffix.lower() for d in train.iterdir() if d.is_dir() for f in d.iterdir()}
         return "audio" if kinds & set(AUDIO) else "vision"

@@ -117,6 +117,7 @@ class Learner:
         self._task_loss = self._hooks["task_loss"][0] if replacing else cross_entropy
         self.seen_classes_: list[int] = []
         self.task_classes_: dict[int, list[int]] = {}
+        self.class_names_: list[str] = []  # the label name of each class id, when the data named them
         self.experiences_seen_ = 0
         self.steps_ = 0
         self.samples_seen_ = 0  # through partial_fit
@@ -496,6 +497,7 @@ class Learner:
             "strategies": strategies,
             "seen_classes": self.seen_classes_,
             "task_classes": {str(k): v for k, v in self.task_classes_.items()},
+            "class_names": self.class_names_,
             "experiences_seen": self.experiences_seen_,
             "steps": self.steps_,
             "samples_seen": self.samples_seen_,
@@ -538,7 +540,7 @@ class Learner:
                 s.load_state_dict(state, learner)
         except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as err:
             raise persist.LoadError(f"{path}: the saved strategy state does not fit its strategies ({err})") from None
-        learner.seen_classes_ = meta.seen_classes
+        learner.seen_classes_, learner.class_names_ = meta.seen_classes, meta.class_names
         learner.task_classes_ = {int(k): v for k, v in meta.task_classes.items()}
         learner.experiences_seen_, learner.steps_ = meta.experiences_seen, meta.steps
         learner.samples_seen_, learner._experience_id = meta.samples_seen, meta.experience_id
@@ -572,6 +574,7 @@ class _Saved(BaseModel):
     learner: _Settings
     strategies: list[_SavedStrategy] = Field(max_length=64)
     seen_classes: list[int] = Field(max_length=1 << 20)
+    class_names: list[str] = Field([], max_length=1 << 20)
     task_classes: dict[str, list[int]] = Field(max_length=1 << 16)
     experiences_seen: int = Field(ge=0)
     steps: int = Field(ge=0)

@@ -159,6 +159,7 @@ class ExperienceInfo:
     classes: list[int]
     n_train: int
     n_test: int
+    new_classes: list[str] = field(default_factory=list)  # label names first seen in this batch (own files)
 
 
 @dataclass

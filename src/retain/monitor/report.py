@@ -142,6 +142,8 @@ def write_report(results: ExperimentResult, directory: str | Path) -> Path:
         heatmaps.append(f"![{label}]({name})")
     cfg, stream = results.config, results.stream
     sizes = ", ".join(f"{e.n_train}/{e.n_test}" for e in stream.experiences)
+    arrivals = "; ".join(f"batch {e.id}: {', '.join(e.new_classes)}" for e in stream.experiences if e.new_classes)
+    arrivals = f"New classes, where each label was first seen: {arrivals}.\n\n" if arrivals else ""
     online_section = (
         "## Online and hybrid runs\n\n![online curves](online_curves.png)\n\n"
         "Prequential accuracy scores each incoming batch before learning from it; online and hybrid "
@@ -156,7 +158,7 @@ def write_report(results: ExperimentResult, directory: str | Path) -> Path:
 {cfg['training']['lr']} momentum {cfg['training']['momentum']}; seeds {results.seeds}
 (mean ± standard deviation over seeds).
 
-{comparison_table(results)}
+{arrivals}{comparison_table(results)}
 
 - **ACC**: final accuracy averaged over experiences; **stream ACC**: the same weighted by test-set size.
 - **forgetting**: best earlier accuracy minus final accuracy, averaged over all but the last
