@@ -19,6 +19,7 @@ def test_a_csv_of_features_and_label_names(tmp_path):
     rows = load_table(path, labels)
     assert rows.x.tolist() == [[1, 2], [3, 4.5], [5, 6]] and rows.y.tolist() == [0, 1, 0]
     assert labels.names == ["cat", "dog"] and rows.modality == "tabular"
+    assert rows.read_as == "2 feature columns (a, b), labels from 'label'"
     later = tmp_path / "later.jsonl"
     later.write_text('{"a": 1, "b": 1, "label": "bird"}\n{"a": 2, "b": 2, "label": "dog"}\n')
     assert load_table(later, labels).y.tolist() == [2, 1] and labels.new == ["bird"]  # a new class, reported
@@ -139,6 +140,7 @@ def test_a_run_on_exported_files_scores_as_the_built_in_run(tmp_path):
     assert [e["new_classes"] for e in stream["experiences"]] == [["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"],
                                                                  ["8", "9"]]
     assert "batch 1: 2, 3" in (tmp_path / "files" / "report.md").read_text()
+    assert stream["read_as"] == "64 feature columns (f00, f01, f02, ...), labels from 'label'"
 
 
 def test_a_saved_model_keeps_its_label_names(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from retain.engine.learner import Diverged
-from retain.strategies import EWC, GrowingHead, Replay, Strategy
+from retain.strategies import EWC, L2, GrowingHead, Replay, Strategy
 
 from .conftest import make_learner
 
@@ -76,6 +76,13 @@ def test_a_diverging_fit_stops_says_so_and_restores_the_learner(split_digits, tr
     trained.lr = 1e6  # an absurd step size: the loss turns non-finite within a few steps
     with pytest.raises(Diverged, match=r"fit: training diverged at step \d+ .*the learner is as it was"):
         trained.fit(split_digits[1])
+    assert same(fingerprint(trained), before)
+    penalised = make_learner(split_digits, [L2(lam=1e30)], epochs=1)  # a penalty no step can follow
+    penalised.fit(split_digits[0])
+    kept = fingerprint(penalised)
+    with pytest.raises(Diverged, match="training diverged"):
+        penalised.fit(split_digits[1])
+    assert same(fingerprint(penalised), kept)
     assert same(fingerprint(trained), before)
     trained.lr = 0.05  # and it trains on from there
     trained.fit(split_digits[1])

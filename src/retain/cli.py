@@ -107,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
     write_report(results, out)
     if not args.quiet:
         print(comparison_table(results))
+    if results.stream.read_as:
+        print(f"tables read as: {results.stream.read_as} (name them under scenario.files)")
     print(f"report: {out / 'report.md'}")
     return 0
 

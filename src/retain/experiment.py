@@ -101,7 +101,8 @@ def stream_info(stream: Stream, cfg: RunConfig) -> StreamInfo:
         adaptation=cfg.model.adaptation if cfg.model.backbone else None,
         experiences=[ExperienceInfo(e.id, e.task, list(e.classes), e.n_train, e.n_test, new)
                      for e, new in zip(stream, stream.metadata.get("new_classes") or [[]] * len(stream), strict=True)],
-        **{k: stream.metadata[k] for k in ("feature_seconds", "cache_hits", "cache_misses") if k in stream.metadata},
+        **{k: stream.metadata[k] for k in ("feature_seconds", "cache_hits", "cache_misses", "read_as")
+           if stream.metadata.get(k)},
     )
 
 

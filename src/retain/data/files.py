@@ -68,6 +68,7 @@ class Labeled:
     t: Tensor
     modality: str  # tabular, text, vision or audio
     source: str
+    read_as: str = ""  # how a table's columns were read (named in the config, or inferred)
 
 
 def _number(value: str, where: str) -> float:
@@ -181,7 +182,10 @@ def _records(records: list[tuple[int, dict[str, Any]]], path: Path, labels: Labe
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).any(1).nonzero()[0])
             raise FileError(f"{path}: row {records[bad][0]}: a feature is NaN or infinite")
-    return Labeled(x, labels.ids(names), torch.tensor(tasks, dtype=torch.long), modality, str(path))
+    inputs = f"text column {text!r}" if text else f"{len(features)} feature columns ({', '.join(features[:3])}" + (
+        ", ...)" if len(features) > 3 else ")")
+    read_as = f"{inputs}, labels from {label!r}" + (f", tasks from {task!r}" if task else "")
+    return Labeled(x, labels.ids(names), torch.tensor(tasks, dtype=torch.long), modality, str(path), read_as)
 
 
 def _natural(path: Path) -> tuple:
@@ -372,7 +376,7 @@ def load_stream(folder: str | Path, **options: Any) -> Stream:
         test = load(split_of(batch, "test"), labels, **options)
         if modality and train.modality != modality:
             raise FileError(f"{batch}: holds {train.modality} data, the batches before it {modality}")
-        modality = train.modality
+        modality, read_as = train.modality, train.read_as
         for part in (train, test):
             if len(part.y) == 0:
                 raise FileError(f"{part.source}: no rows")
@@ -391,4 +395,5 @@ def load_stream(folder: str | Path, **options: Any) -> Stream:
     for e in experiences:
         e.scenario = scenario
     return Stream(experiences, n_classes=len(labels.names), name=f"files_{folder.name}", scenario=scenario,
-                  class_names=list(labels.names), metadata={"new_classes": new_classes, "modality": modality})
+                  class_names=list(labels.names), metadata={"new_classes": new_classes, "modality": modality,
+                                                            "read_as": read_as})

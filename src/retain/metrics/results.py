@@ -176,6 +176,7 @@ class StreamInfo:
     feature_seconds: float | None = None  # frozen backbones: time to compute (or read) the features
     cache_hits: int | None = None
     cache_misses: int | None = None
+    read_as: str | None = None  # the user's tables: which columns were read as what
 
 
 @dataclass

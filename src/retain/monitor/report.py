@@ -144,6 +144,8 @@ def write_report(results: ExperimentResult, directory: str | Path) -> Path:
     sizes = ", ".join(f"{e.n_train}/{e.n_test}" for e in stream.experiences)
     arrivals = "; ".join(f"batch {e.id}: {', '.join(e.new_classes)}" for e in stream.experiences if e.new_classes)
     arrivals = f"New classes, where each label was first seen: {arrivals}.\n\n" if arrivals else ""
+    if stream.read_as:
+        arrivals = f"Tables read as: {stream.read_as}.\n\n{arrivals}"
     online_section = (
         "## Online and hybrid runs\n\n![online curves](online_curves.png)\n\n"
         "Prequential accuracy scores each incoming batch before learning from it; online and hybrid "
