@@ -105,7 +105,7 @@ def test_unreadable_images_and_audio_name_the_file(tmp_path):
         load(tmp_path / "wav", LabelMap())
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet", "npz", "hf"])
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet", "npz", "npy", "hf"])
 def test_export_round_trips_digits_exactly(tmp_path, fmt, digits):
     assert main(["export", "digits", str(tmp_path / "out"), "--format", fmt]) == 0
     files, built_in = load_stream(tmp_path / "out"), class_incremental(digits, 5)

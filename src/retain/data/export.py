@@ -21,7 +21,7 @@ from retain.data.datasets import DATASETS, Dataset, load_dataset, per_class
 from retain.data.files import FileError
 from retain.data.scenarios import build_scenario
 
-FORMATS = ("csv", "tsv", "jsonl", "parquet", "hf", "npz", "images", "wav")
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "hf", "npz", "npy", "images", "wav")
 
 
 def _texts(name: str, test_fraction: float, split_seed: int) -> tuple[list[str], list[str]]:
@@ -91,11 +91,16 @@ def _write(base: Path, fmt: str, x: Tensor, texts: list[str] | None, names: list
         if tasks is not None:
             columns["task"] = tasks.tolist()
         _table(base, fmt, columns)
-    elif fmt == "npz":
+    elif fmt in ("npz", "npy"):
         arrays = {"x": x.numpy(), "y": np.array(names)}
         if tasks is not None:
             arrays["t"] = tasks.numpy()
-        np.savez(base.with_suffix(".npz"), **arrays)
+        if fmt == "npz":
+            np.savez(base.with_suffix(".npz"), **arrays)
+        else:  # a folder of one .npy file per array
+            base.mkdir()
+            for key, array in arrays.items():
+                np.save(base / f"{key}.npy", array)
     elif fmt == "images":
         from PIL import Image
 

@@ -269,13 +269,20 @@ def load_audio_folder(folder: str | Path, labels: LabelMap, *, sample_rate: int 
 
 
 def load_arrays(path: str | Path, labels: LabelMap) -> Labeled:
-    """An ``.npz`` file with arrays ``x`` and ``y`` (label ids or names), and optionally ``t``."""
+    """An ``.npz`` file with arrays ``x`` and ``y`` (label ids or names), and optionally ``t``; or a
+    folder holding ``x.npy``, ``y.npy`` and optionally ``t.npy``."""
     path = Path(path)
+    arrays = {}
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+        if path.is_dir():
+            for key in ("x", "y", "t"):
+                if (path / f"{key}.npy").is_file():
+                    arrays[key] = np.load(path / f"{key}.npy", allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
     except (ValueError, OSError) as err:
-        raise FileError(f"{path}: not a readable .npz file ({str(err).splitlines()[0]})") from None
+        raise FileError(f"{path}: not readable arrays ({str(err).splitlines()[0]})") from None
     for key in ("x", "y"):
         if key not in arrays:
             raise FileError(f"{path}: no array {key!r} (arrays: {', '.join(arrays) or 'none'})")
@@ -285,9 +292,15 @@ def load_arrays(path: str | Path, labels: LabelMap) -> Labeled:
     if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
         raise FileError(f"{path}: field 'x' must hold finite numbers")
     t = arrays.get("t", np.zeros(len(y), dtype=np.int64))
-    modality = "vision" if x.ndim == 4 else "audio" if x.ndim == 2 and x.shape[1] >= 4000 else "tabular"
+    modality = _array_modality(x.shape)
     return Labeled(torch.from_numpy(x.astype(np.float32)), labels.ids([str(v) for v in y.tolist()]),
                    torch.from_numpy(t.astype(np.int64)), modality, str(path))
+
+
+def _array_modality(shape: tuple[int, ...]) -> str:
+    """What arrays hold, by their shape: images ``(n, c, h, w)``, waveforms ``(n, samples)`` of
+    4,000 samples and more, else feature rows."""
+    return "vision" if len(shape) == 4 else "audio" if len(shape) == 2 and shape[1] >= 4000 else "tabular"
 
 
 def load(path: str | Path, labels: LabelMap, **options: Any) -> Labeled:
@@ -302,13 +315,16 @@ def load(path: str | Path, labels: LabelMap, **options: Any) -> Labeled:
     table = {k: options[k] for k in ("label", "text", "features", "task") if k in options}
     if path.is_dir() and (path / "state.json").is_file():
         return load_hf_dataset(path, labels, **table)
+    if path.is_dir() and (path / "x.npy").is_file():
+        return load_arrays(path, labels)
     if path.is_dir():
         kinds = {f.suffix.lower() for d in path.iterdir() if d.is_dir() for f in d.iterdir()}
         if kinds & set(AUDIO):
             return load_audio_folder(path, labels, **{k: v for k, v in options.items()
                                                       if k in ("sample_rate", "seconds")})
         return load_image_folder(path, labels, **{k: v for k, v in options.items() if k in ("size", "channels")})
-    raise FileError(f"{path}: not a table ({', '.join(TABLES)}), an .npz file or a folder of class folders")
+    raise FileError(f"{path}: not a table ({', '.join(TABLES)}), an .npz file, a folder of .npy arrays or of "
+                    "class folders")
 
 
 def split_of(batch: Path, split: str) -> Path:
@@ -349,6 +365,8 @@ def batches(folder: str | Path) -> list[Path]:
 def modality_of(folder: str | Path, text: str | None = None) -> str:
     """What a stream folder holds, from its first batch's train split, without reading it all."""
     train = split_of(batches(folder)[0], "train")
+    if train.is_dir() and (train / "x.npy").is_file():
+        return _array_modality(np.load(train / "x.npy", mmap_mode="r", allow_pickle=False).shape)
     if train.is_dir() and (train / "state.json").is_file():
         from retain.util import require
 
@@ -358,7 +376,8 @@ def modality_of(folder: str | Path, text: str | None = None) -> str:
         kinds = {f.suffix.lower() for d in train.iterdir() if d.is_dir() for f in d.iterdir()}
         return "audio" if kinds & set(AUDIO) else "vision"
     if train.suffix.lower() in ARRAYS:
-        return "tabular"
+        with np.load(train, allow_pickle=False) as data:
+            return _array_modality(data["x"].shape) if "x" in data.files else "tabular"
     first = next(_rows(train), (0, {}))[1]
     return "text" if (text or "text") in first else "tabular"
 
