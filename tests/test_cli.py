@@ -206,3 +206,25 @@ def test_a_config_with_only_data_and_strategies_gets_the_benchmark_protocol(tmp_
     summary = {k: m["summary"] for k, m in json.loads((out / "results.json").read_text())["methods"].items()}
     assert summary["replay"]["acc"] > summary["finetune"]["acc"] + 0.4
     assert json.loads((out / "results.json").read_text())["config"]["training"]["epochs"] == 3
+
+
+def test_a_diverging_run_stops_with_a_message_and_keeps_what_finished(tmp_path, capsys):
+    cfg = BASE | {"strategies": ["finetune", {"name": "l2", "lam": 1e30}], "seeds": [0]}
+    out = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, cfg)), "--out", str(out), "--quiet"]) == 2
+    assert "training diverged" in capsys.readouterr().err
+    assert list(json.loads((out / "results.json").read_text())["methods"]) == ["finetune"]
+
+
+def test_resume_finds_its_own_run_and_refuses_a_folder_that_is_not_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = write(tmp_path, BASE | {"name": "tiny", "output": "runs", "strategies": ["finetune"], "seeds": [0]})
+    (tmp_path / "runs" / "tiny-extra-20990101-000000").mkdir(parents=True)  # another run's name, newer
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    assert main(["run", str(cfg), "--quiet", "--resume"]) == 0  # its own folder: all done already
+    assert "already done" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a run")
+    assert main(["run", str(cfg), "--out", str(other), "--quiet", "--resume"]) == 2
+    assert "holds files but no results.json" in capsys.readouterr().err

@@ -156,3 +156,40 @@ def test_a_saved_model_keeps_its_label_names(tmp_path):
     learner = build_learner(stream, cfg, cfg.strategies[0], 0).fit(stream[0])
     loaded = Learner.load(learner.save(tmp_path / "model"), device="cpu")
     assert loaded.class_names_[:3] == ["t-shirt", "trouser", "pullover"] and len(loaded.class_names_) == 10
+
+
+def test_a_task_column_is_read_as_task_ids(tmp_path):
+    assert main(["export", "digits", str(tmp_path / "t"), "--format", "csv", "--kind", "task_incremental"]) == 0
+    stream = load_stream(tmp_path / "t")
+    assert stream.scenario == "task_incremental" and stream[0].x_train.shape[1] == 64
+    assert [int(e.train_tasks().unique()) for e in stream] == [0, 1, 2, 3, 4]
+
+
+def test_every_file_of_a_stream_is_read_with_the_first_ones_columns(tmp_path):
+    for batch, header, rows in (("0", "a,b,label", "1,2,x\n3,4,y\n"), ("1", "label,b,a", "x,20,10\ny,40,30\n")):
+        (tmp_path / batch).mkdir()
+        for split in ("train", "test"):
+            (tmp_path / batch / f"{split}.csv").write_text(f"{header}\n{rows}")
+    stream = load_stream(tmp_path)
+    assert stream[1].x_train.tolist() == [[10, 20], [30, 40]]  # a, b as in the first file, whatever the order
+    (tmp_path / "1" / "test.csv").write_text("label,b\nx,1\n")
+    with pytest.raises(FileError, match=r"1/test.csv: no column 'a'"):
+        load_stream(tmp_path)
+
+
+def test_whole_number_labels_are_their_own_ids(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,label\n1,7\n2,3\n")
+    labels = LabelMap()
+    assert load_table(path, labels).y.tolist() == [7, 3] and len(labels.names) == 8
+
+
+def test_a_files_scenario_refuses_settings_that_cut_a_stream(tmp_path):
+    from retain.config import ConfigError, load_config
+
+    assert main(["export", "digits", str(tmp_path / "csv"), "--format", "csv"]) == 0
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"scenario": {"dataset": "files", "path": str(tmp_path / "csv"),
+                                                 "n_experiences": 3}, "strategies": ["replay"]}))
+    with pytest.raises(ConfigError, match="n_experiences: your files are already cut into batches"):
+        load_config(path)

@@ -134,3 +134,15 @@ def test_predict_refuses_bad_inputs_and_takes_numpy(trained, split_digits, x, me
     assert torch.equal(trained.predict(x.tolist()), trained.predict(x))
     assert np.array_equal(trained.predict_proba(x.numpy().astype(np.float64)).numpy(),
                           trained.predict_proba(x).numpy())
+
+
+def test_integer_pixels_are_taken_as_arrays_and_refused_in_an_experience(split_digits):
+    exp = split_digits[0]
+    learner = make_learner(split_digits, [], epochs=1)
+    pixels = (exp.x_train * 16).round().to(torch.uint8)
+    learner.fit(pixels.numpy(), exp.y_train)  # arrays: converted to floats
+    assert learner.predict((exp.x_test * 16).round().long()).shape == exp.y_test.shape
+    before = fingerprint(learner)
+    with pytest.raises(ValueError, match=r"x holds torch.uint8 values; this model reads floating point inputs"):
+        learner.fit(type(exp)(pixels, exp.y_train, exp.x_test, exp.y_test, id=1))
+    assert same(fingerprint(learner), before)

@@ -59,8 +59,8 @@ def test_save_writes_safetensors_and_json_only(split_digits, tmp_path):
     learner = make_learner(split_digits, [Replay(20)], epochs=1)
     learner.fit(split_digits[0])
     learner.save(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["learner-1.json", "manifest.json", "model-1.safetensors",
-                                                          "state-1.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "learner-1.json", "manifest.json",
+                                                          "model-1.safetensors", "state-1.safetensors"]
     meta = json.loads((tmp_path / "learner-1.json").read_text())
     assert meta["strategies"][0]["name"] == "replay" and meta["strategies"][0]["params"]["memory_size"] == 20
 

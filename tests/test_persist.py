@@ -62,8 +62,8 @@ def test_a_save_killed_at_any_point_leaves_the_old_model_or_the_new_one(split_di
     assert torch.equal(loaded, expected) and not torch.equal(old, new)
     fresh.save(folder)  # the next save completes and clears what the killed one left
     n = 3 if point == "after-switch" else 2
-    assert sorted(p.name for p in folder.iterdir()) == [f"learner-{n}.json", "manifest.json", f"model-{n}.safetensors",
-                                                        f"state-{n}.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", f"learner-{n}.json", "manifest.json",
+                                                        f"model-{n}.safetensors", f"state-{n}.safetensors"]
 
 
 def _saved(split_digits, tmp_path):
@@ -124,3 +124,18 @@ def test_a_tampered_learner_json_is_refused_before_anything_is_built(split_digit
     _resign(folder, edit)
     with pytest.raises(persist.LoadError, match=message):
         Learner.load(folder, device="cpu")
+
+
+def test_a_save_of_the_first_format_still_loads_and_is_replaced_on_the_next_save(split_digits, tmp_path):
+    learner, folder = _saved(split_digits, tmp_path)
+    for part, suffix in (("model", "safetensors"), ("state", "safetensors"), ("learner", "json")):
+        (folder / f"{part}-1.{suffix}").rename(folder / f"{part}.{suffix}")
+    (folder / "manifest.json").unlink()
+    meta = json.loads((folder / "learner.json").read_text())
+    (folder / "learner.json").write_text(json.dumps(meta | {"format": 1}))
+    loaded = Learner.load(folder, device="cpu")
+    x = split_digits[0].x_test
+    assert torch.equal(loaded.predict_logits(x), learner.predict_logits(x))
+    loaded.save(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "learner-1.json", "manifest.json",
+                                                        "model-1.safetensors", "state-1.safetensors"]

@@ -130,6 +130,21 @@ def check_save_load_continues_bit_exactly(cls: type[Strategy]) -> None:
         expect(same, f"{cls.name}: state {k} differs after training on from a reload")
 
 
+def check_loading_a_fresh_state_resets(cls: type[Strategy]) -> None:
+    """Loading a fresh strategy's state into a trained one gives the fresh state back (a failed
+    fit is undone this way)."""
+    b = bench(cls)
+    fresh, trained = cls(), cls()
+    learner = _learner(b, [trained])
+    learner.fit(b.stream[0])
+    empty = fresh.state_dict()
+    trained.load_state_dict(empty, learner)
+    again = trained.state_dict()
+    expect(again.keys() == empty.keys() and all(
+        torch.equal(v, again[k]) if isinstance(v, torch.Tensor) else v == again[k] for k, v in empty.items()),
+        f"{cls.name}: loading a fresh state left {sorted(again)} instead of {sorted(empty)}")
+
+
 def check_state_stays_bounded(cls: type[Strategy]) -> None:
     """Its state has the same size after experience 5 as after experience 3 (memories full by
     then), unless the method declares why it grows (``grows``), and then it does grow."""
@@ -241,6 +256,7 @@ CHECKS = (
     check_builds_from_defaults_and_config,
     check_reads_only_the_learner_view,
     check_save_load_continues_bit_exactly,
+    check_loading_a_fresh_state_resets,
     check_state_stays_bounded,
     check_online_flag,
     check_scenarios_are_enforced,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,22 +39,28 @@ def _run_folder(cfg, out: str | None, resume: bool) -> Path:
     if out is not None:
         folder = Path(out)
     elif resume:
-        previous = sorted(root.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
+        own = re.compile(rf"{re.escape(name)}-\d{{8}}-\d{{6}}(-\d+)?")
+        previous = sorted((p for p in root.glob(f"{name}-*") if own.fullmatch(p.name)), key=lambda p: p.stat().st_mtime)
         if not previous:
             raise RunFolderError(f"--resume: no earlier run named {name} in {root}")
         folder = previous[-1]
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        folder = root / f"{name}-{stamp}"
-        for k in range(2, 1000):  # two runs in the same second get separate folders
-            if not folder.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        for k in range(1, 1000):  # two runs in the same second get separate folders: mkdir claims one
+            folder = root / f"{name}-{stamp}" if k == 1 else root / f"{name}-{stamp}-{k}"
+            if root.resolve() not in folder.resolve().parents:
+                raise RunFolderError(f"run name {cfg.name!r} would write outside the output folder {root}")
+            try:
+                folder.mkdir()
                 break
-            folder = root / f"{name}-{stamp}-{k}"
-        if root.resolve() not in folder.resolve().parents:
-            raise RunFolderError(f"run name {cfg.name!r} would write outside the output folder {root}")
+            except FileExistsError:
+                continue
     if folder.is_dir() and any(folder.iterdir()) and not resume:
         raise RunFolderError(f"{folder} already holds files; choose another --out, or pass --resume to finish the "
                              "run it holds")
+    if resume and folder.is_dir() and any(folder.iterdir()) and not (folder / "results.json").is_file():
+        raise RunFolderError(f"{folder} holds files but no results.json: it is not a run to resume")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".write-test"
@@ -86,8 +93,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from retain.config import ConfigError
     from retain.data import DatasetNotFound
     from retain.data.files import FileError
+    from retain.engine.learner import Diverged
 
-    return ConfigError, DatasetNotFound, ImportError, RunFolderError, FileError
+    return ConfigError, DatasetNotFound, ImportError, RunFolderError, FileError, Diverged
 
 
 def _run(args: argparse.Namespace) -> int:

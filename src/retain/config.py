@@ -81,6 +81,12 @@ class ScenarioConfig(_Strict):
         if self.dataset == "files":
             if self.path is None:
                 raise ValueError("dataset files needs path: the folder of batch folders (see retain export)")
+            cut = sorted(self.model_fields_set & {"kind", "n_experiences", "class_order", "shuffle_seed",
+                                                  "test_fraction", "split_seed", "max_train_per_class",
+                                                  "max_test_per_class"})
+            if cut:
+                raise ValueError(f"{', '.join(cut)}: your files are already cut into batches (one folder each, "
+                                 "train and test), and their kind is read off the data; remove these settings")
             return self
         n = DATASETS[self.dataset].n_classes
         if self.kind in ("class_incremental", "task_incremental") and self.n_experiences > n:

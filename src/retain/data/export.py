@@ -1,9 +1,10 @@
 """Write a built-in data set as the files a user would bring, cut into batches by a scenario.
 
 The folder holds ``labels.json`` (the class names, in id order) and one batch folder per
-experience (``00``, ``01``, ...) with a ``train`` and a ``test`` split, as tables, ``.npz`` files,
-image folders or WAV folders: ``retain.data.files.load_stream`` reads it back to the same tensors,
-labels and order, so a run on it gives the built-in run's numbers.
+experience (``00``, ``01``, ...) with a ``train`` and a ``test`` split, as tables, arrays, image
+folders or WAV folders: ``retain.data.files.load_stream`` reads it back to the same labels, order
+and values (tables hold images and sounds as rows of feature columns: flattened, read as tabular
+data), so a run on it gives the built-in run's numbers.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def export(dataset: str, folder: str | Path, fmt: str, *, kind: str = "class_inc
     if fmt == "images" and not _whole_steps(data.x_train):
         raise FileError(f"{dataset}: its pixels are not whole steps of 1/255, which PNG would round; export it as "
                         "csv, tsv, jsonl, parquet or npz")
+    if modality == "text" and fmt in ("npz", "npy", "images", "wav"):
+        raise FileError(f"{dataset} holds texts: export it as a table (csv, tsv, jsonl, parquet or hf)")
     if fmt == "wav" and modality != "audio" or fmt == "images" and modality != "vision":
         raise FileError(f"{dataset} holds {modality} data: format {fmt} does not fit it")
     # The scenario cuts row indices, so every format gets exactly the built-in stream's rows and order.

@@ -49,8 +49,16 @@ class LabelMap:
     new: list[str] = field(default_factory=list)  # the names the last call added
 
     def ids(self, names: list[str]) -> Tensor:
-        index = {n: i for i, n in enumerate(self.names)}
+        """The ids of ``names``; labels that are all whole numbers (and a map holding only such)
+        are their own ids, as the user gave them."""
         self.new = []
+        if names and all(n.isdigit() for n in names) and all(n == str(i) for i, n in enumerate(self.names)):
+            ids = [int(n) for n in names]
+            known = len(self.names)
+            self.names.extend(str(i) for i in range(known, max(ids) + 1))
+            self.new = sorted({n for n in names if int(n) >= known}, key=int)
+            return torch.tensor(ids, dtype=torch.long)
+        index = {n: i for i, n in enumerate(self.names)}
         for name in names:
             if name not in index:
                 index[name] = len(self.names)
@@ -69,6 +77,7 @@ class Labeled:
     modality: str  # tabular, text, vision or audio
     source: str
     read_as: str = ""  # how a table's columns were read (named in the config, or inferred)
+    columns: dict[str, Any] = field(default_factory=dict)  # those columns, to read the stream's other files alike
 
 
 def _number(value: str, where: str) -> float:
@@ -155,6 +164,8 @@ def _records(records: list[tuple[int, dict[str, Any]]], path: Path, labels: Labe
     columns = list(records[0][1])
     if label not in columns:
         raise FileError(f"{path}: no label column {label!r} (columns: {', '.join(columns)})")
+    if task is None and "task" in columns and "task" != label:  # a column named task holds task ids
+        task = "task"
     if text is None and features is None:
         text = "text" if "text" in columns else None
         features = None if text else [c for c in columns if c not in (label, task)]
@@ -185,7 +196,8 @@ def _records(records: list[tuple[int, dict[str, Any]]], path: Path, labels: Labe
     inputs = f"text column {text!r}" if text else f"{len(features)} feature columns ({', '.join(features[:3])}" + (
         ", ...)" if len(features) > 3 else ")")
     read_as = f"{inputs}, labels from {label!r}" + (f", tasks from {task!r}" if task else "")
-    return Labeled(x, labels.ids(names), torch.tensor(tasks, dtype=torch.long), modality, str(path), read_as)
+    return Labeled(x, labels.ids(names), torch.tensor(tasks, dtype=torch.long), modality, str(path), read_as,
+                   {"label": label, "text": text, "features": features, "task": task})
 
 
 def _natural(path: Path) -> tuple:
@@ -392,6 +404,7 @@ def load_stream(folder: str | Path, **options: Any) -> Stream:
     experiences, new_classes, modality, seen = [], [], None, set()
     for k, batch in enumerate(batches(folder)):
         train = load(split_of(batch, "train"), labels, **options)
+        options |= train.columns  # every file of the stream is read with the first one's columns
         test = load(split_of(batch, "test"), labels, **options)
         if modality and train.modality != modality:
             raise FileError(f"{batch}: holds {train.modality} data, the batches before it {modality}")

@@ -178,7 +178,7 @@ class Learner:
             raise TypeError("fit(x, y[, t]): give the labels y with the inputs x")
         report = check_batch(data, y, t, where=f"fit: experience {self.experiences_seen_}").raise_if_refused()
         x = torch.as_tensor(data)
-        x = x.float() if x.dtype.is_floating_point else x
+        x = x.long() if self._takes_tokens() else x.float()  # token ids stay integers; pixels may come as uint8
         tasks = report.t
         scenario = next((k for k in SCENARIO_KINDS if all(k in s.scenarios for s in self.strategies)),
                         "class_incremental")
@@ -194,13 +194,19 @@ class Learner:
             if problem:
                 raise ValueError(f"{problem} (experience {experience.id})")
         x = experience.x_train
-        check_batch(x if x.dtype.is_floating_point else torch.zeros(len(x), 1), experience.y_train,
-                    experience.train_tasks(), n_features=self._n_features(x), n_classes=self._label_limit(),
+        if not self._takes_tokens() and not x.dtype.is_floating_point:
+            raise ValueError(f"fit: experience {experience.id}: x holds {x.dtype} values; this model reads floating "
+                             "point inputs (x.float(), scaled as you want them)")
+        check_batch(x if not self._takes_tokens() else torch.zeros(len(x), 1), experience.y_train,
+                    experience.train_tasks(), n_features=self._n_features(), n_classes=self._label_limit(),
                     where=f"fit: experience {experience.id}").raise_if_refused()
 
-    def _n_features(self, x: Tensor) -> int | None:
+    def _n_features(self) -> int | None:
         """Values a row the model reads, when it says (token ids are not checked)."""
-        return getattr(self.model.backbone, "in_features", None) if x.dtype.is_floating_point else None
+        return None if self._takes_tokens() else getattr(self.model.backbone, "in_features", None)
+
+    def _takes_tokens(self) -> bool:
+        return bool(getattr(self.model.backbone, "takes_tokens", False))
 
     def _label_limit(self) -> int | None:
         """How many classes the model can learn, or None when its head grows (or a strategy grows it)."""
@@ -363,8 +369,8 @@ class Learner:
             for k in range(steps):  # these rows come from no training set: no rows, no source
                 self._step(Step(x, y, t, len(y), k == 0, self._experience_id))
         except Diverged as err:
-            raise Diverged(f"partial_fit: {err}; the diverging step changed no weight (a stream memory may "
-                           "already hold the batch)") from None
+            raise Diverged(f"partial_fit: {err}; the diverging step changed no weight (earlier steps of this call "
+                           "stay, and a stream memory may already hold the batch)") from None
         self.samples_seen_ += len(y)
         if report.new_classes:
             self.seen_classes_ = sorted(set(self.seen_classes_) | set(report.new_classes))
@@ -436,7 +442,7 @@ class Learner:
     def predict_logits(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 1024) -> Tensor:
         """Logits over the global classes; ``t`` (task ids) is needed with per-task heads. ``x``
         may be a tensor, numpy array or list; a batch of the wrong shape or with NaN is refused."""
-        x = check_inputs(x, n_features=getattr(self.model.backbone, "in_features", None), where="predict")
+        x = check_inputs(x, n_features=self._n_features(), tokens=self._takes_tokens(), where="predict")
         if isinstance(self.model.head, MultiHead) and t is None and not getattr(self.model.backbone, "routes_tasks",
                                                                                  False):
             raise ValueError("this model has per-task heads: pass the task id(s) t to predict")
@@ -526,12 +532,12 @@ class Learner:
         model = _model(meta.model, weights, path)
         learner = cls(model, strategies, device=device, **meta.learner.model_dump())
         tensors = _tensors(parts["state"], path, "state")
-        for key in ("learner.rng", "learner.torch_rng"):
-            if key not in tensors:
-                raise persist.LoadError(f"{path}: the state file has no {key}")
+        if "learner.rng" not in tensors:
+            raise persist.LoadError(f"{path}: the state file has no learner.rng")
         try:
             learner.generator.set_state(tensors["learner.rng"])
-            learner._torch_rng = tensors["learner.torch_rng"]
+            if "learner.torch_rng" in tensors:  # saves of the first format have none
+                learner._torch_rng = tensors["learner.torch_rng"]
             for i, (s, saved) in enumerate(zip(strategies, meta.strategies, strict=True)):
                 prefix = f"{i}."
                 state = dict(saved.state) | {
@@ -578,8 +584,8 @@ class _Saved(BaseModel):
     task_classes: dict[str, list[int]] = Field(max_length=1 << 16)
     experiences_seen: int = Field(ge=0)
     steps: int = Field(ge=0)
-    samples_seen: int = Field(ge=0)
-    experience_id: int = Field(ge=0)
+    samples_seen: int = Field(0, ge=0)
+    experience_id: int = Field(0, ge=0)
 
 
 def saved_learner(data: bytes, path: Path) -> _Saved:
@@ -590,7 +596,7 @@ def saved_learner(data: bytes, path: Path) -> _Saved:
         meta = _Saved.model_validate(json.loads(data))
     except ValueError as err:
         raise persist.LoadError(f"{where}: {persist._first_problem(err)}") from None
-    if meta.format != persist.FORMAT_VERSION:
+    if meta.format not in (1, persist.FORMAT_VERSION):  # 1: saved before checksums, read all the same
         raise persist.LoadError(f"{where}: unsupported learner format {meta.format!r}")
     persist.bounded(meta.model, f"{where}: model")
     for i, s in enumerate(meta.strategies):

@@ -12,10 +12,12 @@ allocated from it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
 PARTS = ("model", "state", "learner")
+LEGACY = {"model": "model.safetensors", "state": "state.safetensors", "learner": "learner.json"}  # format 1
 MAX_JSON_BYTES = 64 << 20  # a manifest or learner.json larger than this is not one retain wrote
 _NAME = re.compile(r"^(model|state|learner)-([0-9]{1,12})\.(safetensors|json)$")
 
@@ -80,10 +83,31 @@ def read_manifest(directory: Path) -> _Manifest | None:
     return manifest
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One save at a time into a folder (an advisory lock on ``.lock``; none where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(path / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_generation(directory: str | Path, parts: dict[str, bytes], suffixes: dict[str, str]) -> Path:
     """Write ``parts`` (``model``, ``state``, ``learner`` -> bytes) as the folder's next generation."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        return _write_generation(path, parts, suffixes)
+
+
+def _write_generation(path: Path, parts: dict[str, bytes], suffixes: dict[str, str]) -> Path:
     try:
         old = read_manifest(path)
     except LoadError:
@@ -97,11 +121,12 @@ def write_generation(directory: str | Path, parts: dict[str, bytes], suffixes: d
                 "sizes": {p: len(parts[p]) for p in PARTS}}
     staged = path / f"{MANIFEST}.tmp"
     durable_write(staged, json.dumps(manifest, indent=1).encode())
+    _fsync_dir(path)  # the new files' names are on the disk before the manifest can point at them
     os.replace(staged, path / MANIFEST)  # the switch: before it the old generation is current, after it the new
     _fsync_dir(path)
-    for entry in path.iterdir():  # older generations, and files of saves that were interrupted
+    for entry in path.iterdir():  # older generations, files of interrupted saves, a format-1 save
         match = _NAME.match(entry.name)
-        if match and int(match.group(2)) != generation:
+        if match and int(match.group(2)) != generation or entry.name in LEGACY.values():
             entry.unlink(missing_ok=True)
     return path
 
@@ -110,6 +135,9 @@ def read_generation(directory: str | Path) -> dict[str, bytes]:
     """The current generation's files, each checked against the manifest's size and SHA-256."""
     path = Path(directory)
     manifest = read_manifest(path)
+    if manifest is None and all((path / name).is_file() for name in LEGACY.values()):
+        # A save of retain's first format: no checksums to verify; the schema still applies on load.
+        return {part: (path / name).read_bytes() for part, name in LEGACY.items()}
     if manifest is None:
         raise FileNotFoundError(f"{path} holds no saved learner ({MANIFEST} is missing)")
     parts = {}

@@ -98,10 +98,10 @@ def check_batch(x: Any, y: Any, t: Any = None, *, n_features: int | None = None,
     return report
 
 
-def check_inputs(x: Any, *, n_features: int | None = None, where: str = "predict") -> Tensor:
-    """Inputs to predict from, as a tensor: a ``(n, features...)`` batch (token ids stay integers)
-    of finite numbers with ``n_features`` values a row when the model states it. Raises
-    :class:`BatchRefused` naming the problem.
+def check_inputs(x: Any, *, n_features: int | None = None, tokens: bool = False, where: str = "predict") -> Tensor:
+    """Inputs to predict from, as a tensor: a ``(n, features...)`` batch of finite numbers (float32)
+    with ``n_features`` values a row when the model states it, or of token ids (``tokens``, kept as
+    integers). Raises :class:`BatchRefused` naming the problem.
 
     >>> check_inputs([[0.5, float("nan")]], where="predict")
     Traceback (most recent call last):
@@ -109,8 +109,7 @@ def check_inputs(x: Any, *, n_features: int | None = None, where: str = "predict
     retain.quality.checks.BatchRefused: predict: x holds NaN or infinite values
     """
     x = torch.as_tensor(x)
-    if not (x.dtype.is_floating_point or x.dtype in (torch.int32, torch.int64)):
-        x = x.float()
+    x = x.long() if tokens else x if x.dtype.is_floating_point else x.float()
     report = BatchReport(where, rows=len(x) if x.dim() else 0)
     if x.dim() < 2:
         report.problems.append(f"x must be a batch (n, features...), got shape {tuple(x.shape)}")

@@ -43,3 +43,5 @@ class Cumulative(Strategy):
     def load_state_dict(self, state, learner) -> None:
         if state:
             self.x_, self.y_, self.t_ = [state["x"].cpu()], [state["y"].cpu()], [state["t"].cpu()]
+        else:
+            self.x_, self.y_, self.t_ = [], [], []

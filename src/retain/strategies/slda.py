@@ -89,6 +89,8 @@ class SLDA(Strategy):
     def load_state_dict(self, state, learner) -> None:
         if state:
             self.sums_, self.counts_, self.scatter_ = (state[k].cpu().double() for k in ("sums", "counts", "scatter"))
+        else:
+            self.sums_ = self.counts_ = self.scatter_ = None
 
 
 def _solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
