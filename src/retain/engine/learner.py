@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors.torch import load as safetensors_load
+from pydantic import ValidationError
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
@@ -22,7 +21,7 @@ from retain.engine import persist
 from retain.engine.sgd import FusedSGD
 from retain.models import Classifier, IncrementalHead, LinearHead, MultiHead
 from retain.quality import check_batch, check_inputs
-from retain.strategies import HOOKS, STRATEGIES, ExperienceContext, Step, Strategy, implements, make_strategy
+from retain.strategies import HOOKS, ExperienceContext, Step, Strategy, implements, make_strategy
 from retain.strategies.contract import SCENARIO_KINDS, online_problem, scenario_problem
 from retain.util import evaluating, in_batches
 
@@ -522,16 +521,16 @@ class Learner:
         before anything is built from it; a problem raises ``persist.LoadError`` naming the file."""
         path = Path(directory)
         parts = persist.read_generation(path)
-        meta = saved_learner(parts["learner"], path)
+        meta = persist.saved_learner(parts["learner"], path)
         try:
             strategies = [make_strategy(s.name, **s.params) for s in meta.strategies]
         except ValidationError as err:
             raise persist.LoadError(f"{path}: a saved strategy's settings are invalid: {err.errors()[0]['loc']} "
                                     f"{err.errors()[0]['msg']}") from None
-        weights = _tensors(parts["model"], path, "model")
-        model = _model(meta.model, weights, path)
+        weights = persist.read_tensors(parts["model"], path, "model")
+        model = persist.build_model(meta.model, weights, path)
         learner = cls(model, strategies, device=device, **meta.learner.model_dump())
-        tensors = _tensors(parts["state"], path, "state")
+        tensors = persist.read_tensors(parts["state"], path, "state")
         if "learner.rng" not in tensors:
             raise persist.LoadError(f"{path}: the state file has no learner.rng")
         try:
@@ -551,94 +550,3 @@ class Learner:
         learner.experiences_seen_, learner.steps_ = meta.experiences_seen, meta.steps
         learner.samples_seen_, learner._experience_id = meta.samples_seen, meta.experience_id
         return learner
-
-
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(gt=0, le=1e6)
-    momentum: float = Field(ge=0, lt=1)
-    batch_size: int = Field(ge=1, le=1 << 20)
-    epochs: int = Field(ge=1, le=1 << 20)
-    seed: int
-    backbone_lr: float | None = Field(None, gt=0, le=1e6)
-
-
-class _SavedStrategy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    params: dict[str, Any]
-    state: dict[str, Any]
-
-
-class _Saved(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    format: int
-    model: dict[str, Any]
-    learner: _Settings
-    strategies: list[_SavedStrategy] = Field(max_length=64)
-    seen_classes: list[int] = Field(max_length=1 << 20)
-    class_names: list[str] = Field([], max_length=1 << 20)
-    task_classes: dict[str, list[int]] = Field(max_length=1 << 16)
-    experiences_seen: int = Field(ge=0)
-    steps: int = Field(ge=0)
-    samples_seen: int = Field(0, ge=0)
-    experience_id: int = Field(0, ge=0)
-
-
-def saved_learner(data: bytes, path: Path) -> _Saved:
-    """A saved ``learner.json``, validated: its schema, the strategies it names, and bounds on every
-    size in the model's config and the strategies' settings."""
-    where = f"{path}/learner.json"
-    try:
-        meta = _Saved.model_validate(json.loads(data))
-    except ValueError as err:
-        raise persist.LoadError(f"{where}: {persist._first_problem(err)}") from None
-    if meta.format not in (1, persist.FORMAT_VERSION):  # 1: saved before checksums, read all the same
-        raise persist.LoadError(f"{where}: unsupported learner format {meta.format!r}")
-    persist.bounded(meta.model, f"{where}: model")
-    for i, s in enumerate(meta.strategies):
-        if s.name not in STRATEGIES:
-            raise persist.LoadError(f"{where}: strategies.{i}.name: unknown strategy {s.name!r} (a newer retain, "
-                                    "or a method whose file is gone)")
-        persist.bounded(s.params, f"{where}: strategies.{i}.params", limit=1 << 24)
-    return meta
-
-
-def _tensors(data: bytes, path: Path, part: str) -> dict[str, Tensor]:
-    try:
-        return safetensors_load(data)
-    except Exception as err:  # noqa: BLE001 - whatever safetensors says of bytes that passed their checksum
-        raise persist.LoadError(f"{path}: the {part} file is not readable safetensors ({err})") from None
-
-
-def _model(config: dict[str, Any], weights: dict[str, Tensor], path: Path) -> Classifier:
-    """The model ``config`` describes, holding ``weights``, once the shapes the config implies (built
-    on the meta device, allocating nothing) match the weights actually saved."""
-    backbone = config.get("backbone", {}) if isinstance(config, dict) else {}
-    if backbone.get("name") in ("text", "image"):
-        # Their sizes are the pretrained network's, which loads its weights (no meta build): only
-        # the adapters' rank is the config's to choose.
-        if not 1 <= backbone.get("lora_rank", 8) <= 1024:
-            raise persist.LoadError(f"{path}: the saved model config's lora_rank must be 1..1024")
-        skeleton = None
-    else:
-        try:
-            with torch.device("meta"):
-                skeleton = Classifier.from_config(config)
-        except (KeyError, TypeError, ValueError, IndexError) as err:
-            raise persist.LoadError(f"{path}: the saved model config is invalid ({err})") from None
-    shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()} if skeleton is not None else None
-    saved = {k: tuple(v.shape) for k, v in weights.items()}
-    if shapes is not None and shapes != saved:
-        diff = sorted(set(shapes.items()) ^ set(saved.items()))[:1]
-        raise persist.LoadError(f"{path}: the model config does not describe the saved weights (first difference: "
-                                f"{diff[0][0]} {diff[0][1]})")
-    try:
-        model = Classifier.from_config(config)
-        model.load_state_dict(weights)
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise persist.LoadError(f"{path}: the saved model does not load ({str(err).splitlines()[0]})") from None
-    return model

@@ -1,4 +1,4 @@
-"""Saving a learner atomically with checksums, and reading it back only once every file is verified.
+"""Saving a learner atomically with checksums, and reading it back only once every file and its JSON are verified.
 
 A saved learner is a folder holding generations of three files (``model-N.safetensors``,
 ``state-N.safetensors``, ``learner-N.json``) and ``manifest.json``, which names the current
@@ -21,7 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load as safetensors_load
+from torch import Tensor
+
+from retain.models import Classifier
+from retain.strategies import STRATEGIES
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
@@ -189,3 +195,94 @@ def bounded(value: Any, where: str, limit: int = 1 << 20, items: int = 10_000, d
             bounded(item, f"{where}.{key}", limit, items, depth + 1)
         return
     raise LoadError(f"{where}: unexpected value {value!r}")
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(gt=0, le=1e6)
+    momentum: float = Field(ge=0, lt=1)
+    batch_size: int = Field(ge=1, le=1 << 20)
+    epochs: int = Field(ge=1, le=1 << 20)
+    seed: int
+    backbone_lr: float | None = Field(None, gt=0, le=1e6)
+
+
+class _SavedStrategy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    params: dict[str, Any]
+    state: dict[str, Any]
+
+
+class _Saved(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: int
+    model: dict[str, Any]
+    learner: _Settings
+    strategies: list[_SavedStrategy] = Field(max_length=64)
+    seen_classes: list[int] = Field(max_length=1 << 20)
+    class_names: list[str] = Field([], max_length=1 << 20)
+    task_classes: dict[str, list[int]] = Field(max_length=1 << 16)
+    experiences_seen: int = Field(ge=0)
+    steps: int = Field(ge=0)
+    samples_seen: int = Field(0, ge=0)
+    experience_id: int = Field(0, ge=0)
+
+
+def saved_learner(data: bytes, path: Path) -> _Saved:
+    """A saved ``learner.json``, validated: its schema, the strategies it names, and bounds on every
+    size in the model's config and the strategies' settings."""
+    where = f"{path}/learner.json"
+    try:
+        meta = _Saved.model_validate(json.loads(data))
+    except ValueError as err:
+        raise LoadError(f"{where}: {_first_problem(err)}") from None
+    if meta.format not in (1, FORMAT_VERSION):  # 1: saved before checksums, read all the same
+        raise LoadError(f"{where}: unsupported learner format {meta.format!r}")
+    bounded(meta.model, f"{where}: model")
+    for i, s in enumerate(meta.strategies):
+        if s.name not in STRATEGIES:
+            raise LoadError(f"{where}: strategies.{i}.name: unknown strategy {s.name!r} (a newer retain, "
+                                    "or a method whose file is gone)")
+        bounded(s.params, f"{where}: strategies.{i}.params", limit=1 << 24)
+    return meta
+
+
+def read_tensors(data: bytes, path: Path, part: str) -> dict[str, Tensor]:
+    try:
+        return safetensors_load(data)
+    except Exception as err:  # noqa: BLE001 - whatever safetensors says of bytes that passed their checksum
+        raise LoadError(f"{path}: the {part} file is not readable safetensors ({err})") from None
+
+
+def build_model(config: dict[str, Any], weights: dict[str, Tensor], path: Path) -> Classifier:
+    """The model ``config`` describes, holding ``weights``, once the shapes the config implies (built
+    on the meta device, allocating nothing) match the weights actually saved."""
+    backbone = config.get("backbone", {}) if isinstance(config, dict) else {}
+    if backbone.get("name") in ("text", "image"):
+        # Their sizes are the pretrained network's, which loads its weights (no meta build): only
+        # the adapters' rank is the config's to choose.
+        if not 1 <= backbone.get("lora_rank", 8) <= 1024:
+            raise LoadError(f"{path}: the saved model config's lora_rank must be 1..1024")
+        skeleton = None
+    else:
+        try:
+            with torch.device("meta"):
+                skeleton = Classifier.from_config(config)
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise LoadError(f"{path}: the saved model config is invalid ({err})") from None
+    shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()} if skeleton is not None else None
+    saved = {k: tuple(v.shape) for k, v in weights.items()}
+    if shapes is not None and shapes != saved:
+        diff = sorted(set(shapes.items()) ^ set(saved.items()))[:1]
+        raise LoadError(f"{path}: the model config does not describe the saved weights (first difference: "
+                                f"{diff[0][0]} {diff[0][1]})")
+    try:
+        model = Classifier.from_config(config)
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise LoadError(f"{path}: the saved model does not load ({str(err).splitlines()[0]})") from None
+    return model
