@@ -7,8 +7,8 @@ import retain
 
 # Lower numbers sit lower; a module may import a package of a lower rank, or its own package.
 RANK = {
-    "util": 0, "metrics": 1, "data": 1, "models": 2, "quality": 2, "strategies": 3, "engine": 4,
-    "config": 5, "monitor": 5, "store": 5, "build": 6, "checks": 7, "experiment": 7, "__init__": 8, "cli": 9,
+    "util": 0, "metrics": 1, "data": 1, "models": 2, "quality": 2, "strategies": 3, "engine": 4, "store": 5,
+    "config": 6, "monitor": 6, "build": 7, "checks": 8, "experiment": 8, "loop": 8, "__init__": 9, "cli": 10,
 }
 SRC = pathlib.Path(retain.__file__).parent
 

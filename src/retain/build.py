@@ -11,11 +11,12 @@ import time
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from retain.config import MethodConfig, RunConfig
 from retain.data import Stream, build_scenario, load_dataset
 from retain.data.datasets import cache_dir, per_class
-from retain.data.features import FeatureCache, LazyEncoder, encode_stream
+from retain.data.features import FeatureCache, LazyEncoder, encode, encode_stream
 from retain.data.files import load_stream
 from retain.engine import Learner
 from retain.models import make_model
@@ -56,6 +57,16 @@ def feature_cache(cfg: RunConfig) -> FeatureCache | None:
     if cfg.model.feature_cache is None:
         return None
     return FeatureCache(cache_dir() / "features" if cfg.model.feature_cache == "default" else cfg.model.feature_cache)
+
+
+def model_inputs(cfg: RunConfig, x: Tensor, progress: bool = False) -> Tensor:
+    """What the model reads of raw inputs ``x``: themselves, or a frozen backbone's (cached) features."""
+    if cfg.model.backbone is None or cfg.model.adaptation != "frozen":
+        return x
+    cache, encoder = feature_cache(cfg), backbone_encoder(cfg)
+    if cache is None:
+        return encode(encoder.get(), x, progress=progress)
+    return cache.features(encoder, x, progress=progress)
 
 
 def build_stream(cfg: RunConfig, progress: bool = False) -> Stream:

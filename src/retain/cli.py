@@ -168,6 +168,52 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loop(args: argparse.Namespace) -> int:
+    """init, update, versions, rollback and predict: the loop on a model store."""
+    from retain.loop import Project, as_json
+    from retain.store import StoreError
+
+    try:
+        if args.command == "init":
+            project, result = Project.init(_config(args), args.data, args.store, held_out=args.held_out)
+        elif args.command == "update":
+            result = Project(args.store).update(args.data)
+        elif args.command == "versions":
+            rows = Project(args.store).versions()
+            print(as_json(rows) if args.json else _versions_table(rows))
+            return 0
+        elif args.command == "rollback":
+            version = Project(args.store).rollback(args.version)
+            print(as_json({"promoted": version}) if args.json else f"version {version} is promoted")
+            return 0
+        else:
+            labels = Project(args.store).predict(args.data)
+            print(as_json(labels) if args.json else "\n".join(labels))
+            return 0
+    except (*_user_errors(), StoreError, ValueError) as err:
+        print(f"retain: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(as_json(result.__dict__))
+    else:
+        state = "promoted" if result.promoted else "kept, not promoted"
+        print(f"version {result.version}: {state} ({result.reason})")
+        if result.new_classes:
+            print(f"new classes: {', '.join(result.new_classes)}")
+        print(" ".join(f"{k} {100 * a:.1f}%" for k, a in result.accuracy.items()))
+    return 0
+
+
+def _versions_table(rows: list[dict]) -> str:
+    lines = ["| version | parent | promoted | decision | data | held-out accuracy by batch | reason |",
+             "|" + " --- |" * 7]
+    for r in rows:
+        acc = ", ".join(f"{k.removeprefix('batch-')}: {100 * a:.1f}" for k, a in r["accuracy"].items())
+        lines.append(f"| {r['version']} | {r['parent'] or ''} | {'yes' if r['promoted'] else ''} | {r['decision']} "
+                     f"| {', '.join(r['data'])} | {acc} | {r['reason']} |")
+    return "\n".join(lines)
+
+
 def _strategies(args: argparse.Namespace) -> int:
     from retain.strategies import STRATEGIES, describe
 
@@ -220,6 +266,32 @@ def main(argv: list[str] | None = None) -> int:
     exporting.add_argument("--max-train-per-class", type=int)
     exporting.add_argument("--max-test-per-class", type=int)
     exporting.set_defaults(func=_export)
+    init = sub.add_parser("init", help="a new model store: version 1 trained on a first batch of your data")
+    init.add_argument("config", help="YAML config: model, training, strategies (the first is used), promotion")
+    init.add_argument("--data", required=True, help="a table, .npz, or folder of class folders")
+    init.add_argument("--store", required=True, help="a new or empty folder")
+    init.add_argument("--held-out", type=float, default=0.2, help="fraction of each batch kept to judge versions")
+    init.add_argument("--json", action="store_true")
+    init.set_defaults(func=_loop, seeds=None)
+    update = sub.add_parser("update", help="learn a new batch: a candidate, judged on every batch, promoted or kept")
+    update.add_argument("store")
+    update.add_argument("--data", required=True)
+    update.add_argument("--json", action="store_true")
+    update.set_defaults(func=_loop)
+    versions = sub.add_parser("versions", help="the store's versions: parent, data, accuracy, decision")
+    versions.add_argument("store")
+    versions.add_argument("--json", action="store_true")
+    versions.set_defaults(func=_loop)
+    rollback = sub.add_parser("rollback", help="promote an earlier version (default: the promoted one's parent)")
+    rollback.add_argument("store")
+    rollback.add_argument("version", type=int, nargs="?")
+    rollback.add_argument("--json", action="store_true")
+    rollback.set_defaults(func=_loop)
+    predict = sub.add_parser("predict", help="label names the promoted version predicts for a file or folder")
+    predict.add_argument("store")
+    predict.add_argument("data")
+    predict.add_argument("--json", action="store_true")
+    predict.set_defaults(func=_loop)
     listing = sub.add_parser("strategies", help="list every method: family, scenarios, defaults, paper")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_strategies)

@@ -21,6 +21,7 @@ from pydantic import (
 from retain.data.datasets import DATASETS
 from retain.engine.updater import Hybrid
 from retain.models.pretrained import PRETRAINED, adaptation_problem
+from retain.store.promotion import PromotionRule
 from retain.strategies import STRATEGIES, Strategy, make_strategy
 from retain.strategies.contract import online_problem, scenario_problem
 
@@ -208,6 +209,7 @@ class RunConfig(_Strict):
     mode: list[Literal["offline", "online", "hybrid"]] = Field(default_factory=lambda: ["offline"], min_length=1)
     online: OnlineConfig = Field(default_factory=OnlineConfig)
     hybrid: Hybrid = Field(default_factory=Hybrid)
+    promotion: PromotionRule = Field(default_factory=PromotionRule)
     output: str = "runs"
 
     @field_validator("mode", mode="before")

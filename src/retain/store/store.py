@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from retain.engine import Learner
+from retain.engine.persist import durable_write
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -228,6 +230,39 @@ class ModelStore:
             out.append(Version(id_, parent, created, status, json.loads(metrics), decision, reason, id_ == promoted,
                                [Batch(h, n, s, r) for v, h, n, s, r in batches if v == id_]))
         return out
+
+    def labels(self) -> list[str]:
+        """The label name of each class id, stable across versions."""
+        with self._db() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'labels'").fetchone()
+        return json.loads(row[0]) if row else []
+
+    def set_labels(self, names: list[str]) -> None:
+        """Record the label names; ids once given never change (the list only grows)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'labels'").fetchone()
+            known = json.loads(row[0]) if row else []
+            if names[:len(known)] != known:
+                raise StoreError(f"label ids must stay as they are: the store has {known}, got {names}")
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('labels', ?)", (json.dumps(names),))
+
+    def put_data(self, name: str, tensors: dict[str, Any]) -> None:
+        """Keep tensors (a batch's held-out rows) under ``name``, written whole or not at all."""
+        from safetensors.torch import save
+
+        folder = self.path / "data"
+        folder.mkdir(exist_ok=True)
+        durable_write(folder / f"{name}.tmp", save({k: v.contiguous() for k, v in tensors.items()}))
+        os.replace(folder / f"{name}.tmp", folder / f"{name}.safetensors")
+
+    def data_names(self) -> list[str]:
+        """The names of the tensors kept with :meth:`put_data`, sorted."""
+        return sorted(p.stem for p in (self.path / "data").glob("*.safetensors"))
+
+    def get_data(self, name: str) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        return load_file(self.path / "data" / f"{name}.safetensors")
 
     def events(self) -> list[tuple[float, int | None, str, str]]:
         """The store's log: versions saved, promotions, rollbacks, with their reasons."""

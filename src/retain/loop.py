@@ -1,0 +1,165 @@
+"""The loop on a model store: init, then receive a batch -> check it -> update -> evaluate on old and
+new held-out data -> promote or keep the candidate; predict with the promoted version; roll back.
+
+A :class:`Project` is the Python face of ``retain init / update / predict / versions / rollback``.
+Each batch of the user's files is split into rows to train on and held-out rows (kept in the store),
+so every later version is judged on every batch seen so far, with the promotion rule of the config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from retain.build import build_learner, model_inputs
+from retain.config import RunConfig
+from retain.data import Experience, Stream
+from retain.data.files import LabelMap, load
+from retain.engine import Learner
+from retain.quality import check_batch
+from retain.store import Batch, ModelStore, StoreError
+
+
+@dataclass
+class UpdateResult:
+    """What one update did: the candidate version, whether it was promoted and why, its accuracy."""
+
+    version: int
+    promoted: bool
+    reason: str
+    accuracy: dict[str, float]  # held-out accuracy by batch, the new one included
+    new_classes: list[str]
+
+
+def split_held_out(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Row indices to train on and to hold out: ``fraction`` of each class held out (at least one
+    row of a class with two or more), chosen with ``seed``.
+
+    >>> train, held = split_held_out(torch.tensor([0, 0, 0, 0, 1, 1]), 0.25, 0)
+    >>> sorted(held.tolist()) in ([0, 4], [1, 4], [2, 4], [3, 4], [0, 5], [1, 5], [2, 5], [3, 5]), len(train)
+    (True, 4)
+    """
+    g = torch.Generator().manual_seed(seed)
+    held = []
+    for c in y.unique():
+        rows = (y == c).nonzero().squeeze(1)
+        rows = rows[torch.randperm(len(rows), generator=g)]
+        n = max(1, round(fraction * len(rows))) if len(rows) > 1 else 0
+        held.append(rows[:n])
+    held_out = torch.cat(held).sort().values
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[held_out] = False
+    return keep.nonzero().squeeze(1), held_out
+
+
+class Project:
+    """A model store and the config that trains it (kept in the store)."""
+
+    def __init__(self, store: str | Path) -> None:
+        self.store = ModelStore(store)
+        self.config = RunConfig.model_validate(self.store.config["run"])
+        self.held_out_fraction = float(self.store.config["held_out"])
+
+    @classmethod
+    def init(cls, config: RunConfig, data: str | Path, store: str | Path, *, held_out: float = 0.2,
+             seed: int = 0) -> tuple[Project, UpdateResult]:
+        """A new store whose version 1 is trained on ``data`` (a held-out slice kept aside), promoted."""
+        if not 0 < held_out < 1:
+            raise ValueError(f"held_out must be a fraction between 0 and 1, got {held_out}")
+        if "head" not in config.model.model_fields_set:  # new labels will come: the head grows with them
+            config = config.model_copy(update={"model": config.model.model_copy(update={"head": "growing"})})
+        ModelStore.create(store, config={"run": config.model_dump(mode="json"), "held_out": held_out,
+                                         "seed": seed})
+        project = cls(store)
+        return project, project._learn(Path(data), first=True)
+
+    def _read(self, data: Path) -> tuple[Tensor, Tensor, Tensor, LabelMap]:
+        labels = LabelMap(self.store.labels())
+        rows = load(data, labels, **self.config.scenario.files.options())
+        report = check_batch(rows.x if rows.x.dtype.is_floating_point else torch.zeros(len(rows.y), 1), rows.y,
+                             rows.t, where=str(data))
+        report.raise_if_refused()
+        return model_inputs(self.config, rows.x), rows.y, rows.t, labels
+
+    def _learn(self, data: Path, first: bool = False) -> UpdateResult:
+        x, y, t, labels = self._read(data)
+        k = len(self.store.data_names())
+        name = f"batch-{k:04d}"
+        train, held = split_held_out(y, self.held_out_fraction, int(self.store.config["seed"]) + k)
+        new_classes = labels.names[len(self.store.labels()):]  # names no earlier batch brought
+        self.store.set_labels(labels.names)
+        self.store.put_data(name, {"x": x[held], "y": y[held], "t": t[held]})
+        exp = Experience(x[train], y[train], x[held], y[held], id=k, t_train=t[train], t_test=t[held])
+        if first:
+            stream = Stream([exp], n_classes=len(labels.names), class_names=labels.names)
+            learner = build_learner(stream, self.config, self.config.strategies[0], int(self.store.config["seed"]))
+        else:
+            learner = self.store.load(device="cpu")
+        learner.class_names_ = list(labels.names)
+        learner.fit(exp)
+        candidate = self._accuracy(learner)
+        batches = [Batch.of(x[train], y[train], source=str(data)), Batch.of(x[held], y[held], source=name,
+                                                                            role="held_out")]
+        if first:
+            reason, promote, parent = "the first version", True, None
+        else:
+            parent = self.store.promoted()
+            promoted = self._accuracy(self.store.load(device="cpu"))
+            decision = self.config.promotion.decide(candidate, {b: a for b, a in promoted.items() if b != name},
+                                                    name, self._per_class(learner))
+            reason, promote = decision.reason, decision.promote
+        version = self.store.add_version(learner, parent=parent, metrics={"accuracy": candidate},
+                                         batches=batches, decision="promoted" if promote else "kept", reason=reason)
+        if promote:
+            self.store.promote(version, reason=reason)
+        return UpdateResult(version, promote, reason, candidate, new_classes)
+
+    def update(self, data: str | Path) -> UpdateResult:
+        """Check ``data``, train a candidate from the promoted version, judge it on every batch's
+        held-out rows with the promotion rule, and promote it or keep it aside."""
+        if self.store.promoted() is None:
+            raise StoreError(f"{self.store.path}: no version is promoted to update")
+        return self._learn(Path(data))
+
+    def _held_out(self) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+        """Every batch's held-out rows, the batch being learned included."""
+        return {n: tuple(self.store.get_data(n)[k] for k in ("x", "y", "t")) for n in self.store.data_names()}
+
+    def _accuracy(self, learner: Learner) -> dict[str, float]:
+        return {name: float((learner.predict(x, t) == y).float().mean())
+                for name, (x, y, t) in self._held_out().items()}
+
+    def _per_class(self, learner: Learner) -> dict[str, float]:
+        parts = list(self._held_out().values())
+        x, y, t = (torch.cat([p[i] for p in parts]) for i in range(3))
+        hits = learner.predict(x, t) == y
+        names = self.store.labels()
+        return {names[c]: float(hits[y == c].float().mean()) for c in y.unique().tolist()}
+
+    def predict(self, data: str | Path | Any) -> list[str]:
+        """Label names the promoted version predicts for ``data`` (a file or folder, or inputs)."""
+        learner = self.store.load(device="cpu")
+        if isinstance(data, str | Path):
+            x = load(Path(data), LabelMap(self.store.labels()), **self.config.scenario.files.options()).x
+        else:
+            x = torch.as_tensor(data)
+        names = self.store.labels()
+        return [names[i] for i in learner.predict(model_inputs(self.config, x)).tolist()]
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every version: id, parent, whether promoted, its decision and reason, its held-out accuracy."""
+        return [{"version": v.id, "parent": v.parent, "promoted": v.promoted, "decision": v.decision,
+                 "reason": v.reason, "accuracy": v.metrics.get("accuracy", {}),
+                 "data": [b.source for b in v.batches if b.role == "train"]} for v in self.store.versions()]
+
+    def rollback(self, version: int | None = None) -> int:
+        return self.store.rollback(version)
+
+
+def as_json(value: Any) -> str:
+    return json.dumps(value, indent=1)

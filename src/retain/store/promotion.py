@@ -1,0 +1,53 @@
+"""The promotion rule: when a candidate version may replace the promoted one, and why not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as validated
+
+
+@validated(config=ConfigDict(extra="forbid"))
+class PromotionRule:
+    """A candidate is promoted when its accuracy on the new batch's held-out rows is at least
+    ``min_new_accuracy``, no earlier batch's held-out accuracy falls more than ``max_drop`` below
+    the promoted version's, and no class it knows scores below ``min_class_accuracy``.
+
+    >>> rule = PromotionRule(max_drop=0.05)
+    >>> rule.decide({"b0": 0.90, "b1": 0.80}, {"b0": 0.91}, "b1", {}).promote
+    True
+    >>> rule.decide({"b0": 0.70, "b1": 0.95}, {"b0": 0.91}, "b1", {}).reason
+    'batch b0: accuracy 70.0% fell 21.0 points below the promoted version (91.0%), more than 5.0 allowed'
+    """
+
+    min_new_accuracy: float = Field(0.0, ge=0.0, le=1.0)
+    max_drop: float = Field(0.05, ge=0.0, le=1.0)
+    min_class_accuracy: float = Field(0.0, ge=0.0, le=1.0)
+
+    def decide(self, candidate: dict[str, float], promoted: dict[str, float], new: str,
+               per_class: dict[str, float]) -> Decision:
+        """``candidate`` and ``promoted``: held-out accuracy by batch; ``new``: the new batch;
+        ``per_class``: the candidate's accuracy by class name."""
+        if candidate[new] < self.min_new_accuracy:
+            return Decision(False, f"batch {new}: accuracy {100 * candidate[new]:.1f}% is below the "
+                                   f"{100 * self.min_new_accuracy:.1f}% required of new data")
+        for batch, before in promoted.items():
+            if batch in candidate and before - candidate[batch] > self.max_drop:
+                return Decision(False, f"batch {batch}: accuracy {100 * candidate[batch]:.1f}% fell "
+                                       f"{100 * (before - candidate[batch]):.1f} points below the promoted version "
+                                       f"({100 * before:.1f}%), more than {100 * self.max_drop:.1f} allowed")
+        weak = {c: a for c, a in per_class.items() if a < self.min_class_accuracy}
+        if weak:
+            worst = min(weak, key=weak.get)
+            return Decision(False, f"class {worst}: accuracy {100 * weak[worst]:.1f}% is below the "
+                                   f"{100 * self.min_class_accuracy:.1f}% required of every class")
+        drops = [promoted[b] - candidate[b] for b in promoted if b in candidate]
+        worst = f"; largest drop on an earlier batch {100 * max(drops):.1f} points" if drops else ""
+        return Decision(True, f"batch {new}: accuracy {100 * candidate[new]:.1f}%{worst}")
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reason: str

@@ -1,0 +1,77 @@
+"""The loop on a model store, from the command line: init, update, versions, rollback, predict."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from retain.cli import main
+from retain.loop import Project
+from retain.store import ModelStore
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("digits") / "csv"
+    assert main(["export", "digits", str(folder), "--format", "csv"]) == 0
+    return folder
+
+
+def _config(tmp_path, promotion=None):
+    cfg = {"scenario": {"dataset": "digits"}, "model": {"hidden": [64]}, "training": {"lr": 0.05, "epochs": 5},
+           "strategies": [{"name": "replay", "memory_size": 200}]}
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(cfg | ({"promotion": promotion} if promotion else {})))
+    return path
+
+
+def test_init_update_versions_predict_and_rollback(tmp_path, batches, capsys):
+    store = tmp_path / "store"
+    assert main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",
+                 str(store)]) == 0
+    assert "version 1: promoted (the first version)" in capsys.readouterr().out
+    assert main(["update", str(store), "--data", str(batches / "01" / "train.csv"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["version"] == 2 and result["promoted"] and result["new_classes"] == ["2", "3"]
+    assert result["accuracy"]["batch-0000"] > 0.9 and result["accuracy"]["batch-0001"] > 0.8
+    assert ModelStore(store).labels()[:4] == ["0", "1", "2", "3"]  # ids stay as the first batches gave them
+    assert main(["versions", str(store), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["version"], r["parent"], r["promoted"]) for r in rows] == [(1, None, False), (2, 1, True)]
+    assert main(["predict", str(store), str(batches / "01" / "test.csv"), "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    truth = [str(int(y)) for y in Project(store).store.get_data("batch-0001")["y"]]
+    assert set(predicted) <= {"0", "1", "2", "3"} and len(predicted) > len(truth)
+    assert main(["rollback", str(store)]) == 0 and "version 1 is promoted" in capsys.readouterr().out
+    assert main(["predict", str(store), str(batches / "01" / "test.csv"), "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) <= {"0", "1"}  # version 1 knows two classes
+    assert main(["versions", str(store)]) == 0
+    assert "| 1 |  | yes | promoted |" in capsys.readouterr().out
+
+
+def test_a_candidate_the_rule_refuses_is_kept_and_the_promoted_version_untouched(tmp_path, batches, capsys):
+    store = tmp_path / "store"
+    cfg = _config(tmp_path, promotion={"min_new_accuracy": 0.99})  # more than this batch gives
+    assert main(["init", str(cfg), "--data", str(batches / "00" / "train.csv"), "--store", str(store)]) == 0
+    project = Project(store)
+    x = project.store.get_data("batch-0000")["x"]
+    before = project.store.load(device="cpu").predict_logits(x)
+    result = project.update(batches / "01" / "train.csv")
+    assert not result.promoted and "is below the 99.0% required of new data" in result.reason
+    assert project.store.promoted() == 1
+    assert torch.equal(project.store.load(device="cpu").predict_logits(x), before)
+    assert [v["decision"] for v in project.versions()] == ["promoted", "kept"]
+
+
+def test_a_bad_batch_is_refused_before_anything_changes(tmp_path, batches, capsys):
+    store = tmp_path / "store"
+    assert main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",
+                 str(store)]) == 0
+    bad = tmp_path / "bad.csv"
+    lines = (batches / "01" / "train.csv").read_text().splitlines()
+    bad.write_text("\n".join([lines[0], lines[1], lines[2].replace(",", ",x", 1)]) + "\n")
+    assert main(["update", str(store), "--data", str(bad)]) == 2
+    assert "bad.csv: row 3: field 'f01'" in capsys.readouterr().err
+    assert [v["version"] for v in Project(store).versions()] == [1] and ModelStore(store).data_names() == [
+        "batch-0000"]
