@@ -75,3 +75,46 @@ def test_a_bad_batch_is_refused_before_anything_changes(tmp_path, batches, capsy
     assert "bad.csv: row 3: field 'f01'" in capsys.readouterr().err
     assert [v["version"] for v in Project(store).versions()] == [1] and ModelStore(store).data_names() == [
         "batch-0000"]
+
+
+def _flipped(batches, tmp_path, share):
+    """Batch 01 of the export with ``share`` of its labels swapped between its two classes."""
+    lines = (batches / "01" / "train.csv").read_text().splitlines()
+    g = torch.Generator().manual_seed(0)
+    flip = set(torch.randperm(len(lines) - 1, generator=g)[: int(share * (len(lines) - 1))].tolist())
+    out = [lines[0]]
+    for i, line in enumerate(lines[1:]):
+        features, label = line.rsplit(",", 1)
+        out.append(f"{features},{({'2': '3', '3': '2'}[label]) if i in flip else label}")
+    path = tmp_path / f"flipped-{share}.csv"
+    path.write_text("\n".join(out) + "\n")
+    return path, flip
+
+
+def test_the_gate_refuses_a_batch_with_30_percent_flipped_labels_and_passes_a_clean_one(tmp_path, batches, capsys):
+    store = tmp_path / "store"
+    assert main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",
+                 str(store)]) == 0
+    flipped, _ = _flipped(batches, tmp_path, 0.3)
+    assert main(["update", str(store), "--data", str(flipped)]) == 1
+    out = capsys.readouterr().out
+    assert "the batch was not learned: refused:" in out and "likely label errors" in out
+    project = Project(store)
+    assert [v["version"] for v in project.versions()] == [1] and project.store.labels() == ["0", "1"]
+    assert any(kind == "gate" and "refused" in detail for _, _, kind, detail in project.store.events())
+    assert main(["update", str(store), "--data", str(batches / "01" / "train.csv")]) == 0
+    assert "gate: accepted: clean" in capsys.readouterr().out
+
+
+def test_duplicates_are_quarantined_and_kept_for_review(tmp_path, batches):
+    store = tmp_path / "store"
+    assert main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",
+                 str(store)]) == 0
+    lines = (batches / "01" / "train.csv").read_text().splitlines()
+    doubled = tmp_path / "doubled.csv"
+    doubled.write_text("\n".join(lines + lines[1:6]) + "\n")  # five rows twice
+    result = Project(store).update(doubled)
+    assert result.version == 2 and "quarantined 5 rows" in result.gate
+    (name,) = ModelStore(store).data_names("quarantine")
+    kept = ModelStore(store).get_data(name, "quarantine")
+    assert len(kept["y"]) == 5 and set(kept["y"].tolist()) <= {2, 3}

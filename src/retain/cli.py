@@ -195,13 +195,16 @@ def _loop(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         print(as_json(result.__dict__))
+    elif result.version is None:
+        print(f"the batch was not learned: {result.reason}")
     else:
         state = "promoted" if result.promoted else "kept, not promoted"
+        print(f"gate: {result.gate}")
         print(f"version {result.version}: {state} ({result.reason})")
         if result.new_classes:
             print(f"new classes: {', '.join(result.new_classes)}")
         print(" ".join(f"{k} {100 * a:.1f}%" for k, a in result.accuracy.items()))
-    return 0
+    return 1 if result.version is None else 0  # 1: the gate refused the batch
 
 
 def _versions_table(rows: list[dict]) -> str:

@@ -21,6 +21,7 @@ from pydantic import (
 from retain.data.datasets import DATASETS
 from retain.engine.updater import Hybrid
 from retain.models.pretrained import PRETRAINED, adaptation_problem
+from retain.quality.gate import GatePolicy
 from retain.store.promotion import PromotionRule
 from retain.strategies import STRATEGIES, Strategy, make_strategy
 from retain.strategies.contract import online_problem, scenario_problem
@@ -210,6 +211,7 @@ class RunConfig(_Strict):
     online: OnlineConfig = Field(default_factory=OnlineConfig)
     hybrid: Hybrid = Field(default_factory=Hybrid)
     promotion: PromotionRule = Field(default_factory=PromotionRule)
+    gate: GatePolicy = Field(default_factory=GatePolicy)
     output: str = "runs"
 
     @field_validator("mode", mode="before")

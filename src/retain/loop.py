@@ -21,7 +21,8 @@ from retain.config import RunConfig
 from retain.data import Experience, Stream
 from retain.data.files import LabelMap, load
 from retain.engine import Learner
-from retain.quality import check_batch
+from retain.quality import GateReport, check_batch, inspect
+from retain.quality.gate import row_hashes
 from retain.store import Batch, ModelStore, StoreError
 
 
@@ -29,11 +30,12 @@ from retain.store import Batch, ModelStore, StoreError
 class UpdateResult:
     """What one update did: the candidate version, whether it was promoted and why, its accuracy."""
 
-    version: int
+    version: int | None  # None: the gate refused the batch
     promoted: bool
     reason: str
     accuracy: dict[str, float]  # held-out accuracy by batch, the new one included
     new_classes: list[str]
+    gate: str = ""  # what the data-quality gate found and did
 
 
 def split_held_out(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -88,10 +90,23 @@ class Project:
 
     def _learn(self, data: Path, first: bool = False) -> UpdateResult:
         x, y, t, labels = self._read(data)
+        current = None if first else self.store.load(device="cpu")
+        report = self._gate(x, y, current)
+        new_names = labels.names[len(self.store.labels()):]  # names no earlier batch brought
+        if report.decision == "refuse":
+            self.store.log("gate", f"{data}: {report.reason}")
+            return UpdateResult(None, False, report.reason, {}, new_names, report.reason)
+        if report.decision == "quarantine":
+            bad = torch.tensor(report.flagged, dtype=torch.long)
+            keep = torch.ones(len(y), dtype=torch.bool)
+            keep[bad] = False
+            self.store.put_data(f"{Path(data).name}-{len(self.store.data_names('quarantine')):04d}",
+                                {"x": x[bad], "y": y[bad], "t": t[bad]}, kind="quarantine")
+            x, y, t = x[keep], y[keep], t[keep]
+        self.store.log("gate", f"{data}: {report.reason}")
         k = len(self.store.data_names())
         name = f"batch-{k:04d}"
         train, held = split_held_out(y, self.held_out_fraction, int(self.store.config["seed"]) + k)
-        new_classes = labels.names[len(self.store.labels()):]  # names no earlier batch brought
         self.store.set_labels(labels.names)
         self.store.put_data(name, {"x": x[held], "y": y[held], "t": t[held]})
         exp = Experience(x[train], y[train], x[held], y[held], id=k, t_train=t[train], t_test=t[held])
@@ -99,7 +114,7 @@ class Project:
             stream = Stream([exp], n_classes=len(labels.names), class_names=labels.names)
             learner = build_learner(stream, self.config, self.config.strategies[0], int(self.store.config["seed"]))
         else:
-            learner = self.store.load(device="cpu")
+            learner = current
         learner.class_names_ = list(labels.names)
         learner.fit(exp)
         candidate = self._accuracy(learner)
@@ -117,7 +132,20 @@ class Project:
                                          batches=batches, decision="promoted" if promote else "kept", reason=reason)
         if promote:
             self.store.promote(version, reason=reason)
-        return UpdateResult(version, promote, reason, candidate, new_classes)
+        return UpdateResult(version, promote, reason, candidate, new_names, report.reason)
+
+    def _gate(self, x: Tensor, y: Tensor, current: Learner | None) -> GateReport:
+        """The gate's look at a batch: duplicates of itself, of the held-out rows and of the
+        memory; label errors judged on the promoted model's features (raw inputs at first)."""
+        known: set[str] = set()
+        for name in self.store.data_names():
+            known |= set(row_hashes(self.store.get_data(name)["x"]))
+        if current is not None:
+            for memory in current.memories():
+                if memory.x.shape[1:] == x.shape[1:]:
+                    known |= set(row_hashes(memory.x))
+        features = current.features(x) if current is not None else x
+        return inspect(x, y, features, self.config.gate, known, seed=int(self.store.config["seed"]))
 
     def update(self, data: str | Path) -> UpdateResult:
         """Check ``data``, train a candidate from the promoted version, judge it on every batch's

@@ -246,23 +246,30 @@ class ModelStore:
                 raise StoreError(f"label ids must stay as they are: the store has {known}, got {names}")
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('labels', ?)", (json.dumps(names),))
 
-    def put_data(self, name: str, tensors: dict[str, Any]) -> None:
-        """Keep tensors (a batch's held-out rows) under ``name``, written whole or not at all."""
+    def put_data(self, name: str, tensors: dict[str, Any], kind: str = "data") -> None:
+        """Keep tensors under ``name``, written whole or not at all: a batch's held-out rows
+        (``data``), or rows the gate set aside for review (``quarantine``, never deleted)."""
         from safetensors.torch import save
 
-        folder = self.path / "data"
+        folder = self.path / kind
         folder.mkdir(exist_ok=True)
         durable_write(folder / f"{name}.tmp", save({k: v.contiguous() for k, v in tensors.items()}))
         os.replace(folder / f"{name}.tmp", folder / f"{name}.safetensors")
 
-    def data_names(self) -> list[str]:
+    def data_names(self, kind: str = "data") -> list[str]:
         """The names of the tensors kept with :meth:`put_data`, sorted."""
-        return sorted(p.stem for p in (self.path / "data").glob("*.safetensors"))
+        return sorted(p.stem for p in (self.path / kind).glob("*.safetensors"))
 
-    def get_data(self, name: str) -> dict[str, Any]:
+    def get_data(self, name: str, kind: str = "data") -> dict[str, Any]:
         from safetensors.torch import load_file
 
-        return load_file(self.path / "data" / f"{name}.safetensors")
+        return load_file(self.path / kind / f"{name}.safetensors")
+
+    def log(self, kind: str, detail: str, version: int | None = None) -> None:
+        """Add an event to the store's log (a gate decision, say)."""
+        with self._transaction() as db:
+            db.execute("INSERT INTO events (at, version, kind, detail) VALUES (?, ?, ?, ?)",
+                       (time.time(), version, kind, detail))
 
     def events(self) -> list[tuple[float, int | None, str, str]]:
         """The store's log: versions saved, promotions, rollbacks, with their reasons."""

@@ -1,0 +1,106 @@
+"""The data-quality gate: what an incoming labelled batch is checked for before it may change a model.
+
+Beyond :func:`~retain.quality.checks.check_batch` (shapes, values, labels), the gate looks for
+exact duplicates (within the batch, and of rows already held), likely label errors (cleanlab's
+``find_label_issues`` on out-of-sample probabilities: a cross-validated logistic regression on the
+rows' features, so it judges classes the model has never seen too) and class imbalance. Its policy
+decides: ``refuse`` the batch when too many rows are flagged, ``quarantine`` them (dropped from
+training, kept for review), or ``warn`` and accept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as validated
+from torch import Tensor
+
+
+@validated(config=ConfigDict(extra="forbid"))
+class GatePolicy:
+    """What the gate does with a batch (a config's ``gate:`` section)."""
+
+    policy: Literal["refuse", "quarantine", "warn"] = Field("quarantine", description="with flagged rows")
+    max_flagged: float = Field(0.15, ge=0.0, le=1.0, description="refuse (any policy) above this share flagged")
+    duplicates: bool = Field(True, description="flag exact duplicates")
+    label_issues: bool = Field(True, description="flag likely label errors (cleanlab)")
+    min_class_share: float = Field(0.0, ge=0.0, le=1.0, description="warn of classes below this share")
+
+
+@dataclass
+class GateReport:
+    """What the gate found in a batch and what it decided."""
+
+    rows: int
+    duplicates: list[int] = field(default_factory=list)  # row indices
+    label_issues: list[int] = field(default_factory=list)
+    rare_classes: list[int] = field(default_factory=list)
+    decision: str = "accept"  # accept, quarantine or refuse
+    reason: str = ""
+
+    @property
+    def flagged(self) -> list[int]:
+        return sorted(set(self.duplicates) | set(self.label_issues))
+
+
+def row_hashes(x: Tensor) -> list[str]:
+    """A content hash per row (exact duplicates share one)."""
+    flat = x.detach().cpu().contiguous().reshape(len(x), -1).numpy()
+    return [hashlib.sha256(row.tobytes()).hexdigest() for row in flat]
+
+
+def likely_label_errors(features: Tensor, y: Tensor, seed: int = 0) -> list[int]:
+    """Rows whose label is likely wrong: cleanlab's ``find_label_issues`` on probabilities from a
+    logistic regression cross-validated over the batch (each row predicted by a model that did not
+    see it). Classes with fewer than 3 rows cannot be judged and are left alone."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from retain.util import require
+
+    filters = require("cleanlab.filter", "cleanlab")
+    y_np = y.cpu().numpy()
+    classes, counts = np.unique(y_np, return_counts=True)
+    judged = np.isin(y_np, classes[counts >= 3])
+    if judged.sum() < 6 or len(np.unique(y_np[judged])) < 2:
+        return []
+    x = features.detach().cpu().reshape(len(features), -1).numpy()[judged]
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    labels = np.unique(y_np[judged], return_inverse=True)[1]
+    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
+    probs = cross_val_predict(LogisticRegression(max_iter=500, C=0.5), x, labels, cv=folds, method="predict_proba")
+    issues = filters.find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+    return np.flatnonzero(judged)[issues].tolist()
+
+
+def inspect(x: Tensor, y: Tensor, features: Tensor, policy: GatePolicy, known: set[str] = frozenset(),
+            seed: int = 0) -> GateReport:
+    """Check a labelled batch (``features``: what the label check reads, e.g. the model's backbone
+    features) against ``policy``; ``known`` holds row hashes of data already held."""
+    report = GateReport(len(y))
+    if policy.duplicates:
+        seen: set[str] = set(known)
+        for i, h in enumerate(row_hashes(x)):
+            if h in seen:
+                report.duplicates.append(i)
+            seen.add(h)
+    if policy.label_issues:
+        report.label_issues = likely_label_errors(features, y, seed)
+    counts = torch.bincount(y)
+    report.rare_classes = [c for c in y.unique().tolist() if counts[c] < policy.min_class_share * len(y)]
+    share = len(report.flagged) / max(len(y), 1)
+    found = (f"{len(report.label_issues)} likely label errors, {len(report.duplicates)} duplicates "
+             f"({100 * share:.1f}% of {len(y)} rows)")
+    if share > policy.max_flagged or (report.flagged and policy.policy == "refuse"):
+        report.decision, report.reason = "refuse", f"refused: {found}, more than {100 * policy.max_flagged:.0f}% " \
+            "allowed" if share > policy.max_flagged else f"refused: {found}"
+    elif report.flagged and policy.policy == "quarantine":
+        report.decision, report.reason = "quarantine", f"quarantined {len(report.flagged)} rows: {found}"
+    else:
+        report.decision, report.reason = "accept", f"accepted: {found}" if report.flagged else "accepted: clean"
+    return report
