@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: run test lint bench bench-backbones clean data
 
 run: $(VENV)/.installed data
-	$(VENV)/bin/retain run examples/split_fashion_mnist.yaml
+	$(PY) examples/loop_demo.py --out runs/loop
 
 test: $(VENV)/.installed data
 	$(PY) -m ruff check src tests benchmarks conftest.py

@@ -217,6 +217,24 @@ def test_slda_incremental_equals_fitting_on_everything(split_digits):
     assert sum(step_by_step.evaluate(split_digits)) / 5 > 0.9
 
 
+def test_slda_writes_a_growing_head_as_it_writes_a_fixed_one(split_digits):
+    from retain.strategies import GrowingHead
+
+    learners = []
+    for head, strategies in (("fixed", [SLDA()]), ("growing", [GrowingHead(), SLDA()])):
+        torch.manual_seed(0)
+        learner = Learner(make_model("mlp", split_digits.input_shape, 10, head=head, hidden=()), strategies,
+                          device="cpu")
+        for exp in split_digits:
+            learner.fit(exp)
+        learners.append(learner)
+    x = split_digits.merged().x_test
+    assert learners[1].model.head.n_outputs == 10 and len(learners[1].model.head.blocks) == 5
+    fixed, growing = (learner.predict_logits(x) for learner in learners)
+    assert torch.allclose(fixed, growing, rtol=1e-5, atol=1e-4)  # one matrix product against five: rounding
+    assert torch.equal(fixed.argmax(1), growing.argmax(1))
+
+
 def test_slda_solves_by_cholesky_and_survives_a_singular_covariance(split_digits):
     from retain.strategies.slda import _solve_spd
 

@@ -43,6 +43,10 @@ def test_init_update_versions_predict_and_rollback(tmp_path, batches, capsys):
     predicted = json.loads(capsys.readouterr().out)
     truth = [str(int(y)) for y in Project(store).store.get_data("batch-0001")["y"]]
     assert set(predicted) <= {"0", "1", "2", "3"} and len(predicted) > len(truth)
+    assert main(["diff", str(store), "1", "2", "--json"]) == 0
+    diff = json.loads(capsys.readouterr().out)
+    assert diff["batch batch-0001"]["1"] == 0.0 and diff["batch batch-0001"]["change"] > 0.8  # v1 knows no 2 or 3
+    assert diff["class 2"]["change"] == pytest.approx(diff["class 2"]["2"])
     assert main(["rollback", str(store)]) == 0 and "version 1 is promoted" in capsys.readouterr().out
     assert main(["predict", str(store), str(batches / "01" / "test.csv"), "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)) <= {"0", "1"}  # version 1 knows two classes
@@ -118,3 +122,25 @@ def test_duplicates_are_quarantined_and_kept_for_review(tmp_path, batches):
     (name,) = ModelStore(store).data_names("quarantine")
     kept = ModelStore(store).get_data(name, "quarantine")
     assert len(kept["y"]) == 5 and set(kept["y"].tolist()) <= {2, 3}
+
+
+def test_the_main_job_runs_the_loop_end_to_end(tmp_path, capsys):
+    """`make run`'s demo on a small export: the flipped batch is refused, every clean one promoted."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "examples" / "loop_demo.py"
+    spec = importlib.util.spec_from_file_location("loop_demo", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    argv = sys.argv
+    sys.argv = ["loop_demo", "--out", str(tmp_path / "loop"), "--per-class", "60"]  # 9 s: the main job, small
+    try:
+        demo.main()
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert "retain update 02-flipped: not learned, refused:" in out
+    assert out.count(" promoted (") == 4 and (tmp_path / "loop" / "report.md").is_file()
+    assert [v["promoted"] for v in Project(tmp_path / "loop" / "store").versions()] == [False] * 4 + [True]

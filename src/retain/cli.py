@@ -182,6 +182,17 @@ def _loop(args: argparse.Namespace) -> int:
             rows = Project(args.store).versions()
             print(as_json(rows) if args.json else _versions_table(rows))
             return 0
+        elif args.command == "diff":
+            rows = Project(args.store).diff(args.a, args.b)
+            if args.json:
+                print(as_json(rows))
+            else:
+                print(f"| held-out rows | version {args.a} % | version {args.b} % | change (points) |\n"
+                      "| --- | --- | --- | --- |")
+                for key, r in rows.items():
+                    print(f"| {key} | {100 * r[str(args.a)]:.1f} | {100 * r[str(args.b)]:.1f} "
+                          f"| {100 * r['change']:+.1f} |")
+            return 0
         elif args.command == "rollback":
             version = Project(args.store).rollback(args.version)
             print(as_json({"promoted": version}) if args.json else f"version {version} is promoted")
@@ -290,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     rollback.add_argument("version", type=int, nargs="?")
     rollback.add_argument("--json", action="store_true")
     rollback.set_defaults(func=_loop)
+    diff = sub.add_parser("diff", help="accuracy change between two versions, per batch and per class")
+    diff.add_argument("store")
+    diff.add_argument("a", type=int)
+    diff.add_argument("b", type=int)
+    diff.add_argument("--json", action="store_true")
+    diff.set_defaults(func=_loop)
     predict = sub.add_parser("predict", help="label names the promoted version predicts for a file or folder")
     predict.add_argument("store")
     predict.add_argument("data")

@@ -281,9 +281,9 @@ def _needs_problem(strategy: Strategy, model: ModelConfig) -> str | None:
         if need == "lora_text" and (model.adaptation != "lora" or model.backbone is None
                                     or PRETRAINED[model.backbone].modality != "text"):
             return f"{strategy.name} needs model.backbone minilm (or tiny_text) with model.adaptation: lora"
-        if need == "fixed_features" and (model.adaptation != "frozen" or model.hidden or model.head != "fixed"):
+        if need == "fixed_features" and (model.adaptation != "frozen" or model.hidden or model.head == "per_task"):
             return (f"{strategy.name} needs fixed features and a linear head: model.adaptation: frozen, "
-                    "hidden: [], head: fixed")
+                    "hidden: [], head: fixed or growing")
         if need == "mlp" and (model.name != "mlp" or model.adaptation != "frozen"):
             return f"{strategy.name} builds MLP columns: it needs model.name: mlp on raw inputs or frozen features"
     return None

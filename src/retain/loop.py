@@ -185,6 +185,19 @@ class Project:
                  "reason": v.reason, "accuracy": v.metrics.get("accuracy", {}),
                  "data": [b.source for b in v.batches if b.role == "train"]} for v in self.store.versions()]
 
+    def diff(self, a: int, b: int) -> dict[str, dict[str, float]]:
+        """How version ``b`` differs from ``a`` on every batch's held-out rows: accuracy per batch
+        and per class, and the change (``b`` minus ``a``)."""
+        learners = {v: self.store.load(v, device="cpu") for v in (a, b)}
+        by_batch = {v: self._accuracy(learner) for v, learner in learners.items()}
+        by_class = {v: self._per_class(learner) for v, learner in learners.items()}
+        out = {}
+        for kind, table in (("batch", by_batch), ("class", by_class)):
+            for key in table[a]:
+                out[f"{kind} {key}"] = {str(a): table[a][key], str(b): table[b][key],
+                                        "change": table[b][key] - table[a][key]}
+        return out
+
     def rollback(self, version: int | None = None) -> int:
         return self.store.rollback(version)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import NonNegativeFloat
 
+from retain.models import IncrementalHead, LinearHead
 from retain.strategies.base import Strategy, params
 
 
@@ -37,8 +38,8 @@ class SLDA(Strategy):
         self.scatter_: torch.Tensor | None = None  # (d, d), around each sample's class mean
 
     def before_experience(self, learner, ctx) -> None:
-        if not hasattr(learner.model.head, "fc"):
-            raise ValueError(f"slda writes a linear head (head: fixed); this model's head is "
+        if not isinstance(learner.model.head, LinearHead | IncrementalHead):
+            raise ValueError(f"slda writes a linear head (head: fixed or growing); this model's head is "
                              f"{type(learner.model.head).__name__}")
         if any(p.requires_grad for p in learner.model.backbone.parameters()):
             raise ValueError("slda needs fixed features, but this backbone trains: use a frozen backbone and "
@@ -53,6 +54,10 @@ class SLDA(Strategy):
             self.sums_ = torch.zeros(n_classes, d, dtype=torch.float64)
             self.counts_ = torch.zeros(n_classes, dtype=torch.float64)
             self.scatter_ = torch.zeros(d, d, dtype=torch.float64)
+        elif len(self.counts_) < n_classes:  # a growing head has gained classes since
+            grow = n_classes - len(self.counts_)
+            self.sums_ = torch.cat([self.sums_, self.sums_.new_zeros(grow, d)])
+            self.counts_ = torch.cat([self.counts_, self.counts_.new_zeros(grow)])
         y = exp.y_train.cpu()
         for c in y.unique().tolist():
             fc = f[y == c]
@@ -74,12 +79,16 @@ class SLDA(Strategy):
         cov = self.scatter_ / max(n - 1.0, 1.0)
         w = _solve_spd(cov + self.shrinkage * torch.eye(len(cov), dtype=cov.dtype), means.T).T  # P mu_c
         b = -0.5 * (w * means).sum(1)
-        fc = head.fc
+        weight = torch.zeros(len(seen), w.shape[1], dtype=w.dtype)
+        bias = torch.full((len(seen),), -1e9, dtype=w.dtype)  # classes never seen are never predicted
+        weight[seen], bias[seen] = w, b
+        layers = [head.fc] if isinstance(head, LinearHead) else list(head.blocks)  # a growing head's blocks
         with torch.no_grad():
-            fc.weight.zero_()
-            fc.bias.fill_(-1e9)  # classes never seen are never predicted
-            fc.weight[seen] = w.to(fc.weight)
-            fc.bias[seen] = b.to(fc.bias)
+            start = 0
+            for fc in layers:
+                fc.weight.copy_(weight[start:start + fc.out_features])
+                fc.bias.copy_(bias[start:start + fc.out_features])
+                start += fc.out_features
 
     def state_dict(self):
         if self.sums_ is None:
