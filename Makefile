@@ -13,7 +13,7 @@ run: $(VENV)/.installed data
 	$(PY) examples/loop_demo.py --out runs/loop
 
 test: $(VENV)/.installed data
-	$(PY) -m ruff check src tests benchmarks conftest.py
+	$(PY) -m ruff check src tests benchmarks examples conftest.py
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed data
