@@ -77,7 +77,7 @@ def test_a_bad_batch_is_refused_before_anything_changes(tmp_path, batches, capsy
     bad.write_text("\n".join([lines[0], lines[1], lines[2].replace(",", ",x", 1)]) + "\n")
     assert main(["update", str(store), "--data", str(bad)]) == 2
     assert "bad.csv: row 3: field 'f01'" in capsys.readouterr().err
-    assert [v["version"] for v in Project(store).versions()] == [1] and ModelStore(store).data_names() == [
+    assert [v["version"] for v in Project(store).versions()] == [1] and ModelStore(store).held_out_names() == [
         "batch-0000"]
 
 
@@ -144,3 +144,41 @@ def test_the_main_job_runs_the_loop_end_to_end(tmp_path, capsys):
     assert "retain update 02-flipped: not learned, refused:" in out
     assert out.count(" promoted (") == 4 and (tmp_path / "loop" / "report.md").is_file()
     assert [v["promoted"] for v in Project(tmp_path / "loop" / "store").versions()] == [False] * 4 + [True]
+
+
+def _update_and_die(store, data, point):
+    import os
+    import signal
+
+    from retain import Learner
+    from retain.store.store import ModelStore as Store
+
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    setattr(Learner if point == "save" else Store, point, die)
+    Project(store).update(data)
+    os._exit(0)
+
+
+@pytest.mark.parametrize("point", ["put_data", "add_version", "save"])
+def test_an_update_killed_at_any_step_loses_nothing_and_can_be_run_again(tmp_path, batches, point):
+    import multiprocessing
+    import signal
+
+    store = tmp_path / "store"
+    assert main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",
+                 str(store)]) == 0
+    x = ModelStore(store).get_data("batch-0000")["x"]
+    before = ModelStore(store).load(device="cpu").predict_logits(x)
+    child = multiprocessing.get_context("fork").Process(target=_update_and_die,
+                                                         args=(store, batches / "01" / "train.csv", point))
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    again = Project(store)
+    assert again.store.promoted() == 1 and torch.equal(again.store.load(device="cpu").predict_logits(x), before)
+    assert again.store.held_out_names() == ["batch-0000"]  # the killed update's held-out rows are not read
+    result = again.update(batches / "01" / "train.csv")  # run again: the same rows are not taken as duplicates
+    assert result.promoted and result.gate == "accepted: clean"
+    assert again.store.held_out_names() == ["batch-0000", "batch-0001"]

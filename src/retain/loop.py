@@ -104,11 +104,12 @@ class Project:
                                 {"x": x[bad], "y": y[bad], "t": t[bad]}, kind="quarantine")
             x, y, t = x[keep], y[keep], t[keep]
         self.store.log("gate", f"{data}: {report.reason}")
-        k = len(self.store.data_names())
+        k = len(self.store.held_out_names())
         name = f"batch-{k:04d}"
         train, held = split_held_out(y, self.held_out_fraction, int(self.store.config["seed"]) + k)
         self.store.set_labels(labels.names)
         self.store.put_data(name, {"x": x[held], "y": y[held], "t": t[held]})
+        current_held = {name: (x[held], y[held], t[held])}
         exp = Experience(x[train], y[train], x[held], y[held], id=k, t_train=t[train], t_test=t[held])
         if first:
             stream = Stream([exp], n_classes=len(labels.names), class_names=labels.names)
@@ -117,7 +118,7 @@ class Project:
             learner = current
         learner.class_names_ = list(labels.names)
         learner.fit(exp)
-        candidate = self._accuracy(learner)
+        candidate = self._accuracy(learner, current_held)
         batches = [Batch.of(x[train], y[train], source=str(data)), Batch.of(x[held], y[held], source=name,
                                                                             role="held_out")]
         if first:
@@ -125,20 +126,20 @@ class Project:
         else:
             parent = self.store.promoted()
             promoted = self._accuracy(self.store.load(device="cpu"))
-            decision = self.config.promotion.decide(candidate, {b: a for b, a in promoted.items() if b != name},
-                                                    name, self._per_class(learner))
+            decision = self.config.promotion.decide(candidate, promoted, name,
+                                                    self._per_class(learner, current_held))
             reason, promote = decision.reason, decision.promote
-        version = self.store.add_version(learner, parent=parent, metrics={"accuracy": candidate},
-                                         batches=batches, decision="promoted" if promote else "kept", reason=reason)
-        if promote:
-            self.store.promote(version, reason=reason)
+        # One transaction records the version, its batches (its held-out rows are read from then on)
+        # and, if the rule says so, its promotion: killed before it, the update left nothing behind.
+        version = self.store.add_version(learner, parent=parent, metrics={"accuracy": candidate}, batches=batches,
+                                         decision="promoted" if promote else "kept", reason=reason, promote=promote)
         return UpdateResult(version, promote, reason, candidate, new_names, report.reason)
 
     def _gate(self, x: Tensor, y: Tensor, current: Learner | None) -> GateReport:
         """The gate's look at a batch: duplicates of itself, of the held-out rows and of the
         memory; label errors judged on the promoted model's features (raw inputs at first)."""
         known: set[str] = set()
-        for name in self.store.data_names():
+        for name in self.store.held_out_names():
             known |= set(row_hashes(self.store.get_data(name)["x"]))
         if current is not None:
             for memory in current.memories():
@@ -154,16 +155,17 @@ class Project:
             raise StoreError(f"{self.store.path}: no version is promoted to update")
         return self._learn(Path(data))
 
-    def _held_out(self) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
-        """Every batch's held-out rows, the batch being learned included."""
-        return {n: tuple(self.store.get_data(n)[k] for k in ("x", "y", "t")) for n in self.store.data_names()}
+    def _held_out(self, current: dict | None = None) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+        """Every recorded batch's held-out rows, and ``current`` (the batch being learned)."""
+        kept = {n: tuple(self.store.get_data(n)[k] for k in ("x", "y", "t")) for n in self.store.held_out_names()}
+        return kept | (current or {})
 
-    def _accuracy(self, learner: Learner) -> dict[str, float]:
+    def _accuracy(self, learner: Learner, current: dict | None = None) -> dict[str, float]:
         return {name: float((learner.predict(x, t) == y).float().mean())
-                for name, (x, y, t) in self._held_out().items()}
+                for name, (x, y, t) in self._held_out(current).items()}
 
-    def _per_class(self, learner: Learner) -> dict[str, float]:
-        parts = list(self._held_out().values())
+    def _per_class(self, learner: Learner, current: dict | None = None) -> dict[str, float]:
+        parts = list(self._held_out(current).values())
         x, y, t = (torch.cat([p[i] for p in parts]) for i in range(3))
         hits = learner.predict(x, t) == y
         names = self.store.labels()

@@ -150,8 +150,9 @@ class ModelStore:
         return self.path / "versions" / str(version)
 
     def add_version(self, learner: Learner, *, parent: int | None = None, metrics: dict[str, Any] | None = None,
-                    batches: list[Batch] = (), decision: str = "", reason: str = "") -> int:
-        """Save ``learner`` as a new version (not promoted) and record what it was made from."""
+                    batches: list[Batch] = (), decision: str = "", reason: str = "", promote: bool = False) -> int:
+        """Save ``learner`` as a new version and record what it was made from; with ``promote``
+        it becomes the promoted one in the same transaction that records it."""
         with self._transaction() as db:
             if parent is not None and not self._ready(db, parent):
                 raise StoreError(f"parent version {parent} is not a ready version of this store")
@@ -168,6 +169,10 @@ class ModelStore:
                            [(version, b.sha256, b.rows, b.source, b.role) for b in batches])
             db.execute("INSERT INTO events (at, version, kind, detail) VALUES (?, ?, 'version', ?)",
                        (time.time(), version, decision or "saved"))
+            if promote:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'promoted'", (str(version),))
+                db.execute("INSERT INTO events (at, version, kind, detail) VALUES (?, ?, 'promote', ?)",
+                           (time.time(), version, reason or "promoted"))
         return version
 
     @staticmethod
@@ -248,13 +253,21 @@ class ModelStore:
 
     def put_data(self, name: str, tensors: dict[str, Any], kind: str = "data") -> None:
         """Keep tensors under ``name``, written whole or not at all: a batch's held-out rows
-        (``data``), or rows the gate set aside for review (``quarantine``, never deleted)."""
+        (``data``: read only once a ready version records the batch), or rows the gate set aside
+        for review (``quarantine``, never deleted)."""
         from safetensors.torch import save
 
         folder = self.path / kind
         folder.mkdir(exist_ok=True)
         durable_write(folder / f"{name}.tmp", save({k: v.contiguous() for k, v in tensors.items()}))
         os.replace(folder / f"{name}.tmp", folder / f"{name}.safetensors")
+
+    def held_out_names(self) -> list[str]:
+        """The held-out batches ready versions record, in order (what every later version is judged on)."""
+        with self._db() as db:
+            rows = db.execute("SELECT DISTINCT b.source FROM batches b JOIN versions v ON v.id = b.version "
+                              "WHERE b.role = 'held_out' AND v.status = 'ready' ORDER BY b.source").fetchall()
+        return [r[0] for r in rows]
 
     def data_names(self, kind: str = "data") -> list[str]:
         """The names of the tensors kept with :meth:`put_data`, sorted."""
