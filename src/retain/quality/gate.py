@@ -26,7 +26,8 @@ class GatePolicy:
     """What the gate does with a batch (a config's ``gate:`` section)."""
 
     policy: Literal["refuse", "quarantine", "warn"] = Field("quarantine", description="with flagged rows")
-    max_flagged: float = Field(0.15, ge=0.0, le=1.0, description="refuse (any policy) above this share flagged")
+    max_flagged: float = Field(0.15, ge=0.0, le=1.0, description="refuse (any policy) above this share of "
+                               "likely label errors; duplicates are only dropped")
     duplicates: bool = Field(True, description="flag exact duplicates")
     label_issues: bool = Field(True, description="flag likely label errors (cleanlab)")
     min_class_share: float = Field(0.0, ge=0.0, le=1.0, description="warn of classes below this share")
@@ -93,9 +94,9 @@ def inspect(x: Tensor, y: Tensor, features: Tensor, policy: GatePolicy, known: s
         report.label_issues = likely_label_errors(features, y, seed)
     counts = torch.bincount(y)
     report.rare_classes = [c for c in y.unique().tolist() if counts[c] < policy.min_class_share * len(y)]
-    share = len(report.flagged) / max(len(y), 1)
-    found = (f"{len(report.label_issues)} likely label errors, {len(report.duplicates)} duplicates "
-             f"({100 * share:.1f}% of {len(y)} rows)")
+    share = len(report.label_issues) / max(len(y), 1)  # wrong labels say a batch is corrupted; repeats do not
+    found = (f"{len(report.label_issues)} likely label errors ({100 * share:.1f}% of {len(y)} rows), "
+             f"{len(report.duplicates)} duplicates")
     if share > policy.max_flagged or (report.flagged and policy.policy == "refuse"):
         report.decision, report.reason = "refuse", f"refused: {found}, more than {100 * policy.max_flagged:.0f}% " \
             "allowed" if share > policy.max_flagged else f"refused: {found}"

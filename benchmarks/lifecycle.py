@@ -1,0 +1,186 @@
+"""The loop on a model store with real exported data, with and without the gate, against retraining.
+
+For each stream (Fashion-MNIST as PNG folders with frozen EfficientNet-Lite0 features; the fortunes'
+languages as a CSV of texts with frozen MiniLM features; SLDA on both): version 1 from batch 00, then
+five arrivals: 01, a copy of 02 with 30% of its labels flipped, 02, 03 with 20% of its rows repeated,
+and 04. Measured: each update's decision, the gate's precision and recall on the flipped rows, the
+final promoted version's accuracy on all held-out rows against SLDA retrained on every clean batch at
+once, the worst drop of an earlier batch, update time besides encoding, and the same run without the
+gate (policy warn, nothing refused) to show what the flipped batch costs.
+
+    python benchmarks/lifecycle.py --out benchmarks/results/lifecycle.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from retain.build import build_learner, model_inputs
+from retain.config import load_config
+from retain.data import Experience, Stream
+from retain.data.export import export
+from retain.data.files import LabelMap, load
+from retain.loop import Project
+
+ROOT = Path(__file__).resolve().parent.parent
+STREAMS = {
+    "vision": ("fashion_mnist", "images", ROOT / "examples" / "loop_fashion.yaml", {"max_train_per_class": 300,
+                                                                                   "max_test_per_class": 100}),
+    "text": ("fortunes_language", "csv", None, {}),
+}
+TEXT_CONFIG = {"name": "loop-text", "scenario": {"dataset": "fortunes_language"},
+               "model": {"backbone": "minilm", "adaptation": "frozen", "hidden": []}, "strategies": ["slda"],
+               "promotion": {"max_drop": 0.15}}
+
+
+def corrupt(data: Path, fmt: str, work: Path) -> tuple[Path, Path, set[int]]:
+    """A copy of batch 02 with 30% of its labels flipped (and which rows), and batch 03 with 20% of
+    its rows repeated."""
+    flipped, doubled = work / "02-flipped", work / "03-doubled"
+    if fmt == "images":
+        shutil.copytree(data / "02" / "train", flipped)
+        classes = sorted(d.name for d in flipped.iterdir())
+        for i, image in enumerate(sorted(flipped.glob("*/*.png"), key=lambda p: p.name)):
+            if i % 10 < 3:
+                image.rename(flipped / classes[(classes.index(image.parent.name) + 1) % len(classes)] / image.name)
+        shutil.copytree(data / "03" / "train", doubled)
+        for i, image in enumerate(sorted(doubled.glob("*/*.png"))):
+            if i % 5 == 0:
+                shutil.copy(image, image.with_name(f"copy-{image.name}"))
+        flipped_rows = set()  # found below by comparing labels
+    else:
+        lines = (data / "02" / "train.csv").read_text().splitlines()
+        import csv
+        import io
+
+        rows = list(csv.reader(io.StringIO("\n".join(lines))))
+        labels = sorted({r[-1] for r in rows[1:]})
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(rows[0])
+        flipped_rows = set()
+        for i, row in enumerate(rows[1:]):
+            if i % 10 < 3:
+                row = row[:-1] + [labels[(labels.index(row[-1]) + 1) % len(labels)]]
+                flipped_rows.add(i)
+            writer.writerow(row)
+        flipped = flipped.with_suffix(".csv")
+        flipped.write_text(out.getvalue())
+        lines = (data / "03" / "train.csv").read_text().splitlines()
+        doubled = doubled.with_suffix(".csv")
+        doubled.write_text("\n".join(lines + lines[1::5]) + "\n")
+    return flipped, doubled, flipped_rows
+
+
+def run(name: str, work: Path) -> dict:
+    dataset, fmt, config_path, options = STREAMS[name]
+    data = export(dataset, work / "data", fmt, **options)
+    cfg = load_config(config_path) if config_path else None
+    if cfg is None:
+        from retain.config import RunConfig
+
+        cfg = RunConfig.model_validate(TEXT_CONFIG)
+    split = (lambda b: data / b / "train") if fmt == "images" else (lambda b: data / b / "train.csv")
+    flipped, doubled, flipped_rows = corrupt(data, fmt, work)
+    arrivals = [("01", split("01")), ("02 flipped 30%", flipped), ("02", split("02")),
+                ("03 + 20% duplicates", doubled), ("04", split("04"))]
+    out: dict = {"stream": name, "updates": []}
+    projects = {}
+    for gate in ("on", "off"):
+        config = cfg if gate == "on" else cfg.model_copy(update={"gate": cfg.gate.__class__(
+            policy="warn", max_flagged=1.0)})
+        project, _ = Project.init(config, split("00"), work / f"store-{gate}")
+        for label, path in arrivals:
+            if gate == "on" and label.startswith("02 flipped"):
+                out |= gate_scores(project, path, flipped_rows, fmt, split("02"))
+            start = time.perf_counter()
+            labels = LabelMap(project.store.labels())
+            raw = load(path, labels, **config.scenario.files.options()).x
+            encode_start = time.perf_counter()
+            model_inputs(config, raw)
+            encode = time.perf_counter() - encode_start
+            result = project.update(path)
+            seconds = time.perf_counter() - start
+            row = {"gate": gate, "batch": label, "version": result.version, "promoted": result.promoted,
+                   "reason": result.reason, "gate_report": result.gate, "seconds": seconds,
+                   "encode_seconds": encode, "rows": len(raw)}
+            out["updates"].append(row)
+            print(json.dumps(row), flush=True)
+        projects[gate] = project
+        accs = [v["accuracy"] for v in project.versions()]
+        out[f"promoted_gate_{gate}"] = [v["version"] for v in project.versions() if v["decision"] == "promoted"]
+        out[f"worst_drop_gate_{gate}"] = max(
+            (first[b] - last[b] for first in accs for last in accs[-1:] for b in first if b in last), default=0.0)
+    held = projects["on"]._held_out()  # every clean batch's held-out rows, as the gated store kept them
+    x, y = torch.cat([v[0] for v in held.values()]), torch.cat([v[1] for v in held.values()])
+    for gate, project in projects.items():
+        final = project.store.load(device="cpu")
+        out[f"final_acc_gate_{gate}"] = float((final.predict(x) == y).float().mean())
+    out["retrain_acc"] = retrain(cfg, data, fmt, projects["on"], x, y)
+    return out
+
+
+def gate_scores(project: Project, path: Path, flipped_rows: set[int], fmt: str, clean: Path) -> dict:
+    """The gate's precision and recall on the flipped rows of the corrupted batch."""
+    labels = LabelMap(project.store.labels())
+    truth = load(clean, labels, **project.config.scenario.files.options()) if fmt == "images" else None
+    rows = load(path, labels, **project.config.scenario.files.options())
+    if fmt == "images":  # the flipped images: their label differs from the clean batch's
+        order = {p.name: i for i, p in enumerate(sorted(Path(clean).glob("*/*.png"), key=lambda p: p.name))}
+        names = sorted(Path(path).glob("*/*.png"), key=lambda p: p.name)
+        flipped_rows = {i for i, p in enumerate(names) if truth.y[order[p.name]] != rows.y[i]} if order else set()
+    x = model_inputs(project.config, rows.x)
+    report = project._gate(x, rows.y, project.store.load(device="cpu"))
+    found = set(report.label_issues)
+    hit = len(found & flipped_rows)
+    return {"gate_precision": hit / max(len(found), 1), "gate_recall": hit / max(len(flipped_rows), 1),
+            "flipped_rows": len(flipped_rows), "gate_decision": report.decision}
+
+
+def retrain(cfg, data: Path, fmt: str, project: Project, held_x: torch.Tensor, held_y: torch.Tensor) -> float:
+    """SLDA fitted once on every clean batch's rows but the held-out ones, scored on those."""
+    from retain.quality.gate import row_hashes
+
+    labels = LabelMap(project.store.labels())
+    held = set(row_hashes(held_x))
+    xs, ys = [], []
+    for b in ("00", "01", "02", "03", "04"):
+        rows = load(data / b / ("train" if fmt == "images" else "train.csv"), labels,
+                    **cfg.scenario.files.options())
+        x = model_inputs(cfg, rows.x)
+        keep = torch.tensor([h not in held for h in row_hashes(x)])
+        xs.append(x[keep])
+        ys.append(rows.y[keep])
+    x, y = torch.cat(xs), torch.cat(ys)
+    exp = Experience(x, y, x[:0], y[:0], id=0)
+    learner = build_learner(Stream([exp], n_classes=len(labels.names), class_names=labels.names), cfg,
+                            cfg.strategies[0], 0)
+    learner.fit(exp)
+    return float((learner.predict(held_x) == held_y).float().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--streams", nargs="+", choices=list(STREAMS), default=list(STREAMS))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    rows = []
+    for name in args.streams:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(run(name, Path(tmp)))
+        summary = {k: v for k, v in rows[-1].items() if k != "updates"}
+        print(json.dumps(summary), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
