@@ -182,3 +182,19 @@ def test_an_update_killed_at_any_step_loses_nothing_and_can_be_run_again(tmp_pat
     result = again.update(batches / "01" / "train.csv")  # run again: the same rows are not taken as duplicates
     assert result.promoted and result.gate == "accepted: clean"
     assert again.store.held_out_names() == ["batch-0000", "batch-0001"]
+
+
+def test_the_gate_finds_near_duplicates_and_outliers_but_not_new_classes(split_digits):
+    from retain.quality.gate import GatePolicy, inspect
+
+    known, new = split_digits[0].x_train.flatten(1), split_digits[1].x_train.flatten(1)  # new: two new classes
+    g = torch.Generator().manual_seed(0)
+    near = new[:5] + 1e-4 * torch.rand(5, 64, generator=g)  # copies a scanner would make
+    noise = 4 * torch.rand(3, 64, generator=g)  # not digits at all
+    x = torch.cat([new, near, noise])
+    y = torch.cat([split_digits[1].y_train, split_digits[1].y_train[:5], torch.tensor([2, 3, 2])])
+    report = inspect(x, y, x, GatePolicy(label_issues=False), known_features=known)
+    n = len(new)
+    assert report.duplicates == list(range(n, n + 5))
+    assert report.outliers == [n + 5, n + 6, n + 7]  # the new classes' rows are near each other: kept
+    assert report.decision == "quarantine" and "5 duplicates, 3 outliers" in report.reason

@@ -138,15 +138,14 @@ class Project:
     def _gate(self, x: Tensor, y: Tensor, current: Learner | None) -> GateReport:
         """The gate's look at a batch: duplicates of itself, of the held-out rows and of the
         memory; label errors judged on the promoted model's features (raw inputs at first)."""
-        known: set[str] = set()
-        for name in self.store.held_out_names():
-            known |= set(row_hashes(self.store.get_data(name)["x"]))
+        rows = [self.store.get_data(name)["x"] for name in self.store.held_out_names()]
         if current is not None:
-            for memory in current.memories():
-                if memory.x.shape[1:] == x.shape[1:]:
-                    known |= set(row_hashes(memory.x))
-        features = current.features(x) if current is not None else x
-        return inspect(x, y, features, self.config.gate, known, seed=int(self.store.config["seed"]))
+            rows += [m.x for m in current.memories() if m.x.shape[1:] == x.shape[1:]]
+        known = {h for part in rows for h in row_hashes(part)}
+        featurize = current.features if current is not None else (lambda v: v)
+        known_features = featurize(torch.cat(rows)) if rows else None
+        return inspect(x, y, featurize(x), self.config.gate, known, seed=int(self.store.config["seed"]),
+                       known_features=known_features)
 
     def update(self, data: str | Path) -> UpdateResult:
         """Check ``data``, train a candidate from the promoted version, judge it on every batch's
