@@ -1,7 +1,8 @@
 """The loop on a model store with real exported data, with and without the gate, against retraining.
 
-For each stream (Fashion-MNIST as PNG folders with frozen EfficientNet-Lite0 features; the fortunes'
-languages as a CSV of texts with frozen MiniLM features; SLDA on both): version 1 from batch 00, then
+For each stream (Fashion-MNIST as PNG folders with frozen EfficientNet-Lite0 features and the fortunes'
+languages as a CSV of texts with frozen MiniLM features, SLDA on both; synthesised keywords as WAV
+folders, log-mel features, a CNN with DER++): version 1 from batch 00, then
 five arrivals: 01, a copy of 02 with 30% of its labels flipped, 02, 03 with 20% of its rows repeated,
 and 04. Measured: each update's decision, the gate's precision and recall on the flipped rows, the
 final promoted version's accuracy on all held-out rows against SLDA retrained on every clean batch at
@@ -34,7 +35,12 @@ STREAMS = {
     "vision": ("fashion_mnist", "images", ROOT / "examples" / "loop_fashion.yaml", {"max_train_per_class": 300,
                                                                                    "max_test_per_class": 100}),
     "text": ("fortunes_language", "csv", None, {}),
+    "audio": ("keywords", "wav", None, {}),
 }
+AUDIO_CONFIG = {"name": "loop-audio", "scenario": {"dataset": "keywords"},
+                "model": {"backbone": "logmel", "name": "audio_cnn"}, "training": {"epochs": 8, "lr": 0.05},
+                "strategies": [{"name": "derpp", "memory_size": 800, "ratio": 2.0, "alpha": 0.5}],
+                "promotion": {"max_drop": 0.15}}
 TEXT_CONFIG = {"name": "loop-text", "scenario": {"dataset": "fortunes_language"},
                "model": {"backbone": "minilm", "adaptation": "frozen", "hidden": []}, "strategies": ["slda"],
                "promotion": {"max_drop": 0.15}}
@@ -44,16 +50,17 @@ def corrupt(data: Path, fmt: str, work: Path) -> tuple[Path, Path, set[int]]:
     """A copy of batch 02 with 30% of its labels flipped (and which rows), and batch 03 with 20% of
     its rows repeated."""
     flipped, doubled = work / "02-flipped", work / "03-doubled"
-    if fmt == "images":
+    if fmt in ("images", "wav"):
+        suffix = "png" if fmt == "images" else "wav"
         shutil.copytree(data / "02" / "train", flipped)
         classes = sorted(d.name for d in flipped.iterdir())
-        for i, image in enumerate(sorted(flipped.glob("*/*.png"), key=lambda p: p.name)):
+        for i, item in enumerate(sorted(flipped.glob(f"*/*.{suffix}"), key=lambda p: p.name)):
             if i % 10 < 3:
-                image.rename(flipped / classes[(classes.index(image.parent.name) + 1) % len(classes)] / image.name)
+                item.rename(flipped / classes[(classes.index(item.parent.name) + 1) % len(classes)] / item.name)
         shutil.copytree(data / "03" / "train", doubled)
-        for i, image in enumerate(sorted(doubled.glob("*/*.png"))):
+        for i, item in enumerate(sorted(doubled.glob(f"*/*.{suffix}"))):
             if i % 5 == 0:
-                shutil.copy(image, image.with_name(f"copy-{image.name}"))
+                shutil.copy(item, item.with_name(f"copy-{item.name}"))
         flipped_rows = set()  # found below by comparing labels
     else:
         lines = (data / "02" / "train.csv").read_text().splitlines()
@@ -86,8 +93,9 @@ def run(name: str, work: Path) -> dict:
     if cfg is None:
         from retain.config import RunConfig
 
-        cfg = RunConfig.model_validate(TEXT_CONFIG)
-    split = (lambda b: data / b / "train") if fmt == "images" else (lambda b: data / b / "train.csv")
+        cfg = RunConfig.model_validate(AUDIO_CONFIG if name == "audio" else TEXT_CONFIG)
+    folders = fmt in ("images", "wav")
+    split = (lambda b: data / b / "train") if folders else (lambda b: data / b / "train.csv")
     flipped, doubled, flipped_rows = corrupt(data, fmt, work)
     arrivals = [("01", split("01")), ("02 flipped 30%", flipped), ("02", split("02")),
                 ("03 + 20% duplicates", doubled), ("04", split("04"))]
@@ -99,7 +107,7 @@ def run(name: str, work: Path) -> dict:
         project, _ = Project.init(config, split("00"), work / f"store-{gate}")
         for label, path in arrivals:
             if gate == "on" and label.startswith("02 flipped"):
-                out |= gate_scores(project, path, flipped_rows, fmt, split("02"))
+                out |= gate_scores(project, path, flipped_rows, folders, split("02"))
             start = time.perf_counter()
             labels = LabelMap(project.store.labels())
             raw = load(path, labels, **config.scenario.files.options()).x
@@ -123,18 +131,18 @@ def run(name: str, work: Path) -> dict:
     for gate, project in projects.items():
         final = project.store.load(device="cpu")
         out[f"final_acc_gate_{gate}"] = float((final.predict(x) == y).float().mean())
-    out["retrain_acc"] = retrain(cfg, data, fmt, projects["on"], x, y)
+    out["retrain_acc"] = retrain(cfg, data, folders, projects["on"], x, y)
     return out
 
 
-def gate_scores(project: Project, path: Path, flipped_rows: set[int], fmt: str, clean: Path) -> dict:
+def gate_scores(project: Project, path: Path, flipped_rows: set[int], folders: bool, clean: Path) -> dict:
     """The gate's precision and recall on the flipped rows of the corrupted batch."""
     labels = LabelMap(project.store.labels())
-    truth = load(clean, labels, **project.config.scenario.files.options()) if fmt == "images" else None
+    truth = load(clean, labels, **project.config.scenario.files.options()) if folders else None
     rows = load(path, labels, **project.config.scenario.files.options())
-    if fmt == "images":  # the flipped images: their label differs from the clean batch's
-        order = {p.name: i for i, p in enumerate(sorted(Path(clean).glob("*/*.png"), key=lambda p: p.name))}
-        names = sorted(Path(path).glob("*/*.png"), key=lambda p: p.name)
+    if folders:  # the flipped files: their label differs from the clean batch's
+        order = {p.name: i for i, p in enumerate(sorted(Path(clean).glob("*/*.*"), key=lambda p: p.name))}
+        names = sorted(Path(path).glob("*/*.*"), key=lambda p: p.name)
         flipped_rows = {i for i, p in enumerate(names) if truth.y[order[p.name]] != rows.y[i]} if order else set()
     x = model_inputs(project.config, rows.x)
     report = project._gate(x, rows.y, project.store.load(device="cpu"))
@@ -144,15 +152,16 @@ def gate_scores(project: Project, path: Path, flipped_rows: set[int], fmt: str, 
             "flipped_rows": len(flipped_rows), "gate_decision": report.decision}
 
 
-def retrain(cfg, data: Path, fmt: str, project: Project, held_x: torch.Tensor, held_y: torch.Tensor) -> float:
-    """SLDA fitted once on every clean batch's rows but the held-out ones, scored on those."""
+def retrain(cfg, data: Path, folders: bool, project: Project, held_x: torch.Tensor, held_y: torch.Tensor) -> float:
+    """The config's method fitted once on every clean batch's rows but the held-out ones (for SLDA,
+    exactly LDA on them), scored on those."""
     from retain.quality.gate import row_hashes
 
     labels = LabelMap(project.store.labels())
     held = set(row_hashes(held_x))
     xs, ys = [], []
     for b in ("00", "01", "02", "03", "04"):
-        rows = load(data / b / ("train" if fmt == "images" else "train.csv"), labels,
+        rows = load(data / b / ("train" if folders else "train.csv"), labels,
                     **cfg.scenario.files.options())
         x = model_inputs(cfg, rows.x)
         keep = torch.tensor([h not in held for h in row_hashes(x)])
