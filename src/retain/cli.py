@@ -175,9 +175,10 @@ def _loop(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "init":
-            project, result = Project.init(_config(args), args.data, args.store, held_out=args.held_out)
+            project, result = Project.init(_config(args), args.data, args.store, held_out=args.held_out,
+                                           progress=not args.json)
         elif args.command == "update":
-            result = Project(args.store).update(args.data)
+            result = Project(args.store, progress=not args.json).update(args.data)
         elif args.command == "versions":
             rows = Project(args.store).versions()
             print(as_json(rows) if args.json else _versions_table(rows))

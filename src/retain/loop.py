@@ -62,14 +62,15 @@ def split_held_out(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tenso
 class Project:
     """A model store and the config that trains it (kept in the store)."""
 
-    def __init__(self, store: str | Path) -> None:
+    def __init__(self, store: str | Path, progress: bool = False) -> None:
         self.store = ModelStore(store)
+        self.progress = progress  # progress bars on the long steps (encoding new data with a backbone)
         self.config = RunConfig.model_validate(self.store.config["run"])
         self.held_out_fraction = float(self.store.config["held_out"])
 
     @classmethod
     def init(cls, config: RunConfig, data: str | Path, store: str | Path, *, held_out: float = 0.2,
-             seed: int = 0) -> tuple[Project, UpdateResult]:
+             seed: int = 0, progress: bool = False) -> tuple[Project, UpdateResult]:
         """A new store whose version 1 is trained on ``data`` (a held-out slice kept aside), promoted."""
         if not 0 < held_out < 1:
             raise ValueError(f"held_out must be a fraction between 0 and 1, got {held_out}")
@@ -77,7 +78,7 @@ class Project:
             config = config.model_copy(update={"model": config.model.model_copy(update={"head": "growing"})})
         ModelStore.create(store, config={"run": config.model_dump(mode="json"), "held_out": held_out,
                                          "seed": seed})
-        project = cls(store)
+        project = cls(store, progress)
         return project, project._learn(Path(data), first=True)
 
     def _read(self, data: Path) -> tuple[Tensor, Tensor, Tensor, LabelMap]:
@@ -86,7 +87,7 @@ class Project:
         report = check_batch(rows.x if rows.x.dtype.is_floating_point else torch.zeros(len(rows.y), 1), rows.y,
                              rows.t, where=str(data))
         report.raise_if_refused()
-        return model_inputs(self.config, rows.x), rows.y, rows.t, labels
+        return model_inputs(self.config, rows.x, self.progress), rows.y, rows.t, labels
 
     def _learn(self, data: Path, first: bool = False) -> UpdateResult:
         x, y, t, labels = self._read(data)
