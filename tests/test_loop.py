@@ -198,3 +198,12 @@ def test_the_gate_finds_near_duplicates_and_outliers_but_not_new_classes(split_d
     assert report.duplicates == list(range(n, n + 5))
     assert report.outliers == [n + 5, n + 6, n + 7]  # the new classes' rows are near each other: kept
     assert report.decision == "quarantine" and "5 duplicates, 3 outliers" in report.reason
+
+
+def test_an_init_whose_first_batch_is_refused_leaves_no_store(tmp_path, batches, capsys):
+    flipped, _ = _flipped(batches, tmp_path, 0.45)
+    store = tmp_path / "store"
+    cfg = _config(tmp_path)
+    assert main(["init", str(cfg), "--data", str(flipped), "--store", str(store)]) == 1
+    assert "the batch was not learned: refused" in capsys.readouterr().out and not store.exists()
+    assert main(["init", str(cfg), "--data", str(batches / "01" / "train.csv"), "--store", str(store)]) == 0

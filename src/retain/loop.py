@@ -9,6 +9,7 @@ so every later version is judged on every batch seen so far, with the promotion 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,14 @@ class Project:
         ModelStore.create(store, config={"run": config.model_dump(mode="json"), "held_out": held_out,
                                          "seed": seed})
         project = cls(store, progress)
-        return project, project._learn(Path(data), first=True)
+        try:
+            result = project._learn(Path(data), first=True)
+        except BaseException:
+            shutil.rmtree(store)  # nothing was made: the same init can be run again once the data is fixed
+            raise
+        if result.version is None:
+            shutil.rmtree(store)
+        return project, result
 
     def _read(self, data: Path) -> tuple[Tensor, Tensor, Tensor, LabelMap]:
         labels = LabelMap(self.store.labels())
