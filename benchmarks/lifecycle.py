@@ -122,15 +122,22 @@ def run(name: str, work: Path) -> dict:
             out["updates"].append(row)
             print(json.dumps(row), flush=True)
         projects[gate] = project
-        accs = [v["accuracy"] for v in project.versions()]
+        accs = [v["accuracy"] for v in project.versions() if v["decision"] == "promoted"]
         out[f"promoted_gate_{gate}"] = [v["version"] for v in project.versions() if v["decision"] == "promoted"]
         out[f"worst_drop_gate_{gate}"] = max(
             (first[b] - last[b] for first in accs for last in accs[-1:] for b in first if b in last), default=0.0)
     held = projects["on"]._held_out()  # every clean batch's held-out rows, as the gated store kept them
     x, y = torch.cat([v[0] for v in held.values()]), torch.cat([v[1] for v in held.values()])
+    from retain.quality.gate import row_hashes
+
+    hashes = row_hashes(x)
     for gate, project in projects.items():
+        trained = {bytes(h.tolist()).hex() for name in project.store.data_names() if name.endswith("-train")
+                   for h in project.store.get_data(name)["hash"]}
+        fair = torch.tensor([h not in trained for h in hashes])  # rows this store never trained on
         final = project.store.load(device="cpu")
-        out[f"final_acc_gate_{gate}"] = float((final.predict(x) == y).float().mean())
+        out[f"final_acc_gate_{gate}"] = float((final.predict(x[fair]) == y[fair]).float().mean())
+        out[f"scored_rows_gate_{gate}"] = int(fair.sum())
     out["retrain_acc"] = retrain(cfg, data, folders, projects["on"], x, y)
     return out
 

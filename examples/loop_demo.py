@@ -32,7 +32,7 @@ def flip_labels(source: Path, target: Path, share: float) -> None:
     classes = sorted(d.name for d in target.iterdir())
     images = sorted(target.glob("*/*.png"))
     for i, image in enumerate(images):
-        if i % round(1 / share) == 0:
+        if i % 10 < round(10 * share):
             other = classes[(classes.index(image.parent.name) + 1) % len(classes)]
             image.rename(target / other / image.name)
 
@@ -42,7 +42,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/loop"))
     parser.add_argument("--per-class", type=int, default=300, help="training images per class to export")
     args = parser.parse_args()
-    if args.out.exists():
+    if args.out.exists() and any(args.out.iterdir()):
+        if not (args.out / "store").is_dir():  # only a previous demo's folder is replaced
+            parser.error(f"{args.out} holds files that are not a previous demo run; choose another --out")
         shutil.rmtree(args.out)
     data = export("fashion_mnist", args.out / "data", "images", max_train_per_class=args.per_class,
                   max_test_per_class=args.per_class // 3)

@@ -207,3 +207,18 @@ def test_an_init_whose_first_batch_is_refused_leaves_no_store(tmp_path, batches,
     assert main(["init", str(cfg), "--data", str(flipped), "--store", str(store)]) == 1
     assert "the batch was not learned: refused" in capsys.readouterr().out and not store.exists()
     assert main(["init", str(cfg), "--data", str(batches / "01" / "train.csv"), "--store", str(store)]) == 0
+
+
+def test_a_batch_learned_before_is_not_learned_again_and_a_kept_batch_is_not_judged_later(tmp_path, batches):
+    store = tmp_path / "store"
+    assert main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",
+                 str(store)]) == 0
+    project = Project(store)
+    again = project.update(batches / "00" / "train.csv")  # its training rows and held-out rows are known
+    assert again.version is None and "every row was flagged or already learned" in again.reason
+    project.config.promotion.min_new_accuracy = 0.99  # the next candidate is kept, not promoted
+    kept = project.update(batches / "01" / "train.csv")
+    assert kept.version == 2 and not kept.promoted
+    project.config.promotion.min_new_accuracy = 0.0
+    later = project.update(batches / "02" / "train.csv")  # judged on batches 0 and 2, not on the kept 1
+    assert later.promoted and sorted(later.accuracy) == ["batch-0000", "batch-0002"]

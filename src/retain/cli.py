@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import re
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -202,7 +203,7 @@ def _loop(args: argparse.Namespace) -> int:
             labels = Project(args.store).predict(args.data)
             print(as_json(labels) if args.json else "\n".join(labels))
             return 0
-    except (*_user_errors(), StoreError, ValueError) as err:
+    except (*_user_errors(), StoreError, ValueError, OSError, sqlite3.Error) as err:
         print(f"retain: {err}", file=sys.stderr)
         return 2
     if args.json:

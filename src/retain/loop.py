@@ -39,6 +39,11 @@ class UpdateResult:
     gate: str = ""  # what the data-quality gate found and did
 
 
+def _hash_tensor(x: Tensor) -> Tensor:
+    """Row hashes (``row_hashes``) as a uint8 tensor of 32 bytes a row, to keep with a batch."""
+    return torch.tensor([list(bytes.fromhex(h)) for h in row_hashes(x)], dtype=torch.uint8).reshape(-1, 32)
+
+
 def split_held_out(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Row indices to train on and to hold out: ``fraction`` of each class held out (at least one
     row of a class with two or more), chosen with ``seed``.
@@ -77,16 +82,22 @@ class Project:
             raise ValueError(f"held_out must be a fraction between 0 and 1, got {held_out}")
         if "head" not in config.model.model_fields_set:  # new labels will come: the head grows with them
             config = config.model_copy(update={"model": config.model.model_copy(update={"head": "growing"})})
+        existed = Path(store).exists()
         ModelStore.create(store, config={"run": config.model_dump(mode="json"), "held_out": held_out,
                                          "seed": seed})
         project = cls(store, progress)
+
+        def undo() -> None:  # nothing was made: the same init can run again once the data is fixed
+            for entry in Path(store).iterdir() if existed else [Path(store)]:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
         try:
             result = project._learn(Path(data), first=True)
         except BaseException:
-            shutil.rmtree(store)  # nothing was made: the same init can be run again once the data is fixed
+            undo()
             raise
         if result.version is None:
-            shutil.rmtree(store)
+            undo()
         return project, result
 
     def _read(self, data: Path) -> tuple[Tensor, Tensor, Tensor, LabelMap]:
@@ -98,26 +109,47 @@ class Project:
         return model_inputs(self.config, rows.x, self.progress), rows.y, rows.t, labels
 
     def _learn(self, data: Path, first: bool = False) -> UpdateResult:
+        with self.store.writer():  # one update or rollback at a time
+            return self._learn_locked(data, first)
+
+    def _line(self) -> list[int]:
+        """The promoted version and its ancestors: the versions whose batches the served model learned."""
+        parents = {v.id: v.parent for v in self.store.versions()}
+        line, v = [], self.store.promoted()
+        while v is not None:
+            line.append(v)
+            v = parents.get(v)
+        return line
+
+    def _learn_locked(self, data: Path, first: bool) -> UpdateResult:
         x, y, t, labels = self._read(data)
-        current = None if first else self.store.load(device="cpu")
-        report = self._gate(x, y, current)
+        parent = None if first else self.store.promoted()
+        current = None if first else self.store.load(parent, device="cpu")
+        line = [] if first else self._line()
+        report = self._gate(x, y, current, line)
         new_names = labels.names[len(self.store.labels()):]  # names no earlier batch brought
         if report.decision == "refuse":
             self.store.log("gate", f"{data}: {report.reason}")
             return UpdateResult(None, False, report.reason, {}, new_names, report.reason)
+        quarantined = None
         if report.decision == "quarantine":
             bad = torch.tensor(report.flagged, dtype=torch.long)
             keep = torch.ones(len(y), dtype=torch.bool)
             keep[bad] = False
-            self.store.put_data(f"{Path(data).name}-{len(self.store.data_names('quarantine')):04d}",
-                                {"x": x[bad], "y": y[bad], "t": t[bad]}, kind="quarantine")
+            quarantined = {"x": x[bad], "y": y[bad], "t": t[bad]}
             x, y, t = x[keep], y[keep], t[keep]
-        self.store.log("gate", f"{data}: {report.reason}")
-        k = len(self.store.held_out_names())
+        if not len(y):
+            reason = f"refused: every row was flagged or already learned ({report.reason})"
+            self.store.log("gate", f"{data}: {reason}")
+            return UpdateResult(None, False, reason, {}, new_names, report.reason)
+        k = len(self.store.held_out_names())  # batches of every version: names stay unique
         name = f"batch-{k:04d}"
         train, held = split_held_out(y, self.held_out_fraction, int(self.store.config["seed"]) + k)
-        self.store.set_labels(labels.names)
+        if not len(held):
+            raise ValueError(f"{data}: too few rows to hold any out (each class needs two or more)")
+        # Written before the version that refers to them, read only once it is recorded.
         self.store.put_data(name, {"x": x[held], "y": y[held], "t": t[held]})
+        self.store.put_data(f"{name}-train", {"hash": _hash_tensor(x[train])})
         current_held = {name: (x[held], y[held], t[held])}
         exp = Experience(x[train], y[train], x[held], y[held], id=k, t_train=t[train], t_test=t[held])
         if first:
@@ -127,30 +159,38 @@ class Project:
             learner = current
         learner.class_names_ = list(labels.names)
         learner.fit(exp)
-        candidate = self._accuracy(learner, current_held)
+        candidate = self._accuracy(learner, current_held, line)
         batches = [Batch.of(x[train], y[train], source=str(data)), Batch.of(x[held], y[held], source=name,
                                                                             role="held_out")]
         if first:
-            reason, promote, parent = "the first version", True, None
+            reason, promote = "the first version", True
         else:
-            parent = self.store.promoted()
-            promoted = self._accuracy(self.store.load(device="cpu"))
+            promoted = self._accuracy(self.store.load(parent, device="cpu"), line=line)
             decision = self.config.promotion.decide(candidate, promoted, name,
-                                                    self._per_class(learner, current_held))
+                                                    self._per_class(learner, current_held, line))
             reason, promote = decision.reason, decision.promote
         # One transaction records the version, its batches (its held-out rows are read from then on)
         # and, if the rule says so, its promotion: killed before it, the update left nothing behind.
         version = self.store.add_version(learner, parent=parent, metrics={"accuracy": candidate}, batches=batches,
                                          decision="promoted" if promote else "kept", reason=reason, promote=promote)
+        self.store.set_labels(labels.names)
+        if quarantined is not None:
+            self.store.put_data(f"{name}-{Path(data).name}", quarantined, kind="quarantine")
+        self.store.log("gate", f"{data}: {report.reason}", version)
         return UpdateResult(version, promote, reason, candidate, new_names, report.reason)
 
-    def _gate(self, x: Tensor, y: Tensor, current: Learner | None) -> GateReport:
-        """The gate's look at a batch: duplicates of itself, of the held-out rows and of the
-        memory; label errors judged on the promoted model's features (raw inputs at first)."""
-        rows = [self.store.get_data(name)["x"] for name in self.store.held_out_names()]
+    def _gate(self, x: Tensor, y: Tensor, current: Learner | None, line: list[int]) -> GateReport:
+        """The gate's look at a batch: duplicates of itself, of every row the served model learned
+        or is judged on, and of its memory; label errors and outliers on the promoted model's
+        features (raw inputs at first)."""
+        names = self.store.held_out_names(line)
+        rows = [self.store.get_data(name)["x"] for name in names]
         if current is not None:
             rows += [m.x for m in current.memories() if m.x.shape[1:] == x.shape[1:]]
         known = {h for part in rows for h in row_hashes(part)}
+        for name in names:
+            if f"{name}-train" in self.store.data_names():
+                known |= {bytes(h.tolist()).hex() for h in self.store.get_data(f"{name}-train")["hash"]}
         featurize = current.features if current is not None else (lambda v: v)
         known_features = featurize(torch.cat(rows)) if rows else None
         return inspect(x, y, featurize(x), self.config.gate, known, seed=int(self.store.config["seed"]),
@@ -163,20 +203,24 @@ class Project:
             raise StoreError(f"{self.store.path}: no version is promoted to update")
         return self._learn(Path(data))
 
-    def _held_out(self, current: dict | None = None) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
-        """Every recorded batch's held-out rows, and ``current`` (the batch being learned)."""
-        kept = {n: tuple(self.store.get_data(n)[k] for k in ("x", "y", "t")) for n in self.store.held_out_names()}
+    def _held_out(self, current: dict | None = None, line: list[int] | None = None) -> dict[str, tuple]:
+        """The held-out rows of the batches the served model learned (``line``: those versions;
+        default the promoted line), and ``current`` (the batch being learned)."""
+        names = self.store.held_out_names(self._line() if line is None else line)
+        kept = {n: tuple(self.store.get_data(n)[k] for k in ("x", "y", "t")) for n in names}
         return kept | (current or {})
 
-    def _accuracy(self, learner: Learner, current: dict | None = None) -> dict[str, float]:
+    def _accuracy(self, learner: Learner, current: dict | None = None, line: list[int] | None = None
+                  ) -> dict[str, float]:
         return {name: float((learner.predict(x, t) == y).float().mean())
-                for name, (x, y, t) in self._held_out(current).items()}
+                for name, (x, y, t) in self._held_out(current, line).items()}
 
-    def _per_class(self, learner: Learner, current: dict | None = None) -> dict[str, float]:
-        parts = list(self._held_out(current).values())
+    def _per_class(self, learner: Learner, current: dict | None = None, line: list[int] | None = None
+                   ) -> dict[str, float]:
+        parts = list(self._held_out(current, line).values())
         x, y, t = (torch.cat([p[i] for p in parts]) for i in range(3))
         hits = learner.predict(x, t) == y
-        names = self.store.labels()
+        names = max(learner.class_names_, self.store.labels(), key=len)  # the longer: ids only grow
         return {names[c]: float(hits[y == c].float().mean()) for c in y.unique().tolist()}
 
     def predict(self, data: str | Path | Any) -> list[str]:
@@ -199,8 +243,9 @@ class Project:
         """How version ``b`` differs from ``a`` on every batch's held-out rows: accuracy per batch
         and per class, and the change (``b`` minus ``a``)."""
         learners = {v: self.store.load(v, device="cpu") for v in (a, b)}
-        by_batch = {v: self._accuracy(learner) for v, learner in learners.items()}
-        by_class = {v: self._per_class(learner) for v, learner in learners.items()}
+        every = [v.id for v in self.store.versions()]  # every batch any version learned
+        by_batch = {v: self._accuracy(learner, line=every) for v, learner in learners.items()}
+        by_class = {v: self._per_class(learner, line=every) for v, learner in learners.items()}
         out = {}
         for kind, table in (("batch", by_batch), ("class", by_class)):
             for key in table[a]:
@@ -209,7 +254,8 @@ class Project:
         return out
 
     def rollback(self, version: int | None = None) -> int:
-        return self.store.rollback(version)
+        with self.store.writer():
+            return self.store.rollback(version)
 
 
 def as_json(value: Any) -> str:

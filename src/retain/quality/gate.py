@@ -148,4 +148,6 @@ def inspect(x: Tensor, y: Tensor, features: Tensor, policy: GatePolicy, known: s
         report.decision, report.reason = "quarantine", f"quarantined {len(report.flagged)} rows: {found}"
     else:
         report.decision, report.reason = "accept", f"accepted: {found}" if report.flagged else "accepted: clean"
+    if report.rare_classes:
+        report.reason += f"; classes under {100 * policy.min_class_share:.0f}% of the rows: {report.rare_classes}"
     return report

@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -158,10 +157,7 @@ class ModelStore:
                 raise StoreError(f"parent version {parent} is not a ready version of this store")
             version = db.execute("INSERT INTO versions (parent, created, status) VALUES (?, ?, 'writing')",
                                  (parent, time.time())).lastrowid
-        folder = self.folder(version)
-        if folder.exists():  # left by a write that was killed before its version became ready
-            shutil.rmtree(folder)
-        learner.save(folder)
+        learner.save(self.folder(version))
         with self._transaction() as db:
             db.execute("UPDATE versions SET status = 'ready', metrics = ?, decision = ?, reason = ? WHERE id = ?",
                        (json.dumps(metrics or {}), decision, reason, version))
@@ -261,13 +257,33 @@ class ModelStore:
         folder.mkdir(exist_ok=True)
         durable_write(folder / f"{name}.tmp", save({k: v.contiguous() for k, v in tensors.items()}))
         os.replace(folder / f"{name}.tmp", folder / f"{name}.safetensors")
+        fd = os.open(folder, os.O_RDONLY)  # the new name is on the disk before a version can refer to it
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
-    def held_out_names(self) -> list[str]:
-        """The held-out batches ready versions record, in order (what every later version is judged on)."""
+    def held_out_names(self, versions: list[int] | None = None) -> list[str]:
+        """The held-out batches ready versions record (only those of ``versions`` when given), in order."""
         with self._db() as db:
-            rows = db.execute("SELECT DISTINCT b.source FROM batches b JOIN versions v ON v.id = b.version "
+            rows = db.execute("SELECT DISTINCT b.source, b.version FROM batches b JOIN versions v ON v.id = b.version "
                               "WHERE b.role = 'held_out' AND v.status = 'ready' ORDER BY b.source").fetchall()
-        return [r[0] for r in rows]
+        return sorted({name for name, v in rows if versions is None or v in versions})
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[None]:
+        """One writer at a time (an advisory lock on ``writer.lock``); readers are never blocked."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        with open(self.path / "writer.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def data_names(self, kind: str = "data") -> list[str]:
         """The names of the tensors kept with :meth:`put_data`, sorted."""
