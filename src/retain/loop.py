@@ -126,7 +126,8 @@ class Project:
         parent = None if first else self.store.promoted()
         current = None if first else self.store.load(parent, device="cpu")
         line = [] if first else self._line()
-        report = self._gate(x, y, current, line)
+        held_before = self._held_out(line)  # read once: the gate, the promoted and the candidate all use it
+        report = self._gate(x, y, current, line, held_before)
         new_names = labels.names[len(self.store.labels()):]  # names no earlier batch brought
         if report.decision == "refuse":
             self.store.log("gate", f"{data}: {report.reason}")
@@ -150,7 +151,9 @@ class Project:
         # Written before the version that refers to them, read only once it is recorded.
         self.store.put_data(name, {"x": x[held], "y": y[held], "t": t[held]})
         self.store.put_data(f"{name}-train", {"hash": _hash_tensor(x[train])})
-        current_held = {name: (x[held], y[held], t[held])}
+        judged = held_before | {name: (x[held], y[held], t[held])}
+        # the promoted version, judged before the candidate (made from it) trains
+        promoted = None if first else self._accuracy(current, held_before)
         exp = Experience(x[train], y[train], x[held], y[held], id=k, t_train=t[train], t_test=t[held])
         if first:
             stream = Stream([exp], n_classes=len(labels.names), class_names=labels.names)
@@ -159,15 +162,13 @@ class Project:
             learner = current
         learner.class_names_ = list(labels.names)
         learner.fit(exp)
-        candidate = self._accuracy(learner, current_held, line)
+        candidate = self._accuracy(learner, judged)
         batches = [Batch.of(x[train], y[train], source=str(data)), Batch.of(x[held], y[held], source=name,
                                                                             role="held_out")]
         if first:
             reason, promote = "the first version", True
         else:
-            promoted = self._accuracy(self.store.load(parent, device="cpu"), line=line)
-            decision = self.config.promotion.decide(candidate, promoted, name,
-                                                    self._per_class(learner, current_held, line))
+            decision = self.config.promotion.decide(candidate, promoted, name, self._per_class(learner, judged))
             reason, promote = decision.reason, decision.promote
         # One transaction records the version, its batches (its held-out rows are read from then on)
         # and, if the rule says so, its promotion: killed before it, the update left nothing behind.
@@ -179,17 +180,20 @@ class Project:
         self.store.log("gate", f"{data}: {report.reason}", version)
         return UpdateResult(version, promote, reason, candidate, new_names, report.reason)
 
-    def _gate(self, x: Tensor, y: Tensor, current: Learner | None, line: list[int]) -> GateReport:
+    def _gate(self, x: Tensor, y: Tensor, current: Learner | None, line: list[int],
+              held: dict[str, tuple] | None = None) -> GateReport:
         """The gate's look at a batch: duplicates of itself, of every row the served model learned
         or is judged on, and of its memory; label errors and outliers on the promoted model's
         features (raw inputs at first)."""
         names = self.store.held_out_names(line)
-        rows = [self.store.get_data(name)["x"] for name in names]
+        held = self._held_out(line) if held is None else held
+        rows = [held[name][0] for name in names]
         if current is not None:
             rows += [m.x for m in current.memories() if m.x.shape[1:] == x.shape[1:]]
         known = {h for part in rows for h in row_hashes(part)}
+        stored = set(self.store.data_names())
         for name in names:
-            if f"{name}-train" in self.store.data_names():
+            if f"{name}-train" in stored:
                 known |= {bytes(h.tolist()).hex() for h in self.store.get_data(f"{name}-train")["hash"]}
         featurize = current.features if current is not None else (lambda v: v)
         known_features = featurize(torch.cat(rows)) if rows else None
@@ -203,21 +207,18 @@ class Project:
             raise StoreError(f"{self.store.path}: no version is promoted to update")
         return self._learn(Path(data))
 
-    def _held_out(self, current: dict | None = None, line: list[int] | None = None) -> dict[str, tuple]:
+    def _held_out(self, line: list[int] | None = None) -> dict[str, tuple]:
         """The held-out rows of the batches the served model learned (``line``: those versions;
-        default the promoted line), and ``current`` (the batch being learned)."""
+        default the promoted line), by batch name."""
         names = self.store.held_out_names(self._line() if line is None else line)
-        kept = {n: tuple(self.store.get_data(n)[k] for k in ("x", "y", "t")) for n in names}
-        return kept | (current or {})
+        return {n: tuple(self.store.get_data(n)[k] for k in ("x", "y", "t")) for n in names}
 
-    def _accuracy(self, learner: Learner, current: dict | None = None, line: list[int] | None = None
-                  ) -> dict[str, float]:
-        return {name: float((learner.predict(x, t) == y).float().mean())
-                for name, (x, y, t) in self._held_out(current, line).items()}
+    @staticmethod
+    def _accuracy(learner: Learner, held: dict[str, tuple]) -> dict[str, float]:
+        return {name: float((learner.predict(x, t) == y).float().mean()) for name, (x, y, t) in held.items()}
 
-    def _per_class(self, learner: Learner, current: dict | None = None, line: list[int] | None = None
-                   ) -> dict[str, float]:
-        parts = list(self._held_out(current, line).values())
+    def _per_class(self, learner: Learner, held: dict[str, tuple]) -> dict[str, float]:
+        parts = list(held.values())
         x, y, t = (torch.cat([p[i] for p in parts]) for i in range(3))
         hits = learner.predict(x, t) == y
         names = max(learner.class_names_, self.store.labels(), key=len)  # the longer: ids only grow
@@ -243,9 +244,9 @@ class Project:
         """How version ``b`` differs from ``a`` on every batch's held-out rows: accuracy per batch
         and per class, and the change (``b`` minus ``a``)."""
         learners = {v: self.store.load(v, device="cpu") for v in (a, b)}
-        every = [v.id for v in self.store.versions()]  # every batch any version learned
-        by_batch = {v: self._accuracy(learner, line=every) for v, learner in learners.items()}
-        by_class = {v: self._per_class(learner, line=every) for v, learner in learners.items()}
+        held = self._held_out([v.id for v in self.store.versions()])  # every batch any version learned
+        by_batch = {v: self._accuracy(learner, held) for v, learner in learners.items()}
+        by_class = {v: self._per_class(learner, held) for v, learner in learners.items()}
         out = {}
         for kind, table in (("batch", by_batch), ("class", by_class)):
             for key in table[a]:
