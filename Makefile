@@ -2,9 +2,10 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-# Debian packages behind the data sets: Fashion-MNIST, fortune files (text), speech synthesis (audio).
+# Debian packages behind the data sets: Fashion-MNIST, fortune files (text), speech synthesis (audio);
+# and the PostgreSQL server the store's tests start.
 DEBIAN := dataset-fashion-mnist fortunes fortunes-min fortunes-de fortunes-es fortunes-it fortunes-ru \
-	fortunes-pl fortunes-cs fortunes-br espeak-ng flite festival sox
+	fortunes-pl fortunes-cs fortunes-br espeak-ng flite festival sox postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench bench-backbones clean data

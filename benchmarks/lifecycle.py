@@ -89,7 +89,7 @@ def corrupt(data: Path, fmt: str, work: Path) -> tuple[Path, Path, set[int]]:
 def run(name: str, work: Path) -> dict:
     dataset, fmt, config_path, options = STREAMS[name]
     data = export(dataset, work / "data", fmt, **options)
-    cfg = load_config(config_path) if config_path else None
+    cfg = load_config(config_path, loop=True) if config_path else None
     if cfg is None:
         from retain.config import RunConfig
 

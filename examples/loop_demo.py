@@ -51,7 +51,7 @@ def main() -> None:
     corrupted = args.out / "data" / "02-flipped"
     flip_labels(data / "02" / "train", corrupted, 0.3)
     arrivals = [data / "01" / "train", corrupted, data / "02" / "train", data / "03" / "train", data / "04" / "train"]
-    config = load_config(HERE / "loop_fashion.yaml")
+    config = load_config(HERE / "loop_fashion.yaml", loop=True)
     print(f"retain init: version 1 from {data / '00' / 'train'}")
     project, result = Project.init(config, data / "00" / "train", args.out / "store")
     history = [(1, result.accuracy)]

@@ -49,3 +49,13 @@ def incoming(exp, n, start=0):
 
     rows = slice(start, start + n)
     return Step(exp.x_train[rows], exp.y_train[rows], exp.train_tasks()[rows], incoming=n, experience_id=exp.id)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (see tests/postgres.py)."""
+    from .postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()

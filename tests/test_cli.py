@@ -109,6 +109,16 @@ def test_examples_are_valid_configs(example):
     assert cfg.strategies
 
 
+def test_a_loop_config_needs_no_scenario_but_a_run_config_does(tmp_path, capsys):
+    from pathlib import Path
+
+    loop = Path(__file__).parent.parent / "examples" / "loop_fashion.yaml"
+    assert load_config(loop, loop=True).scenario.dataset == "files"
+    with pytest.raises(ConfigError, match="scenario: Field required: the data to run on"):
+        load_config(loop)
+    assert main(["run", str(loop)]) == 2 and "scenario: Field required" in capsys.readouterr().err
+
+
 def test_run_compares_offline_online_and_hybrid(tmp_path):
     cfg = with_change(["strategies"], [{"name": "replay", "memory_size": 60, "policy": "reservoir",
                                         "update": "stream", "ratio": 1.0}])

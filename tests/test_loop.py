@@ -39,8 +39,8 @@ def test_init_update_versions_predict_and_rollback(tmp_path, batches, capsys):
     assert main(["versions", str(store), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["version"], r["parent"], r["promoted"]) for r in rows] == [(1, None, False), (2, 1, True)]
-    assert main(["predict", str(store), str(batches / "01" / "test.csv"), "--json"]) == 0
-    predicted = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(store), "--data", str(batches / "01" / "test.csv"), "--json"]) == 0
+    predicted = [r["label"] for r in json.loads(capsys.readouterr().out)]
     truth = [str(int(y)) for y in Project(store).store.get_data("batch-0001")["y"]]
     assert set(predicted) <= {"0", "1", "2", "3"} and len(predicted) > len(truth)
     assert main(["diff", str(store), "1", "2", "--json"]) == 0
@@ -48,8 +48,8 @@ def test_init_update_versions_predict_and_rollback(tmp_path, batches, capsys):
     assert diff["batch batch-0001"]["1"] == 0.0 and diff["batch batch-0001"]["change"] > 0.8  # v1 knows no 2 or 3
     assert diff["class 2"]["change"] == pytest.approx(diff["class 2"]["2"])
     assert main(["rollback", str(store)]) == 0 and "version 1 is promoted" in capsys.readouterr().out
-    assert main(["predict", str(store), str(batches / "01" / "test.csv"), "--json"]) == 0
-    assert set(json.loads(capsys.readouterr().out)) <= {"0", "1"}  # version 1 knows two classes
+    assert main(["predict", str(store), "--data", str(batches / "01" / "test.csv"), "--json"]) == 0
+    assert {r["label"] for r in json.loads(capsys.readouterr().out)} <= {"0", "1"}  # version 1 knows two classes
     assert main(["versions", str(store)]) == 0
     assert "| 1 |  | yes | promoted |" in capsys.readouterr().out
 
@@ -222,3 +222,95 @@ def test_a_batch_learned_before_is_not_learned_again_and_a_kept_batch_is_not_jud
     project.config.promotion.min_new_accuracy = 0.0
     later = project.update(batches / "02" / "train.csv")  # judged on batches 0 and 2, not on the kept 1
     assert later.promoted and sorted(later.accuracy) == ["batch-0000", "batch-0002"]
+
+
+def test_predict_on_unlabelled_rows_gives_top_k_probabilities_as_csv_or_jsonl(tmp_path, batches, capsys):
+    store = tmp_path / "store"
+    assert main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",
+                 str(store), "--json"]) == 0
+    assert main(["update", str(store), "--data", str(batches / "01" / "train.csv"), "--json"]) == 0
+    capsys.readouterr()
+    lines = (batches / "01" / "test.csv").read_text().splitlines()
+    column = lines[0].split(",").index("label")
+    unlabelled = tmp_path / "new.csv"  # the same rows without their labels
+    unlabelled.write_text("\n".join(",".join(v for i, v in enumerate(line.split(",")) if i != column)
+                                    for line in lines))
+    truth = [line.split(",")[column] for line in lines[1:]]
+    assert main(["predict", str(store), "--data", str(unlabelled), "--top-k", "3", "--out",
+                 str(tmp_path / "p.jsonl")]) == 0
+    assert f"{len(truth)} predictions of version 2" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["row"] for r in rows] == [f"row {i}" for i in range(2, len(truth) + 2)]
+    assert all(len(r["top"]) == 3 and r["top"][0]["label"] == r["label"] for r in rows)
+    assert all(1 >= r["top"][0]["probability"] >= r["top"][1]["probability"] >= r["top"][2]["probability"] > 0
+               for r in rows)
+    assert sum(r["label"] == y for r, y in zip(rows, truth, strict=True)) / len(truth) > 0.85
+    assert main(["predict", str(store), "--data", str(unlabelled), "--top-k", "2", "--version", "1"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "row,label,probability,label_2,probability_2" and len(table) == len(truth) + 1
+    assert {line.split(",")[1] for line in table[1:]} <= {"0", "1"}  # version 1 knows two classes
+    assert main(["evaluate", str(store), "--data", str(batches / "02" / "test.csv"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["version"] == 2 and report["accuracy"] == 0.0 and report["unknown_classes"] == ["4", "5"]
+    assert main(["evaluate", str(store), "--data", str(batches / "01" / "test.csv")]) == 0
+    assert "version 2: accuracy" in capsys.readouterr().out
+    for bad, message in ((["--top-k", "0"], "top_k must be 1 or more"),
+                         (["--out", "p.txt"], "written as .csv or .jsonl"),
+                         (["--version", "7"], "version 7 is not a ready version")):
+        assert main(["predict", str(store), "--data", str(unlabelled), *bad]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_predict_on_a_folder_of_unlabelled_images_names_each_file(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "first"
+    for label, shade in (("dark", 40), ("light", 215)):
+        (folder / label).mkdir(parents=True)
+        for i in range(12):
+            pixels = np.clip(rng.normal(shade, 20, (8, 8)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / label / f"{i}.png")
+    cfg = tmp_path / "images.yaml"
+    cfg.write_text(yaml.safe_dump({"scenario": {"dataset": "files"}, "model": {"hidden": [16]},
+                                   "training": {"epochs": 20, "lr": 0.1}, "strategies": ["finetune"]}))
+    assert main(["init", str(cfg), "--data", str(folder), "--store", str(tmp_path / "store"), "--json"]) == 0
+    new = tmp_path / "new"
+    new.mkdir()
+    Image.fromarray(np.full((8, 8), 30, np.uint8)).save(new / "night.png")
+    Image.fromarray(np.full((8, 8), 225, np.uint8)).save(new / "snow.png")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "store"), "--data", str(new), "--json"]) == 0
+    assert [(r["row"], r["label"]) for r in json.loads(capsys.readouterr().out)] == [("night.png", "dark"),
+                                                                                    ("snow.png", "light")]
+    assert main(["predict", str(tmp_path / "store"), "--data", str(new / "snow.png"), "--json"]) == 0
+    assert [r["label"] for r in json.loads(capsys.readouterr().out)] == ["light"]
+
+
+def test_the_loop_keeps_its_records_in_postgresql_when_given_a_url(tmp_path, batches, postgres, capsys):
+    store, url = tmp_path / "store", postgres.database()
+    assert main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store", str(store),
+                 "--database", url, "--json"]) == 0
+    assert not (store / "store.db").exists() and (store / "database.url").read_text().strip().startswith("postgresql")
+    capsys.readouterr()
+    assert main(["update", str(store), "--data", str(batches / "01" / "train.csv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["promoted"]
+    assert [v["version"] for v in Project(store).versions()] == [1, 2] and ModelStore(store).promoted() == 2
+    assert main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",
+                 str(tmp_path / "other"), "--database", url]) == 2  # one store per database
+    assert "already holds a model store" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+    assert main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",
+                 str(tmp_path / "third"), "--database", "mysql://nobody@localhost/x"]) == 2
+    assert "'mysql' databases are not supported" in capsys.readouterr().err
+
+
+def test_data_the_model_cannot_read_is_refused_with_the_setting_to_change(tmp_path, capsys):
+    table = tmp_path / "notes.csv"
+    table.write_text("text,label\n" + "\n".join(f"note number {i},{'ab'[i % 2]}" for i in range(20)))
+    cfg = tmp_path / "loop.yaml"
+    cfg.write_text(yaml.safe_dump({"strategies": ["finetune"]}))  # no backbone: numbers and images only
+    assert main(["init", str(cfg), "--data", str(table), "--store", str(tmp_path / "store")]) == 2
+    assert f"{table} is text; set backbone: minilm" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()

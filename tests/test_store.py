@@ -3,20 +3,27 @@
 import multiprocessing
 import os
 import signal
-import sqlite3
 import threading
 
 import pytest
 import torch
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from retain.store import Batch, ModelStore, StoreError
 
 from .conftest import make_learner
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request):
+    """The store's database: SQLite in its folder (the default), or a real PostgreSQL server's."""
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres").database()
+
+
 @pytest.fixture
-def store_and_learner(tmp_path, split_digits):
-    store = ModelStore.create(tmp_path / "store", config={"name": "digits"})
+def store_and_learner(tmp_path, split_digits, database):
+    store = ModelStore.create(tmp_path / "store", config={"name": "digits"}, database=database)
     learner = make_learner(split_digits, [], epochs=1)
     learner.fit(split_digits[0])
     exp = split_digits[0]
@@ -76,7 +83,7 @@ def _write_and_die(store, learner, point):
         def transaction(self):
             manager = real_transaction(self)
             db = manager.__enter__()
-            db.execute("UPDATE meta SET value = '2' WHERE key = 'promoted'")
+            db.execute(text("UPDATE meta SET value = '2' WHERE key = 'promoted'"))
             os.kill(os.getpid(), signal.SIGKILL)  # before the commit
 
         module.ModelStore._transaction = transaction
@@ -118,7 +125,7 @@ def test_readers_load_whole_versions_while_a_writer_adds_and_promotes(store_and_
             try:
                 logits = reader.load(device="cpu").predict_logits(x)
                 seen.add(float(logits.sum()))
-            except (StoreError, sqlite3.Error, OSError, ValueError) as err:
+            except (StoreError, SQLAlchemyError, OSError, ValueError) as err:
                 errors.append(err)
 
     readers = [threading.Thread(target=read) for _ in range(2)]

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import re
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -14,11 +13,12 @@ from pathlib import Path
 from retain import __version__
 
 
-def _config(args: argparse.Namespace):
-    """The run config named on the command line, with ``--seeds`` applied."""
+def _config(args: argparse.Namespace, loop: bool = False):
+    """The run config named on the command line, with ``--seeds`` applied; ``loop``: for ``retain
+    init`` (its data comes from ``--data``)."""
     from retain.config import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, loop=loop)
     if args.seeds:
         cfg.seeds = args.seeds
     return cfg
@@ -171,13 +171,15 @@ def _export(args: argparse.Namespace) -> int:
 
 def _loop(args: argparse.Namespace) -> int:
     """init, update, versions, rollback and predict: the loop on a model store."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from retain.loop import Project, as_json
     from retain.store import StoreError
 
     try:
         if args.command == "init":
-            project, result = Project.init(_config(args), args.data, args.store, held_out=args.held_out,
-                                           progress=not args.json)
+            project, result = Project.init(_config(args, loop=True), args.data, args.store, held_out=args.held_out,
+                                           progress=not args.json, database=args.database)
         elif args.command == "update":
             result = Project(args.store, progress=not args.json).update(args.data)
         elif args.command == "versions":
@@ -199,11 +201,20 @@ def _loop(args: argparse.Namespace) -> int:
             version = Project(args.store).rollback(args.version)
             print(as_json({"promoted": version}) if args.json else f"version {version} is promoted")
             return 0
-        else:
-            labels = Project(args.store).predict(args.data)
-            print(as_json(labels) if args.json else "\n".join(labels))
+        elif args.command == "evaluate":
+            report = Project(args.store, progress=not args.json).evaluate(args.data, args.version)
+            if args.json:
+                print(as_json(report))
+            else:
+                print(f"version {report['version']}: accuracy {100 * report['accuracy']:.1f}% on {report['rows']} "
+                      f"rows of {args.data}")
+                print("per class: " + ", ".join(f"{k} {100 * a:.1f}%" for k, a in report["per_class"].items()))
+                if report["unknown_classes"]:
+                    print(f"classes the version does not know: {', '.join(report['unknown_classes'])}")
             return 0
-    except (*_user_errors(), StoreError, ValueError, OSError, sqlite3.Error) as err:
+        else:
+            return _predict(args, Project(args.store, progress=not (args.json or args.out is None)))
+    except (*_user_errors(), StoreError, ValueError, OSError, SQLAlchemyError) as err:
         print(f"retain: {err}", file=sys.stderr)
         return 2
     if args.json:
@@ -218,6 +229,39 @@ def _loop(args: argparse.Namespace) -> int:
             print(f"new classes: {', '.join(result.new_classes)}")
         print(" ".join(f"{k} {100 * a:.1f}%" for k, a in result.accuracy.items()))
     return 1 if result.version is None else 0  # 1: the gate refused the batch
+
+
+def _predict(args: argparse.Namespace, project) -> int:
+    """``retain predict``: rows as CSV on the screen, or JSON, or a CSV / JSON Lines file."""
+    from retain.loop import as_json
+
+    if args.out and Path(args.out).suffix.lower() not in (".csv", ".jsonl"):
+        raise ValueError(f"--out {args.out}: predictions are written as .csv or .jsonl")
+    predictions = project.predict(args.data, top_k=args.top_k, version=args.version)
+    k = len(predictions[0].top) if predictions else 1  # top_k, or every class when there are fewer
+    records = [{"row": p.row, "label": p.label, "probability": p.top[0][1],
+                "top": [{"label": n, "probability": v} for n, v in p.top]} for p in predictions]
+    if args.json:
+        print(as_json(records))
+        return 0
+    out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115 - stdout is not closed
+    try:
+        if args.out and Path(args.out).suffix.lower() == ".jsonl":
+            out.writelines(json.dumps(r) + "\n" for r in records)
+        else:
+            import csv
+
+            writer = csv.writer(out)
+            writer.writerow(["row", "label", "probability"] + [f"{kind}_{i}" for i in range(2, k + 1)
+                                                               for kind in ("label", "probability")])
+            for p in predictions:
+                writer.writerow([p.row, p.label, p.top[0][1]] + [v for pair in p.top[1:] for v in pair])
+    finally:
+        if args.out:
+            out.close()
+    if args.out:
+        print(f"{len(records)} predictions of version {args.version or project.store.promoted()} in {args.out}")
+    return 0
 
 
 def _versions_table(rows: list[dict]) -> str:
@@ -287,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--data", required=True, help="a table, .npz, or folder of class folders")
     init.add_argument("--store", required=True, help="a new or empty folder")
     init.add_argument("--held-out", type=float, default=0.2, help="fraction of each batch kept to judge versions")
+    init.add_argument("--database", help="SQLAlchemy URL of an empty database for the store's records "
+                      "(postgresql://user@host/db; default: SQLite in the store's folder)")
     init.add_argument("--json", action="store_true")
     init.set_defaults(func=_loop, seeds=None)
     update = sub.add_parser("update", help="learn a new batch: a candidate, judged on every batch, promoted or kept")
@@ -309,11 +355,22 @@ def main(argv: list[str] | None = None) -> int:
     diff.add_argument("b", type=int)
     diff.add_argument("--json", action="store_true")
     diff.set_defaults(func=_loop)
-    predict = sub.add_parser("predict", help="label names the promoted version predicts for a file or folder")
+    predict = sub.add_parser("predict", help="labels a version predicts for a file or folder, labelled or not, "
+                             "with top-k probabilities")
     predict.add_argument("store")
-    predict.add_argument("data")
+    predict.add_argument("--data", required=True, help="a table (no label column needed), .npz, or a folder or "
+                         "file of images or WAV clips")
+    predict.add_argument("--top-k", type=int, default=1, help="labels per row with their probabilities")
+    predict.add_argument("--version", type=int, help="default: the promoted version")
+    predict.add_argument("--out", help="write the predictions to this .csv or .jsonl file")
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(func=_loop)
+    evaluate = sub.add_parser("evaluate", help="accuracy of a version on a labelled file or folder, per class")
+    evaluate.add_argument("store")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--version", type=int, help="default: the promoted version")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=_loop)
     listing = sub.add_parser("strategies", help="list every method: family, scenarios, defaults, paper")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_strategies)

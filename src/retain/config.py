@@ -14,6 +14,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -79,13 +80,14 @@ class ScenarioConfig(_Strict):
             raise ValueError(f"scenario.path: {err}") from None
 
     @model_validator(mode="after")
-    def _fits_the_classes(self) -> ScenarioConfig:
+    def _fits_the_classes(self, info: ValidationInfo) -> ScenarioConfig:
         if self.dataset == "files":
-            if self.path is None:
+            if self.path is None and not _for_loop(info):
                 raise ValueError("dataset files needs path: the folder of batch folders (see retain export)")
-            cut = sorted(self.model_fields_set & {"kind", "n_experiences", "class_order", "shuffle_seed",
-                                                  "test_fraction", "split_seed", "max_train_per_class",
-                                                  "max_test_per_class"})
+            cut = sorted(f for f in self.model_fields_set & {"kind", "n_experiences", "class_order", "shuffle_seed",
+                                                             "test_fraction", "split_seed", "max_train_per_class",
+                                                             "max_test_per_class"}
+                         if getattr(self, f) != type(self).model_fields[f].get_default(call_default_factory=True))
             if cut:
                 raise ValueError(f"{', '.join(cut)}: your files are already cut into batches (one folder each, "
                                  "train and test), and their kind is read off the data; remove these settings")
@@ -202,7 +204,8 @@ class RunConfig(_Strict):
     """A whole ``retain run``: one scenario, several methods, several seeds."""
 
     name: str = "run"
-    scenario: ScenarioConfig
+    scenario: ScenarioConfig = Field(None, validate_default=True, description="the data (retain init and update "
+                                     "take theirs from --data: there, only files: how to read it)")
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     strategies: list[MethodConfig] = Field(min_length=1)
@@ -213,6 +216,22 @@ class RunConfig(_Strict):
     promotion: PromotionRule = Field(default_factory=PromotionRule)
     gate: GatePolicy = Field(default_factory=GatePolicy)
     output: str = "runs"
+
+    @field_validator("scenario", mode="before")
+    @classmethod
+    def _scenario(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            if not _for_loop(info):
+                raise ValueError("Field required: the data to run on, e.g. {dataset: digits} or {dataset: files, "
+                                 "path: FOLDER}")
+            return {"dataset": "files"}
+        return value
+
+    @classmethod
+    def for_loop(cls, raw: dict[str, Any]) -> RunConfig:
+        """A config for ``retain init`` / ``update`` / ``serve``: the data comes batch by batch, so
+        the scenario may be left out (a ``files`` scenario without a path says how to read tables)."""
+        return cls.model_validate(raw, context={"loop": True})
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -265,13 +284,11 @@ class RunConfig(_Strict):
                 if problem:
                     raise ValueError(f"strategies.{i}: {problem}; mode online needs a stream-updated memory "
                                      "(such as update: stream)")
-        modality = self.scenario.modality()
-        if self.model.backbone is not None and PRETRAINED[self.model.backbone].modality != modality:
-            raise ValueError(f"model.backbone: {self.model.backbone} reads {PRETRAINED[self.model.backbone].modality}, "
-                             f"but data set {self.scenario.dataset} is {modality}")
-        if self.model.backbone is None and modality not in ("vision", "tabular"):
-            hint = {"text": "minilm (or tiny_text)", "audio": "logmel"}[modality]
-            raise ValueError(f"model.backbone: data set {self.scenario.dataset} is {modality}; set backbone: {hint}")
+        if self.scenario.dataset == "files" and self.scenario.path is None:  # the loop checks each batch it reads
+            return self
+        problem = modality_problem(self.model, self.scenario.modality(), f"data set {self.scenario.dataset}")
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -307,7 +324,21 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message lists every problem by field."""
 
 
-def load_config(path: str | Path) -> RunConfig:
+def _for_loop(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("loop"))
+
+
+def modality_problem(model: ModelConfig, modality: str, data: str) -> str | None:
+    """Why ``model`` cannot read ``data`` holding ``modality`` inputs, or None."""
+    if model.backbone is not None and PRETRAINED[model.backbone].modality != modality:
+        return f"model.backbone: {model.backbone} reads {PRETRAINED[model.backbone].modality}, but {data} is {modality}"
+    if model.backbone is None and modality not in ("vision", "tabular"):
+        hint = {"text": "minilm (or tiny_text)", "audio": "logmel"}[modality]
+        return f"model.backbone: {data} is {modality}; set backbone: {hint}"
+    return None
+
+
+def load_config(path: str | Path, loop: bool = False) -> RunConfig:
     """Read and validate a YAML run config.
 
     >>> import tempfile, os
@@ -330,6 +361,6 @@ def load_config(path: str | Path) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping (scenario:, strategies:, ...), got {type(raw).__name__}")
     try:
-        return RunConfig.model_validate(raw)
+        return RunConfig.for_loop(raw) if loop else RunConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(f"invalid config {path}:\n{format_errors(err)}") from None

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from retain.build import build_learner, model_inputs
-from retain.config import RunConfig
+from retain.config import RunConfig, modality_problem
 from retain.data import Experience, Stream
-from retain.data.files import LabelMap, load
+from retain.data.files import Labeled, LabelMap, load
 from retain.engine import Learner
 from retain.quality import GateReport, check_batch, inspect
 from retain.quality.gate import row_hashes
@@ -37,6 +37,15 @@ class UpdateResult:
     accuracy: dict[str, float]  # held-out accuracy by batch, the new one included
     new_classes: list[str]
     gate: str = ""  # what the data-quality gate found and did
+
+
+@dataclass
+class Prediction:
+    """One row's prediction: where it came from, the label, and the top labels with probabilities."""
+
+    row: str
+    label: str
+    top: list[tuple[str, float]]
 
 
 def _hash_tensor(x: Tensor) -> Tensor:
@@ -71,20 +80,22 @@ class Project:
     def __init__(self, store: str | Path, progress: bool = False) -> None:
         self.store = ModelStore(store)
         self.progress = progress  # progress bars on the long steps (encoding new data with a backbone)
-        self.config = RunConfig.model_validate(self.store.config["run"])
+        self.config = RunConfig.for_loop(self.store.config["run"])
         self.held_out_fraction = float(self.store.config["held_out"])
 
     @classmethod
     def init(cls, config: RunConfig, data: str | Path, store: str | Path, *, held_out: float = 0.2,
-             seed: int = 0, progress: bool = False) -> tuple[Project, UpdateResult]:
-        """A new store whose version 1 is trained on ``data`` (a held-out slice kept aside), promoted."""
+             seed: int = 0, progress: bool = False, database: str | None = None) -> tuple[Project, UpdateResult]:
+        """A new store whose version 1 is trained on ``data`` (a held-out slice kept aside), promoted.
+        Its database is SQLite in the store's folder, or the empty one at the URL ``database``
+        (PostgreSQL, to share the store between hosts)."""
         if not 0 < held_out < 1:
             raise ValueError(f"held_out must be a fraction between 0 and 1, got {held_out}")
         if "head" not in config.model.model_fields_set:  # new labels will come: the head grows with them
             config = config.model_copy(update={"model": config.model.model_copy(update={"head": "growing"})})
         existed = Path(store).exists()
         ModelStore.create(store, config={"run": config.model_dump(mode="json"), "held_out": held_out,
-                                         "seed": seed})
+                                         "seed": seed}, database=database)
         project = cls(store, progress)
 
         def undo() -> None:  # nothing was made: the same init can run again once the data is fixed
@@ -100,9 +111,17 @@ class Project:
             undo()
         return project, result
 
+    def _load(self, data: Path, labels: LabelMap, labelled: bool = True) -> Labeled:
+        """The rows of ``data``, read as the config says, if the model can read their kind."""
+        rows = load(data, labels, labelled=labelled, **self.config.scenario.files.options())
+        problem = modality_problem(self.config.model, rows.modality, str(data))
+        if problem:
+            raise ValueError(problem)
+        return rows
+
     def _read(self, data: Path) -> tuple[Tensor, Tensor, Tensor, LabelMap]:
         labels = LabelMap(self.store.labels())
-        rows = load(data, labels, **self.config.scenario.files.options())
+        rows = self._load(data, labels)
         report = check_batch(rows.x if rows.x.dtype.is_floating_point else torch.zeros(len(rows.y), 1), rows.y,
                              rows.t, where=str(data))
         report.raise_if_refused()
@@ -224,15 +243,42 @@ class Project:
         names = max(learner.class_names_, self.store.labels(), key=len)  # the longer: ids only grow
         return {names[c]: float(hits[y == c].float().mean()) for c in y.unique().tolist()}
 
-    def predict(self, data: str | Path | Any) -> list[str]:
-        """Label names the promoted version predicts for ``data`` (a file or folder, or inputs)."""
-        learner = self.store.load(device="cpu")
-        if isinstance(data, str | Path):
-            x = load(Path(data), LabelMap(self.store.labels()), **self.config.scenario.files.options()).x
-        else:
+    def _inputs(self, data: str | Path | Any, labelled: bool) -> tuple[Tensor, Tensor, Tensor, list[str], LabelMap]:
+        """Model inputs, label ids (-1 unlabelled; names the store lacks get new ids), task ids, row
+        names and label names of ``data``: a file or folder, or inputs as they are."""
+        labels = LabelMap(self.store.labels())
+        if not isinstance(data, str | Path):
             x = torch.as_tensor(data)
-        names = self.store.labels()
-        return [names[i] for i in learner.predict(model_inputs(self.config, x)).tolist()]
+            return (x, torch.full((len(x),), -1), torch.zeros(len(x), dtype=torch.long),
+                    [str(i) for i in range(len(x))], labels)
+        rows = self._load(Path(data), labels, labelled)
+        return model_inputs(self.config, rows.x, self.progress), rows.y, rows.t, rows.rows, labels
+
+    def predict(self, data: str | Path | Any, top_k: int = 1, version: int | None = None) -> list[Prediction]:
+        """What ``version`` (default: the promoted one) predicts for ``data`` (a file or folder,
+        labelled or not, or inputs): each row's label and its ``top_k`` labels with probabilities."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be 1 or more, got {top_k}")
+        learner = self.store.load(version, device="cpu")
+        x, _, t, rows, _ = self._inputs(data, labelled=False)
+        names = max(learner.class_names_, self.store.labels(), key=len)
+        p = learner.predict_proba(x, t)
+        k = min(top_k, p.shape[1])
+        values, ids = p.topk(k, dim=1)
+        return [Prediction(row, names[i[0]], [(names[c], round(v, 6)) for c, v in zip(i, vs, strict=True)])
+                for row, i, vs in zip(rows, ids.tolist(), values.tolist(), strict=True)]
+
+    def evaluate(self, data: str | Path, version: int | None = None) -> dict[str, Any]:
+        """Accuracy of ``version`` (default: the promoted one) on the labelled ``data``: overall and
+        per class; rows of a class the store does not know count as errors."""
+        version = self.store.promoted() if version is None else version
+        learner = self.store.load(version, device="cpu")
+        x, y, t, _, labels = self._inputs(data, labelled=True)
+        hits = learner.predict(x, t) == y
+        known = learner.model.head.n_outputs
+        return {"version": version, "rows": len(y), "accuracy": float(hits.float().mean()),
+                "per_class": {labels.names[c]: float(hits[y == c].float().mean()) for c in y.unique().tolist()},
+                "unknown_classes": [labels.names[c] for c in y.unique().tolist() if c >= known]}
 
     def versions(self) -> list[dict[str, Any]]:
         """Every version: id, parent, whether promoted, its decision and reason, its held-out accuracy."""

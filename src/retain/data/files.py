@@ -78,6 +78,7 @@ class Labeled:
     source: str
     read_as: str = ""  # how a table's columns were read (named in the config, or inferred)
     columns: dict[str, Any] = field(default_factory=dict)  # those columns, to read the stream's other files alike
+    rows: list[str] = field(default_factory=list)  # where each row came from: a table's row number, a file name
 
 
 def _number(value: str, where: str) -> float:
@@ -129,15 +130,16 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def load_table(path: str | Path, labels: LabelMap, *, label: str = "label", text: str | None = None,
-               features: list[str] | None = None, task: str | None = None) -> Labeled:
+               features: list[str] | None = None, task: str | None = None, labelled: bool = True) -> Labeled:
     """A table with a label column and either a text column or numeric feature columns (by
-    default: ``text`` if there is such a column, else every column but the label and task)."""
+    default: ``text`` if there is such a column, else every column but the label and task).
+    Unless ``labelled``, the label column may be missing and its labels are not read (all ``-1``)."""
     path = Path(path)
-    return _records(list(_rows(path)), path, labels, label, text, features, task)
+    return _records(list(_rows(path)), path, labels, label, text, features, task, labelled)
 
 
 def load_hf_dataset(path: str | Path, labels: LabelMap, *, label: str = "label", text: str | None = None,
-                    features: list[str] | None = None, task: str | None = None) -> Labeled:
+                    features: list[str] | None = None, task: str | None = None, labelled: bool = True) -> Labeled:
     """A Hugging Face ``datasets`` table saved with ``save_to_disk`` (text or numeric columns); a
     ``ClassLabel`` label column gives its names."""
     from retain.util import require
@@ -154,15 +156,15 @@ def load_hf_dataset(path: str | Path, labels: LabelMap, *, label: str = "label",
     names = getattr(table.features.get(label), "names", None)
     if names:  # class ids stored with their names: the names are the labels
         records = [r | {label: names[r[label]]} for r in records]
-    return _records(list(enumerate(records, start=1)), path, labels, label, text, features, task)
+    return _records(list(enumerate(records, start=1)), path, labels, label, text, features, task, labelled)
 
 
 def _records(records: list[tuple[int, dict[str, Any]]], path: Path, labels: LabelMap, label: str, text: str | None,
-             features: list[str] | None, task: str | None) -> Labeled:
+             features: list[str] | None, task: str | None, labelled: bool = True) -> Labeled:
     if not records:
         raise FileError(f"{path}: no rows")
     columns = list(records[0][1])
-    if label not in columns:
+    if label not in columns and labelled:
         raise FileError(f"{path}: no label column {label!r} (columns: {', '.join(columns)})")
     if task is None and "task" in columns and "task" != label:  # a column named task holds task ids
         task = "task"
@@ -177,10 +179,10 @@ def _records(records: list[tuple[int, dict[str, Any]]], path: Path, labels: Labe
     names, tasks, rows = [], [], []
     for number, record in records:
         where = f"{path}: row {number}"
-        for column in [label] + ([text] if text else features) + ([task] if task else []):
+        for column in [label] * labelled + ([text] if text else features) + ([task] if task else []):
             if record.get(column) in (None, ""):
                 raise FileError(f"{where}: field {column!r} is empty")
-        names.append(str(record[label]))
+        names.append(str(record[label]) if labelled else "")
         tasks.append(int(_number(str(record[task]), f"{where}: field {task!r}")) if task else 0)
         rows.append(str(record[text]) if text else [_number(str(record[c]), f"{where}: field {c!r}")
                                                     for c in features])
@@ -195,9 +197,14 @@ def _records(records: list[tuple[int, dict[str, Any]]], path: Path, labels: Labe
             raise FileError(f"{path}: row {records[bad][0]}: a feature is NaN or infinite")
     inputs = f"text column {text!r}" if text else f"{len(features)} feature columns ({', '.join(features[:3])}" + (
         ", ...)" if len(features) > 3 else ")")
-    read_as = f"{inputs}, labels from {label!r}" + (f", tasks from {task!r}" if task else "")
-    return Labeled(x, labels.ids(names), torch.tensor(tasks, dtype=torch.long), modality, str(path), read_as,
-                   {"label": label, "text": text, "features": features, "task": task})
+    read_as = inputs + (f", labels from {label!r}" if labelled else "") + (f", tasks from {task!r}" if task else "")
+    return Labeled(x, _ids(labels, names, labelled), torch.tensor(tasks, dtype=torch.long), modality, str(path),
+                   read_as, {"label": label, "text": text, "features": features, "task": task},
+                   [f"row {number}" for number, _ in records])
+
+
+def _ids(labels: LabelMap, names: list[str], labelled: bool) -> Tensor:
+    return labels.ids(names) if labelled else torch.full((len(names),), -1, dtype=torch.long)
 
 
 def _natural(path: Path) -> tuple:
@@ -205,8 +212,15 @@ def _natural(path: Path) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name))
 
 
-def _class_files(folder: Path, suffixes: tuple[str, ...]) -> list[tuple[Path, str]]:
-    """(file, class name) for every file of one sub-folder per class, in file-name order."""
+def _class_files(folder: Path, suffixes: tuple[str, ...], labelled: bool = True) -> list[tuple[Path, str]]:
+    """(file, class name) for every file of one sub-folder per class, in file-name order. Unless
+    ``labelled``: also the files in ``folder`` itself (or ``folder`` when it is one file), named ""."""
+    if not labelled:
+        found = [folder] if folder.is_file() else [f for f in sorted(folder.rglob("*"), key=_natural) if f.is_file()]
+        files = [(f, "") for f in found if f.suffix.lower() in suffixes]
+        if not files:
+            raise FileError(f"{folder}: no {'/'.join(suffixes)} files")
+        return files
     if not folder.is_dir():
         raise FileError(f"{folder}: not a folder (one sub-folder per class is expected)")
     classes = sorted((d for d in folder.iterdir() if d.is_dir()), key=_natural)
@@ -219,13 +233,14 @@ def _class_files(folder: Path, suffixes: tuple[str, ...]) -> list[tuple[Path, st
 
 
 def load_image_folder(folder: str | Path, labels: LabelMap, *, size: int | None = None,
-                      channels: int | None = None) -> Labeled:
+                      channels: int | None = None, labelled: bool = True) -> Labeled:
     """Images (PNG, JPEG) in one sub-folder per class, scaled to [0, 1], resized to ``size`` x
     ``size`` (default: the first image's size) with ``channels`` 1 or 3 (default: the first image's)."""
     from PIL import Image, UnidentifiedImageError
 
     images, names = [], []
-    for path, name in _class_files(Path(folder), IMAGES):
+    files = _class_files(Path(folder), IMAGES, labelled)
+    for path, name in files:
         try:
             with Image.open(path) as image:
                 image.load()
@@ -239,12 +254,18 @@ def load_image_folder(folder: str | Path, labels: LabelMap, *, size: int | None 
         array = np.asarray(image, dtype=np.float32) / 255.0
         images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
         names.append(name)
-    return Labeled(torch.from_numpy(np.stack(images)), labels.ids(names), torch.zeros(len(names), dtype=torch.long),
-                   "vision", str(folder))
+    return Labeled(torch.from_numpy(np.stack(images)), _ids(labels, names, labelled),
+                   torch.zeros(len(names), dtype=torch.long), "vision", str(folder), rows=_file_rows(folder, files))
+
+
+def _file_rows(folder: str | Path, files: list[tuple[Path, str]]) -> list[str]:
+    """Each file's name within ``folder``."""
+    folder = Path(folder)
+    return [f.name if f == folder else str(f.relative_to(folder)) for f, _ in files]
 
 
 def load_audio_folder(folder: str | Path, labels: LabelMap, *, sample_rate: int = 16_000,
-                      seconds: float = 1.0) -> Labeled:
+                      seconds: float = 1.0, labelled: bool = True) -> Labeled:
     """WAV clips in one sub-folder per class, as mono waveforms resampled to ``sample_rate`` and
     cut or zero-padded to ``seconds``."""
     from math import gcd
@@ -254,7 +275,8 @@ def load_audio_folder(folder: str | Path, labels: LabelMap, *, sample_rate: int 
 
     n = round(sample_rate * seconds)
     clips, names = [], []
-    for path, name in _class_files(Path(folder), AUDIO):
+    files = _class_files(Path(folder), AUDIO, labelled)
+    for path, name in files:
         try:
             rate, raw = wavfile.read(path)
         except (ValueError, OSError) as err:
@@ -276,13 +298,13 @@ def load_audio_folder(folder: str | Path, labels: LabelMap, *, sample_rate: int 
             raise FileError(f"{path}: holds NaN or infinite samples")
         clips.append(clip)
         names.append(name)
-    return Labeled(torch.from_numpy(np.stack(clips)), labels.ids(names), torch.zeros(len(names), dtype=torch.long),
-                   "audio", str(folder))
+    return Labeled(torch.from_numpy(np.stack(clips)), _ids(labels, names, labelled),
+                   torch.zeros(len(names), dtype=torch.long), "audio", str(folder), rows=_file_rows(folder, files))
 
 
-def load_arrays(path: str | Path, labels: LabelMap) -> Labeled:
+def load_arrays(path: str | Path, labels: LabelMap, labelled: bool = True) -> Labeled:
     """An ``.npz`` file with arrays ``x`` and ``y`` (label ids or names), and optionally ``t``; or a
-    folder holding ``x.npy``, ``y.npy`` and optionally ``t.npy``."""
+    folder holding ``x.npy``, ``y.npy`` and optionally ``t.npy`` (``y`` only if ``labelled``)."""
     path = Path(path)
     arrays = {}
     try:
@@ -295,18 +317,19 @@ def load_arrays(path: str | Path, labels: LabelMap) -> Labeled:
                 arrays = {k: data[k] for k in data.files}
     except (ValueError, OSError) as err:
         raise FileError(f"{path}: not readable arrays ({str(err).splitlines()[0]})") from None
-    for key in ("x", "y"):
+    for key in ("x", "y")[:1 + labelled]:
         if key not in arrays:
             raise FileError(f"{path}: no array {key!r} (arrays: {', '.join(arrays) or 'none'})")
-    x, y = arrays["x"], arrays["y"]
+    x = arrays["x"]
+    y = arrays["y"] if labelled else np.zeros(len(x))
     if len(x) != len(y):
         raise FileError(f"{path}: x has {len(x)} rows but y has {len(y)}")
     if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
         raise FileError(f"{path}: field 'x' must hold finite numbers")
     t = arrays.get("t", np.zeros(len(y), dtype=np.int64))
     modality = _array_modality(x.shape)
-    return Labeled(torch.from_numpy(x.astype(np.float32)), labels.ids([str(v) for v in y.tolist()]),
-                   torch.from_numpy(t.astype(np.int64)), modality, str(path))
+    return Labeled(torch.from_numpy(x.astype(np.float32)), _ids(labels, [str(v) for v in y.tolist()], labelled),
+                   torch.from_numpy(t.astype(np.int64)), modality, str(path), rows=[f"row {i}" for i in range(len(x))])
 
 
 def _array_modality(shape: tuple[int, ...]) -> str:
@@ -315,26 +338,29 @@ def _array_modality(shape: tuple[int, ...]) -> str:
     return "vision" if len(shape) == 4 else "audio" if len(shape) == 2 and shape[1] >= 4000 else "tabular"
 
 
-def load(path: str | Path, labels: LabelMap, **options: Any) -> Labeled:
+def load(path: str | Path, labels: LabelMap, labelled: bool = True, **options: Any) -> Labeled:
     """Any of the above, chosen by what ``path`` is: a table, an ``.npz`` file, or a folder of
-    class folders holding images or WAV clips."""
+    class folders holding images or WAV clips. Unless ``labelled`` (inputs to predict on), labels
+    are not read and may be missing: a table without a label column, a folder of images or clips
+    with or without class folders, one image or clip."""
     path = Path(path)
-    if path.is_file() and path.suffix.lower() in TABLES:
-        return load_table(path, labels, **{k: options[k] for k in ("label", "text", "features", "task")
-                                           if k in options})
-    if path.is_file() and path.suffix.lower() in ARRAYS:
-        return load_arrays(path, labels)
     table = {k: options[k] for k in ("label", "text", "features", "task") if k in options}
+    if path.is_file() and path.suffix.lower() in TABLES:
+        return load_table(path, labels, labelled=labelled, **table)
+    if path.is_file() and path.suffix.lower() in ARRAYS:
+        return load_arrays(path, labels, labelled)
     if path.is_dir() and (path / "state.json").is_file():
-        return load_hf_dataset(path, labels, **table)
+        return load_hf_dataset(path, labels, labelled=labelled, **table)
     if path.is_dir() and (path / "x.npy").is_file():
-        return load_arrays(path, labels)
-    if path.is_dir():
-        kinds = {f.suffix.lower() for d in path.iterdir() if d.is_dir() for f in d.iterdir()}
-        if kinds & set(AUDIO):
-            return load_audio_folder(path, labels, **{k: v for k, v in options.items()
-                                                      if k in ("sample_rate", "seconds")})
-        return load_image_folder(path, labels, **{k: v for k, v in options.items() if k in ("size", "channels")})
+        return load_arrays(path, labels, labelled)
+    if path.is_dir() or (not labelled and path.is_file() and path.suffix.lower() in IMAGES + AUDIO):
+        found = [path] if path.is_file() else path.rglob("*") if not labelled else (
+            f for d in path.iterdir() if d.is_dir() for f in d.iterdir())
+        if {f.suffix.lower() for f in found} & set(AUDIO):
+            return load_audio_folder(path, labels, labelled=labelled, **{k: v for k, v in options.items()
+                                                                         if k in ("sample_rate", "seconds")})
+        return load_image_folder(path, labels, labelled=labelled,
+                                 **{k: v for k, v in options.items() if k in ("size", "channels")})
     raise FileError(f"{path}: not a table ({', '.join(TABLES)}), an .npz file, a folder of .npy arrays or of "
                     "class folders")
 

@@ -1,13 +1,14 @@
-"""A versioned model store: a SQLite database of versions, their data batches and gate decisions,
-and one saved learner folder per version; the "promoted" pointer moves in one transaction.
+"""A versioned model store: a database of versions, their data batches and gate decisions, and one
+saved learner folder per version; the "promoted" pointer moves in one transaction.
 
-Layout: ``STORE/store.db`` and ``STORE/versions/<n>/`` (a :meth:`Learner.save` folder). A version is
+Layout: ``STORE/store.db`` (SQLite, the default; or ``STORE/database.url`` naming a PostgreSQL
+database, for several hosts) and ``STORE/versions/<n>/`` (a :meth:`Learner.save` folder). A version is
 written in three steps: its row is inserted as ``writing``, its learner is saved (atomic and
 fsynced), then one transaction marks it ``ready`` with its metrics, batches and decision. Only ready
 versions can be promoted or loaded, and promotion is one ``UPDATE`` in a transaction: killed at any
 point, the store still opens with its last promoted version loadable, and nothing half-written is
-ever read. SQLite runs in WAL mode, so readers (a predictor) go on while one writer (an updater)
-works.
+ever read. Readers (a predictor) go on while one writer (an updater) works: SQLite runs in WAL
+mode, PostgreSQL readers see the last commit.
 """
 
 from __future__ import annotations
@@ -16,29 +17,90 @@ import contextlib
 import hashlib
 import json
 import os
-import sqlite3
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
+from sqlalchemy.pool import NullPool
+
 from retain.engine import Learner
 from retain.engine.persist import durable_write
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS versions (
-    id INTEGER PRIMARY KEY, parent INTEGER REFERENCES versions(id), created REAL NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('writing', 'ready')), metrics TEXT NOT NULL DEFAULT '{}',
-    decision TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '');
-CREATE TABLE IF NOT EXISTS batches (
-    id INTEGER PRIMARY KEY, version INTEGER NOT NULL REFERENCES versions(id), sha256 TEXT NOT NULL,
-    rows INTEGER NOT NULL, source TEXT NOT NULL, role TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY, at REAL NOT NULL, version INTEGER, kind TEXT NOT NULL, detail TEXT NOT NULL);
-"""
 FORMAT = 1
+SQLITE = "store.db"  # the default database, inside the store's folder
+URL_FILE = "database.url"  # or a SQLAlchemy URL (PostgreSQL) kept here
+
+TABLES = MetaData()
+META = Table("meta", TABLES, Column("key", Text, primary_key=True), Column("value", Text, nullable=False))
+VERSIONS = Table(
+    "versions", TABLES, Column("id", Integer, primary_key=True), Column("parent", Integer, ForeignKey("versions.id")),
+    Column("created", Float, nullable=False), Column("status", Text, nullable=False),
+    Column("metrics", Text, nullable=False, server_default="{}"),
+    Column("decision", Text, nullable=False, server_default=""),
+    Column("reason", Text, nullable=False, server_default=""),
+    CheckConstraint("status IN ('writing', 'ready')", name="version_status"))
+BATCHES = Table(
+    "batches", TABLES, Column("id", Integer, primary_key=True),
+    Column("version", Integer, ForeignKey("versions.id"), nullable=False), Column("sha256", Text, nullable=False),
+    Column("rows", Integer, nullable=False), Column("source", Text, nullable=False),
+    Column("role", Text, nullable=False))
+EVENTS = Table(
+    "events", TABLES, Column("id", Integer, primary_key=True), Column("at", Float, nullable=False),
+    Column("version", Integer), Column("kind", Text, nullable=False), Column("detail", Text, nullable=False))
+
+
+def database_url(url: str) -> URL:
+    """``url`` parsed, with PostgreSQL's default driver set to psycopg (version 3, the one installed)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as err:
+        raise StoreError(f"{url!r} is not a database URL (e.g. postgresql://user@host/db): {err}") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StoreError(f"{parsed.get_backend_name()!r} databases are not supported; use SQLite or PostgreSQL")
+    return parsed
+
+
+def _engine(url: URL) -> Engine:
+    """An engine with no pool (a connection per use: safe across fork, a killed writer holds nothing).
+    On SQLite: WAL, so readers go on beside a writer; full sync; writes take the lock when they
+    begin (``BEGIN IMMEDIATE``), so two writers queue instead of failing half-way."""
+    engine = create_engine(url, poolclass=NullPool)
+    if url.get_backend_name() == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi, _record) -> None:
+            dbapi.isolation_level = None  # SQLAlchemy's begin event below starts the transactions
+            for pragma in ("journal_mode = WAL", "synchronous = FULL", "busy_timeout = 30000"):
+                dbapi.execute(f"PRAGMA {pragma}")
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+    return engine
 
 
 class StoreError(ValueError):
@@ -94,56 +156,85 @@ class ModelStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not (self.path / "store.db").is_file():
-            raise StoreError(f"{self.path} is not a model store (store.db is missing); make one with retain init")
-        with self._db() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        if (self.path / URL_FILE).is_file():
+            self.url = database_url((self.path / URL_FILE).read_text().strip())
+        elif (self.path / SQLITE).is_file():
+            self.url = database_url(f"sqlite:///{self.path / SQLITE}")
+        else:
+            raise StoreError(f"{self.path} is not a model store ({SQLITE} is missing); make one with retain init")
+        self._engine = _engine(self.url)
+        try:
+            with self._db() as db:
+                row = db.execute(select(META.c.value).where(META.c.key == "format")).first()
+        except (OperationalError, ProgrammingError) as err:
+            raise StoreError(f"{self.path}: its database {self.where} cannot be read: "
+                             f"{str(err.orig).strip().splitlines()[0]}") from None
         if row is None or int(row[0]) != FORMAT:
             raise StoreError(f"{self.path}: unsupported store format {row[0] if row else None!r}")
 
+    @property
+    def where(self) -> str:
+        """The database, for messages (no password)."""
+        return self.url.render_as_string(hide_password=True)
+
     @classmethod
-    def create(cls, path: str | Path, config: dict[str, Any]) -> ModelStore:
-        """A new, empty store at ``path`` (a folder that does not exist or is empty)."""
+    def create(cls, path: str | Path, config: dict[str, Any], database: str | None = None) -> ModelStore:
+        """A new, empty store at ``path`` (a folder that does not exist or is empty); its database is
+        ``path/store.db`` (SQLite), or the empty database at the SQLAlchemy URL ``database``
+        (PostgreSQL: ``postgresql://user@host/db``; a password is best left to ``PGPASSWORD``)."""
         path = Path(path)
         if path.exists() and any(path.iterdir()):
             raise StoreError(f"{path} already holds files; a new store needs a new or empty folder")
+        url = database_url(database or f"sqlite:///{path / SQLITE}")
+        where = url.render_as_string(hide_password=True)
+        existed = path.exists()
         (path / "versions").mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path / "store.db", isolation_level=None)
+        engine = _engine(url)
         try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.executescript(SCHEMA)
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
-                           [("format", str(FORMAT)), ("config", json.dumps(config)), ("promoted", "")])
-            db.execute("COMMIT")
+            with engine.connect().execution_options(write=True) as db, db.begin():
+                if inspect(db).has_table("meta"):
+                    raise StoreError(f"{where} already holds a model store; each store needs its own database")
+                TABLES.create_all(db)
+                db.execute(insert(META), [{"key": "format", "value": str(FORMAT)},
+                                          {"key": "config", "value": json.dumps(config)},
+                                          {"key": "promoted", "value": ""}])
+            if database:
+                durable_write(path / URL_FILE, (url.render_as_string(hide_password=False) + "\n").encode())
+        except BaseException as err:  # leave nothing behind: the same command can run again
+            for entry in path.iterdir() if existed else [path]:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            if isinstance(err, OperationalError | ProgrammingError):
+                raise StoreError(f"cannot use {where}: {str(err.orig).strip().splitlines()[0]}") from None
+            raise
         finally:
-            db.close()
+            engine.dispose()
         return cls(path)
 
     @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path / "store.db", isolation_level=None, timeout=30)
-        try:
-            db.execute("PRAGMA synchronous = FULL")
+    def _db(self) -> Iterator[Connection]:
+        """A connection for reading: it sees the last commit, and never waits for a writer."""
+        with self._engine.connect() as db:
             yield db
-        finally:
-            db.close()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")  # one writer at a time; readers see the last commit
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    def _transaction(self) -> Iterator[Connection]:
+        """One write transaction at a time: SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's lock on the
+        format row; all of it commits, or none of it."""
+        with self._engine.connect().execution_options(write=True) as db, db.begin():
+            if self.url.get_backend_name() == "postgresql":
+                db.execute(select(META.c.value).where(META.c.key == "format").with_for_update())
+            yield db
 
     @property
     def config(self) -> dict[str, Any]:
-        with self._db() as db:
-            return json.loads(db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
+        return json.loads(self._meta("config"))
+
+    def _meta(self, key: str, db: Connection | None = None) -> str | None:
+        if db is None:
+            with self._db() as db:
+                return self._meta(key, db)
+        row = db.execute(select(META.c.value).where(META.c.key == key)).first()
+        return None if row is None else row[0]
 
     def folder(self, version: int) -> Path:
         return self.path / "versions" / str(version)
@@ -155,40 +246,42 @@ class ModelStore:
         with self._transaction() as db:
             if parent is not None and not self._ready(db, parent):
                 raise StoreError(f"parent version {parent} is not a ready version of this store")
-            version = db.execute("INSERT INTO versions (parent, created, status) VALUES (?, ?, 'writing')",
-                                 (parent, time.time())).lastrowid
+            version = db.execute(insert(VERSIONS).values(parent=parent, created=time.time(), status="writing")
+                                 ).inserted_primary_key[0]
         learner.save(self.folder(version))
         with self._transaction() as db:
-            db.execute("UPDATE versions SET status = 'ready', metrics = ?, decision = ?, reason = ? WHERE id = ?",
-                       (json.dumps(metrics or {}), decision, reason, version))
-            db.executemany("INSERT INTO batches (version, sha256, rows, source, role) VALUES (?, ?, ?, ?, ?)",
-                           [(version, b.sha256, b.rows, b.source, b.role) for b in batches])
-            db.execute("INSERT INTO events (at, version, kind, detail) VALUES (?, ?, 'version', ?)",
-                       (time.time(), version, decision or "saved"))
+            db.execute(update(VERSIONS).where(VERSIONS.c.id == version).values(
+                status="ready", metrics=json.dumps(metrics or {}), decision=decision, reason=reason))
+            if batches:
+                db.execute(insert(BATCHES), [{"version": version, "sha256": b.sha256, "rows": b.rows,
+                                              "source": b.source, "role": b.role} for b in batches])
+            self._event(db, "version", decision or "saved", version)
             if promote:
-                db.execute("UPDATE meta SET value = ? WHERE key = 'promoted'", (str(version),))
-                db.execute("INSERT INTO events (at, version, kind, detail) VALUES (?, ?, 'promote', ?)",
-                           (time.time(), version, reason or "promoted"))
+                self._point_at(db, version, reason or "promoted")
         return version
 
     @staticmethod
-    def _ready(db: sqlite3.Connection, version: int) -> bool:
-        row = db.execute("SELECT status FROM versions WHERE id = ?", (version,)).fetchone()
-        return row is not None and row[0] == "ready"
+    def _event(db: Connection, kind: str, detail: str, version: int | None) -> None:
+        db.execute(insert(EVENTS).values(at=time.time(), version=version, kind=kind, detail=detail))
+
+    def _point_at(self, db: Connection, version: int, reason: str) -> None:
+        db.execute(update(META).where(META.c.key == "promoted").values(value=str(version)))
+        self._event(db, "promote", reason, version)
+
+    @staticmethod
+    def _ready(db: Connection, version: int) -> bool:
+        return db.execute(select(VERSIONS.c.status).where(VERSIONS.c.id == version)).scalar() == "ready"
 
     def promote(self, version: int, reason: str = "promoted") -> None:
         """Make ``version`` the one served: one transaction moves the pointer."""
         with self._transaction() as db:
             if not self._ready(db, version):
                 raise StoreError(f"version {version} is not a ready version of this store")
-            db.execute("UPDATE meta SET value = ? WHERE key = 'promoted'", (str(version),))
-            db.execute("INSERT INTO events (at, version, kind, detail) VALUES (?, ?, 'promote', ?)",
-                       (time.time(), version, reason))
+            self._point_at(db, version, reason)
 
     def promoted(self) -> int | None:
         """The version served now (None before the first promotion)."""
-        with self._db() as db:
-            value = db.execute("SELECT value FROM meta WHERE key = 'promoted'").fetchone()[0]
+        value = self._meta("promoted")
         return int(value) if value else None
 
     def rollback(self, version: int | None = None) -> int:
@@ -221,11 +314,14 @@ class ModelStore:
 
     def versions(self) -> list[Version]:
         """Every ready version, oldest first, with its batches and whether it is promoted."""
-        promoted = self.promoted()
-        with self._db() as db:
-            rows = db.execute("SELECT id, parent, created, status, metrics, decision, reason FROM versions "
-                              "WHERE status = 'ready' ORDER BY id").fetchall()
-            batches = db.execute("SELECT version, sha256, rows, source, role FROM batches ORDER BY id").fetchall()
+        with self._db() as db, db.begin():  # one snapshot: the pointer and the rows agree
+            value = self._meta("promoted", db)
+            rows = db.execute(select(VERSIONS.c.id, VERSIONS.c.parent, VERSIONS.c.created, VERSIONS.c.status,
+                                     VERSIONS.c.metrics, VERSIONS.c.decision, VERSIONS.c.reason)
+                              .where(VERSIONS.c.status == "ready").order_by(VERSIONS.c.id)).all()
+            batches = db.execute(select(BATCHES.c.version, BATCHES.c.sha256, BATCHES.c.rows, BATCHES.c.source,
+                                        BATCHES.c.role).order_by(BATCHES.c.id)).all()
+        promoted = int(value) if value else None
         out = []
         for id_, parent, created, status, metrics, decision, reason in rows:
             out.append(Version(id_, parent, created, status, json.loads(metrics), decision, reason, id_ == promoted,
@@ -234,18 +330,20 @@ class ModelStore:
 
     def labels(self) -> list[str]:
         """The label name of each class id, stable across versions."""
-        with self._db() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'labels'").fetchone()
-        return json.loads(row[0]) if row else []
+        value = self._meta("labels")
+        return json.loads(value) if value else []
 
     def set_labels(self, names: list[str]) -> None:
         """Record the label names; ids once given never change (the list only grows)."""
         with self._transaction() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'labels'").fetchone()
-            known = json.loads(row[0]) if row else []
+            value = self._meta("labels", db)
+            known = json.loads(value) if value else []
             if names[:len(known)] != known:
                 raise StoreError(f"label ids must stay as they are: the store has {known}, got {names}")
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('labels', ?)", (json.dumps(names),))
+            if value is None:
+                db.execute(insert(META).values(key="labels", value=json.dumps(names)))
+            else:
+                db.execute(update(META).where(META.c.key == "labels").values(value=json.dumps(names)))
 
     def put_data(self, name: str, tensors: dict[str, Any], kind: str = "data") -> None:
         """Keep tensors under ``name``, written whole or not at all: a batch's held-out rows
@@ -266,8 +364,9 @@ class ModelStore:
     def held_out_names(self, versions: list[int] | None = None) -> list[str]:
         """The held-out batches ready versions record (only those of ``versions`` when given), in order."""
         with self._db() as db:
-            rows = db.execute("SELECT DISTINCT b.source, b.version FROM batches b JOIN versions v ON v.id = b.version "
-                              "WHERE b.role = 'held_out' AND v.status = 'ready' ORDER BY b.source").fetchall()
+            rows = db.execute(select(BATCHES.c.source, BATCHES.c.version).distinct()
+                              .join(VERSIONS, VERSIONS.c.id == BATCHES.c.version)
+                              .where(BATCHES.c.role == "held_out", VERSIONS.c.status == "ready")).all()
         return sorted({name for name, v in rows if versions is None or v in versions})
 
     @contextlib.contextmanager
@@ -297,10 +396,11 @@ class ModelStore:
     def log(self, kind: str, detail: str, version: int | None = None) -> None:
         """Add an event to the store's log (a gate decision, say)."""
         with self._transaction() as db:
-            db.execute("INSERT INTO events (at, version, kind, detail) VALUES (?, ?, ?, ?)",
-                       (time.time(), version, kind, detail))
+            self._event(db, kind, detail, version)
 
     def events(self) -> list[tuple[float, int | None, str, str]]:
         """The store's log: versions saved, promotions, rollbacks, with their reasons."""
         with self._db() as db:
-            return db.execute("SELECT at, version, kind, detail FROM events ORDER BY id").fetchall()
+            rows = db.execute(select(EVENTS.c.at, EVENTS.c.version, EVENTS.c.kind, EVENTS.c.detail)
+                              .order_by(EVENTS.c.id)).all()
+        return [tuple(r) for r in rows]
