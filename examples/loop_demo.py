@@ -42,10 +42,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/loop"))
     parser.add_argument("--per-class", type=int, default=300, help="training images per class to export")
     args = parser.parse_args()
+    marker = args.out / ".retain-loop-demo"  # written first: a demo stopped half-way is replaced too
     if args.out.exists() and any(args.out.iterdir()):
-        if not (args.out / "store").is_dir():  # only a previous demo's folder is replaced
+        if not (marker.is_file() or (args.out / "store").is_dir()):  # only a previous demo's folder is replaced
             parser.error(f"{args.out} holds files that are not a previous demo run; choose another --out")
         shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+    marker.write_text("a folder of examples/loop_demo.py, replaced by its next run\n")
     data = export("fashion_mnist", args.out / "data", "images", max_train_per_class=args.per_class,
                   max_test_per_class=args.per_class // 3)
     corrupted = args.out / "data" / "02-flipped"
