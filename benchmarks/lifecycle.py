@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from retain.config import load_config
 from retain.data import Experience, Stream
 from retain.data.export import export
 from retain.data.files import LabelMap, load
+from retain.engine import Learner
 from retain.loop import Project
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,10 +125,17 @@ def run(name: str, work: Path) -> dict:
             out["updates"].append(row)
             print(json.dumps(row), flush=True)
         projects[gate] = project
-        accs = [v["accuracy"] for v in project.versions() if v["decision"] == "promoted"]
-        out[f"promoted_gate_{gate}"] = [v["version"] for v in project.versions() if v["decision"] == "promoted"]
+        versions = {v["version"]: v for v in project.versions()}
+        line = [v for v in versions.values() if v["decision"] == "promoted"]
+        accs = [v["accuracy"] for v in line]
+        out[f"promoted_gate_{gate}"] = [v["version"] for v in line]
+        # per update: against the parent it replaced (what the rule holds); since learned: the best
+        # any promoted version had on a batch against the last
+        out[f"worst_update_drop_gate_{gate}"] = max(
+            (versions[v["parent"]]["accuracy"][b] - v["accuracy"][b] for v in line[1:]
+             for b in versions[v["parent"]]["accuracy"]), default=0.0)
         out[f"worst_drop_gate_{gate}"] = max(
-            (first[b] - last[b] for first in accs for last in accs[-1:] for b in first if b in last), default=0.0)
+            (first[b] - accs[-1][b] for first in accs for b in first if b in accs[-1]), default=0.0)
     held = projects["on"]._held_out()  # every clean batch's held-out rows, as the gated store kept them
     x, y = torch.cat([v[0] for v in held.values()]), torch.cat([v[1] for v in held.values()])
     from retain.quality.gate import row_hashes
@@ -138,8 +148,43 @@ def run(name: str, work: Path) -> dict:
         final = project.store.load(device="cpu")
         out[f"final_acc_gate_{gate}"] = float((final.predict(x[fair]) == y[fair]).float().mean())
         out[f"scored_rows_gate_{gate}"] = int(fair.sum())
-    out["retrain_acc"] = retrain(cfg, data, folders, projects["on"], x, y)
+    retrained = retrain(cfg, data, folders, projects["on"], x)
+    out["retrain_acc"] = float((retrained.predict(x) == y).float().mean())
+    # The floor of the drop since learned: how far retraining on everything falls below the best
+    # the loop had on each batch (class interference, not forgetting)
+    best = {b: max(a[b] for a in (v["accuracy"] for v in projects["on"].versions() if v["decision"] == "promoted")
+                   if b in a) for b in held}
+    out["retrain_drop"] = max(best[b] - float((retrained.predict(v[0]) == v[1]).float().mean())
+                              for b, v in held.items())
+    if name == "text":
+        out |= update_seconds(projects["on"], data, work)
     return out
+
+
+def update_seconds(project: Project, data: Path, work: Path, rows: int = 200) -> dict:
+    """An update with ``rows`` new rows (the test rows of batches 04 and 03, never learned): in this
+    process once their features are cached (the update besides encoding), and as a user runs
+    ``retain update`` (a new process: Python, imports, the tokenizer; features still cached) on a
+    copy of the store."""
+    lines = (data / "04" / "test.csv").read_text().splitlines()
+    lines += (data / "03" / "test.csv").read_text().splitlines()[1:]
+    batch = work / f"new-{rows}.csv"
+    batch.write_text("\n".join(lines[:rows + 1]) + "\n")
+    copy = work / "store-cli"
+    shutil.copytree(project.store.path, copy)
+    start = time.perf_counter()
+    raw = load(batch, LabelMap(project.store.labels()), **project.config.scenario.files.options()).x
+    model_inputs(project.config, raw)
+    encode = time.perf_counter() - start
+    start = time.perf_counter()
+    result = Project(project.store.path).update(batch)
+    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "retain.cli", "update", str(copy), "--data", str(batch), "--json"],
+                          capture_output=True, text=True, check=False)
+    cli = time.perf_counter() - start
+    return {"update_rows": len(raw), "update_seconds_cached_features": seconds, "update_encode_seconds": encode,
+            "update_promoted": result.promoted, "update_cli_seconds": cli, "update_cli_exit": done.returncode}
 
 
 def gate_scores(project: Project, path: Path, flipped_rows: set[int], folders: bool, clean: Path) -> dict:
@@ -159,9 +204,9 @@ def gate_scores(project: Project, path: Path, flipped_rows: set[int], folders: b
             "flipped_rows": len(flipped_rows), "gate_decision": report.decision}
 
 
-def retrain(cfg, data: Path, folders: bool, project: Project, held_x: torch.Tensor, held_y: torch.Tensor) -> float:
+def retrain(cfg, data: Path, folders: bool, project: Project, held_x: torch.Tensor) -> Learner:
     """The config's method fitted once on every clean batch's rows but the held-out ones (for SLDA,
-    exactly LDA on them), scored on those."""
+    exactly LDA on them)."""
     from retain.quality.gate import row_hashes
 
     labels = LabelMap(project.store.labels())
@@ -179,7 +224,7 @@ def retrain(cfg, data: Path, folders: bool, project: Project, held_x: torch.Tens
     learner = build_learner(Stream([exp], n_classes=len(labels.names), class_names=labels.names), cfg,
                             cfg.strategies[0], 0)
     learner.fit(exp)
-    return float((learner.predict(held_x) == held_y).float().mean())
+    return learner
 
 
 def main() -> None:
@@ -194,8 +239,10 @@ def main() -> None:
             rows.append(run(name, Path(tmp)))
         summary = {k: v for k, v in rows[-1].items() if k != "updates"}
         print(json.dumps(summary), flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=1))
+    if args.out:  # streams not run this time keep their rows
+        kept = json.loads(args.out.read_text()) if args.out.exists() else []
+        ran = {r["stream"] for r in rows}
+        args.out.write_text(json.dumps([r for r in kept if r["stream"] not in ran] + rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -187,7 +187,9 @@ class Project:
         if first:
             reason, promote = "the first version", True
         else:
-            decision = self.config.promotion.decide(candidate, promoted, name, self._per_class(learner, judged))
+            recorded = [v.metrics.get("accuracy", {}) for v in self.store.versions() if v.id in line]
+            best = {b: max(r[b] for r in recorded if b in r) for b in promoted}
+            decision = self.config.promotion.decide(candidate, promoted, name, self._per_class(learner, judged), best)
             reason, promote = decision.reason, decision.promote
         # One transaction records the version, its batches (its held-out rows are read from then on)
         # and, if the rule says so, its promotion: killed before it, the update left nothing behind.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass as validated
@@ -12,30 +13,45 @@ from pydantic.dataclasses import dataclass as validated
 class PromotionRule:
     """A candidate is promoted when its accuracy on the new batch's held-out rows is at least
     ``min_new_accuracy``, no earlier batch's held-out accuracy falls more than ``max_drop`` below
-    the promoted version's, and no class it knows scores below ``min_class_accuracy``.
+    the promoted version's (``compared_to: best``: below the best any version of the promoted line
+    had, so that small drops cannot add up), and no class it knows scores below ``min_class_accuracy``.
 
     >>> rule = PromotionRule(max_drop=0.05)
     >>> rule.decide({"b0": 0.90, "b1": 0.80}, {"b0": 0.91}, "b1", {}).promote
     True
     >>> rule.decide({"b0": 0.70, "b1": 0.95}, {"b0": 0.91}, "b1", {}).reason
     'batch b0: accuracy 70.0% fell 21.0 points below the promoted version (91.0%), more than 5.0 allowed'
+
+    Two drops of 4 points pass one by one, but not against the best the line had:
+
+    >>> new, best = {"b0": 0.82, "b2": 0.9}, {"b0": 0.90}
+    >>> rule.decide(new, {"b0": 0.86}, "b2", {}, best).promote
+    True
+    >>> PromotionRule(max_drop=0.05, compared_to="best").decide(new, {"b0": 0.86}, "b2", {}, best).reason
+    'batch b0: accuracy 82.0% fell 8.0 points below its best on the promoted line (90.0%), more than 5.0 allowed'
     """
 
     min_new_accuracy: float = Field(0.0, ge=0.0, le=1.0)
     max_drop: float = Field(0.05, ge=0.0, le=1.0)
     min_class_accuracy: float = Field(0.0, ge=0.0, le=1.0)
+    compared_to: Literal["promoted", "best"] = "promoted"
 
     def decide(self, candidate: dict[str, float], promoted: dict[str, float], new: str,
-               per_class: dict[str, float]) -> Decision:
+               per_class: dict[str, float], best: dict[str, float] | None = None) -> Decision:
         """``candidate`` and ``promoted``: held-out accuracy by batch; ``new``: the new batch;
-        ``per_class``: the candidate's accuracy by class name."""
+        ``per_class``: the candidate's accuracy by class name; ``best``: each batch's best accuracy
+        on the promoted line (used with ``compared_to: best``)."""
+        against = "the promoted version"
+        if self.compared_to == "best" and best:
+            promoted = {b: max(a, best.get(b, a)) for b, a in promoted.items()}
+            against = "its best on the promoted line"
         if candidate[new] < self.min_new_accuracy:
             return Decision(False, f"batch {new}: accuracy {100 * candidate[new]:.1f}% is below the "
                                    f"{100 * self.min_new_accuracy:.1f}% required of new data")
         for batch, before in promoted.items():
             if batch in candidate and before - candidate[batch] > self.max_drop:
                 return Decision(False, f"batch {batch}: accuracy {100 * candidate[batch]:.1f}% fell "
-                                       f"{100 * (before - candidate[batch]):.1f} points below the promoted version "
+                                       f"{100 * (before - candidate[batch]):.1f} points below {against} "
                                        f"({100 * before:.1f}%), more than {100 * self.max_drop:.1f} allowed")
         weak = {c: a for c, a in per_class.items() if a < self.min_class_accuracy}
         if weak:
