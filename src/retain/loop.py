@@ -25,6 +25,7 @@ from retain.engine import Learner
 from retain.quality import GateReport, check_batch, inspect
 from retain.quality.gate import row_hashes
 from retain.store import Batch, ModelStore, StoreError
+from retain.util import slug
 
 
 @dataclass
@@ -119,17 +120,26 @@ class Project:
             raise ValueError(problem)
         return rows
 
-    def _read(self, data: Path) -> tuple[Tensor, Tensor, Tensor, LabelMap]:
+    def _learn(self, data: Path, first: bool = False) -> UpdateResult:
         labels = LabelMap(self.store.labels())
         rows = self._load(data, labels)
-        report = check_batch(rows.x if rows.x.dtype.is_floating_point else torch.zeros(len(rows.y), 1), rows.y,
-                             rows.t, where=str(data))
-        report.raise_if_refused()
-        return model_inputs(self.config, rows.x, self.progress), rows.y, rows.t, labels
+        return self.learn(rows.x, labels.names, rows.y, rows.t, source=str(data), first=first)
 
-    def _learn(self, data: Path, first: bool = False) -> UpdateResult:
+    def learn(self, x: Tensor, names: list[str], y: Tensor, t: Tensor | None = None, *, source: str,
+              first: bool = False) -> UpdateResult:
+        """:meth:`update` on rows already read: raw inputs ``x`` with label ids ``y`` into ``names``
+        (the store's label names, then any new ones), from ``source`` (named in the records)."""
+        t = torch.zeros(len(y), dtype=torch.long) if t is None else t
+        report = check_batch(x if x.dtype.is_floating_point else torch.zeros(len(y), 1), y, t, where=source)
+        report.raise_if_refused()
+        labels = LabelMap(list(names))
+        if labels.names[:len(self.store.labels())] != self.store.labels():
+            raise ValueError(f"{source}: label names must extend the store's {self.store.labels()}")
+        if self.store.promoted() is None and not first:
+            raise StoreError(f"{self.store.path}: no version is promoted to update")
+        x = model_inputs(self.config, x, self.progress)
         with self.store.writer():  # one update or rollback at a time
-            return self._learn_locked(data, first)
+            return self._learn_locked(x, y, t, labels, source, first)
 
     def _line(self) -> list[int]:
         """The promoted version and its ancestors: the versions whose batches the served model learned."""
@@ -140,8 +150,7 @@ class Project:
             v = parents.get(v)
         return line
 
-    def _learn_locked(self, data: Path, first: bool) -> UpdateResult:
-        x, y, t, labels = self._read(data)
+    def _learn_locked(self, x: Tensor, y: Tensor, t: Tensor, labels: LabelMap, data: str, first: bool) -> UpdateResult:
         parent = None if first else self.store.promoted()
         current = None if first else self.store.load(parent, device="cpu")
         line = [] if first else self._line()
@@ -197,7 +206,7 @@ class Project:
                                          decision="promoted" if promote else "kept", reason=reason, promote=promote)
         self.store.set_labels(labels.names)
         if quarantined is not None:
-            self.store.put_data(f"{name}-{Path(data).name}", quarantined, kind="quarantine")
+            self.store.put_data(f"{name}-{slug(Path(data).name)}", quarantined, kind="quarantine")
         self.store.log("gate", f"{data}: {report.reason}", version)
         return UpdateResult(version, promote, reason, candidate, new_names, report.reason)
 

@@ -236,26 +236,67 @@ def load_image_folder(folder: str | Path, labels: LabelMap, *, size: int | None 
                       channels: int | None = None, labelled: bool = True) -> Labeled:
     """Images (PNG, JPEG) in one sub-folder per class, scaled to [0, 1], resized to ``size`` x
     ``size`` (default: the first image's size) with ``channels`` 1 or 3 (default: the first image's)."""
-    from PIL import Image, UnidentifiedImageError
-
     images, names = [], []
     files = _class_files(Path(folder), IMAGES, labelled)
     for path, name in files:
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except (UnidentifiedImageError, OSError) as err:
-            raise FileError(f"{path}: not a readable image ({err})") from None
-        channels = channels or (1 if image.mode in ("L", "I", "I;16", "1") else 3)
-        image = image.convert("L" if channels == 1 else "RGB")
-        size = size or image.size[0]
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.BILINEAR)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+        array = read_image(path, size, channels)
+        size, channels = array.shape[-1], array.shape[0]  # the first image's, unless given
+        images.append(array)
         names.append(name)
     return Labeled(torch.from_numpy(np.stack(images)), _ids(labels, names, labelled),
                    torch.zeros(len(names), dtype=torch.long), "vision", str(folder), rows=_file_rows(folder, files))
+
+
+def read_image(source: str | Path | bytes, size: int | None = None, channels: int | None = None) -> np.ndarray:
+    """One image (a file, or its bytes) as a ``(channels, size, size)`` array in [0, 1]; ``size`` and
+    ``channels`` default to the image's own (its width; 1 for grey images, else 3)."""
+    from PIL import Image, UnidentifiedImageError
+
+    where = "image" if isinstance(source, bytes) else str(source)
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError) as err:
+        raise FileError(f"{where}: not a readable image ({err})") from None
+    channels = channels or (1 if image.mode in ("L", "I", "I;16", "1") else 3)
+    image = image.convert("L" if channels == 1 else "RGB")
+    size = size or image.size[0]
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def read_wav(source: str | Path | bytes, sample_rate: int = 16_000, seconds: float = 1.0) -> np.ndarray:
+    """One WAV clip (a file, or its bytes) as a mono waveform resampled to ``sample_rate`` and cut
+    or zero-padded to ``seconds``."""
+    from math import gcd
+
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    where = "audio" if isinstance(source, bytes) else str(source)
+    try:
+        rate, raw = wavfile.read(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except (ValueError, OSError, EOFError) as err:
+        raise FileError(f"{where}: not a readable WAV file ({err})") from None
+    if rate * 4 < sample_rate:
+        raise FileError(f"{where}: sample rate {rate} Hz is too low: clips are resampled to {sample_rate} Hz, "
+                        f"from {sample_rate // 4} Hz up")
+    audio = raw.astype(np.float32)
+    if np.issubdtype(raw.dtype, np.integer):  # PCM: scale to [-1, 1]
+        audio /= float(np.iinfo(raw.dtype).max)
+    if audio.ndim == 2:
+        audio = audio.mean(1)
+    if rate != sample_rate:
+        k = gcd(rate, sample_rate)
+        audio = resample_poly(audio, sample_rate // k, rate // k).astype(np.float32)
+    n = round(sample_rate * seconds)
+    clip = np.zeros(n, dtype=np.float32)
+    clip[:min(n, len(audio))] = audio[:n]
+    if not np.isfinite(clip).all():
+        raise FileError(f"{where}: holds NaN or infinite samples")
+    return clip
 
 
 def _file_rows(folder: str | Path, files: list[tuple[Path, str]]) -> list[str]:
@@ -268,35 +309,10 @@ def load_audio_folder(folder: str | Path, labels: LabelMap, *, sample_rate: int 
                       seconds: float = 1.0, labelled: bool = True) -> Labeled:
     """WAV clips in one sub-folder per class, as mono waveforms resampled to ``sample_rate`` and
     cut or zero-padded to ``seconds``."""
-    from math import gcd
-
-    from scipy.io import wavfile
-    from scipy.signal import resample_poly
-
-    n = round(sample_rate * seconds)
     clips, names = [], []
     files = _class_files(Path(folder), AUDIO, labelled)
     for path, name in files:
-        try:
-            rate, raw = wavfile.read(path)
-        except (ValueError, OSError) as err:
-            raise FileError(f"{path}: not a readable WAV file ({err})") from None
-        if rate * 4 < sample_rate:
-            raise FileError(f"{path}: sample rate {rate} Hz is too low: clips are resampled to {sample_rate} Hz, "
-                            f"from {sample_rate // 4} Hz up")
-        audio = raw.astype(np.float32)
-        if np.issubdtype(raw.dtype, np.integer):  # PCM: scale to [-1, 1]
-            audio /= float(np.iinfo(raw.dtype).max)
-        if audio.ndim == 2:
-            audio = audio.mean(1)
-        if rate != sample_rate:
-            k = gcd(rate, sample_rate)
-            audio = resample_poly(audio, sample_rate // k, rate // k).astype(np.float32)
-        clip = np.zeros(n, dtype=np.float32)
-        clip[:min(n, len(audio))] = audio[:n]
-        if not np.isfinite(clip).all():
-            raise FileError(f"{path}: holds NaN or infinite samples")
-        clips.append(clip)
+        clips.append(read_wav(path, sample_rate, seconds))
         names.append(name)
     return Labeled(torch.from_numpy(np.stack(clips)), _ids(labels, names, labelled),
                    torch.zeros(len(names), dtype=torch.long), "audio", str(folder), rows=_file_rows(folder, files))
