@@ -274,6 +274,53 @@ def _versions_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """``retain serve``: the store behind the HTTP API (see ``retain.service``)."""
+    import yaml
+    from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from retain.config import ServiceConfig, format_errors
+    from retain.loop import Project
+    from retain.store import StoreError
+
+    try:
+        settings = Project(args.store).config.service
+        if args.config:
+            raw = yaml.safe_load(Path(args.config).read_text()) or {}
+            if not isinstance(raw, dict):
+                raise ValueError(f"{args.config} must hold a mapping (a service: section, or its settings)")
+            # a run config's service: section, or the file is the section itself
+            section = raw.get("service") or ({} if "strategies" in raw else raw)
+            settings = ServiceConfig.model_validate(settings.model_dump() | section)
+    except ValidationError as err:
+        print(f"retain: invalid service settings in {args.config}:\n{format_errors(err)}", file=sys.stderr)
+        return 2
+    except (StoreError, OSError, ValueError, yaml.YAMLError, SQLAlchemyError) as err:
+        print(f"retain: {err}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    if args.workers > 1:  # worker processes build the app themselves; metrics are summed across them
+        import tempfile
+
+        os.environ["RETAIN_SERVE_STORE"] = str(args.store)
+        os.environ["RETAIN_SERVE_SETTINGS"] = settings.model_dump_json()
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="retain-metrics-"))
+        uvicorn.run("retain.service.app:app_from_environment", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level=args.log_level)
+        return 0
+    from retain.service.app import create_app
+
+    try:
+        app = create_app(args.store, settings, updater=not args.no_updater)
+    except (StoreError, OSError, ValueError, SQLAlchemyError) as err:
+        print(f"retain: {err}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def _strategies(args: argparse.Namespace) -> int:
     from retain.strategies import STRATEGIES, describe
 
@@ -371,6 +418,17 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--version", type=int, help="default: the promoted version")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=_loop)
+    serve = sub.add_parser("serve", help="serve a store over HTTP: predict, feedback, automatic updates, "
+                           "metrics and a live dashboard")
+    serve.add_argument("store")
+    serve.add_argument("--config", help="YAML with a service: section (token, limits, update triggers)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (one of them holds the updater)")
+    serve.add_argument("--no-updater", action="store_true", help="predict and take feedback only; another "
+                       "process updates")
+    serve.add_argument("--log-level", default="warning")
+    serve.set_defaults(func=_serve)
     listing = sub.add_parser("strategies", help="list every method: family, scenarios, defaults, paper")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_strategies)

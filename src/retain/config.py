@@ -162,6 +162,24 @@ class OnlineConfig(_Strict):
     eval_every: PositiveInt = 500
 
 
+class ServiceConfig(_Strict):
+    """``retain serve``: who may write, how big a request may be, and when the updater learns the
+    feedback it has (a config's ``service:`` section)."""
+
+    token_env: str = Field("RETAIN_TOKEN", description="environment variable holding the bearer token for writes")
+    token_file: str | None = Field(None, description="or a file holding it (read at start)")
+    open_reads: bool = Field(True, description="predict, versions, metrics and the dashboard need no token")
+    max_request_bytes: PositiveInt = Field(8 * 2**20, description="larger request bodies are refused (413)")
+    max_inputs: PositiveInt = Field(1024, description="inputs or feedback rows one request may carry")
+    update_rows: PositiveInt = Field(200, description="queued feedback rows that start an update")
+    update_wait: PositiveFloat = Field(60.0, description="seconds the oldest queued row may wait for an update")
+    min_rows: PositiveInt = Field(10, description="fewest queued rows an update takes (except for a new class)")
+    new_class_rows: PositiveInt = Field(3, description="rows of a class never seen that start an update at once")
+    drift: Literal["page_hinkley", "adwin"] | None = Field(
+        "page_hinkley", description="detector on the error of predictions later labelled (null: none)")
+    poll: PositiveFloat = Field(0.5, description="seconds between the updater's and the model swap's checks")
+
+
 class MethodConfig(_Strict):
     """One column of the comparison: a label and the strategies it composes."""
 
@@ -215,6 +233,7 @@ class RunConfig(_Strict):
     hybrid: Hybrid = Field(default_factory=Hybrid)
     promotion: PromotionRule = Field(default_factory=PromotionRule)
     gate: GatePolicy = Field(default_factory=GatePolicy)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
     output: str = "runs"
 
     @field_validator("scenario", mode="before")

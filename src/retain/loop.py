@@ -38,6 +38,7 @@ class UpdateResult:
     accuracy: dict[str, float]  # held-out accuracy by batch, the new one included
     new_classes: list[str]
     gate: str = ""  # what the data-quality gate found and did
+    gate_decision: str = ""  # accept, quarantine or refuse
 
 
 @dataclass
@@ -123,6 +124,8 @@ class Project:
     def _learn(self, data: Path, first: bool = False) -> UpdateResult:
         labels = LabelMap(self.store.labels())
         rows = self._load(data, labels)
+        if first:  # what inputs look like, for the service to read its requests alike
+            self.store.set_meta("inputs", {"modality": rows.modality, "shape": list(rows.x.shape[1:])})
         return self.learn(rows.x, labels.names, rows.y, rows.t, source=str(data), first=first)
 
     def learn(self, x: Tensor, names: list[str], y: Tensor, t: Tensor | None = None, *, source: str,
@@ -159,7 +162,7 @@ class Project:
         new_names = labels.names[len(self.store.labels()):]  # names no earlier batch brought
         if report.decision == "refuse":
             self.store.log("gate", f"{data}: {report.reason}")
-            return UpdateResult(None, False, report.reason, {}, new_names, report.reason)
+            return UpdateResult(None, False, report.reason, {}, new_names, report.reason, "refuse")
         quarantined = None
         if report.decision == "quarantine":
             bad = torch.tensor(report.flagged, dtype=torch.long)
@@ -170,7 +173,7 @@ class Project:
         if not len(y):
             reason = f"refused: every row was flagged or already learned ({report.reason})"
             self.store.log("gate", f"{data}: {reason}")
-            return UpdateResult(None, False, reason, {}, new_names, report.reason)
+            return UpdateResult(None, False, reason, {}, new_names, report.reason, "refuse")
         k = len(self.store.held_out_names())  # batches of every version: names stay unique
         name = f"batch-{k:04d}"
         train, held = split_held_out(y, self.held_out_fraction, int(self.store.config["seed"]) + k)
@@ -208,7 +211,7 @@ class Project:
         if quarantined is not None:
             self.store.put_data(f"{name}-{slug(Path(data).name)}", quarantined, kind="quarantine")
         self.store.log("gate", f"{data}: {report.reason}", version)
-        return UpdateResult(version, promote, reason, candidate, new_names, report.reason)
+        return UpdateResult(version, promote, reason, candidate, new_names, report.reason, report.decision)
 
     def _gate(self, x: Tensor, y: Tensor, current: Learner | None, line: list[int],
               held: dict[str, tuple] | None = None) -> GateReport:

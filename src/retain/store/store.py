@@ -31,12 +31,14 @@ from sqlalchemy import (
     Engine,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     Table,
     Text,
     create_engine,
     event,
+    func,
     insert,
     inspect,
     select,
@@ -70,6 +72,33 @@ BATCHES = Table(
 EVENTS = Table(
     "events", TABLES, Column("id", Integer, primary_key=True), Column("at", Float, nullable=False),
     Column("version", Integer), Column("kind", Text, nullable=False), Column("detail", Text, nullable=False))
+
+# The service's records: labelled rows sent back (acknowledged once committed), predictions made
+# under a request id (so feedback can name them), and the updater's lease (one writer at a time).
+FEEDBACK = Table(
+    "feedback", TABLES, Column("id", Integer, primary_key=True), Column("at", Float, nullable=False),
+    Column("request_id", Text), Column("inputs", Text, nullable=False), Column("label", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="queued"), Column("version", Integer),
+    Index("feedback_status", "status", "id"))
+PREDICTIONS = Table(
+    "predictions", TABLES, Column("id", Text, primary_key=True), Column("at", Float, nullable=False),
+    Column("version", Integer, nullable=False), Column("inputs", Text, nullable=False),
+    Column("label", Text, nullable=False))
+LEASES = Table("leases", TABLES, Column("name", Text, primary_key=True), Column("holder", Text, nullable=False),
+               Column("expires", Float, nullable=False))
+
+
+@dataclass
+class Feedback:
+    """A labelled row sent back to the store: its inputs (JSON), label name and what became of it."""
+
+    id: int
+    at: float
+    request_id: str | None
+    inputs: str
+    label: str
+    status: str  # queued, learned, or refused (by the gate; kept for review)
+    version: int | None
 
 
 def database_url(url: str) -> URL:
@@ -166,6 +195,9 @@ class ModelStore:
         try:
             with self._db() as db:
                 row = db.execute(select(META.c.value).where(META.c.key == "format")).first()
+            if row is not None and not inspect(self._engine).has_table("leases"):  # a store made before them
+                with self._engine.connect().execution_options(write=True) as db, db.begin():
+                    TABLES.create_all(db)
         except (OperationalError, ProgrammingError) as err:
             raise StoreError(f"{self.path}: its database {self.where} cannot be read: "
                              f"{str(err.orig).strip().splitlines()[0]}") from None
@@ -328,6 +360,19 @@ class ModelStore:
                                [Batch(h, n, s, r) for v, h, n, s, r in batches if v == id_]))
         return out
 
+    def meta(self, key: str) -> Any:
+        """A value kept with :meth:`set_meta` (None if none)."""
+        value = self._meta(f"user.{key}")
+        return None if value is None else json.loads(value)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Keep a JSON value under ``key`` (what the store's inputs look like, say)."""
+        with self._transaction() as db:
+            if self._meta(f"user.{key}", db) is None:
+                db.execute(insert(META).values(key=f"user.{key}", value=json.dumps(value)))
+            else:
+                db.execute(update(META).where(META.c.key == f"user.{key}").values(value=json.dumps(value)))
+
     def labels(self) -> list[str]:
         """The label name of each class id, stable across versions."""
         value = self._meta("labels")
@@ -392,6 +437,77 @@ class ModelStore:
         from safetensors.torch import load_file
 
         return load_file(self.path / kind / f"{name}.safetensors")
+
+    # -- the service's records ----------------------------------------------------------
+    def add_feedback(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Keep labelled rows (``inputs`` as JSON text, ``label``, optional ``request_id``) in one
+        transaction; their ids once it has committed (durable: acknowledge them then)."""
+        now = time.time()
+        with self._transaction() as db:
+            ids = db.execute(insert(FEEDBACK).returning(FEEDBACK.c.id, sort_by_parameter_order=True),
+                             [{"at": now, "request_id": r.get("request_id"), "inputs": r["inputs"],
+                               "label": r["label"], "status": "queued"} for r in rows]).scalars().all()
+        return list(ids)
+
+    def feedback(self, status: str | None = "queued", limit: int | None = None) -> list[Feedback]:
+        """Feedback rows (those with ``status``; None: all), oldest first."""
+        query = select(*FEEDBACK.c).order_by(FEEDBACK.c.id).limit(limit)
+        if status is not None:
+            query = query.where(FEEDBACK.c.status == status)
+        with self._db() as db:
+            return [Feedback(*row) for row in db.execute(query).all()]
+
+    def feedback_counts(self) -> dict[str, int]:
+        """How many feedback rows are queued, learned, refused."""
+        with self._db() as db:
+            rows = db.execute(select(FEEDBACK.c.status, func.count()).group_by(FEEDBACK.c.status)).all()
+        return {status: n for status, n in rows}
+
+    def settle_feedback(self, ids: list[int], status: str, version: int | None = None) -> None:
+        """Mark feedback rows learned (by ``version``) or refused."""
+        with self._transaction() as db:
+            for start in range(0, len(ids), 500):
+                db.execute(update(FEEDBACK).where(FEEDBACK.c.id.in_(ids[start:start + 500]))
+                           .values(status=status, version=version))
+
+    def add_predictions(self, rows: list[dict[str, Any]]) -> None:
+        """Keep predictions made under a request id (``id``, ``version``, ``inputs``, ``label``)."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(insert(PREDICTIONS), [r | {"at": now} for r in rows])
+
+    def predictions(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The kept predictions of these request ids, by id."""
+        with self._db() as db:
+            rows = db.execute(select(*PREDICTIONS.c).where(PREDICTIONS.c.id.in_(ids))).all()
+        return {r.id: r._asdict() for r in rows}
+
+    def prequential(self) -> list[tuple[float, int, bool]]:
+        """(time of the feedback, version that predicted, whether it was right) for every
+        prediction later labelled by feedback, oldest first: accuracy on data as it arrives."""
+        query = (select(FEEDBACK.c.at, PREDICTIONS.c.version, PREDICTIONS.c.label == FEEDBACK.c.label)
+                 .join(PREDICTIONS, PREDICTIONS.c.id == FEEDBACK.c.request_id).order_by(FEEDBACK.c.id))
+        with self._db() as db:
+            return [(at, v, bool(hit)) for at, v, hit in db.execute(query).all()]
+
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``seconds``: True if ``holder`` holds it now. Only
+        one holder at a time across processes and hosts (the updater's: one writer)."""
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute(select(LEASES.c.holder, LEASES.c.expires).where(LEASES.c.name == name)).first()
+            if row is None:
+                db.execute(insert(LEASES).values(name=name, holder=holder, expires=now + seconds))
+                return True
+            if row.holder != holder and row.expires > now:
+                return False
+            db.execute(update(LEASES).where(LEASES.c.name == name).values(holder=holder, expires=now + seconds))
+            return True
+
+    def release(self, name: str, holder: str) -> None:
+        """Give the lease back (if ``holder`` holds it)."""
+        with self._transaction() as db:
+            db.execute(update(LEASES).where(LEASES.c.name == name, LEASES.c.holder == holder).values(expires=0.0))
 
     def log(self, kind: str, detail: str, version: int | None = None) -> None:
         """Add an event to the store's log (a gate decision, say)."""
