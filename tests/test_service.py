@@ -192,3 +192,34 @@ def test_images_are_read_like_the_training_folders(tmp_path):
         assert [p["label"] for p in answer.json()["predictions"]] == ["dark", "light"]  # any size is resized
         bad = api.post("/predict", json={"inputs": [{"image": base64.b64encode(b"not a png").decode()}]})
         assert bad.status_code == 422 and "not a readable image" in json.dumps(bad.json())
+
+
+@pytest.mark.parametrize("point", ["in-update", "in-promote"])
+def test_a_serve_process_killed_in_an_update_keeps_every_acknowledged_row_and_its_promoted_version(
+        store, batches, point):
+    from .served import WRITE, Served
+
+    rows = [{"input": {"features": x}, "label": y} for x, y in rows_of(batches / "01" / "train.csv", 60)]
+    config = store.parent / "service.yaml"
+    config.write_text(yaml.safe_dump({"min_rows": 10_000, "new_class_rows": 10_000, "poll": 0.1}))
+    server = Served(store, "--config", str(config), fault=point).wait()
+    try:
+        acked = sum(server.client.post("/feedback", json={"rows": rows[i:i + 20]}, headers=WRITE).json()["accepted"]
+                    for i in range(0, 60, 20))
+        assert acked == 60
+        with pytest.raises(Exception):  # noqa: B017 - the process dies under the request: any transport error
+            server.client.post("/update", headers=WRITE)
+        assert server.process.wait(30) == -9
+    finally:
+        server.stop()
+    again = Served(store, "--config", str(config)).wait()
+    try:
+        assert again.client.get("/ready").json() == {"status": "ready", "version": 1}
+        state = again.client.get("/state").json()
+        assert state["feedback"] == {"queued": 60} and [v["version"] for v in state["versions"]] == [1]
+        result = again.client.post("/update", headers=WRITE).json()
+        assert result["promoted"] and result["rows"] == 60
+        assert again.client.get("/ready").json()["version"] == result["version"]
+        assert again.client.get("/state").json()["feedback"] == {"learned": 60}
+    finally:
+        again.stop()

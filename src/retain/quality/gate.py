@@ -81,7 +81,9 @@ def likely_label_errors(features: Tensor, y: Tensor, seed: int = 0) -> list[int]
     labels = np.unique(y_np[judged], return_inverse=True)[1]
     folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
     probs = cross_val_predict(LogisticRegression(max_iter=500, C=0.5), x, labels, cv=folds, method="predict_proba")
-    issues = filters.find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+    # n_jobs=1: cleanlab would otherwise fork a process pool, which can hang a threaded process
+    # (retain serve) on a lock held at the fork; its results do not depend on n_jobs
+    issues = filters.find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1)
     return np.flatnonzero(judged)[issues].tolist()
 
 
