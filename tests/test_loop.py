@@ -19,7 +19,7 @@ def batches(tmp_path_factory):
 
 
 def _config(tmp_path, promotion=None):
-    cfg = {"scenario": {"dataset": "digits"}, "model": {"hidden": [64]}, "training": {"lr": 0.05, "epochs": 5},
+    cfg = {"model": {"hidden": [64]}, "training": {"lr": 0.05, "epochs": 5},
            "strategies": [{"name": "replay", "memory_size": 200}]}
     path = tmp_path / "loop.yaml"
     path.write_text(yaml.safe_dump(cfg | ({"promotion": promotion} if promotion else {})))
@@ -45,7 +45,7 @@ def test_init_update_versions_predict_and_rollback(tmp_path, batches, capsys):
     assert set(predicted) <= {"0", "1", "2", "3"} and len(predicted) > len(truth)
     assert main(["diff", str(store), "1", "2", "--json"]) == 0
     diff = json.loads(capsys.readouterr().out)
-    assert diff["batch batch-0001"]["1"] == 0.0 and diff["batch batch-0001"]["change"] > 0.8  # v1 knows no 2 or 3
+    assert diff["batch-0001"]["1"] == 0.0 and diff["batch-0001"]["change"] > 0.8  # v1 knows no 2 or 3
     assert diff["class 2"]["change"] == pytest.approx(diff["class 2"]["2"])
     assert main(["rollback", str(store)]) == 0 and "version 1 is promoted" in capsys.readouterr().out
     assert main(["predict", str(store), "--data", str(batches / "01" / "test.csv"), "--json"]) == 0
@@ -314,3 +314,45 @@ def test_data_the_model_cannot_read_is_refused_with_the_setting_to_change(tmp_pa
     assert main(["init", str(cfg), "--data", str(table), "--store", str(tmp_path / "store")]) == 2
     assert f"{table} is text; set backbone: minilm" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
+
+
+def test_user_errors_of_the_loop_are_one_line_messages(tmp_path, batches, capsys):
+    store = tmp_path / "store"
+    assert main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store", str(store),
+                 "--json"]) == 0
+    capsys.readouterr()
+    narrow = tmp_path / "narrow.csv"  # one feature column fewer than the model reads
+    narrow.write_text("\n".join(",".join(line.split(",")[1:]) for line in
+                                (batches / "01" / "train.csv").read_text().splitlines()))
+    cases = [
+        (["update", str(store), "--data", str(narrow)], "each sample must have 64 values"),
+        (["predict", str(store), "--data", str(tmp_path / "nowhere.csv")], "no such file or folder"),
+        (["export", "digits", str(narrow), "--format", "csv"], "narrow.csv"),
+        (["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",
+          str(tmp_path / "mem"), "--database", "sqlite://"], "must be a file, not in memory"),
+        (["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",
+          str(tmp_path / "pw"), "--database", "postgresql://me:secret@localhost/db"], "leave the password out"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("retain: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "mem").exists() and not (tmp_path / "pw").exists()
+    (tmp_path / "notdb").mkdir()
+    (tmp_path / "notdb" / "store.db").write_text("not a database at all")
+    assert main(["versions", str(tmp_path / "notdb")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read: file is not a database" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        main(["export", "digits", str(tmp_path / "e"), "--format", "csv", "--max-train-per-class", "-3"])
+    assert "must be 1 or more" in capsys.readouterr().err
+
+
+def test_whole_number_labels_make_no_classes_that_never_came(tmp_path, batches):
+    store = tmp_path / "store"
+    main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store", str(store),
+          "--json"])
+    result = Project(store).update(batches / "03" / "train.csv")  # classes 6 and 7 only
+    assert result.new_classes == ["6", "7"] and ModelStore(store).labels() == ["0", "1", "6", "7"]
+    predicted = {p.label for p in Project(store).predict(batches / "01" / "test.csv")}
+    assert predicted <= {"0", "1", "6", "7"}

@@ -153,6 +153,20 @@ def _select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def _export(args: argparse.Namespace) -> int:
     from retain.data.export import export
 
@@ -160,7 +174,7 @@ def _export(args: argparse.Namespace) -> int:
         folder = export(args.dataset, args.folder, args.format, kind=args.kind, n_experiences=args.experiences,
                         test_fraction=args.test_fraction, split_seed=args.split_seed,
                         max_train_per_class=args.max_train_per_class, max_test_per_class=args.max_test_per_class)
-    except (*_user_errors(), ValueError) as err:
+    except (*_user_errors(), ValueError, OSError) as err:
         print(f"retain: {err}", file=sys.stderr)
         return 2
     batches = sorted(p.name for p in folder.iterdir() if p.is_dir())
@@ -178,7 +192,14 @@ def _loop(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "init":
-            project, result = Project.init(_config(args, loop=True), args.data, args.store, held_out=args.held_out,
+            config = _config(args, loop=True)
+            if config.scenario.dataset != "files":
+                print(f"note: scenario {config.scenario.dataset} is not used: retain init and update read --data",
+                      file=sys.stderr)
+            if len(config.strategies) > 1:
+                print(f"note: a store learns with one method, the first: {config.strategies[0].label}",
+                      file=sys.stderr)
+            project, result = Project.init(config, args.data, args.store, held_out=args.held_out,
                                            progress=not args.json, database=args.database)
         elif args.command == "update":
             result = Project(args.store, progress=not args.json).update(args.data)
@@ -214,6 +235,8 @@ def _loop(args: argparse.Namespace) -> int:
             return 0
         else:
             return _predict(args, Project(args.store, progress=not (args.json or args.out is None)))
+    except BrokenPipeError:
+        raise
     except (*_user_errors(), StoreError, ValueError, OSError, SQLAlchemyError) as err:
         print(f"retain: {err}", file=sys.stderr)
         return 2
@@ -241,7 +264,7 @@ def _predict(args: argparse.Namespace, project) -> int:
     k = len(predictions[0].top) if predictions else 1  # top_k, or every class when there are fewer
     records = [{"row": p.row, "label": p.label, "probability": p.top[0][1],
                 "top": [{"label": n, "probability": v} for n, v in p.top]} for p in predictions]
-    if args.json:
+    if args.json and not args.out:
         print(as_json(records))
         return 0
     out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115 - stdout is not closed
@@ -260,7 +283,9 @@ def _predict(args: argparse.Namespace, project) -> int:
         if args.out:
             out.close()
     if args.out:
-        print(f"{len(records)} predictions of version {args.version or project.store.promoted()} in {args.out}")
+        version = args.version or project.store.promoted()
+        print(as_json({"out": args.out, "rows": len(records), "version": version}) if args.json else
+              f"{len(records)} predictions of version {version} in {args.out}")
     return 0
 
 
@@ -368,10 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     exporting.add_argument("--format", required=True, choices=FORMATS)
     exporting.add_argument("--kind", default="class_incremental", choices=["class_incremental", "task_incremental"])
     exporting.add_argument("--experiences", type=int, default=5, help="batches to cut the stream into")
-    exporting.add_argument("--test-fraction", type=float, default=0.3)
+    exporting.add_argument("--test-fraction", type=_fraction, default=0.3, help="share of each class kept for test")
     exporting.add_argument("--split-seed", type=int, default=0)
-    exporting.add_argument("--max-train-per-class", type=int)
-    exporting.add_argument("--max-test-per-class", type=int)
+    exporting.add_argument("--max-train-per-class", type=_positive, help="keep at most this many (default: all)")
+    exporting.add_argument("--max-test-per-class", type=_positive, help="keep at most this many (default: all)")
     exporting.set_defaults(func=_export)
     init = sub.add_parser("init", help="a new model store: version 1 trained on a first batch of your data")
     init.add_argument("config", help="YAML config: model, training, strategies (the first is used), promotion")
@@ -391,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     versions.add_argument("store")
     versions.add_argument("--json", action="store_true")
     versions.set_defaults(func=_loop)
-    rollback = sub.add_parser("rollback", help="promote an earlier version (default: the promoted one's parent)")
+    rollback = sub.add_parser("rollback", help="serve another version: by default the promoted one's parent; "
+                              "any version may be named, a kept candidate too")
     rollback.add_argument("store")
     rollback.add_argument("version", type=int, nargs="?")
     rollback.add_argument("--json", action="store_true")

@@ -113,20 +113,30 @@ class Project:
             undo()
         return project, result
 
+    def labels(self) -> LabelMap:
+        """The store's label names and ids; a batch's new names get the next ids."""
+        return LabelMap(self.store.labels(), numbers_are_ids=False)
+
     def _load(self, data: Path, labels: LabelMap, labelled: bool = True) -> Labeled:
-        """The rows of ``data``, read as the config says, if the model can read their kind."""
-        rows = load(data, labels, labelled=labelled, **self.config.scenario.files.options())
+        """The rows of ``data``, read as the config says (images at the size and channels the
+        store's first batch had, unless the config sets them), if the model can read their kind."""
+        options = self.config.scenario.files.options()
+        described = self.store.meta("inputs")
+        if described and described["modality"] == "vision":
+            options |= {"size": options["size"] or described["shape"][-1],
+                        "channels": options["channels"] or described["shape"][0]}
+        rows = load(data, labels, labelled=labelled, **options)
         problem = modality_problem(self.config.model, rows.modality, str(data))
         if problem:
             raise ValueError(problem)
         return rows
 
     def _learn(self, data: Path, first: bool = False) -> UpdateResult:
-        labels = LabelMap(self.store.labels())
+        labels = self.labels()
         rows = self._load(data, labels)
         if first:  # what inputs look like, for the service to read its requests alike
             self.store.set_meta("inputs", {"modality": rows.modality, "shape": list(rows.x.shape[1:])})
-        return self.learn(rows.x, labels.names, rows.y, rows.t, source=str(data), first=first)
+        return self.learn(rows.x, labels.names, rows.y, rows.t, source=str(data.resolve()), first=first)
 
     def learn(self, x: Tensor, names: list[str], y: Tensor, t: Tensor | None = None, *, source: str,
               first: bool = False) -> UpdateResult:
@@ -135,7 +145,7 @@ class Project:
         t = torch.zeros(len(y), dtype=torch.long) if t is None else t
         report = check_batch(x if x.dtype.is_floating_point else torch.zeros(len(y), 1), y, t, where=source)
         report.raise_if_refused()
-        labels = LabelMap(list(names))
+        labels = LabelMap(list(names), numbers_are_ids=False)
         if labels.names[:len(self.store.labels())] != self.store.labels():
             raise ValueError(f"{source}: label names must extend the store's {self.store.labels()}")
         if self.store.promoted() is None and not first:
@@ -156,6 +166,8 @@ class Project:
     def _learn_locked(self, x: Tensor, y: Tensor, t: Tensor, labels: LabelMap, data: str, first: bool) -> UpdateResult:
         parent = None if first else self.store.promoted()
         current = None if first else self.store.load(parent, device="cpu")
+        if current is not None:
+            x = current.readable(x, where=data)
         line = [] if first else self._line()
         held_before = self._held_out(line)  # read once: the gate, the promoted and the candidate all use it
         report = self._gate(x, y, current, line, held_before)
@@ -260,7 +272,7 @@ class Project:
     def _inputs(self, data: str | Path | Any, labelled: bool) -> tuple[Tensor, Tensor, Tensor, list[str], LabelMap]:
         """Model inputs, label ids (-1 unlabelled; names the store lacks get new ids), task ids, row
         names and label names of ``data``: a file or folder, or inputs as they are."""
-        labels = LabelMap(self.store.labels())
+        labels = self.labels()
         if not isinstance(data, str | Path):
             x = torch.as_tensor(data)
             return (x, torch.full((len(x),), -1), torch.zeros(len(x), dtype=torch.long),
@@ -310,7 +322,7 @@ class Project:
         out = {}
         for kind, table in (("batch", by_batch), ("class", by_class)):
             for key in table[a]:
-                out[f"{kind} {key}"] = {str(a): table[a][key], str(b): table[b][key],
+                out[key if kind == "batch" else f"class {key}"] = {str(a): table[a][key], str(b): table[b][key],
                                         "change": table[b][key] - table[a][key]}
         return out
 

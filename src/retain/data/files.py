@@ -43,27 +43,38 @@ class LabelMap:
     >>> labels = LabelMap()
     >>> labels.ids(["cat", "dog", "cat"]).tolist(), labels.ids(["bird"]).tolist(), labels.new
     ([0, 1, 0], [2], ['bird'])
+
+    With ``numbers_are_ids`` off (a model store's labels: a class exists only once rows of it
+    came), whole numbers are names like any other; a batch's new numbers take ids in their order:
+
+    >>> labels = LabelMap(["0", "1"], numbers_are_ids=False)
+    >>> labels.ids(["7", "6", "7"]).tolist(), labels.names
+    ([3, 2, 3], ['0', '1', '6', '7'])
     """
 
     names: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)  # the names the last call added
+    numbers_are_ids: bool = True  # labels 0, 1, ... given as whole numbers keep them as their ids
 
     def ids(self, names: list[str]) -> Tensor:
         """The ids of ``names``; labels that are all whole numbers (and a map holding only such)
         are their own ids, as the user gave them."""
         self.new = []
-        if names and all(n.isdigit() for n in names) and all(n == str(i) for i, n in enumerate(self.names)):
+        if self.numbers_are_ids and names and all(n.isdigit() for n in names) and all(
+                n == str(i) for i, n in enumerate(self.names)):
             ids = [int(n) for n in names]
             known = len(self.names)
             self.names.extend(str(i) for i in range(known, max(ids) + 1))
             self.new = sorted({n for n in names if int(n) >= known}, key=int)
             return torch.tensor(ids, dtype=torch.long)
         index = {n: i for i, n in enumerate(self.names)}
-        for name in names:
-            if name not in index:
-                index[name] = len(self.names)
-                self.names.append(name)
-                self.new.append(name)
+        fresh = [n for n in dict.fromkeys(names) if n not in index]
+        if not self.numbers_are_ids and all(n.isdigit() for n in fresh):  # numbers in their order
+            fresh.sort(key=int)
+        for name in fresh:
+            index[name] = len(self.names)
+            self.names.append(name)
+            self.new.append(name)
         return torch.tensor([index[n] for n in names], dtype=torch.long)
 
 
@@ -360,6 +371,8 @@ def load(path: str | Path, labels: LabelMap, labelled: bool = True, **options: A
     are not read and may be missing: a table without a label column, a folder of images or clips
     with or without class folders, one image or clip."""
     path = Path(path)
+    if not path.exists():
+        raise FileError(f"{path}: no such file or folder")
     table = {k: options[k] for k in ("label", "text", "features", "task") if k in options}
     if path.is_file() and path.suffix.lower() in TABLES:
         return load_table(path, labels, labelled=labelled, **table)

@@ -200,6 +200,11 @@ class Learner:
                     experience.train_tasks(), n_features=self._n_features(), n_classes=self._label_limit(),
                     where=f"fit: experience {experience.id}").raise_if_refused()
 
+    def readable(self, x: Any, where: str) -> Tensor:
+        """``x`` as a tensor, if the model can read it (the shape it takes, finite numbers or token
+        ids); otherwise :class:`BatchRefused` naming ``where`` and the problem."""
+        return check_inputs(x, n_features=self._n_features(), tokens=self._takes_tokens(), where=where)
+
     def _n_features(self) -> int | None:
         """Values a row the model reads, when it says (token ids are not checked)."""
         return None if self._takes_tokens() else getattr(self.model.backbone, "in_features", None)
@@ -441,7 +446,7 @@ class Learner:
     def predict_logits(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 1024) -> Tensor:
         """Logits over the global classes; ``t`` (task ids) is needed with per-task heads. ``x``
         may be a tensor, numpy array or list; a batch of the wrong shape or with NaN is refused."""
-        x = check_inputs(x, n_features=self._n_features(), tokens=self._takes_tokens(), where="predict")
+        x = self.readable(x, where="predict")
         if isinstance(self.model.head, MultiHead) and t is None and not getattr(self.model.backbone, "routes_tasks",
                                                                                  False):
             raise ValueError("this model has per-task heads: pass the task id(s) t to predict")

@@ -32,7 +32,6 @@ from sqlalchemy.exc import IntegrityError
 
 from retain.build import model_inputs
 from retain.config import ServiceConfig
-from retain.data.files import LabelMap
 from retain.engine import Learner
 from retain.engine.updater import Hybrid
 from retain.loop import Project
@@ -258,7 +257,7 @@ class Service:
             if not queued:
                 return {"version": None, "promoted": False, "reason": "no feedback is queued", "rows": 0}
             x = self.read([json.loads(r.inputs) for r in queued], "feedback")
-            labels = LabelMap(self.store.labels())
+            labels = self.project.labels()
             y = labels.ids([r.label for r in queued])
             source = f"feedback {queued[0].id}-{queued[-1].id}"
             try:

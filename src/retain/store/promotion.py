@@ -17,18 +17,18 @@ class PromotionRule:
     had, so that small drops cannot add up), and no class it knows scores below ``min_class_accuracy``.
 
     >>> rule = PromotionRule(max_drop=0.05)
-    >>> rule.decide({"b0": 0.90, "b1": 0.80}, {"b0": 0.91}, "b1", {}).promote
+    >>> rule.decide({"batch-0": 0.90, "batch-1": 0.80}, {"batch-0": 0.91}, "batch-1", {}).promote
     True
-    >>> rule.decide({"b0": 0.70, "b1": 0.95}, {"b0": 0.91}, "b1", {}).reason
-    'batch b0: accuracy 70.0% fell 21.0 points below the promoted version (91.0%), more than 5.0 allowed'
+    >>> rule.decide({"batch-0": 0.70, "batch-1": 0.95}, {"batch-0": 0.91}, "batch-1", {}).reason
+    'batch-0: accuracy 70.0% fell 21.0 points below the promoted version (91.0%), more than 5.0 allowed'
 
     Two drops of 4 points pass one by one, but not against the best the line had:
 
-    >>> new, best = {"b0": 0.82, "b2": 0.9}, {"b0": 0.90}
-    >>> rule.decide(new, {"b0": 0.86}, "b2", {}, best).promote
+    >>> new, best = {"batch-0": 0.82, "batch-2": 0.9}, {"batch-0": 0.90}
+    >>> rule.decide(new, {"batch-0": 0.86}, "batch-2", {}, best).promote
     True
-    >>> PromotionRule(max_drop=0.05, compared_to="best").decide(new, {"b0": 0.86}, "b2", {}, best).reason
-    'batch b0: accuracy 82.0% fell 8.0 points below its best on the promoted line (90.0%), more than 5.0 allowed'
+    >>> PromotionRule(max_drop=0.05, compared_to="best").decide(new, {"batch-0": 0.86}, "batch-2", {}, best).reason
+    'batch-0: accuracy 82.0% fell 8.0 points below its best on the promoted line (90.0%), more than 5.0 allowed'
     """
 
     min_new_accuracy: float = Field(0.0, ge=0.0, le=1.0)
@@ -46,11 +46,11 @@ class PromotionRule:
             promoted = {b: max(a, best.get(b, a)) for b, a in promoted.items()}
             against = "its best on the promoted line"
         if candidate[new] < self.min_new_accuracy:
-            return Decision(False, f"batch {new}: accuracy {100 * candidate[new]:.1f}% is below the "
+            return Decision(False, f"{new}: accuracy {100 * candidate[new]:.1f}% is below the "
                                    f"{100 * self.min_new_accuracy:.1f}% required of new data")
         for batch, before in promoted.items():
             if batch in candidate and before - candidate[batch] > self.max_drop:
-                return Decision(False, f"batch {batch}: accuracy {100 * candidate[batch]:.1f}% fell "
+                return Decision(False, f"{batch}: accuracy {100 * candidate[batch]:.1f}% fell "
                                        f"{100 * (before - candidate[batch]):.1f} points below {against} "
                                        f"({100 * before:.1f}%), more than {100 * self.max_drop:.1f} allowed")
         weak = {c: a for c, a in per_class.items() if a < self.min_class_accuracy}
@@ -60,7 +60,7 @@ class PromotionRule:
                                    f"{100 * self.min_class_accuracy:.1f}% required of every class")
         drops = [promoted[b] - candidate[b] for b in promoted if b in candidate]
         worst = f"; largest drop on an earlier batch {100 * max(drops):.1f} points" if drops else ""
-        return Decision(True, f"batch {new}: accuracy {100 * candidate[new]:.1f}%{worst}")
+        return Decision(True, f"{new}: accuracy {100 * candidate[new]:.1f}%{worst}")
 
 
 @dataclass

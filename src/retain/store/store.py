@@ -45,7 +45,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DatabaseError
 from sqlalchemy.pool import NullPool
 
 from retain.engine import Learner
@@ -102,15 +102,26 @@ class Feedback:
 
 
 def database_url(url: str) -> URL:
-    """``url`` parsed, with PostgreSQL's default driver set to psycopg (version 3, the one installed)."""
+    """``url`` parsed, with PostgreSQL's default driver set to psycopg (version 3, the one installed)
+    and a SQLite file's path made absolute. Refused: other databases, SQLite in memory (gone with the
+    process), and passwords (they would be written into the store's folder: use ``PGPASSWORD`` or
+    ``~/.pgpass``)."""
     try:
         parsed = make_url(url)
     except ArgumentError as err:
         raise StoreError(f"{url!r} is not a database URL (e.g. postgresql://user@host/db): {err}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise StoreError(f"{parsed.get_backend_name()!r} databases are not supported; use SQLite or PostgreSQL")
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise StoreError(f"{backend!r} databases are not supported; use SQLite or PostgreSQL")
+    if parsed.password is not None:
+        raise StoreError("leave the password out of the database URL (it would be kept in the store's folder): "
+                         "give it in PGPASSWORD or ~/.pgpass")
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed):
+            raise StoreError("a store's SQLite database must be a file, not in memory")
+        parsed = parsed.set(database=str(Path(parsed.database).resolve()))
     return parsed
 
 
@@ -191,6 +202,8 @@ class ModelStore:
             self.url = database_url(f"sqlite:///{self.path / SQLITE}")
         else:
             raise StoreError(f"{self.path} is not a model store ({SQLITE} is missing); make one with retain init")
+        if self.url.get_backend_name() == "sqlite" and not Path(self.url.database).is_file():
+            raise StoreError(f"{self.path}: its database {self.url.database} is missing")
         self._engine = _engine(self.url)
         try:
             with self._db() as db:
@@ -198,7 +211,7 @@ class ModelStore:
             if row is not None and not inspect(self._engine).has_table("leases"):  # a store made before them
                 with self._engine.connect().execution_options(write=True) as db, db.begin():
                     TABLES.create_all(db)
-        except (OperationalError, ProgrammingError) as err:
+        except DatabaseError as err:
             raise StoreError(f"{self.path}: its database {self.where} cannot be read: "
                              f"{str(err.orig).strip().splitlines()[0]}") from None
         if row is None or int(row[0]) != FORMAT:
@@ -232,15 +245,15 @@ class ModelStore:
                                           {"key": "promoted", "value": ""}])
             if database:
                 durable_write(path / URL_FILE, (url.render_as_string(hide_password=False) + "\n").encode())
+            return cls(path)
         except BaseException as err:  # leave nothing behind: the same command can run again
             for entry in path.iterdir() if existed else [path]:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            if isinstance(err, OperationalError | ProgrammingError):
+            if isinstance(err, DatabaseError):
                 raise StoreError(f"cannot use {where}: {str(err.orig).strip().splitlines()[0]}") from None
             raise
         finally:
             engine.dispose()
-        return cls(path)
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[Connection]:
