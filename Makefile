@@ -3,9 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages behind the data sets: Fashion-MNIST, fortune files (text), speech synthesis (audio);
-# and the PostgreSQL server the store's tests start.
+# and what the tests start: a PostgreSQL server, headless Chromium for the dashboard, Prometheus.
 DEBIAN := dataset-fashion-mnist fortunes fortunes-min fortunes-de fortunes-es fortunes-it fortunes-ru \
-	fortunes-pl fortunes-cs fortunes-br espeak-ng flite festival sox postgresql
+	fortunes-pl fortunes-cs fortunes-br espeak-ng flite festival sox postgresql chromium chromium-driver prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench bench-backbones clean data

@@ -1,0 +1,189 @@
+"""retain serve with its real clients: Schemathesis on the OpenAPI schema, a headless Chromium on
+the dashboard, Prometheus scraping /metrics, and PostgreSQL under two worker processes."""
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+import yaml
+from hypothesis import HealthCheck, settings
+
+from retain.cli import main
+from retain.config import ServiceConfig
+from retain.service.app import create_app
+
+from .served import TOKEN, WRITE, Served
+from .test_service import rows_of
+
+ARTEFACTS = Path(__file__).parent / "artefacts"  # screenshots kept for a look after the run
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("digits") / "csv"
+    assert main(["export", "digits", str(folder), "--format", "csv"]) == 0
+    return folder
+
+
+def make_store(folder, batches, database=None):
+    cfg = folder / "loop.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"hidden": [64]}, "training": {"lr": 0.05, "epochs": 5},
+                                   "strategies": [{"name": "replay", "memory_size": 200}],
+                                   "promotion": {"max_drop": 0.5}}))
+    argv = ["init", str(cfg), "--data", str(batches / "00" / "train.csv"), "--store", str(folder / "store"), "--json"]
+    assert main(argv + (["--database", database] if database else [])) == 0
+    return folder / "store"
+
+
+@pytest.fixture(scope="module")
+def api_app(tmp_path_factory, batches):
+    store = make_store(tmp_path_factory.mktemp("fuzzed"), batches)
+    return create_app(store, ServiceConfig(poll=0.2, min_rows=10_000, new_class_rows=10_000), token=TOKEN)
+
+
+def test_no_input_the_schema_allows_or_not_gets_a_server_error(api_app):
+    from hypothesis import given
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", api_app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 9
+    for operation in operations:
+        @given(case=operation.as_strategy())
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def check(case):
+            response = case.call(headers=WRITE)
+            assert response.status_code < 500, (case.method, case.path, case.body, response.text[:300])
+
+        check()
+
+
+def _browser(width=1200, height=1400):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as Driver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Driver(shutil.which("chromedriver")), options=options)
+
+
+def _until(check, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise TimeoutError("the page did not show it in time")
+
+
+def test_the_dashboard_shows_versions_and_the_chart_and_follows_a_promotion(tmp_path, batches):
+    from selenium.webdriver.common.by import By
+
+    store = make_store(tmp_path, batches)
+    config = tmp_path / "service.yaml"
+    config.write_text(yaml.safe_dump({"min_rows": 10_000, "new_class_rows": 10_000, "poll": 0.1}))
+    server = Served(store, "--config", str(config)).wait()
+    browser = _browser()
+    try:
+        test = rows_of(batches / "00" / "test.csv", 60)
+        server.client.post("/predict", json={"inputs": [{"features": x, "id": f"q{i}"}
+                                                        for i, (x, _) in enumerate(test)]})
+        server.client.post("/feedback", json={"rows": [{"id": f"q{i}", "label": y} for i, (_, y) in enumerate(test)]},
+                           headers=WRITE)
+        browser.get(server.url + "/")
+        _until(lambda: browser.find_element(By.ID, "served").text == "version 1")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#versions tbody tr")) == 1
+        assert _until(lambda: browser.find_elements(By.CSS_SELECTOR, "#timeline circle"))  # the accuracy chart
+        assert browser.find_element(By.ID, "labelled").text == "60"
+        # an update through the API: the page shows version 2 without being reloaded
+        rows = [{"input": {"features": x}, "label": y} for x, y in rows_of(batches / "01" / "train.csv", 80)]
+        server.client.post("/feedback", json={"rows": rows}, headers=WRITE)
+        assert server.client.post("/update", headers=WRITE).json()["promoted"]
+        _until(lambda: browser.find_element(By.ID, "served").text == "version 2")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#versions tbody tr")) == 2
+        # roll back with the page's button, the token typed in
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        browser.find_element(By.ID, "rollback").click()
+        _until(lambda: browser.find_element(By.ID, "served").text == "version 1")
+        assert server.client.get("/ready").json()["version"] == 1
+        assert _until(lambda: browser.find_elements(By.CSS_SELECTOR, "#timeline line[stroke='#c05621']"))
+        ARTEFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTEFACTS / "dashboard.png"))
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+    finally:
+        browser.quit()
+        server.stop()
+
+
+def test_prometheus_scrapes_the_service(tmp_path, batches):
+    store = make_store(tmp_path, batches)
+    server = Served(store).wait()
+    folder = Path(tempfile.mkdtemp(prefix="retain-prom-"))
+    prometheus = None
+    try:
+        rows = [{"input": {"features": x}, "label": y} for x, y in rows_of(batches / "00" / "test.csv", 7)]
+        assert server.client.post("/feedback", json={"rows": rows}, headers=WRITE).json()["accepted"] == 7
+        server.client.post("/predict", json={"inputs": [{"features": rows[0]["input"]["features"]}]})
+        text = server.client.get("/metrics").text
+        (folder / "metrics.txt").write_text(text)
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        port = __import__("tests.served", fromlist=["free_port"]).free_port()
+        (folder / "prometheus.yml").write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s"},
+            "scrape_configs": [{"job_name": "retain", "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}]}]}))
+        prometheus = subprocess.Popen(["prometheus", f"--config.file={folder / 'prometheus.yml'}",
+                                       f"--storage.tsdb.path={folder / 'data'}",
+                                       f"--web.listen-address=127.0.0.1:{port}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def query(expression):
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": expression}).json()
+            except (httpx.TransportError, json.JSONDecodeError):
+                return None
+            result = answer.get("data", {}).get("result", [])
+            return float(result[0]["value"][1]) if result else None
+
+        assert _until(lambda: query("retain_serving_version"), timeout=60) == 1.0
+        assert _until(lambda: query("retain_feedback_rows_total")) == 7.0
+    finally:
+        if prometheus is not None:
+            prometheus.terminate()
+            prometheus.wait(20)
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_workers_on_postgresql_share_one_store_and_one_updater(tmp_path, batches, postgres):
+    store = make_store(tmp_path, batches, database=postgres.database())
+    config = tmp_path / "service.yaml"
+    config.write_text(yaml.safe_dump({"min_rows": 80, "update_rows": 80, "new_class_rows": 10_000, "poll": 0.2}))
+    server = Served(store, "--config", str(config), "--workers", "2").wait()
+    try:
+        rows = [{"input": {"features": x}, "label": y} for x, y in rows_of(batches / "01" / "train.csv", 80)]
+        # a new connection each: the workers take turns
+        acked = sum(httpx.post(f"{server.url}/feedback", json={"rows": rows[i:i + 10]}, headers=WRITE
+                               ).json()["accepted"] for i in range(0, 80, 10))
+        assert acked == 80
+        _until(lambda: all(httpx.get(f"{server.url}/ready").json().get("version") == 2 for _ in range(8)),
+               timeout=90)
+        versions = server.client.get("/versions").json()
+        assert [v["version"] for v in versions] == [1, 2]  # one updater: one version for the batch
+        state = server.client.get("/state").json()
+        assert state["feedback"] == {"learned": 80}
+        metrics = server.client.get("/metrics").text
+        assert "retain_feedback_rows_total 80.0" in metrics  # summed over both workers
+    finally:
+        server.stop()
