@@ -103,7 +103,11 @@ def encoder_batches(encoder: nn.Module, x: Tensor, batch_size: int) -> tuple[Ten
 
 @contextlib.contextmanager
 def evaluating(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in evaluation mode for the block, then back in the mode it was in."""
+    """``module`` in evaluation mode for the block, then back in the mode it was in. A module
+    already in evaluation mode is left alone (threads predicting at once never flip its mode)."""
+    if not any(m.training for m in module.modules()):
+        yield module
+        return
     was_training = module.training
     module.eval()
     try:

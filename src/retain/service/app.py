@@ -90,7 +90,7 @@ class Service:
         if self.described is None:
             raise StoreError(f"{self.store.path} does not record what its inputs look like; make it with retain init")
         self.metrics = ServiceMetrics()
-        self.served: tuple[int, Learner] | None = None
+        self.served: tuple[int, Learner, list[str]] | None = None  # version, learner, label names
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.run_updater = updater
         self.updating = threading.Lock()
@@ -116,7 +116,8 @@ class Service:
         if version is None or (self.served is not None and self.served[0] == version):
             return
         learner = self.store.load(version, device="cpu")
-        self.served = (version, learner)
+        learner.model.eval()  # only ever predicts: threads share it without switching its mode
+        self.served = (version, learner, max(learner.class_names_, self.store.labels(), key=len))
         self.metrics.version.set(version)
 
     def start(self) -> None:
@@ -147,12 +148,11 @@ class Service:
         served = self.served
         if served is None:
             raise HTTPException(503, detail="no version is promoted yet")
-        version, learner = served
+        version, learner, names = served
         try:
             x = self.read([i.data() for i in request.inputs], "inputs")
         except InputError as err:
             raise _problem(422, ["body", *err.field.split(".")], err.message) from None
-        names = max(learner.class_names_, self.store.labels(), key=len)
         p = learner.predict_proba(model_inputs(self.project.config, x))
         values, ids = p.topk(min(request.top_k, p.shape[1]), dim=1)
         out = []
@@ -196,7 +196,7 @@ class Service:
         for row in request.rows:  # test-then-train: was the earlier prediction right?
             if row.id in known:
                 self._labelled(known[row.id]["label"] == row.label)
-        labels = set(self.store.labels())
+        labels = set(self.served[2]) if self.served else set()
         return {"accepted": len(stored), "ids": stored,
                 "new_classes": sorted({r.label for r in request.rows} - labels)}
 
@@ -216,10 +216,14 @@ class Service:
 
     # -- updates ------------------------------------------------------------------------
     def _updater(self) -> None:
+        ttl, held_until = max(30.0, 10 * self.settings.poll), 0.0
         while not self.stop.wait(self.settings.poll):
             try:
-                if not self.store.lease(LEASE, self.holder, seconds=max(30.0, 10 * self.settings.poll)):
-                    continue
+                if time.time() > held_until - ttl / 2:  # renewed when half its time is gone
+                    if not self.store.lease(LEASE, self.holder, seconds=ttl):
+                        held_until = 0.0
+                        continue
+                    held_until = time.time() + ttl
                 due = self.due()
                 if due:
                     self.update(due)
@@ -229,24 +233,22 @@ class Service:
 
     def due(self) -> str | None:
         """Why an update should run now, or None."""
-        queued = self.store.feedback("queued")
-        self.metrics.queue.set(len(queued))
+        by_label, oldest = self.store.queue()
+        queued = sum(by_label.values())
+        self.metrics.queue.set(queued)
         if not queued:
             return None
         known = set(self.store.labels())
-        fresh: dict[str, int] = {}
-        for row in queued:
-            if row.label not in known:
-                fresh[row.label] = fresh.get(row.label, 0) + 1
+        fresh = {label: n for label, n in by_label.items() if label not in known}
         if fresh and max(fresh.values()) >= self.settings.new_class_rows:
             return f"new class {max(fresh, key=fresh.get)}"
-        if len(queued) < self.settings.min_rows:
+        if queued < self.settings.min_rows:
             return None
-        if len(queued) >= self.settings.update_rows:
-            return f"{len(queued)} rows queued"
+        if queued >= self.settings.update_rows:
+            return f"{queued} rows queued"
         if self.drift_signal:
             return "drift"
-        if time.time() - queued[0].at >= self.settings.update_wait:
+        if time.time() - oldest >= self.settings.update_wait:
             return f"rows waited {self.settings.update_wait:g} s"
         return None
 
@@ -308,6 +310,44 @@ class Service:
         return self._per_class[version]
 
 
+class Measured:
+    """ASGI middleware: refuses bodies over ``limit`` bytes (413) or of unstated length (411) before
+    they are read, and counts every request and its latency by endpoint."""
+
+    def __init__(self, app: Any, service: Service, limit: int) -> None:
+        self.app, self.service, self.limit = app, service, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        refused = None
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            refused = 413, f"request body over {self.limit} bytes"
+        elif length is None and b"transfer-encoding" in headers:
+            refused = 411, "a request body needs a Content-Length"
+        if refused:
+            return await JSONResponse({"detail": refused[1]}, refused[0])(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def sending(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            seconds = time.perf_counter() - start
+            endpoint = getattr(scope.get("route"), "path", "other")
+            self.service.metrics.requests.labels(endpoint, str(status)).inc()
+            self.service.metrics.latency.labels(endpoint).observe(seconds)
+            if endpoint == "/predict":
+                self.service.latencies.append(seconds)
+
+
 def create_app(store: str | Path, settings: ServiceConfig | None = None, token: str | None = None,
                updater: bool = True) -> FastAPI:
     """The FastAPI app serving ``store`` (see the module docstring)."""
@@ -328,7 +368,7 @@ def create_app(store: str | Path, settings: ServiceConfig | None = None, token: 
         header = request.headers.get("authorization", "")
         return header[7:].strip() if header.lower().startswith("bearer ") else None
 
-    def writer(request: Request) -> None:
+    async def writer(request: Request) -> None:  # async: checked in the event loop, no thread hop
         if service.token is None:
             raise HTTPException(403, detail=f"writes are disabled: no token is configured (set {settings.token_env}"
                                             " or service.token_file)")
@@ -339,26 +379,11 @@ def create_app(store: str | Path, settings: ServiceConfig | None = None, token: 
         if not hmac.compare_digest(given.encode(), service.token.encode()):
             raise HTTPException(403, detail="wrong token")
 
-    def reader(request: Request) -> None:
+    async def reader(request: Request) -> None:
         if not settings.open_reads:
-            writer(request)
+            await writer(request)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_request_bytes):
-            return JSONResponse({"detail": f"request body over {settings.max_request_bytes} bytes"}, 413)
-        start = time.perf_counter()
-        route = request.scope.get("route")
-        response = await call_next(request)
-        route = request.scope.get("route") or route
-        endpoint = getattr(route, "path", "other")
-        seconds = time.perf_counter() - start
-        service.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        service.metrics.latency.labels(endpoint).observe(seconds)
-        if endpoint == "/predict":
-            service.latencies.append(seconds)
-        return response
+    app.add_middleware(Measured, service=service, limit=settings.max_request_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -369,17 +394,18 @@ def create_app(store: str | Path, settings: ServiceConfig | None = None, token: 
         if n > settings.max_inputs:
             raise _problem(413, ["body", field], f"{n} items; at most {settings.max_inputs} a request")
 
-    @app.post("/predict", dependencies=[Depends(reader)])
-    def predict(request: PredictRequest) -> dict[str, Any]:
+    # The two busy endpoints answer plain JSON: no response model to validate on the way out.
+    @app.post("/predict", dependencies=[Depends(reader)], response_model=None)
+    def predict(request: PredictRequest) -> JSONResponse:
         """Labels and top-k probabilities for one or many inputs, and the version that answered."""
         limited(len(request.inputs), "inputs")
-        return service.predict(request)
+        return JSONResponse(service.predict(request))
 
-    @app.post("/feedback", dependencies=[Depends(writer)])
-    def feedback(request: FeedbackRequest) -> dict[str, Any]:
+    @app.post("/feedback", dependencies=[Depends(writer)], response_model=None)
+    def feedback(request: FeedbackRequest) -> JSONResponse:
         """True labels for inputs or earlier predictions; acknowledged once durably stored."""
         limited(len(request.rows), "rows")
-        return service.feedback(request)
+        return JSONResponse(service.feedback(request))
 
     @app.post("/update", dependencies=[Depends(writer)])
     def update() -> dict[str, Any]:

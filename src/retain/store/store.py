@@ -470,6 +470,13 @@ class ModelStore:
         with self._db() as db:
             return [Feedback(*row) for row in db.execute(query).all()]
 
+    def queue(self) -> tuple[dict[str, int], float | None]:
+        """The queued feedback at a glance: rows by label, and when the oldest came (no inputs read)."""
+        with self._db() as db:
+            rows = db.execute(select(FEEDBACK.c.label, func.count(), func.min(FEEDBACK.c.at))
+                              .where(FEEDBACK.c.status == "queued").group_by(FEEDBACK.c.label)).all()
+        return {label: n for label, n, _ in rows}, min((at for _, _, at in rows), default=None)
+
     def feedback_counts(self) -> dict[str, int]:
         """How many feedback rows are queued, learned, refused."""
         with self._db() as db:
