@@ -97,7 +97,19 @@ class Connections:
         self.port, self.idle = port, []
 
     async def request(self, raw: bytes) -> int:
-        reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection("127.0.0.1", self.port)
+        """Send on an idle connection, or a new one; a kept-alive connection the server has closed
+        meanwhile (its idle timeout) is dropped and the request sent again on a new one, as HTTP
+        clients do."""
+        while self.idle:
+            reader, writer = self.idle.pop()
+            try:
+                return await self._exchange(reader, writer, raw)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        return await self._exchange(reader, writer, raw)
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> int:
         writer.write(raw)
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])

@@ -223,3 +223,24 @@ def test_a_serve_process_killed_in_an_update_keeps_every_acknowledged_row_and_it
         assert again.client.get("/state").json()["feedback"] == {"learned": 60}
     finally:
         again.stop()
+
+
+def test_labelled_predictions_going_wrong_raise_a_drift_alarm_and_an_update(store, batches):
+    with client(store, min_rows=10, update_rows=10_000, update_wait=3600, new_class_rows=10_000) as api:
+        test = rows_of(batches / "00" / "test.csv")
+        inputs = [{"features": x, "id": f"d{i}"} for i, (x, _) in enumerate(test)]
+        predicted = [p["label"] for p in api.post("/predict", json={"inputs": inputs}).json()["predictions"]]
+        right = [{"id": f"d{i}", "label": label} for i, label in enumerate(predicted[:40])]
+        # then the world changes: what the model says is now always wrong
+        wrong = [{"id": f"d{i}", "label": "0" if label == "1" else "1"} for i, label in enumerate(predicted)][40:]
+        api.post("/feedback", json={"rows": right}, headers=WRITE)
+        assert 'retain_drift_alarms_total 0.0' in api.get("/metrics").text
+        api.post("/feedback", json={"rows": wrong}, headers=WRITE)
+        alarms = [line for line in api.get("/metrics").text.splitlines()
+                  if line.startswith("retain_drift_alarms_total")]
+        assert float(alarms[0].split()[1]) >= 1
+        deadline = time.time() + 60
+        while api.get("/state").json()["last_update"] is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert api.get("/state").json()["last_update"]["trigger"] == "drift"
+        assert any(e["kind"] == "drift" for e in api.get("/state").json()["events"])
