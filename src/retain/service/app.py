@@ -12,6 +12,7 @@ processes and hosts); it takes the queued feedback through the gate and the prom
 from __future__ import annotations
 
 import contextlib
+import gc
 import hmac
 import json
 import os
@@ -357,6 +358,8 @@ def create_app(store: str | Path, settings: ServiceConfig | None = None, token: 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         service.start()
+        gc.collect()
+        gc.freeze()  # what is loaded now stays: collections then walk only what requests make, and stay short
         yield
         service.close()
 
