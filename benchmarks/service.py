@@ -423,8 +423,10 @@ def main() -> None:
         if "replay" in args.rows:
             shot = args.out.parent / "service_dashboard.png" if args.out else None
             rows.append(replay_row(work, shot))
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=1))
+    if args.out:  # rows of kinds not run this time are kept
+        kept = json.loads(args.out.read_text()) if args.out.exists() else []
+        ran = {r["row"].split()[0] for r in rows}
+        args.out.write_text(json.dumps([r for r in kept if r["row"].split()[0] not in ran] + rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -173,7 +173,8 @@ class ServiceConfig(_Strict):
     max_inputs: PositiveInt = Field(1024, description="inputs or feedback rows one request may carry")
     update_rows: PositiveInt = Field(200, description="queued feedback rows that start an update")
     update_wait: PositiveFloat = Field(60.0, description="seconds the oldest queued row may wait for an update")
-    min_rows: PositiveInt = Field(10, description="fewest queued rows an update takes (except for a new class)")
+    min_rows: PositiveInt = Field(10, description="fewest queued rows an update takes (except for a new class, "
+                                  "or rows that waited update_wait)")
     new_class_rows: PositiveInt = Field(3, description="rows of a class never seen that start an update at once")
     drift: Literal["page_hinkley", "adwin"] | None = Field(
         "page_hinkley", description="detector on the error of predictions later labelled (null: none)")

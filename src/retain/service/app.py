@@ -99,6 +99,7 @@ class Service:
         self.threads: list[threading.Thread] = []
         self.latencies: deque[float] = deque(maxlen=2000)
         self.last_update: dict[str, Any] | None = None
+        self.tried = 0.0  # when the last update began (rows too few to learn are tried again after update_wait)
         self.drift_signal = False
         self.detector = Hybrid(drift=self.settings.drift).detector() if self.settings.drift else None
         self.labelled, self.correct = 0, 0  # predictions later labelled, and right, in this process
@@ -243,19 +244,20 @@ class Service:
         fresh = {label: n for label, n in by_label.items() if label not in known}
         if fresh and max(fresh.values()) >= self.settings.new_class_rows:
             return f"new class {max(fresh, key=fresh.get)}"
+        if time.time() - oldest >= self.settings.update_wait and time.time() - self.tried >= self.settings.update_wait:
+            return f"rows waited {self.settings.update_wait:g} s"  # however few: none waits for ever
         if queued < self.settings.min_rows:
             return None
         if queued >= self.settings.update_rows:
             return f"{queued} rows queued"
         if self.drift_signal:
             return "drift"
-        if time.time() - oldest >= self.settings.update_wait:
-            return f"rows waited {self.settings.update_wait:g} s"
         return None
 
     def update(self, trigger: str = "asked") -> dict[str, Any]:
         """Learn the queued feedback now (one update at a time in this process)."""
         with self.updating:
+            self.tried = time.time()
             queued = self.store.feedback("queued", limit=50_000)
             if not queued:
                 return {"version": None, "promoted": False, "reason": "no feedback is queued", "rows": 0}
