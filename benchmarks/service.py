@@ -333,10 +333,15 @@ def replay_row(work: Path, screenshot: Path | None) -> dict:
             right = total = 0
             for b in batches:
                 texts, labels = texts_of(data / b / "test.csv")
-                answer = client.post("/predict", json={"inputs": [{"text": t} for t in texts]}).json()
+                answer = client.post("/predict", json={"inputs": [{"text": t, "id": f"test-{b}-{i}"}
+                                                                  for i, t in enumerate(texts)]}).json()
                 right += sum(p["label"] == y for p, y in zip(answer["predictions"], labels, strict=True))
                 total += len(labels)
             state = client.get("/state").json()
+            for b in batches:  # measured: now their labels come back too, for the dashboard's accuracy over time
+                _, labels = texts_of(data / b / "test.csv")
+                client.post("/feedback", json={"rows": [{"id": f"test-{b}-{i}", "label": y}
+                                                        for i, y in enumerate(labels)]}, headers=WRITE)
             if screenshot is not None:
                 shoot(f"http://127.0.0.1:{port}/", screenshot)
     finally:
