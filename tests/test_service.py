@@ -153,6 +153,7 @@ def test_bad_feedback_is_refused_whole_and_nothing_is_kept(store):
         again = api.post("/predict", json={"inputs": [{"features": [0.0] * 64, "id": "once"}]})
         assert again.status_code == 409 and "once" in again.json()["detail"][0]["msg"]
         assert api.post("/promote/9", headers=WRITE).status_code == 404
+        assert api.post(f"/promote/{2**63}", headers=WRITE).status_code == 422  # found by Schemathesis: was a 500
         assert api.post("/rollback", headers=WRITE).status_code == 409  # version 1 has no parent
 
 

@@ -26,6 +26,7 @@ from typing import Annotated, Any
 
 import torch
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
+from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +42,7 @@ from retain.service.metrics import ServiceMetrics
 from retain.store import StoreError
 
 LEASE = "updater"
+VERSION_MAX = 2**31 - 1  # version ids are database integers
 STATIC = Path(__file__).parent / "static"
 
 
@@ -70,7 +72,7 @@ class FeedbackRequest(BaseModel):
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int | None = Field(None, ge=1, description="default: the promoted version's parent")
+    version: int | None = Field(None, ge=1, le=VERSION_MAX, description="default: the promoted version's parent")
 
 
 def _problem(status: int, field: list[Any], message: str) -> HTTPException:
@@ -422,7 +424,7 @@ def create_app(store: str | Path, settings: ServiceConfig | None = None, token: 
         return service.project.versions()
 
     @app.post("/promote/{version}", dependencies=[Depends(writer)])
-    def promote(version: int) -> dict[str, Any]:
+    def promote(version: Annotated[int, FastAPIPath(ge=1, le=VERSION_MAX)]) -> dict[str, Any]:
         try:
             with service.store.writer():
                 service.store.promote(version, reason="promoted by hand")
