@@ -326,6 +326,7 @@ def test_user_errors_of_the_loop_are_one_line_messages(tmp_path, batches, capsys
                                 (batches / "01" / "train.csv").read_text().splitlines()))
     cases = [
         (["update", str(store), "--data", str(narrow)], "each sample must have 64 values"),
+        (["evaluate", str(store), "--data", str(narrow)], f"{narrow}: each sample must have 64 values"),
         (["predict", str(store), "--data", str(tmp_path / "nowhere.csv")], "no such file or folder"),
         (["export", "digits", str(narrow), "--format", "csv"], "narrow.csv"),
         (["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",

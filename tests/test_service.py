@@ -120,10 +120,10 @@ def test_writes_need_the_token_and_reads_can_be_closed(store):
 
 @pytest.mark.parametrize("body, status, field", [
     ({"inputs": []}, 422, ["body", "inputs"]),
-    ({"inputs": [{"features": [1.0, 2.0]}]}, 422, ["body", "inputs", "0", "features"]),
-    ({"inputs": [{"text": "hello"}]}, 422, ["body", "inputs", "0", "text"]),
+    ({"inputs": [{"features": [1.0, 2.0]}]}, 422, ["body", "inputs", 0, "features"]),
+    ({"inputs": [{"text": "hello"}]}, 422, ["body", "inputs", 0, "text"]),
     ({"inputs": [{"features": [1.0] * 64, "text": "x"}]}, 422, ["body", "inputs", 0]),
-    ({"inputs": [{"image": "not base64!"}]}, 422, ["body", "inputs", "0", "image"]),
+    ({"inputs": [{"image": "not base64!"}]}, 422, ["body", "inputs", 0, "image"]),
     ({"inputs": [{"features": [1.0] * 64}], "top_k": 0}, 422, ["body", "top_k"]),
     ({"inputs": [{"features": [1.0] * 64}], "extra": 1}, 422, ["body", "extra"]),
     ({"inputs": [{"features": ["a"] * 64}]}, 422, ["body", "inputs", 0, "features", 0]),
@@ -144,7 +144,7 @@ def test_bad_feedback_is_refused_whole_and_nothing_is_kept(store):
             assert api.post("/feedback", json={"rows": rows}, headers=WRITE).status_code == status
         assert api.get("/state").json()["feedback"] == {}
         big = {"inputs": [{"features": [0.0] * 64}] * 1025}
-        assert api.post("/predict", json=big).status_code == 413
+        assert api.post("/predict", json=big).status_code == 422
         assert api.post("/predict", content=b"x" * (9 * 2**20), headers={"content-type": "application/json"}
                         ).status_code == 413
         assert api.post("/predict", content=b"{not json", headers={"content-type": "application/json"}
@@ -154,6 +154,15 @@ def test_bad_feedback_is_refused_whole_and_nothing_is_kept(store):
         assert again.status_code == 409 and "once" in again.json()["detail"][0]["msg"]
         assert api.post("/promote/9", headers=WRITE).status_code == 404
         assert api.post(f"/promote/{2**63}", headers=WRITE).status_code == 422  # found by Schemathesis: was a 500
+        # one label a prediction, given by its id or by its input, not both
+        both = {"id": "once", "input": {"features": [0.0] * 64}, "label": "0"}
+        assert api.post("/feedback", json={"rows": [both]}, headers=WRITE).status_code == 422
+        assert api.post("/feedback", json={"rows": [{"id": "once", "label": "0"}] * 2}, headers=WRITE
+                        ).status_code == 409
+        assert api.post("/feedback", json={"rows": [{"id": "once", "label": "0"}]}, headers=WRITE).status_code == 200
+        again = api.post("/feedback", json={"rows": [{"id": "once", "label": "1"}]}, headers=WRITE)
+        assert again.status_code == 409 and "labelled already" in again.json()["detail"][0]["msg"]
+        assert api.get("/state").json()["labelled"] == 1
         assert api.post("/rollback", headers=WRITE).status_code == 409  # version 1 has no parent
 
 

@@ -287,6 +287,7 @@ class Project:
             raise ValueError(f"top_k must be 1 or more, got {top_k}")
         learner = self.store.load(version, device="cpu")
         x, _, t, rows, _ = self._inputs(data, labelled=False)
+        x = learner.readable(x, where=str(data) if isinstance(data, str | Path) else "inputs")
         names = max(learner.class_names_, self.store.labels(), key=len)
         p = learner.predict_proba(x, t)
         k = min(top_k, p.shape[1])
@@ -300,7 +301,7 @@ class Project:
         version = self.store.promoted() if version is None else version
         learner = self.store.load(version, device="cpu")
         x, y, t, _, labels = self._inputs(data, labelled=True)
-        hits = learner.predict(x, t) == y
+        hits = learner.predict(learner.readable(x, where=str(data)), t) == y
         known = learner.model.head.n_outputs
         return {"version": version, "rows": len(y), "accuracy": float(hits.float().mean()),
                 "per_class": {labels.names[c]: float(hits[y == c].float().mean()) for c in y.unique().tolist()},

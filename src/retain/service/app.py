@@ -156,7 +156,8 @@ class Service:
         try:
             x = self.read([i.data() for i in request.inputs], "inputs")
         except InputError as err:
-            raise _problem(422, ["body", *err.field.split(".")], err.message) from None
+            raise _problem(422, ["body", *(int(p) if p.isdigit() else p for p in err.field.split("."))],
+                           err.message) from None
         p = learner.predict_proba(model_inputs(self.project.config, x))
         values, ids = p.topk(min(request.top_k, p.shape[1]), dim=1)
         out = []
@@ -181,10 +182,13 @@ class Service:
     def feedback(self, request: FeedbackRequest) -> dict[str, Any]:
         ids = [r.id for r in request.rows if r.id is not None]
         known = self.store.predictions(ids) if ids else {}
+        labelled = self.store.labelled(ids) if ids else set()
         rows, data = [], []
         for i, row in enumerate(request.rows):
-            if row.id is None and row.input is None:
-                raise _problem(422, ["body", "rows", i], "give the input, or the id of a prediction")
+            if (row.id is None) == (row.input is None):
+                raise _problem(422, ["body", "rows", i], "give either the input or the id of a prediction")
+            if row.id in labelled or ids.count(row.id) > 1:  # one label a prediction: counted once
+                raise _problem(409, ["body", "rows", i, "id"], f"the prediction {row.id!r} is labelled already")
             if row.input is None and row.id not in known:
                 raise _problem(404, ["body", "rows", i, "id"], f"no prediction has the id {row.id!r}")
             item = row.input.data() if row.input is not None else json.loads(known[row.id]["inputs"])
@@ -399,7 +403,8 @@ def create_app(store: str | Path, settings: ServiceConfig | None = None, token: 
 
     def limited(n: int, field: str) -> None:
         if n > settings.max_inputs:
-            raise _problem(413, ["body", field], f"{n} items; at most {settings.max_inputs} a request")
+            raise _problem(422, ["body", field], f"{n} items; at most {settings.max_inputs} a request "
+                                                 "(service.max_inputs)")
 
     # The two busy endpoints answer plain JSON: no response model to validate on the way out.
     @app.post("/predict", dependencies=[Depends(reader)], response_model=None)

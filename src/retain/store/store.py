@@ -502,6 +502,12 @@ class ModelStore:
             rows = db.execute(select(*PREDICTIONS.c).where(PREDICTIONS.c.id.in_(ids))).all()
         return {r.id: r._asdict() for r in rows}
 
+    def labelled(self, ids: list[str]) -> set[str]:
+        """Those of the request ids that feedback has labelled already."""
+        with self._db() as db:
+            rows = db.execute(select(FEEDBACK.c.request_id).where(FEEDBACK.c.request_id.in_(ids))).all()
+        return {r[0] for r in rows}
+
     def prequential(self) -> list[tuple[float, int, bool]]:
         """(time of the feedback, version that predicted, whether it was right) for every
         prediction later labelled by feedback, oldest first: accuracy on data as it arrives."""
