@@ -197,7 +197,7 @@ def gate_scores(project: Project, path: Path, flipped_rows: set[int], folders: b
         names = sorted(Path(path).glob("*/*.*"), key=lambda p: p.name)
         flipped_rows = {i for i, p in enumerate(names) if truth.y[order[p.name]] != rows.y[i]} if order else set()
     x = model_inputs(project.config, rows.x)
-    report = project._gate(x, rows.y, project.store.load(device="cpu"), project._line())
+    report = project._gate(x, rows.y, project.store.load(device="cpu"), [v.id for v in project._line()])
     found = set(report.label_issues)
     hit = len(found & flipped_rows)
     return {"gate_precision": hit / max(len(found), 1), "gate_recall": hit / max(len(flipped_rows), 1),

@@ -24,7 +24,6 @@ import asyncio
 import gc
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -369,14 +368,9 @@ def replay_row(work: Path, screenshot: Path | None) -> dict:
 
 
 def shoot(url: str, path: Path) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as Driver
+    from tests.served import headless_chromium
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1300"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Driver(shutil.which("chromedriver")), options=options)
+    browser = headless_chromium(1200, 1300)
     try:
         browser.get(url)
         time.sleep(4)

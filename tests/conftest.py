@@ -52,6 +52,31 @@ def incoming(exp, n, start=0):
 
 
 @pytest.fixture(scope="session")
+def batches(tmp_path_factory):
+    """Digits exported as CSV batches by ``retain export``: a user's own files, read by the loop."""
+    from retain.cli import main
+
+    folder = tmp_path_factory.mktemp("digits") / "csv"
+    assert main(["export", "digits", str(folder), "--format", "csv"]) == 0
+    return folder
+
+
+def loop_store(folder, batches, database=None, **sections):
+    """A model store in ``folder`` whose version 1 learned batch 00 (an MLP with replay); extra
+    config ``sections`` (promotion, say) are added."""
+    import yaml
+
+    from retain.cli import main
+
+    cfg = folder / "loop.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"hidden": [64]}, "training": {"lr": 0.05, "epochs": 5},
+                                   "strategies": [{"name": "replay", "memory_size": 200}]} | sections))
+    argv = ["init", str(cfg), "--data", str(batches / "00" / "train.csv"), "--store", str(folder / "store"), "--json"]
+    assert main(argv + (["--database", database] if database else [])) == 0
+    return folder / "store"
+
+
+@pytest.fixture(scope="session")
 def postgres():
     """A real PostgreSQL server for the session (see tests/postgres.py)."""
     from .postgres import PostgresServer

@@ -4,6 +4,7 @@ killed at the end."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,3 +62,17 @@ class Served:
                 self.process.wait()
         self.client.close()
         self.log.close()
+
+
+def headless_chromium(width: int = 1200, height: int = 1400):
+    """Debian's Chromium, headless, driven by its chromedriver through selenium (console logs kept)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as Driver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Driver(shutil.which("chromedriver")), options=options)

@@ -11,13 +11,6 @@ from retain.loop import Project
 from retain.store import ModelStore
 
 
-@pytest.fixture(scope="module")
-def batches(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("digits") / "csv"
-    assert main(["export", "digits", str(folder), "--format", "csv"]) == 0
-    return folder
-
-
 def _config(tmp_path, promotion=None):
     cfg = {"model": {"hidden": [64]}, "training": {"lr": 0.05, "epochs": 5},
            "strategies": [{"name": "replay", "memory_size": 200}]}

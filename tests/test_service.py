@@ -14,15 +14,8 @@ from retain.cli import main
 from retain.config import ServiceConfig
 from retain.service.app import create_app
 
-TOKEN = "s3cret-token"
-WRITE = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def batches(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("digits") / "csv"
-    assert main(["export", "digits", str(folder), "--format", "csv"]) == 0
-    return folder
+from .conftest import loop_store
+from .served import TOKEN, WRITE
 
 
 def rows_of(path, n=None):
@@ -39,12 +32,7 @@ def rows_of(path, n=None):
 
 @pytest.fixture
 def store(tmp_path, batches):
-    cfg = tmp_path / "loop.yaml"
-    cfg.write_text(yaml.safe_dump({"model": {"hidden": [64]}, "training": {"lr": 0.05, "epochs": 5},
-                                   "strategies": [{"name": "replay", "memory_size": 200}]}))
-    assert main(["init", str(cfg), "--data", str(batches / "00" / "train.csv"), "--store", str(tmp_path / "store"),
-                 "--json"]) == 0
-    return tmp_path / "store"
+    return loop_store(tmp_path, batches)
 
 
 def client(store, **settings):
@@ -207,7 +195,7 @@ def test_images_are_read_like_the_training_folders(tmp_path):
 @pytest.mark.parametrize("point", ["in-update", "in-promote"])
 def test_a_serve_process_killed_in_an_update_keeps_every_acknowledged_row_and_its_promoted_version(
         store, batches, point):
-    from .served import WRITE, Served
+    from .served import Served
 
     rows = [{"input": {"features": x}, "label": y} for x, y in rows_of(batches / "01" / "train.csv", 60)]
     config = store.parent / "service.yaml"

@@ -14,36 +14,19 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings
 
-from retain.cli import main
 from retain.config import ServiceConfig
 from retain.service.app import create_app
 
-from .served import TOKEN, WRITE, Served
+from .conftest import loop_store
+from .served import TOKEN, WRITE, Served, headless_chromium
 from .test_service import rows_of
 
 ARTEFACTS = Path(__file__).parent / "artefacts"  # screenshots kept for a look after the run
 
 
 @pytest.fixture(scope="module")
-def batches(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("digits") / "csv"
-    assert main(["export", "digits", str(folder), "--format", "csv"]) == 0
-    return folder
-
-
-def make_store(folder, batches, database=None):
-    cfg = folder / "loop.yaml"
-    cfg.write_text(yaml.safe_dump({"model": {"hidden": [64]}, "training": {"lr": 0.05, "epochs": 5},
-                                   "strategies": [{"name": "replay", "memory_size": 200}],
-                                   "promotion": {"max_drop": 0.5}}))
-    argv = ["init", str(cfg), "--data", str(batches / "00" / "train.csv"), "--store", str(folder / "store"), "--json"]
-    assert main(argv + (["--database", database] if database else [])) == 0
-    return folder / "store"
-
-
-@pytest.fixture(scope="module")
 def api_app(tmp_path_factory, batches):
-    store = make_store(tmp_path_factory.mktemp("fuzzed"), batches)
+    store = loop_store(tmp_path_factory.mktemp("fuzzed"), batches, promotion={"max_drop": 0.5})
     return create_app(store, ServiceConfig(poll=0.2, min_rows=10_000, new_class_rows=10_000), token=TOKEN)
 
 
@@ -64,19 +47,6 @@ def test_no_input_the_schema_allows_or_not_gets_a_server_error(api_app):
         check()
 
 
-def _browser(width=1200, height=1400):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as Driver
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 f"--window-size={width},{height}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Driver(shutil.which("chromedriver")), options=options)
-
-
 def _until(check, timeout=30.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -90,11 +60,11 @@ def _until(check, timeout=30.0):
 def test_the_dashboard_shows_versions_and_the_chart_and_follows_a_promotion(tmp_path, batches):
     from selenium.webdriver.common.by import By
 
-    store = make_store(tmp_path, batches)
+    store = loop_store(tmp_path, batches, promotion={"max_drop": 0.5})
     config = tmp_path / "service.yaml"
     config.write_text(yaml.safe_dump({"min_rows": 10_000, "new_class_rows": 10_000, "poll": 0.1}))
     server = Served(store, "--config", str(config)).wait()
-    browser = _browser()
+    browser = headless_chromium()
     try:
         test = rows_of(batches / "00" / "test.csv", 60)
         server.client.post("/predict", json={"inputs": [{"features": x, "id": f"q{i}"}
@@ -128,7 +98,7 @@ def test_the_dashboard_shows_versions_and_the_chart_and_follows_a_promotion(tmp_
 
 
 def test_prometheus_scrapes_the_service(tmp_path, batches):
-    store = make_store(tmp_path, batches)
+    store = loop_store(tmp_path, batches, promotion={"max_drop": 0.5})
     server = Served(store).wait()
     folder = Path(tempfile.mkdtemp(prefix="retain-prom-"))
     prometheus = None
@@ -168,7 +138,7 @@ def test_prometheus_scrapes_the_service(tmp_path, batches):
 
 
 def test_two_workers_on_postgresql_share_one_store_and_one_updater(tmp_path, batches, postgres):
-    store = make_store(tmp_path, batches, database=postgres.database())
+    store = loop_store(tmp_path, batches, database=postgres.database(), promotion={"max_drop": 0.5})
     config = tmp_path / "service.yaml"
     config.write_text(yaml.safe_dump({"min_rows": 80, "update_rows": 80, "new_class_rows": 10_000, "poll": 0.2}))
     server = Served(store, "--config", str(config), "--workers", "2").wait()

@@ -24,7 +24,7 @@ from retain.data.files import Labeled, LabelMap, load
 from retain.engine import Learner
 from retain.quality import GateReport, check_batch, inspect
 from retain.quality.gate import row_hashes
-from retain.store import Batch, ModelStore, StoreError
+from retain.store import Batch, ModelStore, StoreError, Version
 from retain.util import slug
 
 
@@ -48,6 +48,13 @@ class Prediction:
     row: str
     label: str
     top: list[tuple[str, float]]
+
+
+def top_labels(probabilities: Tensor, names: list[str], k: int) -> list[list[tuple[str, float]]]:
+    """Each row's ``k`` likeliest labels (fewer if there are fewer classes) with their probabilities."""
+    values, ids = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
+    return [[(names[c], v) for c, v in zip(row, vs, strict=True)] for row, vs in zip(ids.tolist(), values.tolist(),
+                                                                                     strict=True)]
 
 
 def _hash_tensor(x: Tensor) -> Tensor:
@@ -154,13 +161,15 @@ class Project:
         with self.store.writer():  # one update or rollback at a time
             return self._learn_locked(x, y, t, labels, source, first)
 
-    def _line(self) -> list[int]:
-        """The promoted version and its ancestors: the versions whose batches the served model learned."""
-        parents = {v.id: v.parent for v in self.store.versions()}
-        line, v = [], self.store.promoted()
-        while v is not None:
-            line.append(v)
-            v = parents.get(v)
+    def _line(self, versions: list[Version] | None = None) -> list[Version]:
+        """The promoted version and its ancestors (of ``versions``, default the store's): the versions
+        whose batches the served model learned."""
+        by_id = {v.id: v for v in (self.store.versions() if versions is None else versions)}
+        promoted = next((v.id for v in by_id.values() if v.promoted), None)
+        line = []
+        while promoted is not None:
+            line.append(by_id[promoted])
+            promoted = by_id[promoted].parent
         return line
 
     def _learn_locked(self, x: Tensor, y: Tensor, t: Tensor, labels: LabelMap, data: str, first: bool) -> UpdateResult:
@@ -168,7 +177,8 @@ class Project:
         current = None if first else self.store.load(parent, device="cpu")
         if current is not None:
             x = current.readable(x, where=data)
-        line = [] if first else self._line()
+        line_versions = [] if first else self._line()  # read once: the gate and the rule use it
+        line = [v.id for v in line_versions]
         held_before = self._held_out(line)  # read once: the gate, the promoted and the candidate all use it
         report = self._gate(x, y, current, line, held_before)
         new_names = labels.names[len(self.store.labels()):]  # names no earlier batch brought
@@ -211,7 +221,7 @@ class Project:
         if first:
             reason, promote = "the first version", True
         else:
-            recorded = [v.metrics.get("accuracy", {}) for v in self.store.versions() if v.id in line]
+            recorded = [v.metrics.get("accuracy", {}) for v in line_versions]
             best = {b: max(r[b] for r in recorded if b in r) for b in promoted}
             decision = self.config.promotion.decide(candidate, promoted, name, self._per_class(learner, judged), best)
             reason, promote = decision.reason, decision.promote
@@ -255,7 +265,7 @@ class Project:
     def _held_out(self, line: list[int] | None = None) -> dict[str, tuple]:
         """The held-out rows of the batches the served model learned (``line``: those versions;
         default the promoted line), by batch name."""
-        names = self.store.held_out_names(self._line() if line is None else line)
+        names = self.store.held_out_names([v.id for v in self._line()] if line is None else line)
         return {n: tuple(self.store.get_data(n)[k] for k in ("x", "y", "t")) for n in names}
 
     @staticmethod
@@ -266,8 +276,13 @@ class Project:
         parts = list(held.values())
         x, y, t = (torch.cat([p[i] for p in parts]) for i in range(3))
         hits = learner.predict(x, t) == y
-        names = max(learner.class_names_, self.store.labels(), key=len)  # the longer: ids only grow
+        names = self.label_names(learner)
         return {names[c]: float(hits[y == c].float().mean()) for c in y.unique().tolist()}
+
+    def label_names(self, learner: Learner) -> list[str]:
+        """The name of each of ``learner``'s class ids: the store's, or the learner's own when it is
+        newer (a kept candidate's); ids only grow, so the longer list holds the other."""
+        return max(learner.class_names_, self.store.labels(), key=len)
 
     def _inputs(self, data: str | Path | Any, labelled: bool) -> tuple[Tensor, Tensor, Tensor, list[str], LabelMap]:
         """Model inputs, label ids (-1 unlabelled; names the store lacks get new ids), task ids, row
@@ -287,13 +302,10 @@ class Project:
             raise ValueError(f"top_k must be 1 or more, got {top_k}")
         learner = self.store.load(version, device="cpu")
         x, _, t, rows, _ = self._inputs(data, labelled=False)
-        x = learner.readable(x, where=str(data) if isinstance(data, str | Path) else "inputs")
-        names = max(learner.class_names_, self.store.labels(), key=len)
-        p = learner.predict_proba(x, t)
-        k = min(top_k, p.shape[1])
-        values, ids = p.topk(k, dim=1)
-        return [Prediction(row, names[i[0]], [(names[c], round(v, 6)) for c, v in zip(i, vs, strict=True)])
-                for row, i, vs in zip(rows, ids.tolist(), values.tolist(), strict=True)]
+        p = learner.predict_proba(x, t, where=str(data) if isinstance(data, str | Path) else "inputs")
+        tops = top_labels(p, self.label_names(learner), top_k)
+        return [Prediction(row, top[0][0], [(n, round(v, 6)) for n, v in top]) for row, top in zip(rows, tops,
+                                                                                                   strict=True)]
 
     def evaluate(self, data: str | Path, version: int | None = None) -> dict[str, Any]:
         """Accuracy of ``version`` (default: the promoted one) on the labelled ``data``: overall and
@@ -301,7 +313,7 @@ class Project:
         version = self.store.promoted() if version is None else version
         learner = self.store.load(version, device="cpu")
         x, y, t, _, labels = self._inputs(data, labelled=True)
-        hits = learner.predict(learner.readable(x, where=str(data)), t) == y
+        hits = learner.predict(x, t, where=str(data)) == y
         known = learner.model.head.n_outputs
         return {"version": version, "rows": len(y), "accuracy": float(hits.float().mean()),
                 "per_class": {labels.names[c]: float(hits[y == c].float().mean()) for c in y.unique().tolist()},

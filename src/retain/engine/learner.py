@@ -443,10 +443,11 @@ class Learner:
 
     # -- inference --------------------------------------------------------------------
     @torch.no_grad()
-    def predict_logits(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 1024) -> Tensor:
+    def predict_logits(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 1024,
+                       where: str = "predict") -> Tensor:
         """Logits over the global classes; ``t`` (task ids) is needed with per-task heads. ``x``
         may be a tensor, numpy array or list; a batch of the wrong shape or with NaN is refused."""
-        x = self.readable(x, where="predict")
+        x = self.readable(x, where=where)
         if isinstance(self.model.head, MultiHead) and t is None and not getattr(self.model.backbone, "routes_tasks",
                                                                                  False):
             raise ValueError("this model has per-task heads: pass the task id(s) t to predict")
@@ -463,15 +464,16 @@ class Learner:
         with evaluating(self.model):
             return in_batches(self.model.features, self.model.backbone, x, batch_size, self.device, t)
 
-    def predict(self, x: Tensor, t: Tensor | int | None = None) -> Tensor:
-        """Predicted class ids (``-1`` while the model has no output unit yet)."""
-        logits = self.predict_logits(x, t)
+    def predict(self, x: Tensor, t: Tensor | int | None = None, where: str = "predict") -> Tensor:
+        """Predicted class ids (``-1`` while the model has no output unit yet); ``where`` names the
+        inputs in the message refusing them."""
+        logits = self.predict_logits(x, t, where=where)
         if logits.shape[1] == 0:
             return torch.full((len(x),), -1, dtype=torch.long)
         return logits.argmax(1)
 
-    def predict_proba(self, x: Tensor, t: Tensor | int | None = None) -> Tensor:
-        return self.predict_logits(x, t).softmax(1)
+    def predict_proba(self, x: Tensor, t: Tensor | int | None = None, where: str = "predict") -> Tensor:
+        return self.predict_logits(x, t, where=where).softmax(1)
 
     def score(self, experience: Experience) -> float:
         """Accuracy on the experience's test split."""

@@ -36,7 +36,7 @@ from retain.build import model_inputs
 from retain.config import ServiceConfig
 from retain.engine import Learner
 from retain.engine.updater import Hybrid
-from retain.loop import Project
+from retain.loop import Project, top_labels
 from retain.service.inputs import Input, InputError, read_inputs
 from retain.service.metrics import ServiceMetrics
 from retain.store import StoreError
@@ -121,7 +121,7 @@ class Service:
             return
         learner = self.store.load(version, device="cpu")
         learner.model.eval()  # only ever predicts: threads share it without switching its mode
-        self.served = (version, learner, max(learner.class_names_, self.store.labels(), key=len))
+        self.served = (version, learner, self.project.label_names(learner))
         self.metrics.version.set(version)
 
     def start(self) -> None:
@@ -158,14 +158,12 @@ class Service:
         except InputError as err:
             raise _problem(422, ["body", *(int(p) if p.isdigit() else p for p in err.field.split("."))],
                            err.message) from None
-        p = learner.predict_proba(model_inputs(self.project.config, x))
-        values, ids = p.topk(min(request.top_k, p.shape[1]), dim=1)
+        tops = top_labels(learner.predict_proba(model_inputs(self.project.config, x)), names, request.top_k)
         out = []
-        for item, top, probs in zip(request.inputs, ids.tolist(), values.tolist(), strict=True):
-            label = names[top[0]]
-            self.metrics.predictions.labels(label).inc()
-            out.append({"id": item.id, "label": label,
-                        "top": [{"label": names[c], "probability": v} for c, v in zip(top, probs, strict=True)]})
+        for item, top in zip(request.inputs, tops, strict=True):
+            self.metrics.predictions.labels(top[0][0]).inc()
+            out.append({"id": item.id, "label": top[0][0],
+                        "top": [{"label": n, "probability": v} for n, v in top]})
         kept = [{"id": item.id, "version": version, "inputs": json.dumps(item.data()), "label": o["label"]}
                 for item, o in zip(request.inputs, out, strict=True) if item.id is not None]
         if kept:
@@ -302,9 +300,10 @@ class Service:
                            "accuracy": sum(hit for _, _, hit in part) / len(part)})
         served = self.served[0] if self.served else None
         lat = sorted(self.latencies)
+        feedback = self.store.feedback_counts()
         return {"served": served, "versions": versions, "events": events, "prequential": series,
                 "labelled": len(labelled), "correct": sum(hit for _, _, hit in labelled),
-                "queue": self.store.feedback_counts().get("queued", 0), "feedback": self.store.feedback_counts(),
+                "queue": feedback.get("queued", 0), "feedback": feedback,
                 "per_class": self.per_class(served), "last_update": self.last_update,
                 "latency_ms": {"p50": 1000 * lat[len(lat) // 2] if lat else None,
                                "p99": 1000 * lat[int(0.99 * (len(lat) - 1))] if lat else None}}

@@ -381,10 +381,13 @@ class ModelStore:
     def set_meta(self, key: str, value: Any) -> None:
         """Keep a JSON value under ``key`` (what the store's inputs look like, say)."""
         with self._transaction() as db:
-            if self._meta(f"user.{key}", db) is None:
-                db.execute(insert(META).values(key=f"user.{key}", value=json.dumps(value)))
-            else:
-                db.execute(update(META).where(META.c.key == f"user.{key}").values(value=json.dumps(value)))
+            self._put_meta(db, f"user.{key}", json.dumps(value))
+
+    def _put_meta(self, db: Connection, key: str, value: str) -> None:
+        if self._meta(key, db) is None:
+            db.execute(insert(META).values(key=key, value=value))
+        else:
+            db.execute(update(META).where(META.c.key == key).values(value=value))
 
     def labels(self) -> list[str]:
         """The label name of each class id, stable across versions."""
@@ -398,10 +401,7 @@ class ModelStore:
             known = json.loads(value) if value else []
             if names[:len(known)] != known:
                 raise StoreError(f"label ids must stay as they are: the store has {known}, got {names}")
-            if value is None:
-                db.execute(insert(META).values(key="labels", value=json.dumps(names)))
-            else:
-                db.execute(update(META).where(META.c.key == "labels").values(value=json.dumps(names)))
+            self._put_meta(db, "labels", json.dumps(names))
 
     def put_data(self, name: str, tensors: dict[str, Any], kind: str = "data") -> None:
         """Keep tensors under ``name``, written whole or not at all: a batch's held-out rows
