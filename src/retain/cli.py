@@ -153,6 +153,44 @@ def _select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from retain.tuning import Source, TuneError, optimize, storage_url, tune
+    from retain.tuning.report import importances  # noqa: F401 - imported here so a worker fails early
+
+    try:
+        source = Source.read(args.source)
+        if args.trials:
+            source.cfg.tune.trials = args.trials
+        out = Path(args.out or Path(source.cfg.output) / f"{source.cfg.name}-tune")
+        if args.worker is not None:  # one of the processes `--workers` started: trials only
+            torch.set_num_threads(args.threads)
+            optimize(source, storage_url(args.storage, out), worker=args.worker)
+            return 0
+        if (out / "study.db").exists() and args.storage is None:
+            print(f"resuming the study in {out / 'study.db'}", file=sys.stderr)
+        rows = tune(source, out, workers=args.workers, storage=args.storage, progress=not args.quiet,
+                    final=not args.no_final)
+    except (TuneError, *_user_errors()) as err:
+        print(f"retain: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("retain: interrupted; run the same command again to resume the study", file=sys.stderr)
+        return 130
+    for r in rows:
+        best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["best_params"].items())
+        line = f"{r['method']}: validation {100 * r['best_validation']['accuracy']:.1f}% with {best or 'the defaults'}"
+        if "test_tuned" in r:
+            d, t = r["test_default"]["acc"], r["test_tuned"]["acc"]
+            line += f"; test {100 * d:.1f}% default -> {100 * t:.1f}% tuned"
+        print(line)
+    print("best config: " + (str(out / "best.yaml") if len(rows) == 1 else ", ".join(str(out / r["best_config"])
+                                                                                 for r in rows)))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -455,6 +493,21 @@ def main(argv: list[str] | None = None) -> int:
                        "process updates")
     serve.add_argument("--log-level", default="warning")
     serve.set_defaults(func=_serve)
+    tuning = sub.add_parser("tune", help="tune each method's knobs (Optuna) on validation slices, then compare "
+                            "default and tuned configs on the test sets")
+    tuning.add_argument("source", help="YAML run config (its tune: section and strategies' search:), or a model "
+                        "store (tunes its config on the batches it holds)")
+    tuning.add_argument("--out", help="report folder; also holds the study (default: <output>/<name>-tune); "
+                        "a study found there resumes")
+    tuning.add_argument("--workers", type=_positive, default=1, help="processes sharing the study")
+    tuning.add_argument("--storage", help="study database: a SQLite file, or postgresql://user@host/db for "
+                        "workers on several hosts (default: <out>/study.db)")
+    tuning.add_argument("--trials", type=_positive, help="override tune.trials")
+    tuning.add_argument("--no-final", action="store_true", help="skip the test-set comparison of the best configs")
+    tuning.add_argument("--quiet", action="store_true")
+    tuning.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    tuning.add_argument("--threads", type=_positive, default=1, help=argparse.SUPPRESS)
+    tuning.set_defaults(func=_tune)
     listing = sub.add_parser("strategies", help="list every method: family, scenarios, defaults, paper")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=_strategies)

@@ -181,11 +181,91 @@ class ServiceConfig(_Strict):
     poll: PositiveFloat = Field(0.5, description="seconds between the updater's and the model swap's checks")
 
 
+class SearchRange(_Strict):
+    """What ``retain tune`` may try for one knob: ``low``..``high`` (``log`` scale, optional
+    ``step``) or a list of ``choices``. Integer knobs (epochs, memory sizes) get integers."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: PositiveFloat | None = None
+    choices: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchRange:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.step is not None or self.log:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (a range) or choices (a list)")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log scale needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("step and log cannot be combined")
+        return self
+
+    def bounds(self) -> list[Any]:
+        """The values that must each be valid for the knob: the ends of the range, or every choice."""
+        return list(self.choices) if self.choices is not None else [self.low, self.high]
+
+
+TRAINING_KNOBS = ("lr", "epochs", "batch_size", "momentum", "backbone_lr")
+
+
+class TuneConfig(_Strict):
+    """``retain tune``: how many trials, what they optimise, and the training knobs searched
+    (the strategies' knobs are declared next to them, under ``search:``)."""
+
+    trials: PositiveInt = Field(20, description="trials per method (a resumed study counts the ones done)")
+    objectives: list[Literal["accuracy", "train_seconds", "peak_mb"]] = Field(
+        default_factory=lambda: ["accuracy"], min_length=1,
+        description="accuracy (on the validation slices) alone, or against training time or memory: a Pareto front")
+    validation_fraction: float = Field(0.2, gt=0.0, le=0.5, description="of each experience's training rows, "
+                                       "held out to score trials (the test sets are read only by the final report)")
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description="stops trials whose accuracy "
+                                                           "after an experience trails the others (single objective)")
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = Field(0, description="of the sampler, the validation split and the trials' model")
+    search: dict[str, SearchRange] | None = Field(None, description="training knobs (lr, epochs, batch_size, "
+                                                  "momentum, backbone_lr); default: lr /10..x10 and epochs 1..2x")
+    default_spaces: bool = Field(True, description="search each strategy's declared knobs when it names none")
+    start_from_defaults: bool = Field(True, description="the config's own values are the first trial")
+    final_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,
+                                   description="seeds of the final test-set report of the default and best configs")
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _valid(self) -> TuneConfig:
+        if "accuracy" not in self.objectives or len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"objectives must include accuracy, each once; got {self.objectives}")
+        unknown = sorted(set(self.search or {}) - set(TRAINING_KNOBS))
+        if unknown:
+            raise ValueError(f"search: {', '.join(unknown)} is not a training knob; allowed: "
+                             f"{', '.join(TRAINING_KNOBS)} (a strategy's knobs go under its own search:)")
+        for knob, space in (self.search or {}).items():
+            for value in space.bounds():
+                try:
+                    TrainingConfig.model_validate({knob: value})
+                except ValidationError as err:
+                    raise ValueError(f"search.{knob}: {value!r} is not a valid {knob}: "
+                                     f"{err.errors()[0]['msg']}") from None
+        return self
+
+
 class MethodConfig(_Strict):
-    """One column of the comparison: a label and the strategies it composes."""
+    """One column of the comparison: a label and the strategies it composes; ``search`` holds
+    the ranges ``retain tune`` may try for their knobs, by ``strategy.knob``."""
 
     label: str
     compose: list[dict[str, Any]]
+    search: dict[str, SearchRange] = Field(default_factory=dict)
 
     def build(self, head: str = "fixed") -> list[Strategy]:
         """The strategies, a head-growing one first when the model's head asks for it."""
@@ -199,7 +279,9 @@ class MethodConfig(_Strict):
         return any(STRATEGIES[s["name"]].whole_stream for s in self.compose)
 
 
-def _component(entry: Any, where: str) -> dict[str, Any]:
+def _component(entry: Any, where: str) -> tuple[dict[str, Any], dict[str, SearchRange]]:
+    """A strategy entry, validated with every hyper-parameter recorded, and its search ranges by
+    ``name.knob`` (each range's ends valid values of the knob)."""
     if isinstance(entry, str):
         entry = {"name": entry}
     if not isinstance(entry, dict) or "name" not in entry:
@@ -207,16 +289,35 @@ def _component(entry: Any, where: str) -> dict[str, Any]:
     name = entry["name"]
     if name not in STRATEGIES:
         raise ValueError(f"{where}.name: unknown strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
-    params = {k: v for k, v in entry.items() if k != "name"}
+    params = {k: v for k, v in entry.items() if k not in ("name", "search")}
+    strategy = _strategy(name, params, where)
+    search = entry.get("search") or {}
+    if not isinstance(search, dict):
+        raise ValueError(f"{where}.search: give a mapping of knob: {{low, high[, log]}} or {{choices}}")
+    ranges = {}
+    for knob, raw in search.items():
+        if knob not in strategy.__dataclass_fields__:
+            raise ValueError(f"{where}.search.{knob}: {name} has no knob {knob!r}; its knobs: "
+                             f"{', '.join(strategy.__dataclass_fields__)}")
+        try:
+            space = SearchRange.model_validate(raw)
+        except ValidationError as err:
+            raise ValueError(f"{where}.search.{knob}: {format_errors(err).strip()}") from None
+        for value in space.bounds():
+            _strategy(name, params | {knob: value}, f"{where}.search")
+        ranges[f"{name}.{knob}"] = space
+    return {"name": name, **strategy.get_config()}, ranges
+
+
+def _strategy(name: str, params: dict[str, Any], where: str) -> Strategy:
     try:
-        strategy = make_strategy(name, **params)
+        return make_strategy(name, **params)
     except ValidationError as err:
         problems = "; ".join(
             f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
             for e in err.errors()
         )
         raise ValueError(problems) from None
-    return {"name": name, **strategy.get_config()}  # validated once; every hyper-parameter recorded
 
 
 class RunConfig(_Strict):
@@ -235,6 +336,7 @@ class RunConfig(_Strict):
     promotion: PromotionRule = Field(default_factory=PromotionRule)
     gate: GatePolicy = Field(default_factory=GatePolicy)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     output: str = "runs"
 
     @field_validator("scenario", mode="before")
@@ -265,18 +367,29 @@ class RunConfig(_Strict):
             raise ValueError("strategies must be a list of strategy names or mappings")
         methods = []
         for i, entry in enumerate(value):
+            if isinstance(entry, MethodConfig):
+                entry = entry.model_dump()
             if isinstance(entry, dict) and "compose" in entry:
-                extra = set(entry) - {"compose", "label"}
+                extra = set(entry) - {"compose", "label", "search"}
                 if extra:
                     raise ValueError(f"strategies.{i}: unknown key(s) {sorted(extra)} beside compose")
                 if not isinstance(entry["compose"], list) or not entry["compose"]:
                     raise ValueError(f"strategies.{i}.compose: give a non-empty list of strategies")
-                parts = [_component(c, f"strategies.{i}.compose.{j}") for j, c in enumerate(entry["compose"])]
-                label = entry.get("label") or "+".join(p["name"] for p in parts)
+                built = [_component(c, f"strategies.{i}.compose.{j}") for j, c in enumerate(entry["compose"])]
+                label = entry.get("label") or "+".join(p["name"] for p, _ in built)
             else:
-                parts = [_component(entry, f"strategies.{i}")]
-                label = parts[0]["name"]
-            methods.append({"label": label, "compose": parts})
+                built = [_component(entry, f"strategies.{i}")]
+                label = built[0][0]["name"]
+            parts = [p for p, _ in built]
+            names = [p["name"] for p in parts]
+            search = {k: v for _, ranges in built for k, v in ranges.items()}
+            for key, raw in (entry.get("search") or {}).items() if "compose" in entry else ():
+                if key.split(".")[0] not in names:  # a dumped config keeps its ranges as name.knob
+                    raise ValueError(f"strategies.{i}.search.{key}: name a knob as strategy.knob of {names}")
+                search[key] = SearchRange.model_validate(raw)
+            if len(set(names)) < len(names) and search:
+                raise ValueError(f"strategies.{i}: a composition that repeats a strategy cannot be tuned by name")
+            methods.append({"label": label, "compose": parts, "search": search})
         labels = [m["label"] for m in methods]
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         if dupes:

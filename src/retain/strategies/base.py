@@ -61,6 +61,9 @@ class Strategy:
     # Whether the method learns from per-step hooks alone (usable with partial_fit).
     online: ClassVar[bool] = False
     online_hint: ClassVar[str] = "run it in hybrid mode, where consolidations are experiences"
+    # The knobs ``retain tune`` searches when the config names none: parameter -> range, as
+    # ``{"low": 0.1, "high": 10, "log": True}`` or ``{"choices": [...]}`` (integers for integer fields).
+    tunable: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         """Before training on ``ctx.experience``: grow heads, snapshot the old model, replace the train set."""

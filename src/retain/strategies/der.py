@@ -47,6 +47,7 @@ class DER(MemoryStrategy):
     name = "der"
     paper = 'Buzzega et al. 2020, "Dark Experience for General Continual Learning", NeurIPS'
     family = "replay"
+    tunable = {"alpha": {"low": 0.05, "high": 2.0, "log": True}}
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "reservoir" if self.store == "stream" else "class_balanced")
@@ -129,3 +130,4 @@ class DERPP(DER):
 
     name = "derpp"
     paper = "Buzzega et al. 2020, NeurIPS (DER++)"
+    tunable = DER.tunable | {"beta": {"low": 0.05, "high": 2.0, "log": True}}

@@ -43,6 +43,7 @@ class EWC(Strategy):
     name = "ewc"
     paper = 'Kirkpatrick et al. 2017, "Overcoming catastrophic forgetting", PNAS; Schwarz et al. 2018 (online)'
     family = "regularization"
+    tunable = {"lam": {"low": 30.0, "high": 300_000.0, "log": True}}
     grows = "mode separate keeps one anchor and Fisher per experience (mode online keeps one)"
 
     def __post_init__(self) -> None:

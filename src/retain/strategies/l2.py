@@ -24,6 +24,7 @@ class L2(Strategy):
     name = "l2"
     paper = 'Kirkpatrick et al. 2017, PNAS (the L2 baseline)'
     family = "regularization"
+    tunable = {"lam": {"low": 0.001, "high": 10.0, "log": True}}
 
     def __post_init__(self) -> None:
         self.anchor_: dict = {}

@@ -34,6 +34,7 @@ class LwF(Strategy):
     name = "lwf"
     paper = 'Li & Hoiem 2017, "Learning without Forgetting", TPAMI'
     family = "regularization"
+    tunable = {"alpha": {"low": 0.1, "high": 10.0, "log": True}, "temperature": {"low": 1.0, "high": 4.0}}
 
     def __post_init__(self) -> None:
         self.old_model_: torch.nn.Module | None = None

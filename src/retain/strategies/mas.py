@@ -28,6 +28,7 @@ class MAS(AnchoredPenalty):
     name = "mas"
     paper = 'Aljundi et al. 2018, "Memory Aware Synapses", ECCV'
     family = "regularization"
+    tunable = {"lam": {"low": 0.003, "high": 30.0, "log": True}}
 
     def after_experience(self, learner, ctx) -> None:
         exp = ctx.experience

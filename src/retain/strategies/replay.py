@@ -40,6 +40,7 @@ class Replay(MemoryStrategy):
     name = "replay"
     paper = 'Chaudhry et al. 2019, "On Tiny Episodic Memories in Continual Learning"'
     family = "replay"
+    tunable = {"ratio": {"low": 0.25, "high": 4.0, "log": True}, "weight": {"low": 0.5, "high": 4.0, "log": True}}
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, self.policy)

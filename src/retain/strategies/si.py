@@ -28,6 +28,7 @@ class SI(AnchoredPenalty):
     name = "si"
     paper = 'Zenke, Poole & Ganguli 2017, "Continual Learning Through Synaptic Intelligence", ICML'
     family = "regularization"
+    tunable = {"lam": {"low": 0.5, "high": 5000.0, "log": True}}
 
     def __post_init__(self) -> None:
         self.importance_: dict[str, torch.Tensor] = {}

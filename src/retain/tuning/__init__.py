@@ -1,0 +1,45 @@
+"""Tuning the stability-plasticity knobs with Optuna (``retain tune``).
+
+:func:`tune` runs one study per method of a config (or of a model store's config, on the data
+the store holds), with one or more worker processes sharing an Optuna storage, then writes the
+report: the best configs as YAML, the trials, Optuna's plots and the test-set comparison of the
+default and tuned configurations (``retain.tuning.report``). What a trial may read and how
+studies are shared: ``retain.tuning.study``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from retain.tuning.report import write_report
+from retain.tuning.space import Knob, configured, knobs
+from retain.tuning.study import Source, TuneError, optimize, run_workers, storage_url, validation_stream
+from retain.util import auto_threads
+
+
+def tune(source: Source, out: str | Path, *, workers: int = 1, storage: str | None = None, progress: bool = True,
+         final: bool = True) -> list[dict]:
+    """Tune every method of ``source`` (``Source.read(path)``: a config file or a model store) with
+    ``workers`` processes sharing one study per method in ``storage`` (default: SQLite
+    ``out/study.db``; a study found there resumes), then write the report to ``out``. ``final``:
+    also train the default and best configs with ``tune.final_seeds`` and score them on the test
+    sets. Returns the report's rows."""
+    if workers < 1:
+        raise TuneError(f"workers must be 1 or more, got {workers}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage_url(storage, out)
+    threads = torch.get_num_threads()
+    setting = source.cfg.training.threads
+    torch.set_num_threads(auto_threads() if setting == "auto" else setting)
+    try:
+        run_workers(source, url, out, workers, progress)
+        return write_report(source, url, out, progress=progress, final=final)
+    finally:
+        torch.set_num_threads(threads)
+
+
+__all__ = ["Knob", "Source", "TuneError", "configured", "knobs", "optimize", "storage_url", "tune",
+           "validation_stream", "write_report"]

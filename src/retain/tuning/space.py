@@ -1,0 +1,101 @@
+"""What a study searches: the knobs of one method (its strategies' and the training's), and the
+run config a trial's values make."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import yaml
+
+from retain.config import TRAINING_KNOBS, MethodConfig, RunConfig, SearchRange, TrainingConfig
+from retain.strategies import STRATEGIES
+
+INTEGER_TRAINING = ("epochs", "batch_size")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searched value: ``key`` is ``strategy.knob`` or ``training.knob``; ``default`` the
+    config's own value (the first trial's, when it lies in the range)."""
+
+    key: str
+    space: SearchRange
+    integer: bool
+    default: Any
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        s = self.space
+        if s.choices is not None:
+            return trial.suggest_categorical(self.key, s.choices)
+        if self.integer:
+            return trial.suggest_int(self.key, round(s.low), round(s.high), step=round(s.step or 1), log=s.log)
+        return trial.suggest_float(self.key, s.low, s.high, step=s.step, log=s.log)
+
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` is one the search may try."""
+        s = self.space
+        if s.choices is not None:
+            return value in s.choices
+        return value is not None and s.low <= value <= s.high
+
+
+def default_training_space(training: TrainingConfig) -> dict[str, SearchRange]:
+    """The training knobs searched when the config names none: the learning rate a decade either
+    side of the config's, and 1 to twice its epochs."""
+    return {"lr": SearchRange(low=training.lr / 10, high=training.lr * 10, log=True),
+            "epochs": SearchRange(low=1, high=max(2, 2 * training.epochs), step=1)}
+
+
+def knobs(cfg: RunConfig, method: MethodConfig) -> list[Knob]:
+    """Every knob a study of ``method`` searches: those its strategies declare under ``search:``
+    (or, when none does and ``tune.default_spaces``, the ranges each strategy class declares as
+    ``tunable``), then the training knobs of ``tune.search`` (default: lr and epochs)."""
+    ranges = dict(method.search)
+    if not ranges and cfg.tune.default_spaces:
+        for part in method.compose:
+            for knob, raw in STRATEGIES[part["name"]].tunable.items():
+                ranges[f"{part['name']}.{knob}"] = SearchRange.model_validate(raw)
+    training = cfg.tune.search if cfg.tune.search is not None else default_training_space(cfg.training)
+    ranges |= {f"training.{k}": v for k, v in training.items()}
+    found = []
+    for key, space in ranges.items():
+        owner, name = key.split(".", 1)
+        if owner == "training":
+            default, integer = getattr(cfg.training, name), name in INTEGER_TRAINING
+        else:
+            default = next(p for p in method.compose if p["name"] == owner)[name]
+            field = STRATEGIES[owner].__dataclass_fields__[name]
+            integer = (isinstance(default, int) and not isinstance(default, bool)) or (
+                default is None and "Int" in str(field.type))
+        found.append(Knob(key, space, integer, default))
+    return found
+
+
+def configured(cfg: RunConfig, method: MethodConfig, values: dict[str, Any], seeds: list[int] | None = None,
+               ) -> RunConfig:
+    """The run config of ``method`` alone with a trial's ``values`` set (none: the config's own),
+    validated as ``retain run`` would; no search ranges and no tune section are left in it."""
+    compose = [dict(p) for p in method.compose]
+    training = cfg.training.model_dump()
+    for key, value in values.items():
+        owner, name = key.split(".", 1)
+        if owner == "training":
+            if name not in TRAINING_KNOBS:
+                raise ValueError(f"{key}: not a training knob")
+            training[name] = value
+        else:
+            next(p for p in compose if p["name"] == owner)[name] = value
+    raw = cfg.model_dump(mode="json", exclude={"tune"}) | {
+        "training": training, "strategies": [{"label": method.label, "compose": compose}],
+        "seeds": seeds or cfg.seeds}
+    loop = cfg.scenario.dataset == "files" and cfg.scenario.path is None  # a store's config: data from the store
+    return RunConfig.model_validate(raw, context={"loop": loop})
+
+
+def config_yaml(cfg: RunConfig, note: str) -> str:
+    """``cfg`` as a YAML ``retain run`` takes as it is, under a comment line."""
+    raw = cfg.model_dump(mode="json", exclude={"tune"}, exclude_defaults=True)
+    raw["strategies"] = [{"label": m.label, "compose": m.compose} for m in cfg.strategies]
+    return f"# {note}\n" + yaml.safe_dump(raw, sort_keys=False)

@@ -1,0 +1,42 @@
+"""Tuning a deployment: the stream a model store holds (``retain tune STORE``).
+
+A store keeps the held-out rows of every batch its promoted version learned (already model
+inputs: a frozen backbone's features where it has one). Each batch becomes an experience: its
+rows cut, per class, into training rows (where the trials carve their validation slices) and a
+test part that only the final report reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retain.data import Experience, Stream
+from retain.loop import Project
+from retain.tuning.study import Source, TuneError, validation_split
+
+TEST_FRACTION = 0.3
+
+
+def store_stream(project: Project) -> Stream:
+    """The promoted line's batches as a stream, each split into training and test rows."""
+    held = project._held_out()
+    if len(held) < 2:
+        raise TuneError(f"{project.store.path}: the promoted version learned {len(held)} batch(es); tuning the "
+                        "knobs that keep old batches needs two or more")
+    seed = int(project.store.config["seed"])
+    experiences = []
+    for k, (name, (x, y, t)) in enumerate(held.items()):
+        train, test = validation_split(y, TEST_FRACTION, seed + k)
+        experiences.append(Experience(x[train], y[train], x[test], y[test], id=k, t_train=t[train], t_test=t[test],
+                                      metadata={"batch": name}))
+    labels = project.store.labels()
+    return Stream(experiences, n_classes=len(labels), name=f"{Path(project.store.path).name} batches",
+                  class_names=labels)
+
+
+def store_source(path: Path) -> Source:
+    """A store's config (its ``tune:`` section included) and the stream of the batches it holds."""
+    project = Project(path)
+    source = Source(project.config, str(path), kind="store")
+    source._stream = store_stream(project)
+    return source
