@@ -89,7 +89,7 @@ def test_pruning_stops_a_trial_that_trails(tmp_path):
 
 def test_default_spaces_and_several_objectives_give_a_pareto_front(tmp_path):
     cfg = RunConfig.model_validate(QUICK | {"strategies": ["derpp"], "tune": {
-        "trials": 5, "objectives": ["accuracy", "train_seconds"], "search": {}}})
+        "trials": 5, "objectives": ["accuracy", "train_seconds"], "search": {}, "trial_seeds": [0, 1]}})
     assert [k.key for k in knobs(cfg, cfg.strategies[0])] == ["derpp.alpha", "derpp.beta"]
     rows = tune(Source.config(cfg, tmp_path), tmp_path / "out", progress=False, final=False)
     front = rows[0]["pareto"]
@@ -153,6 +153,7 @@ def test_workers_share_one_study(tmp_path):
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert 6 <= len(done) <= 7  # a worker may start its last trial as the other finishes the budget
     assert len({t.user_attrs["worker"] for t in done}) == 2
+    assert study.trials[0].params == {"training.lr": 0.05}  # the config's own values come first
     assert (out / "best.yaml").exists()
 
 

@@ -18,7 +18,7 @@ from retain.data import Stream, build_scenario, load_dataset
 from retain.data.datasets import cache_dir, per_class
 from retain.data.features import FeatureCache, LazyEncoder, encode, encode_stream
 from retain.data.files import load_stream
-from retain.engine import Learner
+from retain.engine import Learner, distributed
 from retain.models import make_model
 from retain.models.pretrained import backbone_id, make_backbone
 
@@ -56,7 +56,18 @@ def backbone_encoder(cfg: RunConfig) -> LazyEncoder:
 def feature_cache(cfg: RunConfig) -> FeatureCache | None:
     if cfg.model.feature_cache is None:
         return None
-    return FeatureCache(cache_dir() / "features" if cfg.model.feature_cache == "default" else cfg.model.feature_cache)
+    return FeatureCache(cache_dir() / "features" if cfg.model.feature_cache == "default" else cfg.model.feature_cache,
+                        writes=distributed.is_main())
+
+
+def sharded_encode(encoder: torch.nn.Module, x: Tensor, batch_size: int, desc: str, progress: bool) -> Tensor:
+    """Features of ``x`` computed across ranks: each encodes its share of the rows, then every
+    rank gathers the whole (one process: :func:`encode`)."""
+    ranks = distributed.current()
+    if ranks.world == 1:
+        return encode(encoder, x, batch_size, desc, progress)
+    part = encode(encoder, ranks.take(x), batch_size, desc, progress and ranks.rank == 0)
+    return distributed.all_gather_rows(ranks, part, len(x))
 
 
 def model_inputs(cfg: RunConfig, x: Tensor, progress: bool = False) -> Tensor:
@@ -79,7 +90,7 @@ def build_stream(cfg: RunConfig, progress: bool = False) -> Stream:
         return stream
     cache = feature_cache(cfg)
     start = time.perf_counter()
-    encoded = encode_stream(stream, backbone_encoder(cfg), cache, progress=progress)
+    encoded = encode_stream(stream, backbone_encoder(cfg), cache, progress=progress, compute=sharded_encode)
     encoded.metadata |= {"feature_seconds": time.perf_counter() - start,
                          "cache_hits": cache.hits if cache else 0, "cache_misses": cache.misses if cache else 0}
     return encoded

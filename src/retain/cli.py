@@ -100,19 +100,34 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from retain.engine import distributed
     from retain.experiment import run_experiment
     from retain.monitor import comparison_table, write_report, write_results
 
+    if args.nproc > 1 and not distributed.launched():
+        return _launch_ranks(args)
     try:
         cfg = _config(args)
-        out = _run_folder(cfg, args.out, args.resume)
-        done = _finished_methods(cfg, out) if args.resume else {}
-        if done:
-            print(f"resuming {out}: {', '.join(done)} already done", file=sys.stderr)
-        results = run_experiment(cfg, progress=not args.quiet, done=done, on_method=lambda r: write_results(r, out))
+        ranks = distributed.start(cfg.training.device)
     except _user_errors() as err:
         print(f"retain: {err}", file=sys.stderr)
         return 2
+    main_rank = ranks.rank == 0
+    try:
+        out = _run_folder(cfg, args.out, args.resume) if main_rank else None
+        _check_ranks(cfg, ranks)
+        done = _finished_methods(cfg, out) if args.resume and main_rank else {}
+        if done:
+            print(f"resuming {out}: {', '.join(done)} already done", file=sys.stderr)
+        results = run_experiment(cfg, progress=not args.quiet and main_rank, done=done,
+                                 on_method=lambda r: write_results(r, out) if main_rank else None)
+    except _user_errors() as err:
+        print(f"retain: {err}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.stop()
+    if not main_rank:
+        return 0
     write_report(results, out)
     if not args.quiet:
         print(comparison_table(results))
@@ -120,6 +135,46 @@ def _run(args: argparse.Namespace) -> int:
         print(f"tables read as: {results.stream.read_as} (name them under scenario.files)")
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def _check_ranks(cfg, ranks) -> None:
+    """Refuse, before any training, what cannot run across ``ranks``; say the global batch."""
+    from retain.engine import distributed
+
+    if ranks.world == 1:
+        return
+    for i, method in enumerate(cfg.strategies):
+        problem = distributed.problem(method.build(cfg.model.head), cfg.mode)
+        if problem:
+            raise RunFolderError(f"--nproc: strategies.{i}: {problem}")
+    batch = cfg.training.batch_size
+    if batch < ranks.world:
+        raise RunFolderError(f"--nproc: training.batch_size {batch} is smaller than the {ranks.world} ranks")
+    if ranks.rank == 0:
+        print(f"{ranks.world} ranks ({distributed.backend()}): global batch {batch} ({batch // ranks.world}"
+              f"{'' if batch % ranks.world == 0 else '-' + str(-(-batch // ranks.world))} rows a rank), "
+              f"lr {cfg.training.lr}", file=sys.stderr)
+
+
+def _launch_ranks(args: argparse.Namespace) -> int:
+    """``retain run --nproc N``: the same command under torchrun, N processes on this machine."""
+    import subprocess
+
+    from retain.engine import distributed
+
+    try:
+        cfg = _config(args)
+        _check_ranks(cfg, distributed.Ranks(1, args.nproc))  # the checks, not the message (rank 0 says it)
+        out = _run_folder(cfg, args.out, args.resume)
+    except _user_errors() as err:
+        print(f"retain: {err}", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+               "-m", "retain", "run", args.config, "--out", str(out)]
+    command += (["--seeds", *map(str, args.seeds)] if args.seeds else []) + (["--quiet"] if args.quiet else []) \
+        + (["--resume"] if args.resume else [])
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # each rank sets its share of the cores itself
+    return subprocess.call(command, env=env)
 
 
 def _select(args: argparse.Namespace) -> int:
@@ -412,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="no progress bars or table, only the report path")
     run.add_argument("--resume", action="store_true",
                      help="finish an interrupted run (--out, or the newest of its name): methods done are kept")
+    run.add_argument("--nproc", type=_positive, default=1, help="train on N processes (torchrun, DDP: gloo on "
+                     "the CPU, NCCL on GPUs), each a share of every global batch")
     run.set_defaults(func=_run)
     select = sub.add_parser("select", help="model selection: compare backbones and adaptation modes on a config")
     select.add_argument("config", help="YAML run config (its scenario and strategies are used)")

@@ -228,7 +228,10 @@ class TuneConfig(_Strict):
     pruner: Literal["median", "hyperband", "none"] = Field("median", description="stops trials whose accuracy "
                                                            "after an experience trails the others (single objective)")
     sampler: Literal["tpe", "random"] = "tpe"
-    seed: int = Field(0, description="of the sampler, the validation split and the trials' model")
+    seed: int = Field(0, description="of the sampler and the validation slices")
+    trial_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                                   description="model seeds a trial trains with, in step: its scores are their mean "
+                                   "(more seeds: fewer lucky trials, more time)")
     search: dict[str, SearchRange] | None = Field(None, description="training knobs (lr, epochs, batch_size, "
                                                   "momentum, backbone_lr); default: lr /10..x10 and epochs 1..2x")
     default_spaces: bool = Field(True, description="search each strategy's declared knobs when it names none")

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from retain.build import build_learner, build_stream
 from retain.config import MethodConfig, RunConfig
 from retain.data import OnlineStream, Stream
-from retain.engine import run_online
+from retain.engine import distributed, run_online
 from retain.metrics import (
     ExperienceInfo,
     ExperimentResult,
@@ -51,18 +51,23 @@ def run_method_online(stream: Stream, cfg: RunConfig, method: MethodConfig, seed
     return SeedRun(seed, result.matrix, untrained, metrics, learner.steps_, online=result)
 
 
+def scores(learner: Any, stream: Stream) -> list[float]:
+    """A row of the accuracy matrix; across ranks, rank 0 evaluates and the others record NaN."""
+    return learner.evaluate(stream) if distributed.is_main() else [math.nan] * len(stream)
+
+
 def run_method(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int,
                tick: Callable[[], None] = lambda: None) -> SeedRun:
     """Train one method with one seed; returns its accuracy matrix, metrics and costs."""
     learner = build_learner(stream, cfg, method, seed)
     sizes = [e.n_test for e in stream]
-    untrained = learner.evaluate(stream)
+    untrained = scores(learner, stream)
     rows, seconds, peaks = [], [], []
     chunks = [stream.merged()] if method.whole_stream else list(stream)
     for exp in chunks:
         with PeakMemory(learner.device) as cost:
             learner.fit(exp)
-        rows.append(learner.evaluate(stream))
+        rows.append(scores(learner, stream))
         seconds.append(cost.seconds)
         peaks.append(cost.peak_mb)
         tick()
@@ -90,6 +95,9 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[pkg] = "not installed"
     found["torch threads"] = str(torch.get_num_threads())
+    ranks = distributed.current()
+    if ranks.world > 1:
+        found["ranks"] = f"{ranks.world} ({distributed.backend()})"
     return found
 
 

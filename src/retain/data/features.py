@@ -22,6 +22,9 @@ from torch import Tensor, nn
 from retain.data.experience import Stream
 from retain.util import evaluating, in_batches, module_device
 
+# How features are computed: (encoder, inputs, batch size, progress label, progress bar) -> features.
+Encode = Callable[[nn.Module, Tensor, int, str, bool], Tensor]
+
 
 def tensor_digest(x: Tensor) -> str:
     """SHA-256 of a tensor's shape, dtype and bytes.
@@ -61,6 +64,7 @@ class FeatureCache:
     root: Path
     hits: int = 0
     misses: int = 0
+    writes: bool = True  # False on all but one of several processes sharing the folder
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -99,14 +103,16 @@ class FeatureCache:
         tmp.replace(self.path(key))
 
     def features(self, encoder: nn.Module | LazyEncoder, x: Tensor, batch_size: int = 128, desc: str = "features",
-                 progress: bool = True) -> Tensor:
-        """``encoder(x)`` in evaluation mode, from the cache when it was computed before."""
+                 progress: bool = True, compute: Encode | None = None) -> Tensor:
+        """``encoder(x)`` in evaluation mode (by ``compute``, default :func:`encode`), from the
+        cache when it was computed before."""
         key = self.key(encoder.backbone_id, x)
         feats = self.load(key)
         if feats is None:
             self.misses += 1
-            feats = encode(_resolve(encoder), x, batch_size, desc, progress)
-            self.store(key, feats)
+            feats = (compute or encode)(_resolve(encoder), x, batch_size, desc, progress)
+            if self.writes:
+                self.store(key, feats)
         else:
             self.hits += 1
         return feats
@@ -124,12 +130,13 @@ def encode(encoder: nn.Module, x: Tensor, batch_size: int = 128, desc: str = "fe
 
 
 def encode_stream(stream: Stream, encoder: nn.Module | LazyEncoder, cache: FeatureCache | None, batch_size: int = 128,
-                  progress: bool = True) -> Stream:
-    """The same stream with every input replaced by its (cached) frozen-backbone features."""
+                  progress: bool = True, compute: Encode | None = None) -> Stream:
+    """The same stream with every input replaced by its (cached) frozen-backbone features,
+    computed by ``compute`` (default :func:`encode`; several processes: each its share)."""
     def run(x: Tensor, what: str) -> Tensor:
         if cache is None:
-            return encode(_resolve(encoder), x, batch_size, what, progress)
-        return cache.features(encoder, x, batch_size, what, progress)
+            return (compute or encode)(_resolve(encoder), x, batch_size, what, progress)
+        return cache.features(encoder, x, batch_size, what, progress, compute)
 
     experiences = [
         replace(e, x_train=run(e.x_train, f"exp {e.id} train"), x_test=run(e.x_test, f"exp {e.id} test"))

@@ -17,7 +17,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from retain.data import Experience
-from retain.engine import persist
+from retain.engine import distributed, persist
 from retain.engine.sgd import FusedSGD
 from retain.models import Classifier, IncrementalHead, LinearHead, MultiHead
 from retain.quality import check_batch, check_inputs
@@ -99,6 +99,7 @@ class Learner:
             if not isinstance(s, Strategy):
                 raise TypeError(f"strategies must be retain Strategy objects, got {type(s).__name__}")
         self.device = resolve_device(device)
+        self.ranks = distributed.current()  # several processes: each trains on its share of every step
         self.model = model.to(self.device)
         self.strategies = list(strategies)
         self.lr, self.momentum, self.batch_size, self.epochs, self.seed = lr, momentum, batch_size, epochs, seed
@@ -121,6 +122,7 @@ class Learner:
         self.steps_ = 0
         self.samples_seen_ = 0  # through partial_fit
         self.optimizer: FusedSGD | torch.optim.Optimizer | None = None
+        self._ddp: torch.nn.Module | None = None  # the model wrapped to average gradients across ranks
         # The trainable parameters, as of the optimizer's build (or construction): what a step
         # updates, so what a gradient clip or projection covers, without walking the modules each step.
         self._trainable: list[Tensor] = self._requires_grad()
@@ -238,7 +240,7 @@ class Learner:
         self._torch_rng, self._experience_id = saved["torch_rng"], saved["experience_id"]
         (self.seen_classes_, self.task_classes_, self.experiences_seen_, self.steps_,
          self.samples_seen_) = saved["counters"]
-        self.optimizer, self._trainable = None, self._requires_grad()
+        self.optimizer, self._trainable, self._ddp = None, self._requires_grad(), None
 
     def _fit(self, experience: Experience, epochs: int | None, incoming: bool) -> Learner:
         self._experience_id = experience.id
@@ -253,6 +255,7 @@ class Learner:
         # Shuffled rows are gathered (and moved to the device) CHUNK batches at a time, so a step
         # takes a view instead of paying for its own gather and copy.
         chunk = self.batch_size * CHUNK
+        rank, world = self.ranks.shard
         # A closed-form method (SLDA) writes the model itself: no gradient steps then.
         epochs = 0 if any(s.closed_form for s in self.strategies) else (epochs or self.epochs)
         for epoch in range(epochs):
@@ -263,10 +266,13 @@ class Learner:
                 xc, yc, tc = self._gather(idx, x, y, t)
                 rows = idx.to(self.device)
                 for start in range(0, len(idx), self.batch_size):
-                    end = start + self.batch_size
-                    yb = yc[start:end]
-                    self._step(Step(xc[start:end], yb, tc[start:end], len(yb), fresh, experience.id,
-                                    rows[start:end], source))
+                    end = min(start + self.batch_size, len(idx))
+                    if end - start < world:  # too few rows to give every rank one: skipped on all
+                        continue
+                    mine = slice(start + rank, end, world)  # this rank's share of the global batch
+                    yb = yc[mine]
+                    self._step(Step(xc[mine], yb, tc[mine], len(yb), fresh, experience.id, rows[mine], source,
+                                    shard=(rank, world)))
         if not all(torch.isfinite(p).all() for p in self._trainable):
             raise Diverged(f"training diverged in experience {experience.id}: the weights are no longer finite "
                            f"(lr {self.lr})")
@@ -333,9 +339,21 @@ class Learner:
             backbone = {id(p) for n, p in self.model.backbone.named_parameters() if "lora_" not in n}
             groups = [([p for p in params if id(p) in backbone], self.backbone_lr),
                       ([p for p in params if id(p) not in backbone], self.lr)]
+        self._ddp = self._wrapped() if self.ranks.world > 1 else None
         if FusedSGD.fits(params):
             return FusedSGD(groups, self.momentum)
         return torch.optim.SGD([{"params": g, "lr": lr} for g, lr in groups], lr=self.lr, momentum=self.momentum)
+
+    def _wrapped(self) -> torch.nn.Module:
+        """The model in DistributedDataParallel: built with the optimizer (a grown head has new
+        parameters); it starts from rank 0's weights and averages the gradients of every step."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else None
+        # Per-task heads train one head a step: the others get no gradient, which DDP must be told.
+        return DistributedDataParallel(self.model, device_ids=ids,
+                                       find_unused_parameters=isinstance(self.model.head, MultiHead))
 
     def partial_fit(self, x: Tensor, y: Tensor, t: Tensor | int | None = None, steps: int = 1,
                     hybrid: bool = False) -> Learner:
@@ -361,6 +379,8 @@ class Learner:
         x, y, t = report.x.to(self.device), report.y.to(self.device), report.t.to(self.device)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"partial_fit: steps must be an integer >= 1, got {steps!r}")
+        if self.ranks.world > 1:
+            raise ValueError("partial_fit: online updates run in one process, not across ranks")
         for s in self.strategies:
             problem = None if hybrid else online_problem(s)
             if problem:
@@ -400,7 +420,7 @@ class Learner:
 
     def _train_step(self, step: Step) -> None:
         step = self.step_batch(step)
-        logits = self.model(step.x, step.t)
+        logits = (self._ddp or self.model)(step.x, step.t)
         loss = self.objective(step, logits)
         value = loss.item()  # 0.2 us on the CPU; torch.isfinite(loss) costs 5 us, 2% of an MLP step
         if not math.isfinite(value):  # stop before the optimizer writes it into the weights
@@ -490,7 +510,11 @@ class Learner:
     def save(self, directory: str | Path) -> Path:
         """Write the learner (model, strategy state, counters, random state) to ``directory``,
         atomically and with checksums (``retain.engine.persist``): a crash mid-save leaves the
-        folder holding the previous save, whole."""
+        folder holding the previous save, whole. Across ranks, rank 0 writes (every rank holds the
+        same learner) and the others wait for it."""
+        if self.ranks.world > 1 and self.ranks.rank != 0:
+            distributed.barrier()
+            return Path(directory)
         tensors: dict[str, Tensor] = {"learner.rng": self.generator.get_state(), "learner.torch_rng": self._torch_rng}
         strategies = []
         for i, s in enumerate(self.strategies):
@@ -518,8 +542,11 @@ class Learner:
         weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         parts = {"model": safetensors_bytes(weights), "state": safetensors_bytes(tensors),
                  "learner": json.dumps(meta, indent=1).encode()}
-        return persist.write_generation(directory, parts, {"model": "safetensors", "state": "safetensors",
+        path = persist.write_generation(directory, parts, {"model": "safetensors", "state": "safetensors",
                                                            "learner": "json"})
+        if self.ranks.world > 1:
+            distributed.barrier()
+        return path
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "auto") -> Learner:

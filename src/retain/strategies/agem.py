@@ -29,6 +29,7 @@ class AGEM(MemoryStrategy):
     name = "agem"
     paper = 'Chaudhry et al. 2019, "Efficient Lifelong Learning with A-GEM", ICLR'
     family = "gradient_projection"
+    distributed = False
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "class_balanced")

@@ -61,6 +61,9 @@ class Strategy:
     # Whether the method learns from per-step hooks alone (usable with partial_fit).
     online: ClassVar[bool] = False
     online_hint: ClassVar[str] = "run it in hybrid mode, where consolidations are experiences"
+    # Whether it may train across ranks (``retain.engine.distributed``): False for methods whose
+    # hooks take gradient passes of their own, which DistributedDataParallel does not synchronise.
+    distributed: ClassVar[bool] = True
     # The knobs ``retain tune`` searches when the config names none: parameter -> range, as
     # ``{"low": 0.1, "high": 10, "log": True}`` or ``{"choices": [...]}`` (integers for integer fields).
     tunable: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -90,6 +93,10 @@ class Strategy:
         """The samples of the past this method keeps and replays (BatchNorm re-estimation and
         hybrid consolidations use them too), or None."""
         return None
+
+    def supports_distributed(self) -> bool:
+        """Whether the method trains right across several processes (``retain run --nproc``)."""
+        return self.distributed
 
     def supports_online(self) -> bool:
         """Whether ``partial_fit`` may use this strategy (it learns without experience ends)."""

@@ -36,6 +36,36 @@ SCENARIO_KINDS = ("class_incremental", "task_incremental", "domain_incremental")
 HOOKS = ("before_experience", "batch", "task_loss", "loss", "after_backward", "after_experience")
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """The processes a learner trains on: this one is ``rank`` of ``world`` (see
+    ``retain.engine.distributed``). One process: rank 0 of 1, and every method here is the identity."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return self.rank, self.world
+
+    def take(self, rows: Tensor) -> Tensor:
+        """This rank's share of ``rows``: every ``world``-th, from ``rank``.
+
+        >>> Ranks(1, 2).take(torch.arange(5)).tolist()
+        [1, 3]
+        """
+        return rows[self.rank::self.world]
+
+    def all_reduce_sum(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each tensor summed over the ranks, in place."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for v in tensors.values():
+                dist.all_reduce(v, op=dist.ReduceOp.SUM)
+        return tensors
+
+
 class LearnerView(Protocol):
     """Everything a strategy may read of the learner. Nothing else, and nothing is written."""
 
@@ -45,6 +75,7 @@ class LearnerView(Protocol):
     lr: float
     seen_classes_: list[int]  # classes of every experience (and online batch) learned so far
     task_classes_: dict[int, list[int]]  # per task id, its classes
+    ranks: Ranks  # the processes training together (importances are summed over them)
 
     @property
     def trainable(self) -> list[Tensor]:
@@ -80,7 +111,8 @@ class Step:
     outputs on the training set once per experience (see ``distillation.OldOutputs``); outside
     ``fit`` both are ``None``. ``fresh`` is whether this is the first step on these incoming rows
     (a stream memory is offered them once). ``notes`` holds a strategy's per-step scratch between
-    its own hooks, under its name.
+    its own hooks, under its name. ``shard`` is (rank, world): across ranks, each process takes
+    the rows ``rank::world`` of the global batch, its replayed rows included (``Memory.replay_into``).
 
     >>> step = Step(torch.zeros(2, 3), torch.tensor([0, 1]), torch.zeros(2, dtype=torch.long), incoming=2)
     >>> step.append(torch.ones(1, 3), torch.tensor([4]), torch.zeros(1, dtype=torch.long)).y.tolist()
@@ -98,6 +130,7 @@ class Step:
     rows: Tensor | None = None
     source: tuple[Tensor, Tensor, Tensor] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    shard: tuple[int, int] = (0, 1)
 
     def append(self, x: Tensor, y: Tensor, t: Tensor) -> Step:
         """Add rows after the ones already in the batch (moved to the batch's device); returns the step."""

@@ -59,7 +59,7 @@ class DER(MemoryStrategy):
         if not len(self.memory_):
             return step
         n = self.batch_size or round(self.ratio * step.incoming)
-        m = self.memory_.sample(n, learner.generator, ("x", "y", "t", "logits"))
+        m = self.memory_.sample(n, learner.generator, ("x", "y", "t", "logits"), step.shard)
         step.notes["der"] = m["logits"].to(step.x.device)
         step.append(m["x"], m["y"], m["t"])
         if self.beta > 0 and not self.shared:  # a second, independent memory batch for the label term
@@ -103,6 +103,9 @@ class DER(MemoryStrategy):
 
     def supports_online(self) -> bool:
         return self.store == "stream"
+
+    def supports_distributed(self) -> bool:
+        return self.store == "end"  # a stream memory would see one rank's rows of each step
 
     def after_experience(self, learner, ctx) -> None:
         exp = ctx.experience

@@ -29,6 +29,7 @@ class ERACE(MemoryStrategy):
     name = "er_ace"
     paper = 'Caccia et al. 2022, "New Insights on Reducing Abrupt Representation Change", ICLR'
     family = "replay"
+    distributed = False
     scenarios = ("class_incremental", "task_incremental")
 
     def __post_init__(self) -> None:

@@ -38,6 +38,7 @@ class GEM(MemoryStrategy):
     name = "gem"
     paper = 'Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory", NeurIPS'
     family = "gradient_projection"
+    distributed = False
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "class_balanced", balance="e", cap=self.per_experience)

@@ -102,6 +102,8 @@ def importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: str = "f
         raise ValueError(f"importance kind must be 'fisher' or 'mas', got {kind!r}")
     model = learner.model
     stat = (lambda a: a.pow(2)) if kind == "fisher" else torch.abs
+    n = len(y)
+    x, y, t = (learner.ranks.take(a) for a in (x, y, t))  # across ranks: each its share, summed below
     with evaluating(model):
         total = _linear_importance(learner, x, y, t, kind, stat, chunk)
         if total is None and getattr(model.backbone, "takes_tokens", False):
@@ -109,7 +111,7 @@ def importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: str = "f
             total = _loop_importance(learner, x, y, t, kind, stat)
         elif total is None:
             total = _vmap_importance(learner, x, y, t, kind, stat, chunk)
-    return {k: v / len(y) for k, v in total.items()}
+    return {k: v / n for k, v in learner.ranks.all_reduce_sum(total).items()}
 
 
 def fisher_diagonal(learner: Learner, x: Tensor, y: Tensor, t: Tensor) -> dict[str, Tensor]:

@@ -29,6 +29,7 @@ class LoRAExperts(Strategy):
     name = "lora_experts"
     paper = 'Hu et al. 2022, "LoRA: Low-Rank Adaptation of Large Language Models"; Rusu et al. 2016'
     family = "architecture"
+    distributed = False
     scenarios = ("class_incremental", "task_incremental")
     needs = ("lora_text",)
 

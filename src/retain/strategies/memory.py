@@ -131,16 +131,19 @@ class Memory:
         self.data = {k: v[keep] for k, v in merged.items()}
 
     def sample(self, n: int, generator: torch.Generator | None = None,
-               keys: tuple[str, ...] | None = None) -> dict[str, Tensor]:
-        """``n`` random samples without replacement (all of them when fewer are stored)."""
-        idx = torch.randperm(len(self), generator=generator)[:n]
+               keys: tuple[str, ...] | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, Tensor]:
+        """``n`` random samples without replacement (all of them when fewer are stored). With
+        ``shard`` (rank, world), ``n`` is this rank's share: ``n * world`` are drawn (the same on
+        every rank) and the rank keeps every ``world``-th from ``rank``."""
+        rank, world = shard
+        idx = torch.randperm(len(self), generator=generator)[:n * world][rank::world]
         return {k: self.data[k].index_select(0, idx.to(self.data[k].device)) for k in keys or self.data}
 
     def replay_into(self, step: Step, n: int, generator: torch.Generator | None = None) -> Step:
         """``step`` with ``n`` random memory samples appended to its batch (as is when empty)."""
         if not len(self):
             return step
-        m = self.sample(n, generator, ("x", "y", "t"))
+        m = self.sample(n, generator, ("x", "y", "t"), step.shard)
         return step.append(m["x"], m["y"], m["t"])
 
     def state_dict(self) -> dict[str, Any]:

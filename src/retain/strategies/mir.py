@@ -30,6 +30,7 @@ class MIR(MemoryStrategy):
     name = "mir"
     paper = 'Aljundi et al. 2019, "Online Continual Learning with Maximally Interfered Retrieval", NeurIPS'
     family = "replay"
+    distributed = False
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "reservoir")

@@ -20,6 +20,7 @@ class PNN(Strategy):
     name = "pnn"
     paper = 'Rusu et al. 2016, "Progressive Neural Networks", arXiv:1606.04671'
     family = "architecture"
+    distributed = False
     scenarios = ("task_incremental",)
     needs = ("mlp",)
 

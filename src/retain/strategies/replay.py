@@ -48,6 +48,9 @@ class Replay(MemoryStrategy):
     def supports_online(self) -> bool:
         return self.update == "stream"
 
+    def supports_distributed(self) -> bool:
+        return self.update == "experience"  # a stream memory would see one rank's rows of each step
+
     def batch(self, learner, step):
         step = self.memory_.replay_into(step, self.batch_size or round(self.ratio * step.incoming), learner.generator)
         if self.update == "stream":

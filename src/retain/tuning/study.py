@@ -174,7 +174,10 @@ def create_studies(source: Source, url: str) -> dict[str, optuna.Study]:
         if [d.name.lower() for d in study.directions] != directions:
             raise TuneError(f"study {study.study_name} in the storage optimises {study.directions}, not "
                             f"{tune.objectives}: use another --out or --storage")
-        study.set_user_attr("knobs", [k.key for k in knobs(source.cfg, method)])
+        found = knobs(source.cfg, method)
+        study.set_user_attr("knobs", [k.key for k in found])
+        if tune.start_from_defaults and not study.trials:  # before any worker starts: trial 0 is the config's own
+            study.enqueue_trial({k.key: k.default for k in found if k.holds(k.default)}, skip_if_exists=True)
         studies[method.label] = study
     return studies
 
@@ -197,20 +200,24 @@ class Objective:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         run = configured(self.cfg, self.method, values)
         method = run.strategies[0]
-        learner = build_learner(self.stream, run, method, self.cfg.tune.seed)
+        # One learner per trial seed, trained in step so each experience's score is their mean.
+        learners = [build_learner(self.stream, run, method, seed) for seed in self.cfg.tune.trial_seeds]
         chunks = [self.stream.merged()] if method.whole_stream else list(self.stream)
         seconds, peak, accuracy = 0.0, 0.0, 0.0
         single = len(self.objectives) == 1
         for i, exp in enumerate(chunks):
-            with PeakMemory(learner.device) as cost:
-                try:
-                    learner.fit(exp)
-                except Diverged as err:
-                    trial.set_user_attr("diverged", str(err))
-                    return self._values(0.0, math.inf, math.inf)
-            seconds, peak = seconds + cost.seconds, max(peak, cost.peak_mb)
             seen = self.stream.experiences if method.whole_stream else self.stream.experiences[:i + 1]
-            accuracy = sum(learner.evaluate(seen)) / len(seen)
+            scores = []
+            for learner in learners:
+                with PeakMemory(learner.device) as cost:
+                    try:
+                        learner.fit(exp)
+                    except Diverged as err:
+                        trial.set_user_attr("diverged", str(err))
+                        return self._values(0.0, math.inf, math.inf)
+                seconds, peak = seconds + cost.seconds / len(learners), max(peak, cost.peak_mb)
+                scores.append(sum(learner.evaluate(seen)) / len(seen))
+            accuracy = sum(scores) / len(scores)
             if single and self.cfg.tune.pruner != "none":
                 trial.report(accuracy, i)
                 if trial.should_prune():
@@ -251,9 +258,6 @@ def optimize(source: Source, url: str, worker: int = 0, tick: Callable[[], None]
         study = optuna.load_study(study_name=study_name(cfg, method), storage=storage,
                                   sampler=_sampler(cfg, worker), pruner=_pruner(cfg, len(stream)))
         objective = Objective(cfg, method, stream)
-        if worker == 0 and cfg.tune.start_from_defaults and not study.trials:
-            defaults = {k.key: k.default for k in objective.knobs if k.holds(k.default)}
-            study.enqueue_trial(defaults, skip_if_exists=True)
         # One trial at a time while the budget lasts: finished and pruned trials of every worker (and
         # of earlier runs) count, so each worker stops when the study has them all; two workers
         # finishing their last trials at once may overshoot by one trial each.
