@@ -170,16 +170,26 @@ def test_two_processes_share_a_study_on_postgresql(tmp_path, postgres):
     assert len({t.user_attrs["worker"] for t in done}) == 2  # both processes contributed trials
 
 
-def test_a_store_tunes_on_the_batches_it_holds(tmp_path, batches):
-    store = loop_store(tmp_path, batches, tune={"trials": 3, "final_seeds": [0]})
+def test_a_store_tunes_on_the_batches_it_holds_and_its_next_update_uses_the_knobs(tmp_path, batches):
+    # the store learned with a learning rate far too small: the search range lies well above it
+    store = loop_store(tmp_path, batches, training={"lr": 0.0002, "epochs": 5},
+                       tune={"trials": 3, "final_seeds": [0], "search": {"lr": {"low": 0.02, "high": 0.2}}})
     assert main(["update", str(store), "--data", str(batches / "01" / "train.csv")]) == 0
     out = tmp_path / "tuned"
-    assert main(["tune", str(store), "--out", str(out), "--quiet"]) == 0
+    assert main(["tune", str(store), "--out", str(out), "--quiet", "--apply"]) == 0
     rows = yaml.safe_load((out / "tune.json").read_text())
     assert rows[0]["method"] == "replay" and rows[0]["trials"]["complete"] == 3
-    assert 0 < rows[0]["test_tuned"]["acc"] <= 1
-    best = load_config(out / "best.yaml", loop=True)
-    assert best.strategies[0].compose[0]["name"] == "replay"
+    assert rows[0]["test_tuned"]["acc"] > rows[0]["test_default"]["acc"]
+    best_lr = rows[0]["best_params"]["training.lr"]
+    assert load_config(out / "best.yaml", loop=True).training.lr == pytest.approx(best_lr)
+    from retain.loop import Project
+
+    project = Project(store)
+    assert project.config.training.lr == pytest.approx(best_lr)
+    assert any(kind == "config" for _, _, kind, _ in project.store.events())
+    assert main(["update", str(store), "--data", str(batches / "02" / "train.csv")]) == 0
+    newest = max(v.id for v in project.store.versions())
+    assert project.store.load(newest, device="cpu").lr == pytest.approx(best_lr)
 
 
 def test_a_store_with_one_batch_is_refused(tmp_path, batches, capsys):

@@ -223,6 +223,8 @@ def _tune(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
             optimize(source, storage_url(args.storage, out), worker=args.worker)
             return 0
+        if args.apply and (source.kind != "store" or args.no_final):
+            raise TuneError("--apply retunes a model store, after the test-set comparison (without --no-final)")
         if (out / "study.db").exists() and args.storage is None:
             print(f"resuming the study in {out / 'study.db'}", file=sys.stderr)
         rows = tune(source, out, workers=args.workers, storage=args.storage, progress=not args.quiet,
@@ -243,7 +245,25 @@ def _tune(args: argparse.Namespace) -> int:
     print("best config: " + (str(out / "best.yaml") if len(rows) == 1 else ", ".join(str(out / r["best_config"])
                                                                                  for r in rows)))
     print(f"report: {out / 'report.md'}")
+    if args.apply:
+        _apply_tuning(args.source, rows[0], out)
     return 0
+
+
+def _apply_tuning(store: str, row: dict, out: Path) -> None:
+    """``retain tune STORE --apply``: the best knobs become the store's, if they beat its own on the test rows."""
+    from retain.config import load_config
+    from retain.loop import Project
+
+    tuned, default = row["test_tuned"]["acc"], row["test_default"]["acc"]
+    if tuned < default:
+        print(f"not applied: the tuned knobs scored {100 * tuned:.1f}% on the held-out test rows, the store's own "
+              f"{100 * default:.1f}%")
+        return
+    best = load_config(out / row["best_config"], loop=True)
+    Project(store).retune(best, f"retain tune: {row['best_params']} ({100 * default:.1f}% -> {100 * tuned:.1f}% on "
+                                f"held-out test rows); report {out / 'report.md'}")
+    print(f"applied: the next update of {store} trains with the tuned knobs")
 
 
 def _positive(text: str) -> int:
@@ -561,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
                         "workers on several hosts (default: <out>/study.db)")
     tuning.add_argument("--trials", type=_positive, help="override tune.trials")
     tuning.add_argument("--no-final", action="store_true", help="skip the test-set comparison of the best configs")
+    tuning.add_argument("--apply", action="store_true", help="a store: make the tuned knobs its own (its next "
+                        "updates train with them) if they beat its current ones on the test rows")
     tuning.add_argument("--quiet", action="store_true")
     tuning.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     tuning.add_argument("--threads", type=_positive, default=1, help=argparse.SUPPRESS)

@@ -25,6 +25,7 @@ from retain.engine import Learner
 from retain.quality import GateReport, check_batch, inspect
 from retain.quality.gate import row_hashes
 from retain.store import Batch, ModelStore, StoreError, Version
+from retain.strategies import STRATEGIES
 from retain.util import slug
 
 
@@ -89,7 +90,8 @@ class Project:
     def __init__(self, store: str | Path, progress: bool = False) -> None:
         self.store = ModelStore(store)
         self.progress = progress  # progress bars on the long steps (encoding new data with a backbone)
-        self.config = RunConfig.for_loop(self.store.config["run"])
+        self._stored = self.store.config["run"]  # the config as kept: another process may retune it
+        self.config = RunConfig.for_loop(self._stored)
         self.held_out_fraction = float(self.store.config["held_out"])
 
     @classmethod
@@ -138,6 +140,30 @@ class Project:
             raise ValueError(problem)
         return rows
 
+    def retune(self, best: RunConfig, why: str) -> None:
+        """Make ``best``'s training settings and strategies the store's (``retain tune STORE
+        --apply``): the next update, from the command line or the service, trains with them."""
+        run = self.store.config["run"] | {"training": best.training.model_dump(mode="json"),
+                                          "strategies": [{"label": m.label, "compose": m.compose}
+                                                         for m in best.strategies]}
+        self.config = RunConfig.for_loop(run)  # validated before it is kept
+        self.store.set_config(self.store.config | {"run": run}, why)
+        self._stored = run
+
+    def _knobs(self, learner: Learner) -> Learner:
+        """``learner`` (a saved version) with the store's current knobs: they may have been retuned
+        since, here or by another process (``retain tune STORE --apply`` beside a running service)."""
+        stored = self.store.config["run"]
+        if stored != self._stored:
+            self._stored, self.config = stored, RunConfig.for_loop(stored)
+        tr = self.config.training
+        knobs = {p["name"]: {k: p[k] for k in STRATEGIES[p["name"]].tunable if k in p}
+                 for p in self.config.strategies[0].compose}
+        names = {s.name for s in learner.strategies}
+        return learner.retune({"lr": tr.lr, "epochs": tr.epochs, "batch_size": tr.batch_size,
+                               "momentum": tr.momentum, "backbone_lr": tr.backbone_lr},
+                              {n: v for n, v in knobs.items() if v and n in names})
+
     def _learn(self, data: Path, first: bool = False) -> UpdateResult:
         labels = self.labels()
         rows = self._load(data, labels)
@@ -174,7 +200,7 @@ class Project:
 
     def _learn_locked(self, x: Tensor, y: Tensor, t: Tensor, labels: LabelMap, data: str, first: bool) -> UpdateResult:
         parent = None if first else self.store.promoted()
-        current = None if first else self.store.load(parent, device="cpu")
+        current = None if first else self._knobs(self.store.load(parent, device="cpu"))
         if current is not None:
             x = current.readable(x, where=data)
         line_versions = [] if first else self._line()  # read once: the gate and the rule use it

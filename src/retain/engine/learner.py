@@ -105,16 +105,7 @@ class Learner:
         self.lr, self.momentum, self.batch_size, self.epochs, self.seed = lr, momentum, batch_size, epochs, seed
         self.backbone_lr = backbone_lr  # a pretrained backbone usually wants a smaller step than the head
         self.generator = torch.Generator().manual_seed(seed)
-        self._hooks = {h: [getattr(s, h) for s in self.strategies if implements(s, h)]
-                       for h in HOOKS if h not in ("before_experience", "after_experience")}
-        # The experience hooks run with their strategy known: only a declared one may replace the train set.
-        self._experience_hooks = {h: [s for s in self.strategies if implements(s, h)]
-                                  for h in ("before_experience", "after_experience")}
-        replacing = [s.name for s in self.strategies if implements(s, "task_loss")]
-        if len(replacing) > 1:
-            raise ValueError(f"{' and '.join(replacing)} each replace the task loss (cross-entropy over every "
-                             "row); compose at most one of them")
-        self._task_loss = self._hooks["task_loss"][0] if replacing else cross_entropy
+        self._bind()
         self.seen_classes_: list[int] = []
         self.task_classes_: dict[int, list[int]] = {}
         self.class_names_: list[str] = []  # the label name of each class id, when the data named them
@@ -132,6 +123,47 @@ class Learner:
         # else the process draws, and save/load carries them: a reloaded learner trains on exactly.
         self._stochastic = False  # whether a training forward pass draws random numbers (set with the optimizer)
         self._torch_rng = torch.get_rng_state()
+
+    def _bind(self) -> None:
+        """Collect the strategies' hooks, in list order."""
+        self._hooks = {h: [getattr(s, h) for s in self.strategies if implements(s, h)]
+                       for h in HOOKS if h not in ("before_experience", "after_experience")}
+        # The experience hooks run with their strategy known: only a declared one may replace the train set.
+        self._experience_hooks = {h: [s for s in self.strategies if implements(s, h)]
+                                  for h in ("before_experience", "after_experience")}
+        replacing = [s.name for s in self.strategies if implements(s, "task_loss")]
+        if len(replacing) > 1:
+            raise ValueError(f"{' and '.join(replacing)} each replace the task loss (cross-entropy over every "
+                             "row); compose at most one of them")
+        self._task_loss = self._hooks["task_loss"][0] if replacing else cross_entropy
+
+    def retune(self, training: dict[str, Any], knobs: dict[str, dict[str, Any]]) -> Learner:
+        """Set tuned knobs on a learner that has learned already: ``training`` (lr, epochs,
+        batch_size, momentum, backbone_lr) and, per strategy name, the values of the knobs its
+        class declares ``tunable`` (others would change the shape of what it learned, e.g. a
+        memory's size, and are refused). What the strategies learned is kept."""
+        allowed = ("lr", "epochs", "batch_size", "momentum", "backbone_lr")
+        for key in training:
+            if key not in allowed:
+                raise ValueError(f"retune: {key} is not a training knob ({', '.join(allowed)})")
+        by_name = {s.name: s for s in self.strategies}
+        for name, values in knobs.items():
+            if name not in by_name:
+                raise ValueError(f"retune: this learner has no strategy {name!r} ({', '.join(by_name)})")
+            fixed = sorted(set(values) - set(type(by_name[name]).tunable))
+            if fixed:
+                raise ValueError(f"retune: {name}.{', '.join(fixed)} cannot change once learned; tunable: "
+                                 f"{', '.join(type(by_name[name]).tunable)}")
+        strategies = []
+        for s in self.strategies:
+            new = make_strategy(s.name, **(s.get_config() | knobs.get(s.name, {})))
+            new.load_state_dict(s.state_dict(), self)
+            strategies.append(new)
+        for key, value in training.items():
+            setattr(self, key, value)
+        self.strategies, self.optimizer = strategies, None
+        self._bind()
+        return self
 
     @property
     def trainable(self) -> list[Tensor]:

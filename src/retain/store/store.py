@@ -274,6 +274,12 @@ class ModelStore:
     def config(self) -> dict[str, Any]:
         return json.loads(self._meta("config"))
 
+    def set_config(self, config: dict[str, Any], why: str) -> None:
+        """Replace the store's config (retuned knobs, say), logged with ``why``."""
+        with self._transaction() as db:
+            self._put_meta(db, "config", json.dumps(config))
+            self._event(db, "config", why, None)
+
     def _meta(self, key: str, db: Connection | None = None) -> str | None:
         if db is None:
             with self._db() as db:

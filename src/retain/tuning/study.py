@@ -1,8 +1,9 @@
 """Optuna studies over a method's knobs, honest to the continual protocol.
 
 A trial trains the method experience by experience on each experience's training rows less a
-validation slice, and is scored on those slices (mean accuracy over the experiences seen so
-far, reported after each experience so a pruner can stop a trial that trails). The test sets
+validation slice, and is scored on those slices: after each experience, the mean accuracy over
+every experience's slice (0 for the ones not learned yet), which a pruner reads to stop a trial
+that trails, and which at the end is the average accuracy of the stream. The test sets
 are not part of the stream a trial sees; only the final report (``retain.tuning.report``) reads
 them, once, for the default and the best configurations.
 
@@ -216,7 +217,10 @@ class Objective:
                         trial.set_user_attr("diverged", str(err))
                         return self._values(0.0, math.inf, math.inf)
                 seconds, peak = seconds + cost.seconds / len(learners), max(peak, cost.peak_mb)
-                scores.append(sum(learner.evaluate(seen)) / len(seen))
+                # Over every experience's slice, the ones not learned yet scoring 0: a curve that rises as
+                # experiences are learned and ends at the objective, so a pruner's "best so far" is its
+                # latest point (the mean over the seen ones alone falls as the stream grows).
+                scores.append(sum(learner.evaluate(seen)) / len(self.stream))
             accuracy = sum(scores) / len(scores)
             if single and self.cfg.tune.pruner != "none":
                 trial.report(accuracy, i)
