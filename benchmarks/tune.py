@@ -5,9 +5,9 @@ classes, the class order shuffled with seed 7 (no default was tuned on it), 2,00
 a class (the 10,000 test rows all kept), MLP 784-256-256-10, SGD lr 0.01 momentum 0.9, batch 32,
 3 epochs: the foundation's protocol. Replay, DER++ and EWC are each tuned with their declared
 default spaces plus lr and epochs (``retain tune``'s defaults), ``--trials`` trials each, the
-median pruner, trials scored on 20% validation slices of the training rows, each trial the mean
-of model seeds 0 and 1. The default and the best configuration are then trained with seeds 0, 1,
-2 and scored on the test sets.
+quartile pruner (bottom 25% after an experience), trials scored on 20% validation slices of the
+training rows, each trial the mean of model seeds 0 and 1. The default and the best
+configuration are then trained with seeds 0, 1, 2 and scored on the test sets.
 
 Workers: a 24-trial study of Replay on all 60,000 training rows (weight and lr searched, no
 pruning, so every trial does the same work) with 1 worker (2 torch threads), then with 2 (one

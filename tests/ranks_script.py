@@ -5,8 +5,9 @@ memory, the accuracy matrix (rank 0), and a save (written once, by rank 0).
     python tests/ranks_script.py OUT EPOCHS MODEL NAME...       # one process
     torchrun --nproc-per-node 2 tests/ranks_script.py OUT ...   # two ranks
 
-MODEL: ``mlp`` (digits), ``frozen`` (fortunes through tiny_text's features, encoded across the
-ranks) or ``lora`` (fortunes, tiny_text with LoRA adapters training).
+MODEL: ``mlp`` (digits), ``odd`` (digits, a global batch of 31 rows: shares of 16 and 15),
+``frozen`` (fortunes through tiny_text's features, encoded across the ranks) or ``lora``
+(fortunes, tiny_text with LoRA adapters training).
 """
 
 import hashlib
@@ -31,14 +32,14 @@ def digest(tensors):
 def main():
     out, epochs, model, names = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
     ranks = distributed.start("cpu")
-    scenario = {"dataset": "digits", "n_experiences": 5} if model == "mlp" else {
+    scenario = {"dataset": "digits", "n_experiences": 5} if model in ("mlp", "odd") else {
         "dataset": "fortunes_language", "n_experiences": 4, "max_train_per_class": 40, "max_test_per_class": 10}
-    models = {"mlp": {"hidden": [64]},
+    models = {"mlp": {"hidden": [64]}, "odd": {"hidden": [64]},
               "frozen": {"backbone": "tiny_text", "hidden": [32], "feature_cache": None},
               "lora": {"backbone": "tiny_text", "adaptation": "lora", "hidden": []}}
     cfg = RunConfig.model_validate({"scenario": scenario, "model": models[model],
                                     "training": {"epochs": epochs, "lr": 0.05,
-                                                 "batch_size": 32 if model == "mlp" else 16},
+                                                 "batch_size": {"mlp": 32, "odd": 31}.get(model, 16)},
                                     "strategies": [{"compose": [{"name": n} for n in names], "label": "m"}]})
     stream = build_stream(cfg)
     learner = build_learner(stream, cfg, cfg.strategies[0], seed=0)

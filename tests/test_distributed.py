@@ -38,6 +38,15 @@ def test_two_ranks_take_the_steps_one_process_takes(tmp_path):
     assert torch.allclose(torch.tensor(two[0]["matrix"]), torch.tensor(one["matrix"]), atol=0.01)
 
 
+def test_a_batch_that_does_not_divide_evenly_is_shared_out_whole(tmp_path):
+    one = ranks_run(tmp_path / "one", 1, "odd", "replay")[0]
+    two = ranks_run(tmp_path / "two", 1, "odd", "replay", nproc=2)
+    assert two[0]["steps"] == two[1]["steps"] == one["steps"]  # every global batch split, none lost
+    assert two[0]["weights"] == two[1]["weights"] and two[0]["memory"] == one["memory"]
+    final_one, final_two = one["matrix"][-1], two[0]["matrix"][-1]
+    assert sum(final_two) / 5 == pytest.approx(sum(final_one) / 5, abs=0.03)  # rows weigh 1/31 or 1/32 apart
+
+
 def test_replay_keeps_one_memory_on_every_rank_and_ewc_sums_its_importances(tmp_path):
     one = ranks_run(tmp_path / "one", 3, "mlp", "replay", "ewc")[0]
     two = ranks_run(tmp_path / "two", 3, "mlp", "replay", "ewc", nproc=2)

@@ -77,7 +77,7 @@ def test_validation_slices_come_from_the_training_rows_by_class(split_digits):
 
 def test_pruning_stops_a_trial_that_trails(tmp_path):
     cfg = RunConfig.model_validate(QUICK | {"strategies": ["finetune"], "tune": {
-        "trials": 8, "sampler": "random", "search": {"lr": {"choices": [0.05, 0.0001]}}}})
+        "trials": 8, "sampler": "random", "pruner": "median", "search": {"lr": {"choices": [0.05, 0.0001]}}}})
     rows = tune(Source.config(cfg, tmp_path), tmp_path / "out", progress=False, final=False)
     study = optuna.load_study(study_name="quick.finetune", storage=open_storage(storage_url(None, tmp_path / "out")))
     pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
@@ -97,6 +97,19 @@ def test_default_spaces_and_several_objectives_give_a_pareto_front(tmp_path):
     accs = [p["values"][0] for p in front]
     assert accs == sorted(accs, reverse=True)  # the most accurate first: the best config
     assert "derpp/pareto.png" in rows[0]["plots"]
+
+
+def test_a_study_made_by_another_config_is_not_mixed_in_and_online_modes_are_refused(tmp_path, capsys):
+    path = config(tmp_path, strategies=["finetune"], tune={"trials": 2, "search": {"lr": {"low": 0.01, "high": 0.1}}})
+    out = tmp_path / "out"
+    assert main(["tune", str(path), "--out", str(out), "--quiet", "--no-final"]) == 0
+    other = config(tmp_path, strategies=["finetune"], tune={"trials": 2, "validation_fraction": 0.3,
+                                                            "search": {"lr": {"low": 0.01, "high": 0.1}}})
+    assert main(["tune", str(other), "--out", str(out), "--quiet", "--no-final"]) == 2
+    assert "made by another config" in capsys.readouterr().err
+    online = config(tmp_path, strategies=[{"name": "replay", "update": "stream"}], mode="online")
+    assert main(["tune", str(online), "--out", str(tmp_path / "online"), "--quiet"]) == 2
+    assert "tune with mode: offline" in capsys.readouterr().err
 
 
 def test_bad_search_spaces_are_refused_with_their_field(tmp_path):

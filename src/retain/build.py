@@ -90,7 +90,8 @@ def build_stream(cfg: RunConfig, progress: bool = False) -> Stream:
         return stream
     cache = feature_cache(cfg)
     start = time.perf_counter()
-    encoded = encode_stream(stream, backbone_encoder(cfg), cache, progress=progress, compute=sharded_encode)
+    encoded = encode_stream(stream, backbone_encoder(cfg), cache, progress=progress, compute=sharded_encode,
+                            agree=distributed.everyone)
     encoded.metadata |= {"feature_seconds": time.perf_counter() - start,
                          "cache_hits": cache.hits if cache else 0, "cache_misses": cache.misses if cache else 0}
     return encoded

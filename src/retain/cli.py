@@ -114,10 +114,20 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     main_rank = ranks.rank == 0
     try:
-        out = _run_folder(cfg, args.out, args.resume) if main_rank else None
-        _check_ranks(cfg, ranks)
-        done = _finished_methods(cfg, out) if args.resume and main_rank else {}
-        if done:
+        problem, out, done = None, None, {}
+        if main_rank:
+            try:
+                out = _run_folder(cfg, args.out, args.resume)
+                _check_ranks(cfg, ranks)
+                done = _finished_methods(cfg, out) if args.resume else {}
+            except _user_errors() as err:
+                problem = str(err)
+        # Rank 0 decides; the others learn its decision (or its error) before any collective step.
+        problem, finished = distributed.share((problem, sorted(done)))
+        if problem:
+            raise RunFolderError(problem)
+        done = done if main_rank else dict.fromkeys(finished)
+        if done and main_rank:
             print(f"resuming {out}: {', '.join(done)} already done", file=sys.stderr)
         results = run_experiment(cfg, progress=not args.quiet and main_rank, done=done,
                                  on_method=lambda r: write_results(r, out) if main_rank else None)
@@ -256,7 +266,7 @@ def _apply_tuning(store: str, row: dict, out: Path) -> None:
     from retain.loop import Project
 
     tuned, default = row["test_tuned"]["acc"], row["test_default"]["acc"]
-    if tuned < default:
+    if tuned <= default:
         print(f"not applied: the tuned knobs scored {100 * tuned:.1f}% on the held-out test rows, the store's own "
               f"{100 * default:.1f}%")
         return

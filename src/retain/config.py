@@ -225,8 +225,9 @@ class TuneConfig(_Strict):
         description="accuracy (on the validation slices) alone, or against training time or memory: a Pareto front")
     validation_fraction: float = Field(0.2, gt=0.0, le=0.5, description="of each experience's training rows, "
                                        "held out to score trials (the test sets are read only by the final report)")
-    pruner: Literal["median", "hyperband", "none"] = Field("median", description="stops trials whose accuracy "
-                                                           "after an experience trails the others (single objective)")
+    pruner: Literal["quartile", "median", "hyperband", "none"] = Field(
+        "quartile", description="stops a trial whose score after an experience is in the bottom quarter (median: "
+        "half) of the finished trials' there (single objective)")
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int = Field(0, description="of the sampler and the validation slices")
     trial_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,

@@ -123,7 +123,8 @@ def run_experiment(cfg: RunConfig, progress: bool = True, done: dict[str, Method
     ``on_method`` is called with the results so far each time a method finishes.
     """
     threads = torch.get_num_threads()
-    torch.set_num_threads(auto_threads() if cfg.training.threads == "auto" else cfg.training.threads)
+    if distributed.current().world == 1:  # across ranks, each took its share of the cores at the start
+        torch.set_num_threads(auto_threads() if cfg.training.threads == "auto" else cfg.training.threads)
     try:
         return _run_experiment(cfg, progress, done or {}, on_method)
     finally:

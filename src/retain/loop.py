@@ -143,6 +143,13 @@ class Project:
     def retune(self, best: RunConfig, why: str) -> None:
         """Make ``best``'s training settings and strategies the store's (``retain tune STORE
         --apply``): the next update, from the command line or the service, trains with them."""
+        learned = [s for m in best.strategies[:1] for s in m.compose]
+        for part, current in zip(learned, self.config.strategies[0].compose, strict=False):
+            fixed = sorted(k for k in part if k != "name" and part[k] != current.get(k)
+                           and k not in STRATEGIES[part["name"]].tunable)
+            if part["name"] != current["name"] or fixed:
+                raise ValueError(f"{part['name']}.{', '.join(fixed) or 'name'}: the store's versions learned with "
+                                 "the current value; only declared-tunable knobs can change in a deployment")
         run = self.store.config["run"] | {"training": best.training.model_dump(mode="json"),
                                           "strategies": [{"label": m.label, "compose": m.compose}
                                                          for m in best.strategies]}

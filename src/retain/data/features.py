@@ -12,6 +12,7 @@ replay strategy then holds feature vectors, not raw inputs.
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -98,16 +99,20 @@ class FeatureCache:
         from safetensors.torch import save_file
 
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.path(key).with_suffix(".tmp")
+        tmp = self.path(key).with_suffix(f".{os.getpid()}.tmp")  # processes filling one cache write apart
         save_file({"features": feats.contiguous()}, str(tmp), metadata={"sha256": tensor_digest(feats)})
         tmp.replace(self.path(key))
 
     def features(self, encoder: nn.Module | LazyEncoder, x: Tensor, batch_size: int = 128, desc: str = "features",
-                 progress: bool = True, compute: Encode | None = None) -> Tensor:
+                 progress: bool = True, compute: Encode | None = None,
+                 agree: Callable[[bool], bool] = lambda hit: hit) -> Tensor:
         """``encoder(x)`` in evaluation mode (by ``compute``, default :func:`encode`), from the
-        cache when it was computed before."""
+        cache when it was computed before. ``agree``: whether every process sharing the work found
+        it too (processes that compute together must all compute, or none)."""
         key = self.key(encoder.backbone_id, x)
         feats = self.load(key)
+        if not agree(feats is not None):
+            feats = None
         if feats is None:
             self.misses += 1
             feats = (compute or encode)(_resolve(encoder), x, batch_size, desc, progress)
@@ -130,13 +135,14 @@ def encode(encoder: nn.Module, x: Tensor, batch_size: int = 128, desc: str = "fe
 
 
 def encode_stream(stream: Stream, encoder: nn.Module | LazyEncoder, cache: FeatureCache | None, batch_size: int = 128,
-                  progress: bool = True, compute: Encode | None = None) -> Stream:
+                  progress: bool = True, compute: Encode | None = None,
+                  agree: Callable[[bool], bool] = lambda hit: hit) -> Stream:
     """The same stream with every input replaced by its (cached) frozen-backbone features,
     computed by ``compute`` (default :func:`encode`; several processes: each its share)."""
     def run(x: Tensor, what: str) -> Tensor:
         if cache is None:
             return (compute or encode)(_resolve(encoder), x, batch_size, what, progress)
-        return cache.features(encoder, x, batch_size, what, progress, compute)
+        return cache.features(encoder, x, batch_size, what, progress, compute, agree)
 
     experiences = [
         replace(e, x_train=run(e.x_train, f"exp {e.id} train"), x_test=run(e.x_test, f"exp {e.id} test"))

@@ -7,7 +7,8 @@ one process per rank. Every rank holds the whole stream; what is split is the wo
   each global batch of ``training.batch_size`` rows is dealt out, rank ``r`` taking rows
   ``r, r + N, ...``. The model is wrapped in ``DistributedDataParallel``, which averages the
   gradients, so a step is the step one process takes on the whole global batch (same global
-  batch, same learning rate). A final batch with fewer rows than ranks is skipped.
+  batch, same learning rate). A final batch with fewer rows than ranks is skipped; when a batch does
+  not divide evenly, each rank's mean counts the same, so rows of the smaller shares weigh a little more.
 - **replay memories**: replicated. Every random choice (which rows a memory keeps, which it
   replays) draws from the shared generator, so every rank keeps the same, class-balanced memory
   one process would keep; a step's replayed rows are drawn for the global batch and dealt out
@@ -79,7 +80,8 @@ def start(device: str = "auto") -> Ranks:
         cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+        # NCCL for the GPU's gradients, gloo for the CPU tensors some steps gather (features)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=TIMEOUT)
     ranks = current()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     local = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world))
@@ -91,15 +93,31 @@ def backend() -> str:
     return dist.get_backend() if dist.is_initialized() else "none"
 
 
+def everyone(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank."""
+    if current().world == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def share(value: object) -> object:
+    """Rank 0's ``value``, on every rank (one process: ``value``)."""
+    if current().world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def problem(strategies: list, modes: list[str]) -> str | None:
     """Why these strategies (of one method) or modes cannot train across ranks, or None."""
     if modes != ["offline"]:
         return "online and hybrid modes learn in one process; run mode: offline across ranks"
     for s in strategies:
         if not s.supports_distributed():
-            return (f"{s.name} does not train across ranks: its hooks take gradient passes of their own, or its "
-                    "memory learns from each step's rows (update: stream), which DistributedDataParallel does not "
-                    "synchronise; run it in one process")
+            return f"{s.name} does not train across ranks: {s.distributed_hint}; run it in one process"
     return None
 
 

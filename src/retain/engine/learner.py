@@ -295,15 +295,18 @@ class Learner:
             order = torch.randperm(len(y), generator=self.generator)
             for first in range(0, len(y), chunk):
                 idx = order[first:first + chunk]
-                xc, yc, tc = self._gather(idx, x, y, t)
-                rows = idx.to(self.device)
+                # Across ranks, a rank gathers its rows of the chunk only: those at positions rank,
+                # rank + world, ...; each global batch's share is then one contiguous run of them.
+                mine = idx[rank::world]
+                xc, yc, tc = self._gather(mine, x, y, t)
+                rows = mine.to(self.device)
                 for start in range(0, len(idx), self.batch_size):
                     end = min(start + self.batch_size, len(idx))
                     if end - start < world:  # too few rows to give every rank one: skipped on all
                         continue
-                    mine = slice(start + rank, end, world)  # this rank's share of the global batch
-                    yb = yc[mine]
-                    self._step(Step(xc[mine], yb, tc[mine], len(yb), fresh, experience.id, rows[mine], source,
+                    share = slice(-(-(start - rank) // world), -(-(end - rank) // world))
+                    yb = yc[share]
+                    self._step(Step(xc[share], yb, tc[share], len(yb), fresh, experience.id, rows[share], source,
                                     shard=(rank, world)))
         if not all(torch.isfinite(p).all() for p in self._trainable):
             raise Diverged(f"training diverged in experience {experience.id}: the weights are no longer finite "
@@ -384,7 +387,7 @@ class Learner:
         ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
             if self.device.type == "cuda" else None
         # Per-task heads train one head a step: the others get no gradient, which DDP must be told.
-        return DistributedDataParallel(self.model, device_ids=ids,
+        return DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True,
                                        find_unused_parameters=isinstance(self.model.head, MultiHead))
 
     def partial_fit(self, x: Tensor, y: Tensor, t: Tensor | int | None = None, steps: int = 1,
@@ -455,7 +458,10 @@ class Learner:
         logits = (self._ddp or self.model)(step.x, step.t)
         loss = self.objective(step, logits)
         value = loss.item()  # 0.2 us on the CPU; torch.isfinite(loss) costs 5 us, 2% of an MLP step
-        if not math.isfinite(value):  # stop before the optimizer writes it into the weights
+        # Stop before the optimizer writes it into the weights. Across ranks a rank stopping alone would
+        # leave the others waiting in the gradient average: the averaged NaN reaches every rank's weights
+        # instead, and the check after the experience stops them all (the learner is then restored).
+        if not math.isfinite(value) and self.ranks.world == 1:
             raise Diverged(f"training diverged at step {self.steps_ + 1} (experience {step.experience_id}): the loss "
                            f"is {value}; a smaller learning rate (now {self.lr}) or penalty may help")
         self.optimizer.zero_grad()

@@ -30,6 +30,7 @@ class AGEM(MemoryStrategy):
     paper = 'Chaudhry et al. 2019, "Efficient Lifelong Learning with A-GEM", ICLR'
     family = "gradient_projection"
     distributed = False
+    distributed_hint = "its hooks take gradient passes of their own, which DistributedDataParallel does not average"
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "class_balanced")

@@ -64,6 +64,7 @@ class Strategy:
     # Whether it may train across ranks (``retain.engine.distributed``): False for methods whose
     # hooks take gradient passes of their own, which DistributedDataParallel does not synchronise.
     distributed: ClassVar[bool] = True
+    distributed_hint: ClassVar[str] = "its memory learns from each step's rows (update: stream), one rank's share"
     # The knobs ``retain tune`` searches when the config names none: parameter -> range, as
     # ``{"low": 0.1, "high": 10, "log": True}`` or ``{"choices": [...]}`` (integers for integer fields).
     tunable: ClassVar[dict[str, dict[str, Any]]] = {}

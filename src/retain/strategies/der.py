@@ -58,7 +58,7 @@ class DER(MemoryStrategy):
         # The logits stored with the matching rows are the step's note for the loss.
         if not len(self.memory_):
             return step
-        n = self.batch_size or round(self.ratio * step.incoming)
+        n = -(-self.batch_size // step.shard[1]) if self.batch_size else round(self.ratio * step.incoming)
         m = self.memory_.sample(n, learner.generator, ("x", "y", "t", "logits"), step.shard)
         step.notes["der"] = m["logits"].to(step.x.device)
         step.append(m["x"], m["y"], m["t"])

@@ -30,6 +30,7 @@ class ERACE(MemoryStrategy):
     paper = 'Caccia et al. 2022, "New Insights on Reducing Abrupt Representation Change", ICLR'
     family = "replay"
     distributed = False
+    distributed_hint = "its reservoir memory learns from each step's rows, one rank's share"
     scenarios = ("class_incremental", "task_incremental")
 
     def __post_init__(self) -> None:

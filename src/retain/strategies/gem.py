@@ -39,6 +39,7 @@ class GEM(MemoryStrategy):
     paper = 'Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory", NeurIPS'
     family = "gradient_projection"
     distributed = False
+    distributed_hint = "its hooks take gradient passes of their own, which DistributedDataParallel does not average"
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "class_balanced", balance="e", cap=self.per_experience)

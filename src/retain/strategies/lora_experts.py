@@ -30,6 +30,7 @@ class LoRAExperts(Strategy):
     paper = 'Hu et al. 2022, "LoRA: Low-Rank Adaptation of Large Language Models"; Rusu et al. 2016'
     family = "architecture"
     distributed = False
+    distributed_hint = "each step trains one direction's adapters, not verified across ranks"
     scenarios = ("class_incremental", "task_incremental")
     needs = ("lora_text",)
 

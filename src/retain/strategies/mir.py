@@ -31,6 +31,7 @@ class MIR(MemoryStrategy):
     paper = 'Aljundi et al. 2019, "Online Continual Learning with Maximally Interfered Retrieval", NeurIPS'
     family = "replay"
     distributed = False
+    distributed_hint = "its hooks take gradient passes of their own, which DistributedDataParallel does not average"
 
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "reservoir")

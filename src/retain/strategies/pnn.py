@@ -21,6 +21,7 @@ class PNN(Strategy):
     paper = 'Rusu et al. 2016, "Progressive Neural Networks", arXiv:1606.04671'
     family = "architecture"
     distributed = False
+    distributed_hint = "its columns grow and freeze per task, not verified across ranks"
     scenarios = ("task_incremental",)
     needs = ("mlp",)
 

@@ -52,7 +52,9 @@ class Replay(MemoryStrategy):
         return self.update == "experience"  # a stream memory would see one rank's rows of each step
 
     def batch(self, learner, step):
-        step = self.memory_.replay_into(step, self.batch_size or round(self.ratio * step.incoming), learner.generator)
+        # a fixed batch_size is the global batch's: each rank draws its share
+        n = -(-self.batch_size // step.shard[1]) if self.batch_size else round(self.ratio * step.incoming)
+        step = self.memory_.replay_into(step, n, learner.generator)
         if self.update == "stream":
             self.offer(learner, step)
         return step

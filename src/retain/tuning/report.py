@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from retain.config import MethodConfig  # noqa: E402
+from retain.engine.learner import Diverged  # noqa: E402
 from retain.experiment import run_method  # noqa: E402
 from retain.tuning.space import config_yaml, configured, knobs  # noqa: E402
 from retain.tuning.study import Source, TuneError, open_storage, study_name  # noqa: E402
@@ -93,15 +94,21 @@ def _final(source: Source, method: MethodConfig, values: dict[str, Any], tick: A
     """The method with ``values`` (none: the config's own) trained with every final seed and scored on the test sets."""
     run = configured(source.cfg, method, values, seeds=source.cfg.tune.final_seeds)
     stream = source.stream()
-    runs = []
+    runs, diverged = [], []
     for seed in run.seeds:
-        runs.append(run_method(stream, run, run.strategies[0], seed))
+        try:
+            runs.append(run_method(stream, run, run.strategies[0], seed))
+        except Diverged as err:
+            diverged.append(f"seed {seed}: {err}")
         tick()
-    accs = [r.metrics.acc for r in runs]
+    if not runs:
+        return {"acc": 0.0, "acc_std": 0.0, "accs": [], "forgetting": math.nan, "train_seconds": math.nan,
+                "diverged": diverged}
+    accs = [r.metrics.acc for r in runs] + [0.0] * len(diverged)  # a diverged run scores nothing
     forgetting = [r.metrics.forgetting for r in runs if not math.isnan(r.metrics.forgetting)]
     return {"acc": statistics.fmean(accs), "acc_std": statistics.pstdev(accs), "accs": accs,
             "forgetting": statistics.fmean(forgetting) if forgetting else math.nan,
-            "train_seconds": statistics.fmean(r.metrics.train_seconds for r in runs)}
+            "train_seconds": statistics.fmean(r.metrics.train_seconds for r in runs), "diverged": diverged}
 
 
 def write_report(source: Source, url: str, out: Path, progress: bool = True, final: bool = True) -> list[dict]:
@@ -183,7 +190,9 @@ def _markdown(source: Source, rows: list[dict]) -> str:
             best = r["best_params"].get(key)
             lines.append(f"| {key} | {_value(r['default_params'][key])} | {_value(best)} "
                          f"| {_pct(r['importance'][key]) + '%' if key in r['importance'] else 'n/a'} |")
-        lines += ["", f"Best config: [`{r['best_config']}`]({r['best_config']}) (`retain run` takes it as it is); "
+        takes = "`retain init` takes it (a store's config)" if source.kind == "store" else \
+            "`retain run` takes it as it is"
+        lines += ["", f"Best config: [`{r['best_config']}`]({r['best_config']}) ({takes}); "
                   f"every trial: `{slug(r['method'])}/trials.csv`.", ""]
         if len(r["pareto"]) > 1:
             lines += [f"Pareto front ({', '.join(r['objectives'])}): " + "; ".join(

@@ -44,8 +44,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and the
 
 DIRECTIONS = {"accuracy": "maximize", "train_seconds": "minimize", "peak_mb": "minimize"}
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # what spends the trial budget
-HEARTBEAT = 2  # seconds between a running trial's signs of life; stale after GRACE
-GRACE = 10
+HEARTBEAT = 2  # seconds between a running trial's signs of life; stale after GRACE (longer than
+GRACE = 120  # a worker may wait for SQLite's lock, 60 s, so a live worker is never taken for dead)
 
 
 def validation_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,6 +162,9 @@ def study_name(cfg: RunConfig, method: MethodConfig) -> str:
 
 def create_studies(source: Source, url: str) -> dict[str, optuna.Study]:
     """One study per method of the config, created (or found, resuming) in the storage."""
+    if source.cfg.mode != ["offline"]:
+        raise TuneError(f"mode {source.cfg.mode}: trials train offline, experience by experience; tune with "
+                        "mode: offline")
     storage = open_storage(url)
     tune = source.cfg.tune
     studies = {}
@@ -176,11 +179,27 @@ def create_studies(source: Source, url: str) -> dict[str, optuna.Study]:
             raise TuneError(f"study {study.study_name} in the storage optimises {study.directions}, not "
                             f"{tune.objectives}: use another --out or --storage")
         found = knobs(source.cfg, method)
-        study.set_user_attr("knobs", [k.key for k in found])
+        made_by = fingerprint(source.cfg, method)
+        if study.user_attrs.get("config", made_by) != made_by:
+            raise TuneError(f"study {study.study_name} in this storage was made by another config (its data, model, "
+                            "method, search or trial settings differ); pass another --out or --storage to start anew")
+        study.set_user_attr("config", made_by)
         if tune.start_from_defaults and not study.trials:  # before any worker starts: trial 0 is the config's own
             study.enqueue_trial({k.key: k.default for k in found if k.holds(k.default)}, skip_if_exists=True)
         studies[method.label] = study
     return studies
+
+
+def fingerprint(cfg: RunConfig, method: MethodConfig) -> str:
+    """What a study's trials depend on (not the trial budget or the final seeds), as a digest."""
+    import hashlib
+    import json
+
+    tune = cfg.tune.model_dump(mode="json", exclude={"trials", "final_seeds"})
+    raw = {"scenario": cfg.scenario.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
+           "training": cfg.training.model_dump(mode="json", exclude={"threads", "device"}),
+           "method": method.model_dump(mode="json"), "tune": tune}
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def counted(study: optuna.Study) -> int:
@@ -247,7 +266,12 @@ def _sampler(cfg: RunConfig, worker: int) -> optuna.samplers.BaseSampler:
 def _pruner(cfg: RunConfig, n_experiences: int) -> optuna.pruners.BasePruner:
     if cfg.tune.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, n_experiences))
-    if cfg.tune.pruner == "median":  # from the second experience on: the first says little of forgetting
+    # From the second experience on: the first says little of forgetting. Finished trials are the ones
+    # that were not pruned, so the bar rises as the study goes: the median leaves few trials to finish
+    # (4 of 24 for Replay in benchmarks/tune.py), the bottom quarter about half.
+    if cfg.tune.pruner == "quartile":
+        return optuna.pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=1)
+    if cfg.tune.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     return optuna.pruners.NopPruner()
 
@@ -285,7 +309,8 @@ def run_workers(source: Source, url: str, out: Path, workers: int, progress: boo
             return
         threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1) // workers)
         command = [sys.executable, "-m", "retain", "tune", source.path, "--out", str(out), "--storage", url,
-                   "--workers", str(workers), "--threads", str(threads), "--quiet", "--worker"]
+                   "--workers", str(workers), "--threads", str(threads), "--trials", str(source.cfg.tune.trials),
+                   "--quiet", "--worker"]
         procs = [subprocess.Popen([*command, str(i)]) for i in range(workers)]
         try:
             while any(p.poll() is None for p in procs):
