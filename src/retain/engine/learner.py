@@ -141,7 +141,18 @@ class Learner:
         """Set tuned knobs on a learner that has learned already: ``training`` (lr, epochs,
         batch_size, momentum, backbone_lr) and, per strategy name, the values of the knobs its
         class declares ``tunable`` (others would change the shape of what it learned, e.g. a
-        memory's size, and are refused). What the strategies learned is kept."""
+        memory's size, and are refused). What the strategies learned is kept.
+
+        >>> from retain.models import make_model
+        >>> from retain.strategies import Replay
+        >>> learner = Learner(make_model("mlp", (4,), 3, hidden=(8,)), [Replay(50)], device="cpu")
+        >>> learner.retune({"lr": 0.1}, {"replay": {"weight": 1.0}}).strategies[0].weight, learner.lr
+        (1.0, 0.1)
+        >>> learner.retune({}, {"replay": {"memory_size": 10}})
+        Traceback (most recent call last):
+        ...
+        ValueError: retune: replay.memory_size cannot change once learned; tunable: ratio, weight
+        """
         allowed = ("lr", "epochs", "batch_size", "momentum", "backbone_lr")
         for key in training:
             if key not in allowed:

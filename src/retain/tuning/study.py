@@ -85,7 +85,13 @@ def validation_stream(stream: Stream, fraction: float, seed: int) -> Stream:
 
 def storage_url(storage: str | None, out: Path) -> str:
     """The database URL of ``--storage``: a URL as given (``postgresql://`` uses psycopg 3), a
-    file path as SQLite, or by default ``study.db`` in the output folder."""
+    file path as SQLite, or by default ``study.db`` in the output folder.
+
+    >>> storage_url("postgresql://tuner@db-host/studies", Path("out"))
+    'postgresql+psycopg://tuner@db-host/studies'
+    >>> storage_url(None, Path("/runs/x-tune"))
+    'sqlite:////runs/x-tune/study.db'
+    """
     if storage is None:
         return f"sqlite:///{(out / 'study.db').resolve()}"
     if "://" not in storage:
