@@ -13,8 +13,9 @@ import yaml
 
 from retain.cli import main
 from retain.config import ConfigError, RunConfig, load_config
+from retain.data import split_held_out
 from retain.tuning import Source, knobs, tune
-from retain.tuning.study import counted, open_storage, storage_url, validation_split, validation_stream
+from retain.tuning.study import counted, open_storage, storage_url, validation_stream
 
 from .conftest import loop_store
 
@@ -66,7 +67,7 @@ def test_trials_never_read_the_test_sets(tmp_path):
 
 
 def test_validation_slices_come_from_the_training_rows_by_class(split_digits):
-    kept, held = validation_split(split_digits[0].y_train, 0.2, seed=3)
+    kept, held = split_held_out(split_digits[0].y_train, 0.2, seed=3)
     assert len(set(kept.tolist()) & set(held.tolist())) == 0 and len(kept) + len(held) == split_digits[0].n_train
     stream = validation_stream(split_digits, 0.2, seed=3)
     for original, e in zip(split_digits, stream, strict=True):

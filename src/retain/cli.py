@@ -118,7 +118,12 @@ def _run(args: argparse.Namespace) -> int:
         if main_rank:
             try:
                 out = _run_folder(cfg, args.out, args.resume)
-                _check_ranks(cfg, ranks)
+                _check_ranks(cfg, ranks.world)
+                if ranks.world > 1:
+                    batch = cfg.training.batch_size
+                    print(f"{ranks.world} ranks ({distributed.backend()}): global batch {batch} "
+                          f"({batch // ranks.world}{'' if batch % ranks.world == 0 else f'-{-(-batch // ranks.world)}'}"
+                          f" rows a rank), lr {cfg.training.lr}", file=sys.stderr)
                 done = _finished_methods(cfg, out) if args.resume else {}
             except _user_errors() as err:
                 problem = str(err)
@@ -147,34 +152,29 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_ranks(cfg, ranks) -> None:
-    """Refuse, before any training, what cannot run across ``ranks``; say the global batch."""
+def _check_ranks(cfg, world: int) -> None:
+    """Refuse, before any training, what cannot run across ``world`` ranks."""
     from retain.engine import distributed
 
-    if ranks.world == 1:
+    if world == 1:
         return
     for i, method in enumerate(cfg.strategies):
         problem = distributed.problem(method.build(cfg.model.head), cfg.mode)
         if problem:
             raise RunFolderError(f"--nproc: strategies.{i}: {problem}")
-    batch = cfg.training.batch_size
-    if batch < ranks.world:
-        raise RunFolderError(f"--nproc: training.batch_size {batch} is smaller than the {ranks.world} ranks")
-    if ranks.rank == 0:
-        print(f"{ranks.world} ranks ({distributed.backend()}): global batch {batch} ({batch // ranks.world}"
-              f"{'' if batch % ranks.world == 0 else '-' + str(-(-batch // ranks.world))} rows a rank), "
-              f"lr {cfg.training.lr}", file=sys.stderr)
+    if cfg.training.batch_size < world:
+        raise RunFolderError(f"--nproc: training.batch_size {cfg.training.batch_size} is smaller than the "
+                             f"{world} ranks")
 
 
 def _launch_ranks(args: argparse.Namespace) -> int:
     """``retain run --nproc N``: the same command under torchrun, N processes on this machine."""
     import subprocess
 
-    from retain.engine import distributed
 
     try:
         cfg = _config(args)
-        _check_ranks(cfg, distributed.Ranks(1, args.nproc))  # the checks, not the message (rank 0 says it)
+        _check_ranks(cfg, args.nproc)
         out = _run_folder(cfg, args.out, args.resume)
     except _user_errors() as err:
         print(f"retain: {err}", file=sys.stderr)
@@ -222,7 +222,6 @@ def _tune(args: argparse.Namespace) -> int:
     import torch
 
     from retain.tuning import Source, TuneError, optimize, storage_url, tune
-    from retain.tuning.report import importances  # noqa: F401 - imported here so a worker fails early
 
     try:
         source = Source.read(args.source)

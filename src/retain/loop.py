@@ -19,7 +19,7 @@ from torch import Tensor
 
 from retain.build import build_learner, model_inputs
 from retain.config import RunConfig, modality_problem
-from retain.data import Experience, Stream
+from retain.data import Experience, Stream, split_held_out
 from retain.data.files import Labeled, LabelMap, load
 from retain.engine import Learner
 from retain.quality import GateReport, check_batch, inspect
@@ -61,27 +61,6 @@ def top_labels(probabilities: Tensor, names: list[str], k: int) -> list[list[tup
 def _hash_tensor(x: Tensor) -> Tensor:
     """Row hashes (``row_hashes``) as a uint8 tensor of 32 bytes a row, to keep with a batch."""
     return torch.tensor([list(bytes.fromhex(h)) for h in row_hashes(x)], dtype=torch.uint8).reshape(-1, 32)
-
-
-def split_held_out(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Row indices to train on and to hold out: ``fraction`` of each class held out (at least one
-    row of a class with two or more), chosen with ``seed``.
-
-    >>> train, held = split_held_out(torch.tensor([0, 0, 0, 0, 1, 1]), 0.25, 0)
-    >>> sorted(held.tolist()) in ([0, 4], [1, 4], [2, 4], [3, 4], [0, 5], [1, 5], [2, 5], [3, 5]), len(train)
-    (True, 4)
-    """
-    g = torch.Generator().manual_seed(seed)
-    held = []
-    for c in y.unique():
-        rows = (y == c).nonzero().squeeze(1)
-        rows = rows[torch.randperm(len(rows), generator=g)]
-        n = max(1, round(fraction * len(rows))) if len(rows) > 1 else 0
-        held.append(rows[:n])
-    held_out = torch.cat(held).sort().values
-    keep = torch.ones(len(y), dtype=torch.bool)
-    keep[held_out] = False
-    return keep.nonzero().squeeze(1), held_out
 
 
 class Project:
@@ -212,7 +191,7 @@ class Project:
             x = current.readable(x, where=data)
         line_versions = [] if first else self._line()  # read once: the gate and the rule use it
         line = [v.id for v in line_versions]
-        held_before = self._held_out(line)  # read once: the gate, the promoted and the candidate all use it
+        held_before = self.held_out(line)  # read once: the gate, the promoted and the candidate all use it
         report = self._gate(x, y, current, line, held_before)
         new_names = labels.names[len(self.store.labels()):]  # names no earlier batch brought
         if report.decision == "refuse":
@@ -274,7 +253,7 @@ class Project:
         or is judged on, and of its memory; label errors and outliers on the promoted model's
         features (raw inputs at first)."""
         names = self.store.held_out_names(line)
-        held = self._held_out(line) if held is None else held
+        held = self.held_out(line) if held is None else held
         rows = [held[name][0] for name in names]
         if current is not None:
             rows += [m.x for m in current.memories() if m.x.shape[1:] == x.shape[1:]]
@@ -295,7 +274,7 @@ class Project:
             raise StoreError(f"{self.store.path}: no version is promoted to update")
         return self._learn(Path(data))
 
-    def _held_out(self, line: list[int] | None = None) -> dict[str, tuple]:
+    def held_out(self, line: list[int] | None = None) -> dict[str, tuple]:
         """The held-out rows of the batches the served model learned (``line``: those versions;
         default the promoted line), by batch name."""
         names = self.store.held_out_names([v.id for v in self._line()] if line is None else line)
@@ -362,7 +341,7 @@ class Project:
         """How version ``b`` differs from ``a`` on every batch's held-out rows: accuracy per batch
         and per class, and the change (``b`` minus ``a``)."""
         learners = {v: self.store.load(v, device="cpu") for v in (a, b)}
-        held = self._held_out([v.id for v in self.store.versions()])  # every batch any version learned
+        held = self.held_out([v.id for v in self.store.versions()])  # every batch any version learned
         by_batch = {v: self._accuracy(learner, held) for v, learner in learners.items()}
         by_class = {v: self._per_class(learner, held) for v, learner in learners.items()}
         out = {}

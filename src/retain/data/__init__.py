@@ -1,7 +1,7 @@
 """Data layer: experiences, streams, scenario builders and offline data sets."""
 
 from retain.data.datasets import DATASETS, Dataset, DatasetNotFound, load_dataset
-from retain.data.experience import Experience, Stream
+from retain.data.experience import Experience, Stream, split_held_out
 from retain.data.online import Batch, OnlineStream
 from retain.data.scenarios import (
     SCENARIOS,
@@ -22,6 +22,7 @@ __all__ = [
     "Experience",
     "Stream",
     "build_scenario",
+    "split_held_out",
     "class_incremental",
     "load_dataset",
     "permuted",

@@ -111,3 +111,24 @@ class Stream:
             t_test=torch.cat([e.test_tasks() for e in exps]),
             scenario=exps[0].scenario,
         )
+
+
+def split_held_out(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Row indices to train on and to hold out: ``fraction`` of each class held out (at least one
+    row of a class with two or more), chosen with ``seed``.
+
+    >>> train, held = split_held_out(torch.tensor([0, 0, 0, 0, 1, 1]), 0.25, 0)
+    >>> sorted(held.tolist()) in ([0, 4], [1, 4], [2, 4], [3, 4], [0, 5], [1, 5], [2, 5], [3, 5]), len(train)
+    (True, 4)
+    """
+    g = torch.Generator().manual_seed(seed)
+    held = []
+    for c in y.unique():
+        rows = (y == c).nonzero().squeeze(1)
+        rows = rows[torch.randperm(len(rows), generator=g)]
+        n = max(1, round(fraction * len(rows))) if len(rows) > 1 else 0
+        held.append(rows[:n])
+    held_out = torch.cat(held).sort().values
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[held_out] = False
+    return keep.nonzero().squeeze(1), held_out

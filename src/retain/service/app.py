@@ -314,7 +314,7 @@ class Service:
             return {}
         if version not in self._per_class:
             learner = self.served[1] if self.served and self.served[0] == version else self.store.load(version, "cpu")
-            self._per_class[version] = self.project._per_class(learner, self.project._held_out())
+            self._per_class[version] = self.project._per_class(learner, self.project.held_out())
         return self._per_class[version]
 
 

@@ -131,11 +131,12 @@ def write_report(source: Source, url: str, out: Path, progress: bool = True, fin
             _trials_csv(study, cfg.tune.objectives, folder / "trials.csv")
             single = len(study.directions) == 1
             target = {} if single else {"target": lambda t: t.values[0], "target_name": "accuracy"}
-            plots = {kind: _plot(kind, study, folder / f"{kind}.png", **options) for kind, options in (
-                ("history", target), ("importance", target),
-                ("intermediate", {} if single and cfg.tune.pruner != "none" else None),
-                ("pareto", {"target_names": cfg.tune.objectives}) if not single else ("pareto", None))
-                if options is not None}
+            wanted = {"history": target, "importance": target}
+            if single and cfg.tune.pruner != "none":
+                wanted["intermediate"] = {}
+            if not single:
+                wanted["pareto"] = {"target_names": cfg.tune.objectives}
+            plots = {kind: _plot(kind, study, folder / f"{kind}.png", **options) for kind, options in wanted.items()}
             states = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
             defaults = {k.key: k.default for k in knobs(cfg, method)}
             row = {"method": method.label, "study": study.study_name, "trials": states,

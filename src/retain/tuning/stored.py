@@ -10,23 +10,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retain.data import Experience, Stream
+from retain.data import Experience, Stream, split_held_out
 from retain.loop import Project
-from retain.tuning.study import Source, TuneError, validation_split
+from retain.tuning.study import Source, TuneError
 
 TEST_FRACTION = 0.3
 
 
 def store_stream(project: Project) -> Stream:
     """The promoted line's batches as a stream, each split into training and test rows."""
-    held = project._held_out()
+    held = project.held_out()
     if len(held) < 2:
         raise TuneError(f"{project.store.path}: the promoted version learned {len(held)} batch(es); tuning the "
                         "knobs that keep old batches needs two or more")
     seed = int(project.store.config["seed"])
     experiences = []
     for k, (name, (x, y, t)) in enumerate(held.items()):
-        train, test = validation_split(y, TEST_FRACTION, seed + k)
+        train, test = split_held_out(y, TEST_FRACTION, seed + k)
         experiences.append(Experience(x[train], y[train], x[test], y[test], id=k, t_train=t[train], t_test=t[test],
                                       metadata={"batch": name}))
     labels = project.store.labels()

@@ -16,6 +16,8 @@ and a trial whose worker died is marked failed once its heartbeat is stale.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import socket
@@ -29,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
+import yaml
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from retain.build import build_learner, build_stream
 from retain.config import MethodConfig, RunConfig, load_config
-from retain.data import Experience, Stream
+from retain.data import Experience, Stream, split_held_out
 from retain.engine.learner import Diverged
 from retain.metrics import PeakMemory
 from retain.tuning.space import Knob, config_yaml, configured, knobs
@@ -48,33 +50,12 @@ HEARTBEAT = 2  # seconds between a running trial's signs of life; stale after GR
 GRACE = 120  # a worker may wait for SQLite's lock, 60 s, so a live worker is never taken for dead)
 
 
-def validation_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row indices of a class-stratified split of labels ``y``: (kept, held out), ``fraction`` of
-    each class with two or more rows held out (at least one row of it).
-
-    >>> kept, held = validation_split(torch.tensor([0] * 8 + [1] * 2 + [2]), 0.25, seed=0)
-    >>> sorted(torch.tensor([0] * 8 + [1] * 2 + [2])[held].tolist()), len(kept)
-    ([0, 0, 1], 8)
-    """
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(y), generator=g)
-    held = []
-    for c in y.unique().tolist():
-        rows = order[y[order] == c]
-        if len(rows) > 1:
-            held.append(rows[:max(1, round(fraction * len(rows)))])
-    held_rows = torch.cat(held).sort().values if held else torch.empty(0, dtype=torch.long)
-    mask = torch.ones(len(y), dtype=torch.bool)
-    mask[held_rows] = False
-    return mask.nonzero().squeeze(1), held_rows
-
-
 def validation_stream(stream: Stream, fraction: float, seed: int) -> Stream:
     """The stream trials see: each experience trains on its training rows less a validation slice
     and is judged on that slice. The test splits are not in it."""
     experiences = []
     for e in stream:
-        kept, held = validation_split(e.y_train, fraction, seed + e.id)
+        kept, held = split_held_out(e.y_train, fraction, seed + e.id)
         t = e.train_tasks()
         experiences.append(Experience(e.x_train[kept], e.y_train[kept], e.x_train[held], e.y_train[held], id=e.id,
                                       task=e.task, classes=e.classes, t_train=t[kept], t_test=t[held],
@@ -140,8 +121,6 @@ class Source:
         path = out / "config.yaml"
         raw = cfg.model_dump(mode="json")
         raw["strategies"] = [m.model_dump(mode="json") for m in cfg.strategies]
-        import yaml
-
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
         return cls(cfg, str(path))
 
@@ -198,9 +177,6 @@ def create_studies(source: Source, url: str) -> dict[str, optuna.Study]:
 
 def fingerprint(cfg: RunConfig, method: MethodConfig) -> str:
     """What a study's trials depend on (not the trial budget or the final seeds), as a digest."""
-    import hashlib
-    import json
-
     tune = cfg.tune.model_dump(mode="json", exclude={"trials", "final_seeds"})
     raw = {"scenario": cfg.scenario.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
            "training": cfg.training.model_dump(mode="json", exclude={"threads", "device"}),
