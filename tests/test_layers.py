@@ -9,7 +9,7 @@ import retain
 RANK = {
     "util": 0, "metrics": 1, "data": 1, "models": 2, "quality": 2, "strategies": 3, "engine": 4, "store": 5,
     "config": 6, "monitor": 6, "build": 7, "checks": 8, "experiment": 8, "loop": 8, "__init__": 9, "tuning": 9,
-    "service": 10,
+    "translation": 9, "service": 10,
     "cli": 11, "__main__": 12,
 }
 SRC = pathlib.Path(retain.__file__).parent

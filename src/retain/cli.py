@@ -104,6 +104,8 @@ def _run(args: argparse.Namespace) -> int:
     from retain.experiment import run_experiment
     from retain.monitor import comparison_table, write_report, write_results
 
+    if _is_translation(args.config):
+        return _run_translation(args)
     if args.nproc > 1 and not distributed.launched():
         return _launch_ranks(args)
     try:
@@ -148,6 +150,38 @@ def _run(args: argparse.Namespace) -> int:
         print(comparison_table(results))
     if results.stream.read_as:
         print(f"tables read as: {results.stream.read_as} (name them under scenario.files)")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _is_translation(path: str) -> bool:
+    from retain.config import ConfigError, read_yaml
+
+    try:
+        return read_yaml(path).get("task") == "translation"
+    except ConfigError:
+        return False  # the run config's own reading reports what is wrong with the file
+
+
+def _run_translation(args: argparse.Namespace) -> int:
+    """``retain run`` on a ``task: translation`` config: the continual translation stream."""
+    from retain.data.catalogues import CatalogueError
+    from retain.translation import load_translation_config, run_translation, translation_table, write_translation_report
+
+    try:
+        for flag, given in (("--nproc", args.nproc > 1), ("--resume", args.resume), ("--seeds", args.seeds)):
+            if given:
+                raise RunFolderError(f"{flag}: a translation run takes one process and the seed: in its config")
+        cfg = load_translation_config(args.config)
+        out = _run_folder(cfg, args.out, False)
+        results, extras = run_translation(cfg, progress=not args.quiet, out=out,
+                                          on_method=lambda r, e: write_translation_report(r, e, out))
+    except (*_user_errors(), CatalogueError, FileNotFoundError) as err:
+        print(f"retain: {err}", file=sys.stderr)
+        return 2
+    write_translation_report(results, extras, out)
+    if not args.quiet:
+        print(translation_table(results, extras))
     print(f"report: {out / 'report.md'}")
     return 0
 
@@ -292,6 +326,8 @@ def _fraction(text: str) -> float:
 def _export(args: argparse.Namespace) -> int:
     from retain.data.export import export
 
+    if args.dataset == "translations":
+        return _export_translations(args)
     try:
         folder = export(args.dataset, args.folder, args.format, kind=args.kind, n_experiences=args.experiences,
                         test_fraction=args.test_fraction, split_seed=args.split_seed,
@@ -305,6 +341,70 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_translations(args: argparse.Namespace) -> int:
+    """The translation stream of Debian's catalogues as JSON Lines, one folder per direction."""
+    from retain.data.catalogues import CatalogueError, export_jsonl, load_corpus
+
+    try:
+        if args.format != "jsonl":
+            raise CatalogueError(f"--format {args.format}: the translation corpus is written as jsonl")
+        corpus = load_corpus(n_train=args.max_train_per_class or 10**9, n_test=args.max_test_per_class or 10**9)
+        folder = export_jsonl(corpus, args.folder)
+    except (CatalogueError, OSError) as err:
+        print(f"retain: {err}", file=sys.stderr)
+        return 2
+    sizes = ", ".join(f"{d.name} {len(d.train)}/{len(d.test)}" for d in corpus.directions)
+    print(f"translation pairs (train/test): {sizes} in {folder}; sizes, packages and licences in corpus.json")
+    return 0
+
+
+def _translate(args: argparse.Namespace) -> int:
+    """``retain predict`` on a saved generative model: translate a JSON Lines file of sources."""
+    from retain.data.catalogues import LANGUAGES
+    from retain.engine.generative import GenerativeLearner
+    from retain.translation import translate
+
+    try:
+        for flag, given in (("--version", args.version is not None), ("--top-k", args.top_k != 1)):
+            if given:
+                raise ValueError(f"{flag}: {args.store} is a saved translation model, with no versions or labels")
+        if args.out and not args.out.endswith(".jsonl"):
+            raise ValueError(f"--out {args.out}: translations are written as .jsonl")
+        rows = []
+        for i, line in enumerate(Path(args.data).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{args.data}, line {i}: not JSON ({e.msg})") from None
+            if not isinstance(r, dict) or not isinstance(r.get("source"), str):
+                raise ValueError(f"{args.data}, line {i}: give an object with a \"source\" string")
+            lang = r.get("lang", args.lang)
+            if lang is None:
+                raise ValueError(f"{args.data}, line {i}: no \"lang\"; name the target language there or with --lang")
+            if lang not in LANGUAGES:
+                raise ValueError(f"{args.data}, line {i}: lang {lang!r}; give one of {', '.join(LANGUAGES)}")
+            rows.append(r)
+        learner = GenerativeLearner.load(args.store)
+        for lang in dict.fromkeys(r.get("lang", args.lang) for r in rows):
+            mine = [r for r in rows if r.get("lang", args.lang) == lang]
+            direction = learner.directions.get(lang)  # a language it never learned: no expert adapter
+            for r, text in zip(mine, translate(learner, [r["source"] for r in mine], lang, direction,
+                                               progress=not args.json and args.out is not None), strict=True):
+                r["translation"] = text
+    except (OSError, ValueError, ImportError) as err:
+        print(f"retain: {err}", file=sys.stderr)
+        return 2
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if args.out:
+        Path(args.out).write_text(lines)
+        print(f"{len(rows)} translations in {args.out}")
+    else:
+        print(lines, end="")
+    return 0
+
+
 def _loop(args: argparse.Namespace) -> int:
     """init, update, versions, rollback and predict: the loop on a model store."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -312,6 +412,8 @@ def _loop(args: argparse.Namespace) -> int:
     from retain.loop import Project, as_json
     from retain.store import StoreError
 
+    if args.command == "predict" and (Path(args.store) / "learner.json").is_file():
+        return _translate(args)
     try:
         if args.command == "init":
             config = _config(args, loop=True)
@@ -512,14 +614,16 @@ def main(argv: list[str] | None = None) -> int:
 
     exporting = sub.add_parser("export", help="write a built-in data set as files (tables, images, WAV, npz), "
                                "one folder per batch, as a user would bring them")
-    exporting.add_argument("dataset", choices=list(DATASETS))
+    exporting.add_argument("dataset", choices=[*DATASETS, "translations"],
+                           help="a built-in data set, or translations: Debian's catalogues as a parallel corpus")
     exporting.add_argument("folder", help="a new or empty folder")
     exporting.add_argument("--format", required=True, choices=FORMATS)
     exporting.add_argument("--kind", default="class_incremental", choices=["class_incremental", "task_incremental"])
     exporting.add_argument("--experiences", type=int, default=5, help="batches to cut the stream into")
     exporting.add_argument("--test-fraction", type=_fraction, default=0.3, help="share of each class kept for test")
     exporting.add_argument("--split-seed", type=int, default=0)
-    exporting.add_argument("--max-train-per-class", type=_positive, help="keep at most this many (default: all)")
+    exporting.add_argument("--max-train-per-class", type=_positive, help="keep at most this many (default: all; "
+                           "translations: pairs per direction, the only options they take with --format)")
     exporting.add_argument("--max-test-per-class", type=_positive, help="keep at most this many (default: all)")
     exporting.set_defaults(func=_export)
     init = sub.add_parser("init", help="a new model store: version 1 trained on a first batch of your data")
@@ -555,12 +659,14 @@ def main(argv: list[str] | None = None) -> int:
     predict = sub.add_parser("predict", help="labels a version predicts for a file or folder, labelled or not, "
                              "with top-k probabilities")
     predict.add_argument("store")
-    predict.add_argument("--data", required=True, help="a table (no label column needed), .npz, or a folder or "
+    predict.add_argument("--data", required=True, help="(a saved translation model: JSON Lines of {source, lang}) "
+                         "a table (no label column needed), .npz, or a folder or "
                          "file of images or WAV clips")
     predict.add_argument("--top-k", type=int, default=1, help="labels per row with their probabilities")
     predict.add_argument("--version", type=int, help="default: the promoted version")
     predict.add_argument("--out", help="write the predictions to this .csv or .jsonl file")
     predict.add_argument("--json", action="store_true")
+    predict.add_argument("--lang", help="a saved translation model: the target language of rows that name none")
     predict.set_defaults(func=_loop)
     evaluate = sub.add_parser("evaluate", help="accuracy of a version on a labelled file or folder, per class")
     evaluate.add_argument("store")

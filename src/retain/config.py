@@ -475,6 +475,20 @@ def modality_problem(model: ModelConfig, modality: str, data: str) -> str | None
     return None
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds, or a :class:`ConfigError` saying what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping (scenario:, strategies:, ...), got {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path, loop: bool = False) -> RunConfig:
     """Read and validate a YAML run config.
 
@@ -488,15 +502,7 @@ def load_config(path: str | Path, loop: bool = False) -> RunConfig:
       strategies.0.memory_size: Input should be greater than 0 (got 0)
     >>> os.unlink(f.name)
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping (scenario:, strategies:, ...), got {type(raw).__name__}")
+    path, raw = Path(path), read_yaml(path)
     try:
         return RunConfig.for_loop(raw) if loop else RunConfig.model_validate(raw)
     except ValidationError as err:

@@ -177,6 +177,7 @@ class StreamInfo:
     cache_hits: int | None = None
     cache_misses: int | None = None
     read_as: str | None = None  # the user's tables: which columns were read as what
+    score: str = "accuracy"  # what the matrices hold, on a 0-1 scale (translation: chrF++ / 100)
 
 
 @dataclass

@@ -41,7 +41,7 @@ def comparison_table(results: ExperimentResult) -> str:
     return "\n".join(lines)
 
 
-def _heatmap(label: str, matrix: list[list[float]], path: Path) -> None:
+def _heatmap(label: str, matrix: list[list[float]], path: Path, score: str = "accuracy") -> None:
     R = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * R.shape[1], 1.0 + 0.7 * R.shape[0]))
     ax.imshow(R, vmin=0, vmax=1, cmap="viridis")
@@ -51,7 +51,7 @@ def _heatmap(label: str, matrix: list[list[float]], path: Path) -> None:
     ax.set_ylabel("after training experience" if R.shape[0] > 1 else "after joint training")
     ax.set_xticks(range(R.shape[1]))
     ax.set_yticks(range(R.shape[0]))
-    ax.set_title(f"{label}: accuracy %")
+    ax.set_title(f"{label}: {score} %")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -67,7 +67,7 @@ def _curves(results: ExperimentResult, path: Path) -> None:
         else:  # trained once on everything: a reference line
             ax.axhline(100 * m.summary.mean.acc, linestyle="--", color="grey", label=f"{label} (whole stream)")
     ax.set_xlabel("experiences trained")
-    ax.set_ylabel("average accuracy on experiences seen so far (%)")
+    ax.set_ylabel(f"average {results.stream.score} on experiences seen so far (%)")
     ax.set_xticks(range(1, n + 1))
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
@@ -128,8 +128,10 @@ def _file_names(labels: list[str]) -> dict[str, str]:
     return names
 
 
-def write_report(results: ExperimentResult, directory: str | Path) -> Path:
-    """Write ``results.json``, ``report.md``, one heat map per method and the accuracy curves."""
+def write_report(results: ExperimentResult, directory: str | Path, intro: str | None = None) -> Path:
+    """Write ``results.json``, ``report.md``, one heat map per method and the accuracy curves.
+    ``intro``: what the report says before its curves, instead of the run config's description
+    and the comparison table (a translation run writes its own)."""
     out = Path(directory)
     write_results(results, out)
     _curves(results, out / "accuracy_curve.png")
@@ -138,7 +140,7 @@ def write_report(results: ExperimentResult, directory: str | Path) -> Path:
     files = _file_names(list(results.methods))
     for label, m in results.methods.items():
         name = files[label]
-        _heatmap(label, m.summary.matrix, out / name)
+        _heatmap(label, m.summary.matrix, out / name, results.stream.score)
         heatmaps.append(f"![{label}]({name})")
     cfg, stream = results.config, results.stream
     sizes = ", ".join(f"{e.n_train}/{e.n_test}" for e in stream.experiences)
@@ -152,7 +154,7 @@ def write_report(results: ExperimentResult, directory: str | Path) -> Path:
         "runs see each sample once, hybrid adds consolidations (short offline passes over the memory "
         "and a recent window).\n\n" if online else ""
     )
-    text = f"""# {cfg['name']}
+    intro = intro if intro is not None else f"""# {cfg['name']}
 
 {stream.scenario.replace('_', '-')} stream `{stream.name}`: {len(stream.experiences)} experiences
 (train/test samples: {sizes}); model `{cfg['model']['name']}` with a {cfg['model']['head']} head;
@@ -170,13 +172,17 @@ def write_report(results: ExperimentResult, directory: str | Path) -> Path:
   modes only); **gradient steps**: optimizer steps per seed, consolidations included.
 - **train s**: training time (online and hybrid: the whole pass, evaluation included), mean per
   seed; **samples/s**: training samples over that time; **peak MB**: peak memory while training
-  (process resident set on the CPU, allocated memory on a GPU).
+  (process resident set on the CPU, allocated memory on a GPU)."""
+    score = stream.score
+    matrices = (f"{score[0].upper() + score[1:]} matrices "
+                "(row: after training experience i; column: tested on experience j)")
+    text = f"""{intro.rstrip()}
 
-## Average accuracy after each experience
+## Average {score} after each experience
 
-![accuracy curve](accuracy_curve.png)
+![{score} curve](accuracy_curve.png)
 
-{online_section}## Accuracy matrices (row: after training experience i; column: tested on experience j)
+{online_section}## {matrices}
 
 {chr(10).join(heatmaps)}
 

@@ -65,6 +65,9 @@ class Strategy:
     # hooks take gradient passes of their own, which DistributedDataParallel does not synchronise.
     distributed: ClassVar[bool] = True
     distributed_hint: ClassVar[str] = "its memory learns from each step's rows (update: stream), one rank's share"
+    # Whether it applies to a generative language model (``retain.engine.generative``): rows are
+    # sequences there, with no class labels, features or heads to read.
+    generative: ClassVar[bool] = False
     # The knobs ``retain tune`` searches when the config names none: parameter -> range, as
     # ``{"low": 0.1, "high": 10, "log": True}`` or ``{"choices": [...]}`` (integers for integer fields).
     tunable: ClassVar[dict[str, dict[str, Any]]] = {}

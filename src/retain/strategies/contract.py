@@ -104,7 +104,8 @@ LEARNER_VIEW = frozenset(LearnerView.__annotations__) | frozenset(
 class Step:
     """One training step's batch and what the hooks pass along it.
 
-    ``x``, ``y``, ``t`` are inputs, global class labels and task ids. The first ``incoming`` rows
+    ``x``, ``y``, ``t`` are inputs, global class labels and task ids (on a generative model: token
+    rows, next-token label rows and direction ids, ``retain.engine.generative``). The first ``incoming`` rows
     are the ones the step started with, in their original order; a ``batch`` hook appends what it
     adds after them. During ``fit``, ``rows`` are the indices of those incoming rows in ``source``
     (the training set being trained on), which lets a distiller compute the frozen old model's

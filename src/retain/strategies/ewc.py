@@ -41,6 +41,7 @@ class EWC(Strategy):
     seed: int = 0
 
     name = "ewc"
+    generative = True
     paper = 'Kirkpatrick et al. 2017, "Overcoming catastrophic forgetting", PNAS; Schwarz et al. 2018 (online)'
     family = "regularization"
     tunable = {"lam": {"low": 30.0, "high": 300_000.0, "log": True}}

@@ -15,4 +15,5 @@ class Finetune(Strategy):
 
     online = True
     name = "finetune"
+    generative = True
     paper = 'McCloskey & Cohen 1989, "Catastrophic interference in connectionist networks"'

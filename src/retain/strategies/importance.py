@@ -105,7 +105,10 @@ def importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: str = "f
     n = len(y)
     x, y, t = (learner.ranks.take(a) for a in (x, y, t))  # across ranks: each its share, summed below
     with evaluating(model):
-        total = _linear_importance(learner, x, y, t, kind, stat, chunk)
+        if getattr(model, "generative", False):  # rows are sequences: one exact pass each (the rest assume classes)
+            total = _loop_importance(learner, x, y, t, kind, stat)
+        else:
+            total = _linear_importance(learner, x, y, t, kind, stat, chunk)
         if total is None and getattr(model.backbone, "takes_tokens", False):
             # Transformers: data-dependent shapes (padding trimmed per batch) defeat vmap; loop instead.
             total = _loop_importance(learner, x, y, t, kind, stat)

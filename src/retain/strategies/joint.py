@@ -15,5 +15,6 @@ class Joint(Strategy):
     """
 
     name = "joint"
+    generative = True
     paper = 'Lopez-Paz & Ranzato 2017 (joint/multi-task upper bound)'
     whole_stream = True

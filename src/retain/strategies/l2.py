@@ -22,6 +22,7 @@ class L2(Strategy):
     lam: NonNegativeFloat = 0.1
 
     name = "l2"
+    generative = True
     paper = 'Kirkpatrick et al. 2017, PNAS (the L2 baseline)'
     family = "regularization"
     tunable = {"lam": {"low": 0.001, "high": 10.0, "log": True}}

@@ -161,8 +161,20 @@ def row_weights(sizes: tuple[int, ...], values: tuple[float, ...], device: torch
 
 
 def weighted_cross_entropy(logits: Tensor, y: Tensor, sizes: tuple[int, ...], values: tuple[float, ...]) -> Tensor:
-    """``sum_i w_i CE_i`` over consecutive groups of rows, the rows of group k weighing ``values[k]``."""
-    return F.cross_entropy(logits, y, reduction="none") @ row_weights(sizes, values, y.device)
+    """``sum_i w_i CE_i`` over consecutive groups of rows, the rows of group k weighing ``values[k]``.
+    For sequences (``logits`` ``[rows, classes, positions]``, labels ``-100`` where there is nothing
+    to predict), every labelled token of row i weighs ``w_i`` and the sum is divided by the tokens'
+    total weight: equal weights give the token mean that ``F.cross_entropy`` gives.
+
+    >>> logits, y = torch.randn(2, 5, 3), torch.tensor([[1, 2, -100], [0, -100, -100]])
+    >>> bool(torch.isclose(weighted_cross_entropy(logits, y, (1, 1), (0.5, 0.5)), F.cross_entropy(logits, y)))
+    True
+    """
+    losses = F.cross_entropy(logits, y, reduction="none")
+    w = row_weights(sizes, values, y.device)
+    if losses.dim() > 1:
+        return (losses.sum(1) @ w) / ((y != -100).sum(1).to(w.dtype) @ w).clamp_min(1e-12)
+    return losses @ w
 
 
 def herding_order(features: Tensor, y: Tensor, limit: int | None = None) -> Tensor:

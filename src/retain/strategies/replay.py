@@ -38,6 +38,7 @@ class Replay(MemoryStrategy):
     update: Literal["experience", "stream"] = "experience"
 
     name = "replay"
+    generative = True
     paper = 'Chaudhry et al. 2019, "On Tiny Episodic Memories in Continual Learning"'
     family = "replay"
     tunable = {"ratio": {"low": 0.25, "high": 4.0, "log": True}, "weight": {"low": 0.5, "high": 4.0, "log": True}}
