@@ -228,3 +228,41 @@ def test_smollm2_loads_offline_and_prefers_a_sentence_to_its_words_shuffled():
     words = sentence.split()
     random.Random(1).shuffle(words)
     assert learner.perplexity([sentence]) < 0.5 * learner.perplexity([" ".join(words)])
+
+
+def test_a_translation_store_versions_gates_and_rolls_back_a_generative_model(tmp_path, capsys):
+    config = {"task": "translation", "name": "tiny-store", "model": {"name": "tiny", "adaptation": "lora"},
+              "training": {"lr": 1e-3, "batch_size": 4, "max_tokens": 200, "threads": 1},
+              "generation": {"max_new_tokens": 8}}
+    (tmp_path / "mt.yaml").write_text(yaml.safe_dump(config))
+    assert main(["export", "translations", str(tmp_path / "corpus"), "--format", "jsonl",
+                 "--max-train-per-class", "12", "--max-test-per-class", "1"]) == 0
+    de, fr = (tmp_path / "corpus" / part / "train.jsonl" for part in ("00-en-de", "01-en-fr"))
+    store = str(tmp_path / "store")
+    capsys.readouterr()
+    assert main(["init", str(tmp_path / "mt.yaml"), "--data", str(de), "--store", store, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["promoted"] and first["trained_pairs"] + first["held_out_pairs"] == 12
+    assert 0 < first["held_out_pairs"] < 12  # a share of the batch judges the versions
+    assert list(first["chrf"]) == ["batch-1 en-de"]
+    assert main(["update", store, "--data", str(fr), "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert list(second["chrf"]) == ["batch-1 en-de", "batch-2 en-fr"]
+    assert main(["versions", store, "--json"]) == 0
+    versions = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in versions] == [1, 2] and versions[1]["parent"] == 1
+    # the rule: version 2 is promoted exactly when en-de kept its chrF++ within 2 points
+    drop = first["chrf"]["batch-1 en-de"] - second["chrf"]["batch-1 en-de"]
+    assert second["promoted"] == (drop <= 2.0) and versions[1]["promoted"] == second["promoted"]
+    (tmp_path / "src.jsonl").write_text('{"source": "File not found", "lang": "fr"}\n')
+    assert main(["predict", store, "--data", str(tmp_path / "src.jsonl"), "--version", "2"]) == 0
+    assert "translation" in json.loads(capsys.readouterr().out)
+    assert main(["rollback", store, "1"]) == 0
+    assert "version 1 is promoted" in capsys.readouterr().out
+    assert main(["versions", store, "--json"]) == 0
+    assert [v["promoted"] for v in json.loads(capsys.readouterr().out)] == [True, False]
+    assert main(["diff", store, "1", "2"]) == 2
+    assert "translation model" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text('{"source": "x", "lang": "de"}\n')
+    assert main(["update", store, "--data", str(tmp_path / "bad.jsonl")]) == 2
+    assert 'line 1: give an object with "source", "target" and "lang"' in capsys.readouterr().err

@@ -362,12 +362,15 @@ def _translate(args: argparse.Namespace) -> int:
     """``retain predict`` on a saved generative model: translate a JSON Lines file of sources."""
     from retain.data.catalogues import LANGUAGES
     from retain.engine.generative import GenerativeLearner
-    from retain.translation import translate
+    from retain.store import StoreError
+    from retain.translation import TranslationStore, translate
 
     try:
-        for flag, given in (("--version", args.version is not None), ("--top-k", args.top_k != 1)):
+        saved = (Path(args.store) / "learner.json").is_file()
+        for flag, given in (("--version", saved and args.version is not None), ("--top-k", args.top_k != 1)):
             if given:
-                raise ValueError(f"{flag}: {args.store} is a saved translation model, with no versions or labels")
+                raise ValueError(f"{flag}: {args.store} holds a translation model, with no labels (nor versions, "
+                                 "when saved by retain run)")
         if args.out and not args.out.endswith(".jsonl"):
             raise ValueError(f"--out {args.out}: translations are written as .jsonl")
         rows = []
@@ -386,14 +389,17 @@ def _translate(args: argparse.Namespace) -> int:
             if lang not in LANGUAGES:
                 raise ValueError(f"{args.data}, line {i}: lang {lang!r}; give one of {', '.join(LANGUAGES)}")
             rows.append(r)
-        learner = GenerativeLearner.load(args.store)
+        if (Path(args.store) / "learner.json").is_file():
+            learner = GenerativeLearner.load(args.store)
+        else:
+            learner = TranslationStore(args.store).store.load(args.version)
         for lang in dict.fromkeys(r.get("lang", args.lang) for r in rows):
             mine = [r for r in rows if r.get("lang", args.lang) == lang]
             direction = learner.directions.get(lang)  # a language it never learned: no expert adapter
             for r, text in zip(mine, translate(learner, [r["source"] for r in mine], lang, direction,
                                                progress=not args.json and args.out is not None), strict=True):
                 r["translation"] = text
-    except (OSError, ValueError, ImportError) as err:
+    except (OSError, ValueError, ImportError, StoreError) as err:
         print(f"retain: {err}", file=sys.stderr)
         return 2
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -402,6 +408,56 @@ def _translate(args: argparse.Namespace) -> int:
         print(f"{len(rows)} translations in {args.out}")
     else:
         print(lines, end="")
+    return 0
+
+
+def _holds_translation(store: str) -> bool:
+    from retain.translation import TranslationStore
+
+    return TranslationStore.holds_translation(store)
+
+
+def _translation_loop(args: argparse.Namespace) -> int:
+    """init, update, versions, rollback and predict on a store of a translation model."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from retain.config import ConfigError
+    from retain.loop import as_json
+    from retain.store import StoreError
+    from retain.translation import TranslationStore, load_translation_config
+
+    try:
+        if args.command == "init":
+            cfg = load_translation_config(args.config)
+            if len(cfg.methods) > 1:
+                print(f"note: a store learns with one method, the first: {cfg.methods[0].label}", file=sys.stderr)
+            _, result = TranslationStore.init(cfg, args.data, args.store, database=args.database,
+                                              progress=not args.json)
+        elif args.command == "update":
+            result = TranslationStore(args.store).update(args.data, progress=not args.json)
+        elif args.command == "versions":
+            rows = TranslationStore(args.store).versions()
+            print(as_json(rows) if args.json else _versions_table(rows).replace("held-out accuracy", "held-out chrF++"))
+            return 0
+        elif args.command == "rollback":
+            version = TranslationStore(args.store).rollback(args.version)
+            print(as_json({"promoted": version}) if args.json else f"version {version} is promoted")
+            return 0
+        elif args.command == "predict":
+            return _translate(args)
+        else:
+            raise StoreError(f"retain {args.command} works on classification stores; {args.store} holds a "
+                             "translation model (versions, update, rollback and predict work on it)")
+    except (StoreError, ConfigError, SQLAlchemyError, OSError) as err:
+        print(f"retain: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(as_json(result))
+    else:
+        scores = ", ".join(f"{k} {v:.1f}" for k, v in result["chrf"].items())
+        print(f"version {result['version']}: {'promoted' if result['promoted'] else 'not promoted'} "
+              f"({result['reason']}); {result['trained_pairs']} pairs trained, {result['held_out_pairs']} held out; "
+              f"chrF++ {scores}")
     return 0
 
 
@@ -414,6 +470,9 @@ def _loop(args: argparse.Namespace) -> int:
 
     if args.command == "predict" and (Path(args.store) / "learner.json").is_file():
         return _translate(args)
+    if args.command == "init" and _is_translation(args.config) or args.command != "init" and \
+            _holds_translation(args.store):
+        return _translation_loop(args)
     try:
         if args.command == "init":
             config = _config(args, loop=True)
@@ -628,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     exporting.set_defaults(func=_export)
     init = sub.add_parser("init", help="a new model store: version 1 trained on a first batch of your data")
     init.add_argument("config", help="YAML config: model, training, strategies (the first is used), promotion")
-    init.add_argument("--data", required=True, help="a table, .npz, or folder of class folders")
+    init.add_argument("--data", required=True, help="a table, .npz, or folder of class folders (a translation "
+                      "config: JSON Lines of source, target and lang, as retain export translations writes)")
     init.add_argument("--store", required=True, help="a new or empty folder")
     init.add_argument("--held-out", type=float, default=0.2, help="fraction of each batch kept to judge versions")
     init.add_argument("--database", help="SQLAlchemy URL of an empty database for the store's records "

@@ -10,6 +10,7 @@ much general language the model lost.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import tempfile
@@ -24,17 +25,19 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
 )
+from sqlalchemy.exc import SQLAlchemyError
 from tqdm.auto import tqdm
 
 from retain.config import ConfigError, format_errors, read_yaml
 from retain.data import Experience
-from retain.data.catalogues import LANGUAGES, Corpus, Direction, load_corpus, specifiers_kept
+from retain.data.catalogues import LANGUAGES, Corpus, Direction, is_test_source, load_corpus, specifiers_kept
 from retain.data.text import FORTUNES_DIR, parse_fortunes
 from retain.engine.generative import GenerativeLearner, check_strategy
 from retain.experiment import versions
@@ -43,6 +46,7 @@ from retain.metrics.cost import PeakMemory
 from retain.metrics.results import ExperienceInfo, ExperimentResult, MethodResult, Metrics, SeedRun, StreamInfo, Summary
 from retain.models.generative import ADAPTATIONS, MODELS, LanguageModel
 from retain.monitor import write_report
+from retain.store import Batch, ModelStore, StoreError
 from retain.strategies import STRATEGIES, make_strategy
 from retain.util import auto_threads, require, slug
 
@@ -142,6 +146,8 @@ class TranslationConfig(_Strict):
     training: LMTrainingConfig = Field(default_factory=LMTrainingConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     methods: list[TranslationMethod] = Field(default_factory=lambda: [TranslationMethod(label="finetune")])
+    max_drop: NonNegativeFloat = Field(2.0, description="a store promotes a version only if no direction it had "
+                                                        "learned lost more chrF++ points than this")
 
     @field_validator("methods")
     @classmethod
@@ -271,8 +277,10 @@ def run_method(cfg: TranslationConfig, corpus: Corpus, method: TranslationMethod
         accuracy = summarize(chrf, untrained_chrf, sizes)
     with tempfile.TemporaryDirectory() as folder:  # what the learner holds: weights it learned and strategies' state
         state_bytes = sum(f.stat().st_size for f in learner.save(folder).iterdir())
+    pairs = learner.epochs * sum(len(e.y_train) for e in chunks)  # replayed rows not counted
     metrics = Metrics(**accuracy, train_seconds=float(sum(seconds)), peak_mb=float(max(peaks)),
-                      gradient_steps=learner.steps_, samples_per_second=learner.tokens_ / max(sum(seconds), 1e-9),
+                      gradient_steps=learner.steps_,
+                      samples_per_second=pairs / max(sum(seconds), 1e-9),
                       update_seconds=float(np.mean(seconds[1:] if len(seconds) > 1 else seconds)),
                       trainable_parameters=learner.model.adapted_parameters())
     extra = {"bleu": [[r["bleu"] for r in row] for row in rows], "broken": [[r["broken"] for r in row] for row in rows],
@@ -388,3 +396,120 @@ One direction per experience ({sizes} train/test pairs) from Debian's translatio
 
 Catalogues: {licences}."""
     return write_report(results, folder, intro)
+
+
+class TranslationStore:
+    """The loop on a translation model: ``init`` and ``update`` learn a JSON Lines batch of pairs
+    (``{"source", "target", "lang"}`` per line, as ``retain export translations`` writes them) into a
+    new version of a :class:`~retain.store.ModelStore`, one direction after another in the order
+    their languages first appear; each version is scored with chrF++ on the held-out pairs of every
+    batch so far (a fifth of the sources, by :func:`~retain.data.catalogues.is_test_source` with its
+    own salt, so the same source is held out in every direction and never trained on) and promoted
+    only if no direction it had learned lost more than ``max_drop`` points (the config's).
+    ``predict`` translates with the promoted version, ``rollback`` goes back.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.store = ModelStore(path)
+        self.cfg = TranslationConfig.model_validate(self.store.config)
+
+    @staticmethod
+    def holds_translation(path: str | Path) -> bool:
+        """Whether ``path`` is a store made by :meth:`init` (its config is a translation run's)."""
+        try:
+            return ModelStore(path).config.get("task") == "translation"
+        except (StoreError, OSError, SQLAlchemyError):
+            return False
+
+    @classmethod
+    def init(cls, cfg: TranslationConfig, data: str | Path, path: str | Path, database: str | None = None,
+             progress: bool = False) -> tuple[TranslationStore, dict[str, Any]]:
+        """A new store learning its first batch with the config's first method."""
+        pairs = read_pairs(data)  # refused before the store exists
+        ModelStore.create(path, cfg.model_dump(mode="json"), database)
+        store = cls(path)
+        return store, store._learn(data, pairs, progress)
+
+    def update(self, data: str | Path, progress: bool = False) -> dict[str, Any]:
+        """Learn one more batch into a new version; promoted if it keeps what the last one knew."""
+        return self._learn(data, read_pairs(data), progress)
+
+    def _learn(self, data: str | Path, pairs: list[dict[str, str]], progress: bool) -> dict[str, Any]:
+        store, cfg = self.store, self.cfg
+        with store.writer():
+            parent = store.promoted()
+            learner = store.load(parent) if parent is not None else build_learner(cfg, cfg.methods[0])
+            name = f"batch-{len(store.held_out_names()) + 1}"
+            held = [p for p in pairs if is_test_source(p["source"], salt="store")]
+            train = [p for p in pairs if not is_test_source(p["source"], salt="store")]
+            held_out = (store.meta("held_out") or {}) | {name: held}
+            before = store.version(parent).metrics.get("accuracy", {}) if parent is not None else {}
+            for lang in dict.fromkeys(p["lang"] for p in train):
+                direction = learner.directions.setdefault(lang, len(learner.directions))
+                rows = [p for p in train if p["lang"] == lang]
+                x, y = learner.encode([prompt(p["source"], lang) for p in rows], [p["target"] for p in rows])
+                empty = torch.empty(0, x.shape[1], dtype=torch.long)
+                learner.fit(Experience(x, y, empty, empty.clone(), id=direction, task=direction, classes=(direction,),
+                                       t_train=torch.full((len(x),), direction)), progress)
+            after = self._scores(learner, held_out)
+            drops = {k: 100 * (before[k] - after[k]) for k in before if k in after}
+            worst = max(drops.values(), default=0.0)
+            keep = worst <= cfg.max_drop
+            reason = (f"chrF++ of every earlier direction within {cfg.max_drop} points "
+                      f"(worst drop {worst:.1f})" if keep else f"a direction lost {worst:.1f} chrF++ points")
+            store.set_meta("held_out", held_out)
+            digest = hashlib.sha256(Path(data).read_bytes()).hexdigest()
+            version = store.add_version(learner, parent=parent, metrics={"accuracy": after, "score": "chrF++ / 100"},
+                                        batches=[Batch(digest, len(train), str(data)),
+                                                 Batch(digest, len(held), name, "held_out")],
+                                        decision="promoted" if keep else "rejected", reason=reason, promote=keep)
+        return {"version": version, "promoted": keep, "reason": reason, "chrf": {k: 100 * v for k, v in after.items()},
+                "trained_pairs": len(train), "held_out_pairs": len(held)}
+
+    def _scores(self, learner: GenerativeLearner, held_out: dict[str, list[dict[str, str]]]) -> dict[str, float]:
+        """chrF++ / 100 on each batch's held-out pairs of each direction, keyed ``batch-N en-<lang>``
+        (a later version is compared with its parent on the same pairs)."""
+        g, out = self.cfg.generation, {}
+        for batch, rows in held_out.items():
+            for lang in dict.fromkeys(p["lang"] for p in rows):
+                mine = [p for p in rows if p["lang"] == lang]
+                sources = [p["source"] for p in mine]
+                outputs = translate(learner, sources, lang, learner.directions.get(lang), g.max_new_tokens,
+                                    g.batch_size)
+                out[f"{batch} en-{lang}"] = score(outputs, sources, [p["target"] for p in mine])["chrf"] / 100
+        return out
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every version: id, parent, whether promoted, its decision and reason, its chrF++ by direction."""
+        return [{"version": v.id, "parent": v.parent, "promoted": v.promoted, "decision": v.decision,
+                 "reason": v.reason, "accuracy": v.metrics.get("accuracy", {}),
+                 "data": [b.source for b in v.batches if b.role == "train"]} for v in self.store.versions()]
+
+    def rollback(self, version: int | None = None) -> int:
+        with self.store.writer():
+            return self.store.rollback(version)
+
+
+def read_pairs(path: str | Path) -> list[dict[str, str]]:
+    """The pairs of a JSON Lines file, each ``{"source", "target", "lang"}``; a bad line is named."""
+    pairs = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path}: cannot read the batch ({e})") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{path}, line {i}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k] for k in
+                                                ("source", "target", "lang")):
+            raise StoreError(f"{path}, line {i}: give an object with \"source\", \"target\" and \"lang\" strings")
+        if row["lang"] not in LANGUAGES:
+            raise StoreError(f"{path}, line {i}: lang {row['lang']!r}; give one of {', '.join(LANGUAGES)}")
+        pairs.append(row)
+    if not pairs:
+        raise StoreError(f"{path}: no pairs")
+    return pairs

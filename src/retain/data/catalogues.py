@@ -227,15 +227,16 @@ def clean_pairs(entries: list[Entry], lang: str, catalogue: str, max_chars: int 
     return pairs
 
 
-def is_test_source(source: str, test_percent: int = 20) -> bool:
+def is_test_source(source: str, test_percent: int = 20, salt: str = "") -> bool:
     """Whether an English source message belongs to the test side, in every direction alike: a
     hash of the message (so it does not depend on which catalogues or languages are read), with
-    case and any ``_`` or ``&`` left out, so variants of one message fall on the same side.
+    case and any ``_`` or ``&`` left out, so variants of one message fall on the same side. Another
+    ``salt`` draws another split by the same rule (a store holds out part of the corpus's training side).
 
     >>> is_test_source("_Open file") == is_test_source("Open File")
     True
     """
-    return _rank(re.sub(r"[_&]", "", source).casefold()) % 100 < test_percent
+    return _rank(salt + re.sub(r"[_&]", "", source).casefold()) % 100 < test_percent
 
 
 def _rank(source: str) -> int:

@@ -49,6 +49,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError
 from sqlalchemy.pool import NullPool
 
 from retain.engine import Learner
+from retain.engine.generative import GenerativeLearner
 from retain.engine.persist import durable_write
 
 FORMAT = 1
@@ -347,7 +348,7 @@ class ModelStore:
         self.promote(version, reason=f"rollback from {current}")
         return version
 
-    def load(self, version: int | None = None, device: str = "auto") -> Learner:
+    def load(self, version: int | None = None, device: str = "auto") -> Learner | GenerativeLearner:
         """The learner of ``version`` (default: the promoted one), verified as ``Learner.load`` does."""
         version = self.promoted() if version is None else version
         if version is None:
@@ -355,6 +356,8 @@ class ModelStore:
         with self._db() as db:
             if not self._ready(db, version):
                 raise StoreError(f"version {version} is not a ready version of this store")
+        if (self.folder(version) / "learner.json").is_file():  # a translation store's generative model
+            return GenerativeLearner.load(self.folder(version), device="cpu" if device == "auto" else device)
         return Learner.load(self.folder(version), device=device)
 
     def version(self, version: int) -> Version:
