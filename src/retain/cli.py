@@ -361,6 +361,7 @@ def _export_translations(args: argparse.Namespace) -> int:
 def _translate(args: argparse.Namespace) -> int:
     """``retain predict`` on a saved generative model: translate a JSON Lines file of sources."""
     from retain.data.catalogues import LANGUAGES
+    from retain.data.files import json_lines
     from retain.engine.generative import GenerativeLearner
     from retain.store import StoreError
     from retain.translation import TranslationStore, translate
@@ -374,14 +375,8 @@ def _translate(args: argparse.Namespace) -> int:
         if args.out and not args.out.endswith(".jsonl"):
             raise ValueError(f"--out {args.out}: translations are written as .jsonl")
         rows = []
-        for i, line in enumerate(Path(args.data).read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{args.data}, line {i}: not JSON ({e.msg})") from None
-            if not isinstance(r, dict) or not isinstance(r.get("source"), str):
+        for i, r in json_lines(args.data):
+            if not isinstance(r.get("source"), str):
                 raise ValueError(f"{args.data}, line {i}: give an object with a \"source\" string")
             lang = r.get("lang", args.lang)
             if lang is None:
@@ -411,17 +406,12 @@ def _translate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _holds_translation(store: str) -> bool:
-    from retain.translation import TranslationStore
-
-    return TranslationStore.holds_translation(store)
-
-
 def _translation_loop(args: argparse.Namespace) -> int:
     """init, update, versions, rollback and predict on a store of a translation model."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from retain.config import ConfigError
+    from retain.data.files import FileError
     from retain.loop import as_json
     from retain.store import StoreError
     from retain.translation import TranslationStore, load_translation_config
@@ -435,20 +425,12 @@ def _translation_loop(args: argparse.Namespace) -> int:
                                               progress=not args.json)
         elif args.command == "update":
             result = TranslationStore(args.store).update(args.data, progress=not args.json)
-        elif args.command == "versions":
-            rows = TranslationStore(args.store).versions()
-            print(as_json(rows) if args.json else _versions_table(rows).replace("held-out accuracy", "held-out chrF++"))
-            return 0
-        elif args.command == "rollback":
-            version = TranslationStore(args.store).rollback(args.version)
-            print(as_json({"promoted": version}) if args.json else f"version {version} is promoted")
-            return 0
         elif args.command == "predict":
             return _translate(args)
         else:
             raise StoreError(f"retain {args.command} works on classification stores; {args.store} holds a "
                              "translation model (versions, update, rollback and predict work on it)")
-    except (StoreError, ConfigError, SQLAlchemyError, OSError) as err:
+    except (StoreError, ConfigError, FileError, SQLAlchemyError, OSError) as err:
         print(f"retain: {err}", file=sys.stderr)
         return 2
     if args.json:
@@ -467,11 +449,13 @@ def _loop(args: argparse.Namespace) -> int:
 
     from retain.loop import Project, as_json
     from retain.store import StoreError
+    from retain.translation import TranslationStore
 
     if args.command == "predict" and (Path(args.store) / "learner.json").is_file():
         return _translate(args)
-    if args.command == "init" and _is_translation(args.config) or args.command != "init" and \
-            _holds_translation(args.store):
+    translation = (_is_translation(args.config) if args.command == "init"
+                   else TranslationStore.holds_translation(args.store))
+    if translation and args.command not in ("versions", "rollback"):
         return _translation_loop(args)
     try:
         if args.command == "init":
@@ -486,9 +470,10 @@ def _loop(args: argparse.Namespace) -> int:
                                            progress=not args.json, database=args.database)
         elif args.command == "update":
             result = Project(args.store, progress=not args.json).update(args.data)
-        elif args.command == "versions":
-            rows = Project(args.store).versions()
-            print(as_json(rows) if args.json else _versions_table(rows))
+        elif args.command == "versions":  # a translation store's versions read alike, scored by chrF++
+            rows = (TranslationStore if translation else Project)(args.store).versions()
+            table = _versions_table(rows)
+            print(as_json(rows) if args.json else table.replace("accuracy", "chrF++") if translation else table)
             return 0
         elif args.command == "diff":
             rows = Project(args.store).diff(args.a, args.b)
@@ -502,7 +487,7 @@ def _loop(args: argparse.Namespace) -> int:
                           f"| {100 * r['change']:+.1f} |")
             return 0
         elif args.command == "rollback":
-            version = Project(args.store).rollback(args.version)
+            version = (TranslationStore if translation else Project)(args.store).rollback(args.version)
             print(as_json({"promoted": version}) if args.json else f"version {version} is promoted")
             return 0
         elif args.command == "evaluate":

@@ -36,8 +36,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from tqdm.auto import tqdm
 
 from retain.config import ConfigError, format_errors, read_yaml
-from retain.data import Experience
+from retain.data import Experience, Stream
 from retain.data.catalogues import LANGUAGES, Corpus, Direction, is_test_source, load_corpus, specifiers_kept
+from retain.data.files import json_lines
 from retain.data.text import FORTUNES_DIR, parse_fortunes
 from retain.engine.generative import GenerativeLearner, check_strategy
 from retain.experiment import versions
@@ -183,15 +184,21 @@ def english_texts(n: int) -> list[str]:
 
 def experience(learner: GenerativeLearner, direction: Direction, index: int) -> Experience:
     """One direction's training pairs as token rows, tagged with its index."""
+    return pairs_experience(learner, direction.lang, [p.source for p in direction.train],
+                            [p.target for p in direction.train], index)
+
+
+def pairs_experience(learner: GenerativeLearner, lang: str, sources: list[str], targets: list[str],
+                     index: int) -> Experience:
+    """Pairs translated into ``lang`` as token rows of one experience, tagged with direction ``index``."""
     try:
-        x, y = learner.encode([prompt(p.source, direction.lang) for p in direction.train],
-                              [p.target for p in direction.train])
+        x, y = learner.encode([prompt(s, lang) for s in sources], targets)
     except ValueError as err:  # a prompt longer than the rows: the config's limit is the one to raise
-        raise ConfigError(f"training.max_tokens: {direction.name}: {err}") from None
+        raise ConfigError(f"training.max_tokens: en-{lang}: {err}") from None
     empty = torch.empty(0, x.shape[1], dtype=torch.long)
     return Experience(x, y, empty, empty.clone(), id=index, task=index, classes=(index,),
                       t_train=torch.full((len(x),), index, dtype=torch.long), scenario="task_incremental",
-                      metadata={"direction": direction.name})
+                      metadata={"direction": f"en-{lang}"})
 
 
 def translate(learner: GenerativeLearner, sources: list[str], lang: str, direction: int | None = None,
@@ -257,7 +264,7 @@ def run_method(cfg: TranslationConfig, corpus: Corpus, method: TranslationMethod
     base = base or baseline(learner, corpus, cfg, progress)
     untrained, ppl_before = base["scores"], base["perplexity"]
     exps = [experience(learner, d, i) for i, d in enumerate(corpus.directions)]
-    chunks = [_merged(exps)] if method.whole_stream else exps
+    chunks = [Stream(exps, len(exps)).merged()] if method.whole_stream else exps
     rows, seconds, peaks = [], [], []
     for exp in chunks:
         with PeakMemory(learner.device) as cost:
@@ -289,13 +296,6 @@ def run_method(cfg: TranslationConfig, corpus: Corpus, method: TranslationMethod
              "tokens_trained": learner.tokens_, "minutes_per_experience": [s / 60 for s in seconds],
              "state_bytes": state_bytes}
     return SeedRun(cfg.seed, chrf, untrained_chrf, metrics, learner.steps_, seconds, peaks), extra, learner
-
-
-def _merged(exps: list[Experience]) -> Experience:
-    x = torch.cat([e.x_train for e in exps])
-    return Experience(x, torch.cat([e.y_train for e in exps]), exps[0].x_test, exps[0].y_test, id=0, task=0,
-                      classes=tuple(range(len(exps))), t_train=torch.cat([e.train_tasks() for e in exps]),
-                      scenario="task_incremental")
 
 
 def stream_info(corpus: Corpus, cfg: TranslationConfig) -> StreamInfo:
@@ -447,10 +447,8 @@ class TranslationStore:
             for lang in dict.fromkeys(p["lang"] for p in train):
                 direction = learner.directions.setdefault(lang, len(learner.directions))
                 rows = [p for p in train if p["lang"] == lang]
-                x, y = learner.encode([prompt(p["source"], lang) for p in rows], [p["target"] for p in rows])
-                empty = torch.empty(0, x.shape[1], dtype=torch.long)
-                learner.fit(Experience(x, y, empty, empty.clone(), id=direction, task=direction, classes=(direction,),
-                                       t_train=torch.full((len(x),), direction)), progress)
+                learner.fit(pairs_experience(learner, lang, [p["source"] for p in rows], [p["target"] for p in rows],
+                                             direction), progress)
             after = self._scores(learner, held_out)
             drops = {k: 100 * (before[k] - after[k]) for k in before if k in after}
             worst = max(drops.values(), default=0.0)
@@ -491,21 +489,10 @@ class TranslationStore:
 
 
 def read_pairs(path: str | Path) -> list[dict[str, str]]:
-    """The pairs of a JSON Lines file, each ``{"source", "target", "lang"}``; a bad line is named."""
+    """The pairs of a JSON Lines file, each ``{"source", "target", "lang"}``; a bad row is named."""
     pairs = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise StoreError(f"{path}: cannot read the batch ({e})") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise StoreError(f"{path}, line {i}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k] for k in
-                                                ("source", "target", "lang")):
+    for i, row in json_lines(path):
+        if not all(isinstance(row.get(k), str) and row[k] for k in ("source", "target", "lang")):
             raise StoreError(f"{path}, line {i}: give an object with \"source\", \"target\" and \"lang\" strings")
         if row["lang"] not in LANGUAGES:
             raise StoreError(f"{path}, line {i}: lang {row['lang']!r}; give one of {', '.join(LANGUAGES)}")

@@ -99,6 +99,30 @@ def _number(value: str, where: str) -> float:
         raise FileError(f"{where}: {value!r} is not a number") from None
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise FileError(f"{path}: row {line}: not UTF-8 text (byte {err.start})") from None
+
+
+def json_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, object) for each non-empty line of a JSON Lines file; a line that is not a JSON
+    object raises :class:`FileError` naming its row."""
+    path = Path(path)
+    for number, line in enumerate(_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise FileError(f"{path}: row {number}: not JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise FileError(f"{path}: row {number}: a JSON object is expected, got {type(record).__name__}")
+        yield number, record
+
+
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row number, mapping) for each record of a CSV, TSV, JSON Lines or Parquet file."""
     suffix = path.suffix.lower()
@@ -111,23 +135,10 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise FileError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
         yield from enumerate(table.to_pylist(), start=1)
         return
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        line = path.read_bytes()[:err.start].count(b"\n") + 1
-        raise FileError(f"{path}: row {line}: not UTF-8 text (byte {err.start})") from None
     if suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise FileError(f"{path}: row {number}: not JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise FileError(f"{path}: row {number}: a JSON object is expected, got {type(record).__name__}")
-            yield number, record
+        yield from json_lines(path)
         return
+    text = _text(path)
     reader = csv.reader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
     header = next(reader, None)
     if not header:
