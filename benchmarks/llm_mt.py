@@ -1,11 +1,15 @@
 """Continual translation with SmolLM2-135M: one English→X direction per experience, forgetting in chrF++.
 
 Protocol: Debian's translation catalogues (``retain.data.catalogues``), directions en→de, fr, es,
-it, pt_BR in that order, 192 training pairs and 32 test pairs a direction (test sources never
-trained on in any direction), SmolLM2-135M-Instruct de-quantised to float32, LoRA rank 8 on q and v
-(or full fine-tuning at lr 1e-4, or one LoRA per direction), AdamW lr 2e-3, batch 8, 1 epoch an
-experience, greedy decoding of at most 32 tokens. After each experience every direction is scored
-(chrF++, BLEU, broken format specifiers); the perplexity of 60 English fortunes before and after.
+it, pt_BR in that order, 192 training pairs a direction and the same 32 English test sources in
+every direction (never trained on in any direction), SmolLM2-135M-Instruct de-quantised to float32,
+LoRA rank 8 on q and v (or full fine-tuning at lr 1e-4, or one LoRA per direction), AdamW lr 2e-3,
+batch 8, 1 epoch an experience, greedy decoding of at most 32 tokens. After each experience every
+direction is scored (chrF++, BLEU, broken format specifiers, outputs that copy their source); the
+final scores carry 95% bootstrap intervals over the test sources (``retain.translation``), beside
+two baselines: the untrained model, and copying each English source unchanged (no model). The
+perplexity of 60 English fortunes before and after, over their own tokens (and, secondary, with the
+end-of-text token that fine-tuning on one-line messages makes likelier).
 
 - **Speed**: tokens per second of LoRA update steps, retain's ``GenerativeLearner.train_step``
   against a hand-written PEFT + torch loop (``model(input_ids, attention_mask, labels)``, AdamW,
@@ -27,9 +31,17 @@ from pathlib import Path
 
 import torch
 
-from retain.data.catalogues import load_corpus
 from retain.experiment import versions
-from retain.translation import TranslationConfig, TranslationMethod, baseline, build_learner, experience, run_method
+from retain.tasks.translation import build_translator
+from retain.translation import (
+    TranslationConfig,
+    TranslationMethod,
+    baseline,
+    copy_source,
+    experience,
+    load_run_corpus,
+    run_method,
+)
 
 CONFIG = {
     "name": "llm-mt", "model": {"name": "smollm2", "adaptation": "lora", "lora_rank": 8},
@@ -51,7 +63,7 @@ METHODS = [
 
 def speed(cfg: TranslationConfig, corpus, rounds: int = 3, steps: int = 6) -> dict:
     """Tokens/s of retain's LoRA step against a hand-written PEFT + torch loop on the same batches."""
-    learner = build_learner(cfg, TranslationMethod(label="speed"))
+    learner = build_translator(cfg, TranslationMethod(label="speed"))
     exp = experience(learner, corpus.directions[0], 0)
     batches = [(exp.x_train[i:i + 8], exp.y_train[i:i + 8], exp.train_tasks()[i:i + 8])
                for i in range(0, 8 * steps, 8)]
@@ -104,10 +116,34 @@ def _finite(value):
     return value
 
 
+def _interval(value: float, row: dict, key: str, column: str | int = "mean") -> str:
+    """``value [low, high]`` from ``row[key]``'s interval (a results file written before intervals: the value)."""
+    if key not in row:
+        return f"{value:.1f}"
+    low, high = row[key]["mean"] if column == "mean" else row[key]["directions"][column]
+    return f"{value:.1f} [{low:.1f}, {high:.1f}]"
+
+
+def _perplexity(r: dict, end: bool) -> str:
+    """Before → after (change), without the end token or with it."""
+    if "perplexity_with_end_before" in r:
+        before, after = (r["perplexity_with_end_before"], r["perplexity_with_end_after"]) if end else (
+            r["perplexity_before"], r["perplexity_after"])
+    elif end:  # a results file written before the end token was left out: its one perplexity counted it
+        before, after = r["perplexity_before"], r["perplexity_after"]
+    else:
+        return "n/a"
+    return f"{before:.1f} → {after:.1f} ({100 * (after / before - 1):+.1f}%)"
+
+
 def tables(data: dict) -> str:
-    """The Markdown tables of a results file: speed, then one row per method, then each chrF++ matrix."""
+    """The Markdown tables of a results file: speed; one row per method (final chrF++ and its gain
+    over copying the source, with 95% bootstrap intervals); each direction's final chrF++ beside the
+    copy-source and untrained baselines; the share of final outputs that copy their source; each
+    chrF++ matrix."""
     rows = data["rows"]
     corpus = next(r for r in rows if r["row"] == "corpus")
+    copy = next((r for r in rows if r["row"] == "copy"), None)
     out = [f"# Continual translation with SmolLM2-135M (`benchmarks/llm_mt.py`, {data['minutes']:.0f} minutes)", "",
            "Corpus (train/test pairs; clean pairs available): " + ", ".join(
                f"{d['name']} {d['train']}/{d['test']} ({corpus['available_pairs'][d['name'][3:]]})"
@@ -119,24 +155,42 @@ def tables(data: dict) -> str:
                 f"| hand-written PEFT + torch loop | {speed['hand_tokens_per_second']:.1f} |",
                 f"| ratio | **{speed['ratio']:.2f}** |", ""]
     methods = [r for r in rows if r["row"] == "method"]
-    out += ["| method | final chrF++ (mean) | forgetting | worst drop from best | BWT | final BLEU | broken "
-            "specifiers % | English perplexity | tokens trained | min / experience | learned parameters | state MB |",
-            "|" + " --- |" * 12]
+    out += ["| method | final chrF++ (mean) [95%] | over copying the source [95%] | forgetting | worst drop from best "
+            "| BWT | final BLEU | broken specifiers % | copies of the source % | English perplexity "
+            "| with the end token | tokens trained | min / experience | learned parameters | state MB |",
+            "|" + " --- |" * 15]
     for r in methods:
         drop = "n/a" if r["worst_drop_from_best"] is None else f"{r['worst_drop_from_best']:.1f}"
         forgetting = "n/a" if r["forgetting_chrf"] is None else f"{r['forgetting_chrf']:.1f}"
         bwt = "n/a" if r["bwt_chrf"] is None else f"{r['bwt_chrf']:.1f}"
-        out.append(f"| {r['method']} | {r['acc_chrf']:.1f} | {forgetting} | {drop} | {bwt} | "
-                   f"{sum(r['bleu'][-1]) / len(r['bleu'][-1]):.1f} | "
-                   f"{100 * sum(r['broken'][-1]) / len(r['broken'][-1]):.0f} | {r['perplexity_before']:.1f} → "
-                   f"{r['perplexity_after']:.1f} ({100 * r['perplexity_change']:+.1f}%) | {r['tokens_trained']} | "
+        over = "n/a" if copy is None else _interval(r["acc_chrf"] - copy["chrf_mean"], r, "over_copy_interval")
+        copies = "n/a" if "copied" not in r else f"{100 * sum(r['copied'][-1]) / len(r['copied'][-1]):.0f}"
+        out.append(f"| {r['method']} | {_interval(r['acc_chrf'], r, 'final_interval')} | {over} | {forgetting} | "
+                   f"{drop} | {bwt} | {sum(r['bleu'][-1]) / len(r['bleu'][-1]):.1f} | "
+                   f"{100 * sum(r['broken'][-1]) / len(r['broken'][-1]):.0f} | {copies} | {_perplexity(r, False)} | "
+                   f"{_perplexity(r, True)} | {r['tokens_trained']} | "
                    f"{sum(r['minutes_per_experience']) / len(r['minutes_per_experience']):.2f} | "
                    f"{r['trainable_parameters']:.0f} | {r['state_bytes'] / 1e6:.1f} |")
     names = [d["name"] for d in corpus["directions"]]
+    finals = [("copy source (no model)", copy["chrf"], copy, "interval")] if copy else []
+    if methods:
+        finals.append(("untrained model", methods[0]["untrained_chrf"], methods[0], "untrained_interval"))
+    finals += [(r["method"], r["final_chrf"], r, "final_interval") for r in methods]
+    out += ["", "| final chrF++ [95%] | " + " | ".join(names) + " | mean |", "|" + " --- |" * (len(names) + 2)]
+    out += [f"| {label} | " + " | ".join(_interval(v, r, key, j) for j, v in enumerate(chrf))
+            + f" | {_interval(sum(chrf) / len(chrf), r, key)} |" for label, chrf, r, key in finals]
+    copied = [r for r in methods if "copied" in r]
+    if copied:
+        out += ["", "| exact copies of the source, % of final outputs | " + " | ".join(names) + " |",
+                "|" + " --- |" * (len(names) + 1),
+                "| untrained model | " + " | ".join(f"{100 * u['copied']:.0f}" for u in copied[0]["untrained"]) + " |"]
+        out += [f"| {r['method']} | " + " | ".join(f"{100 * v:.0f}" for v in r["copied"][-1]) + " |" for r in copied]
+    baselines = "untrained: " + ", ".join(f"{v:.1f}" for v in methods[0]["untrained_chrf"]) if methods else ""
+    if copy:
+        baselines += "; copying the source: " + ", ".join(f"{v:.1f}" for v in copy["chrf"])
     for r in methods:
         out += ["", f"**{r['method']}**: chrF++ on each direction (columns) after each experience (rows); "
-                "untrained: " + ", ".join(f"{v:.1f}" for v in r["untrained_chrf"]), "",
-                "| after | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
+                + baselines, "", "| after | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
         labels = names if len(r["chrf_matrix"]) == len(names) else ["all (joint)"]
         out += [f"| {a} | " + " | ".join(f"{v:.1f}" for v in row) + " |"
                 for a, row in zip(labels, r["chrf_matrix"], strict=True)]
@@ -156,9 +210,8 @@ def main() -> None:
         return
     torch.set_num_threads(2)
     cfg = TranslationConfig.model_validate(CONFIG | {"methods": METHODS})
-    c = cfg.corpus
-    corpus = load_corpus(c.languages, c.n_train, c.n_test, max_chars=c.max_chars)
-    rows: list[dict] = [{"row": "corpus", **corpus.manifest()}]
+    corpus = load_run_corpus(cfg)
+    rows: list[dict] = [{"row": "corpus", **corpus.manifest()}, {"row": "copy", **copy_source(corpus)}]
     started = time.perf_counter()
 
     def save() -> None:
@@ -178,7 +231,7 @@ def main() -> None:
             continue
         start = time.perf_counter()
         if base is None:
-            base = baseline(build_learner(cfg, method), corpus, cfg)
+            base = baseline(build_translator(cfg, method), corpus, cfg)
         run, extra, _ = run_method(cfg, corpus, method, base=base)
         R = run.matrix
         rows.append({"row": "method", "method": method.label, "chrf_matrix": [[100 * v for v in r] for r in R],
@@ -188,9 +241,12 @@ def main() -> None:
                      "worst_drop_from_best": max((100 * (max(r[j] for r in R[:-1]) - R[-1][j])
                                                   for j in range(len(R) - 1)), default=None) if len(R) > 1 else None,
                      "perplexity_change": extra["perplexity_after"] / extra["perplexity_before"] - 1,
+                     "perplexity_change_with_end": extra["perplexity_with_end_after"]
+                     / extra["perplexity_with_end_before"] - 1,
                      "trainable_parameters": run.metrics.trainable_parameters, "seconds": time.perf_counter() - start,
                      **extra})
-        print(method.label, f"ACC {rows[-1]['acc_chrf']:.1f} forgetting {rows[-1]['forgetting_chrf']:.1f} "
+        print(method.label, f"ACC {rows[-1]['acc_chrf']:.1f} (copying the source: {rows[1]['chrf_mean']:.1f}) "
+              f"forgetting {rows[-1]['forgetting_chrf']:.1f} "
               f"worst drop {rows[-1]['worst_drop_from_best']} ppl {rows[-1]['perplexity_change']:+.1%}",
               file=sys.stderr, flush=True)
         save()

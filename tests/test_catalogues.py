@@ -97,17 +97,21 @@ def _locale(root, texts):
         write_mo(folder / "coreutils.mo", [Entry(s, (t,)) for s, t in pairs])
 
 
-def test_no_test_sentence_is_trained_on_in_any_direction(tmp_path):
+def test_every_direction_is_tested_on_the_same_sources_and_none_is_trained_on(tmp_path):
     sources = [f"message {i} is here" for i in range(200)]
     _locale(tmp_path, {"de": [(s, s.upper()) for s in sources], "fr": [(s, s.title()) for s in sources[50:]]})
-    corpus = load_corpus(["de", "fr"], n_train=1000, n_test=1000, root=tmp_path,
-                         catalogues={"coreutils": CATALOGUES["coreutils"]})
-    test = {p.source for d in corpus.directions for p in d.test}
+    one = {"coreutils": CATALOGUES["coreutils"]}
+    corpus = load_corpus(["de", "fr"], n_train=1000, n_test=1000, root=tmp_path, catalogues=one)
+    de, fr = ([p.source for p in d.test] for d in corpus.directions)
+    assert de == fr and set(de) <= set(sources[50:])  # the same sources, in the same order, in both
+    assert {p.target for p in corpus.directions[0].test} == {s.upper() for s in de}
+    assert set(de) == {s for s in sources[50:] if is_test_source(s)}
     train = {p.source for d in corpus.directions for p in d.train}
-    assert test and train and not test & train
-    assert all(is_test_source(s) for s in test)
+    assert train and not any(is_test_source(s) for s in train)  # not even de's test-side sources fr lacks
     assert corpus.available == {"de": 200, "fr": 150}
     assert corpus.sources["coreutils"]["package"] == "coreutils"
+    few = load_corpus(["de", "fr"], n_train=5, n_test=3, root=tmp_path, catalogues=one)
+    assert [[p.source for p in d.test] for d in few.directions] == [de[:3], de[:3]]
 
 
 def test_a_missing_catalogue_names_the_package_to_install(tmp_path):

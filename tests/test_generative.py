@@ -10,8 +10,10 @@ import yaml
 from retain.cli import main
 from retain.data import Experience
 from retain.engine.generative import GenerativeLearner
+from retain.engine.learner import Diverged
 from retain.models.generative import LanguageModel
-from retain.strategies import make_strategy
+from retain.store import ModelStore
+from retain.strategies import Strategy, make_strategy
 from retain.translation import TranslationConfig, score, translate
 
 A = [("red", "rot"), ("blue", "blau"), ("green", "gruen"), ("black", "schwarz")]
@@ -135,8 +137,55 @@ def test_saved_experts_keep_every_direction_s_adapter(tmp_path):
     for pairs, d in ((A, 0), (B, 1)):
         assert _translations(loaded, pairs, d) == _translations(learner, pairs, d)
     assert loaded.model.adapted_parameters() == learner.model.adapted_parameters() > 0
-    with pytest.raises(ValueError, match="not a saved generative learner"):
+    with pytest.raises(FileNotFoundError, match="holds no saved learner"):
         GenerativeLearner.load(tmp_path)
+
+
+def _state(learner):
+    """Everything a failed fit must put back: weights, the memory, the generator, counters."""
+    tensors = {f"weights.{k}": v.clone() for k, v in learner.model.state_dict().items()}
+    tensors |= {"memory": learner.strategies[0].memory().x.clone(), "generator": learner.generator.get_state()}
+    return tensors, (learner.steps_, learner.tokens_, list(learner.seen_classes_))
+
+
+def _same(a, b):
+    return a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0]) and a[1] == b[1]
+
+
+def test_a_diverging_fit_says_so_and_restores_the_weights_and_the_strategies():
+    learner = _learner("full", [make_strategy("replay", memory_size=3, policy="reservoir")], lr=1e-2, epochs=3)
+    learner.fit(_experience(learner, A, 0))
+    before = _state(learner)
+    learner.lr = 1e8  # an absurd step: the loss turns NaN within a few steps
+    with pytest.raises(Diverged, match=r"fit: training diverged at step \d+ \(experience 1\): the loss is (nan|inf).*"
+                                       "the learner is as it was before this experience"):
+        learner.fit(_experience(learner, B, 1))
+    assert _same(_state(learner), before)
+    learner.lr = 1e-2  # and it trains on from there
+    learner.fit(_experience(learner, B, 1))
+    assert learner.seen_classes_ == [0, 1] and all(torch.isfinite(p).all() for p in learner.model.parameters())
+
+
+class _Broken(Strategy):
+    name = "broken_for_a_test"
+    generative = True
+
+    def after_experience(self, learner, ctx):
+        raise RuntimeError("a hook failed")
+
+
+def test_a_fit_that_fails_midway_leaves_the_adapters_and_the_memory_as_they_were():
+    learner = _learner("lora", [make_strategy("replay", memory_size=3, policy="reservoir")], lr=1e-2, epochs=3)
+    learner.fit(_experience(learner, A, 0))
+    before, model = _state(learner), learner.model
+    learner.strategies.append(_Broken())
+    learner._bind()
+    with pytest.raises(RuntimeError, match="a hook failed"):
+        learner.fit(_experience(learner, B, 1))  # steps are taken and the memory fills before the hook fails
+    assert _same(_state(learner), before)
+    # the restored copy shares the frozen base weights instead of holding a second copy of them
+    assert learner.model is not model
+    assert learner.model.net.get_input_embeddings().weight is model.net.get_input_embeddings().weight
 
 
 def test_perplexity_is_lower_for_text_the_model_has_learned():
@@ -242,17 +291,18 @@ def test_a_translation_store_versions_gates_and_rolls_back_a_generative_model(tm
     capsys.readouterr()
     assert main(["init", str(tmp_path / "mt.yaml"), "--data", str(de), "--store", store, "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["promoted"] and first["trained_pairs"] + first["held_out_pairs"] == 12
-    assert 0 < first["held_out_pairs"] < 12  # a share of the batch judges the versions
-    assert list(first["chrf"]) == ["batch-1 en-de"]
+    assert first["promoted"] and first["new_classes"] == ["en-de"]
+    assert list(first["accuracy"]) == ["batch-0000 en-de"]
+    rows = {b.role: b.rows for b in ModelStore(store).version(1).batches}
+    assert rows["train"] + rows["held_out"] == 12 and 0 < rows["held_out"] < 12  # a share judges the versions
     assert main(["update", store, "--data", str(fr), "--json"]) == 0
     second = json.loads(capsys.readouterr().out)
-    assert list(second["chrf"]) == ["batch-1 en-de", "batch-2 en-fr"]
+    assert list(second["accuracy"]) == ["batch-0000 en-de", "batch-0001 en-fr"]
     assert main(["versions", store, "--json"]) == 0
     versions = json.loads(capsys.readouterr().out)
     assert [v["version"] for v in versions] == [1, 2] and versions[1]["parent"] == 1
     # the rule: version 2 is promoted exactly when en-de kept its chrF++ within 2 points
-    drop = first["chrf"]["batch-1 en-de"] - second["chrf"]["batch-1 en-de"]
+    drop = 100 * (first["accuracy"]["batch-0000 en-de"] - second["accuracy"]["batch-0000 en-de"])
     assert second["promoted"] == (drop <= 2.0) and versions[1]["promoted"] == second["promoted"]
     (tmp_path / "src.jsonl").write_text('{"source": "File not found", "lang": "fr"}\n')
     assert main(["predict", store, "--data", str(tmp_path / "src.jsonl"), "--version", "2"]) == 0
@@ -261,8 +311,8 @@ def test_a_translation_store_versions_gates_and_rolls_back_a_generative_model(tm
     assert "version 1 is promoted" in capsys.readouterr().out
     assert main(["versions", store, "--json"]) == 0
     assert [v["promoted"] for v in json.loads(capsys.readouterr().out)] == [True, False]
-    assert main(["diff", store, "1", "2"]) == 2
-    assert "translation model" in capsys.readouterr().err
+    assert main(["diff", store, "1", "2"]) == 0
+    assert "| direction en-fr |" in capsys.readouterr().out
     (tmp_path / "bad.jsonl").write_text('{"source": "x", "lang": "de"}\n')
     assert main(["update", store, "--data", str(tmp_path / "bad.jsonl")]) == 2
     assert 'line 1: give an object with "source", "target" and "lang"' in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The layers of DESIGN.md hold: a module imports only its own layer's package and the layers below."""
+"""The layers of docs/DESIGN.md hold: a module imports only its own layer's package and the layers below."""
 
 import ast
 import pathlib
@@ -8,9 +8,8 @@ import retain
 # Lower numbers sit lower; a module may import a package of a lower rank, or its own package.
 RANK = {
     "util": 0, "metrics": 1, "data": 1, "models": 2, "quality": 2, "strategies": 3, "engine": 4, "store": 5,
-    "config": 6, "monitor": 6, "build": 7, "checks": 8, "experiment": 8, "loop": 8, "__init__": 9, "tuning": 9,
-    "translation": 9, "service": 10,
-    "cli": 11, "__main__": 12,
+    "config": 6, "monitor": 6, "build": 7, "checks": 8, "experiment": 8, "tasks": 8, "loop": 9, "__init__": 9,
+    "tuning": 10, "translation": 10, "service": 11, "cli": 12, "__main__": 13,
 }
 SRC = pathlib.Path(retain.__file__).parent
 

@@ -4,14 +4,20 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from retain import Learner
+from retain.data import Experience
 from retain.engine import persist
-from retain.strategies import EWC, Replay
+from retain.engine.generative import GenerativeLearner
+from retain.engine.persist import load_learner
+from retain.models.generative import LanguageModel
+from retain.strategies import EWC, Replay, make_strategy
 
 from .conftest import make_learner
 
@@ -139,3 +145,154 @@ def test_a_save_of_the_first_format_still_loads_and_is_replaced_on_the_next_save
     loaded.save(folder)
     assert sorted(p.name for p in folder.iterdir()) == [".lock", "learner-1.json", "manifest.json",
                                                         "model-1.safetensors", "state-1.safetensors"]
+
+
+# -- the generative learner: the same guarantees, and its own kind in the manifest --------------------
+
+PAIRS = [("red", "rot"), ("blue", "blau"), ("green", "gruen"), ("black", "schwarz")]
+
+
+def _tiny(strategies):
+    torch.manual_seed(0)
+    return GenerativeLearner(LanguageModel("tiny", "lora"), strategies, lr=1e-2, epochs=3, batch_size=4, max_tokens=24)
+
+
+def _pairs(learner, direction):
+    """The colours prompted for ``direction``, answered with the words of the list rotated by it."""
+    targets = [t for _, t in PAIRS[direction:] + PAIRS[:direction]]
+    x, y = learner.encode([f"{s}>{direction}:" for s, _ in PAIRS], targets)
+    empty = torch.empty(0, x.shape[1], dtype=torch.long)
+    return Experience(x, y, empty, empty, id=direction, task=direction, classes=(direction,),
+                      t_train=torch.full((len(x),), direction))
+
+
+def _weights(learner):
+    return {k: v.clone() for k, v in learner.model.state_dict().items() if "lora_" in k}
+
+
+def _equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def generative(tmp_path_factory):
+    """A tiny LoRA learner with replay saved after one direction (``old``), then trained on a second."""
+    learner = _tiny([make_strategy("replay", memory_size=3, policy="reservoir")])
+    learner.fit(_pairs(learner, 0))
+    folder = learner.save(tmp_path_factory.mktemp("generative") / "model")
+    old = (_weights(learner), learner.steps_)
+    learner.fit(_pairs(learner, 1))
+    return learner, folder, old, (_weights(learner), learner.steps_)
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_generative_save_killed_at_any_point_leaves_the_old_model_or_the_new_one(generative, tmp_path, point):
+    learner, saved, old, new = generative
+    folder = shutil.copytree(saved, tmp_path / "model")
+    child = multiprocessing.get_context("fork").Process(target=_save_and_die, args=(learner, folder, point))
+    child.start()
+    child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    loaded = load_learner(folder, device="cpu")
+    weights, steps = new if point == "after-switch" else old
+    assert isinstance(loaded, GenerativeLearner) and loaded.steps_ == steps and _equal(_weights(loaded), weights)
+    learner.save(folder)  # the next save completes and clears what the killed one left
+    n = 3 if point == "after-switch" else 2
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", f"learner-{n}.json", "manifest.json",
+                                                        f"model-{n}.safetensors", f"state-{n}.safetensors"]
+
+
+def test_each_save_records_its_kind_and_load_learner_reads_it(split_digits, generative, tmp_path):
+    learner, folder, _, _ = generative
+    assert json.loads((folder / "manifest.json").read_text())["kind"] == "generative"
+    assert isinstance(load_learner(folder), GenerativeLearner)
+    _, classifier = _saved(split_digits, tmp_path)
+    assert json.loads((classifier / "manifest.json").read_text())["kind"] == "classifier"
+    assert isinstance(load_learner(classifier, device="cpu"), Learner)
+    with pytest.raises(persist.LoadError, match="holds a generative learner, not a classifier one"):
+        Learner.load(folder, device="cpu")
+    with pytest.raises(persist.LoadError, match="holds a classifier learner, not a generative one"):
+        GenerativeLearner.load(classifier)
+    with pytest.raises(FileNotFoundError, match="holds no saved learner"):
+        load_learner(tmp_path)
+
+
+def test_a_classifier_save_whose_manifest_has_no_kind_still_loads(split_digits, tmp_path):
+    learner, folder = _saved(split_digits, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["kind"]  # as retain wrote it before manifests named the kind
+    (folder / "manifest.json").write_text(json.dumps(manifest | {"format": 2}))
+    x = split_digits[0].x_test
+    assert torch.equal(load_learner(folder, device="cpu").predict_logits(x), learner.predict_logits(x))
+
+
+def _save_first_format(learner, folder):
+    """A generative learner saved as retain wrote it before its saves went through persist."""
+    folder.mkdir()
+    names = {k for k in learner.model.state_dict() if "lora_" in k}
+    save_file({k: v.contiguous() for k, v in learner.model.state_dict().items() if k in names},
+              folder / "weights.safetensors")
+    state, meta = {"generator": learner.generator.get_state()}, {}
+    for i, s in enumerate(learner.strategies):
+        for k, v in s.state_dict().items():
+            if isinstance(v, torch.Tensor):
+                state[f"{i}.{k}"] = v.contiguous()
+            else:
+                meta[f"{i}.{k}"] = v
+    save_file(state, folder / "strategies.safetensors")
+    config = {"model": learner.model.get_config(), "strategies": [{"name": s.name, **s.get_config()}
+                                                                  for s in learner.strategies],
+              "training": {"lr": learner.lr, "epochs": learner.epochs, "batch_size": learner.batch_size,
+                           "max_tokens": learner.max_tokens, "clip": learner.clip, "seed": learner.seed},
+              "state": meta, "seen": learner.seen_classes_, "directions": learner.directions, "steps": learner.steps_,
+              "tokens": learner.tokens_}
+    (folder / "learner.json").write_text(json.dumps(config, indent=1))
+
+
+def test_a_generative_save_of_the_first_format_loads_trains_on_alike_and_is_replaced(tmp_path):
+    learner = _tiny([make_strategy("replay", memory_size=3, policy="reservoir")])
+    learner.fit(_pairs(learner, 0))
+    learner.directions = {"de": 0}
+    _save_first_format(learner, tmp_path / "old")
+    loaded = load_learner(tmp_path / "old")
+    assert isinstance(loaded, GenerativeLearner) and loaded.directions == {"de": 0}
+    assert _equal(_weights(loaded), _weights(learner)) and loaded.strategies[0].state_dict()["seen"] == 4
+    assert torch.equal(loaded.strategies[0].memory().x, learner.strategies[0].memory().x)
+    for each in (learner, loaded):  # the same batches, replayed rows and updates after the load
+        each.fit(_pairs(each, 1))
+    assert _equal(_weights(loaded), _weights(learner)) and (loaded.steps_, loaded.tokens_) == (6, learner.tokens_)
+    loaded.save(tmp_path / "old")
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == [".lock", "learner-1.json", "manifest.json",
+                                                                   "model-1.safetensors", "state-1.safetensors"]
+    assert _equal(_weights(GenerativeLearner.load(tmp_path / "old")), _weights(learner))
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda m: m["model"].update(lora_rank=10**9), "model.lora_rank: Input should be less than or equal to 1024"),
+        (lambda m: m["model"].update(experts=list(range(2000))), "model.experts: List should have at most 1024"),
+        (lambda m: m["model"].update(name="gpt-5"), "model.name: Input should be 'smollm2' or 'tiny'"),
+        (lambda m: m["model"].update(lora_rank=4), r"does not describe the saved weights \(first difference: "),
+        (lambda m: m["model"].update(adaptation="full"), "does not describe the saved weights"),
+        (lambda m: m["strategies"][0].update(name="rehearsal"), "unknown strategy 'rehearsal'"),
+        (lambda m: m["strategies"][0]["params"].update(policy="class_balanced"), "saved strategies do not fit"),
+        (lambda m: m["training"].update(max_tokens=0), "training.max_tokens: Input should be greater than"),
+        (lambda m: m.pop("tokens"), "tokens: Field required"),
+    ],
+    ids=["huge-rank", "many-experts", "unknown-model", "wrong-rank", "wrong-adaptation", "unknown-strategy",
+         "unfit-strategy", "bad-setting", "missing-field"],
+)
+def test_a_tampered_generative_save_is_refused_before_the_model_is_built(generative, tmp_path, edit, message):
+    folder = shutil.copytree(generative[1], tmp_path / "model")
+    _resign(folder, edit)
+    with pytest.raises(persist.LoadError, match=message):
+        GenerativeLearner.load(folder)
+
+
+def test_a_damaged_generative_save_is_refused_naming_the_file(generative, tmp_path):
+    folder = shutil.copytree(generative[1], tmp_path / "model")
+    data = (folder / "model-1.safetensors").read_bytes()
+    (folder / "model-1.safetensors").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(persist.LoadError, match="model-1.safetensors does not match its checksum"):
+        load_learner(folder)

@@ -16,6 +16,7 @@ from retain.build import build_learner, build_stream
 from retain.config import MethodConfig, RunConfig
 from retain.data import OnlineStream, Stream
 from retain.engine import distributed, run_online
+from retain.engine.protocol import stream_summary, train_and_score
 from retain.metrics import (
     ExperienceInfo,
     ExperimentResult,
@@ -25,8 +26,6 @@ from retain.metrics import (
     SeedRun,
     StreamInfo,
     Summary,
-    average_accuracy,
-    stream_accuracy,
     summarize,
 )
 from retain.models.pretrained import count_parameters
@@ -62,29 +61,19 @@ def run_method(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: int,
     learner = build_learner(stream, cfg, method, seed)
     sizes = [e.n_test for e in stream]
     untrained = scores(learner, stream)
-    rows, seconds, peaks = [], [], []
     chunks = [stream.merged()] if method.whole_stream else list(stream)
-    for exp in chunks:
-        with PeakMemory(learner.device) as cost:
-            learner.fit(exp)
-        rows.append(scores(learner, stream))
-        seconds.append(cost.seconds)
-        peaks.append(cost.peak_mb)
-        tick()
+    trained = train_and_score([learner], chunks, lambda fitted: scores(fitted, stream), lambda i, so_far: tick())
     if method.whole_stream:
-        final = [rows[-1]] * len(stream)  # used only for the final-row metrics below
-        accuracy = {"acc": average_accuracy(final), "stream_acc": stream_accuracy(final, sizes),
-                    "forgetting": math.nan, "bwt": math.nan, "fwt": math.nan}
         for _ in range(len(stream) - 1):
             tick()
-    else:
-        accuracy = summarize(rows, untrained, sizes)
-    metrics = Metrics(**accuracy, train_seconds=float(sum(seconds)), peak_mb=float(max(peaks)),
+    seconds = trained.seconds
+    metrics = Metrics(**stream_summary(trained.rows, untrained, sizes, method.whole_stream),
+                      train_seconds=float(sum(seconds)), peak_mb=float(max(trained.peaks)),
                       gradient_steps=learner.steps_,
                       samples_per_second=sum(len(e.y_train) for e in chunks) / max(sum(seconds), 1e-9),
                       update_seconds=float(np.mean(seconds[1:] if len(seconds) > 1 else seconds)),
                       trainable_parameters=count_parameters(learner.model)[0])
-    return SeedRun(seed, rows, untrained, metrics, learner.steps_, seconds, peaks)
+    return SeedRun(seed, trained.rows, untrained, metrics, learner.steps_, seconds, trained.peaks)
 
 
 def versions() -> dict[str, str]:

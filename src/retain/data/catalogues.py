@@ -6,8 +6,9 @@ Every Debian package with translations ships GNU ``.mo`` catalogues under
 Entries are cleaned (:func:`clean_pairs`): untranslated, empty and multi-line messages go,
 plural entries give a singular and a plural pair, a context is kept beside its message, format
 specifiers must agree between source and translation, lengths are capped. The split is by source
-message (:func:`is_test_source`): an English message is a test sentence in every direction or in
-none, so no test sentence is ever trained on.
+message (:func:`is_test_source`): an English message is on the test side in every direction or in
+none, so no test sentence is ever trained on; the test sets are the same English sources in every
+direction (:func:`load_corpus`), so directions are scored on the same sentences.
 """
 
 from __future__ import annotations
@@ -301,24 +302,26 @@ def load_corpus(langs: list[str] | None = None, n_train: int = 200, n_test: int 
                 max_chars: int = 80, test_percent: int = 20, seed: int = 0) -> Corpus:
     """The translation stream: one :class:`Direction` per language of ``langs`` (default
     :data:`LANGUAGES`, in order), with ``n_train`` training and ``n_test`` test pairs each
-    (fewer when a language has fewer). Test pairs are the lowest-hashed test-side sources;
-    training pairs a seeded sample of the train side."""
+    (fewer when the catalogues have fewer). The test sources are the same in every direction: the
+    lowest-hashed test-side sources translated into every language of ``langs``. Training pairs are
+    a seeded sample of the train side, so no direction trains on any test-side source."""
     langs = list(LANGUAGES) if langs is None else langs
     unknown = [lang for lang in langs if lang not in LANGUAGES]
     if unknown:
         raise ValueError(f"unknown target language(s) {unknown}; choose from: {', '.join(LANGUAGES)}")
     catalogues = CATALOGUES if catalogues is None else catalogues
-    directions, available = [], {}
-    for lang in langs:
-        pairs = read_language(lang, catalogues, root, max_chars)
-        available[lang] = len(pairs)
-        test = sorted((p for p in pairs if is_test_source(p.source, test_percent)), key=lambda p: _rank(p.source))
-        train = sorted((p for p in pairs if not is_test_source(p.source, test_percent)),
+    pairs = {lang: {p.source: p for p in read_language(lang, catalogues, root, max_chars)} for lang in langs}
+    shared = set.intersection(*(set(by_source) for by_source in pairs.values())) if langs else set()
+    test = sorted((s for s in shared if is_test_source(s, test_percent)), key=_rank)[:n_test]
+    directions = []
+    for lang, by_source in pairs.items():
+        train = sorted((p for p in by_source.values() if not is_test_source(p.source, test_percent)),
                        key=lambda p: _rank(f"{seed}:{p.source}"))
         if not train or not test:
-            raise CatalogueError(f"{lang}: {len(pairs)} usable pairs in the catalogues, too few to split")
-        directions.append(Direction(lang, train[:n_train], test[:n_test]))
-    return Corpus(directions, _versions(catalogues), available)
+            raise CatalogueError(f"{lang}: {len(by_source)} usable pairs in the catalogues, {len(test)} test-side "
+                                 f"sources translated into every one of {', '.join(langs)}: too few to split")
+        directions.append(Direction(lang, train[:n_train], [by_source[s] for s in test]))
+    return Corpus(directions, _versions(catalogues), {lang: len(by_source) for lang, by_source in pairs.items()})
 
 
 def export_jsonl(corpus: Corpus, folder: str | Path) -> Path:

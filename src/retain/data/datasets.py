@@ -3,47 +3,24 @@
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from retain.data.base import Dataset, DatasetNotFound, cache_dir
+
+__all__ = ["DATASETS", "Dataset", "DatasetNotFound", "cache_dir"]
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (
     "t-shirt", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
 )
-
-
-def cache_dir() -> Path:
-    """Where retain caches generated data and features (``$RETAIN_CACHE`` or ``~/.cache/retain``)."""
-    return Path(os.environ.get("RETAIN_CACHE", Path.home() / ".cache" / "retain"))
-
-
-class DatasetNotFound(FileNotFoundError):
-    """A data set's files or package are missing; the message says what to install or pass."""
-
-
-@dataclass
-class Dataset:
-    """A labeled data set already split into train and test; images are ``(N, C, H, W)``."""
-
-    name: str
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
-    class_names: tuple[str, ...]
-    metadata: dict = field(default_factory=dict)  # e.g. the speaker of every clip
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
 
 
 def _stratified(

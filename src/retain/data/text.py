@@ -77,7 +77,7 @@ def _quotes(names: tuple[str, ...], package: str, root: Path) -> list[str]:
     entries = [root / n for n in names]
     missing = [str(e) for e in entries if not e.exists()]
     if missing:
-        from retain.data.datasets import DatasetNotFound
+        from retain.data.base import DatasetNotFound
 
         raise DatasetNotFound(f"{missing[0]} not found; install Debian's package: apt-get install {package}")
     seen: dict[str, None] = {}

@@ -6,13 +6,12 @@ import contextlib
 import copy
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
@@ -52,11 +51,136 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class Learner:
+T = TypeVar("T")
+
+
+class Trainer:
+    """What every learner shares: the strategies' hooks, called in the contract's order
+    (``retain.strategies.contract``), the training step built on them, and a fit that leaves the
+    learner as it was when it fails or diverges.
+
+    A learner sets ``model``, ``strategies``, ``generator``, ``optimizer``, ``ranks``, ``lr``,
+    ``steps_`` and ``_trainable`` (what the optimizer steps), calls :meth:`_bind` once its strategies
+    are set, names in ``_restored`` the attributes a failed fit puts back, and says how a step's
+    batch becomes logits (:meth:`_logits`) and, if it does more than step the optimizer, how the
+    weights are updated (:meth:`_update`). The classifier :class:`Learner` and the generative
+    ``GenerativeLearner`` differ only there (and in how their fits walk the data).
+    """
+
+    _restored: tuple[str, ...] = ()  # attributes (counters, random state) a failed fit puts back
+
+    def _bind(self) -> None:
+        """Collect the strategies' hooks, in list order."""
+        self._hooks = {h: [getattr(s, h) for s in self.strategies if implements(s, h)]
+                       for h in HOOKS if h not in ("before_experience", "after_experience")}
+        # The experience hooks run with their strategy known: only a declared one may replace the train set.
+        self._experience_hooks = {h: [s for s in self.strategies if implements(s, h)]
+                                  for h in ("before_experience", "after_experience")}
+        replacing = [s.name for s in self.strategies if implements(s, "task_loss")]
+        if len(replacing) > 1:
+            raise ValueError(f"{' and '.join(replacing)} each replace the task loss (cross-entropy over every "
+                             "row); compose at most one of them")
+        self._task_loss = self._hooks["task_loss"][0] if replacing else cross_entropy
+
+    @property
+    def trainable(self) -> list[Tensor]:
+        """The parameters the optimizer steps."""
+        return self._trainable
+
+    def _requires_grad(self) -> list[Tensor]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _experience_hook(self, hook: str, ctx: ExperienceContext) -> None:
+        """Run ``before_experience`` or ``after_experience`` of every strategy that has it."""
+        for s in self._experience_hooks[hook]:
+            with ctx.written_by(s):
+                getattr(s, hook)(self, ctx)
+
+    def _train_step(self, step: Step) -> float:
+        """One optimizer step on ``step``'s rows and what the ``batch`` hooks add; returns the loss."""
+        step = self.step_batch(step)
+        logits = self._logits(step)
+        loss = self.objective(step, logits)
+        value = loss.item()  # 0.2 us on the CPU; torch.isfinite(loss) costs 5 us, 2% of an MLP step
+        # Stop before the optimizer writes it into the weights. Across ranks a rank stopping alone would
+        # leave the others waiting in the gradient average: the averaged NaN reaches every rank's weights
+        # instead, and the check after the experience stops them all (the learner is then restored).
+        if not math.isfinite(value) and self.ranks.world == 1:
+            raise Diverged(f"training diverged at step {self.steps_ + 1} (experience {step.experience_id}): the loss "
+                           f"is {value}; a smaller learning rate (now {self.lr}) or penalty may help")
+        self.optimizer.zero_grad()
+        loss.backward()
+        for hook in self._hooks["after_backward"]:
+            hook(self, step)
+        self._update(step)
+        self.steps_ += 1
+        return value
+
+    def _logits(self, step: Step) -> Tensor:
+        """The model's logits on the step's batch, laid out as the task loss reads them."""
+        raise NotImplementedError
+
+    def _update(self, step: Step) -> None:
+        """Write the gradients into the weights."""
+        self.optimizer.step()
+
+    def step_batch(self, step: Step) -> Step:
+        """The batch a step trains on: the incoming rows and what the strategies' ``batch`` hooks append."""
+        for hook in self._hooks["batch"]:
+            step = hook(self, step)
+        return step
+
+    def objective(self, step: Step, logits: Tensor) -> Tensor:
+        """What a training step minimises on a batch its ``batch`` hooks returned: the task loss
+        (cross-entropy over every row unless a strategy replaces it) plus every ``loss`` term."""
+        loss = self._task_loss(self, step, logits)
+        for hook in self._hooks["loss"]:
+            loss = loss + hook(self, step, logits)
+        return loss
+
+    def _check_finite(self, experience: Experience) -> None:
+        """Refuse weights a fit left non-finite (across ranks a NaN loss does not stop the step)."""
+        if not all(torch.isfinite(p).all() for p in self._trainable):
+            raise Diverged(f"training diverged in experience {experience.id}: the weights are no longer finite "
+                           f"(lr {self.lr})")
+
+    def _guarded(self, fit: Callable[[], T]) -> T:
+        """Run ``fit``; if it raises, the learner is put back as it was (a :class:`Diverged` says so)."""
+        saved = self._checkpoint()
+        try:
+            return fit()
+        except Diverged as err:
+            self._restore(saved)
+            raise Diverged(f"fit: {err}; the learner is as it was before this experience") from None
+        except BaseException:
+            self._restore(saved)
+            raise
+
+    def _checkpoint(self) -> dict[str, Any]:
+        """What a failed fit restores: the model as it is, the strategies' state, random state, counters."""
+        states = [{k: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in s.state_dict().items()}
+                  for s in self.strategies]
+        return {"model": self._model_copy(), "strategies": states, "rng": self.generator.get_state(),
+                "restored": {k: copy.deepcopy(getattr(self, k)) for k in self._restored}}
+
+    def _model_copy(self) -> torch.nn.Module:
+        return copy.deepcopy(self.model)
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        self.model = saved["model"]
+        for s, state in zip(self.strategies, saved["strategies"], strict=True):
+            s.load_state_dict(state, self)
+        self.generator.set_state(saved["rng"])
+        for k, v in saved["restored"].items():
+            setattr(self, k, v)
+        self.optimizer, self._trainable = None, self._requires_grad()
+
+
+class Learner(Trainer):
     """Trains ``model`` on experiences with SGD and the given strategies.
 
     Strategies compose: their hooks run in list order (the contract: ``retain.strategies.contract``;
-    the learner is the ``LearnerView`` they read). The
+    the learner is the ``LearnerView`` they read; the step: :class:`Trainer`). The
     optimizer is rebuilt at every experience (a grown head has new parameters), so momentum
     does not carry across experiences. Same model initialisation and seed, same numbers.
 
@@ -72,6 +196,9 @@ class Learner:
     >>> [round(a, 2) for a in learner.evaluate(stream)]
     [0.88, 0.9, 0.94, 0.95, 0.85]
     """
+
+    _restored = ("seen_classes_", "task_classes_", "experiences_seen_", "steps_", "samples_seen_", "_torch_rng",
+                 "_experience_id")
 
     def __init__(
         self,
@@ -124,19 +251,6 @@ class Learner:
         self._stochastic = False  # whether a training forward pass draws random numbers (set with the optimizer)
         self._torch_rng = torch.get_rng_state()
 
-    def _bind(self) -> None:
-        """Collect the strategies' hooks, in list order."""
-        self._hooks = {h: [getattr(s, h) for s in self.strategies if implements(s, h)]
-                       for h in HOOKS if h not in ("before_experience", "after_experience")}
-        # The experience hooks run with their strategy known: only a declared one may replace the train set.
-        self._experience_hooks = {h: [s for s in self.strategies if implements(s, h)]
-                                  for h in ("before_experience", "after_experience")}
-        replacing = [s.name for s in self.strategies if implements(s, "task_loss")]
-        if len(replacing) > 1:
-            raise ValueError(f"{' and '.join(replacing)} each replace the task loss (cross-entropy over every "
-                             "row); compose at most one of them")
-        self._task_loss = self._hooks["task_loss"][0] if replacing else cross_entropy
-
     def retune(self, training: dict[str, Any], knobs: dict[str, dict[str, Any]]) -> Learner:
         """Set tuned knobs on a learner that has learned already: ``training`` (lr, epochs,
         batch_size, momentum, backbone_lr) and, per strategy name, the values of the knobs its
@@ -176,11 +290,6 @@ class Learner:
         self._bind()
         return self
 
-    @property
-    def trainable(self) -> list[Tensor]:
-        """The parameters the optimizer steps."""
-        return self._trainable
-
     # -- training ---------------------------------------------------------------------
     def fit(self, experience: Experience | Any, y: Any = None, t: Any = None, *, epochs: int | None = None,
             incoming: bool = True) -> Learner:
@@ -203,15 +312,7 @@ class Learner:
         """
         experience = self._as_experience(experience, y, t)
         self._check_experience(experience)
-        saved = self._checkpoint()
-        try:
-            return self._fit(experience, epochs, incoming)
-        except Diverged as err:
-            self._restore(saved)
-            raise Diverged(f"fit: {err}; the learner is as it was before this experience") from None
-        except BaseException:
-            self._restore(saved)
-            raise
+        return self._guarded(lambda: self._fit(experience, epochs, incoming))
 
     def _as_experience(self, data: Experience | Any, y: Any, t: Any) -> Experience:
         if isinstance(data, Experience):
@@ -266,31 +367,14 @@ class Learner:
             return None
         return head.n_outputs
 
-    def _checkpoint(self) -> dict[str, Any]:
-        """What a failed fit restores: the model as it is, the strategies' state, random state, counters."""
-        states = [{k: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in s.state_dict().items()}
-                  for s in self.strategies]
-        return {"model": copy.deepcopy(self.model), "strategies": states, "rng": self.generator.get_state(),
-                "torch_rng": self._torch_rng, "experience_id": self._experience_id,
-                "counters": (list(self.seen_classes_), copy.deepcopy(self.task_classes_), self.experiences_seen_,
-                             self.steps_, self.samples_seen_)}
-
     def _restore(self, saved: dict[str, Any]) -> None:
-        self.model = saved["model"]
-        for s, state in zip(self.strategies, saved["strategies"], strict=True):
-            s.load_state_dict(state, self)
-        self.generator.set_state(saved["rng"])
-        self._torch_rng, self._experience_id = saved["torch_rng"], saved["experience_id"]
-        (self.seen_classes_, self.task_classes_, self.experiences_seen_, self.steps_,
-         self.samples_seen_) = saved["counters"]
-        self.optimizer, self._trainable, self._ddp = None, self._requires_grad(), None
+        super()._restore(saved)
+        self._ddp = None
 
     def _fit(self, experience: Experience, epochs: int | None, incoming: bool) -> Learner:
         self._experience_id = experience.id
         ctx = ExperienceContext(experience)
-        for s in self._experience_hooks["before_experience"]:
-            with ctx.written_by(s):
-                s.before_experience(self, ctx)
+        self._experience_hook("before_experience", ctx)
         self.optimizer = self._optimizer()
         self.model.train()
         source = ctx.train_set
@@ -319,14 +403,10 @@ class Learner:
                     yb = yc[share]
                     self._step(Step(xc[share], yb, tc[share], len(yb), fresh, experience.id, rows[share], source,
                                     shard=(rank, world)))
-        if not all(torch.isfinite(p).all() for p in self._trainable):
-            raise Diverged(f"training diverged in experience {experience.id}: the weights are no longer finite "
-                           f"(lr {self.lr})")
+        self._check_finite(experience)
         self._recalibrate_norms(x, t)
         self._remember(experience)
-        for s in self._experience_hooks["after_experience"]:
-            with ctx.written_by(s):
-                s.after_experience(self, ctx)
+        self._experience_hook("after_experience", ctx)
         self.experiences_seen_ += 1
         return self
 
@@ -370,9 +450,6 @@ class Learner:
     def memories(self) -> list:
         """The non-empty memories the strategies declare (``Strategy.memory``), in strategy order."""
         return [m for m in (s.memory() for s in self.strategies) if m is not None and len(m)]
-
-    def _requires_grad(self) -> list[Tensor]:
-        return [p for p in self.model.parameters() if p.requires_grad]
 
     def _optimizer(self) -> FusedSGD | torch.optim.Optimizer:
         params = list(self.model.parameters())
@@ -464,37 +541,8 @@ class Learner:
             finally:
                 self._torch_rng = torch.get_rng_state()
 
-    def _train_step(self, step: Step) -> None:
-        step = self.step_batch(step)
-        logits = (self._ddp or self.model)(step.x, step.t)
-        loss = self.objective(step, logits)
-        value = loss.item()  # 0.2 us on the CPU; torch.isfinite(loss) costs 5 us, 2% of an MLP step
-        # Stop before the optimizer writes it into the weights. Across ranks a rank stopping alone would
-        # leave the others waiting in the gradient average: the averaged NaN reaches every rank's weights
-        # instead, and the check after the experience stops them all (the learner is then restored).
-        if not math.isfinite(value) and self.ranks.world == 1:
-            raise Diverged(f"training diverged at step {self.steps_ + 1} (experience {step.experience_id}): the loss "
-                           f"is {value}; a smaller learning rate (now {self.lr}) or penalty may help")
-        self.optimizer.zero_grad()
-        loss.backward()
-        for hook in self._hooks["after_backward"]:
-            hook(self, step)
-        self.optimizer.step()
-        self.steps_ += 1
-
-    def step_batch(self, step: Step) -> Step:
-        """The batch a step trains on: the incoming rows and what the strategies' ``batch`` hooks append."""
-        for hook in self._hooks["batch"]:
-            step = hook(self, step)
-        return step
-
-    def objective(self, step: Step, logits: Tensor) -> Tensor:
-        """What a training step minimises on a batch its ``batch`` hooks returned: the task loss
-        (cross-entropy over every row unless a strategy replaces it) plus every ``loss`` term."""
-        loss = self._task_loss(self, step, logits)
-        for hook in self._hooks["loss"]:
-            loss = loss + hook(self, step, logits)
-        return loss
+    def _logits(self, step: Step) -> Tensor:
+        return (self._ddp or self.model)(step.x, step.t)
 
     @contextlib.contextmanager
     def seeded(self) -> Iterator[None]:
@@ -565,15 +613,7 @@ class Learner:
             distributed.barrier()
             return Path(directory)
         tensors: dict[str, Tensor] = {"learner.rng": self.generator.get_state(), "learner.torch_rng": self._torch_rng}
-        strategies = []
-        for i, s in enumerate(self.strategies):
-            extra = {}
-            for key, value in s.state_dict().items():
-                if isinstance(value, Tensor):
-                    tensors[f"{i}.{key}"] = value.detach().cpu().contiguous()
-                else:
-                    extra[key] = value
-            strategies.append({"name": s.name, "params": s.get_config(), "state": extra})
+        strategies = persist.strategies_to_save(self.strategies, tensors)
         meta = {
             "format": persist.FORMAT_VERSION,
             "model": self.model.get_config(),
@@ -592,7 +632,7 @@ class Learner:
         parts = {"model": safetensors_bytes(weights), "state": safetensors_bytes(tensors),
                  "learner": json.dumps(meta, indent=1).encode()}
         path = persist.write_generation(directory, parts, {"model": "safetensors", "state": "safetensors",
-                                                           "learner": "json"})
+                                                           "learner": "json"}, kind="classifier")
         if self.ranks.world > 1:
             distributed.barrier()
         return path
@@ -603,31 +643,17 @@ class Learner:
         Every file is checked against its checksum and the JSON against a schema with bounds
         before anything is built from it; a problem raises ``persist.LoadError`` naming the file."""
         path = Path(directory)
-        parts = persist.read_generation(path)
+        parts = persist.read_generation(path, "classifier").parts
         meta = persist.saved_learner(parts["learner"], path)
-        try:
-            strategies = [make_strategy(s.name, **s.params) for s in meta.strategies]
-        except ValidationError as err:
-            raise persist.LoadError(f"{path}: a saved strategy's settings are invalid: {err.errors()[0]['loc']} "
-                                    f"{err.errors()[0]['msg']}") from None
+        strategies = persist.make_strategies(meta.strategies, path)
         weights = persist.read_tensors(parts["model"], path, "model")
         model = persist.build_model(meta.model, weights, path)
         learner = cls(model, strategies, device=device, **meta.learner.model_dump())
         tensors = persist.read_tensors(parts["state"], path, "state")
-        if "learner.rng" not in tensors:
-            raise persist.LoadError(f"{path}: the state file has no learner.rng")
-        try:
-            learner.generator.set_state(tensors["learner.rng"])
-            if "learner.torch_rng" in tensors:  # saves of the first format have none
-                learner._torch_rng = tensors["learner.torch_rng"]
-            for i, (s, saved) in enumerate(zip(strategies, meta.strategies, strict=True)):
-                prefix = f"{i}."
-                state = dict(saved.state) | {
-                    k[len(prefix):]: v.to(learner.device) for k, v in tensors.items() if k.startswith(prefix)
-                }
-                s.load_state_dict(state, learner)
-        except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as err:
-            raise persist.LoadError(f"{path}: the saved strategy state does not fit its strategies ({err})") from None
+        persist.set_generator(learner.generator, tensors, path)
+        if "learner.torch_rng" in tensors:  # saves of the first format have none
+            learner._torch_rng = tensors["learner.torch_rng"]
+        persist.load_states(strategies, meta.strategies, tensors, learner, path)
         learner.seen_classes_, learner.class_names_ = meta.seen_classes, meta.class_names
         learner.task_classes_ = {int(k): v for k, v in meta.task_classes.items()}
         learner.experiences_seen_, learner.steps_ = meta.experiences_seen, meta.steps

@@ -2,7 +2,9 @@
 
 A saved learner is a folder holding generations of three files (``model-N.safetensors``,
 ``state-N.safetensors``, ``learner-N.json``) and ``manifest.json``, which names the current
-generation and the SHA-256 of each of its files. A save writes and fsyncs the new generation's
+generation, the SHA-256 of each of its files and the kind of learner saved (``classifier``:
+``retain.engine.Learner``; ``generative``: ``retain.engine.generative.GenerativeLearner``), so
+that :func:`load_learner` never guesses from file names. A save writes and fsyncs the new generation's
 files, then replaces the manifest in one ``os.replace`` (atomic on POSIX), fsyncs the folder and
 only then deletes the older generation. Killed at any point, the folder loads as the old learner
 or the new one, never a mix and never nothing. A load reads the manifest, checks every file's
@@ -17,9 +19,10 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,12 +30,21 @@ from safetensors.torch import load as safetensors_load
 from torch import Tensor
 
 from retain.models import Classifier
-from retain.strategies import STRATEGIES
+from retain.models.generative import ADAPTATIONS, MODELS
+from retain.strategies import STRATEGIES, Strategy, make_strategy
+
+if TYPE_CHECKING:
+    from retain.engine.generative import GenerativeLearner
+    from retain.engine.learner import Learner
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the manifest names the kind of learner; 2: a classifier's, with no kind
+KINDS = ("classifier", "generative")
 PARTS = ("model", "state", "learner")
-LEGACY = {"model": "model.safetensors", "state": "state.safetensors", "learner": "learner.json"}  # format 1
+# Saves written before manifests (each kind's first format), known by their files alone.
+LEGACY = {"classifier": {"model": "model.safetensors", "state": "state.safetensors", "learner": "learner.json"},
+          "generative": {"model": "weights.safetensors", "state": "strategies.safetensors",
+                         "learner": "learner.json"}}
 MAX_JSON_BYTES = 64 << 20  # a manifest or learner.json larger than this is not one retain wrote
 _NAME = re.compile(r"^(model|state|learner)-([0-9]{1,12})\.(safetensors|json)$")
 
@@ -46,9 +58,19 @@ class _Manifest(BaseModel):
 
     format: int
     generation: int = Field(ge=1, le=10**12)
+    kind: Literal[KINDS] = "classifier"  # format 2 saved classifiers only
     files: dict[str, str]
     sha256: dict[str, str]
     sizes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A save's current files, verified: ``parts`` maps ``model``, ``state`` and ``learner`` to
+    their bytes; ``legacy`` says they are a save of the kind's first format (no manifest)."""
+
+    parts: dict[str, bytes]
+    legacy: bool = False
 
 
 def _fsync_dir(path: Path) -> None:
@@ -78,8 +100,8 @@ def read_manifest(directory: Path) -> _Manifest | None:
         manifest = _Manifest.model_validate(json.loads(path.read_bytes()))
     except (ValueError, ValidationError) as err:
         raise LoadError(f"{path} is damaged: {_first_problem(err)}") from None
-    if manifest.format != FORMAT_VERSION:
-        raise LoadError(f"{path}: unsupported format {manifest.format!r} (this retain reads {FORMAT_VERSION})")
+    if manifest.format not in (2, FORMAT_VERSION):
+        raise LoadError(f"{path}: unsupported format {manifest.format!r} (this retain reads 2 and {FORMAT_VERSION})")
     for part in PARTS:
         name = manifest.files.get(part)
         if name is None or not _NAME.match(name) or not name.startswith(f"{part}-"):
@@ -105,15 +127,18 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_generation(directory: str | Path, parts: dict[str, bytes], suffixes: dict[str, str]) -> Path:
-    """Write ``parts`` (``model``, ``state``, ``learner`` -> bytes) as the folder's next generation."""
+def write_generation(directory: str | Path, parts: dict[str, bytes], suffixes: dict[str, str], *, kind: str) -> Path:
+    """Write ``parts`` (``model``, ``state``, ``learner`` -> bytes) as the folder's next generation
+    of a ``kind`` learner (one of :data:`KINDS`)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     with _locked(path):
-        return _write_generation(path, parts, suffixes)
+        return _write_generation(path, parts, suffixes, kind)
 
 
-def _write_generation(path: Path, parts: dict[str, bytes], suffixes: dict[str, str]) -> Path:
+def _write_generation(path: Path, parts: dict[str, bytes], suffixes: dict[str, str], kind: str) -> Path:
     try:
         old = read_manifest(path)
     except LoadError:
@@ -122,7 +147,7 @@ def _write_generation(path: Path, parts: dict[str, bytes], suffixes: dict[str, s
     files = {part: f"{part}-{generation}.{suffixes[part]}" for part in PARTS}
     for part in PARTS:
         durable_write(path / files[part], parts[part])
-    manifest = {"format": FORMAT_VERSION, "generation": generation, "files": files,
+    manifest = {"format": FORMAT_VERSION, "generation": generation, "kind": kind, "files": files,
                 "sha256": {p: hashlib.sha256(parts[p]).hexdigest() for p in PARTS},
                 "sizes": {p: len(parts[p]) for p in PARTS}}
     staged = path / f"{MANIFEST}.tmp"
@@ -130,22 +155,50 @@ def _write_generation(path: Path, parts: dict[str, bytes], suffixes: dict[str, s
     _fsync_dir(path)  # the new files' names are on the disk before the manifest can point at them
     os.replace(staged, path / MANIFEST)  # the switch: before it the old generation is current, after it the new
     _fsync_dir(path)
-    for entry in path.iterdir():  # older generations, files of interrupted saves, a format-1 save
+    legacy = {name for files in LEGACY.values() for name in files.values()}
+    for entry in path.iterdir():  # older generations, files of interrupted saves, a first-format save
         match = _NAME.match(entry.name)
-        if match and int(match.group(2)) != generation or entry.name in LEGACY.values():
+        if match and int(match.group(2)) != generation or entry.name in legacy:
             entry.unlink(missing_ok=True)
     return path
 
 
-def read_generation(directory: str | Path) -> dict[str, bytes]:
-    """The current generation's files, each checked against the manifest's size and SHA-256."""
+def _legacy_kind(path: Path) -> str | None:
+    """The kind of a save written before manifests, by its files; None if the folder holds none."""
+    return next((kind for kind, files in LEGACY.items() if all((path / n).is_file() for n in files.values())), None)
+
+
+def saved_kind(directory: str | Path) -> str | None:
+    """The kind of learner saved in ``directory`` (one of :data:`KINDS`), as its manifest says;
+    None when the folder holds no save (a damaged manifest raises ``LoadError``).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     saved_kind(write_generation(folder, {p: b"{}" for p in PARTS}, dict.fromkeys(PARTS, "json"),
+    ...                                 kind="generative"))
+    'generative'
+    """
     path = Path(directory)
     manifest = read_manifest(path)
-    if manifest is None and all((path / name).is_file() for name in LEGACY.values()):
-        # A save of retain's first format: no checksums to verify; the schema still applies on load.
-        return {part: (path / name).read_bytes() for part, name in LEGACY.items()}
-    if manifest is None:
+    return manifest.kind if manifest is not None else _legacy_kind(path)
+
+
+def read_generation(directory: str | Path, kind: str = "classifier") -> Generation:
+    """The current generation's files, each checked against the manifest's size and SHA-256, of
+    a saved ``kind`` learner (another kind is refused, naming it)."""
+    path = Path(directory)
+    manifest = read_manifest(path)
+    found = manifest.kind if manifest is not None else _legacy_kind(path)
+    if found is None:
         raise FileNotFoundError(f"{path} holds no saved learner ({MANIFEST} is missing)")
+    if found != kind:
+        raise LoadError(f"{path} holds a {found} learner, not a {kind} one: retain.engine.persist.load_learner "
+                        "loads either")
+    if manifest is None:  # a save of the kind's first format: no checksums to verify; the schema still applies
+        files = LEGACY[kind]
+        if (path / files["learner"]).stat().st_size > MAX_JSON_BYTES:
+            raise LoadError(f"{path / files['learner']}: too large to be a learner retain saved")
+        return Generation({part: (path / name).read_bytes() for part, name in files.items()}, legacy=True)
     parts = {}
     for part in PARTS:
         file = path / manifest.files[part]
@@ -159,7 +212,7 @@ def read_generation(directory: str | Path) -> dict[str, bytes]:
         if hashlib.sha256(data).hexdigest() != manifest.sha256[part]:
             raise LoadError(f"{file} does not match its checksum: it was changed or damaged after the save")
         parts[part] = data
-    return parts
+    return Generation(parts)
 
 
 def _first_problem(err: Exception) -> str:
@@ -240,15 +293,145 @@ def saved_learner(data: bytes, path: Path) -> _Saved:
         meta = _Saved.model_validate(json.loads(data))
     except ValueError as err:
         raise LoadError(f"{where}: {_first_problem(err)}") from None
-    if meta.format not in (1, FORMAT_VERSION):  # 1: saved before checksums, read all the same
+    if meta.format not in (1, 2, FORMAT_VERSION):  # 1: saved before checksums, read all the same
         raise LoadError(f"{where}: unsupported learner format {meta.format!r}")
     bounded(meta.model, f"{where}: model")
-    for i, s in enumerate(meta.strategies):
+    _check_strategies(meta.strategies, where)
+    return meta
+
+
+def _check_strategies(strategies: list[_SavedStrategy], where: str) -> None:
+    for i, s in enumerate(strategies):
         if s.name not in STRATEGIES:
             raise LoadError(f"{where}: strategies.{i}.name: unknown strategy {s.name!r} (a newer retain, "
                                     "or a method whose file is gone)")
         bounded(s.params, f"{where}: strategies.{i}.params", limit=1 << 24)
+
+
+class _GenerativeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(gt=0, le=1e6)
+    epochs: int = Field(ge=1, le=1 << 20)
+    batch_size: int = Field(ge=1, le=1 << 20)
+    max_tokens: int = Field(ge=1, le=1 << 20)
+    clip: float = Field(ge=0, le=1e6)
+    seed: int = Field(ge=-(1 << 63), lt=1 << 64)
+
+
+class _LanguageModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal[MODELS]
+    adaptation: Literal[ADAPTATIONS]
+    lora_rank: int = Field(ge=1, le=1024)
+    seed: int = Field(ge=0, lt=1 << 62)
+    experts: list[int] = Field(max_length=1024)
+
+
+class _SavedGenerative(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: int
+    model: _LanguageModelConfig
+    training: _GenerativeSettings
+    strategies: list[_SavedStrategy] = Field(max_length=64)
+    seen_classes: list[int] = Field(max_length=1 << 16)
+    directions: dict[str, int] = Field(max_length=1 << 16)
+    steps: int = Field(ge=0)
+    tokens: int = Field(ge=0)
+
+
+def saved_generative(data: bytes, path: Path) -> _SavedGenerative:
+    """A generative learner's saved JSON, validated: its schema, the strategies it names, and
+    bounds on every size (adapters' rank and count, the strategies' settings)."""
+    where = f"{path}/learner.json"
+    try:
+        meta = _SavedGenerative.model_validate(json.loads(data))
+    except ValueError as err:
+        raise LoadError(f"{where}: {_first_problem(err)}") from None
+    if meta.format != FORMAT_VERSION:
+        raise LoadError(f"{where}: unsupported generative learner format {meta.format!r}")
+    bounded(meta.model.experts, f"{where}: model.experts", limit=1 << 16)
+    bounded(meta.seen_classes, f"{where}: seen_classes", limit=1 << 16)
+    bounded(meta.directions, f"{where}: directions", limit=1 << 16)
+    _check_strategies(meta.strategies, where)
     return meta
+
+
+def strategies_to_save(strategies: Sequence[Strategy], tensors: dict[str, Tensor]) -> list[dict[str, Any]]:
+    """Each strategy's name, settings and JSON state, as the saved JSON lists them; its tensors are
+    added to ``tensors`` (the state file) under ``<position>.<key>``."""
+    saved = []
+    for i, s in enumerate(strategies):
+        extra = {}
+        for key, value in s.state_dict().items():
+            if isinstance(value, Tensor):
+                tensors[f"{i}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                extra[key] = value
+        saved.append({"name": s.name, "params": s.get_config(), "state": extra})
+    return saved
+
+
+def make_strategies(saved: list[_SavedStrategy], path: Path) -> list[Strategy]:
+    """The strategies a validated save lists, built from their saved settings."""
+    try:
+        return [make_strategy(s.name, **s.params) for s in saved]
+    except ValidationError as err:
+        raise LoadError(f"{path}: a saved strategy's settings are invalid: {err.errors()[0]['loc']} "
+                        f"{err.errors()[0]['msg']}") from None
+
+
+def set_generator(generator: torch.Generator, tensors: dict[str, Tensor], path: Path) -> None:
+    """Put ``generator`` in the state saved as ``learner.rng``: training goes on drawing what it would have."""
+    if "learner.rng" not in tensors:
+        raise LoadError(f"{path}: the state file has no learner.rng")
+    try:
+        generator.set_state(tensors["learner.rng"])
+    except (RuntimeError, TypeError) as err:
+        raise LoadError(f"{path}: the saved learner.rng is not a generator state ({err})") from None
+
+
+def load_states(strategies: Sequence[Strategy], saved: list[_SavedStrategy], tensors: dict[str, Tensor],
+                learner: Any, path: Path) -> None:
+    """Give each strategy the state :func:`strategies_to_save` wrote (its tensors on the learner's device)."""
+    try:
+        for i, (s, entry) in enumerate(zip(strategies, saved, strict=True)):
+            prefix = f"{i}."
+            state = dict(entry.state) | {
+                k[len(prefix):]: v.to(learner.device) for k, v in tensors.items() if k.startswith(prefix)
+            }
+            s.load_state_dict(state, learner)
+    except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as err:
+        raise LoadError(f"{path}: the saved strategy state does not fit its strategies ({err})") from None
+
+
+def load_learner(directory: str | Path, device: str = "auto") -> Learner | GenerativeLearner:
+    """The learner saved in ``directory``, of the kind its manifest records (a save of a kind's
+    first format, with no manifest, by its files): a classifier :class:`~retain.engine.Learner` on
+    ``device``, or a :class:`~retain.engine.generative.GenerativeLearner`, which loads on the CPU
+    unless ``device`` names one (its config names the device it trains on). Verified as each
+    kind's ``load`` does; ``LoadError`` names what is wrong.
+
+    >>> from retain.engine import Learner
+    >>> from retain.models import make_model
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     _ = Learner(make_model("mlp", (4,), 3, hidden=(8,)), device="cpu").save(folder)
+    ...     type(load_learner(folder, device="cpu")).__name__
+    'Learner'
+    """
+    # Imported here: both learners import this module to save themselves.
+    from retain.engine.generative import GenerativeLearner
+    from retain.engine.learner import Learner
+
+    kind = saved_kind(directory)
+    if kind is None:
+        raise FileNotFoundError(f"{directory} holds no saved learner ({MANIFEST} is missing)")
+    if kind == "generative":
+        return GenerativeLearner.load(directory, device="cpu" if device == "auto" else device)
+    return Learner.load(directory, device=device)
 
 
 def read_tensors(data: bytes, path: Path, part: str) -> dict[str, Tensor]:

@@ -1,5 +1,6 @@
-"""What the service reads: one input as JSON (text, numeric features, or a base64 image or WAV clip),
-checked and turned into the raw tensor rows the store's model was trained on.
+"""What the service reads: JSON inputs, checked and turned into the raw rows the store's model trained on.
+
+An input is text, numeric features, or a base64 image or WAV clip.
 
 The store records what its inputs look like (``modality`` and ``shape``) when it is made, so a
 request is read exactly as the files of ``retain init`` were: an image is resized to the training
@@ -34,12 +35,16 @@ class Input(BaseModel):
     features: list[float] | None = Field(None, min_length=1, max_length=1_000_000)
     image: str | None = Field(None, min_length=1, description="base64 of a PNG or JPEG file")
     audio: str | None = Field(None, min_length=1, description="base64 of a WAV file")
+    lang: str | None = Field(None, min_length=1, max_length=20, description="a translation store's input: the "
+                             "language to translate the text into (de, fr, ...)")
 
     @model_validator(mode="after")
     def _one_kind(self) -> Input:
         given = [k for k in ("text", "features", "image", "audio") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of text, features, image, audio (got {', '.join(given) or 'none'})")
+        if self.lang is not None and self.text is None:
+            raise ValueError("lang goes with text: the language a translation store translates the text into")
         return self
 
     def kind(self) -> str:
@@ -47,7 +52,7 @@ class Input(BaseModel):
 
     def data(self) -> dict[str, Any]:
         """The input alone (no id), as kept with feedback."""
-        return {self.kind(): getattr(self, self.kind())}
+        return {self.kind(): getattr(self, self.kind())} | ({"lang": self.lang} if self.lang is not None else {})
 
 
 class InputError(ValueError):
@@ -95,3 +100,16 @@ def read_inputs(inputs: list[dict[str, Any]], described: dict[str, Any], files: 
             raise InputError(f"{where}.{i}.{expected}", str(err).removeprefix(f"{expected}: ").removeprefix(
                 "image: ").removeprefix("audio: ")) from None
     return torch.from_numpy(np.stack(rows))
+
+
+def read_sources(inputs: list[dict[str, Any]], languages: dict[str, str], where: str = "inputs"
+                 ) -> tuple[list[str], list[str]]:
+    """The texts and target languages of a translation store's inputs (each ``{"text", "lang"}``);
+    an :class:`InputError` names the first bad one."""
+    for i, item in enumerate(inputs):
+        kind = next(iter(item))
+        if kind != "text":
+            raise InputError(f"{where}.{i}.{kind}", "this model translates text: send 'text' and 'lang'")
+        if item.get("lang") not in languages:
+            raise InputError(f"{where}.{i}.lang", f"give the language to translate into, one of {', '.join(languages)}")
+    return [item["text"] for item in inputs], [item["lang"] for item in inputs]

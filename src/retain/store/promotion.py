@@ -36,31 +36,44 @@ class PromotionRule:
     min_class_accuracy: float = Field(0.0, ge=0.0, le=1.0)
     compared_to: Literal["promoted", "best"] = "promoted"
 
-    def decide(self, candidate: dict[str, float], promoted: dict[str, float], new: str,
-               per_class: dict[str, float], best: dict[str, float] | None = None) -> Decision:
-        """``candidate`` and ``promoted``: held-out accuracy by batch; ``new``: the new batch;
-        ``per_class``: the candidate's accuracy by class name; ``best``: each batch's best accuracy
-        on the promoted line (used with ``compared_to: best``)."""
+    def decide(self, candidate: dict[str, float], promoted: dict[str, float], new: str | list[str],
+               per_class: dict[str, float], best: dict[str, float] | None = None,
+               metric: str = "accuracy") -> Decision:
+        """``candidate`` and ``promoted``: held-out scores (0-1) by batch (or by batch and
+        direction); ``new``: the new batch's key or keys; ``per_class``: the candidate's score by
+        class name; ``best``: each key's best score on the promoted line (used with ``compared_to:
+        best``); ``metric``: what the scores are, named in the reasons (accuracy reads as a percentage).
+
+        >>> PromotionRule(max_drop=0.02).decide({"b0 en-de": 0.30, "b1 en-fr": 0.4}, {"b0 en-de": 0.35},
+        ...                                     ["b1 en-fr"], {}, metric="chrF++").reason
+        'b0 en-de: chrF++ 30.0 fell 5.0 points below the promoted version (35.0), more than 2.0 allowed'
+        """
+        news = [new] if isinstance(new, str) else list(new)
+
+        def shown(value: float) -> str:
+            return f"{100 * value:.1f}%" if metric == "accuracy" else f"{100 * value:.1f}"
+
         against = "the promoted version"
         if self.compared_to == "best" and best:
             promoted = {b: max(a, best.get(b, a)) for b, a in promoted.items()}
             against = "its best on the promoted line"
-        if candidate[new] < self.min_new_accuracy:
-            return Decision(False, f"{new}: accuracy {100 * candidate[new]:.1f}% is below the "
-                                   f"{100 * self.min_new_accuracy:.1f}% required of new data")
+        for key in news:
+            if candidate[key] < self.min_new_accuracy:
+                return Decision(False, f"{key}: {metric} {shown(candidate[key])} is below the "
+                                       f"{shown(self.min_new_accuracy)} required of new data")
         for batch, before in promoted.items():
             if batch in candidate and before - candidate[batch] > self.max_drop:
-                return Decision(False, f"{batch}: accuracy {100 * candidate[batch]:.1f}% fell "
+                return Decision(False, f"{batch}: {metric} {shown(candidate[batch])} fell "
                                        f"{100 * (before - candidate[batch]):.1f} points below {against} "
-                                       f"({100 * before:.1f}%), more than {100 * self.max_drop:.1f} allowed")
+                                       f"({shown(before)}), more than {100 * self.max_drop:.1f} allowed")
         weak = {c: a for c, a in per_class.items() if a < self.min_class_accuracy}
         if weak:
             worst = min(weak, key=weak.get)
-            return Decision(False, f"class {worst}: accuracy {100 * weak[worst]:.1f}% is below the "
-                                   f"{100 * self.min_class_accuracy:.1f}% required of every class")
+            return Decision(False, f"class {worst}: {metric} {shown(weak[worst])} is below the "
+                                   f"{shown(self.min_class_accuracy)} required of every class")
         drops = [promoted[b] - candidate[b] for b in promoted if b in candidate]
         worst = f"; largest drop on an earlier batch {100 * max(drops):.1f} points" if drops else ""
-        return Decision(True, f"{new}: accuracy {100 * candidate[new]:.1f}%{worst}")
+        return Decision(True, ", ".join(f"{key}: {metric} {shown(candidate[key])}" for key in news) + worst)
 
 
 @dataclass

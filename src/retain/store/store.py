@@ -1,5 +1,7 @@
-"""A versioned model store: a database of versions, their data batches and gate decisions, and one
-saved learner folder per version; the "promoted" pointer moves in one transaction.
+"""The version registry: a database of model versions, their data batches and decisions, and their saved learners.
+
+The "promoted" pointer moves in one transaction; the same database holds the service's intake
+(feedback, predictions, leases: :mod:`retain.store.intake`), created with the rest.
 
 Layout: ``STORE/store.db`` (SQLite, the default; or ``STORE/database.url`` naming a PostgreSQL
 database, for several hosts) and ``STORE/versions/<n>/`` (a :meth:`Learner.save` folder). A version is
@@ -31,14 +33,12 @@ from sqlalchemy import (
     Engine,
     Float,
     ForeignKey,
-    Index,
     Integer,
     MetaData,
     Table,
     Text,
     create_engine,
     event,
-    func,
     insert,
     inspect,
     select,
@@ -50,7 +50,9 @@ from sqlalchemy.pool import NullPool
 
 from retain.engine import Learner
 from retain.engine.generative import GenerativeLearner
-from retain.engine.persist import durable_write
+from retain.engine.persist import durable_write, load_learner
+from retain.store.intake import TABLES as INTAKE_TABLES
+from retain.store.intake import Intake
 
 FORMAT = 1
 SQLITE = "store.db"  # the default database, inside the store's folder
@@ -73,34 +75,6 @@ BATCHES = Table(
 EVENTS = Table(
     "events", TABLES, Column("id", Integer, primary_key=True), Column("at", Float, nullable=False),
     Column("version", Integer), Column("kind", Text, nullable=False), Column("detail", Text, nullable=False))
-
-# The service's records: labelled rows sent back (acknowledged once committed), predictions made
-# under a request id (so feedback can name them), and the updater's lease (one writer at a time).
-FEEDBACK = Table(
-    "feedback", TABLES, Column("id", Integer, primary_key=True), Column("at", Float, nullable=False),
-    Column("request_id", Text), Column("inputs", Text, nullable=False), Column("label", Text, nullable=False),
-    Column("status", Text, nullable=False, server_default="queued"), Column("version", Integer),
-    Index("feedback_status", "status", "id"))
-PREDICTIONS = Table(
-    "predictions", TABLES, Column("id", Text, primary_key=True), Column("at", Float, nullable=False),
-    Column("version", Integer, nullable=False), Column("inputs", Text, nullable=False),
-    Column("label", Text, nullable=False))
-LEASES = Table("leases", TABLES, Column("name", Text, primary_key=True), Column("holder", Text, nullable=False),
-               Column("expires", Float, nullable=False))
-
-
-@dataclass
-class Feedback:
-    """A labelled row sent back to the store: its inputs (JSON), label name and what became of it."""
-
-    id: int
-    at: float
-    request_id: str | None
-    inputs: str
-    label: str
-    status: str  # queued, learned, or refused (by the gate; kept for review)
-    version: int | None
-
 
 def database_url(url: str) -> URL:
     """``url`` parsed, with PostgreSQL's default driver set to psycopg (version 3, the one installed)
@@ -142,6 +116,12 @@ def _engine(url: URL) -> Engine:
         def _begin(conn) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
     return engine
+
+
+def _create_tables(db: Connection) -> None:
+    """The tables a store's database holds that it lacks: versions and their records, and the intake's."""
+    TABLES.create_all(db)
+    INTAKE_TABLES.create_all(db)
 
 
 class StoreError(ValueError):
@@ -211,12 +191,13 @@ class ModelStore:
                 row = db.execute(select(META.c.value).where(META.c.key == "format")).first()
             if row is not None and not inspect(self._engine).has_table("leases"):  # a store made before them
                 with self._engine.connect().execution_options(write=True) as db, db.begin():
-                    TABLES.create_all(db)
+                    _create_tables(db)
         except DatabaseError as err:
             raise StoreError(f"{self.path}: its database {self.where} cannot be read: "
                              f"{str(err.orig).strip().splitlines()[0]}") from None
         if row is None or int(row[0]) != FORMAT:
             raise StoreError(f"{self.path}: unsupported store format {row[0] if row else None!r}")
+        self.intake = Intake(self._db, self._transaction)
 
     @property
     def where(self) -> str:
@@ -240,7 +221,7 @@ class ModelStore:
             with engine.connect().execution_options(write=True) as db, db.begin():
                 if inspect(db).has_table("meta"):
                     raise StoreError(f"{where} already holds a model store; each store needs its own database")
-                TABLES.create_all(db)
+                _create_tables(db)
                 db.execute(insert(META), [{"key": "format", "value": str(FORMAT)},
                                           {"key": "config", "value": json.dumps(config)},
                                           {"key": "promoted", "value": ""}])
@@ -356,9 +337,7 @@ class ModelStore:
         with self._db() as db:
             if not self._ready(db, version):
                 raise StoreError(f"version {version} is not a ready version of this store")
-        if (self.folder(version) / "learner.json").is_file():  # a translation store's generative model
-            return GenerativeLearner.load(self.folder(version), device="cpu" if device == "auto" else device)
-        return Learner.load(self.folder(version), device=device)
+        return load_learner(self.folder(version), device=device)  # of the kind its save records
 
     def version(self, version: int) -> Version:
         found = [v for v in self.versions() if v.id == version]
@@ -459,90 +438,6 @@ class ModelStore:
         from safetensors.torch import load_file
 
         return load_file(self.path / kind / f"{name}.safetensors")
-
-    # -- the service's records ----------------------------------------------------------
-    def add_feedback(self, rows: list[dict[str, Any]]) -> list[int]:
-        """Keep labelled rows (``inputs`` as JSON text, ``label``, optional ``request_id``) in one
-        transaction; their ids once it has committed (durable: acknowledge them then)."""
-        now = time.time()
-        with self._transaction() as db:
-            ids = db.execute(insert(FEEDBACK).returning(FEEDBACK.c.id, sort_by_parameter_order=True),
-                             [{"at": now, "request_id": r.get("request_id"), "inputs": r["inputs"],
-                               "label": r["label"], "status": "queued"} for r in rows]).scalars().all()
-        return list(ids)
-
-    def feedback(self, status: str | None = "queued", limit: int | None = None) -> list[Feedback]:
-        """Feedback rows (those with ``status``; None: all), oldest first."""
-        query = select(*FEEDBACK.c).order_by(FEEDBACK.c.id).limit(limit)
-        if status is not None:
-            query = query.where(FEEDBACK.c.status == status)
-        with self._db() as db:
-            return [Feedback(*row) for row in db.execute(query).all()]
-
-    def queue(self) -> tuple[dict[str, int], float | None]:
-        """The queued feedback at a glance: rows by label, and when the oldest came (no inputs read)."""
-        with self._db() as db:
-            rows = db.execute(select(FEEDBACK.c.label, func.count(), func.min(FEEDBACK.c.at))
-                              .where(FEEDBACK.c.status == "queued").group_by(FEEDBACK.c.label)).all()
-        return {label: n for label, n, _ in rows}, min((at for _, _, at in rows), default=None)
-
-    def feedback_counts(self) -> dict[str, int]:
-        """How many feedback rows are queued, learned, refused."""
-        with self._db() as db:
-            rows = db.execute(select(FEEDBACK.c.status, func.count()).group_by(FEEDBACK.c.status)).all()
-        return {status: n for status, n in rows}
-
-    def settle_feedback(self, ids: list[int], status: str, version: int | None = None) -> None:
-        """Mark feedback rows learned (by ``version``) or refused."""
-        with self._transaction() as db:
-            for start in range(0, len(ids), 500):
-                db.execute(update(FEEDBACK).where(FEEDBACK.c.id.in_(ids[start:start + 500]))
-                           .values(status=status, version=version))
-
-    def add_predictions(self, rows: list[dict[str, Any]]) -> None:
-        """Keep predictions made under a request id (``id``, ``version``, ``inputs``, ``label``)."""
-        now = time.time()
-        with self._transaction() as db:
-            db.execute(insert(PREDICTIONS), [r | {"at": now} for r in rows])
-
-    def predictions(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The kept predictions of these request ids, by id."""
-        with self._db() as db:
-            rows = db.execute(select(*PREDICTIONS.c).where(PREDICTIONS.c.id.in_(ids))).all()
-        return {r.id: r._asdict() for r in rows}
-
-    def labelled(self, ids: list[str]) -> set[str]:
-        """Those of the request ids that feedback has labelled already."""
-        with self._db() as db:
-            rows = db.execute(select(FEEDBACK.c.request_id).where(FEEDBACK.c.request_id.in_(ids))).all()
-        return {r[0] for r in rows}
-
-    def prequential(self) -> list[tuple[float, int, bool]]:
-        """(time of the feedback, version that predicted, whether it was right) for every
-        prediction later labelled by feedback, oldest first: accuracy on data as it arrives."""
-        query = (select(FEEDBACK.c.at, PREDICTIONS.c.version, PREDICTIONS.c.label == FEEDBACK.c.label)
-                 .join(PREDICTIONS, PREDICTIONS.c.id == FEEDBACK.c.request_id).order_by(FEEDBACK.c.id))
-        with self._db() as db:
-            return [(at, v, bool(hit)) for at, v, hit in db.execute(query).all()]
-
-    def lease(self, name: str, holder: str, seconds: float) -> bool:
-        """Take or renew the lease ``name`` for ``seconds``: True if ``holder`` holds it now. Only
-        one holder at a time across processes and hosts (the updater's: one writer)."""
-        now = time.time()
-        with self._transaction() as db:
-            row = db.execute(select(LEASES.c.holder, LEASES.c.expires).where(LEASES.c.name == name)).first()
-            if row is None:
-                db.execute(insert(LEASES).values(name=name, holder=holder, expires=now + seconds))
-                return True
-            if row.holder != holder and row.expires > now:
-                return False
-            db.execute(update(LEASES).where(LEASES.c.name == name).values(holder=holder, expires=now + seconds))
-            return True
-
-    def release(self, name: str, holder: str) -> None:
-        """Give the lease back (if ``holder`` holds it)."""
-        with self._transaction() as db:
-            db.execute(update(LEASES).where(LEASES.c.name == name, LEASES.c.holder == holder).values(expires=0.0))
 
     def log(self, kind: str, detail: str, version: int | None = None) -> None:
         """Add an event to the store's log (a gate decision, say)."""

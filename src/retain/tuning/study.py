@@ -39,7 +39,7 @@ from retain.build import build_learner, build_stream
 from retain.config import MethodConfig, RunConfig, load_config
 from retain.data import Experience, Stream, split_held_out
 from retain.engine.learner import Diverged
-from retain.metrics import PeakMemory
+from retain.engine.protocol import Trained, train_and_score
 from retain.tuning.space import Knob, config_yaml, configured, knobs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and the report say what matters
@@ -205,32 +205,34 @@ class Objective:
         # One learner per trial seed, trained in step so each experience's score is their mean.
         learners = [build_learner(self.stream, run, method, seed) for seed in self.cfg.tune.trial_seeds]
         chunks = [self.stream.merged()] if method.whole_stream else list(self.stream)
-        seconds, peak, accuracy = 0.0, 0.0, 0.0
+        experiences, learned = self.stream.experiences, [0]
         single = len(self.objectives) == 1
-        for i, exp in enumerate(chunks):
-            seen = self.stream.experiences if method.whole_stream else self.stream.experiences[:i + 1]
-            scores = []
-            for learner in learners:
-                with PeakMemory(learner.device) as cost:
-                    try:
-                        learner.fit(exp)
-                    except Diverged as err:
-                        trial.set_user_attr("diverged", str(err))
-                        return self._values(0.0, math.inf, math.inf)
-                seconds, peak = seconds + cost.seconds / len(learners), max(peak, cost.peak_mb)
-                # Over every experience's slice, the ones not learned yet scoring 0: a curve that rises as
-                # experiences are learned and ends at the objective, so a pruner's "best so far" is its
-                # latest point (the mean over the seen ones alone falls as the stream grows).
-                scores.append(sum(learner.evaluate(seen)) / len(self.stream))
-            accuracy = sum(scores) / len(scores)
+
+        def score(learner: Any) -> list[float]:
+            # Over every experience's slice, the ones not learned yet scoring 0: a curve that rises as
+            # experiences are learned and ends at the objective, so a pruner's "best so far" is its
+            # latest point (the mean over the seen ones alone falls as the stream grows).
+            seen = experiences if method.whole_stream else experiences[:learned[0] + 1]
+            return learner.evaluate(seen) + [0.0] * (len(experiences) - len(seen))
+
+        def report(i: int, so_far: Trained) -> None:
+            learned[0] = i + 1
             if single and self.cfg.tune.pruner != "none":
+                accuracy = sum(so_far.rows[-1]) / len(experiences)
                 trial.report(accuracy, i)
                 if trial.should_prune():
-                    trial.set_user_attr("train_seconds", seconds)
+                    trial.set_user_attr("train_seconds", sum(so_far.seconds))
                     raise optuna.TrialPruned(f"accuracy {accuracy:.3f} after experience {i}")
+
+        try:
+            trained = train_and_score(learners, chunks, score, report)
+        except Diverged as err:
+            trial.set_user_attr("diverged", str(err))
+            return self._values(0.0, math.inf, math.inf)
+        seconds, peak = sum(trained.seconds), max(trained.peaks)
         trial.set_user_attr("train_seconds", seconds)
         trial.set_user_attr("peak_mb", peak)
-        return self._values(accuracy, seconds, peak)
+        return self._values(sum(trained.rows[-1]) / len(experiences), seconds, peak)
 
     def _values(self, accuracy: float, seconds: float, peak: float) -> float | tuple[float, ...]:
         found = {"accuracy": accuracy, "train_seconds": seconds, "peak_mb": peak}

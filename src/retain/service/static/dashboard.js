@@ -5,6 +5,8 @@ const SVG = "http://www.w3.org/2000/svg";
 const COLOURS = ["#2b6cb0", "#2f855a", "#805ad5", "#c05621", "#b7791f", "#00838f", "#6b46c1", "#9c4221"];
 const colour = (v) => COLOURS[(v || 0) % COLOURS.length];
 const pct = (a) => (a === null || a === undefined ? "–" : (100 * a).toFixed(1) + "%");
+let metric = "accuracy"; // the store's metric: a classifier's accuracy, a translation store's chrF++ (0-1 in /state)
+const score = (a) => (metric === "accuracy" || a === null || a === undefined ? pct(a) : (100 * a).toFixed(1));
 
 function el(name, attrs, text) {
   const node = document.createElementNS(SVG, name);
@@ -68,7 +70,7 @@ function bars(id, values, highlightLast) {
     const left = 4 + i * (w + gap);
     const fill = highlightLast && i === names.length - 1 ? "#2f855a" : "#2b6cb0";
     const bar = el("rect", { x: left, y: H - B - h, width: w, height: h, fill });
-    bar.appendChild(el("title", {}, `${name}: ${pct(a)}`));
+    bar.appendChild(el("title", {}, `${name}: ${score(a)}`));
     svg.appendChild(bar);
     svg.appendChild(el("text", { x: left + w / 2, y: H - B - h - 3, "text-anchor": "middle", "font-size": 10 },
       (100 * a).toFixed(0)));
@@ -83,7 +85,7 @@ function versions(state) {
   for (const v of state.versions.slice().reverse()) {
     const row = document.createElement("tr");
     if (v.version === state.served) row.className = "promoted";
-    const acc = Object.entries(v.accuracy).map(([b, a]) => `${b.replace("batch-", "")}: ${pct(a)}`).join(", ");
+    const acc = Object.entries(v.accuracy).map(([b, a]) => `${b.replace("batch-", "")}: ${score(a)}`).join(", ");
     for (const text of [v.version, v.parent ?? "", v.decision + (v.version === state.served ? " (serving)" : ""),
       acc, v.reason]) {
       const cell = document.createElement("td");
@@ -104,6 +106,9 @@ function versions(state) {
 }
 
 function show(state) {
+  metric = state.metric;
+  for (const node of document.querySelectorAll(".metric")) node.textContent = state.metric;
+  for (const node of document.querySelectorAll(".answers")) node.textContent = state.answers;
   document.getElementById("served").textContent = state.served === null ? "no version" : `version ${state.served}`;
   document.getElementById("accuracy").textContent = state.labelled ? pct(state.correct / state.labelled) : "–";
   document.getElementById("labelled").textContent = state.labelled;

@@ -1,0 +1,26 @@
+"""The config a command names: a run config with ``--seeds`` applied, or a translation config."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run_config(args: argparse.Namespace, loop: bool = False):
+    """The run config named on the command line, with ``--seeds`` applied; ``loop``: for ``retain
+    init`` (its data comes from ``--data``)."""
+    from retain.config import load_config
+
+    cfg = load_config(args.config, loop=loop)
+    if args.seeds:
+        cfg.seeds = args.seeds
+    return cfg
+
+
+def is_translation(path: str) -> bool:
+    """Whether the YAML file at ``path`` is a ``task: translation`` config."""
+    from retain.config import ConfigError, read_yaml
+
+    try:
+        return read_yaml(path).get("task") == "translation"
+    except ConfigError:
+        return False  # the run config's own reading reports what is wrong with the file

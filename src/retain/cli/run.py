@@ -1,0 +1,207 @@
+"""``retain run`` (on one process, on N under torchrun, or a translation stream) and ``retain select``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from retain.cli.configs import is_translation, run_config
+from retain.cli.errors import RunFolderError, reported, user_errors
+
+
+def _run_folder(cfg, out: str | None, resume: bool) -> Path:
+    """The folder a run writes to, checked and created before any training: ``--out``, else a new
+    ``<output>/<name>-<time>`` inside the output root (the name cannot lead outside it). A folder
+    holding another run's files is refused unless resuming it; ``--resume`` without ``--out``
+    takes the newest folder of the run's name."""
+    from retain.util import slug
+
+    root = Path(cfg.output)
+    name = slug(cfg.name)
+    if out is not None:
+        folder = Path(out)
+    elif resume:
+        own = re.compile(rf"{re.escape(name)}-\d{{8}}-\d{{6}}(-\d+)?")
+        previous = sorted((p for p in root.glob(f"{name}-*") if own.fullmatch(p.name)), key=lambda p: p.stat().st_mtime)
+        if not previous:
+            raise RunFolderError(f"--resume: no earlier run named {name} in {root}")
+        folder = previous[-1]
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        root.mkdir(parents=True, exist_ok=True)
+        for k in range(1, 1000):  # two runs in the same second get separate folders: mkdir claims one
+            folder = root / f"{name}-{stamp}" if k == 1 else root / f"{name}-{stamp}-{k}"
+            if root.resolve() not in folder.resolve().parents:
+                raise RunFolderError(f"run name {cfg.name!r} would write outside the output folder {root}")
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                continue
+    if folder.is_dir() and any(folder.iterdir()) and not resume:
+        raise RunFolderError(f"{folder} already holds files; choose another --out, or pass --resume to finish the "
+                             "run it holds")
+    if resume and folder.is_dir() and any(folder.iterdir()) and not (folder / "results.json").is_file():
+        raise RunFolderError(f"{folder} holds files but no results.json: it is not a run to resume")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise RunFolderError(f"cannot write the run's results to {folder}: {err.strerror}") from None
+    return folder
+
+
+def _finished_methods(cfg, folder: Path) -> dict:
+    """The methods an interrupted run in ``folder`` already finished, if it ran this very config."""
+    from retain.metrics import ExperimentResult
+
+    path = folder / "results.json"
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        previous = ExperimentResult.from_dict(saved)
+    except (ValueError, KeyError, TypeError) as err:
+        raise RunFolderError(f"{path} cannot be resumed: it is damaged ({err})") from None
+    if previous.config != cfg.model_dump(mode="json") or previous.seeds != cfg.seeds:
+        raise RunFolderError(f"{folder} holds a run of another config; start a new run (or pass its own config)")
+    return previous.methods
+
+
+def _check_ranks(cfg, world: int) -> None:
+    """Refuse, before any training, what cannot run across ``world`` ranks."""
+    from retain.engine import distributed
+
+    if world == 1:
+        return
+    for i, method in enumerate(cfg.strategies):
+        problem = distributed.problem(method.build(cfg.model.head), cfg.mode)
+        if problem:
+            raise RunFolderError(f"--nproc: strategies.{i}: {problem}")
+    if cfg.training.batch_size < world:
+        raise RunFolderError(f"--nproc: training.batch_size {cfg.training.batch_size} is smaller than the "
+                             f"{world} ranks")
+
+
+def _start(cfg, args: argparse.Namespace, ranks) -> tuple[Path | None, dict]:
+    """The run folder and the methods already done. Rank 0 decides; the others learn its decision (or its
+    error) before any collective step."""
+    from retain.engine import distributed
+
+    problem, out, done = None, None, {}
+    if ranks.rank == 0:
+        try:
+            out = _run_folder(cfg, args.out, args.resume)
+            _check_ranks(cfg, ranks.world)
+            if ranks.world > 1:
+                batch = cfg.training.batch_size
+                print(f"{ranks.world} ranks ({distributed.backend()}): global batch {batch} "
+                      f"({batch // ranks.world}{'' if batch % ranks.world == 0 else f'-{-(-batch // ranks.world)}'}"
+                      f" rows a rank), lr {cfg.training.lr}", file=sys.stderr)
+            done = _finished_methods(cfg, out) if args.resume else {}
+        except user_errors() as err:
+            problem = str(err)
+    problem, finished = distributed.share((problem, sorted(done)))
+    if problem:
+        raise RunFolderError(problem)
+    return out, done if ranks.rank == 0 else dict.fromkeys(finished)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``retain run``: every method of the config on its stream, results and report in the run folder."""
+    from retain.engine import distributed
+    from retain.experiment import run_experiment
+    from retain.monitor import comparison_table, write_report, write_results
+
+    if is_translation(args.config):
+        return _run_translation(args)
+    if args.nproc > 1 and not distributed.launched():
+        return _launch_ranks(args)
+    with reported():
+        cfg = run_config(args)
+        ranks = distributed.start(cfg.training.device)
+    main_rank = ranks.rank == 0
+    try:
+        with reported():
+            out, done = _start(cfg, args, ranks)
+            if done and main_rank:
+                print(f"resuming {out}: {', '.join(done)} already done", file=sys.stderr)
+            results = run_experiment(cfg, progress=not args.quiet and main_rank, done=done,
+                                     on_method=lambda r: write_results(r, out) if main_rank else None)
+    finally:
+        distributed.stop()
+    if not main_rank:
+        return 0
+    write_report(results, out)
+    if not args.quiet:
+        print(comparison_table(results))
+    if results.stream.read_as:
+        print(f"tables read as: {results.stream.read_as} (name them under scenario.files)")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _run_translation(args: argparse.Namespace) -> int:
+    """``retain run`` on a ``task: translation`` config: the continual translation stream."""
+    from retain.data.catalogues import CatalogueError
+    from retain.translation import load_translation_config, run_translation, translation_table, write_translation_report
+
+    with reported(CatalogueError, FileNotFoundError):
+        for flag, given in (("--nproc", args.nproc > 1), ("--resume", args.resume), ("--seeds", args.seeds)):
+            if given:
+                raise RunFolderError(f"{flag}: a translation run takes one process and the seed: in its config")
+        cfg = load_translation_config(args.config)
+        out = _run_folder(cfg, args.out, False)
+        results, extras = run_translation(cfg, progress=not args.quiet, out=out,
+                                          on_method=lambda r, e: write_translation_report(r, e, out))
+    write_translation_report(results, extras, out)
+    if not args.quiet:
+        print(translation_table(results, extras))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _launch_ranks(args: argparse.Namespace) -> int:
+    """``retain run --nproc N``: the same command under torchrun, N processes on this machine."""
+    import subprocess
+
+    with reported():
+        cfg = run_config(args)
+        _check_ranks(cfg, args.nproc)
+        out = _run_folder(cfg, args.out, args.resume)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+               "-m", "retain", "run", args.config, "--out", str(out)]
+    command += (["--seeds", *map(str, args.seeds)] if args.seeds else []) + (["--quiet"] if args.quiet else []) \
+        + (["--resume"] if args.resume else [])
+    env = os.environ | {"OMP_NUM_THREADS": "1"}  # each rank sets its share of the cores itself
+    return subprocess.call(command, env=env)
+
+
+def select(args: argparse.Namespace) -> int:
+    """``retain select``: the config's methods with each backbone and adaptation, as a table."""
+    from retain.experiment import compare_backbones
+
+    with reported(invalid="invalid choice"):
+        cfg = run_config(args)
+        backbones = args.backbone or [cfg.model.backbone]
+        choices = [(b, a) for b in backbones for a in args.adaptation.split(",")]
+        rows = compare_backbones(cfg, choices, progress=not args.quiet)
+    header = ("backbone", "adaptation", "method", "ACC %", "forgetting %", "update s", "features s",
+              "trainable params", "peak MB")
+    print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
+    for r in rows:
+        print(f"| {r['backbone']} | {r['adaptation']} | {r['strategy']} "
+              f"| {100 * r['acc']:.1f} ± {100 * r['acc_std']:.1f} "
+              f"| {100 * r['forgetting']:.1f} | {r['update_seconds']:.2f} | {r['feature_seconds']:.1f} "
+              f"| {r['trainable_parameters']:,.0f} | {r['peak_mb']:.0f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+        print(f"rows: {args.out}")
+    return 0

@@ -1,0 +1,24 @@
+"""``retain strategies``: every method with its family, scenarios, defaults and paper."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def strategies(args: argparse.Namespace) -> int:
+    """``retain strategies``: four lines a method, or JSON."""
+    from retain.strategies import STRATEGIES, describe
+
+    rows = [describe(cls) for cls in STRATEGIES.values()]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    short = {"class_incremental": "class", "task_incremental": "task", "domain_incremental": "domain"}
+    for row in rows:
+        defaults = ", ".join(f"{k}={v}" for k, v in row["defaults"].items()) or "no parameters"
+        print(f"{row['name']:<13} {row['family']:<20} {'/'.join(short[s] for s in row['scenarios'])}")
+        print(f"    {row['summary']}")
+        print(f"    {defaults}")
+        print(f"    {row['paper']}")
+    return 0

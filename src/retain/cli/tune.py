@@ -1,0 +1,66 @@
+"""``retain tune``: Optuna studies over each method's knobs, and ``--apply`` to a model store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from retain.cli.errors import reported
+
+
+def tune(args: argparse.Namespace) -> int:
+    """``retain tune``: the study (resumed if its database exists), the best configs and their test scores."""
+    import torch
+
+    from retain.tuning import Source, TuneError, optimize, storage_url
+    from retain.tuning import tune as run_study
+
+    try:
+        with reported(TuneError):
+            source = Source.read(args.source)
+            if args.trials:
+                source.cfg.tune.trials = args.trials
+            out = Path(args.out or Path(source.cfg.output) / f"{source.cfg.name}-tune")
+            if args.worker is not None:  # one of the processes `--workers` started: trials only
+                torch.set_num_threads(args.threads)
+                optimize(source, storage_url(args.storage, out), worker=args.worker)
+                return 0
+            if args.apply and (source.kind != "store" or args.no_final):
+                raise TuneError("--apply retunes a model store, after the test-set comparison (without --no-final)")
+            if (out / "study.db").exists() and args.storage is None:
+                print(f"resuming the study in {out / 'study.db'}", file=sys.stderr)
+            rows = run_study(source, out, workers=args.workers, storage=args.storage, progress=not args.quiet,
+                             final=not args.no_final)
+    except KeyboardInterrupt:
+        print("retain: interrupted; run the same command again to resume the study", file=sys.stderr)
+        return 130
+    for r in rows:
+        best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["best_params"].items())
+        line = f"{r['method']}: validation {100 * r['best_validation']['accuracy']:.1f}% with {best or 'the defaults'}"
+        if "test_tuned" in r:
+            d, t = r["test_default"]["acc"], r["test_tuned"]["acc"]
+            line += f"; test {100 * d:.1f}% default -> {100 * t:.1f}% tuned"
+        print(line)
+    print("best config: " + (str(out / "best.yaml") if len(rows) == 1 else ", ".join(str(out / r["best_config"])
+                                                                                 for r in rows)))
+    print(f"report: {out / 'report.md'}")
+    if args.apply:
+        _apply_tuning(args.source, rows[0], out)
+    return 0
+
+
+def _apply_tuning(store: str, row: dict, out: Path) -> None:
+    """``retain tune STORE --apply``: the best knobs become the store's, if they beat its own on the test rows."""
+    from retain.config import load_config
+    from retain.loop import Project
+
+    tuned, default = row["test_tuned"]["acc"], row["test_default"]["acc"]
+    if tuned <= default:
+        print(f"not applied: the tuned knobs scored {100 * tuned:.1f}% on the held-out test rows, the store's own "
+              f"{100 * default:.1f}%")
+        return
+    best = load_config(out / row["best_config"], loop=True)
+    Project(store).retune(best, f"retain tune: {row['best_params']} ({100 * default:.1f}% -> {100 * tuned:.1f}% on "
+                                f"held-out test rows); report {out / 'report.md'}")
+    print(f"applied: the next update of {store} trains with the tuned knobs")

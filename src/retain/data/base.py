@@ -1,0 +1,39 @@
+"""What every data set is: the :class:`Dataset` type, the error of a missing one, and where data is cached.
+
+Kept apart from the registry of built-in data sets (:mod:`retain.data.datasets`), which imports
+the text and audio builders: they import these, and nothing imports back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import Tensor
+
+
+def cache_dir() -> Path:
+    """Where retain caches generated data and features (``$RETAIN_CACHE`` or ``~/.cache/retain``)."""
+    return Path(os.environ.get("RETAIN_CACHE", Path.home() / ".cache" / "retain"))
+
+
+class DatasetNotFound(FileNotFoundError):
+    """A data set's files or package are missing; the message says what to install or pass."""
+
+
+@dataclass
+class Dataset:
+    """A labeled data set already split into train and test; images are ``(N, C, H, W)``."""
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    class_names: tuple[str, ...]
+    metadata: dict = field(default_factory=dict)  # e.g. the speaker of every clip
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)

@@ -1,0 +1,108 @@
+"""The HTTP endpoints: each reads its request, calls the part of the service that does the work, answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, HTTPException
+from fastapi import Path as FastAPIPath
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from retain.service.deps import Service, limited, reader, service_of, writer
+from retain.service.schemas import VERSION_MAX, FeedbackRequest, PredictRequest, RollbackRequest, problem
+from retain.store import StoreError
+
+STATIC = Path(__file__).parent / "static"
+
+router = APIRouter()
+ServiceDep = Annotated[Service, Depends(service_of)]
+
+
+# The two busy endpoints answer plain JSON: no response model to validate on the way out.
+@router.post("/predict", dependencies=[Depends(reader)], response_model=None)
+def predict(request: PredictRequest, service: ServiceDep) -> JSONResponse:
+    """Labels and top-k probabilities for one or many inputs, and the version that answered."""
+    limited(service.settings, len(request.inputs), "inputs")
+    return JSONResponse(service.served.predict(request))
+
+
+@router.post("/feedback", dependencies=[Depends(writer)], response_model=None)
+def feedback(request: FeedbackRequest, service: ServiceDep) -> JSONResponse:
+    """True labels for inputs or earlier predictions; acknowledged once durably stored."""
+    limited(service.settings, len(request.rows), "rows")
+    return JSONResponse(service.updater.feedback(request))
+
+
+@router.post("/update", dependencies=[Depends(writer)])
+def update(service: ServiceDep) -> dict[str, Any]:
+    """Learn the queued feedback now: the gate, a candidate, the promotion rule."""
+    return service.updater.update("asked")
+
+
+@router.get("/versions", dependencies=[Depends(reader)])
+def versions(service: ServiceDep) -> list[dict[str, Any]]:
+    return service.project.versions()
+
+
+@router.post("/promote/{version}", dependencies=[Depends(writer)])
+def promote(version: Annotated[int, FastAPIPath(ge=1, le=VERSION_MAX)], service: ServiceDep) -> dict[str, Any]:
+    try:
+        with service.store.writer():
+            service.store.promote(version, reason="promoted by hand")
+    except StoreError as err:
+        raise problem(404, ["path", "version"], str(err)) from None
+    service.served.refresh()
+    return {"promoted": version}
+
+
+@router.post("/rollback", dependencies=[Depends(writer)])
+def rollback(service: ServiceDep, request: Annotated[RollbackRequest | None, Body()] = None) -> dict[str, Any]:
+    try:
+        version = service.project.rollback(request.version if request else None)
+    except StoreError as err:
+        raise problem(409, ["body", "version"], str(err)) from None
+    service.served.refresh()
+    return {"promoted": version}
+
+
+@router.get("/health")
+def health() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "alive"}
+
+
+@router.get("/ready")
+def ready(service: ServiceDep) -> JSONResponse:
+    """A promoted version is loaded and answering."""
+    current = service.served.current
+    if current is None:
+        return JSONResponse({"status": "no version is promoted yet"}, 503)
+    return JSONResponse({"status": "ready", "version": current.version})
+
+
+@router.get("/metrics", dependencies=[Depends(reader)])
+def metrics(service: ServiceDep) -> Response:
+    """Prometheus text format."""
+    service.metrics.queue.set(service.store.intake.feedback_counts().get("queued", 0))
+    return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/state", dependencies=[Depends(reader)])
+def state(service: ServiceDep) -> dict[str, Any]:
+    """What the dashboard shows, as JSON."""
+    return service.view.state()
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def dashboard() -> HTMLResponse:
+    return HTMLResponse((STATIC / "dashboard.html").read_text())
+
+
+@router.get("/static/{name}", include_in_schema=False)
+def static(name: str) -> Response:
+    files = {p.name: p for p in STATIC.iterdir()}
+    if name not in files:
+        raise HTTPException(404, detail=f"no file {name}")
+    kind = {".js": "text/javascript", ".css": "text/css"}.get(files[name].suffix, "text/plain")
+    return Response(files[name].read_bytes(), media_type=kind)

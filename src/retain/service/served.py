@@ -1,0 +1,131 @@
+"""The served model: the promoted version loaded, swapped in whole when it changes, and its predictions.
+
+Predictions read :attr:`Served.current`, a (version, learner, label names) triple replaced whole
+when the store's promoted version changes (a reference swap: a request in flight keeps the triple
+it took). A classifier answers with its top labels; a translation store's model with a translation
+of each text into the language its input names (one generation at a time: a generative model
+switches its mode while it decodes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from typing import Any, NamedTuple
+
+import torch
+from fastapi import HTTPException
+from sqlalchemy.exc import IntegrityError
+
+from retain.build import model_inputs
+from retain.data.catalogues import LANGUAGES
+from retain.engine import Learner
+from retain.loop import Project, top_labels
+from retain.service.inputs import InputError, read_inputs, read_sources
+from retain.service.metrics import ServiceMetrics
+from retain.service.schemas import PredictRequest, problem
+from retain.store import StoreError
+from retain.tasks.translation import Pairs
+
+
+class Loaded(NamedTuple):
+    """One version as served: its learner (only ever predicting) and the name of each class id."""
+
+    version: int
+    learner: Learner
+    names: list[str]
+
+
+class Served:
+    """The promoted version of ``project``'s store, kept loaded (see the module docstring)."""
+
+    def __init__(self, project: Project, metrics: ServiceMetrics) -> None:
+        self.project, self.store, self.metrics = project, project.store, metrics
+        self.labels = project.kind.name == "classification"  # else the model writes its answers (translation)
+        self.described = self.store.meta("inputs")
+        if self.described is None and self.labels:
+            raise StoreError(f"{self.store.path} does not record what its inputs look like; make it with retain init")
+        self.generating = threading.Lock()
+        self.current: Loaded | None = None
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Load the promoted version if it is not the one served; then swap it in whole."""
+        version = self.store.promoted()
+        if version is None or (self.current is not None and self.current.version == version):
+            return
+        learner = self.store.load(version, device="cpu")
+        learner.model.eval()  # only ever predicts: threads share it without switching its mode
+        self.current = Loaded(version, learner, self.project.label_names(learner))
+        self.metrics.version.set(version)
+
+    def start(self, poll: float) -> None:
+        """Check for a newly promoted version every ``poll`` seconds, in a background thread."""
+        self.thread = threading.Thread(target=self._watch, args=(poll,), name="retain-watch", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+
+    def _watch(self, poll: float) -> None:
+        while not self.stop.wait(poll):
+            with contextlib.suppress(Exception):  # a store busy for a moment: try again next time
+                self.refresh()
+
+    def read(self, inputs: list[dict[str, Any]], where: str) -> torch.Tensor | tuple[list[str], list[str]]:
+        """Raw input rows as the store's model was trained on, or a translation store's texts and
+        languages (:class:`InputError` naming ``where``)."""
+        if not self.labels:
+            return read_sources(inputs, LANGUAGES, where)
+        return read_inputs(inputs, self.described, self.project.config.scenario.files, where)
+
+    def predict(self, request: PredictRequest) -> dict[str, Any]:
+        """The served version's top labels for each input; those given an id are kept for feedback."""
+        served = self.current
+        if served is None:
+            raise HTTPException(503, detail="no version is promoted yet")
+        version, learner, names = served
+        try:
+            x = self.read([i.data() for i in request.inputs], "inputs")
+        except InputError as err:
+            raise problem(422, ["body", *(int(p) if p.isdigit() else p for p in err.field.split("."))],
+                          err.message) from None
+        out = self._labels(learner, names, x, request) if self.labels else self._translations(learner, x, request)
+        kept = [{"id": item.id, "version": version, "inputs": json.dumps(item.data()), "label": o["label"]}
+                for item, o in zip(request.inputs, out, strict=True) if item.id is not None]
+        if kept:
+            ids = [k["id"] for k in kept]
+            try:
+                if len(set(ids)) < len(ids):
+                    raise IntegrityError("", None, ValueError("repeated"))
+                self.store.intake.add_predictions(kept)
+            except IntegrityError:  # an id given before, or twice: say which
+                used = sorted(set(self.store.intake.predictions(ids)) | {i for i in ids if ids.count(i) > 1})
+                raise problem(409, ["body", "inputs", "id"], f"ids already used: {', '.join(used[:5])}") from None
+        return {"version": version, "predictions": out}
+
+    def _labels(self, learner: Learner, names: list[str], x: torch.Tensor, request: PredictRequest
+                ) -> list[dict[str, Any]]:
+        tops = top_labels(learner.predict_proba(model_inputs(self.project.config, x)), names, request.top_k)
+        out = []
+        for item, top in zip(request.inputs, tops, strict=True):
+            self.metrics.predictions.labels(top[0][0]).inc()
+            out.append({"id": item.id, "label": top[0][0],
+                        "top": [{"label": n, "probability": v} for n, v in top]})
+        return out
+
+    def _translations(self, learner: Any, sources: tuple[list[str], list[str]], request: PredictRequest
+                      ) -> list[dict[str, Any]]:
+        texts, langs = sources
+        with self.generating:
+            answers = self.project.kind.predict(learner, Pairs(texts, [""] * len(texts), langs), 1)
+        out = []
+        for item, lang, answer in zip(request.inputs, langs, answers, strict=True):
+            self.metrics.predictions.labels(f"en-{lang}").inc()
+            out.append({"id": item.id, "label": answer.label, "lang": lang})
+        return out

@@ -1,0 +1,180 @@
+"""The feedback queue and the background updater that learns it, in the process holding the store's lease.
+
+Feedback is acknowledged once committed to the store's database, and scored against the prediction
+it labels (test-then-train: accuracy, drift). The updater runs in a background thread of the
+process holding the store's ``updater`` lease (one writer across processes and hosts); it takes the
+queued feedback through the gate and the promotion rule with :meth:`Project.learn`, as
+``retain update`` does with a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from retain.config import ServiceConfig
+from retain.engine.updater import Hybrid
+from retain.loop import Project
+from retain.service.inputs import InputError
+from retain.service.metrics import ServiceMetrics
+from retain.service.schemas import FeedbackRequest, problem
+from retain.service.served import Served
+from retain.tasks.translation import Pairs
+
+LEASE = "updater"
+
+
+class Updater:
+    """Takes feedback, and learns it when an update is due (see the module docstring)."""
+
+    def __init__(self, project: Project, served: Served, settings: ServiceConfig, metrics: ServiceMetrics) -> None:
+        self.project, self.store, self.served = project, project.store, served
+        self.settings, self.metrics = settings, metrics
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.updating = threading.Lock()
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.last_update: dict[str, Any] | None = None
+        self.tried = 0.0  # when the last update began (rows too few to learn are tried again after update_wait)
+        self.drift_signal = False
+        self.detector = Hybrid(drift=settings.drift).detector() if settings.drift else None
+        self.labelled, self.correct = 0, 0  # predictions later labelled, and right, in this process
+
+    # -- feedback -----------------------------------------------------------------------
+    def feedback(self, request: FeedbackRequest) -> dict[str, Any]:
+        """Keep the rows, all or none; each labelling an earlier prediction scores it."""
+        intake = self.store.intake
+        ids = [r.id for r in request.rows if r.id is not None]
+        known = intake.predictions(ids) if ids else {}
+        labelled = intake.labelled(ids) if ids else set()
+        rows, data = [], []
+        for i, row in enumerate(request.rows):
+            if (row.id is None) == (row.input is None):
+                raise problem(422, ["body", "rows", i], "give either the input or the id of a prediction")
+            if row.id in labelled or ids.count(row.id) > 1:  # one label a prediction: counted once
+                raise problem(409, ["body", "rows", i, "id"], f"the prediction {row.id!r} is labelled already")
+            if row.input is None and row.id not in known:
+                raise problem(404, ["body", "rows", i, "id"], f"no prediction has the id {row.id!r}")
+            item = row.input.data() if row.input is not None else json.loads(known[row.id]["inputs"])
+            data.append(item)
+            rows.append({"inputs": json.dumps(item), "label": row.label, "request_id": row.id})
+        try:
+            self.served.read(data, "rows")  # every row readable before any is kept
+        except InputError as err:
+            index = int(err.field.split(".")[1])
+            raise problem(422, ["body", "rows", index, "input", err.field.split(".")[-1]], err.message) from None
+        stored = intake.add_feedback(rows)  # committed: acknowledged from here on
+        self.metrics.feedback.inc(len(rows))
+        for row in request.rows:  # test-then-train: was the earlier prediction right?
+            if row.id in known:
+                self._labelled(known[row.id]["label"] == row.label)
+        current = self.served.current
+        labels = set(current.names) if current else set()
+        answers = ({r.label for r in request.rows} if self.served.labels
+                   else {f"en-{item['lang']}" for item in data})  # a translation store's answers: its directions
+        return {"accepted": len(stored), "ids": stored, "new_classes": sorted(answers - labels)}
+
+    def _labelled(self, right: bool) -> None:
+        self.labelled += 1
+        self.correct += right
+        self.metrics.labelled.inc()
+        self.metrics.correct.inc(int(right))
+        self.metrics.accuracy.set(self.correct / self.labelled)
+        if self.detector is not None:
+            self.detector.update(0.0 if right else 1.0)
+            if self.detector.drift_detected:
+                self.metrics.drift.inc()
+                current = self.served.current
+                self.store.log("drift", "the error of labelled predictions rose", current.version if current else None)
+                self.drift_signal = True
+
+    # -- updates ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run updates in a background thread while this process holds the lease."""
+        self.thread = threading.Thread(target=self._run, name="retain-updater", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop the thread and give the lease back."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+            with contextlib.suppress(Exception):
+                self.store.intake.release(LEASE, self.holder)
+
+    def _run(self) -> None:
+        ttl, held_until = max(30.0, 10 * self.settings.poll), 0.0
+        while not self.stop.wait(self.settings.poll):
+            try:
+                if time.time() > held_until - ttl / 2:  # renewed when half its time is gone
+                    if not self.store.intake.lease(LEASE, self.holder, seconds=ttl):
+                        held_until = 0.0
+                        continue
+                    held_until = time.time() + ttl
+                due = self.due()
+                if due:
+                    self.update(due)
+            except Exception as err:  # noqa: BLE001 - logged; the next round tries again
+                with contextlib.suppress(Exception):
+                    self.store.log("updater", f"update failed: {type(err).__name__}: {err}")
+
+    def due(self) -> str | None:
+        """Why an update should run now, or None."""
+        by_label, oldest = self.store.intake.queue()
+        queued = sum(by_label.values())
+        self.metrics.queue.set(queued)
+        if not queued:
+            return None
+        known = set(self.store.labels())
+        fresh = {label: n for label, n in by_label.items() if label not in known and self.served.labels}
+        if fresh and max(fresh.values()) >= self.settings.new_class_rows:
+            return f"new class {max(fresh, key=fresh.get)}"
+        if time.time() - oldest >= self.settings.update_wait and time.time() - self.tried >= self.settings.update_wait:
+            return f"rows waited {self.settings.update_wait:g} s"  # however few: none waits for ever
+        if queued < self.settings.min_rows:
+            return None
+        if queued >= self.settings.update_rows:
+            return f"{queued} rows queued"
+        if self.drift_signal:
+            return "drift"
+        return None
+
+    def _learn(self, x: Any, answers: list[str], source: str) -> Any:
+        """The queued rows through the gate and the promotion rule: labels, or corrected translations
+        (post-edits) of texts into their languages."""
+        if not self.served.labels:
+            texts, langs = x
+            return self.project.learn_rows(Pairs(texts, answers, langs), [], source=source)
+        labels = self.project.labels()
+        return self.project.learn(x, labels.names, labels.ids(answers), source=source)
+
+    def update(self, trigger: str = "asked") -> dict[str, Any]:
+        """Learn the queued feedback now (one update at a time in this process)."""
+        with self.updating:
+            self.tried = time.time()
+            queued = self.store.intake.feedback("queued", limit=50_000)
+            if not queued:
+                return {"version": None, "promoted": False, "reason": "no feedback is queued", "rows": 0}
+            x = self.served.read([json.loads(r.inputs) for r in queued], "feedback")
+            source = f"feedback {queued[0].id}-{queued[-1].id}"
+            try:
+                result = self._learn(x, [r.label for r in queued], source)
+            except ValueError as err:  # too few rows to hold any out: wait for more
+                self.last_update = {"version": None, "promoted": False, "reason": str(err), "rows": len(queued)}
+                return self.last_update
+            ids = [r.id for r in queued]
+            self.store.intake.settle_feedback(ids, "refused" if result.version is None else "learned", result.version)
+            self.metrics.gate.labels(result.gate_decision or "accept").inc()
+            outcome = "refused" if result.version is None else "promoted" if result.promoted else "kept"
+            self.metrics.updates.labels(outcome).inc()
+            self.drift_signal = False
+            self.served.refresh()
+            self.metrics.queue.set(len(self.store.intake.feedback("queued")))
+            self.last_update = result.__dict__ | {"rows": len(queued), "trigger": trigger}
+            return self.last_update

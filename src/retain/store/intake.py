@@ -1,0 +1,136 @@
+"""The service's records in a store's database: the feedback queue, the predictions log, the updater's lease.
+
+Labelled rows sent back are acknowledged once committed; predictions made under a request id are
+kept so that feedback can name them; the lease lets one updater write at a time across processes
+and hosts. :class:`~retain.store.ModelStore` creates these tables beside its versions and hands
+out an :class:`Intake` on them (``store.intake``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, Table, Text, func, insert, select, update
+
+TABLES = MetaData()
+FEEDBACK = Table(
+    "feedback", TABLES, Column("id", Integer, primary_key=True), Column("at", Float, nullable=False),
+    Column("request_id", Text), Column("inputs", Text, nullable=False), Column("label", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="queued"), Column("version", Integer),
+    Index("feedback_status", "status", "id"))
+PREDICTIONS = Table(
+    "predictions", TABLES, Column("id", Text, primary_key=True), Column("at", Float, nullable=False),
+    Column("version", Integer, nullable=False), Column("inputs", Text, nullable=False),
+    Column("label", Text, nullable=False))
+LEASES = Table("leases", TABLES, Column("name", Text, primary_key=True), Column("holder", Text, nullable=False),
+               Column("expires", Float, nullable=False))
+
+Connect = Callable[[], AbstractContextManager[Connection]]
+
+
+@dataclass
+class Feedback:
+    """A labelled row sent back to the store: its inputs (JSON), label name and what became of it."""
+
+    id: int
+    at: float
+    request_id: str | None
+    inputs: str
+    label: str
+    status: str  # queued, learned, or refused (by the gate; kept for review)
+    version: int | None
+
+
+class Intake:
+    """The feedback, predictions and leases of one store, read and written through the store's own
+    connections: ``read`` sees the last commit, ``write`` is one transaction at a time."""
+
+    def __init__(self, read: Connect, write: Connect) -> None:
+        self._db, self._transaction = read, write
+
+    def add_feedback(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Keep labelled rows (``inputs`` as JSON text, ``label``, optional ``request_id``) in one
+        transaction; their ids once it has committed (durable: acknowledge them then)."""
+        now = time.time()
+        with self._transaction() as db:
+            ids = db.execute(insert(FEEDBACK).returning(FEEDBACK.c.id, sort_by_parameter_order=True),
+                             [{"at": now, "request_id": r.get("request_id"), "inputs": r["inputs"],
+                               "label": r["label"], "status": "queued"} for r in rows]).scalars().all()
+        return list(ids)
+
+    def feedback(self, status: str | None = "queued", limit: int | None = None) -> list[Feedback]:
+        """Feedback rows (those with ``status``; None: all), oldest first."""
+        query = select(*FEEDBACK.c).order_by(FEEDBACK.c.id).limit(limit)
+        if status is not None:
+            query = query.where(FEEDBACK.c.status == status)
+        with self._db() as db:
+            return [Feedback(*row) for row in db.execute(query).all()]
+
+    def queue(self) -> tuple[dict[str, int], float | None]:
+        """The queued feedback at a glance: rows by label, and when the oldest came (no inputs read)."""
+        with self._db() as db:
+            rows = db.execute(select(FEEDBACK.c.label, func.count(), func.min(FEEDBACK.c.at))
+                              .where(FEEDBACK.c.status == "queued").group_by(FEEDBACK.c.label)).all()
+        return {label: n for label, n, _ in rows}, min((at for _, _, at in rows), default=None)
+
+    def feedback_counts(self) -> dict[str, int]:
+        """How many feedback rows are queued, learned, refused."""
+        with self._db() as db:
+            rows = db.execute(select(FEEDBACK.c.status, func.count()).group_by(FEEDBACK.c.status)).all()
+        return {status: n for status, n in rows}
+
+    def settle_feedback(self, ids: list[int], status: str, version: int | None = None) -> None:
+        """Mark feedback rows learned (by ``version``) or refused."""
+        with self._transaction() as db:
+            for start in range(0, len(ids), 500):
+                db.execute(update(FEEDBACK).where(FEEDBACK.c.id.in_(ids[start:start + 500]))
+                           .values(status=status, version=version))
+
+    def add_predictions(self, rows: list[dict[str, Any]]) -> None:
+        """Keep predictions made under a request id (``id``, ``version``, ``inputs``, ``label``)."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(insert(PREDICTIONS), [r | {"at": now} for r in rows])
+
+    def predictions(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The kept predictions of these request ids, by id."""
+        with self._db() as db:
+            rows = db.execute(select(*PREDICTIONS.c).where(PREDICTIONS.c.id.in_(ids))).all()
+        return {r.id: r._asdict() for r in rows}
+
+    def labelled(self, ids: list[str]) -> set[str]:
+        """Those of the request ids that feedback has labelled already."""
+        with self._db() as db:
+            rows = db.execute(select(FEEDBACK.c.request_id).where(FEEDBACK.c.request_id.in_(ids))).all()
+        return {r[0] for r in rows}
+
+    def prequential(self) -> list[tuple[float, int, bool]]:
+        """(time of the feedback, version that predicted, whether it was right) for every
+        prediction later labelled by feedback, oldest first: accuracy on data as it arrives."""
+        query = (select(FEEDBACK.c.at, PREDICTIONS.c.version, PREDICTIONS.c.label == FEEDBACK.c.label)
+                 .join(PREDICTIONS, PREDICTIONS.c.id == FEEDBACK.c.request_id).order_by(FEEDBACK.c.id))
+        with self._db() as db:
+            return [(at, v, bool(hit)) for at, v, hit in db.execute(query).all()]
+
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``seconds``: True if ``holder`` holds it now. Only
+        one holder at a time across processes and hosts (the updater's: one writer)."""
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute(select(LEASES.c.holder, LEASES.c.expires).where(LEASES.c.name == name)).first()
+            if row is None:
+                db.execute(insert(LEASES).values(name=name, holder=holder, expires=now + seconds))
+                return True
+            if row.holder != holder and row.expires > now:
+                return False
+            db.execute(update(LEASES).where(LEASES.c.name == name).values(holder=holder, expires=now + seconds))
+            return True
+
+    def release(self, name: str, holder: str) -> None:
+        """Give the lease back (if ``holder`` holds it)."""
+        with self._transaction() as db:
+            db.execute(update(LEASES).where(LEASES.c.name == name, LEASES.c.holder == holder).values(expires=0.0))

@@ -1,0 +1,160 @@
+"""What a task kind brings to the loop, and nothing else: its config, its rows, its learner, its score.
+
+The loop (:class:`retain.loop.Project`), the service and the tuner are written once; a kind fills
+in what differs between, say, classification (rows are inputs with a label, scored by accuracy)
+and translation (rows are source/target pairs, scored by chrF++). A kind is found by existing: a
+subclass of :class:`TaskKind` with a ``name`` in a module of this package is registered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from torch import Tensor
+
+from retain.quality import GateReport
+from retain.store import ModelStore
+
+
+class Rows(Protocol):
+    """A batch of a kind's rows: sized, sliced by row indices, kept in a store as tensors."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, index: Tensor) -> Rows: ...
+
+    def tensors(self) -> dict[str, Tensor]: ...
+
+    def hashes(self) -> list[str]: ...
+
+    def content(self) -> tuple[Tensor, ...]: ...
+
+
+@dataclass
+class Prediction:
+    """One row's prediction: where it came from, the answer (a label, a translation) and, for
+    labels, the likeliest ones with their probabilities."""
+
+    row: str
+    label: str
+    top: list[tuple[str, float]]
+
+
+class TaskKind:
+    """One kind of task. Subclasses set the class attributes and implement the methods below;
+    ``config`` is the validated run config the store keeps."""
+
+    name: ClassVar[str]
+    metric: ClassVar[str]  # what a version is scored by, on a 0-1 scale, higher is better
+    labels: ClassVar[str]  # what a row's answer is called in messages and tables: "class", "direction"
+    config_type: ClassVar[type]  # the validated run config
+    too_few: ClassVar[str]  # why a batch may be too small to hold rows out
+
+    def __init__(self, store: ModelStore, run: dict[str, Any]) -> None:
+        self.store = store
+        self.config = self.validate(run)
+
+    # -- config ---------------------------------------------------------------------------
+    @classmethod
+    def for_store(cls, config: Any) -> Any:
+        """``config`` as a new store keeps it."""
+        return config
+
+    @classmethod
+    def validate(cls, run: dict[str, Any]) -> Any:
+        """The kind's run config from the dictionary a store keeps (errors name the field)."""
+        raise NotImplementedError
+
+    def retuned(self, best: Any) -> dict[str, Any]:
+        """The store's run config with ``best``'s (a tuned config) training settings and declared-
+        tunable strategy knobs; anything else changed is refused: the versions learned with it."""
+        raise NotImplementedError
+
+    def knobs(self) -> dict[str, Any]:
+        """The training knobs the store's config sets now (a learner loaded from an older version
+        takes them: the config may have been retuned since)."""
+        raise NotImplementedError
+
+    @property
+    def rule(self) -> Any:
+        """The :class:`~retain.store.PromotionRule` of the store's config."""
+        return self.config.promotion
+
+    @property
+    def gate_policy(self) -> Any:
+        return self.config.gate
+
+    # -- rows -----------------------------------------------------------------------------
+    def read(self, data: Path, labelled: bool = True) -> Rows:
+        """The rows of a batch file or folder, refused with a message naming it when they cannot be read."""
+        raise NotImplementedError
+
+    def check(self, rows: Rows, where: str) -> None:
+        """Refuse rows no model could learn from (raises with a message naming ``where``)."""
+
+    def rows_of(self, tensors: dict[str, Tensor]) -> Rows:
+        """Rows kept with :meth:`Rows.tensors` read back."""
+        raise NotImplementedError
+
+    def held_rows(self, name: str) -> Rows:
+        """A batch's held-out rows, as the store keeps them."""
+        return self.rows_of(self.store.get_data(name))
+
+    def answers(self, rows: Rows, names: list[str], learner: Any) -> list[str]:
+        """The answers (label names, directions) ``rows`` bring that the store has not learned
+        (``names``: the store's label names and the batch's new ones)."""
+        return []
+
+    def label_names(self, learner: Any) -> list[str]:
+        """The answers ``learner`` knows, by name (a classifier's class names, directions)."""
+        raise NotImplementedError
+
+    def split(self, rows: Rows, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+        """Row indices to train on and to hold out."""
+        raise NotImplementedError
+
+    # -- learning -------------------------------------------------------------------------
+    def new_learner(self, rows: Rows, names: list[str], seed: int) -> Any:
+        """The first version's learner, built from the config's first method."""
+        raise NotImplementedError
+
+    def readable(self, learner: Any, rows: Rows, where: str) -> Rows:
+        """``rows`` as ``learner`` reads them (refused naming ``where`` when it cannot)."""
+        return rows
+
+    def fit(self, learner: Any, train: Rows, held: Rows, index: int, names: list[str], progress: bool = False) -> None:
+        """Train ``learner`` on the ``index``-th batch's training rows."""
+        raise NotImplementedError
+
+    def retune(self, learner: Any) -> Any:
+        """``learner`` with the store's current knobs."""
+        return learner
+
+    # -- judging --------------------------------------------------------------------------
+    def inspect(self, rows: Rows, current: Any, held: dict[str, Rows], known: set[str], seed: int) -> GateReport:
+        """The data-quality gate's look at a batch; ``known`` holds the hashes of rows already held."""
+        raise NotImplementedError
+
+    def scores(self, learner: Any, held: dict[str, Rows]) -> dict[str, float]:
+        """The metric on each batch's held-out rows, keyed by what the promotion rule compares
+        (a batch name; for translation a batch and direction)."""
+        raise NotImplementedError
+
+    def per_answer(self, learner: Any, held: dict[str, Rows]) -> dict[str, float]:
+        """The metric by answer (class, direction) over every held-out row."""
+        raise NotImplementedError
+
+    def new_keys(self, scores: dict[str, float], batch: str) -> list[str]:
+        """The keys of ``scores`` that belong to the new ``batch``."""
+        return [k for k in scores if k == batch or k.startswith(f"{batch} ")]
+
+    # -- answering ------------------------------------------------------------------------
+    def predict(self, learner: Any, data: Any, top_k: int, where: str) -> list[Prediction]:
+        """What ``learner`` answers for ``data`` (a file or folder, or inputs as they are)."""
+        raise NotImplementedError
+
+    def evaluate(self, learner: Any, data: Path, version: int) -> dict[str, Any]:
+        """The metric of ``learner`` on labelled ``data``: overall and by answer."""
+        raise NotImplementedError

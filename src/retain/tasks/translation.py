@@ -1,0 +1,404 @@
+"""Translation: rows are English source / target pairs of one direction each, scored by chrF++.
+
+The model is a :class:`~retain.models.generative.LanguageModel` prompted with the direction's
+``[tag]`` (:func:`prompt`); one direction is learned after another in the order their languages
+first appear. A store holds a share of each batch's sources out (by a hash of the source, so the
+same sentence is held out in every direction and never trained on) and scores every version with
+chrF++ on each batch's held-out pairs of each direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from torch import Tensor
+
+from retain.config import ConfigError, ServiceConfig, format_errors
+from retain.data import Experience
+from retain.data.catalogues import LANGUAGES, is_test_source, specifiers_kept
+from retain.data.files import json_lines
+from retain.engine.generative import GenerativeLearner, check_strategy
+from retain.models.generative import ADAPTATIONS, MODELS, LanguageModel
+from retain.quality import GatePolicy, GateReport
+from retain.quality.pairs import inspect_pairs, loose_hash, pair_hash
+from retain.store import StoreError
+from retain.store.promotion import PromotionRule
+from retain.strategies import STRATEGIES, make_strategy
+from retain.tasks.base import Prediction, TaskKind
+from retain.util import require, slug
+
+PROMPT = "Translate English to {name} [{tag}]:\n{source}\n"
+
+
+def prompt(source: str, lang: str) -> str:
+    """The prompt of one source sentence; the ``[tag]`` names the direction.
+
+    >>> prompt("File not found", "de")
+    'Translate English to German [de]:\\nFile not found\\n'
+    """
+    return PROMPT.format(name=LANGUAGES[lang], tag=lang, source=source)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LMConfig(_Strict):
+    """The language model (:class:`retain.models.generative.LanguageModel`) and how it adapts."""
+
+    name: Literal[MODELS] = "smollm2"
+    adaptation: Literal[ADAPTATIONS] = "lora"
+    lora_rank: PositiveInt = 8
+
+
+class CorpusConfig(_Strict):
+    """The stream (:func:`retain.data.catalogues.load_corpus`): one direction per language, in order."""
+
+    languages: list[str] = Field(default_factory=lambda: list(LANGUAGES), description="one direction each, in order")
+    n_train: PositiveInt = 200
+    n_test: PositiveInt = 30
+    max_chars: PositiveInt = 80
+
+    @field_validator("languages")
+    @classmethod
+    def _languages(cls, v: list[str]) -> list[str]:
+        bad = [lang for lang in v if lang not in LANGUAGES]
+        if bad or not v or len(set(v)) != len(v):
+            raise ValueError(f"give distinct target languages from: {', '.join(LANGUAGES)} (got {v})")
+        return v
+
+
+class LMTrainingConfig(_Strict):
+    """How each experience trains: AdamW at ``lr``, ``epochs`` passes of ``batch_size`` rows of at
+    most ``max_tokens`` tokens (prompt, target and end), on ``device`` with ``threads`` CPU threads."""
+
+    lr: PositiveFloat = 1e-3
+    epochs: PositiveInt = 1
+    batch_size: PositiveInt = 8
+    max_tokens: PositiveInt = 72
+    threads: PositiveInt | Literal["auto"] = "auto"
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$", description="cpu, cuda, cuda:N or mps")
+
+
+class GenerationConfig(_Strict):
+    """How the test sources are translated (greedy) and how many English texts score perplexity."""
+
+    max_new_tokens: PositiveInt = 40
+    batch_size: PositiveInt = 32
+    perplexity_texts: int = Field(60, ge=0, description="English fortunes scored before and after (0: none)")
+
+
+class TranslationMethod(_Strict):
+    """One column of the comparison: strategies composed, and the adaptation or lr if not the run's."""
+
+    label: str
+    compose: list[dict[str, Any]] = Field(default_factory=list)
+    adaptation: Literal[ADAPTATIONS] | None = Field(None, description="this method's adaptation (default: the model's)")
+    lr: PositiveFloat | None = Field(None, description="this method's learning rate (default: training.lr)")
+
+    @field_validator("compose", mode="before")
+    @classmethod
+    def _compose(cls, v: Any) -> list[dict[str, Any]]:
+        specs = [{"name": s} if isinstance(s, str) else s for s in (v or [])]
+        for i, s in enumerate(specs):
+            if not isinstance(s, dict) or s.get("name") not in STRATEGIES:
+                raise ValueError(f"compose[{i}]: give a strategy name, got {s!r}")
+            check_strategy(make_strategy(s["name"], **{k: w for k, w in s.items() if k != "name"}))
+        return specs
+
+    @property
+    def whole_stream(self) -> bool:
+        return any(STRATEGIES[s["name"]].whole_stream for s in self.compose)
+
+
+class TranslationConfig(_Strict):
+    """``retain run`` on a config with ``task: translation``, and a translation store's config."""
+
+    task: str = "translation"
+    name: str = "translation"
+    output: str = Field("runs", description="the folder runs are written under (retain run --out overrides)")
+    seed: int = 0
+    model: LMConfig = Field(default_factory=LMConfig)
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    training: LMTrainingConfig = Field(default_factory=LMTrainingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    methods: list[TranslationMethod] = Field(default_factory=lambda: [TranslationMethod(label="finetune")])
+    max_drop: NonNegativeFloat = Field(2.0, description="a store promotes a version only if no direction it had "
+                                                        "learned lost more chrF++ points than this")
+    gate: GatePolicy = Field(default_factory=GatePolicy, description="a store's checks on incoming pairs")
+    service: ServiceConfig = Field(default_factory=ServiceConfig, description="retain serve on a translation store")
+
+    @field_validator("methods")
+    @classmethod
+    def _labels(cls, v: list[TranslationMethod]) -> list[TranslationMethod]:
+        labels = [m.label for m in v]
+        if not v or len({slug(label) for label in labels}) != len(labels):  # each names a model folder
+            raise ValueError(f"give at least one method, with labels distinct as folder names (got {labels})")
+        return v
+
+    @model_validator(mode="after")
+    def _experts_alone(self) -> TranslationConfig:
+        for i, m in enumerate(self.methods):
+            experts = (m.adaptation or self.model.adaptation) == "experts"
+            if experts and any(s["name"] != "finetune" for s in m.compose):
+                raise ValueError(f"methods.{i} ({m.label}): experts keep each direction in an adapter of its own "
+                                 "and take no strategy; give replay, penalties or joint a shared adapter "
+                                 "(adaptation: lora)")
+        return self
+
+
+def validate_translation(raw: dict[str, Any], where: str) -> TranslationConfig:
+    """A translation config from its YAML's mapping; errors name the field."""
+    try:
+        return TranslationConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"invalid config {where}:\n{format_errors(err)}") from None
+
+
+def pairs_experience(learner: GenerativeLearner, lang: str, sources: list[str], targets: list[str],
+                     index: int) -> Experience:
+    """Pairs translated into ``lang`` as token rows of one experience, tagged with direction ``index``."""
+    try:
+        x, y = learner.encode([prompt(s, lang) for s in sources], targets)
+    except ValueError as err:  # a prompt longer than the rows: the config's limit is the one to raise
+        raise ConfigError(f"training.max_tokens: en-{lang}: {err}") from None
+    empty = torch.empty(0, x.shape[1], dtype=torch.long)
+    return Experience(x, y, empty, empty.clone(), id=index, task=index, classes=(index,),
+                      t_train=torch.full((len(x),), index, dtype=torch.long), scenario="task_incremental",
+                      metadata={"direction": f"en-{lang}"})
+
+
+def translate(learner: GenerativeLearner, sources: list[str], lang: str, direction: int | None = None,
+              max_new_tokens: int = 40, batch_size: int = 32, progress: bool = False) -> list[str]:
+    """``sources`` translated into ``lang`` (``direction``: the index whose expert adapter to use)."""
+    return learner.generate([prompt(s, lang) for s in sources], direction, max_new_tokens, batch_size, progress,
+                            desc=f"en-{lang}")
+
+
+def score(outputs: list[str], sources: list[str], references: list[str]) -> dict[str, float]:
+    """chrF++ and BLEU (sacrebleu, corpus level, 0-100) and the share of outputs whose format
+    specifiers differ from their source's.
+
+    >>> s = score(["Datei %s fehlt"], ["File %s missing"], ["Datei %s fehlt"])
+    >>> round(s["chrf"]), round(s["bleu"]), s["broken"]
+    (100, 100, 0.0)
+    """
+    sacrebleu = require("sacrebleu", "sacrebleu")
+    return {"chrf": float(sacrebleu.corpus_chrf(outputs, [references], word_order=2).score),
+            "bleu": float(sacrebleu.corpus_bleu(outputs, [references]).score),
+            "broken": float(np.mean([not specifiers_kept(s, o) for s, o in zip(sources, outputs, strict=True)]))}
+
+
+def build_translator(cfg: TranslationConfig, method: TranslationMethod) -> GenerativeLearner:
+    """The learner of one method: the config's model with the method's adaptation and strategies."""
+    model = LanguageModel(cfg.model.name, method.adaptation or cfg.model.adaptation, cfg.model.lora_rank, cfg.seed)
+    strategies = [make_strategy(s["name"], **{k: v for k, v in s.items() if k != "name"}) for s in method.compose]
+    t = cfg.training
+    return GenerativeLearner(model, strategies, lr=method.lr or t.lr, epochs=t.epochs, batch_size=t.batch_size,
+                             max_tokens=t.max_tokens, seed=cfg.seed, device=t.device)
+
+
+def translations(learner: GenerativeLearner, rows: Pairs, max_new_tokens: int = 40, batch_size: int = 32,
+                 progress: bool = False) -> list[str]:
+    """Each row's source translated into its own language, in the rows' order (a language the
+    learner never learned goes through the shared weights: experts have no adapter for it)."""
+    out = [""] * len(rows)
+    for lang in dict.fromkeys(rows.langs):
+        index = [i for i, other in enumerate(rows.langs) if other == lang]
+        texts = translate(learner, [rows.sources[i] for i in index], lang, learner.directions.get(lang),
+                          max_new_tokens, batch_size, progress)
+        for i, text in zip(index, texts, strict=True):
+            out[i] = text
+    return out
+
+
+def _texts(tensors: dict[str, Tensor], key: str) -> list[str]:
+    """Strings kept by :meth:`Pairs.tensors`: UTF-8 bytes end to end, and each one's length."""
+    data, ends = bytes(tensors[key].tolist()), tensors[f"{key}_len"].cumsum(0).tolist()
+    return [data[a:b].decode() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+@dataclass
+class Pairs:
+    """Translation pairs: English sources, their targets, and each target's language."""
+
+    sources: list[str]
+    targets: list[str]
+    langs: list[str]
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def take(self, index: Tensor) -> Pairs:
+        rows = index.tolist()
+        return Pairs(*([part[i] for i in rows] for part in (self.sources, self.targets, self.langs)))
+
+    def tensors(self) -> dict[str, Tensor]:
+        out = {}
+        for key, texts in (("source", self.sources), ("target", self.targets), ("lang", self.langs)):
+            encoded = [s.encode() for s in texts]
+            out[key] = torch.tensor(list(b"".join(encoded)), dtype=torch.uint8)
+            out[f"{key}_len"] = torch.tensor([len(b) for b in encoded], dtype=torch.long)
+        return out
+
+    def hashes(self) -> list[str]:
+        return [pair_hash(*p) for p in zip(self.sources, self.targets, self.langs, strict=True)]
+
+    def content(self) -> tuple[Tensor, ...]:
+        return tuple(self.tensors().values())
+
+    def loose_hashes(self) -> list[str]:
+        return [loose_hash(*p) for p in zip(self.sources, self.targets, self.langs, strict=True)]
+
+    def direction(self, lang: str) -> Pairs:
+        return self.take(torch.tensor([i for i, g in enumerate(self.langs) if g == lang], dtype=torch.long))
+
+
+def read_pairs(path: str | Path, labelled: bool = True) -> Pairs:
+    """The pairs of a JSON Lines file, each ``{"source", "target", "lang"}`` (``labelled=False``:
+    the target may be left out); a bad row is named."""
+    keys = ("source", "target", "lang") if labelled else ("source", "lang")
+    rows = []
+    for i, row in json_lines(path):
+        if not all(isinstance(row.get(k), str) and row[k] for k in keys):
+            raise StoreError(f"{path}, line {i}: give an object with " + ", ".join(f'"{k}"' for k in keys[:-1])
+                             + f' and "{keys[-1]}" strings')
+        if row["lang"] not in LANGUAGES:
+            raise StoreError(f"{path}, line {i}: lang {row['lang']!r}; give one of {', '.join(LANGUAGES)}")
+        rows.append(row)
+    if not rows:
+        raise StoreError(f"{path}: no pairs")
+    return Pairs([r["source"] for r in rows], [r.get("target", "") for r in rows], [r["lang"] for r in rows])
+
+
+class Translation(TaskKind):
+    """English→X pairs learned direction after direction; a version is scored by chrF++ (0-1) on
+    each batch's held-out pairs of each direction, and promoted only if no direction it had learned
+    lost more than ``max_drop`` points."""
+
+    name = "translation"
+    metric = "chrF++"
+    labels = "direction"
+    config_type = TranslationConfig
+    too_few = "a share of the sources is held out by their hash: send more pairs"
+
+    @classmethod
+    def validate(cls, run: dict[str, Any]) -> TranslationConfig:
+        return validate_translation(run, "in the store")
+
+    @property
+    def rule(self) -> PromotionRule:
+        return PromotionRule(max_drop=self.config.max_drop / 100)
+
+    def retuned(self, best: TranslationConfig) -> dict[str, Any]:
+        if best.model != self.config.model:
+            raise ValueError("model: a store's adapters keep the model, adaptation and LoRA rank they were made "
+                             f"with ({self.config.model.model_dump()}); a tuned rank applies to a new store")
+        mine, tuned = self.config.methods[0], best.methods[0]
+        for part, current in zip(tuned.compose, mine.compose, strict=False):
+            fixed = sorted(k for k in part if k != "name" and part[k] != current.get(k)
+                           and k not in STRATEGIES[part["name"]].tunable)
+            if part["name"] != current["name"] or fixed or len(tuned.compose) != len(mine.compose):
+                raise ValueError(f"{part['name']}.{', '.join(fixed) or 'name'}: the store's versions learned with "
+                                 "the current value; only declared-tunable knobs can change in a deployment")
+        run = self.config.model_dump(mode="json")
+        run["methods"][0] = tuned.model_dump(mode="json") | {"label": mine.label}
+        return run
+
+    def knobs(self) -> dict[str, Any]:
+        t = self.config.training
+        return {"lr": self.config.methods[0].lr or t.lr, "epochs": t.epochs, "batch_size": t.batch_size}
+
+    def read(self, data: Path, labelled: bool = True) -> Pairs:
+        return read_pairs(data, labelled)
+
+    def rows_of(self, tensors: dict[str, Tensor]) -> Pairs:
+        return Pairs(_texts(tensors, "source"), _texts(tensors, "target"), _texts(tensors, "lang"))
+
+    def held_rows(self, name: str) -> Pairs:
+        """A batch's held-out pairs; stores made before the loop was shared kept them as JSON."""
+        if name in self.store.data_names():
+            return self.rows_of(self.store.get_data(name))
+        rows = (self.store.meta("held_out") or {})[name]
+        return Pairs([p["source"] for p in rows], [p["target"] for p in rows], [p["lang"] for p in rows])
+
+    def label_names(self, learner: GenerativeLearner) -> list[str]:
+        """The directions ``learner`` has learned, in order."""
+        return [f"en-{lang}" for lang in learner.directions]
+
+    def answers(self, rows: Pairs, names: list[str], learner: GenerativeLearner | None) -> list[str]:
+        known = learner.directions if learner is not None else {}
+        return [f"en-{lang}" for lang in dict.fromkeys(rows.langs) if lang not in known]
+
+    def split(self, rows: Pairs, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+        held = torch.tensor([is_test_source(s, round(100 * fraction), salt="store") for s in rows.sources])
+        return held.logical_not().nonzero().squeeze(1), held.nonzero().squeeze(1)
+
+    def new_learner(self, rows: Pairs, names: list[str], seed: int) -> GenerativeLearner:
+        return build_translator(self.config, self.config.methods[0])
+
+    def fit(self, learner: GenerativeLearner, train: Pairs, held: Pairs, index: int, names: list[str],
+            progress: bool = False) -> None:
+        for lang in dict.fromkeys(train.langs):
+            direction = learner.directions.setdefault(lang, len(learner.directions))
+            mine = train.direction(lang)
+            learner.fit(pairs_experience(learner, lang, mine.sources, mine.targets, direction), progress)
+
+    def retune(self, learner: GenerativeLearner) -> GenerativeLearner:
+        for knob, value in self.knobs().items():
+            setattr(learner, knob, value)
+        return learner
+
+    def inspect(self, rows: Pairs, current: GenerativeLearner | None, held: dict[str, Pairs], known: set[str],
+                seed: int) -> GateReport:
+        loose = {h for part in held.values() for h in part.loose_hashes()}
+        return inspect_pairs(rows.sources, rows.targets, rows.langs, self.config.gate, known | loose,
+                             max_chars=self.config.corpus.max_chars)
+
+    def _translations(self, learner: GenerativeLearner, rows: Pairs, progress: bool = False) -> list[str]:
+        g = self.config.generation
+        return translations(learner, rows, g.max_new_tokens, g.batch_size, progress)
+
+    def chrf(self, learner: GenerativeLearner, rows: Pairs) -> float:
+        """chrF++ / 100 of ``learner``'s translations of ``rows`` against their targets."""
+        return score(self._translations(learner, rows), rows.sources, rows.targets)["chrf"] / 100
+
+    def scores(self, learner: GenerativeLearner, held: dict[str, Pairs]) -> dict[str, float]:
+        """chrF++ / 100 on each batch's held-out pairs of each direction, keyed ``batch en-<lang>``
+        (a later version is compared with its parent on the same pairs)."""
+        return {f"{batch} en-{lang}": self.chrf(learner, rows.direction(lang))
+                for batch, rows in held.items() for lang in dict.fromkeys(rows.langs)}
+
+    def per_answer(self, learner: GenerativeLearner, held: dict[str, Pairs]) -> dict[str, float]:
+        """chrF++ / 100 of each direction over every batch's held-out pairs."""
+        parts = list(held.values())
+        every = Pairs(*(sum((getattr(p, k) for p in parts), []) for k in ("sources", "targets", "langs")))
+        return {f"en-{lang}": self.chrf(learner, every.direction(lang)) for lang in dict.fromkeys(every.langs)}
+
+    def predict(self, learner: GenerativeLearner, data: Any, top_k: int, progress: bool = False) -> list[Prediction]:
+        rows = data if isinstance(data, Pairs) else self.read(Path(data), labelled=False)
+        names = [str(i + 1) for i in range(len(rows))]
+        return [Prediction(row, text, []) for row, text in zip(names, self._translations(learner, rows, progress),
+                                                               strict=True)]
+
+    def evaluate(self, learner: GenerativeLearner, data: Path, version: int, progress: bool = False
+                 ) -> dict[str, Any]:
+        rows = self.read(data)
+        return {"version": version, "rows": len(rows), "chrf": 100 * self.chrf(learner, rows),
+                "per_direction": {f"en-{lang}": 100 * self.chrf(learner, rows.direction(lang))
+                                  for lang in dict.fromkeys(rows.langs)}}

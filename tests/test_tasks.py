@@ -1,0 +1,165 @@
+"""Every task kind through the one loop: a tiny store loop (init, update, a refused batch, rollback),
+versions that reload and keep training alike, and what each kind's gate refuses."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from retain.loop import Project
+from retain.quality import GatePolicy
+from retain.store import ModelStore
+from retain.tasks import TASKS, open_kind, stored_run
+from retain.tasks.classification import Classification
+from retain.tasks.translation import Pairs, Translation, TranslationConfig, build_translator, read_pairs
+
+TINY_MT = {"name": "tiny-store", "model": {"name": "tiny", "adaptation": "lora"},
+           "training": {"lr": 1e-3, "batch_size": 4, "max_tokens": 120, "threads": 1},
+           "generation": {"max_new_tokens": 6}}
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """Two directions of Debian's catalogues as the user's JSON Lines batches, and a broken one."""
+    from retain.data.catalogues import load_corpus
+
+    folder = tmp_path_factory.mktemp("pairs")
+    corpus = load_corpus(["de", "fr"], 30, 1, seed=0)
+    for d in corpus.directions:
+        (folder / f"{d.lang}.jsonl").write_text("".join(
+            json.dumps({"source": p.source, "target": p.target, "lang": d.lang}) + "\n" for p in d.train))
+    broken = [{"source": p.source, "target": p.source, "lang": "de"} for p in corpus.directions[0].train[:10]]
+    broken += [{"source": "%s files deleted", "target": "Dateien gelöscht", "lang": "de"}]
+    (folder / "broken.jsonl").write_text("".join(json.dumps(r) + "\n" for r in broken))
+    return folder
+
+
+def _kind_batches(kind, tmp_path, batches, pairs):
+    """A kind's config (as Project.init takes it) and its first, second and refused batch."""
+    if kind is Classification:
+        from retain.config import RunConfig
+
+        cfg = RunConfig.for_loop({"model": {"hidden": [32]}, "training": {"lr": 0.05, "epochs": 3},
+                                  "strategies": [{"name": "replay", "memory_size": 100}]})
+        flipped = tmp_path / "flipped.csv"  # 40% of labels wrong: the gate's label check refuses it
+        lines = (batches / "01" / "train.csv").read_text().splitlines()
+        rows = [line.rsplit(",", 1) for line in lines[1:]]
+        flip = {"2": "3", "3": "2"}
+        flipped.write_text("\n".join([lines[0]] + [f"{x},{flip[y] if i % 5 < 2 else y}" for i, (x, y) in
+                                                   enumerate(rows)]) + "\n")
+        return cfg, batches / "00" / "train.csv", batches / "01" / "train.csv", flipped
+    cfg = TranslationConfig.model_validate(TINY_MT)
+    return cfg, pairs / "de.jsonl", pairs / "fr.jsonl", pairs / "broken.jsonl"
+
+
+@pytest.mark.parametrize("kind", sorted(TASKS.values(), key=lambda k: k.name), ids=lambda k: k.name)
+def test_every_kind_runs_the_store_loop(kind, tmp_path, batches, pairs):
+    cfg, first, second, bad = _kind_batches(kind, tmp_path, batches, pairs)
+    project, result = Project.init(cfg, first, tmp_path / "store")
+    assert result.version == 1 and result.promoted
+    assert stored_run(project.store.config)[0] == kind.name  # the store records its kind
+    result = project.update(second)
+    assert result.version == 2 and list(result.accuracy) == sorted(result.accuracy)
+    assert len(project.held_out()) == 2  # both batches' held-out rows judge every later version
+    refused = project.update(bad)
+    assert refused.version is None and refused.gate_decision == "refuse", refused.reason
+    assert len(ModelStore(tmp_path / "store").versions()) == 2  # nothing recorded for it
+    assert project.rollback(1) == 1 and project.store.promoted() == 1
+    assert [v["decision"] for v in project.versions()][0] == "promoted"
+    again = Project(tmp_path / "store")  # a second process opening the store reads the same kind
+    assert type(again.kind) is kind and again.versions() == project.versions()
+
+
+@pytest.mark.parametrize("kind", sorted(TASKS.values(), key=lambda k: k.name), ids=lambda k: k.name)
+def test_a_version_reloaded_keeps_training_bit_exactly(kind, tmp_path, batches, pairs):
+    cfg, first, second, _ = _kind_batches(kind, tmp_path, batches, pairs)
+    project, _ = Project.init(cfg, first, tmp_path / "store")
+    if kind is Classification:
+        labels = project.labels()  # the batch's new label names join the store's
+        loaded = project.kind.load(second, labels)
+        rows, names = project.kind.rows_of({"x": project.kind.model_inputs(loaded.x), "y": loaded.y,
+                                            "t": loaded.t}), labels.names
+    else:
+        rows, names = project.kind.read(second), []
+    learners = [project.store.load(1, device="cpu") for _ in range(2)]
+    held = rows.take(torch.arange(0))
+    for learner in learners:
+        project.kind.fit(learner, rows, held, 1, names)
+    a, b = (dict(learner.model.named_parameters()) for learner in learners)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_translation_gate_refuses_broken_pairs_and_drops_repeats(pairs):
+    good = read_pairs(pairs / "de.jsonl")
+    kind_config = TranslationConfig.model_validate(TINY_MT | {"gate": {"max_flagged": 0.2}})
+    from retain.quality.pairs import inspect_pairs
+
+    report = inspect_pairs(good.sources, good.targets, good.langs, kind_config.gate, set(good.hashes()[:5]))
+    assert report.decision == "quarantine" and report.duplicates == [0, 1, 2, 3, 4] and not report.label_issues
+    broken = read_pairs(pairs / "broken.jsonl")
+    report = inspect_pairs(broken.sources, broken.targets, broken.langs, GatePolicy())
+    assert report.decision == "refuse" and len(report.label_issues) == 11
+    assert "the target is the source copied" in report.reason and "format specifiers differ" in report.reason
+
+
+def test_pairs_kept_as_tensors_read_back_unchanged(tmp_path):
+    rows = Pairs(["Open %s", "Ünïcödé ✓", ""], ["Öffnen %s", "x", "leer"], ["de", "fr", "de"])
+    store = ModelStore.create(tmp_path / "s", {"task": "translation", "run": TINY_MT, "held_out": 0.2, "seed": 0})
+    store.put_data("batch-0000", rows.tensors())
+    kind, held_out, seed = open_kind(store)
+    assert kind.held_rows("batch-0000") == rows and held_out == 0.2 and seed == 0
+
+
+def test_a_translation_store_made_before_kinds_were_recorded_still_opens_and_updates(tmp_path, pairs):
+    """The layout the translation store had: its run config at the top level, held-out pairs as
+    JSON in the store's meta, batches named batch-N, decisions 'rejected'."""
+    cfg = TranslationConfig.model_validate(TINY_MT)
+    store = ModelStore.create(tmp_path / "old", cfg.model_dump(mode="json"))
+    learner = build_translator(cfg, cfg.methods[0])
+    learner.directions = {"de": 0}
+    de = read_pairs(pairs / "de.jsonl")
+    held = [{"source": s, "target": t, "lang": "de"} for s, t in zip(de.sources[:6], de.targets[:6], strict=True)]
+    store.set_meta("held_out", {"batch-1": held})
+    from retain.store import Batch
+
+    store.add_version(learner, metrics={"accuracy": {"batch-1 en-de": 0.1}, "score": "chrF++ / 100"},
+                      batches=[Batch("0" * 64, 24, "de.jsonl"), Batch("0" * 64, 6, "batch-1", "held_out")],
+                      decision="promoted", reason="old", promote=True)
+    project = Project(tmp_path / "old")
+    assert isinstance(project.kind, Translation) and project.held_out()["batch-1"].sources == de.sources[:6]
+    result = project.update(pairs / "fr.jsonl")
+    assert result.version == 2 and set(result.accuracy) == {"batch-1 en-de", "batch-0001 en-fr"}
+    assert yaml.safe_dump(project.versions())  # the old version reads alike
+
+
+def test_serve_translates_takes_post_edits_and_learns_them(tmp_path, pairs):
+    from fastapi.testclient import TestClient
+
+    from retain.config import ServiceConfig
+    from retain.service.app import create_app
+
+    from .served import TOKEN, WRITE
+
+    Project.init(TranslationConfig.model_validate(TINY_MT), pairs / "de.jsonl", tmp_path / "store")
+    settings = ServiceConfig(poll=0.05, update_wait=3600, min_rows=10, update_rows=10_000)
+    fr = read_pairs(pairs / "fr.jsonl")
+    with TestClient(create_app(tmp_path / "store", settings, token=TOKEN)) as api:
+        answer = api.post("/predict", json={"inputs": [{"text": s, "lang": "fr", "id": f"p{i}"}
+                                                       for i, s in enumerate(fr.sources)]}).json()
+        assert answer["version"] == 1 and [p["lang"] for p in answer["predictions"]] == ["fr"] * len(fr)
+        assert all(isinstance(p["label"], str) for p in answer["predictions"])
+        bad = api.post("/predict", json={"inputs": [{"text": "Open", "lang": "xx"}]})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "inputs", 0, "lang"]
+        assert api.post("/predict", json={"inputs": [{"features": [1.0]}]}).status_code == 422
+        # post-edits: the corrected translation of each prediction, by its id
+        acked = api.post("/feedback", json={"rows": [{"id": f"p{i}", "label": t} for i, t in enumerate(fr.targets)]},
+                         headers=WRITE).json()
+        assert acked["accepted"] == len(fr) and acked["new_classes"] == ["en-fr"]
+        result = api.post("/update", headers=WRITE).json()
+        assert result["version"] == 2 and set(result["accuracy"]) == {"batch-0000 en-de", "batch-0001 en-fr"}
+        state = api.get("/state").json()
+        assert state["metric"] == "chrF++" and state["answers"] == "direction"
+        assert set(state["per_class"]) == ({"en-de", "en-fr"} if result["promoted"] else {"en-de"})
+    store = ModelStore(tmp_path / "store")
+    assert store.intake.feedback_counts() == {"learned": len(fr)}
