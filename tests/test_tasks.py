@@ -163,3 +163,30 @@ def test_serve_translates_takes_post_edits_and_learns_them(tmp_path, pairs):
         assert set(state["per_class"]) == ({"en-de", "en-fr"} if result["promoted"] else {"en-de"})
     store = ModelStore(tmp_path / "store")
     assert store.intake.feedback_counts() == {"learned": len(fr)}
+
+
+def test_retain_tune_on_a_translation_store_searches_lr_rank_and_replay_and_applies_a_gain(tmp_path, capsys):
+    from retain.cli import main
+    from retain.data.catalogues import load_corpus
+
+    corpus = load_corpus(["de", "fr"], 60, 1, seed=0)
+    for d in corpus.directions:
+        (tmp_path / f"{d.lang}.jsonl").write_text("".join(
+            json.dumps({"source": p.source, "target": p.target, "lang": d.lang}) + "\n" for p in d.train))
+    replay = {"label": "replay", "compose": [{"name": "replay", "memory_size": 20, "policy": "reservoir"}]}
+    cfg = TranslationConfig.model_validate(TINY_MT | {"methods": [replay]})
+    project, _ = Project.init(cfg, tmp_path / "de.jsonl", tmp_path / "store", held_out=0.5)
+    project.update(tmp_path / "fr.jsonl")
+    out = tmp_path / "tune"
+    assert main(["tune", str(tmp_path / "store"), "--trials", "3", "--out", str(out), "--quiet", "--apply"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["best_params"]) == {"training.lr", "model.lora_rank", "replay.ratio", "replay.weight"}
+    assert len((out / "trials.csv").read_text().splitlines()) == 4 and "test chrF++" in (out / "report.md").read_text()
+    lr = Project(tmp_path / "store").config.methods[0].lr
+    if results["test_tuned"]["acc"] > results["test_default"]["acc"]:  # applied: the store's next update uses it
+        assert "applied" in printed and lr == results["best_params"]["training.lr"]
+    else:
+        assert "not applied" in printed and lr is None
+    assert main(["tune", str(tmp_path / "store"), "--workers", "2", "--out", str(out)]) == 2
+    assert "one process" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from retain.data.datasets import cache_dir, per_class
 from retain.data.features import FeatureCache, LazyEncoder, encode, encode_stream
 from retain.data.files import load_stream
 from retain.engine import Learner, distributed
+from retain.engine.learner import KNOBS
 from retain.models import make_model
 from retain.models.pretrained import backbone_id, make_backbone
 
@@ -105,8 +106,7 @@ def build_learner(stream: Stream, cfg: RunConfig, method: MethodConfig, seed: in
     options: dict[str, Any] = {"hidden": tuple(m.hidden)} if m.name == "mlp" else {}
     model = make_model(m.name, stream.input_shape, stream.n_classes, backbone=m.backbone, adaptation=m.adaptation,
                        image_size=m.image_size, lora_rank=m.lora_rank, **options)
-    learner = Learner(model, method.build(cfg.model.head), lr=tr.lr, momentum=tr.momentum,
-                      batch_size=tr.batch_size, epochs=tr.epochs, device=tr.device, seed=seed,
-                      backbone_lr=tr.backbone_lr)
+    learner = Learner(model, method.build(cfg.model.head), device=tr.device, seed=seed,
+                      **{k: getattr(tr, k) for k in KNOBS})
     learner.class_names_ = list(stream.class_names)  # saved with the model: ids keep their names
     return learner

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from retain.data.datasets import DATASETS
+from retain.engine.learner import KNOBS
 from retain.engine.updater import Hybrid
 from retain.models.pretrained import PRETRAINED, adaptation_problem
 from retain.quality.gate import GatePolicy
@@ -212,7 +213,7 @@ class SearchRange(_Strict):
         return list(self.choices) if self.choices is not None else [self.low, self.high]
 
 
-TRAINING_KNOBS = ("lr", "epochs", "batch_size", "momentum", "backbone_lr")
+TRAINING_KNOBS = KNOBS  # what tune.search may name
 
 
 class TuneConfig(_Strict):

@@ -16,6 +16,8 @@ def tune(args: argparse.Namespace) -> int:
     from retain.tuning import Source, TuneError, optimize, storage_url
     from retain.tuning import tune as run_study
 
+    if _translation_store(args.source):
+        return _tune_translation(args)
     try:
         with reported(TuneError):
             source = Source.read(args.source)
@@ -64,3 +66,51 @@ def _apply_tuning(store: str, row: dict, out: Path) -> None:
     Project(store).retune(best, f"retain tune: {row['best_params']} ({100 * default:.1f}% -> {100 * tuned:.1f}% on "
                                 f"held-out test rows); report {out / 'report.md'}")
     print(f"applied: the next update of {store} trains with the tuned knobs")
+
+
+def _translation_store(path: str) -> bool:
+    """Whether ``path`` is a model store of a translation model."""
+    from retain.store import ModelStore, StoreError
+    from retain.tasks import stored_run
+
+    if not (Path(path) / "store.db").is_file() and not (Path(path) / "database.url").is_file():
+        return False
+    try:
+        return stored_run(ModelStore(path).config)[0] == "translation"
+    except (StoreError, OSError, KeyError):
+        return False
+
+
+def _tune_translation(args: argparse.Namespace) -> int:
+    """``retain tune STORE`` on a translation store: lr, LoRA rank and replay knobs on the pairs it holds."""
+    from retain.loop import Project
+    from retain.tasks.translation import validate_translation
+    from retain.tuning import TuneError
+    from retain.tuning.translation import tune_translation_store
+
+    with reported(TuneError, user=True):
+        if args.workers != 1 or args.worker is not None or args.no_final:
+            raise TuneError("a translation store is tuned by one process, with its test comparison: leave out "
+                            "--workers and --no-final")
+        out = Path(args.out or Path(args.source).parent / f"{Path(args.source).name}-tune")
+        row = tune_translation_store(args.source, out, trials=args.trials or 8, storage=args.storage,
+                                     progress=not args.quiet)
+        d, t = row["test_default"]["acc"], row["test_tuned"]["acc"]
+        best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["best_params"].items())
+        print(f"{row['method']}: validation chrF++ {100 * row['best_validation']['accuracy']:.1f} with {best}; "
+              f"test {100 * d:.1f} default -> {100 * t:.1f} tuned")
+        print(f"best config: {out / 'best.yaml'}\nreport: {out / 'report.md'}")
+        if args.apply:
+            if t <= d:
+                print(f"not applied: the tuned knobs scored chrF++ {100 * t:.1f} on the held-out test pairs, the "
+                      f"store's own {100 * d:.1f}")
+                return 0
+            import yaml
+
+            best_cfg = validate_translation(yaml.safe_load((out / "best.yaml").read_text()), str(out / "best.yaml"))
+            project = Project(args.source)
+            tuned = best_cfg.model_copy(update={"model": project.config.model})  # the adapters keep their rank
+            project.retune(tuned, f"retain tune: {row['best_params']} (chrF++ {100 * d:.1f} -> {100 * t:.1f} on "
+                                  f"held-out test pairs); report {out / 'report.md'}")
+            print(f"applied: the next update of {args.source} trains with the tuned lr and strategy knobs")
+    return 0

@@ -176,6 +176,9 @@ class Trainer:
         self.optimizer, self._trainable = None, self._requires_grad()
 
 
+# The training knobs a config sets, a tuner searches and a deployment may retune: named here once.
+KNOBS = ("lr", "epochs", "batch_size", "momentum", "backbone_lr")
+
 class Learner(Trainer):
     """Trains ``model`` on experiences with SGD and the given strategies.
 
@@ -267,10 +270,9 @@ class Learner(Trainer):
         ...
         ValueError: retune: replay.memory_size cannot change once learned; tunable: ratio, weight
         """
-        allowed = ("lr", "epochs", "batch_size", "momentum", "backbone_lr")
         for key in training:
-            if key not in allowed:
-                raise ValueError(f"retune: {key} is not a training knob ({', '.join(allowed)})")
+            if key not in KNOBS:
+                raise ValueError(f"retune: {key} is not a training knob ({', '.join(KNOBS)})")
         by_name = {s.name: s for s in self.strategies}
         for name, values in knobs.items():
             if name not in by_name:

@@ -13,6 +13,7 @@ from retain.config import RunConfig, modality_problem
 from retain.data import Experience, Stream, split_held_out
 from retain.data.files import Labeled, LabelMap, load
 from retain.engine import Learner
+from retain.engine.learner import KNOBS
 from retain.quality import GateReport, check_batch, inspect
 from retain.quality.gate import row_hashes
 from retain.strategies import STRATEGIES
@@ -83,9 +84,7 @@ class Classification(TaskKind):
             "strategies": [{"label": m.label, "compose": m.compose} for m in best.strategies]}
 
     def knobs(self) -> dict[str, Any]:
-        tr = self.config.training
-        return {"lr": tr.lr, "epochs": tr.epochs, "batch_size": tr.batch_size, "momentum": tr.momentum,
-                "backbone_lr": tr.backbone_lr}
+        return {k: getattr(self.config.training, k) for k in KNOBS}
 
     def label_map(self) -> LabelMap:
         """The store's label names and ids; a batch's new names get the next ids."""
