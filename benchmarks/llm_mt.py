@@ -40,7 +40,7 @@ from retain.translation import (
     copy_source,
     experience,
     load_run_corpus,
-    run_method,
+    run_translation_method,
 )
 
 CONFIG = {
@@ -232,7 +232,7 @@ def main() -> None:
         start = time.perf_counter()
         if base is None:
             base = baseline(build_translator(cfg, method), corpus, cfg)
-        run, extra, _ = run_method(cfg, corpus, method, base=base)
+        run, extra, _ = run_translation_method(cfg, corpus, method, base=base)
         R = run.matrix
         rows.append({"row": "method", "method": method.label, "chrf_matrix": [[100 * v for v in r] for r in R],
                      "untrained_chrf": [100 * v for v in run.untrained],

@@ -17,10 +17,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from retain.cli import _versions_table  # noqa: E402
 from retain.config import load_config  # noqa: E402
 from retain.data.export import export  # noqa: E402
 from retain.loop import Project  # noqa: E402
+from retain.monitor import versions_table  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -69,7 +69,7 @@ def main() -> None:
         print(f"retain update {name}: version {result.version} {state} ({result.reason}); "
               f"new classes {', '.join(result.new_classes) or 'none'}; gate: {result.gate}")
         history.append((result.version, result.accuracy))
-    table = _versions_table(project.versions())
+    table = versions_table(project.versions())
     print("\n" + table)
     batches = sorted({b for _, acc in history for b in acc})
     matrix = ["| version | " + " | ".join(batches) + " |", "|" + " --- |" * (len(batches) + 1)]

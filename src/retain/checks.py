@@ -23,7 +23,9 @@ import torch
 
 from retain.data import Experience, Stream, class_incremental, load_dataset, permuted, task_incremental
 from retain.engine import Learner
+from retain.engine.generative import GenerativeLearner
 from retain.models import make_model
+from retain.models.generative import LanguageModel
 from retain.strategies import EWC, Replay, Strategy, describe, implements
 from retain.strategies.contract import HOOKS, LEARNER_VIEW, SCENARIO_KINDS
 
@@ -252,6 +254,47 @@ def learner_access_problems(source: str) -> list[str]:
     return problems
 
 
+def _token_rows(learner: GenerativeLearner, direction: int) -> Experience:
+    """Eight tiny prompt/target pairs of one direction as token rows (``direction``: their tag)."""
+    g = torch.Generator().manual_seed(direction)
+    words = ["".join(chr(97 + int(c)) for c in torch.randint(0, 26, (4,), generator=g)) for _ in range(16)]
+    x, y = learner.encode([f"[{direction}] {w}" for w in words[:8]], words[8:])
+    empty = torch.empty(0, x.shape[1], dtype=torch.long)
+    return Experience(x, y, empty, empty.clone(), id=direction, task=direction, classes=(direction,),
+                      t_train=torch.full((len(x),), direction, dtype=torch.long), scenario="task_incremental")
+
+
+def check_runs_under_the_generative_learner(cls: type[Strategy]) -> None:
+    """A strategy that declares ``generative`` trains a language model (the tiny decoder, LoRA)
+    direction after direction; saved and reloaded, the learner trains on to the same bits, and its
+    state stays bounded. Others are refused by the generative learner with the reason."""
+    learner_of = functools.partial(GenerativeLearner, LanguageModel("tiny", "lora"), max_tokens=24, batch_size=4)
+    if not cls.generative:
+        try:
+            learner_of([cls()])
+        except ValueError:
+            return
+        raise AssertionError(f"{cls.name}: does not declare generative, but the generative learner took it")
+    # sequences have no class to balance a memory by: a memory keeps a reservoir
+    fits = {"policy": "reservoir"} if "policy" in getattr(cls, "__dataclass_fields__", {}) else {}
+    learner = learner_of([cls(**fits)])
+    for d in range(2):
+        learner.fit(_token_rows(learner, d))
+    with tempfile.TemporaryDirectory() as tmp:
+        learner.save(tmp)
+        loaded = GenerativeLearner.load(tmp)
+    for one in (learner, loaded):
+        one.fit(_token_rows(one, 2))
+    mine, theirs = learner.model.state_dict(), loaded.model.state_dict()
+    for k, v in mine.items():
+        expect(torch.equal(v, theirs[k]), f"{cls.name}: {k} differs after a generative learner trained on from "
+                                          "a reload")
+    size = _state_bytes(learner.strategies[0])
+    learner.fit(_token_rows(learner, 3))
+    expect(_state_bytes(learner.strategies[0]) <= max(size, 1) * 2,
+           f"{cls.name}: its state under the generative learner keeps growing with every direction")
+
+
 CHECKS = (
     check_builds_from_defaults_and_config,
     check_reads_only_the_learner_view,
@@ -261,6 +304,7 @@ CHECKS = (
     check_online_flag,
     check_scenarios_are_enforced,
     check_composes_with_replay_and_ewc,
+    check_runs_under_the_generative_learner,
 )
 
 

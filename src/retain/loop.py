@@ -264,7 +264,6 @@ class Project:
         """``learner``'s score by class (by direction) over ``held``'s rows."""
         return self.kind.per_answer(learner, held)
 
-    _per_class = per_answer
 
     def predict(self, data: str | Path | Any, top_k: int = 1, version: int | None = None) -> list[Prediction]:
         """What ``version`` (default: the promoted one) predicts for ``data`` (a file or folder,

@@ -168,7 +168,7 @@ def experience(learner: GenerativeLearner, direction: Direction, index: int) -> 
                             [p.target for p in direction.train], index)
 
 
-def evaluate(learner: GenerativeLearner, corpus: Corpus, cfg: TranslationConfig, progress: bool = False
+def score_directions(learner: GenerativeLearner, corpus: Corpus, cfg: TranslationConfig, progress: bool = False
              ) -> tuple[list[dict[str, float]], list[list[str]]]:
     """Every direction's test set translated and scored: one dict per direction (chrF++, BLEU,
     broken specifiers, and ``copied``: the share of outputs equal to their source), and the outputs."""
@@ -192,13 +192,13 @@ def baseline(learner: GenerativeLearner, corpus: Corpus, cfg: TranslationConfig,
     texts' perplexity (without and with the end token). The same for every method on one base model
     (LoRA adapters start at zero, experts start unrouted)."""
     texts = english_texts(cfg.generation.perplexity_texts) if cfg.generation.perplexity_texts else []
-    rows, outputs = evaluate(learner, corpus, cfg, progress)
+    rows, outputs = score_directions(learner, corpus, cfg, progress)
     ppl = english_perplexity(learner, texts)
     return {"scores": rows, "interval": _intervals(outputs, corpus), "perplexity": ppl["perplexity"],
             "perplexity_with_end": ppl["with_end"]}
 
 
-def run_method(cfg: TranslationConfig, corpus: Corpus, method: TranslationMethod, progress: bool = False,
+def run_translation_method(cfg: TranslationConfig, corpus: Corpus, method: TranslationMethod, progress: bool = False,
                tick: Callable[[], None] = lambda: None, base: dict[str, Any] | None = None,
                ) -> tuple[SeedRun, dict[str, Any], GenerativeLearner]:
     """One method over the stream: its chrF matrix (0-1) as a seed run, and the rest it measured
@@ -216,7 +216,7 @@ def run_method(cfg: TranslationConfig, corpus: Corpus, method: TranslationMethod
     translated: list[list[list[str]]] = []
 
     def chrf(fitted: GenerativeLearner) -> list[float]:
-        rows, outputs = evaluate(fitted, corpus, cfg, progress)
+        rows, outputs = score_directions(fitted, corpus, cfg, progress)
         scored.append(rows)
         translated.append(outputs)
         return [r["chrf"] / 100 for r in rows]
@@ -279,7 +279,7 @@ def run_translation(cfg: TranslationConfig, progress: bool = True, out: str | Pa
                     ) -> tuple[ExperimentResult, dict[str, Any]]:
     """Every method of ``cfg`` over the translation stream. Returns the results (chrF matrices as
     accuracy matrices) and what else was measured: the corpus's manifest, the copy-source baseline
-    (:func:`copy_source`), the bootstrap's settings, and per method :func:`run_method`'s extras. With
+    (:func:`copy_source`), the bootstrap's settings, and per method :func:`run_translation_method`'s extras. With
     ``out``, each method's final model is saved under ``out/models/<label>`` (``retain predict`` reads it).
     ``on_method`` gets the results so far after each method (``retain run`` writes its report then)."""
     threads = torch.get_num_threads()
@@ -296,7 +296,7 @@ def run_translation(cfg: TranslationConfig, progress: bool = True, out: str | Pa
             for method in cfg.methods:
                 bar.set_postfix_str(method.label)
                 start = time.perf_counter()
-                run, extra, learner = run_method(cfg, corpus, method, progress, lambda: bar.update(1), base)
+                run, extra, learner = run_translation_method(cfg, corpus, method, progress, lambda: bar.update(1), base)
                 base = {"scores": extra["untrained"], "interval": extra["untrained_interval"],
                         "perplexity": extra["perplexity_before"],
                         "perplexity_with_end": extra["perplexity_with_end_before"]}

@@ -7,7 +7,6 @@ import sys
 
 from retain.cli.errors import Reported
 from retain.cli.parser import build_parser
-from retain.cli.store import versions_table as _versions_table  # noqa: F401 - examples/loop_demo.py imports it
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,20 +78,10 @@ def _learned(args: argparse.Namespace, result, metric: str) -> int:
     return 1 if result.version is None else 0
 
 
-def versions_table(rows: list[dict]) -> str:
-    """The rows of ``Project.versions()`` as a Markdown table."""
-    lines = ["| version | parent | promoted | decision | data | held-out accuracy by batch | reason |",
-             "|" + " --- |" * 7]
-    for r in rows:
-        acc = ", ".join(f"{k.removeprefix('batch-')}: {100 * a:.1f}" for k, a in r["accuracy"].items())
-        lines.append(f"| {r['version']} | {r['parent'] or ''} | {'yes' if r['promoted'] else ''} | {r['decision']} "
-                     f"| {', '.join(r['data'])} | {acc} | {r['reason']} |")
-    return "\n".join(lines)
-
-
 def versions(args: argparse.Namespace) -> int:
     """``retain versions``: every version's parent, data, held-out scores and decision."""
     from retain.loop import Project, as_json
+    from retain.monitor import versions_table
 
     with _store_errors():
         project = Project(args.store)

@@ -13,14 +13,14 @@ def tune(args: argparse.Namespace) -> int:
     """``retain tune``: the study (resumed if its database exists), the best configs and their test scores."""
     import torch
 
-    from retain.tuning import Source, TuneError, optimize, storage_url
+    from retain.tuning import TuneError, optimize, read_source, storage_url
     from retain.tuning import tune as run_study
 
     if _translation_store(args.source):
         return _tune_translation(args)
     try:
         with reported(TuneError):
-            source = Source.read(args.source)
+            source = read_source(args.source)
             if args.trials:
                 source.cfg.tune.trials = args.trials
             out = Path(args.out or Path(source.cfg.output) / f"{source.cfg.name}-tune")

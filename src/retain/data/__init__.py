@@ -2,7 +2,7 @@
 
 from retain.data.datasets import DATASETS, Dataset, DatasetNotFound, load_dataset
 from retain.data.experience import Experience, Stream, split_held_out
-from retain.data.online import Batch, OnlineStream
+from retain.data.online import OnlineBatch, OnlineStream
 from retain.data.scenarios import (
     SCENARIOS,
     build_scenario,
@@ -13,7 +13,7 @@ from retain.data.scenarios import (
 )
 
 __all__ = [
-    "Batch",
+    "OnlineBatch",
     "OnlineStream",
     "DATASETS",
     "SCENARIOS",

@@ -12,7 +12,7 @@ from retain.data.experience import Stream
 
 
 @dataclass
-class Batch:
+class OnlineBatch:
     """One incoming mini-batch: inputs, labels, task ids, and the experience it came from."""
 
     x: Tensor
@@ -65,7 +65,7 @@ class OnlineStream:
     def __len__(self) -> int:
         return -(-self.n_samples // self.batch_size)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[OnlineBatch]:
         for i in range(0, self.n_samples, self.batch_size):
             s = slice(i, i + self.batch_size)
-            yield Batch(self.x[s], self.y[s], self.t[s], self.e[s])
+            yield OnlineBatch(self.x[s], self.y[s], self.t[s], self.e[s])

@@ -35,7 +35,7 @@ from retain.util import evaluating
 SUFFIXES = {"model": "safetensors", "state": "safetensors", "learner": "json"}
 
 
-def check_strategy(strategy: Strategy) -> None:
+def check_generative(strategy: Strategy) -> None:
     """Refuse, with the reason, a strategy the generative learner cannot run (one that does not
     declare ``generative``: it needs class labels, features or heads)."""
     if not strategy.generative:
@@ -71,7 +71,7 @@ class GenerativeLearner(Trainer):
                  epochs: int = 1, batch_size: int = 8, max_tokens: int = 64, clip: float = 1.0, seed: int = 0,
                  device: str = "cpu") -> None:
         for s in strategies:
-            check_strategy(s)
+            check_generative(s)
         if model.adaptation == "experts" and any(s.name != "finetune" for s in strategies):
             raise ValueError("experts keep each direction in an adapter of its own: they take no strategy (replay, "
                              "penalties and joint training need a shared adapter, adaptation: lora, or full)")

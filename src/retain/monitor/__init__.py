@@ -1,5 +1,5 @@
 """Monitor layer: reports and plots of what a run measured."""
 
-from retain.monitor.report import comparison_table, write_report, write_results
+from retain.monitor.report import comparison_table, versions_table, write_report, write_results
 
-__all__ = ["comparison_table", "write_report", "write_results"]
+__all__ = ["comparison_table", "versions_table", "write_report", "write_results"]

@@ -190,3 +190,14 @@ Versions: {", ".join(f"{k} {v}" for k, v in results.versions.items())}.
 """
     (out / "report.md").write_text(text)
     return out
+
+
+def versions_table(rows: list[dict]) -> str:
+    """The rows of ``Project.versions()`` (a model store's versions) as a Markdown table."""
+    lines = ["| version | parent | promoted | decision | data | held-out accuracy by batch | reason |",
+             "|" + " --- |" * 7]
+    for r in rows:
+        acc = ", ".join(f"{k.removeprefix('batch-')}: {100 * a:.1f}" for k, a in r["accuracy"].items())
+        lines.append(f"| {r['version']} | {r['parent'] or ''} | {'yes' if r['promoted'] else ''} | {r['decision']} "
+                     f"| {', '.join(r['data'])} | {acc} | {r['reason']} |")
+    return "\n".join(lines)

@@ -32,7 +32,7 @@ from retain.config import ConfigError, ServiceConfig, format_errors
 from retain.data import Experience
 from retain.data.catalogues import LANGUAGES, is_test_source, specifiers_kept
 from retain.data.files import json_lines
-from retain.engine.generative import GenerativeLearner, check_strategy
+from retain.engine.generative import GenerativeLearner, check_generative
 from retain.models.generative import ADAPTATIONS, MODELS, LanguageModel
 from retain.quality import GatePolicy, GateReport
 from retain.quality.pairs import inspect_pairs, loose_hash, pair_hash
@@ -118,7 +118,7 @@ class TranslationMethod(_Strict):
         for i, s in enumerate(specs):
             if not isinstance(s, dict) or s.get("name") not in STRATEGIES:
                 raise ValueError(f"compose[{i}]: give a strategy name, got {s!r}")
-            check_strategy(make_strategy(s["name"], **{k: w for k, w in s.items() if k != "name"}))
+            check_generative(make_strategy(s["name"], **{k: w for k, w in s.items() if k != "name"}))
         return specs
 
     @property

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import torch
 
-from retain.tuning.report import write_report
+from retain.tuning.report import write_tuning_report
 from retain.tuning.space import Knob, configured, knobs
+from retain.tuning.stored import read_source
 from retain.tuning.study import Source, TuneError, optimize, run_workers, storage_url, validation_stream
 from retain.util import auto_threads
 
 
 def tune(source: Source, out: str | Path, *, workers: int = 1, storage: str | None = None, progress: bool = True,
          final: bool = True) -> list[dict]:
-    """Tune every method of ``source`` (``Source.read(path)``: a config file or a model store) with
+    """Tune every method of ``source`` (:func:`read_source`: a config file or a model store) with
     ``workers`` processes sharing one study per method in ``storage`` (default: SQLite
     ``out/study.db``; a study found there resumes), then write the report to ``out``. ``final``:
     also train the default and best configs with ``tune.final_seeds`` and score them on the test
@@ -36,10 +37,10 @@ def tune(source: Source, out: str | Path, *, workers: int = 1, storage: str | No
     torch.set_num_threads(auto_threads() if setting == "auto" else setting)
     try:
         run_workers(source, url, out, workers, progress)
-        return write_report(source, url, out, progress=progress, final=final)
+        return write_tuning_report(source, url, out, progress=progress, final=final)
     finally:
         torch.set_num_threads(threads)
 
 
-__all__ = ["Knob", "Source", "TuneError", "configured", "knobs", "optimize", "storage_url", "tune",
-           "validation_stream", "write_report"]
+__all__ = ["Knob", "Source", "TuneError", "configured", "knobs", "optimize", "read_source", "storage_url", "tune",
+           "validation_stream", "write_tuning_report"]

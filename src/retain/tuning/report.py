@@ -111,7 +111,7 @@ def _final(source: Source, method: MethodConfig, values: dict[str, Any], tick: A
             "train_seconds": statistics.fmean(r.metrics.train_seconds for r in runs), "diverged": diverged}
 
 
-def write_report(source: Source, url: str, out: Path, progress: bool = True, final: bool = True) -> list[dict]:
+def write_tuning_report(source: Source, url: str, out: Path, progress: bool = True, final: bool = True) -> list[dict]:
     """Everything a finished study leaves in ``out``; returns one row per method (also ``tune.json``)."""
     cfg = source.cfg
     storage = open_storage(url)

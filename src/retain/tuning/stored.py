@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from retain.config import load_config
 from retain.data import Experience, Stream, split_held_out
 from retain.loop import Project
 from retain.tuning.study import Source, TuneError
@@ -40,3 +41,9 @@ def store_source(path: Path) -> Source:
     source = Source(project.config, str(path), kind="store")
     source._stream = store_stream(project)
     return source
+
+
+def read_source(path: str | Path) -> Source:
+    """What ``retain tune PATH`` tunes: a config file, or a model store's folder."""
+    path = Path(path)
+    return store_source(path) if path.is_dir() else Source(load_config(path), str(path))

@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from retain.build import build_learner, build_stream
-from retain.config import MethodConfig, RunConfig, load_config
+from retain.config import MethodConfig, RunConfig
 from retain.data import Experience, Stream, split_held_out
 from retain.engine.learner import Diverged
 from retain.engine.protocol import Trained, train_and_score
@@ -123,16 +123,6 @@ class Source:
         raw["strategies"] = [m.model_dump(mode="json") for m in cfg.strategies]
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
         return cls(cfg, str(path))
-
-    @classmethod
-    def read(cls, path: str | Path) -> Source:
-        """A config file, or a model store's folder."""
-        path = Path(path)
-        if path.is_dir():
-            from retain.tuning.stored import store_source
-
-            return store_source(path)
-        return cls(load_config(path), str(path))
 
     def stream(self, progress: bool = False) -> Stream:
         """The whole stream, test splits included (the trials get :func:`validation_stream`)."""
