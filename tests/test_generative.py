@@ -282,7 +282,7 @@ def test_smollm2_loads_offline_and_prefers_a_sentence_to_its_words_shuffled():
 def test_a_translation_store_versions_gates_and_rolls_back_a_generative_model(tmp_path, capsys):
     config = {"task": "translation", "name": "tiny-store", "model": {"name": "tiny", "adaptation": "lora"},
               "training": {"lr": 1e-3, "batch_size": 4, "max_tokens": 200, "threads": 1},
-              "generation": {"max_new_tokens": 8}}
+              "generation": {"max_new_tokens": 8}, "min_held_out": 1}
     (tmp_path / "mt.yaml").write_text(yaml.safe_dump(config))
     assert main(["export", "translations", str(tmp_path / "corpus"), "--format", "jsonl",
                  "--max-train-per-class", "12", "--max-test-per-class", "1"]) == 0

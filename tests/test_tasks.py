@@ -16,7 +16,7 @@ from retain.tasks.translation import Pairs, Translation, TranslationConfig, buil
 
 TINY_MT = {"name": "tiny-store", "model": {"name": "tiny", "adaptation": "lora"},
            "training": {"lr": 1e-3, "batch_size": 4, "max_tokens": 120, "threads": 1},
-           "generation": {"max_new_tokens": 6}}
+           "generation": {"max_new_tokens": 6}, "min_held_out": 1}
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +190,12 @@ def test_retain_tune_on_a_translation_store_searches_lr_rank_and_replay_and_appl
         assert "not applied" in printed and lr is None
     assert main(["tune", str(tmp_path / "store"), "--workers", "2", "--out", str(out)]) == 2
     assert "one process" in capsys.readouterr().err
+
+
+def test_a_translation_batch_too_small_to_judge_a_direction_is_refused_naming_the_setting(tmp_path, pairs):
+    cfg = TranslationConfig.model_validate(TINY_MT | {"min_held_out": 20})
+    with pytest.raises(ValueError, match="en-de: .* would be held out, min_held_out is 20"):
+        Project.init(cfg, pairs / "de.jsonl", tmp_path / "store")
+    assert not (tmp_path / "store").exists()  # nothing was made
+    project, result = Project.init(cfg, pairs / "de.jsonl", tmp_path / "store", held_out=0.9)
+    assert result.promoted and len(project.held_out()["batch-0000"]) >= 20
