@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from retain.engine import load_learner
 from retain.loop import Project
 from retain.quality import GatePolicy
 from retain.store import ModelStore
@@ -29,8 +30,9 @@ def pairs(tmp_path_factory):
     for d in corpus.directions:
         (folder / f"{d.lang}.jsonl").write_text("".join(
             json.dumps({"source": p.source, "target": p.target, "lang": d.lang}) + "\n" for p in d.train))
-    broken = [{"source": p.source, "target": p.source, "lang": "de"} for p in corpus.directions[0].train[:10]]
-    broken += [{"source": "%s files deleted", "target": "Dateien gelöscht", "lang": "de"}]
+    broken = [{"source": f"{p.source} %s", "target": p.target, "lang": "de"} for p in corpus.directions[0].train[:8]]
+    broken += [{"source": "Open the file", "target": "Открыть файл", "lang": "de"},
+               {"source": "Quit", "target": "Beenden " * 30, "lang": "de"}]
     (folder / "broken.jsonl").write_text("".join(json.dumps(r) + "\n" for r in broken))
     return folder
 
@@ -82,7 +84,11 @@ def test_a_version_reloaded_keeps_training_bit_exactly(kind, tmp_path, batches, 
                                             "t": loaded.t}), labels.names
     else:
         rows, names = project.kind.read(second), []
-    learners = [project.store.load(1, device="cpu") for _ in range(2)]
+    trained = project.store.load(1, device="cpu")
+    project.kind.fit(trained, rows, rows, 1, names)  # trained on in memory: a memory, a step count, a generator
+    saved = tmp_path / "saved"
+    trained.save(saved)
+    learners = [trained, load_learner(saved, device="cpu")]  # in memory, and saved then reloaded
     held = rows.take(torch.arange(0))
     for learner in learners:
         project.kind.fit(learner, rows, held, 1, names)
@@ -99,8 +105,11 @@ def test_the_translation_gate_refuses_broken_pairs_and_drops_repeats(pairs):
     assert report.decision == "quarantine" and report.duplicates == [0, 1, 2, 3, 4] and not report.label_issues
     broken = read_pairs(pairs / "broken.jsonl")
     report = inspect_pairs(broken.sources, broken.targets, broken.langs, GatePolicy())
-    assert report.decision == "refuse" and len(report.label_issues) == 11
-    assert "the target is the source copied" in report.reason and "format specifiers differ" in report.reason
+    assert report.decision == "refuse" and len(report.label_issues) == 10
+    for problem in ("format specifiers differ", "no Latin letter", "longer than 200 characters"):
+        assert problem in report.reason
+    copies = inspect_pairs(good.sources[:5], good.sources[:5], good.langs[:5], GatePolicy())
+    assert copies.decision == "accept" and "5 targets copy their source (kept)" in copies.reason
 
 
 def test_pairs_kept_as_tensors_read_back_unchanged(tmp_path):
@@ -199,3 +208,26 @@ def test_a_translation_batch_too_small_to_judge_a_direction_is_refused_naming_th
     assert not (tmp_path / "store").exists()  # nothing was made
     project, result = Project.init(cfg, pairs / "de.jsonl", tmp_path / "store", held_out=0.9)
     assert result.promoted and len(project.held_out()["batch-0000"]) >= 20
+
+
+def test_the_service_learns_the_directions_it_can_judge_and_keeps_the_others_queued(tmp_path, pairs):
+    from fastapi.testclient import TestClient
+
+    from retain.config import ServiceConfig
+    from retain.service.app import create_app
+
+    from .served import TOKEN, WRITE
+
+    cfg = TranslationConfig.model_validate(TINY_MT | {"min_held_out": 3})
+    Project.init(cfg, pairs / "de.jsonl", tmp_path / "store", held_out=0.5)
+    fr, de = read_pairs(pairs / "fr.jsonl"), read_pairs(pairs / "de.jsonl")
+    rows = [{"input": {"text": s, "lang": "fr"}, "label": t} for s, t in zip(fr.sources, fr.targets, strict=True)]
+    rows += [{"input": {"text": s + " now", "lang": "de"}, "label": t + " jetzt"}  # two: too few to judge
+             for s, t in zip(de.sources[:2], de.targets[:2], strict=True)]
+    settings = ServiceConfig(poll=0.05, update_wait=3600, min_rows=10, update_rows=10_000)
+    with TestClient(create_app(tmp_path / "store", settings, token=TOKEN)) as api:
+        assert api.post("/feedback", json={"rows": rows}, headers=WRITE).json()["accepted"] == len(rows)
+        result = api.post("/update", headers=WRITE).json()
+        assert result["version"] == 2 and result["rows"] == len(fr)
+        assert api.post("/update", headers=WRITE).json()["version"] is None  # en-de waits for more
+    assert ModelStore(tmp_path / "store").intake.feedback_counts() == {"learned": len(fr), "queued": 2}

@@ -213,7 +213,6 @@ class SearchRange(_Strict):
         return list(self.choices) if self.choices is not None else [self.low, self.high]
 
 
-TRAINING_KNOBS = KNOBS  # what tune.search may name
 
 
 class TuneConfig(_Strict):
@@ -250,10 +249,10 @@ class TuneConfig(_Strict):
     def _valid(self) -> TuneConfig:
         if "accuracy" not in self.objectives or len(set(self.objectives)) != len(self.objectives):
             raise ValueError(f"objectives must include accuracy, each once; got {self.objectives}")
-        unknown = sorted(set(self.search or {}) - set(TRAINING_KNOBS))
+        unknown = sorted(set(self.search or {}) - set(KNOBS))
         if unknown:
             raise ValueError(f"search: {', '.join(unknown)} is not a training knob; allowed: "
-                             f"{', '.join(TRAINING_KNOBS)} (a strategy's knobs go under its own search:)")
+                             f"{', '.join(KNOBS)} (a strategy's knobs go under its own search:)")
         for knob, space in (self.search or {}).items():
             for value in space.bounds():
                 try:

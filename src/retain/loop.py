@@ -22,6 +22,7 @@ from retain.data.files import LabelMap
 from retain.quality import GateReport
 from retain.store import Batch, ModelStore, StoreError, Version
 from retain.tasks import Prediction, Rows, kind_of_config, open_kind
+from retain.tasks.base import TooFewRows
 from retain.tasks.classification import Examples, top_labels
 from retain.util import slug
 
@@ -92,7 +93,7 @@ class Project:
     # -- classification's label names ----------------------------------------------------------
     def labels(self) -> LabelMap:
         """The store's label names and ids; a batch's new names get the next ids."""
-        return LabelMap(self.store.labels(), numbers_are_ids=False)
+        return self.kind.label_map()
 
     def label_names(self, learner: Any) -> list[str]:
         """The name of each of ``learner``'s class ids (see :meth:`Classification.label_names`)."""
@@ -193,16 +194,17 @@ class Project:
         name = f"batch-{k:04d}"
         train_index, held_index = kind.split(rows, self.held_out_fraction, self.seed + k)
         if not len(held_index):
-            raise ValueError(f"{data}: too few rows to hold any out ({kind.too_few})")
+            raise TooFewRows(f"{data}: too few rows to hold any out ({kind.too_few})")
         if not len(train_index):
-            raise ValueError(f"{data}: every row was held out, none is left to train on ({kind.too_few})")
+            raise TooFewRows(f"{data}: every row was held out, none is left to train on ({kind.too_few})")
         train, held = rows.take(train_index), rows.take(held_index)
         # Written before the version that refers to them, read only once it is recorded.
         self.store.put_data(name, held.tensors())
         self.store.put_data(f"{name}-train", {"hash": _hash_tensor(train.hashes())})
         judged = held_before | {name: held}
         # the promoted version, judged before the candidate (made from it) trains
-        promoted = None if first else kind.scores(current, held_before)
+        promoted = None if first else kind.parent_scores(current, held_before,
+                                                         line_versions[0].metrics.get("accuracy", {}))
         learner = kind.new_learner(train, names, self.seed) if first else current
         kind.fit(learner, train, held, k, names, self.progress)
         candidate = kind.scores(learner, judged)

@@ -22,7 +22,8 @@ def _settings(args: argparse.Namespace):
         raw = yaml.safe_load(Path(args.config).read_text()) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{args.config} must hold a mapping (a service: section, or its settings)")
-        section = raw.get("service") or ({} if "strategies" in raw else raw)
+        whole = any(k in raw for k in ("strategies", "methods", "task"))  # a run or translation config
+        section = raw.get("service") or ({} if whole else raw)
         settings = ServiceConfig.model_validate(settings.model_dump() | section)
     return settings
 

@@ -118,6 +118,19 @@ def outliers(features: Tensor, known: Tensor | None, factor: float) -> list[int]
     return (both.min(1).values > factor * scale).nonzero().squeeze(1).tolist()
 
 
+def decide(report: GateReport, share: float, found: str, policy: GatePolicy) -> GateReport:
+    """The policy's decision on a batch whose ``share`` of rows say it is corrupted (likely label
+    errors, broken pairs), given what was ``found``: refuse, quarantine the flagged rows, or accept."""
+    if share > policy.max_flagged or (report.flagged and policy.policy == "refuse"):
+        report.decision, report.reason = "refuse", f"refused: {found}, more than {100 * policy.max_flagged:.0f}% " \
+            "allowed" if share > policy.max_flagged else f"refused: {found}"
+    elif report.flagged and policy.policy == "quarantine":
+        report.decision, report.reason = "quarantine", f"quarantined {len(report.flagged)} rows: {found}"
+    else:
+        report.decision, report.reason = "accept", f"accepted: {found}" if report.flagged else "accepted: clean"
+    return report
+
+
 def inspect(x: Tensor, y: Tensor, features: Tensor, policy: GatePolicy, known: set[str] = frozenset(),
             seed: int = 0, known_features: Tensor | None = None) -> GateReport:
     """Check a labelled batch (``features``: what the label, near-duplicate and outlier checks read,
@@ -143,13 +156,7 @@ def inspect(x: Tensor, y: Tensor, features: Tensor, policy: GatePolicy, known: s
     share = len(report.label_issues) / max(len(y), 1)  # wrong labels say a batch is corrupted; repeats do not
     found = (f"{len(report.label_issues)} likely label errors ({100 * share:.1f}% of {len(y)} rows), "
              f"{len(report.duplicates)} duplicates, {len(report.outliers)} outliers")
-    if share > policy.max_flagged or (report.flagged and policy.policy == "refuse"):
-        report.decision, report.reason = "refuse", f"refused: {found}, more than {100 * policy.max_flagged:.0f}% " \
-            "allowed" if share > policy.max_flagged else f"refused: {found}"
-    elif report.flagged and policy.policy == "quarantine":
-        report.decision, report.reason = "quarantine", f"quarantined {len(report.flagged)} rows: {found}"
-    else:
-        report.decision, report.reason = "accept", f"accepted: {found}" if report.flagged else "accepted: clean"
+    decide(report, share, found, policy)
     if report.rare_classes:
         report.reason += f"; classes under {100 * policy.min_class_share:.0f}% of the rows: {report.rare_classes}"
     return report

@@ -85,7 +85,8 @@ class Served:
         return read_inputs(inputs, self.described, self.project.config.scenario.files, where)
 
     def predict(self, request: PredictRequest) -> dict[str, Any]:
-        """The served version's top labels for each input; those given an id are kept for feedback."""
+        """The served version's answer to each input (top labels, or a translation); those given an
+        id are kept for feedback."""
         served = self.current
         if served is None:
             raise HTTPException(503, detail="no version is promoted yet")
@@ -122,6 +123,11 @@ class Served:
     def _translations(self, learner: Any, sources: tuple[list[str], list[str]], request: PredictRequest
                       ) -> list[dict[str, Any]]:
         texts, langs = sources
+        limit = self.project.config.corpus.max_chars
+        for i, text in enumerate(texts):  # the store learned no longer sentence; the model's positions are few
+            if len(text) > limit:
+                raise problem(422, ["body", "inputs", i, "text"], f"{len(text)} characters; this store translates "
+                                                                   f"texts of at most {limit} (corpus.max_chars)")
         with self.generating:
             answers = self.project.kind.predict(learner, Pairs(texts, [""] * len(texts), langs), 1)
         out = []

@@ -3,8 +3,8 @@
 Feedback is acknowledged once committed to the store's database, and scored against the prediction
 it labels (test-then-train: accuracy, drift). The updater runs in a background thread of the
 process holding the store's ``updater`` lease (one writer across processes and hosts); it takes the
-queued feedback through the gate and the promotion rule with :meth:`Project.learn`, as
-``retain update`` does with a file.
+queued feedback through the gate and the promotion rule with :meth:`Project.learn` (labels) or
+:meth:`Project.learn_rows` (a translation store's post-edits), as ``retain update`` does with a file.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from retain.service.inputs import InputError
 from retain.service.metrics import ServiceMetrics
 from retain.service.schemas import FeedbackRequest, problem
 from retain.service.served import Served
+from retain.tasks.base import TooFewRows
 from retain.tasks.translation import Pairs
 
 LEASE = "updater"
@@ -43,6 +44,7 @@ class Updater:
         self.last_update: dict[str, Any] | None = None
         self.tried = 0.0  # when the last update began (rows too few to learn are tried again after update_wait)
         self.drift_signal = False
+        self.stalled_at: int | None = None  # queued rows when an update last found nothing it could learn
         self.detector = Hybrid(drift=settings.drift).detector() if settings.drift else None
         self.labelled, self.correct = 0, 0  # predictions later labelled, and right, in this process
 
@@ -139,20 +141,31 @@ class Updater:
             return f"rows waited {self.settings.update_wait:g} s"  # however few: none waits for ever
         if queued < self.settings.min_rows:
             return None
+        if self.stalled_at is not None and queued <= self.stalled_at:  # the last try could not learn these
+            return None
         if queued >= self.settings.update_rows:
             return f"{queued} rows queued"
         if self.drift_signal:
             return "drift"
         return None
 
-    def _learn(self, x: Any, answers: list[str], source: str) -> Any:
+    def _learn(self, x: Any, answers: list[str], queued: list[Any]) -> tuple[Any, list[Any]]:
         """The queued rows through the gate and the promotion rule: labels, or corrected translations
-        (post-edits) of texts into their languages."""
+        (post-edits) of texts into their languages. Returns the result and the rows it took: a
+        translation store takes the directions with enough rows to judge, the others wait."""
         if not self.served.labels:
             texts, langs = x
-            return self.project.learn_rows(Pairs(texts, answers, langs), [], source=source)
+            rows = Pairs(texts, answers, langs)
+            take = self.project.kind.learnable(rows, self.project.held_out_fraction)
+            taken = [queued[i] for i in take.tolist()]
+            if not taken:
+                raise TooFewRows(f"no direction has post-edits enough to hold min_held_out "
+                                 f"({self.project.config.min_held_out}) of them out yet: waiting for more")
+            source = f"feedback {taken[0].id}-{taken[-1].id}"
+            return self.project.learn_rows(rows.take(take), [], source=source), taken
         labels = self.project.labels()
-        return self.project.learn(x, labels.names, labels.ids(answers), source=source)
+        source = f"feedback {queued[0].id}-{queued[-1].id}"
+        return self.project.learn(x, labels.names, labels.ids(answers), source=source), queued
 
     def update(self, trigger: str = "asked") -> dict[str, Any]:
         """Learn the queued feedback now (one update at a time in this process)."""
@@ -162,13 +175,14 @@ class Updater:
             if not queued:
                 return {"version": None, "promoted": False, "reason": "no feedback is queued", "rows": 0}
             x = self.served.read([json.loads(r.inputs) for r in queued], "feedback")
-            source = f"feedback {queued[0].id}-{queued[-1].id}"
             try:
-                result = self._learn(x, [r.label for r in queued], source)
-            except ValueError as err:  # too few rows to hold any out: wait for more
+                result, taken = self._learn(x, [r.label for r in queued], queued)
+            except ValueError as err:  # too few rows to hold any out: wait for more (not tried again before)
+                self.stalled_at = len(queued)
                 self.last_update = {"version": None, "promoted": False, "reason": str(err), "rows": len(queued)}
                 return self.last_update
-            ids = [r.id for r in queued]
+            self.stalled_at = None
+            ids = [r.id for r in taken]
             self.store.intake.settle_feedback(ids, "refused" if result.version is None else "learned", result.version)
             self.metrics.gate.labels(result.gate_decision or "accept").inc()
             outcome = "refused" if result.version is None else "promoted" if result.promoted else "kept"
@@ -176,5 +190,5 @@ class Updater:
             self.drift_signal = False
             self.served.refresh()
             self.metrics.queue.set(len(self.store.intake.feedback("queued")))
-            self.last_update = result.__dict__ | {"rows": len(queued), "trigger": trigger}
+            self.last_update = result.__dict__ | {"rows": len(taken), "trigger": trigger}
             return self.last_update

@@ -43,11 +43,12 @@ class View:
                                "p99": 1000 * lat[int(0.99 * (len(lat) - 1))] if lat else None}}
 
     def per_class(self, version: int | None) -> dict[str, float]:
-        """The held-out accuracy per class of ``version`` (computed once per version)."""
+        """The held-out score per class (per direction) of ``version`` (computed once per version)."""
         if version is None:
             return {}
         if version not in self._per_class:
             current = self.served.current
             learner = current.learner if current and current.version == version else self.store.load(version, "cpu")
-            self._per_class[version] = self.project.per_answer(learner, self.project.held_out())
+            with self.served.generating:  # a generative model's adapters are routed while it decodes
+                self._per_class[version] = self.project.per_answer(learner, self.project.held_out())
         return self._per_class[version]

@@ -408,12 +408,17 @@ class ModelStore:
             os.close(fd)
 
     def held_out_names(self, versions: list[int] | None = None) -> list[str]:
-        """The held-out batches ready versions record (only those of ``versions`` when given), in order."""
+        """The held-out batches ready versions record (only those of ``versions`` when given), in the
+        order the versions that brought them were made."""
         with self._db() as db:
             rows = db.execute(select(BATCHES.c.source, BATCHES.c.version).distinct()
                               .join(VERSIONS, VERSIONS.c.id == BATCHES.c.version)
                               .where(BATCHES.c.role == "held_out", VERSIONS.c.status == "ready")).all()
-        return sorted({name for name, v in rows if versions is None or v in versions})
+        first: dict[str, int] = {}
+        for name, v in rows:
+            if versions is None or v in versions:
+                first[name] = min(v, first.get(name, v))
+        return sorted(first, key=lambda name: (first[name], name))  # in the order the versions learned them
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[None]:

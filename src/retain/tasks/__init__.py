@@ -41,6 +41,10 @@ def task_kind(name: str) -> type[TaskKind]:
 def stored_run(config: dict[str, Any]) -> tuple[str, dict[str, Any], float, int]:
     """A store's kind, run config, held-out fraction and seed, from the config it keeps."""
     if "run" in config:
+        missing = [k for k in ("held_out", "seed") if k not in config]
+        if missing:
+            raise StoreError(f"the store's config has a run section but no {' or '.join(missing)}: not one "
+                             "retain init made")
         return config.get("task", "classification"), config["run"], float(config["held_out"]), int(config["seed"])
     if config.get("task") == "translation":  # a translation store made before kinds were recorded
         return "translation", config, 0.2, int(config.get("seed", 0))

@@ -12,10 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import torch
 from torch import Tensor
 
 from retain.quality import GateReport
 from retain.store import ModelStore
+
+
+class TooFewRows(ValueError):
+    """A batch with too few rows to hold some out and train on the rest; the message says what to send."""
 
 
 class Rows(Protocol):
@@ -112,8 +117,12 @@ class TaskKind:
         raise NotImplementedError
 
     def split(self, rows: Rows, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-        """Row indices to train on and to hold out."""
+        """Row indices to train on and to hold out (:class:`TooFewRows` when the rows cannot be judged)."""
         raise NotImplementedError
+
+    def learnable(self, rows: Rows, fraction: float) -> Tensor:
+        """The indices of ``rows`` an update can take now (the service leaves the others queued)."""
+        return torch.arange(len(rows))
 
     # -- learning -------------------------------------------------------------------------
     def new_learner(self, rows: Rows, names: list[str], seed: int) -> Any:
@@ -142,6 +151,10 @@ class TaskKind:
         (a batch name; for translation a batch and direction)."""
         raise NotImplementedError
 
+    def parent_scores(self, learner: Any, held: dict[str, Rows], recorded: dict[str, float]) -> dict[str, float]:
+        """The promoted version's scores on ``held`` (``recorded``: what its version recorded)."""
+        return self.scores(learner, held)
+
     def per_answer(self, learner: Any, held: dict[str, Rows]) -> dict[str, float]:
         """The metric by answer (class, direction) over every held-out row."""
         raise NotImplementedError
@@ -151,10 +164,10 @@ class TaskKind:
         return [k for k in scores if k == batch or k.startswith(f"{batch} ")]
 
     # -- answering ------------------------------------------------------------------------
-    def predict(self, learner: Any, data: Any, top_k: int, where: str) -> list[Prediction]:
+    def predict(self, learner: Any, data: Any, top_k: int, progress: bool = False) -> list[Prediction]:
         """What ``learner`` answers for ``data`` (a file or folder, or inputs as they are)."""
         raise NotImplementedError
 
-    def evaluate(self, learner: Any, data: Path, version: int) -> dict[str, Any]:
+    def evaluate(self, learner: Any, data: Path, version: int, progress: bool = False) -> dict[str, Any]:
         """The metric of ``learner`` on labelled ``data``: overall and by answer."""
         raise NotImplementedError

@@ -39,7 +39,7 @@ from retain.quality.pairs import inspect_pairs, loose_hash, pair_hash
 from retain.store import StoreError
 from retain.store.promotion import PromotionRule
 from retain.strategies import STRATEGIES, make_strategy
-from retain.tasks.base import Prediction, TaskKind
+from retain.tasks.base import Prediction, TaskKind, TooFewRows
 from retain.util import require, slug
 
 PROMPT = "Translate English to {name} [{tag}]:\n{source}\n"
@@ -138,8 +138,8 @@ class TranslationConfig(_Strict):
     training: LMTrainingConfig = Field(default_factory=LMTrainingConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     methods: list[TranslationMethod] = Field(default_factory=lambda: [TranslationMethod(label="finetune")])
-    max_drop: NonNegativeFloat = Field(2.0, description="a store promotes a version only if no direction it had "
-                                                        "learned lost more chrF++ points than this")
+    max_drop: NonNegativeFloat = Field(2.0, le=100, description="a store promotes a version only if no direction "
+                                       "it had learned lost more chrF++ points than this")
     min_held_out: PositiveInt = Field(20, description="the fewest held-out pairs a direction of a store's batch "
                                       "needs: the rule's chrF++ is measured on them (on 32 sentences its bootstrap "
                                       "sd is 2.5-4.6 points, more than max_drop)")
@@ -351,19 +351,34 @@ class Translation(TaskKind):
     def split(self, rows: Pairs, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
         """A share ``fraction`` of the sources held out, by their hash (the same in every direction);
         refused when a direction would hold out fewer than ``min_held_out`` pairs."""
-        held = torch.tensor([is_test_source(s, round(100 * fraction), salt="store") for s in rows.sources])
-        counts = {lang: sum(h for h, g in zip(held.tolist(), rows.langs, strict=True) if g == lang)
-                  for lang in dict.fromkeys(rows.langs)}
+        held = self._held(rows, fraction)
+        counts = self._held_counts(rows, held)
         few = {lang: n for lang, n in counts.items() if n < self.config.min_held_out}
         if few:
             lang, n = next(iter(few.items()))
-            raise ValueError(f"en-{lang}: {n} of its {rows.langs.count(lang)} pairs would be held out, "
-                             f"min_held_out is {self.config.min_held_out}: send more pairs at once, hold out more "
-                             "(retain init --held-out), or lower min_held_out in the config")
+            raise TooFewRows(f"en-{lang}: {n} of its {rows.langs.count(lang)} pairs would be held out, "
+                             f"min_held_out is {self.config.min_held_out}: send more pairs at once, or lower "
+                             "min_held_out in the store's config (a new store: hold out more, --held-out)")
         return held.logical_not().nonzero().squeeze(1), held.nonzero().squeeze(1)
 
+    def learnable(self, rows: Pairs, fraction: float) -> Tensor:
+        """The rows of the directions that hold out ``min_held_out`` pairs or more."""
+        counts = self._held_counts(rows, self._held(rows, fraction))
+        enough = {lang for lang, n in counts.items() if n >= self.config.min_held_out}
+        return torch.tensor([i for i, lang in enumerate(rows.langs) if lang in enough], dtype=torch.long)
+
+    @staticmethod
+    def _held(rows: Pairs, fraction: float) -> Tensor:
+        return torch.tensor([is_test_source(s, round(100 * fraction), salt="store") for s in rows.sources],
+                            dtype=torch.bool)
+
+    @staticmethod
+    def _held_counts(rows: Pairs, held: Tensor) -> dict[str, int]:
+        return {lang: sum(h for h, g in zip(held.tolist(), rows.langs, strict=True) if g == lang)
+                for lang in dict.fromkeys(rows.langs)}
+
     def new_learner(self, rows: Pairs, names: list[str], seed: int) -> GenerativeLearner:
-        return build_translator(self.config, self.config.methods[0])
+        return build_translator(self.config.model_copy(update={"seed": seed}), self.config.methods[0])
 
     def fit(self, learner: GenerativeLearner, train: Pairs, held: Pairs, index: int, names: list[str],
             progress: bool = False) -> None:
@@ -394,14 +409,32 @@ class Translation(TaskKind):
     def scores(self, learner: GenerativeLearner, held: dict[str, Pairs]) -> dict[str, float]:
         """chrF++ / 100 on each batch's held-out pairs of each direction, keyed ``batch en-<lang>``
         (a later version is compared with its parent on the same pairs)."""
-        return {f"{batch} en-{lang}": self.chrf(learner, rows.direction(lang))
-                for batch, rows in held.items() for lang in dict.fromkeys(rows.langs)}
+        return {f"{batch} en-{lang}": chrf for batch, rows in held.items()
+                for lang, chrf in self._by_direction(self._translations(learner, rows), rows).items()}
 
     def per_answer(self, learner: GenerativeLearner, held: dict[str, Pairs]) -> dict[str, float]:
         """chrF++ / 100 of each direction over every batch's held-out pairs."""
         parts = list(held.values())
         every = Pairs(*(sum((getattr(p, k) for p in parts), []) for k in ("sources", "targets", "langs")))
-        return {f"en-{lang}": self.chrf(learner, every.direction(lang)) for lang in dict.fromkeys(every.langs)}
+        return {f"en-{lang}": chrf for lang, chrf in self._by_direction(self._translations(learner, every),
+                                                                         every).items()}
+
+    @staticmethod
+    def _by_direction(outputs: list[str], rows: Pairs) -> dict[str, float]:
+        """chrF++ / 100 of each direction of ``rows`` translated as ``outputs``."""
+        out = {}
+        for lang in dict.fromkeys(rows.langs):
+            mine = [i for i, other in enumerate(rows.langs) if other == lang]
+            out[lang] = score([outputs[i] for i in mine], [rows.sources[i] for i in mine],
+                              [rows.targets[i] for i in mine])["chrf"] / 100
+        return out
+
+    def parent_scores(self, learner: GenerativeLearner, held: dict[str, Pairs], recorded: dict[str, float]
+                      ) -> dict[str, float]:
+        """The promoted version's scores on ``held``: as its version recorded them (greedy decoding
+        gives them again; translating every held-out pair is the costly part of an update)."""
+        keys = {f"{batch} en-{lang}" for batch, rows in held.items() for lang in rows.langs}
+        return {k: recorded[k] for k in keys} if keys <= set(recorded) else self.scores(learner, held)
 
     def predict(self, learner: GenerativeLearner, data: Any, top_k: int, progress: bool = False) -> list[Prediction]:
         rows = data if isinstance(data, Pairs) else self.read(Path(data), labelled=False)
@@ -412,6 +445,6 @@ class Translation(TaskKind):
     def evaluate(self, learner: GenerativeLearner, data: Path, version: int, progress: bool = False
                  ) -> dict[str, Any]:
         rows = self.read(data)
-        return {"version": version, "rows": len(rows), "chrf": 100 * self.chrf(learner, rows),
-                "per_direction": {f"en-{lang}": 100 * self.chrf(learner, rows.direction(lang))
-                                  for lang in dict.fromkeys(rows.langs)}}
+        outputs = self._translations(learner, rows, progress)  # each row once, scored overall and by direction
+        return {"version": version, "rows": len(rows), "chrf": score(outputs, rows.sources, rows.targets)["chrf"],
+                "per_direction": {f"en-{lang}": 100 * chrf for lang, chrf in self._by_direction(outputs, rows).items()}}

@@ -9,7 +9,8 @@ from typing import Any
 import optuna
 import yaml
 
-from retain.config import TRAINING_KNOBS, MethodConfig, RunConfig, SearchRange, TrainingConfig
+from retain.config import MethodConfig, RunConfig, SearchRange, TrainingConfig
+from retain.engine.learner import KNOBS
 from retain.strategies import STRATEGIES
 
 INTEGER_TRAINING = ("epochs", "batch_size")
@@ -82,7 +83,7 @@ def configured(cfg: RunConfig, method: MethodConfig, values: dict[str, Any], see
     for key, value in values.items():
         owner, name = key.split(".", 1)
         if owner == "training":
-            if name not in TRAINING_KNOBS:
+            if name not in KNOBS:
                 raise ValueError(f"{key}: not a training knob")
             training[name] = value
         else:

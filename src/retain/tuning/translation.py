@@ -90,8 +90,8 @@ def configured_translation(cfg: TranslationConfig, values: dict[str, Any]) -> Tr
 
 def _train(project: Project, cfg: TranslationConfig, chunks: list[Pairs], judged: list[Pairs],
            tick: Any = lambda i, so_far: None) -> Trained:
-    """A fresh model of ``cfg`` trained chunk after chunk, scored after each on ``judged`` (chrF++ / 100,
-    0 for a part whose direction is not learned yet)."""
+    """A fresh model of ``cfg`` trained chunk after chunk, scored after each on ``judged`` (chrF++ / 100;
+    0 for the batches not learned yet)."""
     kind = Translation(project.store, cfg.model_dump(mode="json"))
     learner = build_translator(cfg, cfg.methods[0])
     learned = [0]
