@@ -227,7 +227,9 @@ class Golden:
     def store_files(self, name: str, store: Path) -> None:
         """Each version's files and manifest, and the store's kept batches, by SHA-256 (store.db holds times)."""
         versions = {}
-        for version in sorted((store / "versions").iterdir(), key=lambda p: int(p.name)):
+        folder = store / "versions"
+        made = sorted(folder.iterdir(), key=lambda p: int(p.name)) if folder.is_dir() else []
+        for version in made:  # none when the store was refused: the diff shows that
             manifest = version / "manifest.json"
             versions[version.name] = {"sha256": file_hashes(version),
                                       "manifest": json.loads(manifest.read_text()) if manifest.is_file() else None}

@@ -120,37 +120,23 @@ class Project:
 
     # -- learning -------------------------------------------------------------------------------
     def _learn(self, data: Path, first: bool = False) -> UpdateResult:
-        if self.kind.name != "classification":
-            rows = self.kind.read(data)
-            return self.learn_rows(rows, [], source=str(data.resolve()), first=first)
-        labels = self.labels()
-        rows = self.kind.load(data, labels)
-        if first:  # what inputs look like, for the service to read its requests alike
-            self.store.set_meta("inputs", {"modality": rows.modality, "shape": list(rows.x.shape[1:])})
-        return self.learn(rows.x, labels.names, rows.y, rows.t, source=str(data.resolve()), first=first)
+        rows, names = self.kind.read_batch(data, first)
+        return self.learn_rows(rows, names, source=str(data.resolve()), first=first)
 
     def learn(self, x: Tensor, names: list[str], y: Tensor, t: Tensor | None = None, *, source: str,
               first: bool = False) -> UpdateResult:
-        """:meth:`update` on labelled rows already read: raw inputs ``x`` with label ids ``y`` into
-        ``names`` (the store's label names, then any new ones), from ``source`` (named in the records)."""
+        """:meth:`update` on a classifier's labelled rows already read: raw inputs ``x`` with label
+        ids ``y`` into ``names`` (the store's label names, then any new ones), from ``source``."""
         t = torch.zeros(len(y), dtype=torch.long) if t is None else t
-        self.kind.check(Examples(x, y, t), source)
-        labels = LabelMap(list(names), numbers_are_ids=False)
-        if labels.names[:len(self.store.labels())] != self.store.labels():
-            raise ValueError(f"{source}: label names must extend the store's {self.store.labels()}")
-        if self.store.promoted() is None and not first:
-            raise StoreError(f"{self.store.path}: no version is promoted to update")
-        return self.learn_rows(Examples(self.kind.model_inputs(x, self.progress), y, t), labels.names,
-                               source=source, first=first, checked=True)
+        return self.learn_rows(Examples(x, y, t), names, source=source, first=first)
 
-    def learn_rows(self, rows: Rows, names: list[str], *, source: str, first: bool = False,
-                   checked: bool = False) -> UpdateResult:
+    def learn_rows(self, rows: Rows, names: list[str], *, source: str, first: bool = False) -> UpdateResult:
         """:meth:`update` on rows of the store's kind already read (``names``: a classifier's label
         names, the store's then any new ones), from ``source`` (named in the records)."""
-        if not checked:
-            self.kind.check(rows, source)
-            if self.store.promoted() is None and not first:
-                raise StoreError(f"{self.store.path}: no version is promoted to update")
+        self.kind.check(rows, names, source)
+        if self.store.promoted() is None and not first:
+            raise StoreError(f"{self.store.path}: no version is promoted to update")
+        rows = self.kind.prepare(rows, self.progress)
         with self.store.writer():  # one update or rollback at a time
             return self._learn_locked(rows, names, source, first)
 
@@ -223,8 +209,7 @@ class Project:
         version = self.store.add_version(learner, parent=parent, metrics=self._metrics(candidate),
                                          batches=batches, decision="promoted" if promote else "kept", reason=reason,
                                          promote=promote)
-        if kind.name == "classification":
-            self.store.set_labels(names)
+        kind.after_version(names)
         if quarantined is not None:
             self.store.put_data(f"{name}-{slug(Path(data).name)}", quarantined.tensors(), kind="quarantine")
         self.store.log("gate", f"{data}: {report.reason}", version)

@@ -146,7 +146,7 @@ def predict(args: argparse.Namespace) -> int:
         return _translate(args)
     with _store_errors():
         project = Project(args.store, progress=not (args.json or args.out is None))
-        if project.kind.name == "translation":
+        if project.kind.writes_answers:
             return _translate(args, project)
         _write_predictions(args, project)
     return 0

@@ -42,7 +42,7 @@ class Served:
 
     def __init__(self, project: Project, metrics: ServiceMetrics) -> None:
         self.project, self.store, self.metrics = project, project.store, metrics
-        self.labels = project.kind.name == "classification"  # else the model writes its answers (translation)
+        self.labels = not project.kind.writes_answers  # a classifier's labels, or a translation
         self.described = self.store.meta("inputs")
         if self.described is None and self.labels:
             raise StoreError(f"{self.store.path} does not record what its inputs look like; make it with retain init")

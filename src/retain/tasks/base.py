@@ -56,6 +56,7 @@ class TaskKind:
     labels: ClassVar[str]  # what a row's answer is called in messages and tables: "class", "direction"
     config_type: ClassVar[type]  # the validated run config
     too_few: ClassVar[str]  # why a batch may be too small to hold rows out
+    writes_answers: ClassVar[bool] = False  # the model writes its answers (a translation), not picks a label
 
     def __init__(self, store: ModelStore, run: dict[str, Any]) -> None:
         self.store = store
@@ -96,8 +97,20 @@ class TaskKind:
         """The rows of a batch file or folder, refused with a message naming it when they cannot be read."""
         raise NotImplementedError
 
-    def check(self, rows: Rows, where: str) -> None:
+    def read_batch(self, data: Path, first: bool) -> tuple[Rows, list[str]]:
+        """A batch file's rows and the answer names they use (a classifier's label names: the
+        store's, then the batch's new ones); ``first``: the store's first batch."""
+        return self.read(data), []
+
+    def check(self, rows: Rows, names: list[str], where: str) -> None:
         """Refuse rows no model could learn from (raises with a message naming ``where``)."""
+
+    def prepare(self, rows: Rows, progress: bool = False) -> Rows:
+        """Checked rows as the model reads them (a frozen backbone's features, say)."""
+        return rows
+
+    def after_version(self, names: list[str]) -> None:
+        """Record what a new version learned beside it (a classifier's label names)."""
 
     def rows_of(self, tensors: dict[str, Tensor]) -> Rows:
         """Rows kept with :meth:`Rows.tensors` read back."""

@@ -104,9 +104,24 @@ class Classification(TaskKind):
             raise ValueError(problem)
         return rows
 
-    def check(self, rows: Examples, where: str) -> None:
+    def read_batch(self, data: Path, first: bool) -> tuple[Examples, list[str]]:
+        labels = self.label_map()
+        rows = self.load(data, labels)
+        if first:  # what inputs look like, for the service to read its requests alike
+            self.store.set_meta("inputs", {"modality": rows.modality, "shape": list(rows.x.shape[1:])})
+        return Examples(rows.x, rows.y, rows.t), labels.names
+
+    def check(self, rows: Examples, names: list[str], where: str) -> None:
         x, y, t = rows
         check_batch(x if x.dtype.is_floating_point else torch.zeros(len(y), 1), y, t, where=where).raise_if_refused()
+        if names[:len(self.store.labels())] != self.store.labels():
+            raise ValueError(f"{where}: label names must extend the store's {self.store.labels()}")
+
+    def prepare(self, rows: Examples, progress: bool = False) -> Examples:
+        return Examples(self.model_inputs(rows.x, progress), rows.y, rows.t)
+
+    def after_version(self, names: list[str]) -> None:
+        self.store.set_labels(names)
 
     def model_inputs(self, x: Tensor, progress: bool = False) -> Tensor:
         """Raw inputs as the model reads them (a frozen backbone's features where it has one)."""

@@ -298,6 +298,7 @@ class Translation(TaskKind):
     metric = "chrF++"
     labels = "direction"
     config_type = TranslationConfig
+    writes_answers = True
     too_few = "a share of the sources is held out by their hash: send more pairs"
 
     @classmethod
@@ -357,8 +358,8 @@ class Translation(TaskKind):
         if few:
             lang, n = next(iter(few.items()))
             raise TooFewRows(f"en-{lang}: {n} of its {rows.langs.count(lang)} pairs would be held out, "
-                             f"min_held_out is {self.config.min_held_out}: send more pairs at once, or lower "
-                             "min_held_out in the store's config (a new store: hold out more, --held-out)")
+                             f"min_held_out is {self.config.min_held_out}: send more pairs at once (a new store: "
+                             "hold out more with --held-out, or set min_held_out in its config)")
         return held.logical_not().nonzero().squeeze(1), held.nonzero().squeeze(1)
 
     def learnable(self, rows: Pairs, fraction: float) -> Tensor:
