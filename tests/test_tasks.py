@@ -231,3 +231,19 @@ def test_the_service_learns_the_directions_it_can_judge_and_keeps_the_others_que
         assert result["version"] == 2 and result["rows"] == len(fr)
         assert api.post("/update", headers=WRITE).json()["version"] is None  # en-de waits for more
     assert ModelStore(tmp_path / "store").intake.feedback_counts() == {"learned": len(fr), "queued": 2}
+
+
+def test_with_confidence_a_drop_of_one_held_out_row_in_fifty_is_not_taken_for_forgetting(tmp_path, batches):
+    from retain.config import RunConfig
+
+    results = {}
+    for confidence in (None, 0.9):
+        promotion = {"max_drop": 0.0} | ({"confidence": confidence} if confidence else {})
+        cfg = RunConfig.for_loop({"model": {"hidden": [32]}, "training": {"lr": 0.05, "epochs": 5},
+                                  "strategies": [{"name": "replay", "memory_size": 200}], "promotion": promotion})
+        project, _ = Project.init(cfg, batches / "00" / "train.csv", tmp_path / f"store-{confidence}")
+        results[confidence] = project.update(batches / "01" / "train.csv")
+    plain, bounded = results[None], results[0.9]
+    assert plain.accuracy == bounded.accuracy and 0 < 1 - plain.accuracy["batch-0000"] <= 0.05  # same small drop
+    assert not plain.promoted and "fell 2.0 points" in plain.reason
+    assert bounded.promoted  # one row of fifty: the paired bootstrap's bound is not above zero

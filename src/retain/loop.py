@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from retain.data.files import LabelMap
+from retain.metrics.bootstrap import drop_bound
 from retain.quality import GateReport
 from retain.store import Batch, ModelStore, StoreError, Version
 from retain.tasks import Prediction, Rows, kind_of_config, open_kind
@@ -191,6 +192,8 @@ class Project:
         # the promoted version, judged before the candidate (made from it) trains
         promoted = None if first else kind.parent_scores(current, held_before,
                                                          line_versions[0].metrics.get("accuracy", {}))
+        confidence = None if first else kind.rule.confidence
+        rows_before = kind.row_scores(current, held_before) if confidence else {}
         learner = kind.new_learner(train, names, self.seed) if first else current
         kind.fit(learner, train, held, k, names, self.progress)
         candidate = kind.scores(learner, judged)
@@ -201,8 +204,10 @@ class Project:
             recorded = [v.metrics.get("accuracy", {}) for v in line_versions]
             best = {b: max(r[b] for r in recorded if b in r) for b in promoted}
             per_answer = kind.per_answer(learner, judged) if kind.rule.min_class_accuracy else {}
+            rows_after = kind.row_scores(learner, held_before) if confidence else {}
+            bounds = {k: drop_bound(v, rows_after[k], confidence, seed=self.seed) for k, v in rows_before.items()}
             decision = kind.rule.decide(candidate, promoted, kind.new_keys(candidate, name), per_answer, best,
-                                        metric=kind.metric)
+                                        metric=kind.metric, bounds=bounds)
             reason, promote = decision.reason, decision.promote
         # One transaction records the version, its batches (its held-out rows are read from then on)
         # and, if the rule says so, its promotion: killed before it, the update left nothing behind.

@@ -35,14 +35,18 @@ class PromotionRule:
     max_drop: float = Field(0.05, ge=0.0, le=1.0)
     min_class_accuracy: float = Field(0.0, ge=0.0, le=1.0)
     compared_to: Literal["promoted", "best"] = "promoted"
+    confidence: float | None = Field(None, gt=0.5, lt=1.0, description="judge drops by the lower bound of a paired "
+                                     "bootstrap at this confidence (a drop refuses only if surely over max_drop)")
 
     def decide(self, candidate: dict[str, float], promoted: dict[str, float], new: str | list[str],
                per_class: dict[str, float], best: dict[str, float] | None = None,
-               metric: str = "accuracy") -> Decision:
+               metric: str = "accuracy", bounds: dict[str, float] | None = None) -> Decision:
         """``candidate`` and ``promoted``: held-out scores (0-1) by batch (or by batch and
         direction); ``new``: the new batch's key or keys; ``per_class``: the candidate's score by
         class name; ``best``: each key's best score on the promoted line (used with ``compared_to:
-        best``); ``metric``: what the scores are, named in the reasons (accuracy reads as a percentage).
+        best``); ``metric``: what the scores are, named in the reasons (accuracy reads as a percentage);
+        ``bounds``: with ``confidence``, each earlier key's lower bound of its drop from the promoted
+        version (:func:`retain.metrics.bootstrap.drop_bound`), which then decides instead of the drop.
 
         >>> PromotionRule(max_drop=0.02).decide({"b0 en-de": 0.30, "b1 en-fr": 0.4}, {"b0 en-de": 0.35},
         ...                                     ["b1 en-fr"], {}, metric="chrF++").reason
@@ -62,10 +66,14 @@ class PromotionRule:
                 return Decision(False, f"{key}: {metric} {shown(candidate[key])} is below the "
                                        f"{shown(self.min_new_accuracy)} required of new data")
         for batch, before in promoted.items():
-            if batch in candidate and before - candidate[batch] > self.max_drop:
+            if batch not in candidate:
+                continue
+            bound = (bounds or {}).get(batch) if self.confidence else None
+            if (bound if bound is not None else before - candidate[batch]) > self.max_drop:
+                sure = f", at least {100 * bound:.1f} with {100 * self.confidence:.0f}% confidence" if bound else ""
                 return Decision(False, f"{batch}: {metric} {shown(candidate[batch])} fell "
                                        f"{100 * (before - candidate[batch]):.1f} points below {against} "
-                                       f"({shown(before)}), more than {100 * self.max_drop:.1f} allowed")
+                                       f"({shown(before)}){sure}, more than {100 * self.max_drop:.1f} allowed")
         weak = {c: a for c, a in per_class.items() if a < self.min_class_accuracy}
         if weak:
             worst = min(weak, key=weak.get)

@@ -164,6 +164,10 @@ class TaskKind:
         (a batch name; for translation a batch and direction)."""
         raise NotImplementedError
 
+    def row_scores(self, learner: Any, held: dict[str, Rows]) -> dict[str, Tensor]:
+        """Each row's score under the keys of :meth:`scores` (a paired bootstrap bounds a drop with them)."""
+        raise NotImplementedError
+
     def parent_scores(self, learner: Any, held: dict[str, Rows], recorded: dict[str, float]) -> dict[str, float]:
         """The promoted version's scores on ``held`` (``recorded``: what its version recorded)."""
         return self.scores(learner, held)

@@ -170,6 +170,9 @@ class Classification(TaskKind):
     def scores(self, learner: Learner, held: dict[str, Examples]) -> dict[str, float]:
         return {name: float((learner.predict(x, t) == y).float().mean()) for name, (x, y, t) in held.items()}
 
+    def row_scores(self, learner: Learner, held: dict[str, Examples]) -> dict[str, Tensor]:
+        return {name: (learner.predict(x, t) == y).float() for name, (x, y, t) in held.items()}
+
     def per_answer(self, learner: Learner, held: dict[str, Examples]) -> dict[str, float]:
         parts = list(held.values())
         x, y, t = (torch.cat([p[i] for p in parts]) for i in range(3))

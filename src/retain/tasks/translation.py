@@ -140,6 +140,8 @@ class TranslationConfig(_Strict):
     methods: list[TranslationMethod] = Field(default_factory=lambda: [TranslationMethod(label="finetune")])
     max_drop: NonNegativeFloat = Field(2.0, le=100, description="a store promotes a version only if no direction "
                                        "it had learned lost more chrF++ points than this")
+    confidence: float | None = Field(None, gt=0.5, lt=1.0, description="judge a direction's drop by the lower "
+                                     "bound of a paired bootstrap over its sentences at this confidence")
     min_held_out: PositiveInt = Field(20, description="the fewest held-out pairs a direction of a store's batch "
                                       "needs: the rule's chrF++ is measured on them (on 32 sentences its bootstrap "
                                       "sd is 2.5-4.6 points, more than max_drop)")
@@ -307,7 +309,7 @@ class Translation(TaskKind):
 
     @property
     def rule(self) -> PromotionRule:
-        return PromotionRule(max_drop=self.config.max_drop / 100)
+        return PromotionRule(max_drop=self.config.max_drop / 100, confidence=self.config.confidence)
 
     def retuned(self, best: TranslationConfig) -> dict[str, Any]:
         if best.model != self.config.model:
@@ -428,6 +430,18 @@ class Translation(TaskKind):
             mine = [i for i, other in enumerate(rows.langs) if other == lang]
             out[lang] = score([outputs[i] for i in mine], [rows.sources[i] for i in mine],
                               [rows.targets[i] for i in mine])["chrf"] / 100
+        return out
+
+    def row_scores(self, learner: GenerativeLearner, held: dict[str, Pairs]) -> dict[str, Tensor]:
+        """Each held-out pair's sentence chrF++ / 100, keyed as :meth:`scores`."""
+        sacrebleu = require("sacrebleu", "sacrebleu")
+        out = {}
+        for batch, rows in held.items():
+            outputs = self._translations(learner, rows)
+            for lang in dict.fromkeys(rows.langs):
+                out[f"{batch} en-{lang}"] = torch.tensor([
+                    sacrebleu.sentence_chrf(outputs[i], [rows.targets[i]], word_order=2).score / 100
+                    for i, other in enumerate(rows.langs) if other == lang])
         return out
 
     def parent_scores(self, learner: GenerativeLearner, held: dict[str, Pairs], recorded: dict[str, float]
