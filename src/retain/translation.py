@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from retain.config import ConfigError, read_yaml
@@ -35,7 +34,6 @@ from retain.engine.generative import GenerativeLearner
 from retain.engine.protocol import stream_summary, train_and_score
 from retain.experiment import versions
 from retain.metrics.results import ExperienceInfo, ExperimentResult, MethodResult, Metrics, SeedRun, StreamInfo, Summary
-from retain.models.generative import IGNORE, PAD
 from retain.monitor import write_report
 from retain.tasks.translation import (
     TranslationConfig,
@@ -46,7 +44,7 @@ from retain.tasks.translation import (
     translate,
     validate_translation,
 )
-from retain.util import auto_threads, evaluating, require, slug
+from retain.util import auto_threads, require, slug
 
 __all__ = ["TranslationConfig", "chrf_intervals", "copy_source", "load_run_corpus", "load_translation_config",
            "perplexity_without_end", "run_translation", "score", "translate", "translation_table",
@@ -69,7 +67,6 @@ def english_texts(n: int) -> list[str]:
     return quotes[:n]
 
 
-@torch.no_grad()
 def perplexity_without_end(learner: GenerativeLearner, texts: Sequence[str], batch_size: int = 16) -> float:
     """``exp`` of the mean next-token loss over the tokens of ``texts`` themselves: what
     :meth:`GenerativeLearner.perplexity` computes, less the end-of-text token it predicts after each
@@ -77,20 +74,7 @@ def perplexity_without_end(learner: GenerativeLearner, texts: Sequence[str], bat
     of that one token a text so much that it hides the rest (a review of the first run of
     ``benchmarks/llm_mt.py`` measured SmolLM2's perplexity of the fortunes falling 23.5% counting the
     end token, 4.6% without). No direction tag: experts read with the base model."""
-    if not texts:
-        raise ValueError("perplexity needs at least one text")
-    x, y = learner.encode([""] * len(texts), list(texts))
-    last = (x != PAD).sum(1) - 1  # each row's last token: its end token unless the row was cut at max_tokens
-    rows = torch.arange(len(x))
-    ended = (x[rows, last] == learner.model.tokenizer.eos_id) & (last > 0)
-    y[rows[ended], last[ended] - 1] = IGNORE
-    total, count = 0.0, 0
-    with evaluating(learner.model):
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start:start + batch_size].to(learner.device), y[start:start + batch_size].to(learner.device)
-            total += float(F.cross_entropy(learner.model(xb), yb, reduction="sum"))
-            count += int((yb != IGNORE).sum())
-    return math.exp(total / count)
+    return learner.perplexity(texts, batch_size, end=False)
 
 
 def english_perplexity(learner: GenerativeLearner, texts: Sequence[str]) -> dict[str, float | None]:

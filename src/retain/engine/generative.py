@@ -204,12 +204,19 @@ class GenerativeLearner(Trainer):
         return out
 
     @torch.no_grad()
-    def perplexity(self, texts: Sequence[str], batch_size: int = 16) -> float:
-        """``exp`` of the mean next-token loss over ``texts`` (each followed by the end token), with
-        no direction tag: experts score it with the base model."""
+    def perplexity(self, texts: Sequence[str], batch_size: int = 16, end: bool = True) -> float:
+        """``exp`` of the mean next-token loss over ``texts`` (each followed by the end token, which
+        ``end=False`` leaves out of the loss: a model fine-tuned on one-line messages learns to end
+        lines early, and that one token a text can hide the rest), with no direction tag: experts
+        score it with the base model."""
         x, y = self.encode([""] * len(texts), list(texts)) if texts else (None, None)
         if x is None:
             raise ValueError("perplexity needs at least one text")
+        if not end:
+            last = (x != PAD).sum(1) - 1  # each row's last token: its end token unless the row was cut
+            rows = torch.arange(len(x))
+            ended = (x[rows, last] == self.model.tokenizer.eos_id) & (last > 0)
+            y[rows[ended], last[ended] - 1] = IGNORE
         total, count = 0.0, 0
         with evaluating(self.model):
             for start in range(0, len(x), batch_size):
