@@ -17,6 +17,18 @@ from torch import Tensor
 
 from retain.quality import GateReport
 from retain.store import ModelStore
+from retain.strategies import STRATEGIES
+
+
+def only_tunable_changed(tuned: list[dict[str, Any]], current: list[dict[str, Any]]) -> None:
+    """Refuse a tuned composition that changes more than its strategies' declared-tunable knobs:
+    the store's versions learned with the rest (a memory's size, say)."""
+    for part, mine in zip(tuned, current, strict=False):
+        fixed = sorted(k for k in part if k != "name" and part[k] != mine.get(k)
+                       and k not in STRATEGIES[part["name"]].tunable)
+        if part["name"] != mine["name"] or fixed:
+            raise ValueError(f"{part['name']}.{', '.join(fixed) or 'name'}: the store's versions learned with "
+                             "the current value; only declared-tunable knobs can change in a deployment")
 
 
 class TooFewRows(ValueError):

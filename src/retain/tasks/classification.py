@@ -17,7 +17,7 @@ from retain.engine.learner import KNOBS
 from retain.quality import GateReport, check_batch, inspect
 from retain.quality.gate import row_hashes
 from retain.strategies import STRATEGIES
-from retain.tasks.base import Prediction, TaskKind
+from retain.tasks.base import Prediction, TaskKind, only_tunable_changed
 
 
 class Examples(NamedTuple):
@@ -72,13 +72,7 @@ class Classification(TaskKind):
         return RunConfig.for_loop(run)
 
     def retuned(self, best: RunConfig) -> dict[str, Any]:
-        learned = [s for m in best.strategies[:1] for s in m.compose]
-        for part, current in zip(learned, self.config.strategies[0].compose, strict=False):
-            fixed = sorted(k for k in part if k != "name" and part[k] != current.get(k)
-                           and k not in STRATEGIES[part["name"]].tunable)
-            if part["name"] != current["name"] or fixed:
-                raise ValueError(f"{part['name']}.{', '.join(fixed) or 'name'}: the store's versions learned with "
-                                 "the current value; only declared-tunable knobs can change in a deployment")
+        only_tunable_changed([s for m in best.strategies[:1] for s in m.compose], self.config.strategies[0].compose)
         return self.config.model_dump(mode="json") | {
             "training": best.training.model_dump(mode="json"),
             "strategies": [{"label": m.label, "compose": m.compose} for m in best.strategies]}

@@ -39,7 +39,7 @@ from retain.quality.pairs import inspect_pairs, loose_hash, pair_hash
 from retain.store import StoreError
 from retain.store.promotion import PromotionRule
 from retain.strategies import STRATEGIES, make_strategy
-from retain.tasks.base import Prediction, TaskKind, TooFewRows
+from retain.tasks.base import Prediction, TaskKind, TooFewRows, only_tunable_changed
 from retain.util import require, slug
 
 PROMPT = "Translate English to {name} [{tag}]:\n{source}\n"
@@ -270,6 +270,11 @@ class Pairs:
     def loose_hashes(self) -> list[str]:
         return [loose_hash(*p) for p in zip(self.sources, self.targets, self.langs, strict=True)]
 
+    def by_source(self, percent: int, salt: str) -> Tensor:
+        """A mask of about ``percent``% of the rows, drawn by a hash of their sources (the same
+        source falls on the same side in every direction; another ``salt`` draws another split)."""
+        return torch.tensor([is_test_source(s, percent, salt=salt) for s in self.sources], dtype=torch.bool)
+
     def direction(self, lang: str) -> Pairs:
         return self.take(torch.tensor([i for i, g in enumerate(self.langs) if g == lang], dtype=torch.long))
 
@@ -316,12 +321,10 @@ class Translation(TaskKind):
             raise ValueError("model: a store's adapters keep the model, adaptation and LoRA rank they were made "
                              f"with ({self.config.model.model_dump()}); a tuned rank applies to a new store")
         mine, tuned = self.config.methods[0], best.methods[0]
-        for part, current in zip(tuned.compose, mine.compose, strict=False):
-            fixed = sorted(k for k in part if k != "name" and part[k] != current.get(k)
-                           and k not in STRATEGIES[part["name"]].tunable)
-            if part["name"] != current["name"] or fixed or len(tuned.compose) != len(mine.compose):
-                raise ValueError(f"{part['name']}.{', '.join(fixed) or 'name'}: the store's versions learned with "
-                                 "the current value; only declared-tunable knobs can change in a deployment")
+        if len(tuned.compose) != len(mine.compose):
+            raise ValueError(f"compose: the store's versions learned with {[p['name'] for p in mine.compose]}; "
+                             "only declared-tunable knobs can change in a deployment")
+        only_tunable_changed(tuned.compose, mine.compose)
         run = self.config.model_dump(mode="json")
         run["methods"][0] = tuned.model_dump(mode="json") | {"label": mine.label}
         return run
@@ -372,8 +375,7 @@ class Translation(TaskKind):
 
     @staticmethod
     def _held(rows: Pairs, fraction: float) -> Tensor:
-        return torch.tensor([is_test_source(s, round(100 * fraction), salt="store") for s in rows.sources],
-                            dtype=torch.bool)
+        return rows.by_source(round(100 * fraction), "store")
 
     @staticmethod
     def _held_counts(rows: Pairs, held: Tensor) -> dict[str, int]:

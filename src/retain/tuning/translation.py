@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 import yaml
 from tqdm.auto import tqdm
 
 from retain.config import SearchRange
-from retain.data.catalogues import is_test_source
 from retain.engine.generative import GenerativeLearner
 from retain.engine.protocol import Trained, train_and_score
 from retain.loop import Project
@@ -36,7 +34,7 @@ RANKS = [4, 8, 16]
 
 def _cut(rows: Pairs, percent: int, salt: str) -> tuple[Pairs, Pairs]:
     """``rows`` split by a hash of their sources: about ``percent``% on the second side."""
-    mask = torch.tensor([is_test_source(s, percent, salt=salt) for s in rows.sources], dtype=torch.bool)
+    mask = rows.by_source(percent, salt)
     return rows.take(mask.logical_not().nonzero().squeeze(1)), rows.take(mask.nonzero().squeeze(1))
 
 
