@@ -9,7 +9,16 @@ final promoted version's accuracy on all held-out rows against SLDA retrained on
 once, the worst drop of an earlier batch, update time besides encoding, and the same run without the
 gate (policy warn, nothing refused) to show what the flipped batch costs.
 
+The gate is measured on its own too (nothing learned): the share of each clean batch's rows it
+flags (label errors and outliers: every one is a false flag), its precision and recall on the
+flipped rows, its drift line (the batch's features against the store's rows, a report that
+refuses nothing), and its decision on a shifted clean batch that must not be refused:
+the test rows of every batch as a new kind of data (images with a grey floor, lower contrast and a
+blur; clips at half volume under noise; for the languages, Debian's program messages instead of
+quotes), judged by the final gated store.
+
     python benchmarks/lifecycle.py --out benchmarks/results/lifecycle.json
+    python benchmarks/lifecycle.py --smoke   # one small stream, a check that the script still runs
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ from retain.data.export import export
 from retain.data.files import LabelMap, load
 from retain.engine import Learner
 from retain.loop import Project
+from retain.quality import GateReport
+from retain.quality.gate import row_hashes
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS = {
@@ -44,12 +55,13 @@ AUDIO_CONFIG = {"name": "loop-audio", "scenario": {"dataset": "keywords"},
                 "model": {"backbone": "logmel", "name": "audio_cnn"}, "training": {"epochs": 8, "lr": 0.05},
                 "strategies": [{"name": "derpp", "memory_size": 800, "ratio": 2.0, "alpha": 0.5}],
                 "promotion": {"max_drop": 0.15}}
+SMOKE = {"max_train_per_class": 30, "max_test_per_class": 10}  # --smoke: every step, few rows
 TEXT_CONFIG = {"name": "loop-text", "scenario": {"dataset": "fortunes_language"},
                "model": {"backbone": "minilm", "adaptation": "frozen", "hidden": []}, "strategies": ["slda"],
                "promotion": {"max_drop": 0.15}}
 
 
-def corrupt(data: Path, fmt: str, work: Path) -> tuple[Path, Path, set[int]]:
+def corrupt(data: Path, fmt: str, work: Path) -> tuple[Path, Path]:
     """A copy of batch 02 with 30% of its labels flipped (and which rows), and batch 03 with 20% of
     its rows repeated."""
     flipped, doubled = work / "02-flipped", work / "03-doubled"
@@ -64,7 +76,6 @@ def corrupt(data: Path, fmt: str, work: Path) -> tuple[Path, Path, set[int]]:
         for i, item in enumerate(sorted(doubled.glob(f"*/*.{suffix}"))):
             if i % 5 == 0:
                 shutil.copy(item, item.with_name(f"copy-{item.name}"))
-        flipped_rows = set()  # found below by comparing labels
     else:
         lines = (data / "02" / "train.csv").read_text().splitlines()
         import csv
@@ -75,23 +86,78 @@ def corrupt(data: Path, fmt: str, work: Path) -> tuple[Path, Path, set[int]]:
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(rows[0])
-        flipped_rows = set()
         for i, row in enumerate(rows[1:]):
             if i % 10 < 3:
                 row = row[:-1] + [labels[(labels.index(row[-1]) + 1) % len(labels)]]
-                flipped_rows.add(i)
             writer.writerow(row)
         flipped = flipped.with_suffix(".csv")
         flipped.write_text(out.getvalue())
         lines = (data / "03" / "train.csv").read_text().splitlines()
         doubled = doubled.with_suffix(".csv")
         doubled.write_text("\n".join(lines + lines[1::5]) + "\n")
-    return flipped, doubled, flipped_rows
+    return flipped, doubled
 
 
-def run(name: str, work: Path) -> dict:
+def shifted(data: Path, fmt: str, work: Path, per_class: int) -> Path:
+    """A clean batch of a new kind of data for the stream's classes, from rows no batch trained on:
+    each class's first ``per_class`` test images with a grey floor, half the contrast and a blur,
+    or test clips at half volume under noise (10 dB SNR); for the languages, Debian's program
+    messages (its translation catalogues) instead of quotes."""
+    out = work / "shifted"
+    if fmt == "images":
+        from PIL import Image, ImageFilter
+
+        for cls in sorted({d.name for d in data.glob("*/test/*") if d.is_dir()}):
+            (out / cls).mkdir(parents=True)
+            for item in sorted(data.glob(f"*/test/{cls}/*.png"))[:per_class]:
+                image = Image.open(item).point(lambda v: 80 + v // 2).filter(ImageFilter.GaussianBlur(1))
+                image.save(out / cls / f"{item.parent.parent.parent.name}-{item.name}")
+        return out
+    if fmt == "wav":
+        import numpy as np
+        from scipy.io import wavfile
+
+        rng = np.random.default_rng(0)
+        for cls in sorted({d.name for d in data.glob("*/test/*") if d.is_dir()}):
+            (out / cls).mkdir(parents=True)
+            for item in sorted(data.glob(f"*/test/{cls}/*.wav"))[:per_class]:
+                rate, clip = wavfile.read(item)
+                clip = 0.5 * clip.astype(np.float32)
+                noise = rng.standard_normal(len(clip)).astype(np.float32) * np.sqrt(np.mean(clip ** 2) / 10)
+                wavfile.write(out / cls / f"{item.parent.parent.parent.name}-{item.name}", rate,
+                              np.clip(clip + noise, -1, 1).astype(np.float32))
+        return out
+    import csv
+    import random
+
+    from retain.data.catalogues import CATALOGUES, read_language
+
+    codes = {"german": "de", "spanish": "es", "italian": "it", "russian": "ru", "polish": "pl", "czech": "cs",
+             "portuguese": "pt_BR"}
+    catalogues = {k: CATALOGUES[k] for k in ("coreutils", "dpkg", "apt", "bash", "grep", "findutils", "tar")}
+    names = json.loads((data / "labels.json").read_text())
+    rows = []
+    english = []
+    for name in names:
+        if name not in codes:
+            continue
+        pairs = [p for p in read_language(codes[name], catalogues) if len(p.target) >= 30]
+        random.Random(0).shuffle(pairs)
+        rows += [(p.target, name) for p in pairs[:per_class]]
+        english += [p.source for p in pairs[per_class:]]
+    if "english" in names:
+        english = sorted({t for t in english if len(t) >= 30})
+        random.Random(0).shuffle(english)
+        rows += [(t, "english") for t in english[:per_class]]
+    out = out.with_suffix(".csv")
+    with out.open("w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    return out
+
+
+def run(name: str, work: Path, smoke: bool = False) -> dict:
     dataset, fmt, config_path, options = STREAMS[name]
-    data = export(dataset, work / "data", fmt, **options)
+    data = export(dataset, work / "data", fmt, **(SMOKE if smoke else options))
     cfg = load_config(config_path, loop=True) if config_path else None
     if cfg is None:
         from retain.config import RunConfig
@@ -99,18 +165,18 @@ def run(name: str, work: Path) -> dict:
         cfg = RunConfig.model_validate(AUDIO_CONFIG if name == "audio" else TEXT_CONFIG)
     folders = fmt in ("images", "wav")
     split = (lambda b: data / b / "train") if folders else (lambda b: data / b / "train.csv")
-    flipped, doubled, flipped_rows = corrupt(data, fmt, work)
+    flipped, doubled = corrupt(data, fmt, work)
     arrivals = [("01", split("01")), ("02 flipped 30%", flipped), ("02", split("02")),
                 ("03 + 20% duplicates", doubled), ("04", split("04"))]
-    out: dict = {"stream": name, "updates": []}
+    out: dict = {"stream": name, "updates": [], "gate": {}}
     projects = {}
     for gate in ("on", "off"):
         config = cfg if gate == "on" else cfg.model_copy(update={"gate": cfg.gate.__class__(
             policy="warn", max_flagged=1.0)})
         project, _ = Project.init(config, split("00"), work / f"store-{gate}")
         for label, path in arrivals:
-            if gate == "on" and label.startswith("02 flipped"):
-                out |= gate_scores(project, path, flipped_rows, folders, split("02"))
+            if gate == "on":  # the gate on its own, as the update is about to see the batch
+                out["gate"][label] = gate_scores(project, path, split("02") if "flipped" in label else None)
             start = time.perf_counter()
             labels = LabelMap(project.store.labels())
             raw = load(path, labels, **config.scenario.files.options()).x
@@ -136,10 +202,11 @@ def run(name: str, work: Path) -> dict:
              for b in versions[v["parent"]]["accuracy"]), default=0.0)
         out[f"worst_drop_gate_{gate}"] = max(
             (first[b] - accs[-1][b] for first in accs for b in first if b in accs[-1]), default=0.0)
-    held = projects["on"]._held_out()  # every clean batch's held-out rows, as the gated store kept them
+    out["gate"]["shifted"] = gate_scores(projects["on"], shifted(data, fmt, work, 10 if smoke else 40))
+    out |= gate_summary(out["gate"])
+    print(json.dumps({"stream": name, "gate": out["gate"]}), flush=True)
+    held = projects["on"].held_out()  # every clean batch's held-out rows, as the gated store kept them
     x, y = torch.cat([v[0] for v in held.values()]), torch.cat([v[1] for v in held.values()])
-    from retain.quality.gate import row_hashes
-
     hashes = row_hashes(x)
     for gate, project in projects.items():
         trained = {bytes(h.tolist()).hex() for name in project.store.data_names() if name.endswith("-train")
@@ -156,7 +223,7 @@ def run(name: str, work: Path) -> dict:
                    if b in a) for b in held}
     out["retrain_drop"] = max(best[b] - float((retrained.predict(v[0]) == v[1]).float().mean())
                               for b, v in held.items())
-    if name == "text":
+    if name == "text" and not smoke:
         out |= update_seconds(projects["on"], data, work)
     return out
 
@@ -187,28 +254,59 @@ def update_seconds(project: Project, data: Path, work: Path, rows: int = 200) ->
             "update_promoted": result.promoted, "update_cli_seconds": cli, "update_cli_exit": done.returncode}
 
 
-def gate_scores(project: Project, path: Path, flipped_rows: set[int], folders: bool, clean: Path) -> dict:
-    """The gate's precision and recall on the flipped rows of the corrupted batch."""
-    labels = LabelMap(project.store.labels())
-    truth = load(clean, labels, **project.config.scenario.files.options()) if folders else None
-    rows = load(path, labels, **project.config.scenario.files.options())
-    if folders:  # the flipped files: their label differs from the clean batch's
-        order = {p.name: i for i, p in enumerate(sorted(Path(clean).glob("*/*.*"), key=lambda p: p.name))}
-        names = sorted(Path(path).glob("*/*.*"), key=lambda p: p.name)
-        flipped_rows = {i for i, p in enumerate(names) if truth.y[order[p.name]] != rows.y[i]} if order else set()
-    x = model_inputs(project.config, rows.x)
-    report = project._gate(x, rows.y, project.store.load(device="cpu"), [v.id for v in project._line()])
-    found = set(report.label_issues)
-    hit = len(found & flipped_rows)
-    return {"gate_precision": hit / max(len(found), 1), "gate_recall": hit / max(len(flipped_rows), 1),
-            "flipped_rows": len(flipped_rows), "gate_decision": report.decision}
+def gate_report(project: Project, path: Path) -> GateReport:
+    """The gate's report on the batch at ``path`` as the next update's gate would make it, nothing
+    learned: against the served model, its batches' held-out rows and the hashes of their training rows."""
+    kind, store = project.kind, project.store
+    rows, _ = kind.read_batch(path, False)
+    current = store.load(device="cpu")
+    rows = kind.readable(current, kind.prepare(rows), str(path))
+    held = project.held_out()
+    known = {h for part in held.values() for h in part.hashes()}
+    known |= {bytes(h.tolist()).hex() for name in held if f"{name}-train" in store.data_names()
+              for h in store.get_data(f"{name}-train")["hash"]}
+    return kind.inspect(rows, current, held, known, project.seed)
+
+
+def gate_scores(project: Project, path: Path, clean: Path | None = None) -> dict:
+    """What the gate finds in the batch at ``path``: the share of rows flagged as label errors or
+    outliers, its decision and drift line, and with ``clean`` (the batch with its true labels)
+    its precision and recall on the rows whose label differs."""
+    start = time.perf_counter()
+    report = gate_report(project, path)
+    seconds = time.perf_counter() - start
+    found = set(report.label_issues) | set(report.outliers)
+    scores = {"rows": report.rows, "flagged": len(found) / report.rows, "label_issues": len(report.label_issues),
+              "outliers": len(report.outliers), "duplicates": len(report.duplicates),
+              "decision": report.decision, "reason": report.reason, "seconds": seconds}
+    if clean is not None:  # rows matched by content, so the files' order does not matter
+        labels = LabelMap(project.store.labels())
+        options = project.config.scenario.files.options()
+        truth = load(clean, labels, **options)
+        rows = load(path, labels, **options)
+        label_of = dict(zip(row_hashes(truth.x), truth.y.tolist(), strict=True))
+        wrong = {i for i, (h, y) in enumerate(zip(row_hashes(rows.x), rows.y.tolist(), strict=True))
+                 if label_of[h] != y}
+        hit = len(found & wrong)
+        scores |= {"flipped_rows": len(wrong), "precision": hit / max(len(found), 1),
+                   "recall": hit / max(len(wrong), 1)}
+    return scores
+
+
+def gate_summary(gate: dict) -> dict:
+    """The gate's figures for the table: flagged shares of the clean batches, the flipped batch's
+    precision and recall, the shifted batch's decision."""
+    clean = {b: g["flagged"] for b, g in gate.items() if "flipped" not in b and b != "shifted"}
+    flipped = next(g for b, g in gate.items() if "flipped" in b)
+    return {"gate_false_flags_max": max(clean.values()), "gate_false_flags_mean": sum(clean.values()) / len(clean),
+            "gate_precision": flipped["precision"], "gate_recall": flipped["recall"],
+            "gate_flipped_decision": flipped["decision"], "gate_shifted_flagged": gate["shifted"]["flagged"],
+            "gate_shifted_decision": gate["shifted"]["decision"]}
 
 
 def retrain(cfg, data: Path, folders: bool, project: Project, held_x: torch.Tensor) -> Learner:
     """The config's method fitted once on every clean batch's rows but the held-out ones (for SLDA,
     exactly LDA on them)."""
-    from retain.quality.gate import row_hashes
-
     labels = LabelMap(project.store.labels())
     held = set(row_hashes(held_x))
     xs, ys = [], []
@@ -230,16 +328,19 @@ def retrain(cfg, data: Path, folders: bool, project: Project, held_x: torch.Tens
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", nargs="+", choices=list(STREAMS), default=list(STREAMS))
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="the text stream with 30 rows a class (under 30 s): "
+                        "checks that the script runs, measures nothing")
+    parser.add_argument("--out", type=Path, help="a JSON file to write the streams' results into (streams not run "
+                        "this time keep theirs)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     rows = []
-    for name in args.streams:
+    for name in ["text"] if args.smoke else args.streams:
         with tempfile.TemporaryDirectory() as tmp:
-            rows.append(run(name, Path(tmp)))
-        summary = {k: v for k, v in rows[-1].items() if k != "updates"}
+            rows.append(run(name, Path(tmp), args.smoke))
+        summary = {k: v for k, v in rows[-1].items() if k not in ("updates", "gate")}
         print(json.dumps(summary), flush=True)
-    if args.out:  # streams not run this time keep their rows
+    if args.out:
         kept = json.loads(args.out.read_text()) if args.out.exists() else []
         ran = {r["stream"] for r in rows}
         args.out.write_text(json.dumps([r for r in kept if r["stream"] not in ran] + rows, indent=1))

@@ -3,7 +3,8 @@
     python tests/fault_serve.py POINT retain serve STORE --port N ...
 
 POINT: ``in-update`` (the candidate is being saved as a version), ``in-promote`` (inside the
-transaction that records and promotes it, before the commit), or ``none``.
+transaction that records and promotes it, before the commit), ``after-version`` (once that
+transaction committed), or ``none``.
 """
 
 import os
@@ -21,8 +22,13 @@ def die(*_args, **_kwargs):
 if __name__ == "__main__":
     point = sys.argv[1]
     if point == "in-update":
-        real = store_module.Learner.save
-        store_module.Learner.save = lambda self, folder: (real(self, folder), die())
+        from retain.engine import Learner
+
+        real = Learner.save
+        Learner.save = lambda self, folder: (real(self, folder), die())
     elif point == "in-promote":
         store_module.ModelStore._point_at = die
+    elif point == "after-version":
+        recorded = store_module.ModelStore.add_version
+        store_module.ModelStore.add_version = lambda *args, **kwargs: (recorded(*args, **kwargs), die())
     sys.exit(main(sys.argv[3:]))

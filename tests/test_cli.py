@@ -41,7 +41,7 @@ def with_change(path, value):
         (["scenario", "dataset"], "cifar", "scenario.dataset: Input should be 'digits', 'mnist5k', 'fashion_mnist', "
          "'fortunes_language', 'fortunes_topics', 'keywords' or 'files' (got 'cifar')"),
         (["training", "lr"], "fast", "training.lr: Input should be a valid number"),
-        (["training", "epochs"], 0, "training.epochs: Input should be greater than 0"),
+        (["training", "epochs"], 0, "training.epochs: Input should be greater than or equal to 1"),
         (["training", "learning_rate"], 0.1, "training.learning_rate: unknown key"),
         (["strategies"], [{"name": "replay", "memory_size": 0}],
          "strategies.0.memory_size: Input should be greater than 0"),
@@ -52,6 +52,20 @@ def with_change(path, value):
         (["strategies"], [{"compose": [{"name": "replay"}, {"name": "lwf", "temperature": 0}]}],
          "strategies.0.compose.1.temperature: Input should be greater than 0"),
         (["model", "head"], "per_task", "model.head: per_task needs scenario.kind: task_incremental"),
+        (["model", "hidden"], [100000000], "model.hidden.0: Input should be less than or equal to 1048576"),
+        (["model", "hidden"], [4096, 1048576], "model.hidden: layers 0 and 1 (4096 and 1048576 units) would hold "
+         "4,294,967,296 weights between them; at most 268,435,456 (1 GiB of float32)"),
+        (["training", "threads"], 100000, "training.threads: give auto or a number of threads from 1 to 1024, got "
+         "100000"),
+        (["training", "epochs"], True, "training.epochs: true is a yes/no, not a number (YAML reads true, false, "
+         "yes, no, on and off so): give a number"),
+        (["strategies"], [{"name": "replay", "memory_size": True}], "strategies.0.memory_size: true is a yes/no"),
+        (["model", "hidden"], [32, False], "model.hidden: [32, false] holds a yes/no, not a number"),
+        (["promotion"], {"max_drop": True}, "promotion.max_drop: true is a yes/no, not a number"),
+        (["tune"], {"search": {"lr": {"low": 0.01, "high": float("inf")}}},
+         "tune.search.lr: high must be a finite number, got inf"),
+        (["strategies"], [{"name": "ewc", "search": {"lam": {"low": 1, "high": float("inf")}}}],
+         "strategies.0.search.lam: high must be a finite number, got inf"),
     ],
 )
 def test_bad_config_is_refused_naming_the_field(tmp_path, path, value, expected):
@@ -69,6 +83,43 @@ def test_unreadable_configs_say_why(tmp_path):
     (tmp_path / "broken.yaml").write_text("scenario: {dataset: digits\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "broken.yaml")
+
+
+def test_a_key_given_twice_is_refused_with_its_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("scenario: {dataset: digits}\ntraining:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n"
+                    "strategies: [finetune]\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: line 5: key 'lr' is given twice \(first on line 3\); keep one"):
+        load_config(path)
+    path.write_text("scenario: {dataset: digits, dataset: mnist5k}\nstrategies: [finetune]\n")
+    with pytest.raises(ConfigError, match="line 1: key 'dataset' is given twice"):
+        load_config(path)
+
+
+def test_aliases_are_read_but_an_alias_bomb_is_refused_at_once(tmp_path):
+    path = tmp_path / "shared.yaml"  # anchors, aliases and merge keys a person writes still work
+    path.write_text("base: &fast {epochs: 1, lr: 0.05}\nscenario: {dataset: digits, n_experiences: 2}\n"
+                    "training: {<<: *fast, lr: 0.1}\nstrategies: [finetune]\n")
+    raw = yaml.safe_load(path.read_text())
+    raw.pop("base")
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    assert (cfg.training.epochs, cfg.training.lr) == (1, 0.1)
+    levels = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for previous, name in zip("abcdefgh", "bcdefghi", strict=True):
+        levels.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]")
+    path.write_text("\n".join(levels) + "\nstrategies: *i\n")  # 9^9 strings: a "billion laughs"
+    with pytest.raises(ConfigError, match=r"its aliases \(\*name\) expand to [0-9,]{11} values, more than the "
+                                          "100,000 a config may hold"):
+        load_config(path)
+
+
+def test_a_huge_value_is_shown_by_its_start(tmp_path):
+    path = write(tmp_path, with_change(["strategies"], [{"name": "replay", "memory_size": list(range(5000))}]))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "strategies.0.memory_size" in str(err.value) and "[0, 1, 2, 3, 4, 5, 6, 7, ...]" in str(err.value)
+    assert len(str(err.value)) < 400
 
 
 def test_run_writes_results_report_and_plots(tmp_path, capsys):

@@ -8,7 +8,7 @@ import yaml
 
 from retain.cli import main
 from retain.loop import Project
-from retain.store import ModelStore
+from retain.store import ModelStore, StoreError
 
 
 def _config(tmp_path, promotion=None):
@@ -44,7 +44,7 @@ def test_init_update_versions_predict_and_rollback(tmp_path, batches, capsys):
     assert main(["predict", str(store), "--data", str(batches / "01" / "test.csv"), "--json"]) == 0
     assert {r["label"] for r in json.loads(capsys.readouterr().out)} <= {"0", "1"}  # version 1 knows two classes
     assert main(["versions", str(store)]) == 0
-    assert "| 1 |  | yes | promoted |" in capsys.readouterr().out
+    assert "\n| 1 (served now) | " in capsys.readouterr().out
 
 
 def test_a_candidate_the_rule_refuses_is_kept_and_the_promoted_version_untouched(tmp_path, batches, capsys):
@@ -173,7 +173,8 @@ def test_an_update_killed_at_any_step_loses_nothing_and_can_be_run_again(tmp_pat
     assert again.store.promoted() == 1 and torch.equal(again.store.load(device="cpu").predict_logits(x), before)
     assert again.store.held_out_names() == ["batch-0000"]  # the killed update's held-out rows are not read
     result = again.update(batches / "01" / "train.csv")  # run again: the same rows are not taken as duplicates
-    assert result.promoted and result.gate == "accepted: clean"
+    decision, drift = result.gate.splitlines()  # batch 01 brings classes 2 and 3: its features moved
+    assert result.promoted and decision == "accepted: clean" and drift.startswith("drift: the batch differs")
     assert again.store.held_out_names() == ["batch-0000", "batch-0001"]
 
 
@@ -202,7 +203,7 @@ def test_an_init_whose_first_batch_is_refused_leaves_no_store(tmp_path, batches,
     assert main(["init", str(cfg), "--data", str(batches / "01" / "train.csv"), "--store", str(store)]) == 0
 
 
-def test_a_batch_learned_before_is_not_learned_again_and_a_kept_batch_is_not_judged_later(tmp_path, batches):
+def test_a_batch_learned_before_is_not_learned_again_and_a_kept_batch_waits_for_the_next_update(tmp_path, batches):
     store = tmp_path / "store"
     assert main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",
                  str(store)]) == 0
@@ -211,10 +212,38 @@ def test_a_batch_learned_before_is_not_learned_again_and_a_kept_batch_is_not_jud
     assert again.version is None and "every row was flagged or already learned" in again.reason
     project.config.promotion.min_new_accuracy = 0.99  # the next candidate is kept, not promoted
     kept = project.update(batches / "01" / "train.csv")
-    assert kept.version == 2 and not kept.promoted
+    assert kept.version == 2 and not kept.promoted and "rows wait as batch-0001 for the next update" in kept.reason
+    [waiting] = project.store.pending()
+    rows = len((batches / "01" / "train.csv").read_text().splitlines()) - 1  # every row: to train on and held out
+    assert (waiting.name, waiting.status, waiting.version, waiting.rows) == ("batch-0001", "pending", 2, rows)
+    assert project.update(batches / "01" / "train.csv").version is None  # rows that wait are not taken twice
     project.config.promotion.min_new_accuracy = 0.0
-    later = project.update(batches / "02" / "train.csv")  # judged on batches 0 and 2, not on the kept 1
+    later = project.update(batches / "02" / "train.csv")  # learns batch 1's rows too, judged on all three
+    assert later.promoted and sorted(later.accuracy) == ["batch-0000", "batch-0001", "batch-0002"]
+    assert "learned batch-0001, which waited" in later.reason and not project.store.pending()
+    [learned] = project.store.pending("learned")
+    assert learned.learned_by == later.version
+    served = project.versions()[-1]
+    assert str(batches / "01" / "train.csv") in served["data"]  # the served line learned it
+
+
+def test_a_held_batch_is_not_learned_until_retried(tmp_path, batches):
+    store = tmp_path / "store"
+    assert main(["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",
+                 str(store)]) == 0
+    project = Project(store)
+    project.config.promotion.kept = "hold"
+    project.config.promotion.min_new_accuracy = 0.99
+    assert not project.update(batches / "01" / "train.csv").promoted
+    project.config.promotion.min_new_accuracy = 0.0
+    later = project.update(batches / "02" / "train.csv")  # judged on batches 0 and 2, not on the held 1
     assert later.promoted and sorted(later.accuracy) == ["batch-0000", "batch-0002"]
+    assert [(p.name, p.status) for p in project.store.pending()] == [("batch-0001", "held")]
+    with pytest.raises(StoreError, match="batch-0009 is not a batch waiting to be learned; those waiting: batch-0001"):
+        project.retry(["batch-0009"])
+    retried = project.retry(["batch-0001"])
+    assert retried.promoted and sorted(retried.accuracy) == ["batch-0000", "batch-0001", "batch-0002"]
+    assert not project.store.pending()
 
 
 def test_predict_on_unlabelled_rows_gives_top_k_probabilities_as_csv_or_jsonl(tmp_path, batches, capsys):
@@ -233,14 +262,14 @@ def test_predict_on_unlabelled_rows_gives_top_k_probabilities_as_csv_or_jsonl(tm
                  str(tmp_path / "p.jsonl")]) == 0
     assert f"{len(truth)} predictions of version 2" in capsys.readouterr().out
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
-    assert [r["row"] for r in rows] == [f"row {i}" for i in range(2, len(truth) + 2)]
+    assert [r["row"] for r in rows] == list(range(2, len(truth) + 2))
     assert all(len(r["top"]) == 3 and r["top"][0]["label"] == r["label"] for r in rows)
     assert all(1 >= r["top"][0]["probability"] >= r["top"][1]["probability"] >= r["top"][2]["probability"] > 0
                for r in rows)
     assert sum(r["label"] == y for r, y in zip(rows, truth, strict=True)) / len(truth) > 0.85
     assert main(["predict", str(store), "--data", str(unlabelled), "--top-k", "2", "--version", "1"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0] == "row,label,probability,label_2,probability_2" and len(table) == len(truth) + 1
+    assert table[0].startswith("row,label,probability,label_2,probability_2,f00,") and len(table) == len(truth) + 1
     assert {line.split(",")[1] for line in table[1:]} <= {"0", "1"}  # version 1 knows two classes
     assert main(["evaluate", str(store), "--data", str(batches / "02" / "test.csv"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -275,7 +304,7 @@ def test_predict_on_a_folder_of_unlabelled_images_names_each_file(tmp_path, caps
     Image.fromarray(np.full((8, 8), 225, np.uint8)).save(new / "snow.png")
     capsys.readouterr()
     assert main(["predict", str(tmp_path / "store"), "--data", str(new), "--json"]) == 0
-    assert [(r["row"], r["label"]) for r in json.loads(capsys.readouterr().out)] == [("night.png", "dark"),
+    assert [(r["file"], r["label"]) for r in json.loads(capsys.readouterr().out)] == [("night.png", "dark"),
                                                                                     ("snow.png", "light")]
     assert main(["predict", str(tmp_path / "store"), "--data", str(new / "snow.png"), "--json"]) == 0
     assert [r["label"] for r in json.loads(capsys.readouterr().out)] == ["light"]
@@ -318,8 +347,8 @@ def test_user_errors_of_the_loop_are_one_line_messages(tmp_path, batches, capsys
     narrow.write_text("\n".join(",".join(line.split(",")[1:]) for line in
                                 (batches / "01" / "train.csv").read_text().splitlines()))
     cases = [
-        (["update", str(store), "--data", str(narrow)], "each sample must have 64 values"),
-        (["evaluate", str(store), "--data", str(narrow)], f"{narrow}: each sample must have 64 values"),
+        (["update", str(store), "--data", str(narrow)], "narrow.csv: no column 'f00'"),
+        (["evaluate", str(store), "--data", str(narrow)], f"{narrow}: no column 'f00'"),
         (["predict", str(store), "--data", str(tmp_path / "nowhere.csv")], "no such file or folder"),
         (["export", "digits", str(narrow), "--format", "csv"], "narrow.csv"),
         (["init", str(_config(tmp_path)), "--data", str(batches / "00" / "train.csv"), "--store",

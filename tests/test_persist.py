@@ -1,5 +1,6 @@
 """Saving survives a crash at any point, and loading refuses damaged or tampered files with a clear error."""
 
+import copy
 import hashlib
 import json
 import multiprocessing
@@ -9,15 +10,21 @@ import signal
 
 import pytest
 import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
 
 from retain import Learner
+from retain.cli import main
 from retain.data import Experience
 from retain.engine import persist
 from retain.engine.generative import GenerativeLearner
 from retain.engine.persist import load_learner
+from retain.loop import Project
 from retain.models.generative import LanguageModel
-from retain.strategies import EWC, Replay, make_strategy
+from retain.strategies import DER, EWC, Replay, make_strategy
 
 from .conftest import make_learner
 
@@ -145,6 +152,158 @@ def test_a_save_of_the_first_format_still_loads_and_is_replaced_on_the_next_save
     loaded.save(folder)
     assert sorted(p.name for p in folder.iterdir()) == [".lock", "learner-1.json", "manifest.json",
                                                         "model-1.safetensors", "state-1.safetensors"]
+
+
+
+# -- a save edited with its checksums recomputed: its state is checked against its strategies and model -----
+
+
+@pytest.fixture(scope="module")
+def replayed(split_digits, tmp_path_factory):
+    """A learner with EWC and DER (30 samples with their logits) saved after two experiences."""
+    learner = make_learner(split_digits, [EWC(), DER(memory_size=30)], epochs=1)
+    for exp in split_digits[:2]:
+        learner.fit(exp)
+    return learner, learner.save(tmp_path_factory.mktemp("replayed") / "model")
+
+
+def _resign_tensors(folder, part, edit, metadata=True):
+    """Edit the tensors of ``part`` (model or state) and update the manifest to match; ``metadata=False``
+    writes the file without the names of the strategies it belongs to, as a tool rewriting it would."""
+    file = folder / f"{part}-1.safetensors"
+    tensors = dict(safetensors_load(file.read_bytes()))
+    edit(tensors)
+    with safe_open(file, "pt") as saved:
+        kept = saved.metadata() if metadata else None
+    data = safetensors_bytes(tensors, metadata=kept)
+    file.write_bytes(data)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["sha256"][part], manifest["sizes"][part] = hashlib.sha256(data).hexdigest(), len(data)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _more_rows(state, n=1):
+    """Each DER memory tensor with its first ``n`` rows repeated at the end."""
+    for key in [k for k in state if k.startswith("1.data.")]:
+        state[key] = torch.cat([state[key], state[key][:n]])
+
+
+def _wider(key, dtype=None):
+    def edit(state):
+        v = state[key]
+        state[key] = torch.cat([v, v[..., :1]], -1) if dtype is None else v.to(dtype)
+    return edit
+
+
+def _reversed(meta):
+    meta["strategies"].reverse()
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda f: _resign(f, _reversed), r"learner.json lists the strategies \['der', 'ewc'\], but the state file "
+                                          r"holds the state of \['ewc', 'der'\]: the list was edited"),
+        (lambda f: (_resign(f, _reversed), _resign_tensors(f, "state", lambda s: None, metadata=False)),
+         r"does not fit strategies.0 \(der\): memory: it holds 0 rows after \d+ offered"),
+        (lambda f: _resign_tensors(f, "state", lambda s: s.update({"1.data.y": s["1.data.y"][:-1]})),
+         r"strategies.1 \(der\): memory: its tensors disagree on the row count \(.*y 29"),
+        (lambda f: _resign_tensors(f, "state", _more_rows), r"memory: it holds 31 rows, more than its size of 30"),
+        (lambda f: _resign_tensors(f, "state", lambda s: s.update({k: v[:0] for k, v in s.items()
+                                                                   if k.startswith("1.data.")})),
+         r"memory: it holds 0 rows after \d+ offered, which its class_balanced policy never leaves"),
+        (lambda f: _resign_tensors(f, "state", lambda s: s.pop("1.data.logits")), "its samples have no logits"),
+        (lambda f: _resign_tensors(f, "state", lambda s: s.update({"2.data.x": s["1.data.x"].clone()})),
+         "the state file holds 2.data.x, which belongs to none of the 2 saved strategies"),
+        (lambda f: _resign_tensors(f, "state", _wider("1.data.x")),
+         r"strategies.1 \(der\) memory: its inputs \(torch.float32, \(1, 8, 9\) a row\) do not fit the model"),
+        (lambda f: _resign_tensors(f, "state", _wider("1.data.x", torch.float64)),
+         r"its inputs \(torch.float64, \(1, 8, 8\) a row\) do not fit the model"),
+        (lambda f: _resign_tensors(f, "state", _wider("1.data.logits")),
+         "memory: its logits have 11 columns, the model 10 outputs"),
+        (lambda f: _resign_tensors(f, "state", lambda s: s["1.data.y"].__setitem__(0, 12)),
+         r"memory: label 12 is outside the model's classes 0..9"),
+        (lambda f: _resign_tensors(f, "state", _wider("1.data.y", torch.float32)),
+         "memory: y holds torch.float32 values, not integers"),
+        (lambda f: _resign_tensors(f, "model", lambda w: w["head.fc.weight"].__setitem__((0, 0), float("nan"))),
+         "the model file's head.fc.weight holds nan values: a save holds finite numbers"),
+        (lambda f: _resign_tensors(f, "state", lambda s: next(v for k, v in sorted(s.items())
+                                                              if k.startswith("0.")).fill_(float("inf"))),
+         r"the state file's 0\.\S+ holds inf values"),
+        (lambda f: _resign_tensors(f, "state", lambda s: s["1.data.x"].__setitem__((0, 0), float("nan"))),
+         "the state file's 1.data.x holds nan values"),
+    ],
+    ids=["reordered", "reordered-state-rewritten", "rows-disagree", "over-memory-size", "emptied", "no-logits",
+         "stray-tensor", "wrong-width", "wrong-dtype", "wider-logits", "unknown-label", "float-labels", "nan-weight",
+         "inf-state", "nan-memory"],
+)
+def test_an_edited_save_with_checksums_recomputed_is_refused_naming_the_part(replayed, tmp_path, edit, message):
+    folder = shutil.copytree(replayed[1], tmp_path / "model")
+    edit(folder)
+    with pytest.raises(persist.LoadError, match=message) as err:
+        load_learner(folder, device="cpu")
+    assert str(err.value).startswith(str(folder))
+
+
+def test_an_unedited_save_loads_bit_exactly_and_trains_on_alike(replayed, split_digits, tmp_path):
+    learner, saved = replayed
+    folder = shutil.copytree(saved, tmp_path / "model")
+    loaded = Learner.load(folder, device="cpu")
+    pairs = zip([learner.model, *learner.strategies], [loaded.model, *loaded.strategies], strict=True)
+    for one, other in ((a.state_dict(), b.state_dict()) for a, b in pairs):
+        assert one.keys() == other.keys()
+        assert all(torch.equal(v, other[k]) if isinstance(v, torch.Tensor) else v == other[k]
+                   for k, v in one.items())
+    assert len(loaded.strategies[1].memory()) == 30
+    before = copy.deepcopy(learner)  # the module fixture stays as saved
+    for one in (before, loaded):
+        one.fit(split_digits[2])
+    x = split_digits[2].x_test
+    assert torch.equal(before.predict_logits(x), loaded.predict_logits(x))
+
+
+# -- one set of bounds: a config over what a save may hold is refused before anything trains -------------
+
+
+def _init(tmp_path, batches, training=None, memory_size=200):
+    cfg = tmp_path / "loop.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"hidden": [32]}, "training": {"lr": 0.05, "epochs": 2} | (training or {}),
+                                   "strategies": [{"name": "replay", "memory_size": memory_size}]}))
+    return main(["init", str(cfg), "--data", str(batches / "00" / "train.csv"), "--store", str(tmp_path / "store")])
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ({"training": {"batch_size": 2_000_000}}, "training.batch_size: Input should be less than or equal to 1048576"),
+        ({"training": {"epochs": 2_000_000}}, "training.epochs: Input should be less than or equal to 1048576"),
+        ({"training": {"lr": 1e7}}, "training.lr: Input should be less than or equal to 1000000"),
+        ({"memory_size": 20_000_000}, "strategies.0.memory_size: 20000000 is over the limit of 16777216"),
+    ],
+    ids=["batch_size", "epochs", "lr", "memory_size"],
+)
+def test_a_config_over_the_bounds_a_save_holds_is_refused_before_training(tmp_path, batches, capsys, setting,
+                                                                          message):
+    assert _init(tmp_path, batches, **setting) != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_config_at_the_bounds_trains_and_its_version_loads(tmp_path, batches):
+    assert persist.MAX_SIZE == 1 << 20 and persist.MAX_STRATEGY_INT == 1 << 24  # the bounds the messages name
+    assert _init(tmp_path, batches, {"batch_size": persist.MAX_SIZE}, memory_size=persist.MAX_STRATEGY_INT) == 0
+    learner = Project(tmp_path / "store").store.load(device="cpu")
+    assert learner.batch_size == persist.MAX_SIZE and learner.strategies[-1].memory_size == persist.MAX_STRATEGY_INT
+    assert len(learner.strategies[-1].memory()) > 0
+
+
+def test_a_learner_over_the_bounds_is_not_saved(split_digits, tmp_path):
+    learner = make_learner(split_digits, [Replay(40)], epochs=1)
+    learner.batch_size = 2_000_000
+    with pytest.raises(ValueError, match=r"cannot save to .*: it could not be loaded back \(.*learner.batch_size: "
+                                         "Input should be less than or equal to 1048576"):
+        learner.save(tmp_path / "model")
+    assert not (tmp_path / "model" / "manifest.json").exists()
 
 
 # -- the generative learner: the same guarantees, and its own kind in the manifest --------------------

@@ -40,10 +40,18 @@ def client(store, **settings):
     return TestClient(app)
 
 
+def ready(api, timeout=30.0):
+    """/ready's answer once it is 200 (the warm-up prediction runs in the background)."""
+    deadline = time.time() + timeout
+    while (answer := api.get("/ready")).status_code == 503 and time.time() < deadline:
+        time.sleep(0.05)
+    return answer.json()
+
+
 def test_predict_feedback_update_and_a_new_class_promoted(store, batches):
     with client(store, min_rows=10, update_rows=10_000, new_class_rows=5) as api:
         assert api.get("/health").json() == {"status": "alive"}
-        assert api.get("/ready").json() == {"status": "ready", "version": 1}
+        assert ready(api) == {"status": "ready", "version": 1}
         test = rows_of(batches / "00" / "test.csv", 20)
         answer = api.post("/predict", json={"inputs": [{"features": x, "id": f"p{i}"} for i, (x, _) in
                                                        enumerate(test)], "top_k": 2}).json()
@@ -212,7 +220,7 @@ def test_a_serve_process_killed_in_an_update_keeps_every_acknowledged_row_and_it
         server.stop()
     again = Served(store, "--config", str(config)).wait()
     try:
-        assert again.client.get("/ready").json() == {"status": "ready", "version": 1}
+        assert ready(again.client) == {"status": "ready", "version": 1}
         state = again.client.get("/state").json()
         assert state["feedback"] == {"queued": 60} and [v["version"] for v in state["versions"]] == [1]
         result = again.client.post("/update", headers=WRITE).json()

@@ -2,6 +2,7 @@
 the dashboard, Prometheus scraping /metrics, and PostgreSQL under two worker processes."""
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -57,16 +58,32 @@ def _until(check, timeout=30.0):
     raise TimeoutError("the page did not show it in time")
 
 
+def long_named(batches, folder):
+    """Batches 00 and 01 with each digit's label a long class name (as a real store's may be)."""
+    for part in ("00", "01"):
+        (folder / part).mkdir(parents=True)
+        for split in ("train.csv", "test.csv"):
+            lines = (batches / part / split).read_text().splitlines()
+            label = lines[0].split(",").index("label")
+            renamed = [",".join(f"digit {v}: a class name longer than any bar label would show" if i == label else v
+                                for i, v in enumerate(line.split(","))) for line in lines[1:]]
+            (folder / part / split).write_text("\n".join([lines[0], *renamed]) + "\n")
+    return folder
+
+
 def test_the_dashboard_shows_versions_and_the_chart_and_follows_a_promotion(tmp_path, batches):
     from selenium.webdriver.common.by import By
 
-    store = loop_store(tmp_path, batches, promotion={"max_drop": 0.5})
+    from retain.loop import Project
+
+    named = long_named(batches, tmp_path / "named")
+    store = loop_store(tmp_path, named, promotion={"max_drop": 0.5})
     config = tmp_path / "service.yaml"
     config.write_text(yaml.safe_dump({"min_rows": 10_000, "new_class_rows": 10_000, "poll": 0.1}))
     server = Served(store, "--config", str(config)).wait()
     browser = headless_chromium()
     try:
-        test = rows_of(batches / "00" / "test.csv", 60)
+        test = rows_of(named / "00" / "test.csv", 60)
         server.client.post("/predict", json={"inputs": [{"features": x, "id": f"q{i}"}
                                                         for i, (x, _) in enumerate(test)]})
         server.client.post("/feedback", json={"rows": [{"id": f"q{i}", "label": y} for i, (_, y) in enumerate(test)]},
@@ -77,19 +94,51 @@ def test_the_dashboard_shows_versions_and_the_chart_and_follows_a_promotion(tmp_
         assert _until(lambda: browser.find_elements(By.CSS_SELECTOR, "#timeline circle"))  # the accuracy chart
         assert browser.find_element(By.ID, "labelled").text == "60"
         # an update through the API: the page shows version 2 without being reloaded
-        rows = [{"input": {"features": x}, "label": y} for x, y in rows_of(batches / "01" / "train.csv", 80)]
+        rows = [{"input": {"features": x}, "label": y} for x, y in rows_of(named / "01" / "train.csv", 80)]
         server.client.post("/feedback", json={"rows": rows}, headers=WRITE)
         assert server.client.post("/update", headers=WRITE).json()["promoted"]
         _until(lambda: browser.find_element(By.ID, "served").text == "version 2")
         assert len(browser.find_elements(By.CSS_SELECTOR, "#versions tbody tr")) == 2
-        # roll back with the page's button, the token typed in
+        # the time axis spans the feedback (and what followed it), not the store's life: version 1's
+        # promotion at init is before it, version 2's is drawn; the axes are labelled
+        assert _until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#timeline line.event.promote")) == 1)
+        texts = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#timeline text")]
+        assert "time the feedback arrived (this browser's clock)" in texts and "accuracy, last 20 labelled" in texts
+        assert len([t for t in texts if re.fullmatch(r"\d\d:\d\d(:\d\d)?( [AP]M)?", t)]) >= 2, texts
+        # per class: whole names, and the figures of retain diff
+        diff = Project(store).diff(1, 2)
+        expected = {key.removeprefix("class "): f"{100 * r['2']:.1f}%" for key, r in diff.items()
+                    if key.startswith("class ")}
+        assert len(expected) >= 4
+
+        def shown():
+            rows = browser.find_elements(By.CSS_SELECTOR, "#classes .row")
+            return {r.find_element(By.CLASS_NAME, "name").text: r.find_element(By.CLASS_NAME, "value").text
+                    for r in rows}
+        assert _until(lambda: shown() == expected)
+        # roll back with the page's button, the token typed in: asked first, nothing changes on Cancel
         browser.find_element(By.ID, "token").send_keys(TOKEN)
         browser.find_element(By.ID, "rollback").click()
+        dialog = browser.find_element(By.ID, "confirm")
+        assert dialog.get_attribute("open") is not None and dialog.text.startswith("Roll back to version 1?")
+        ARTEFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTEFACTS / "dashboard-confirm.png"))
+        browser.find_element(By.ID, "confirm-cancel").click()
+        assert dialog.get_attribute("open") is None
+        time.sleep(0.5)
+        assert server.client.get("/ready").json()["version"] == 2
+        browser.find_element(By.ID, "rollback").click()
+        browser.find_element(By.ID, "confirm-yes").click()
         _until(lambda: browser.find_element(By.ID, "served").text == "version 1")
         assert server.client.get("/ready").json()["version"] == 1
-        assert _until(lambda: browser.find_elements(By.CSS_SELECTOR, "#timeline line[stroke='#c05621']"))
-        ARTEFACTS.mkdir(exist_ok=True)
+        assert _until(lambda: browser.find_elements(By.CSS_SELECTOR, "#timeline line.event.rollback"))
         browser.save_screenshot(str(ARTEFACTS / "dashboard.png"))
+        # promote by hand: asked too
+        _until(lambda: browser.find_elements(By.CSS_SELECTOR, "#versions tbody button"))
+        browser.find_element(By.CSS_SELECTOR, "#versions tbody button").click()
+        assert dialog.text.startswith("Promote version 2 (promoted: ")
+        browser.find_element(By.ID, "confirm-yes").click()
+        _until(lambda: browser.find_element(By.ID, "served").text == "version 2")
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
     finally:

@@ -238,7 +238,7 @@ def test_with_confidence_a_drop_of_one_held_out_row_in_fifty_is_not_taken_for_fo
 
     results = {}
     for confidence in (None, 0.9):
-        promotion = {"max_drop": 0.0} | ({"confidence": confidence} if confidence else {})
+        promotion = {"max_drop": 0.0, "confidence": confidence, "gain_weight": 0.0}
         cfg = RunConfig.for_loop({"model": {"hidden": [32]}, "training": {"lr": 0.05, "epochs": 5},
                                   "strategies": [{"name": "replay", "memory_size": 200}], "promotion": promotion})
         project, _ = Project.init(cfg, batches / "00" / "train.csv", tmp_path / f"store-{confidence}")

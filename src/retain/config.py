@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import reprlib
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -21,6 +25,7 @@ from pydantic import (
 
 from retain.data.datasets import DATASETS
 from retain.engine.learner import KNOBS
+from retain.engine.persist import MAX_ITEMS, MAX_LORA_RANK, MAX_RATE, MAX_SIZE, MAX_STRATEGY_INT, LoadError, bounded
 from retain.engine.updater import Hybrid
 from retain.models.pretrained import PRETRAINED, adaptation_problem
 from retain.quality.gate import GatePolicy
@@ -29,10 +34,61 @@ from retain.strategies import STRATEGIES, Strategy, make_strategy
 from retain.strategies.contract import online_problem, scenario_problem
 
 HEAD_STRATEGY = {"growing": "growing_head", "per_task": "task_heads"}
+MAX_LAYER_WEIGHTS = 1 << 28  # between two hidden layers: 1 GiB of float32 weights, far above any real model's
+MAX_THREADS = 1024  # training.threads: torch (and the OpenMP of scikit-learn, numpy) cannot start many more
+MAX_YAML_VALUES = 100_000  # in a config file once its aliases are expanded; a real config holds hundreds
+
+
+def _numbers(annotation: Any) -> bool:
+    """Whether a field of type ``annotation`` takes numbers but no yes/no (pydantic reads ``true`` there as 1)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _numbers(args[0])
+    if origin is Literal:
+        return any(type(a) in (int, float) for a in args)
+    if origin in (Union, UnionType):
+        return any(_numbers(a) for a in args) and not any(a is bool or a is Any for a in args)
+    return annotation in (int, float)
+
+
+def _yes_no_for_number(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` holds a yes/no where ``annotation`` wants a number (or a list of numbers)."""
+    if isinstance(value, bool):
+        return _numbers(annotation)
+    if isinstance(value, list) and get_origin(annotation) is list:
+        return any(_yes_no_for_number(v, get_args(annotation)[0]) for v in value)
+    return False
+
+
+def _refuse_yes_no(value: Any, fields: dict[str, Any], where: str = "") -> None:
+    """Refuse a yes/no among the entries of ``value`` (a mapping) that ``fields`` (pydantic's) declare numbers."""
+    for key, item in value.items() if isinstance(value, dict) else ():
+        if key in fields and _yes_no_for_number(item, fields[key].annotation):
+            raise ValueError(f"{where}{key}: {_yes_no(item)}")
+
+
+def _yes_no(value: Any) -> str:
+    def shown(v: Any) -> str:
+        return str(v).lower() if isinstance(v, bool) else repr(v)
+
+    what = f"{shown(value)} is" if not isinstance(value, list) else f"[{', '.join(map(shown, value))}] holds"
+    return f"{what} a yes/no, not a number (YAML reads true, false, yes, no, on and off so): give a number"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yes_no_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """A yes/no is refused where a number is expected, here and in a section's own settings (promotion, gate,
+        hybrid): pydantic would read ``memory_size: true`` as 1."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if _yes_no_for_number(value, annotation):
+            raise ValueError(_yes_no(value))
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):  # those check their own
+            _refuse_yes_no(value, getattr(annotation, "__pydantic_fields__", {}), f"{info.field_name}.")
+        return value
 
 
 class FilesConfig(_Strict):
@@ -115,12 +171,13 @@ class ModelConfig(_Strict):
     """
 
     name: Literal["mlp", "cnn", "audio_cnn"] = "mlp"
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 256])
+    hidden: list[Annotated[int, Field(ge=1, le=MAX_SIZE)]] = Field(default_factory=lambda: [256, 256],
+                                                                   max_length=MAX_ITEMS)
     head: Literal["fixed", "growing", "per_task"] = "fixed"
     backbone: Literal[tuple(PRETRAINED)] | None = None  # type: ignore[valid-type]
     adaptation: Literal["frozen", "lora", "full"] = "frozen"
-    lora_rank: PositiveInt = 8
-    image_size: PositiveInt = Field(64, description="side the image backbone resizes inputs to")
+    lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK)
+    image_size: int = Field(64, ge=1, le=MAX_SIZE, description="side the image backbone resizes inputs to")
     feature_cache: str | None = Field("default", description="folder of cached features; default: "
                                       "$RETAIN_CACHE/features or ~/.cache/retain/features; null: no cache")
 
@@ -137,20 +194,37 @@ class ModelConfig(_Strict):
             raise ValueError("hidden: an MLP on raw inputs needs at least one hidden layer")
         return self
 
+    @field_validator("hidden")
+    @classmethod
+    def _layers_fit(cls, hidden: list[int]) -> list[int]:
+        for i, (a, b) in enumerate(pairwise(hidden)):
+            if a * b > MAX_LAYER_WEIGHTS:
+                raise ValueError(f"layers {i} and {i + 1} ({a} and {b} units) would hold {a * b:,} weights between "
+                                 f"them; at most {MAX_LAYER_WEIGHTS:,} (1 GiB of float32)")
+        return hidden
+
 
 class TrainingConfig(_Strict):
     """How each experience is trained; the defaults are the benchmarks' protocol (``benchmarks/class_il.py``)."""
 
-    epochs: PositiveInt = 3
-    batch_size: PositiveInt = 32
-    lr: PositiveFloat = 0.01
-    backbone_lr: PositiveFloat | None = Field(None, description="learning rate of the backbone's own weights "
-                                              "when they train (adaptation: full); heads and LoRA adapters "
-                                              "use lr; default: lr")
+    # Bounded as a saved learner is (retain.engine.persist): a version trained over them could not load.
+    epochs: int = Field(3, ge=1, le=MAX_SIZE)
+    batch_size: int = Field(32, ge=1, le=MAX_SIZE)
+    lr: float = Field(0.01, gt=0, le=MAX_RATE)
+    backbone_lr: float | None = Field(None, gt=0, le=MAX_RATE, description="learning rate of the backbone's own "
+                                      "weights when they train (adaptation: full); heads and LoRA adapters use lr; "
+                                      "default: lr")
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: PositiveInt | Literal["auto"] = Field("auto", description="torch CPU threads; auto: one per core "
-                                                   "not already busy at the start (see retain.util.auto_threads)")
+    threads: int | Literal["auto"] = Field("auto", description=f"torch CPU threads, 1 to {MAX_THREADS}; auto: one "
+                                           "per core not already busy at the start (see retain.util.auto_threads)")
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, value: int | str) -> int | str:
+        if value != "auto" and not 1 <= value <= MAX_THREADS:
+            raise ValueError(f"give auto or a number of threads from 1 to {MAX_THREADS}, got {value}")
+        return value
 
 
 class OnlineConfig(_Strict):
@@ -176,10 +250,13 @@ class ServiceConfig(_Strict):
     update_wait: PositiveFloat = Field(60.0, description="seconds the oldest queued row may wait for an update")
     min_rows: PositiveInt = Field(10, description="fewest queued rows an update takes (except for a new class, "
                                   "or rows that waited update_wait)")
-    new_class_rows: PositiveInt = Field(3, description="rows of a class never seen that start an update at once")
+    new_class_rows: PositiveInt = Field(10, description="rows of a class never seen that start an update at once "
+                                        "(once the queue holds out the promotion rule's min_held_out rows)")
     drift: Literal["page_hinkley", "adwin"] | None = Field(
         "page_hinkley", description="detector on the error of predictions later labelled (null: none)")
     poll: PositiveFloat = Field(0.5, description="seconds between the updater's and the model swap's checks")
+    cache_features: bool = Field(False, description="keep /predict's inputs' frozen-backbone features in the feature "
+                                 "cache (model.feature_cache); off, requests neither read nor fill it")
 
 
 class SearchRange(_Strict):
@@ -200,6 +277,9 @@ class SearchRange(_Strict):
             return self
         if self.low is None or self.high is None:
             raise ValueError("give low and high (a range) or choices (a list)")
+        for name in ("low", "high", "step"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.low >= self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
@@ -306,7 +386,7 @@ def _component(entry: Any, where: str) -> tuple[dict[str, Any], dict[str, Search
         try:
             space = SearchRange.model_validate(raw)
         except ValidationError as err:
-            raise ValueError(f"{where}.search.{knob}: {format_errors(err).strip()}") from None
+            raise ValueError(f"{where}.search.{knob}: {format_errors(err).strip().removeprefix('config: ')}") from None
         for value in space.bounds():
             _strategy(name, params | {knob: value}, f"{where}.search")
         ranges[f"{name}.{knob}"] = space
@@ -314,14 +394,20 @@ def _component(entry: Any, where: str) -> tuple[dict[str, Any], dict[str, Search
 
 
 def _strategy(name: str, params: dict[str, Any], where: str) -> Strategy:
+    _refuse_yes_no(params, getattr(STRATEGIES[name], "__pydantic_fields__", {}), f"{where}.")
     try:
-        return make_strategy(name, **params)
+        strategy = make_strategy(name, **params)
     except ValidationError as err:
         problems = "; ".join(
-            f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {_shown(e.get('input'))})"
             for e in err.errors()
         )
         raise ValueError(problems) from None
+    try:  # the bounds a saved learner's strategy settings are held to: over them, no version could load
+        bounded(strategy.get_config(), where, limit=MAX_STRATEGY_INT)
+    except LoadError as err:
+        raise ValueError(f"{err} (the most a saved model holds)") from None
+    return strategy
 
 
 class RunConfig(_Strict):
@@ -451,7 +537,8 @@ def format_errors(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see examples/)"
-        shown = "" if isinstance(e.get("input"), dict) or e["type"] == "value_error" else f" (got {e.get('input')!r})"
+        quiet = isinstance(e.get("input"), dict) or e["type"] == "value_error"
+        shown = "" if quiet else f" (got {_shown(e.get('input'))})"
         where = "" if loc and msg.startswith(loc) else f"{loc or 'config'}: "
         lines.append(f"  {where}{msg}{shown}")
     return "\n".join(lines)
@@ -475,15 +562,87 @@ def modality_problem(model: ModelConfig, modality: str, data: str) -> str | None
     return None
 
 
+_SHOWN = reprlib.Repr()  # a value in a message: its start, however large (or aliased) it is
+_SHOWN.maxstring = _SHOWN.maxother = 80
+_SHOWN.maxlist = _SHOWN.maxdict = 8
+
+
+def _shown(value: Any) -> str:
+    return _SHOWN.repr(value)
+
+
+class _YamlProblem(ValueError):
+    """What makes a YAML file unusable as a config, beyond its syntax."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML as a config is read: safely, with every key of a mapping given once."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with << may be overridden: that is what merging is for
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in seen:
+                    raise _YamlProblem(f"line {line}: key {key!r} is given twice (first on line {seen[key]}); "
+                                       "keep one")
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _values(node: yaml.Node, counted: dict[int, int]) -> int:
+    """How many values ``node`` holds once its aliases are expanded; each node is counted once (``counted``)."""
+    if id(node) not in counted:
+        counted[id(node)] = 1  # a node that holds itself (an alias inside its own anchor) counts once
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        counted[id(node)] = 1 + sum(_values(c, counted) for c in children)
+    return counted[id(node)]
+
+
+def _load_yaml(text: str) -> Any:
+    """The value a YAML document holds, built only if its aliases expand to at most :data:`MAX_YAML_VALUES`
+    values: nested aliases (a "billion laughs") would make validating and reporting it take minutes and GBs."""
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        values = _values(node, {})
+        if values > MAX_YAML_VALUES:
+            raise _YamlProblem(f"its aliases (*name) expand to {values:,} values, more than the "
+                               f"{MAX_YAML_VALUES:,} a config may hold; write the values out")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping a YAML config file holds, or a :class:`ConfigError` saying what is wrong with the file."""
+    """The mapping a YAML config file holds, or a :class:`ConfigError` saying what is wrong with the file: its
+    syntax, a key given twice (by line), aliases that expand beyond :data:`MAX_YAML_VALUES` values.
+
+    >>> import tempfile, os
+    >>> f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    >>> _ = f.write("training:\\n  lr: 0.1\\n  lr: 0.2\\n"); f.close()
+    >>> read_yaml(f.name)
+    Traceback (most recent call last):
+    ...
+    retain.config.ConfigError: ...: line 3: key 'lr' is given twice (first on line 2); keep one
+    >>> os.unlink(f.name)
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _load_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    except _YamlProblem as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping (scenario:, strategies:, ...), got {type(raw).__name__}")
     return raw

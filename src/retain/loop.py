@@ -19,9 +19,10 @@ import torch
 from torch import Tensor
 
 from retain.data.files import LabelMap
+from retain.engine.persist import durable_write
 from retain.metrics.bootstrap import drop_bound
 from retain.quality import GateReport
-from retain.store import Batch, ModelStore, StoreError, Version
+from retain.store import KEPT, Batch, ModelStore, Pending, StoreError, Version
 from retain.tasks import Prediction, Rows, kind_of_config, open_kind
 from retain.tasks.base import TooFewRows
 from retain.tasks.classification import Examples, top_labels
@@ -125,13 +126,15 @@ class Project:
         return self.learn_rows(rows, names, source=str(data.resolve()), first=first)
 
     def learn(self, x: Tensor, names: list[str], y: Tensor, t: Tensor | None = None, *, source: str,
-              first: bool = False) -> UpdateResult:
+              first: bool = False, feedback: list[int] = ()) -> UpdateResult:
         """:meth:`update` on a classifier's labelled rows already read: raw inputs ``x`` with label
-        ids ``y`` into ``names`` (the store's label names, then any new ones), from ``source``."""
+        ids ``y`` into ``names`` (the store's label names, then any new ones), from ``source``
+        (``feedback``: the service's feedback rows they are, settled with the version)."""
         t = torch.zeros(len(y), dtype=torch.long) if t is None else t
-        return self.learn_rows(Examples(x, y, t), names, source=source, first=first)
+        return self.learn_rows(Examples(x, y, t), names, source=source, first=first, feedback=feedback)
 
-    def learn_rows(self, rows: Rows, names: list[str], *, source: str, first: bool = False) -> UpdateResult:
+    def learn_rows(self, rows: Rows, names: list[str], *, source: str, first: bool = False,
+                   feedback: list[int] = ()) -> UpdateResult:
         """:meth:`update` on rows of the store's kind already read (``names``: a classifier's label
         names, the store's then any new ones), from ``source`` (named in the records)."""
         self.kind.check(rows, names, source)
@@ -139,7 +142,70 @@ class Project:
             raise StoreError(f"{self.store.path}: no version is promoted to update")
         rows = self.kind.prepare(rows, self.progress)
         with self.store.writer():  # one update or rollback at a time
-            return self._learn_locked(rows, names, source, first)
+            rows, names = self.kind.relabel(rows, names)  # new label ids are given under the lock
+            return self._learn_locked(rows, names, source, first, list(feedback))
+
+    def retry(self, batches: list[str]) -> UpdateResult:
+        """Learn again batches whose candidates were kept (pending, held or dropped: see
+        :meth:`ModelStore.pending`), on the promoted line, with any other pending ones (``retain
+        update --retry``)."""
+        if self.store.promoted() is None:
+            raise StoreError(f"{self.store.path}: no version is promoted to update")
+        with self.store.writer():
+            waiting = {p.name for p in self.store.pending(KEPT)}
+            unknown = [b for b in batches if b not in waiting]
+            if unknown:
+                raise StoreError(f"{unknown[0]} is not a batch waiting to be learned; those waiting: "
+                                 f"{', '.join(sorted(waiting)) or 'none'} (retain status lists them)")
+            return self._learn_locked(None, self.store.labels(), "retry " + ", ".join(batches), False, [], batches)
+
+    # -- rows set aside: quarantined by the gate, kept with a candidate ----------------------------
+    def review(self, name: str) -> list[dict[str, Any]]:
+        """The rows of a quarantined or kept batch ``name`` as they came (see :meth:`_review`)."""
+        path = self.store.path / "review" / f"{name}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        """The batches of rows the gate set aside, not yet released or dropped: name, rows, and each
+        row as it came."""
+        return [{"name": name, "rows": len(self.kind.rows_of(self.store.get_data(name, "quarantine"))),
+                 "review": self.review(name)} for name in self.store.data_names("quarantine")]
+
+    def release(self, name: str) -> str:
+        """Quarantined rows ``name`` a reviewer found good: they wait (pending) to be learned by the
+        next update, as a kept batch's rows do. Returns the name they wait under."""
+        with self.store.writer():
+            rows = self._quarantined(name)
+            waiting = f"{name}-released"
+            try:
+                train, held = self.kind.split(rows, self.held_out_fraction, self.seed)
+            except TooFewRows:  # too few to hold any out: all are learned, none judged
+                train, held = torch.arange(len(rows)), torch.arange(0)
+            if len(held) and len(train):
+                self.store.put_data(waiting, rows.take(held).tensors())
+                rows = rows.take(train)
+            self.store.put_data(f"{waiting}-pending", rows.tensors())
+            self.store.add_pending(Pending(waiting, 0.0, 0, f"quarantine {name}", len(rows), "pending",
+                                           detail="released by a reviewer"), self.store.promoted())
+            self.store.drop_data(name, "quarantine")
+        return waiting
+
+    def drop(self, name: str) -> None:
+        """Quarantined rows ``name`` a reviewer found bad: deleted, with a record (the store's log;
+        their review file is kept as ``review/<name>.dropped.jsonl``)."""
+        with self.store.writer():
+            rows = self._quarantined(name)
+            self.store.drop_data(name, "quarantine")
+            review = self.store.path / "review" / f"{name}.jsonl"
+            if review.is_file():
+                review.replace(review.with_suffix(".dropped.jsonl"))
+            self.store.log("quarantine", f"{name}: {len(rows)} rows dropped by a reviewer")
+
+    def _quarantined(self, name: str) -> Rows:
+        names = self.store.data_names("quarantine")
+        if name not in names:
+            raise StoreError(f"no quarantined rows are named {name!r}; those quarantined: {', '.join(names) or 'none'}")
+        return self.kind.rows_of(self.store.get_data(name, "quarantine"))
 
     def _line(self, versions: list[Version] | None = None) -> list[Version]:
         """The promoted version and its ancestors (of ``versions``, default the store's): the versions
@@ -152,73 +218,163 @@ class Project:
             promoted = by_id[promoted].parent
         return line
 
-    def _learn_locked(self, rows: Rows, names: list[str], data: str, first: bool) -> UpdateResult:
-        kind = self.kind
+    def _waiting(self, retry: list[str]) -> list[Pending]:
+        """The kept batches this update learns again: those pending (the rule's ``kept: carry``) and
+        those named to retry."""
+        return [p for p in self.store.pending(KEPT) if p.status == "pending" or p.name in retry]
+
+    def _learn_locked(self, rows: Rows | None, names: list[str], data: str, first: bool, feedback: list[int],
+                      retry: list[str] = ()) -> UpdateResult:
         parent = None if first else self.store.promoted()
         current = None if first else self._knobs(self.store.load(parent, device="cpu"))
-        if current is not None:
-            rows = kind.readable(current, rows, data)
+        kind = self.kind  # as the store's config says now (_knobs reads a retune made meanwhile)
+        waiting = [] if first else self._waiting(list(retry))
         line_versions = [] if first else self._line()  # read once: the gate and the rule use it
         line = [v.id for v in line_versions]
         held_before = self.held_out(line)  # read once: the gate, the promoted and the candidate all use it
-        report = self._gate(rows, current, line, held_before)
-        new_names = kind.answers(rows, names, current)
-        if report.decision == "refuse":
-            self.store.log("gate", f"{data}: {report.reason}")
-            return UpdateResult(None, False, report.reason, {}, new_names, report.reason, "refuse")
-        quarantined = None
-        if report.decision == "quarantine":
-            bad = torch.tensor(report.flagged, dtype=torch.long)
-            keep = torch.ones(len(rows), dtype=torch.bool)
-            keep[bad] = False
-            quarantined = rows.take(bad)
-            rows = rows.take(keep.nonzero().squeeze(1))
-        if not len(rows):
-            reason = f"refused: every row was flagged or already learned ({report.reason})"
-            self.store.log("gate", f"{data}: {reason}")
-            return UpdateResult(None, False, reason, {}, new_names, report.reason, "refuse")
+        new_names, report, quarantined = [], GateReport(0, reason="nothing new: pending batches only"), None
+        train_parts, judged_new, batches = [], {}, []
         k = len(self.store.held_out_names())  # batches of every version: names stay unique
         name = f"batch-{k:04d}"
-        train_index, held_index = kind.split(rows, self.held_out_fraction, self.seed + k)
-        if not len(held_index):
-            raise TooFewRows(f"{data}: too few rows to hold any out ({kind.too_few})")
-        if not len(train_index):
-            raise TooFewRows(f"{data}: every row was held out, none is left to train on ({kind.too_few})")
-        train, held = rows.take(train_index), rows.take(held_index)
-        # Written before the version that refers to them, read only once it is recorded.
-        self.store.put_data(name, held.tensors())
-        self.store.put_data(f"{name}-train", {"hash": _hash_tensor(train.hashes())})
-        judged = held_before | {name: held}
+        if rows is not None:
+            if current is not None:
+                rows = kind.readable(current, rows, data)
+            report = self._gate(rows, current, line, held_before, waiting)
+            new_names = kind.answers(rows, names, current)
+            if report.decision == "refuse":
+                self.store.log("gate", f"{data}: {report.reason}")
+                return UpdateResult(None, False, report.reason, {}, new_names, report.reason, "refuse")
+            if report.decision == "quarantine":
+                bad = torch.tensor(report.flagged, dtype=torch.long)
+                keep = torch.ones(len(rows), dtype=torch.bool)
+                keep[bad] = False
+                quarantined = rows.take(bad)
+                rows = rows.take(keep.nonzero().squeeze(1))
+            if not len(rows):
+                reason = f"refused: every row was flagged or already learned ({report.reason})"
+                self.store.log("gate", f"{data}: {reason}")
+                return UpdateResult(None, False, reason, {}, new_names, report.reason, "refuse")
+            train_index, held_index = kind.split(rows, self.held_out_fraction, self.seed + k)
+            aside = f"; the gate set {len(report.flagged)} aside ({report.reason})" if quarantined is not None else ""
+            if not len(held_index):
+                raise TooFewRows(f"{data}: too few rows to hold any out ({kind.too_few}){aside}")
+            if not len(train_index):
+                raise TooFewRows(f"{data}: every row was held out, none is left to train on ({kind.too_few}){aside}")
+            train, held = rows.take(train_index), rows.take(held_index)
+            # Written before the version that refers to them, read only once it is recorded.
+            self.store.put_data(name, held.tensors())
+            self.store.put_data(f"{name}-train", {"hash": _hash_tensor(train.hashes())})
+            train_parts.append(train)
+            judged_new[name] = held
+            batches += [self._batch(train, str(data)), self._batch(held, name, "held_out")]
+        stored = set(self.store.data_names())
+        for batch in waiting:  # a kept batch's rows, learned again on the promoted line
+            rows_of = kind.rows_of(self.store.get_data(f"{batch.name}-pending"))
+            train_parts.append(rows_of)
+            new_names += [a for a in kind.answers(rows_of, names, current) if a not in new_names]
+            batches.append(self._batch(rows_of, batch.source))
+            if batch.name in stored:  # released quarantined rows too few to hold any out have none
+                judged_new[batch.name] = kind.held_rows(batch.name)
+                batches.append(self._batch(judged_new[batch.name], batch.name, "held_out"))
+        train = train_parts[0] if len(train_parts) == 1 else kind.join(train_parts)
+        held = judged_new[name] if name in judged_new else next(iter(judged_new.values()), train)
+        judged = held_before | judged_new
         # the promoted version, judged before the candidate (made from it) trains
         promoted = None if first else kind.parent_scores(current, held_before,
                                                          line_versions[0].metrics.get("accuracy", {}))
-        confidence = None if first else kind.rule.confidence
-        rows_before = kind.row_scores(current, held_before) if confidence else {}
+        rule = kind.rule
+        rows_before = kind.row_scores(current, held_before) if not first and rule.confidence else {}
+        gain_before = kind.scores(current, judged_new) if not first and rule.gain_weight else {}
         learner = kind.new_learner(train, names, self.seed) if first else current
         kind.fit(learner, train, held, k, names, self.progress)
         candidate = kind.scores(learner, judged)
-        batches = [self._batch(train, str(data)), self._batch(held, name, "held_out")]
+        new_keys = [key for b in judged_new for key in kind.new_keys(candidate, b)]
         if first:
             reason, promote = "the first version", True
         else:
             recorded = [v.metrics.get("accuracy", {}) for v in line_versions]
             best = {b: max(r[b] for r in recorded if b in r) for b in promoted}
-            per_answer = kind.per_answer(learner, judged) if kind.rule.min_class_accuracy else {}
-            rows_after = kind.row_scores(learner, held_before) if confidence else {}
-            bounds = {k: drop_bound(v, rows_after[k], confidence, seed=self.seed) for k, v in rows_before.items()}
-            decision = kind.rule.decide(candidate, promoted, kind.new_keys(candidate, name), per_answer, best,
-                                        metric=kind.metric, bounds=bounds)
+            per_answer = kind.per_answer(learner, judged) if rule.min_class_accuracy else {}
+            rows_after = kind.row_scores(learner, held_before) if rule.confidence else {}
+            judged_c, judged_p, bounds = self._pooled(candidate, promoted, rows_before, rows_after, rule)
+            gain = (sum(candidate[key] - gain_before[key] for key in new_keys) / len(new_keys)
+                    if gain_before and new_keys else 0.0)
+            decision = rule.decide(judged_c, judged_p, new_keys, per_answer, best, metric=kind.metric,
+                                   bounds=bounds, gain=gain)
             reason, promote = decision.reason, decision.promote
-        # One transaction records the version, its batches (its held-out rows are read from then on)
-        # and, if the rule says so, its promotion: killed before it, the update left nothing behind.
+        kept = None
+        if not promote and rows is not None:  # its rows wait, are held or are dropped, with a record
+            self.store.put_data(f"{name}-pending", train_parts[0].tensors())
+            status = {"carry": "pending", "hold": "held", "drop": "dropped"}[rule.kept]
+            kept = Pending(name, 0.0, 0, str(data), len(train_parts[0]) + len(judged_new[name]), status,
+                           detail=reason)
+        # One transaction records the version, its batches (its held-out rows are read from then on),
+        # its label names, what became of the rows it learned and, if the rule says so, its promotion:
+        # killed before it, the update left nothing behind.
         version = self.store.add_version(learner, parent=parent, metrics=self._metrics(candidate),
                                          batches=batches, decision="promoted" if promote else "kept", reason=reason,
-                                         promote=promote)
-        kind.after_version(names)
+                                         promote=promote, labels=kind.recorded_labels(names),
+                                         carried=[b.name for b in waiting], pending=kept, feedback=feedback)
         if quarantined is not None:
-            self.store.put_data(f"{name}-{slug(Path(data).name)}", quarantined.tensors(), kind="quarantine")
-        self.store.log("gate", f"{data}: {report.reason}", version)
-        return UpdateResult(version, promote, reason, candidate, new_names, report.reason, report.decision)
+            why = {i: w for w, found in (("duplicate", report.duplicates), ("likely label error", report.label_issues),
+                                         ("outlier", report.outliers)) for i in found}
+            label = f"{name}-{slug(Path(data).name)}"
+            self.store.put_data(label, quarantined.tensors(), kind="quarantine")
+            self._review(label, quarantined, data, names, [why.get(i, "flagged") for i in report.flagged])
+        if kept is not None:
+            self._review(name, kind.join([train_parts[0], judged_new[name]]), data, names, [reason] * kept.rows)
+        if rows is not None:
+            self.store.log("gate", f"{data}: {report.reason}", version)
+        return UpdateResult(version, promote, reason + self._fate(promote, kept, waiting), candidate, new_names,
+                            report.reason, report.decision)
+
+    def _review(self, name: str, rows: Rows, data: str, names: list[str], why: list[str]) -> None:
+        """Keep ``rows`` as they came, for review: ``STORE/review/<name>.jsonl`` holds a line a row
+        (its source, row or file, answer, why it was set aside), the files copied beside it."""
+        folder = self.store.path / "review"
+        lines = []
+        for came, reason in zip(self.kind.as_came(Path(data), rows, names), why, strict=True):
+            if "file" in came:  # an image or clip: a copy, named by where it came from
+                copy = folder / name / slug(str(came["file"]))
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                if Path(came["file"]).is_file():
+                    shutil.copyfile(came["file"], copy)
+                came = came | {"file": str(came["file"]), "copy": str(copy.relative_to(self.store.path))}
+            lines.append(json.dumps({"source": data, "why": reason} | came, default=str))
+        folder.mkdir(exist_ok=True)
+        durable_write(folder / f"{name}.tmp", ("\n".join(lines) + "\n").encode())
+        (folder / f"{name}.tmp").replace(folder / f"{name}.jsonl")
+
+    @staticmethod
+    def _fate(promote: bool, kept: Pending | None, carried: list[Pending]) -> str:
+        """What became of the rows of the batches an update learned, when not simply learned."""
+        if promote:
+            return f"; learned the {len(carried)} batches that waited" if len(carried) > 1 else (
+                f"; learned {carried[0].name}, which waited" if carried else "")
+        out = ""
+        if kept is not None:
+            out = {"pending": f"; its {kept.rows} rows wait as {kept.name} for the next update",
+                   "held": f"; its {kept.rows} rows are held as {kept.name} (retain update --retry {kept.name})",
+                   "dropped": f"; its {kept.rows} rows were dropped ({kept.name}: retain status lists it)",
+                   }[kept.status]
+        waited = [b.name for b in carried]
+        return out + (f"; {', '.join(waited)} still wait{'s' if len(waited) == 1 else ''}" if waited else "")
+
+    @staticmethod
+    def _pooled(candidate: dict[str, float], promoted: dict[str, float], before: dict[str, Tensor],
+                after: dict[str, Tensor], rule: Any) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        """The scores the rule judges and the bounds of their drops: earlier batches with fewer than
+        ``min_held_out`` held-out rows judged together, as one (on 9 rows a row is 11 points)."""
+        small = [key for key, rows in before.items() if len(rows) < rule.min_held_out]
+        bounds = {key: drop_bound(rows, after[key], rule.confidence) for key, rows in before.items()
+                  if key not in small}
+        if not small:
+            return candidate, promoted, bounds
+        rows_b, rows_a = torch.cat([before[key] for key in small]), torch.cat([after[key] for key in small])
+        pooled = f"{'+'.join(small)} ({len(rows_b)} rows)" if len(small) > 1 else small[0]
+        candidate = {key: v for key, v in candidate.items() if key not in small} | {pooled: float(rows_a.mean())}
+        promoted = {key: v for key, v in promoted.items() if key not in small} | {pooled: float(rows_b.mean())}
+        return candidate, promoted, bounds | {pooled: drop_bound(rows_b, rows_a, rule.confidence)}
 
     def _metrics(self, scores: dict[str, float]) -> dict[str, Any]:
         """What a version records: its held-out scores, and by what metric when it is not accuracy."""
@@ -228,12 +384,14 @@ class Project:
     def _batch(rows: Rows, source: str, role: str = "train") -> Batch:
         return replace(Batch.of(*rows.content(), source=source, role=role), rows=len(rows))
 
-    def _gate(self, rows: Rows, current: Any, line: list[int], held: dict[str, Rows]) -> GateReport:
+    def _gate(self, rows: Rows, current: Any, line: list[int], held: dict[str, Rows], waiting: list[Pending]
+              ) -> GateReport:
         """The gate's look at a batch: against every row the served model learned or is judged on
-        (their hashes), and what the kind checks besides."""
+        (their hashes) or that waits to be learned, and what the kind checks besides."""
         known = {h for part in held.values() for h in part.hashes()}
+        known |= {h for batch in waiting for h in self.kind.held_rows(batch.name).hashes()}
         stored = set(self.store.data_names())
-        for name in self.store.held_out_names(line):
+        for name in self.store.held_out_names(line) + [batch.name for batch in waiting]:
             if f"{name}-train" in stored:
                 known |= {bytes(h.tolist()).hex() for h in self.store.get_data(f"{name}-train")["hash"]}
         return self.kind.inspect(rows, current, held, known, self.seed)
@@ -290,6 +448,34 @@ class Project:
                 out[key if kind == "batch" else f"{self.kind.labels} {key}"] = {
                     str(a): table[a][key], str(b): table[b][key], "change": table[b][key] - table[a][key]}
         return out
+
+    # -- shadow: a kept candidate answering live traffic beside the promoted version -----------------
+    def shadow(self) -> int | None:
+        """The candidate to serve in shadow: the newest kept version made from the promoted one."""
+        promoted = self.store.promoted()
+        kept = [v.id for v in self.store.versions() if v.parent == promoted and v.decision == "kept"]
+        return kept[-1] if kept else None
+
+    def shadow_verdict(self, version: int, min_rows: int) -> tuple[bool, str] | None:
+        """Whether the candidate ``version``, answering in shadow, should replace the promoted version,
+        judged on the live rows feedback labelled since: None before ``min_rows`` were; True when
+        it was right more often, surely (the lower bound of its paired bootstrap gain, at the rule's
+        confidence, above 0)."""
+        shadow, served = self.store.intake.shadow_hits(version)
+        if len(shadow) < min_rows:
+            return None
+        ahead, behind = torch.tensor(shadow, dtype=torch.float64), torch.tensor(served, dtype=torch.float64)
+        confidence = self.kind.rule.confidence or 0.9
+        gain = drop_bound(ahead, behind, confidence, seed=self.seed)
+        return gain > 0, (f"in shadow, {100 * float(ahead.mean()):.1f}% right on {len(shadow)} live rows labelled "
+                          f"since, the promoted version {100 * float(behind.mean()):.1f}% (gain at least "
+                          f"{100 * gain:.1f} points with {100 * confidence:.0f}% confidence)")
+
+    def promote(self, version: int, reason: str) -> None:
+        """Promote ``version`` (a kept candidate the live rows favour, say); the batches it learned
+        that waited are learned from then on."""
+        with self.store.writer():
+            self.store.promote(version, reason)
 
     def rollback(self, version: int | None = None) -> int:
         with self.store.writer():

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from retain.cli.configs import is_translation, run_config
-from retain.cli.errors import RunFolderError, reported, user_errors
+from retain.cli.errors import CommandError, RunFolderError, reported, user_errors
 
 
 def _run_folder(cfg, out: str | None, resume: bool) -> Path:
@@ -33,7 +33,11 @@ def _run_folder(cfg, out: str | None, resume: bool) -> Path:
         folder = previous[-1]
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunFolderError(f"output {root}: cannot make the folder runs are written to ({err.strerror}); "
+                                 "set output: to a folder you can write") from None
         for k in range(1, 1000):  # two runs in the same second get separate folders: mkdir claims one
             folder = root / f"{name}-{stamp}" if k == 1 else root / f"{name}-{stamp}-{k}"
             if root.resolve() not in folder.resolve().parents:
@@ -56,6 +60,29 @@ def _run_folder(cfg, out: str | None, resume: bool) -> Path:
     except OSError as err:
         raise RunFolderError(f"cannot write the run's results to {folder}: {err.strerror}") from None
     return folder
+
+
+def _check_device(device: str) -> None:
+    """Refuse, before any training, a ``training.device`` this machine does not have."""
+    from retain.engine.learner import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as err:
+        raise CommandError(f"training.device: {err}; set device: auto (a GPU when there is one) or cpu") from None
+
+
+def _writable(path: str, flag: str) -> None:
+    """Refuse, before any training, a file the results could not be written to."""
+    target = Path(path)
+    existed = target.exists()
+    try:
+        with open(target, "a"):
+            pass
+    except OSError as err:
+        raise CommandError(f"{flag} {path}: cannot be written ({err.strerror})") from None
+    if not existed:
+        target.unlink()
 
 
 def _finished_methods(cfg, folder: Path) -> dict:
@@ -126,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         return _launch_ranks(args)
     with reported():
         cfg = run_config(args)
+        _check_device(cfg.training.device)
         ranks = distributed.start(cfg.training.device)
     main_rank = ranks.rank == 0
     try:
@@ -192,6 +220,10 @@ def select(args: argparse.Namespace) -> int:
         cfg = run_config(args)
         backbones = args.backbone or [cfg.model.backbone]
         choices = [(b, a) for b in backbones for a in args.adaptation.split(",")]
+        _check_variants(cfg, choices)
+        _check_device(cfg.training.device)
+        if args.out:
+            _writable(args.out, "--out")
         rows = compare_backbones(cfg, choices, progress=not args.quiet)
     header = ("backbone", "adaptation", "method", "ACC %", "forgetting %", "update s", "features s",
               "trainable params", "peak MB")
@@ -205,3 +237,21 @@ def select(args: argparse.Namespace) -> int:
         Path(args.out).write_text(json.dumps(rows, indent=1))
         print(f"rows: {args.out}")
     return 0
+
+
+def _check_variants(cfg, choices: list[tuple[str | None, str]]) -> None:
+    """Refuse, before any training, a backbone and adaptation ``retain select`` could not run (each variant is
+    the config with that model, as :func:`retain.experiment.compare_backbones` builds it)."""
+    from pydantic import ValidationError
+
+    from retain.config import RunConfig, format_errors
+
+    for backbone, adaptation in choices:
+        update = {"backbone": backbone, "adaptation": adaptation}
+        if backbone is None and not cfg.model.hidden:
+            update["hidden"] = [256, 256]
+        try:
+            RunConfig.model_validate(cfg.model_dump() | {"model": cfg.model.model_dump() | update})
+        except ValidationError as err:
+            raise CommandError(f"--backbone {backbone or 'none (raw inputs)'} --adaptation {adaptation}: "
+                               f"{format_errors(err).strip()}") from None

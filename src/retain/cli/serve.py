@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
-from pathlib import Path
 
 from retain.cli.errors import reported
 
@@ -12,16 +12,12 @@ from retain.cli.errors import reported
 def _settings(args: argparse.Namespace):
     """The store's service settings, with those of ``--config`` over them: a run config's service: section,
     or the file is the section itself."""
-    import yaml
-
-    from retain.config import ServiceConfig
+    from retain.config import ServiceConfig, read_yaml
     from retain.loop import Project
 
     settings = Project(args.store).config.service
     if args.config:
-        raw = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{args.config} must hold a mapping (a service: section, or its settings)")
+        raw = read_yaml(args.config)  # keys given twice and alias bombs refused, as in every config
         whole = any(k in raw for k in ("strategies", "methods", "task"))  # a run or translation config
         section = raw.get("service") or ({} if whole else raw)
         settings = ServiceConfig.model_validate(settings.model_dump() | section)
@@ -40,18 +36,29 @@ def serve(args: argparse.Namespace) -> int:
         settings = _settings(args)
     import uvicorn
 
+    from retain.service.app import configure_logging
+
+    address = f"http://{args.host}:{args.port}"
+    # uvicorn's own access lines lack the time taken: the service writes its own (--access-log)
+    run = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": False}
     if args.workers > 1:  # worker processes build the app themselves; metrics are summed across them
         import tempfile
 
         os.environ["RETAIN_SERVE_STORE"] = str(args.store)
         os.environ["RETAIN_SERVE_SETTINGS"] = settings.model_dump_json()
+        os.environ["RETAIN_SERVE_LOG"] = args.log_level + (",access" if args.access_log else "")
+        os.environ["RETAIN_SERVE_ADDRESS"] = address
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="retain-metrics-"))
-        uvicorn.run("retain.service.app:app_from_environment", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, log_level=args.log_level)
+        if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+            # a worker answers uvicorn's health check only once it has imported torch: seconds, more on a busy
+            # host, where the default 5 s had a worker killed and restarted for ever
+            run["timeout_worker_healthcheck"] = 60
+        uvicorn.run("retain.service.app:app_from_environment", factory=True, workers=args.workers, **run)
         return 0
     from retain.service.app import create_app
 
+    configure_logging(args.log_level, args.access_log)
     with reported(StoreError, OSError, ValueError, SQLAlchemyError, user=False):
-        app = create_app(args.store, settings, updater=not args.no_updater)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        app = create_app(args.store, settings, updater=not args.no_updater, address=address)
+    uvicorn.run(app, **run)
     return 0

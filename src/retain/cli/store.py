@@ -1,32 +1,38 @@
 """The loop on a model store: ``retain init``, ``update``, ``versions``, ``rollback``, ``diff``, ``predict`` and
-``evaluate``."""
+``evaluate``.
+
+``versions`` and ``rollback`` read and write the store's records only (no model is loaded): they answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 from retain.cli.configs import is_translation, run_config
 from retain.cli.errors import reported
+from retain.cli.inputs import check_data, left_by_init
+from retain.cli.progress import steps, watched
 
 
-def _store_errors() -> AbstractContextManager[None]:
-    """What a store command reports in one line: the user's errors, and the store's, the data's and the database's."""
+def store_errors(store: str | None = None) -> AbstractContextManager[None]:
+    """What a store command reports in one line: the user's errors, and the store's, the data's and the database's
+    (a full disk named with ``store``, the folder written to)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from retain.store import StoreError
 
-    return reported(StoreError, ValueError, OSError, SQLAlchemyError)
+    return reported(StoreError, ValueError, OSError, SQLAlchemyError, where=store)
 
 
 def init(args: argparse.Namespace) -> int:
     """``retain init``: a new store whose version 1 learned the first batch."""
-    from retain.loop import Project
-
-    with _store_errors():
+    with store_errors(args.store):
         if is_translation(args.config):
             from retain.translation import load_translation_config
 
@@ -40,18 +46,22 @@ def init(args: argparse.Namespace) -> int:
                       file=sys.stderr)
         if len(methods) > 1:
             print(f"note: a store learns with one method, the first: {methods[0]}", file=sys.stderr)
-        project, result = Project.init(config, args.data, args.store, held_out=args.held_out, progress=not args.json,
-                                       database=args.database)
+        check_data(args.data)
+        left_by_init(args.store, args.database, args.restart)
+        progress = steps(args.progress)
+        project, result = watched(progress).init(config, args.data, args.store, held_out=args.held_out,
+                                                 progress=progress is not None, database=args.database)
     return _learned(args, result, project.kind.metric)
 
 
 def update(args: argparse.Namespace) -> int:
     """``retain update``: a candidate learns a new batch, judged on every batch, promoted or kept."""
-    from retain.loop import Project
-
-    with _store_errors():
-        project = Project(args.store, progress=not args.json)
-        result = project.update(args.data)
+    with store_errors(args.store):
+        if args.data is not None:
+            check_data(args.data)
+        progress = steps(args.progress)
+        project = watched(progress)(args.store, progress is not None)
+        result = project.update(args.data) if args.data is not None else project.retry(args.retry)
     return _learned(args, result, project.kind.metric)
 
 
@@ -78,25 +88,77 @@ def _learned(args: argparse.Namespace, result, metric: str) -> int:
     return 1 if result.version is None else 0
 
 
-def versions(args: argparse.Namespace) -> int:
-    """``retain versions``: every version's parent, data, held-out scores and decision."""
-    from retain.loop import Project, as_json
-    from retain.monitor import versions_table
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
-    with _store_errors():
-        project = Project(args.store)
-        rows = project.versions()
-        print(as_json(rows) if args.json else versions_table(rows).replace("accuracy", project.kind.metric))
+
+def _shown(source: str) -> str:
+    """A batch's file as the table shows it: from the working folder when it lies within."""
+    path = Path(source)
+    try:
+        return str(path.relative_to(Path.cwd())) if path.is_absolute() else source
+    except ValueError:
+        return source
+
+
+def version_rows(store) -> list[dict]:
+    """Every version of ``store`` (a :class:`~retain.store.ModelStore`) as ``retain versions`` lists it: id,
+    parent, when it was made, whether it is served now (``promoted``), the promotion rule's decision and reason,
+    held-out scores by batch, the data it learned, and the gate's result on that data with the rows it set aside."""
+    gate = {version: detail for _, version, kind, detail in store.events() if kind == "gate" and version is not None}
+    waiting = store.pending(("pending", "held", "dropped"))  # a kept version's rows no served version learned
+    rows = []
+    for v in store.versions():
+        data = [b.source for b in v.batches if b.role == "train"]
+        found = gate.get(v.id, "")
+        for source in data:  # the gate's record names the file it read first
+            found = found.removeprefix(f"{source}: ")
+        quarantined = re.match(r"quarantined (\d+) rows", found)
+        rows.append({"version": v.id, "parent": v.parent, "created": _when(v.created), "promoted": v.promoted,
+                     "waiting": [f"{p.name} {p.status}" for p in waiting if p.version == v.id],
+                     "decision": v.decision, "reason": v.reason, "accuracy": v.metrics.get("accuracy", {}),
+                     "metric": v.metrics.get("score", "accuracy"), "data": data, "gate": found,
+                     "quarantined": int(quarantined.group(1)) if quarantined else 0})
+    return rows
+
+
+def versions_table(rows: list[dict]) -> str:
+    """``retain versions``' Markdown table: the version served now is marked, beside the rule's decision
+    (a version promoted once may have been rolled back since)."""
+    metric = rows[-1]["metric"] if rows else "accuracy"
+    lines = [f"| version | created | parent | data | gate | quarantined | held-out {metric} by batch | decision | "
+             "reason |", "|" + " --- |" * 9]
+    for r in rows:
+        scores = ", ".join(f"{k.removeprefix('batch-')}: {100 * a:.1f}" for k, a in r["accuracy"].items())
+        lines.append(f"| {r['version']}{' (served now)' if r['promoted'] else ''} | {r['created']} "
+                     f"| {r['parent'] or ''} | {', '.join(_shown(d) for d in r['data'])} "
+                     f"| {r['gate'].split(':')[0]} | {r['quarantined'] or ''} | {scores} | {r['decision']}"
+                     f"{' (rows of ' + ', '.join(r['waiting']) + ')' if r['waiting'] else ''} "
+                     f"| {r['reason']} |")
+    return "\n".join(lines)
+
+
+def versions(args: argparse.Namespace) -> int:
+    """``retain versions``: every version's time, parent, data, gate result, held-out scores and decision."""
+    from retain.store import ModelStore
+
+    with store_errors(args.store):
+        rows = version_rows(ModelStore(args.store))
+    print(json.dumps(rows, indent=1) if args.json else versions_table(rows))
     return 0
 
 
 def rollback(args: argparse.Namespace) -> int:
     """``retain rollback``: promote the promoted version's parent, or the version named."""
-    from retain.loop import Project, as_json
+    from retain.store import ModelStore
 
-    with _store_errors():
-        version = Project(args.store).rollback(args.version)
-        print(as_json({"promoted": version}) if args.json else f"version {version} is promoted")
+    with store_errors(args.store):
+        store = ModelStore(args.store)
+        with store.writer():  # as an update takes it: one writer at a time
+            before = store.promoted()
+            version = store.rollback(args.version)
+    print(json.dumps({"promoted": version, "was": before}, indent=1) if args.json else
+          f"version {version} is promoted: served from now on (version {before} was)")
     return 0
 
 
@@ -104,7 +166,7 @@ def diff(args: argparse.Namespace) -> int:
     """``retain diff``: the held-out accuracy of two versions, per batch and per class."""
     from retain.loop import Project, as_json
 
-    with _store_errors():
+    with store_errors(args.store):
         project = Project(args.store)
         rows = project.diff(args.a, args.b)
         unit = "%" if project.kind.metric == "accuracy" else project.kind.metric
@@ -122,8 +184,9 @@ def evaluate(args: argparse.Namespace) -> int:
     """``retain evaluate``: a version's accuracy on labelled data, per class."""
     from retain.loop import Project, as_json
 
-    with _store_errors():
-        report = Project(args.store, progress=not args.json).evaluate(args.data, args.version)
+    with store_errors(args.store):
+        check_data(args.data, "test")
+        report = Project(args.store, progress=sys.stderr.isatty()).evaluate(args.data, args.version)
         if args.json:
             print(as_json(report))
         elif "chrf" in report:
@@ -144,24 +207,46 @@ def predict(args: argparse.Namespace) -> int:
 
     if _generative(args.store):
         return _translate(args)
-    with _store_errors():
-        project = Project(args.store, progress=not (args.json or args.out is None))
+    with store_errors(args.store):
+        project = Project(args.store, progress=sys.stderr.isatty())
         if project.kind.writes_answers:
             return _translate(args, project)
+        if Path(args.data).is_file():
+            check_data(args.data)
         _write_predictions(args, project)
     return 0
 
 
+def _inputs(data: str, predictions: list) -> tuple[str, list, list[dict] | None]:
+    """What each prediction was made from: the name of its identity (``row``: a table's line or an array's index,
+    as an integer; ``file``: an image's or clip's name within ``data``), the identities, and a table's rows
+    (its columns as read) or None."""
+    from retain.data.files import TABLES, _rows
+
+    path = Path(data)
+    if path.is_file() and path.suffix.lower() in TABLES:
+        records = list(_rows(path))  # one prediction a record, in order: the loader reads every one
+        return "row", [number for number, _ in records], [record for _, record in records]
+    numbered = [re.fullmatch(r"row (\d+)", p.row) for p in predictions]
+    if all(numbered):  # arrays, a datasets folder
+        return "row", [int(m.group(1)) for m in numbered], None
+    return "file", [p.row for p in predictions], None
+
+
 def _write_predictions(args: argparse.Namespace, project) -> None:
-    """The predictions of ``project``'s version as ``--json`` or CSV on the screen, or in the ``--out`` file."""
+    """The predictions of ``project``'s version as ``--json`` or CSV on the screen, or in the ``--out`` file:
+    each row's identity, its predictions, then (a table's) input columns, named ``input_<column>`` where they
+    would take a prediction's name."""
     from retain.loop import as_json
 
     if args.out and Path(args.out).suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"--out {args.out}: predictions are written as .csv or .jsonl")
     predictions = project.predict(args.data, top_k=args.top_k, version=args.version)
+    key, identities, inputs = _inputs(args.data, predictions)
     k = len(predictions[0].top) if predictions else 1  # top_k, or every class when there are fewer
-    records = [{"row": p.row, "label": p.label, "probability": p.top[0][1],
-                "top": [{"label": n, "probability": v} for n, v in p.top]} for p in predictions]
+    records = [{key: ident, "label": p.label, "probability": p.top[0][1],
+                "top": [{"label": n, "probability": v} for n, v in p.top]} | ({"input": inputs[i]} if inputs else {})
+               for i, (ident, p) in enumerate(zip(identities, predictions, strict=True))]
     if args.json and not args.out:
         print(as_json(records))
         return
@@ -172,11 +257,14 @@ def _write_predictions(args: argparse.Namespace, project) -> None:
         else:
             import csv
 
+            header = [key, "label", "probability"] + [f"{kind}_{i}" for i in range(2, k + 1)
+                                                      for kind in ("label", "probability")]
+            columns = list(inputs[0]) if inputs else []
             writer = csv.writer(out)
-            writer.writerow(["row", "label", "probability"] + [f"{kind}_{i}" for i in range(2, k + 1)
-                                                               for kind in ("label", "probability")])
-            for p in predictions:
-                writer.writerow([p.row, p.label, p.top[0][1]] + [v for pair in p.top[1:] for v in pair])
+            writer.writerow(header + [f"input_{c}" if c in header else c for c in columns])
+            for ident, p, row in zip(identities, predictions, inputs or [{}] * len(predictions), strict=True):
+                writer.writerow([ident, p.label, p.top[0][1]] + [v for pair in p.top[1:] for v in pair]
+                                + [row.get(c, "") for c in columns])
     finally:
         if args.out:
             out.close()

@@ -105,9 +105,9 @@ def _tune_translation(args: argparse.Namespace) -> int:
                 print(f"not applied: the tuned knobs scored chrF++ {100 * t:.1f} on the held-out test pairs, the "
                       f"store's own {100 * d:.1f}")
                 return 0
-            import yaml
+            from retain.config import read_yaml
 
-            best_cfg = validate_translation(yaml.safe_load((out / "best.yaml").read_text()), str(out / "best.yaml"))
+            best_cfg = validate_translation(read_yaml(out / "best.yaml"), str(out / "best.yaml"))
             project = Project(args.source)
             tuned = best_cfg.model_copy(update={"model": project.config.model})  # the adapters keep their rank
             project.retune(tuned, f"retain tune: {row['best_params']} (chrF++ {100 * d:.1f} -> {100 * t:.1f} on "

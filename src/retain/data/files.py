@@ -7,6 +7,12 @@ to ids through a :class:`LabelMap`, which keeps ids stable across files and repo
 A folder of batches is one stream: every sub-folder (in name order) is one experience holding a
 ``train`` and a ``test`` split, each a table file, an ``.npz`` file, or a folder with one
 sub-folder per class; ``retain export`` writes the built-in data sets this way.
+
+Inputs are bounded before they are decoded, so that a small file cannot cost minutes or gigabytes:
+images by their pixel count (:data:`MAX_PIXELS`, read from the header), WAV clips by their sample
+rate (:data:`MAX_SAMPLE_RATE`) and by reading only the frames a clip keeps; numeric values by their
+magnitude (:data:`MAX_FEATURE`). Only regular files are opened: a pipe or device in a folder is
+refused by name, never read (it would block).
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +38,17 @@ TABLES = (".csv", ".tsv", ".jsonl", ".parquet")
 IMAGES = (".png", ".jpg", ".jpeg")
 AUDIO = (".wav",)
 ARRAYS = (".npz",)
+
+# Features beyond this magnitude are refused. Squares of 1e12 are 1e24, so variances and covariances
+# over up to a trillion such values (the gate's standardisation, SLDA's statistics) stay far below
+# float32's 3.4e38; values near it (1e30, 3e38) gave NaN probabilities. Counts, prices and Unix
+# times (1.7e9) fit; a larger column wants scaling (an MLP already diverges on raw values of 1e9).
+MAX_FEATURE = 1e12
+# Images of more pixels are refused before decoding: a 24-megapixel photo (6000 x 4000) fits, a
+# 12000 x 12000 image (144 million pixels: half a second and 144-432 MB to decode) does not.
+MAX_PIXELS = 2**25
+MAX_SAMPLE_RATE = 384_000  # the highest rate common audio hardware records at
+MAX_CHANNELS = 64
 
 
 class FileError(ValueError):
@@ -91,6 +110,42 @@ class Labeled:
     columns: dict[str, Any] = field(default_factory=dict)  # those columns, to read the stream's other files alike
     rows: list[str] = field(default_factory=list)  # where each row came from: a table's row number, a file name
 
+    @property
+    def feature_columns(self) -> list[str] | None:
+        """The names of the numeric feature columns read, in the order of ``x``'s columns (None: not
+        a table of features)."""
+        return self.columns.get("features") or self.columns.get("expect_features")
+
+
+def out_of_range(x: np.ndarray) -> tuple[int, int] | None:
+    """(row, column) of the first value of a ``(rows, columns)`` array that is NaN, infinite or
+    beyond ±:data:`MAX_FEATURE`; None when every value is in range.
+
+    >>> out_of_range(np.array([[1.0, 2.0], [3.0, 1e30]])), out_of_range(np.zeros((2, 2)))
+    ((1, 1), None)
+    """
+    bad = ~(np.abs(x) <= MAX_FEATURE)  # NaN compares False: bad too
+    if not bad.any():
+        return None
+    row, column = np.argwhere(bad)[0]
+    return int(row), int(column)
+
+
+def value_problem(value: float) -> str:
+    """Why a feature value is refused (see :data:`MAX_FEATURE`)."""
+    if not math.isfinite(value):
+        return f"{value} (NaN or infinite)"
+    return (f"{value:g} is beyond ±{MAX_FEATURE:g}: larger values overflow the model's float32 arithmetic; "
+            "scale the column")
+
+
+def _regular(path: Path) -> Path:
+    """``path``, if it is a regular file (or a link to one); a pipe, socket or device is refused by
+    name without being opened (opening a pipe blocks until someone writes to it)."""
+    if not path.is_file():
+        raise FileError(f"{path}: not a regular file (a pipe, socket, device or folder); remove it or move it away")
+    return path
+
 
 def _number(value: str, where: str) -> float:
     try:
@@ -100,6 +155,7 @@ def _number(value: str, where: str) -> float:
 
 
 def _text(path: Path) -> str:
+    _regular(path)
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -130,7 +186,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            table = pq.read_table(_regular(path))
         except Exception as err:  # noqa: BLE001 - pyarrow's own errors name what is wrong with the file
             raise FileError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
         yield from enumerate(table.to_pylist(), start=1)
@@ -152,16 +208,23 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def load_table(path: str | Path, labels: LabelMap, *, label: str = "label", text: str | None = None,
-               features: list[str] | None = None, task: str | None = None, labelled: bool = True) -> Labeled:
+               features: list[str] | None = None, task: str | None = None, labelled: bool = True,
+               expect_features: list[str] | None = None) -> Labeled:
     """A table with a label column and either a text column or numeric feature columns (by
     default: ``text`` if there is such a column, else every column but the label and task).
-    Unless ``labelled``, the label column may be missing and its labels are not read (all ``-1``)."""
+    Unless ``labelled``, the label column may be missing and its labels are not read (all ``-1``).
+
+    ``expect_features``: when ``features`` are not named, the feature columns an earlier file had
+    (a store's first batch, a stream's first file): this file must have the same names, in any
+    order, and they are read by name.
+    """
     path = Path(path)
-    return _records(list(_rows(path)), path, labels, label, text, features, task, labelled)
+    return _records(list(_rows(path)), path, labels, label, text, features, task, labelled, expect_features)
 
 
 def load_hf_dataset(path: str | Path, labels: LabelMap, *, label: str = "label", text: str | None = None,
-                    features: list[str] | None = None, task: str | None = None, labelled: bool = True) -> Labeled:
+                    features: list[str] | None = None, task: str | None = None, labelled: bool = True,
+                    expect_features: list[str] | None = None) -> Labeled:
     """A Hugging Face ``datasets`` table saved with ``save_to_disk`` (text or numeric columns); a
     ``ClassLabel`` label column gives its names."""
     from retain.util import require
@@ -178,11 +241,26 @@ def load_hf_dataset(path: str | Path, labels: LabelMap, *, label: str = "label",
     names = getattr(table.features.get(label), "names", None)
     if names:  # class ids stored with their names: the names are the labels
         records = [r | {label: names[r[label]]} for r in records]
-    return _records(list(enumerate(records, start=1)), path, labels, label, text, features, task, labelled)
+    return _records(list(enumerate(records, start=1)), path, labels, label, text, features, task, labelled,
+                    expect_features)
+
+
+def _same_columns(path: Path, found: list[str], expected: list[str]) -> None:
+    """Refuse feature columns ``found`` that are not ``expected`` (any order), listing the differences."""
+    missing = [c for c in expected if c not in found]
+    unknown = [c for c in found if c not in expected]
+    if missing or unknown:
+        parts = [f"{what} column{'s' * (len(names) > 1)} {', '.join(map(repr, names))}"
+                 for what, names in (("no", missing), ("unknown", unknown)) if names]
+        shown = ", ".join(expected[:8]) + (", ..." if len(expected) > 8 else "")
+        raise FileError(f"{path}: {'; '.join(parts)} (feature columns are matched by name, in any order, to "
+                        f"the {len(expected)} read first: {shown}; to read only some, name them under "
+                        "scenario.files.features)")
 
 
 def _records(records: list[tuple[int, dict[str, Any]]], path: Path, labels: LabelMap, label: str, text: str | None,
-             features: list[str] | None, task: str | None, labelled: bool = True) -> Labeled:
+             features: list[str] | None, task: str | None, labelled: bool = True,
+             expect_features: list[str] | None = None) -> Labeled:
     if not records:
         raise FileError(f"{path}: no rows")
     columns = list(records[0][1])
@@ -190,7 +268,11 @@ def _records(records: list[tuple[int, dict[str, Any]]], path: Path, labels: Labe
         raise FileError(f"{path}: no label column {label!r} (columns: {', '.join(columns)})")
     if task is None and "task" in columns and "task" != label:  # a column named task holds task ids
         task = "task"
-    if text is None and features is None:
+    named = features is not None or text is not None
+    if not named and expect_features is not None:
+        _same_columns(path, [c for c in columns if c not in (label, task)], expect_features)
+        features = list(expect_features)
+    elif not named:
         text = "text" if "text" in columns else None
         features = None if text else [c for c in columns if c not in (label, task)]
     for name in [text] if text else features:
@@ -213,15 +295,19 @@ def _records(records: list[tuple[int, dict[str, Any]]], path: Path, labels: Labe
 
         x, modality = tokenize(rows), "text"
     else:
-        x, modality = torch.tensor(rows, dtype=torch.float32), "tabular"
-        if not torch.isfinite(x).all():
-            bad = int((~torch.isfinite(x)).any(1).nonzero()[0])
-            raise FileError(f"{path}: row {records[bad][0]}: a feature is NaN or infinite")
+        values = np.asarray(rows, dtype=np.float64)
+        bad = out_of_range(values)
+        if bad:
+            row, column = bad
+            raise FileError(f"{path}: row {records[row][0]}: field {features[column]!r}: "
+                            f"{value_problem(values[row, column])}")
+        x, modality = torch.from_numpy(values.astype(np.float32)), "tabular"
     inputs = f"text column {text!r}" if text else f"{len(features)} feature columns ({', '.join(features[:3])}" + (
         ", ...)" if len(features) > 3 else ")")
     read_as = inputs + (f", labels from {label!r}" if labelled else "") + (f", tasks from {task!r}" if task else "")
     return Labeled(x, _ids(labels, names, labelled), torch.tensor(tasks, dtype=torch.long), modality, str(path),
-                   read_as, {"label": label, "text": text, "features": features, "task": task},
+                   read_as, {"label": label, "text": text, "features": features if named else None, "task": task,
+                             "expect_features": None if named or text else features},
                    [f"row {number}" for number, _ in records])
 
 
@@ -238,8 +324,8 @@ def _class_files(folder: Path, suffixes: tuple[str, ...], labelled: bool = True)
     """(file, class name) for every file of one sub-folder per class, in file-name order. Unless
     ``labelled``: also the files in ``folder`` itself (or ``folder`` when it is one file), named ""."""
     if not labelled:
-        found = [folder] if folder.is_file() else [f for f in sorted(folder.rglob("*"), key=_natural) if f.is_file()]
-        files = [(f, "") for f in found if f.suffix.lower() in suffixes]
+        found = [folder] if folder.is_file() else sorted(folder.rglob("*"), key=_natural)
+        files = [(_regular(f), "") for f in found if f.suffix.lower() in suffixes and not f.is_dir()]
         if not files:
             raise FileError(f"{folder}: no {'/'.join(suffixes)} files")
         return files
@@ -248,7 +334,7 @@ def _class_files(folder: Path, suffixes: tuple[str, ...], labelled: bool = True)
     classes = sorted((d for d in folder.iterdir() if d.is_dir()), key=_natural)
     if not classes:
         raise FileError(f"{folder}: no class sub-folders (one sub-folder per class is expected)")
-    files = [(f, d.name) for d in classes for f in d.iterdir() if f.suffix.lower() in suffixes]
+    files = [(_regular(f), d.name) for d in classes for f in d.iterdir() if f.suffix.lower() in suffixes]
     if not files:
         raise FileError(f"{folder}: no {'/'.join(suffixes)} files in its class folders")
     return sorted(files, key=lambda pair: _natural(pair[0]))
@@ -270,15 +356,26 @@ def load_image_folder(folder: str | Path, labels: LabelMap, *, size: int | None 
 
 
 def read_image(source: str | Path | bytes, size: int | None = None, channels: int | None = None) -> np.ndarray:
-    """One image (a file, or its bytes) as a ``(channels, size, size)`` array in [0, 1]; ``size`` and
-    ``channels`` default to the image's own (its width; 1 for grey images, else 3)."""
+    """One PNG or JPEG image (a file, or its bytes) as a ``(channels, size, size)`` array in [0, 1];
+    ``size`` and ``channels`` default to the image's own (its width; 1 for grey images, else 3).
+    An image of more than :data:`MAX_PIXELS` pixels is refused from its header, before decoding."""
     from PIL import Image, UnidentifiedImageError
 
     where = "image" if isinstance(source, bytes) else str(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        with warnings.catch_warnings():  # Pillow warns of (and past twice its limit refuses) large images
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else _regular(Path(source)),
+                                formats=("PNG", "JPEG"))
+        with opened as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise FileError(f"{where}: {width} x {height} pixels; images of at most {MAX_PIXELS:,} pixels are "
+                                "read (resize it first)")
             image.load()
-    except (UnidentifiedImageError, OSError) as err:
+    except Image.DecompressionBombError as err:
+        raise FileError(f"{where}: too many pixels ({err}); images of at most {MAX_PIXELS:,} pixels are read") from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
         raise FileError(f"{where}: not a readable image ({err})") from None
     channels = channels or (1 if image.mode in ("L", "I", "I;16", "1") else 3)
     image = image.convert("L" if channels == 1 else "RGB")
@@ -289,31 +386,82 @@ def read_image(source: str | Path | bytes, size: int | None = None, channels: in
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
+def _wav_chunks(f: io.BufferedIOBase, where: str) -> tuple[bytes, int]:
+    """The ``fmt `` chunk of a RIFF/WAVE file and the size its ``data`` chunk claims, ``f`` left at
+    the data's start; a header that is not whole is refused."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise FileError(f"{where}: not a readable WAV file (no RIFF/WAVE header)")
+    fmt = None
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            raise FileError(f"{where}: not a readable WAV file (the header is cut short before the data chunk)")
+        name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if name == b"data":
+            if fmt is None:
+                raise FileError(f"{where}: not a readable WAV file (no fmt chunk before the data)")
+            return fmt, size
+        if name == b"fmt ":
+            fmt = f.read(size)
+            if size < 16 or len(fmt) < size:
+                raise FileError(f"{where}: not a readable WAV file (its fmt chunk is cut short)")
+            f.read(size % 2)
+        else:
+            f.seek(size + size % 2, io.SEEK_CUR)
+
+
 def read_wav(source: str | Path | bytes, sample_rate: int = 16_000, seconds: float = 1.0) -> np.ndarray:
     """One WAV clip (a file, or its bytes) as a mono waveform resampled to ``sample_rate`` and cut
-    or zero-padded to ``seconds``."""
-    from math import gcd
+    or zero-padded to ``seconds``.
+
+    The header is read first: sample rates above :data:`MAX_SAMPLE_RATE` or more than
+    :data:`MAX_CHANNELS` channels are refused, and only the frames the clip keeps (plus the
+    resampling filter's reach) are read and decoded, whatever length the file claims. A rate whose
+    ratio to ``sample_rate`` needs a denominator above 1,000 is resampled by the nearest such ratio
+    (off by less than 0.1%), which keeps the filter short.
+    """
+    import struct
+    from fractions import Fraction
 
     from scipy.io import wavfile
     from scipy.signal import resample_poly
 
     where = "audio" if isinstance(source, bytes) else str(source)
+    with io.BytesIO(source) if isinstance(source, bytes) else open(_regular(Path(source)), "rb") as f:  # noqa: SIM115
+        fmt, claimed = _wav_chunks(f, where)
+        _, n_channels, rate, _, block, bits = struct.unpack("<HHIIHH", fmt[:16])
+        if not 0 < n_channels <= MAX_CHANNELS:
+            raise FileError(f"{where}: {n_channels} channels; WAV clips of 1 to {MAX_CHANNELS} channels are read")
+        if not 0 < bits <= 64 or block != n_channels * ((bits + 7) // 8):
+            raise FileError(f"{where}: not a readable WAV file ({bits} bits a sample and {block} bytes a frame "
+                            f"for {n_channels} channels do not agree)")
+        if rate > MAX_SAMPLE_RATE:
+            raise FileError(f"{where}: sample rate {rate} Hz; clips of at most {MAX_SAMPLE_RATE} Hz are read")
+        if rate * 4 < sample_rate:
+            raise FileError(f"{where}: sample rate {rate} Hz is too low: clips are resampled to {sample_rate} Hz, "
+                            f"from {sample_rate // 4} Hz up")
+        ratio = Fraction(sample_rate, rate).limit_denominator(1000)
+        up, down = ratio.numerator, ratio.denominator
+        n = round(sample_rate * seconds)
+        frames = math.ceil((n * down + 10 * max(up, down)) / up) + 1  # resample_poly's filter reaches 10 * max
+        data = f.read(min(claimed, frames * block))
+    data = data[:len(data) // block * block]  # a clip cut short keeps its whole frames
+    riff = (b"WAVE" + b"fmt " + len(fmt).to_bytes(4, "little") + fmt + b"\0" * (len(fmt) % 2)
+            + b"data" + len(data).to_bytes(4, "little") + data)
     try:
-        rate, raw = wavfile.read(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except (ValueError, OSError, EOFError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", wavfile.WavFileWarning)
+            _, raw = wavfile.read(io.BytesIO(b"RIFF" + len(riff).to_bytes(4, "little") + riff))
+    except (ValueError, OSError, EOFError, ArithmeticError) as err:
         raise FileError(f"{where}: not a readable WAV file ({err})") from None
-    if rate * 4 < sample_rate:
-        raise FileError(f"{where}: sample rate {rate} Hz is too low: clips are resampled to {sample_rate} Hz, "
-                        f"from {sample_rate // 4} Hz up")
     audio = raw.astype(np.float32)
     if np.issubdtype(raw.dtype, np.integer):  # PCM: scale to [-1, 1]
         audio /= float(np.iinfo(raw.dtype).max)
     if audio.ndim == 2:
         audio = audio.mean(1)
-    if rate != sample_rate:
-        k = gcd(rate, sample_rate)
-        audio = resample_poly(audio, sample_rate // k, rate // k).astype(np.float32)
-    n = round(sample_rate * seconds)
+    if ratio != 1 and len(audio):
+        audio = resample_poly(audio, up, down).astype(np.float32)
     clip = np.zeros(n, dtype=np.float32)
     clip[:min(n, len(audio))] = audio[:n]
     if not np.isfinite(clip).all():
@@ -362,8 +510,13 @@ def load_arrays(path: str | Path, labels: LabelMap, labelled: bool = True) -> La
     y = arrays["y"] if labelled else np.zeros(len(x))
     if len(x) != len(y):
         raise FileError(f"{path}: x has {len(x)} rows but y has {len(y)}")
-    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
-        raise FileError(f"{path}: field 'x' must hold finite numbers")
+    if not np.issubdtype(x.dtype, np.number) or x.dtype.kind == "c":
+        raise FileError(f"{path}: field 'x' must hold real numbers, not {x.dtype}")
+    bad = out_of_range(x.reshape(len(x), -1)) if len(x) else None
+    if bad:
+        row, column = bad
+        raise FileError(f"{path}: row {row}: field 'x' value {column}: "
+                        f"{value_problem(float(x.reshape(len(x), -1)[row, column]))}")
     t = arrays.get("t", np.zeros(len(y), dtype=np.int64))
     modality = _array_modality(x.shape)
     return Labeled(torch.from_numpy(x.astype(np.float32)), _ids(labels, [str(v) for v in y.tolist()], labelled),
@@ -384,7 +537,7 @@ def load(path: str | Path, labels: LabelMap, labelled: bool = True, **options: A
     path = Path(path)
     if not path.exists():
         raise FileError(f"{path}: no such file or folder")
-    table = {k: options[k] for k in ("label", "text", "features", "task") if k in options}
+    table = {k: options[k] for k in ("label", "text", "features", "task", "expect_features") if k in options}
     if path.is_file() and path.suffix.lower() in TABLES:
         return load_table(path, labels, labelled=labelled, **table)
     if path.is_file() and path.suffix.lower() in ARRAYS:
@@ -495,3 +648,8 @@ def load_stream(folder: str | Path, **options: Any) -> Stream:
     return Stream(experiences, n_classes=len(labels.names), name=f"files_{folder.name}", scenario=scenario,
                   class_names=list(labels.names), metadata={"new_classes": new_classes, "modality": modality,
                                                             "read_as": read_as})
+
+
+def table_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, record) for each row of a table file, numbered as the messages about it are."""
+    return _rows(Path(path))

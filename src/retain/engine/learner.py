@@ -631,8 +631,13 @@ class Learner(Trainer):
             "experience_id": self._experience_id,
         }
         weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        parts = {"model": safetensors_bytes(weights), "state": safetensors_bytes(tensors),
+        parts = {"model": safetensors_bytes(weights),
+                 "state": safetensors_bytes(tensors, metadata=persist.state_metadata(self.strategies)),
                  "learner": json.dumps(meta, indent=1).encode()}
+        try:  # a save that could not load again (a setting over persist's bounds) is never written
+            persist.saved_learner(parts["learner"], Path(directory))
+        except persist.LoadError as err:
+            raise ValueError(f"cannot save to {directory}: it could not be loaded back ({err})") from None
         path = persist.write_generation(directory, parts, {"model": "safetensors", "state": "safetensors",
                                                            "learner": "json"}, kind="classifier")
         if self.ranks.world > 1:
@@ -655,7 +660,9 @@ class Learner(Trainer):
         persist.set_generator(learner.generator, tensors, path)
         if "learner.torch_rng" in tensors:  # saves of the first format have none
             learner._torch_rng = tensors["learner.torch_rng"]
-        persist.load_states(strategies, meta.strategies, tensors, learner, path)
+        order = persist.state_names(parts["state"], path)
+        persist.load_states(strategies, meta.strategies, tensors, learner, path, order)
+        persist.check_memories(strategies, learner, path)
         learner.seen_classes_, learner.class_names_ = meta.seen_classes, meta.class_names
         learner.task_classes_ = {int(k): v for k, v in meta.task_classes.items()}
         learner.experiences_seen_, learner.steps_ = meta.experiences_seen, meta.steps

@@ -32,6 +32,7 @@ from torch import Tensor
 from retain.models import Classifier
 from retain.models.generative import ADAPTATIONS, MODELS
 from retain.strategies import STRATEGIES, Strategy, make_strategy
+from retain.util import evaluating
 
 if TYPE_CHECKING:
     from retain.engine.generative import GenerativeLearner
@@ -46,6 +47,14 @@ LEGACY = {"classifier": {"model": "model.safetensors", "state": "state.safetenso
           "generative": {"model": "weights.safetensors", "state": "strategies.safetensors",
                          "learner": "learner.json"}}
 MAX_JSON_BYTES = 64 << 20  # a manifest or learner.json larger than this is not one retain wrote
+# The bounds a save's JSON is held to, stated once: the config (``retain.config``) refuses settings
+# over them before anything trains, so no command can promote a version that no later one loads.
+MAX_SIZE = 1 << 20  # a layer's width, an image's side, a class id; the learner's batch_size and epochs
+MAX_ITEMS = 10_000  # entries of a list or mapping (layers of a model, a strategy setting's values)
+MAX_STRATEGY_INT = 1 << 24  # an integer setting of a strategy (memory_size, its batch sizes, steps)
+MAX_RATE = 1e6  # a learning rate
+MAX_LORA_RANK = 1024
+STATE_NAMES = "strategies"  # the state file's metadata entry naming the strategies its positions belong to
 _NAME = re.compile(r"^(model|state|learner)-([0-9]{1,12})\.(safetensors|json)$")
 
 
@@ -222,7 +231,7 @@ def _first_problem(err: Exception) -> str:
     return str(err).splitlines()[0]
 
 
-def bounded(value: Any, where: str, limit: int = 1 << 20, items: int = 10_000, depth: int = 0) -> None:
+def bounded(value: Any, where: str, limit: int = MAX_SIZE, items: int = MAX_ITEMS, depth: int = 0) -> None:
     """Refuse a JSON value with an integer over ``limit`` (a layer size, a class id), a list or
     mapping over ``items`` entries, or nesting deeper than 32: what a small edit could turn into
     gigabytes of allocation.
@@ -253,12 +262,12 @@ def bounded(value: Any, where: str, limit: int = 1 << 20, items: int = 10_000, d
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    lr: float = Field(gt=0, le=1e6)
+    lr: float = Field(gt=0, le=MAX_RATE)
     momentum: float = Field(ge=0, lt=1)
-    batch_size: int = Field(ge=1, le=1 << 20)
-    epochs: int = Field(ge=1, le=1 << 20)
+    batch_size: int = Field(ge=1, le=MAX_SIZE)
+    epochs: int = Field(ge=1, le=MAX_SIZE)
     seed: int
-    backbone_lr: float | None = Field(None, gt=0, le=1e6)
+    backbone_lr: float | None = Field(None, gt=0, le=MAX_RATE)
 
 
 class _SavedStrategy(BaseModel):
@@ -305,16 +314,16 @@ def _check_strategies(strategies: list[_SavedStrategy], where: str) -> None:
         if s.name not in STRATEGIES:
             raise LoadError(f"{where}: strategies.{i}.name: unknown strategy {s.name!r} (a newer retain, "
                                     "or a method whose file is gone)")
-        bounded(s.params, f"{where}: strategies.{i}.params", limit=1 << 24)
+        bounded(s.params, f"{where}: strategies.{i}.params", limit=MAX_STRATEGY_INT)
 
 
 class _GenerativeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    lr: float = Field(gt=0, le=1e6)
-    epochs: int = Field(ge=1, le=1 << 20)
-    batch_size: int = Field(ge=1, le=1 << 20)
-    max_tokens: int = Field(ge=1, le=1 << 20)
+    lr: float = Field(gt=0, le=MAX_RATE)
+    epochs: int = Field(ge=1, le=MAX_SIZE)
+    batch_size: int = Field(ge=1, le=MAX_SIZE)
+    max_tokens: int = Field(ge=1, le=MAX_SIZE)
     clip: float = Field(ge=0, le=1e6)
     seed: int = Field(ge=-(1 << 63), lt=1 << 64)
 
@@ -324,7 +333,7 @@ class _LanguageModelConfig(BaseModel):
 
     name: Literal[MODELS]
     adaptation: Literal[ADAPTATIONS]
-    lora_rank: int = Field(ge=1, le=1024)
+    lora_rank: int = Field(ge=1, le=MAX_LORA_RANK)
     seed: int = Field(ge=0, lt=1 << 62)
     experts: list[int] = Field(max_length=1024)
 
@@ -357,6 +366,29 @@ def saved_generative(data: bytes, path: Path) -> _SavedGenerative:
     bounded(meta.directions, f"{where}: directions", limit=1 << 16)
     _check_strategies(meta.strategies, where)
     return meta
+
+
+def state_metadata(strategies: Sequence[Strategy]) -> dict[str, str]:
+    """The state file's metadata: the strategies its ``<position>.`` tensors belong to, in order. A
+    learner.json whose list was edited (reordered, a strategy swapped) is then refused on load instead
+    of handing each strategy another's state (a replay memory that loads empty)."""
+    return {STATE_NAMES: json.dumps([s.name for s in strategies])}
+
+
+def state_names(data: bytes, path: Path) -> list[str] | None:
+    """The strategies a state file (read by :func:`read_tensors` already) says its positions belong
+    to, as :func:`state_metadata` recorded them; None for a save written before it did."""
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    names = (header.get("__metadata__") or {}).get(STATE_NAMES)
+    if names is None:
+        return None
+    try:
+        names = json.loads(names)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise LoadError(f"{path}: the state file's metadata does not list its strategies' names")
+    return names
 
 
 def strategies_to_save(strategies: Sequence[Strategy], tensors: dict[str, Tensor]) -> list[dict[str, Any]]:
@@ -393,18 +425,67 @@ def set_generator(generator: torch.Generator, tensors: dict[str, Tensor], path: 
         raise LoadError(f"{path}: the saved learner.rng is not a generator state ({err})") from None
 
 
+LEARNER_STATE = ("learner.rng", "learner.torch_rng")  # the state file's tensors that are no strategy's
+
+
 def load_states(strategies: Sequence[Strategy], saved: list[_SavedStrategy], tensors: dict[str, Tensor],
-                learner: Any, path: Path) -> None:
-    """Give each strategy the state :func:`strategies_to_save` wrote (its tensors on the learner's device)."""
-    try:
-        for i, (s, entry) in enumerate(zip(strategies, saved, strict=True)):
-            prefix = f"{i}."
-            state = dict(entry.state) | {
-                k[len(prefix):]: v.to(learner.device) for k, v in tensors.items() if k.startswith(prefix)
-            }
+                learner: Any, path: Path, order: list[str] | None = None) -> None:
+    """Give each strategy the state :func:`strategies_to_save` wrote (its tensors on the learner's
+    device), once it is the state of that strategy: the state file was written for these strategies in
+    this order (``order``, from :func:`state_names`, when the save recorded it), every tensor belongs to
+    a strategy, and each strategy keeps exactly the state it is given (its own ``load_state_dict``
+    refuses what its hooks could not run on, e.g. a memory over its size)."""
+    names = [s.name for s in saved]
+    if order is not None and order != names:
+        raise LoadError(f"{path}: learner.json lists the strategies {names}, but the state file holds the "
+                        f"state of {order}: the list was edited after the save")
+    positions = {str(i) for i in range(len(strategies))}
+    stray = sorted(k for k in tensors if k not in LEARNER_STATE and k.split(".", 1)[0] not in positions)
+    if stray:
+        raise LoadError(f"{path}: the state file holds {stray[0]}, which belongs to none of the {len(names)} "
+                        "saved strategies")
+    for i, (s, entry) in enumerate(zip(strategies, saved, strict=True)):
+        where = f"{path}: the saved strategy state does not fit strategies.{i} ({s.name})"
+        prefix = f"{i}."
+        state = dict(entry.state) | {
+            k[len(prefix):]: v.to(learner.device) for k, v in tensors.items() if k.startswith(prefix)
+        }
+        try:
             s.load_state_dict(state, learner)
-    except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as err:
-        raise LoadError(f"{path}: the saved strategy state does not fit its strategies ({err})") from None
+            kept = set(s.state_dict())
+        except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as err:
+            raise LoadError(f"{where}: {err}") from None
+        if kept != set(state):
+            key = sorted(kept ^ set(state))[0]
+            what = (f"{s.name} keeps {key!r}, which the state lacks" if key in kept else
+                    f"the state holds {key!r}, which {s.name} does not keep")
+            raise LoadError(f"{where}: {what} (the strategies were reordered or the state edited)")
+
+
+def check_memories(strategies: Sequence[Strategy], learner: Learner, path: Path) -> None:
+    """Refuse a loaded memory the classifier cannot train on: inputs its model does not read (their
+    width or dtype, tried on one row), labels outside its outputs, stored outputs (DER's logits)
+    wider than them. Each would load, then fail the next update."""
+    model = learner.model
+    for i, s in enumerate(strategies):
+        for name, memory in s.memories().items():
+            if not len(memory):
+                continue
+            where = f"{path}: strategies.{i} ({s.name}) {name}"
+            x, t = memory.x[:1].to(learner.device), memory.t[:1].to(learner.device)
+            try:
+                with torch.no_grad(), evaluating(model):
+                    width = model(x, t).shape[-1]
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                raise LoadError(f"{where}: its inputs ({memory.x.dtype}, {tuple(memory.x.shape[1:])} a row) do "
+                                f"not fit the model ({str(err).splitlines()[0]})") from None
+            y = memory.y
+            wrong = y[(y < 0) | (y >= width)]
+            if len(wrong):
+                raise LoadError(f"{where}: label {int(wrong[0])} is outside the model's classes 0..{width - 1}")
+            for key, v in memory.data.items():
+                if key not in ("x", "y", "t", "e") and v.dim() == 2 and v.shape[1] > width:
+                    raise LoadError(f"{where}: its {key} have {v.shape[1]} columns, the model {width} outputs")
 
 
 def load_learner(directory: str | Path, device: str = "auto") -> Learner | GenerativeLearner:
@@ -434,11 +515,28 @@ def load_learner(directory: str | Path, device: str = "auto") -> Learner | Gener
     return Learner.load(directory, device=device)
 
 
+# A memory's extra per-sample values (DER's logits): NaN marks output units added after a sample was stored.
+_PADDED = re.compile(r"(^|\.)data\.(?!(x|y|t|e)$)[^.]+$")
+
+
 def read_tensors(data: bytes, path: Path, part: str) -> dict[str, Tensor]:
+    """The tensors of a ``part`` file, each finite: training never keeps a NaN or infinite weight
+    (the learner refuses a fit that diverges), so one is an edit or damage. Only a memory's padded
+    per-sample values may hold NaN."""
     try:
-        return safetensors_load(data)
+        tensors = safetensors_load(data)
     except Exception as err:  # noqa: BLE001 - whatever safetensors says of bytes that passed their checksum
         raise LoadError(f"{path}: the {part} file is not readable safetensors ({err})") from None
+    for key, value in tensors.items():
+        # A finite sum says every value is finite in one reduction (an element-wise isfinite took 3 of
+        # a DER + EWC learner's 10 ms load); a sum that overflows or meets NaN padding is looked at closely.
+        if not value.is_floating_point() or torch.isfinite(value.sum()):
+            continue
+        bad = value.isinf() if _PADDED.search(key) else ~value.isfinite()
+        if bad.any():
+            raise LoadError(f"{path}: the {part} file's {key} holds {value[bad].flatten()[0].item()} values: a "
+                            "save holds finite numbers (this one was edited or damaged)")
+    return tensors
 
 
 def build_model(config: dict[str, Any], weights: dict[str, Tensor], path: Path) -> Classifier:
@@ -448,8 +546,8 @@ def build_model(config: dict[str, Any], weights: dict[str, Tensor], path: Path) 
     if backbone.get("name") in ("text", "image"):
         # Their sizes are the pretrained network's, which loads its weights (no meta build): only
         # the adapters' rank is the config's to choose.
-        if not 1 <= backbone.get("lora_rank", 8) <= 1024:
-            raise LoadError(f"{path}: the saved model config's lora_rank must be 1..1024")
+        if not 1 <= backbone.get("lora_rank", 8) <= MAX_LORA_RANK:
+            raise LoadError(f"{path}: the saved model config's lora_rank must be 1..{MAX_LORA_RANK}")
         skeleton = None
     else:
         try:

@@ -1,11 +1,13 @@
 """The data-quality gate: what an incoming labelled batch is checked for before it may change a model.
 
 Beyond :func:`~retain.quality.checks.check_batch` (shapes, values, labels), the gate looks for
-exact duplicates (within the batch, and of rows already held), likely label errors (cleanlab's
-``find_label_issues`` on out-of-sample probabilities: a cross-validated logistic regression on the
-rows' features, so it judges classes the model has never seen too) and class imbalance. Its policy
-decides: ``refuse`` the batch when too many rows are flagged, ``quarantine`` them (dropped from
-training, kept for review), or ``warn`` and accept.
+exact duplicates (within the batch, and of rows already held), likely label errors (judged within
+the batch: its own cross-validated fit and its classes' centres, so classes the model has never
+seen are judged too), outliers, class imbalance, and drift: whether the batch's features differ
+from the rows the store keeps (:func:`drift`), a line of the report that never refuses by itself,
+so a batch of a new kind of data reads as drift, not as label noise. Its policy decides:
+``refuse`` the batch when too many rows are flagged, ``quarantine`` them (dropped from training,
+kept for review), or ``warn`` and accept.
 """
 
 from __future__ import annotations
@@ -35,7 +37,43 @@ class GatePolicy:
     outlier_factor: float = Field(3.0, gt=1.0, description="an outlier's nearest neighbour is this many times "
                                   "farther than the 99th percentile of the known rows'")
     label_issues: bool = Field(True, description="flag likely label errors (cleanlab)")
+    label_beyond: float = Field(0.5, ge=0.0, le=1.0, description="a likely label error also lies this far from "
+                                "the midpoint toward another class's centre (0: past the midpoint, 1: at the centre)")
+    drift: bool = Field(True, description="report whether the batch's features differ from the store's rows "
+                        "(a line of the report; never refuses by itself)")
+    drift_level: float = Field(0.01, gt=0.0, lt=1.0, description="the drift test's significance level")
     min_class_share: float = Field(0.0, ge=0.0, le=1.0, description="warn of classes below this share")
+
+
+@dataclass
+class Drift:
+    """A two-sample test of a batch's features against the rows the store keeps: the squared maximum
+    mean discrepancy (MMD², Gretton et al. 2012) under a Gaussian kernel, and the ``1 - level``
+    quantile of its values when the two samples' rows are shuffled together (the threshold)."""
+
+    score: float
+    threshold: float
+    p: float  # the share of shuffles at least as far apart as the batch
+    rows: int  # rows compared on each side, at most
+    known: Drift | None = None  # the batch's rows of classes the store knows, against the store's of them
+
+    @property
+    def found(self) -> bool:
+        return self.score > self.threshold
+
+    def describe(self) -> str:
+        if self.found:
+            return f"the batch differs from the store's data (MMD² {self.score:.3g}, threshold {self.threshold:.3g})"
+        return f"none found against the store's data (MMD² {self.score:.3g}, threshold {self.threshold:.3g})"
+
+    def line(self) -> str:
+        """The report's drift line; with new classes, whether the known classes' rows drift too."""
+        line = f"drift: {self.describe()}"
+        if self.known is not None:
+            line += (f"; its rows of classes the store knows differ too (MMD² {self.known.score:.3g}, threshold "
+                     f"{self.known.threshold:.3g})" if self.known.found else "; its rows of classes the store "
+                     f"knows do not (MMD² {self.known.score:.3g}, threshold {self.known.threshold:.3g})")
+        return line
 
 
 @dataclass
@@ -47,6 +85,7 @@ class GateReport:
     label_issues: list[int] = field(default_factory=list)
     outliers: list[int] = field(default_factory=list)  # out of distribution: far from every other row
     rare_classes: list[int] = field(default_factory=list)
+    drift: Drift | None = None  # the batch's features against the store's rows; None: not measured
     decision: str = "accept"  # accept, quarantine or refuse
     reason: str = ""
 
@@ -61,10 +100,22 @@ def row_hashes(x: Tensor) -> list[str]:
     return [hashlib.sha256(row.tobytes()).hexdigest() for row in flat]
 
 
-def likely_label_errors(features: Tensor, y: Tensor, seed: int = 0) -> list[int]:
-    """Rows whose label is likely wrong: cleanlab's ``find_label_issues`` on probabilities from a
-    logistic regression cross-validated over the batch (each row predicted by a model that did not
-    see it). Classes with fewer than 3 rows cannot be judged and are left alone."""
+def likely_label_errors(features: Tensor, y: Tensor, seed: int = 0, beyond: float = 0.5) -> list[int]:
+    """Rows whose label is likely wrong: both the batch's own fit and its classes' centres say so.
+
+    The fit: cleanlab's ``find_label_issues`` on probabilities from a logistic regression
+    cross-validated over the batch (each row predicted by a model that did not see it), so it judges
+    classes the model has never seen too. Its L2 penalty is firm (C 0.05 on standardised features):
+    a flexible fit learns flipped labels as a class's own variety. Alone it
+    calls every row a hard batch gets wrong an error, so classes that overlap (more so under a shift:
+    blurred images, another source of text) read as noise. The centres tell the two apart: a
+    flipped row lies inside the class it really belongs to, while a row of overlapping classes
+    lies near their border. So a row is also required to lie, on the line between its class's
+    centre (on unit features, without the row itself) and the nearest other centre, ``beyond`` of
+    the way from the midpoint to that other centre (0: anywhere past the midpoint, 1: at the other
+    centre). Where a class's rows have no clear centre (new words on a CNN's features) fewer flipped
+    rows are found; ``benchmarks/results/lifecycle.json`` holds the figures per stream.
+    Classes with fewer than 3 rows cannot be judged and are left alone."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
@@ -76,15 +127,36 @@ def likely_label_errors(features: Tensor, y: Tensor, seed: int = 0) -> list[int]
     judged = np.isin(y_np, classes[counts >= 3])
     if judged.sum() < 6 or len(np.unique(y_np[judged])) < 2:
         return []
-    x = features.detach().cpu().reshape(len(features), -1).numpy()[judged]
-    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    x = features.detach().cpu().reshape(len(features), -1).double().numpy()[judged]
     labels = np.unique(y_np[judged], return_inverse=True)[1]
     folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
-    probs = cross_val_predict(LogisticRegression(max_iter=500, C=0.5), x, labels, cv=folds, method="predict_proba")
+    standard = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    probs = cross_val_predict(LogisticRegression(max_iter=1000, C=0.05), standard, labels, cv=folds,
+                              method="predict_proba")
     # n_jobs=1: cleanlab would otherwise fork a process pool, which can hang a threaded process
     # (retain serve) on a lock held at the fork; its results do not depend on n_jobs
     issues = filters.find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1)
+    issues &= toward_other_centre(x, labels) > beyond
     return np.flatnonzero(judged)[issues].tolist()
+
+
+def toward_other_centre(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Where each row lies on the line from its class's centre (its class's other rows, on unit
+    features) to the nearest other class's centre: -1 at its own, 0 midway, 1 at the other.
+
+    >>> x = np.array([[1.0, 0.0], [1.0, 0.1], [1.0, -0.1], [0.0, 1.0], [0.1, 1.0], [1.0, 0.05]])
+    >>> toward_other_centre(x, np.array([0, 0, 0, 1, 1, 1])).round(1).tolist()  # the last: a 0 labelled 1
+    [-1.0, -0.8, -1.2, -3.1, -2.7, 0.9]
+    """
+    x = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+    counts = np.bincount(labels)
+    sums = np.stack([x[labels == c].sum(0) for c in range(len(counts))])
+    own = (sums[labels] - x) / np.maximum(counts[labels] - 1, 1)[:, None]
+    far = ((x[:, None, :] - (sums / counts[:, None])[None]) ** 2).sum(-1)
+    far[np.arange(len(x)), labels] = np.inf
+    other = far.argmin(1)
+    gap = ((own - sums[other] / counts[other][:, None]) ** 2).sum(1)
+    return (((x - own) ** 2).sum(1) - far[np.arange(len(x)), other]) / np.maximum(gap, 1e-12)
 
 
 def _unit(features: Tensor) -> Tensor:
@@ -118,6 +190,58 @@ def outliers(features: Tensor, known: Tensor | None, factor: float) -> list[int]
     return (both.min(1).values > factor * scale).nonzero().squeeze(1).tolist()
 
 
+def mmd_test(a: Tensor, b: Tensor, level: float = 0.01, permutations: int = 200, max_rows: int = 500,
+             seed: int = 0) -> Drift:
+    """Whether rows ``a`` and ``b`` come from one distribution: MMD² (biased) with a Gaussian kernel
+    whose width is the median distance between rows, against ``permutations`` shuffles of the two
+    samples together. Each side is a seeded sample of at most ``max_rows`` rows (a 1,000-row kernel:
+    0.1 s), so the cost does not grow with the store.
+
+    >>> g = torch.Generator().manual_seed(1)
+    >>> same = mmd_test(torch.randn(200, 8, generator=g), torch.randn(300, 8, generator=g))
+    >>> moved = mmd_test(torch.randn(200, 8, generator=g) + 0.5, torch.randn(300, 8, generator=g))
+    >>> same.found, moved.found
+    (False, True)
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def sample(x: Tensor) -> Tensor:
+        x = x.detach().cpu().reshape(len(x), -1).double()
+        return x[torch.randperm(len(x), generator=g)[:max_rows]] if len(x) > max_rows else x
+
+    a, b = sample(a), sample(b)
+    z = torch.cat([a, b])
+    d2 = torch.cdist(z, z).square()
+    width = d2[d2 > 0].median() if (d2 > 0).any() else torch.tensor(1.0, dtype=z.dtype)
+    kernel = torch.exp(-d2 / width)
+    side = torch.zeros(len(z), permutations + 1, dtype=z.dtype)  # column 0: the samples as they came
+    side[: len(a), 0] = 1
+    for j in range(1, permutations + 1):
+        side[torch.randperm(len(z), generator=g)[: len(a)], j] = 1
+    weights = side / len(a) - (1 - side) / len(b)
+    mmd = (weights * (kernel @ weights)).sum(0)
+    null = mmd[1:]
+    return Drift(score=float(mmd[0]), threshold=float(torch.quantile(null, 1 - level)),
+                 p=float((1 + (null >= mmd[0]).sum()) / (1 + permutations)), rows=max(len(a), len(b)))
+
+
+def drift(features: Tensor, y: Tensor, known: Tensor | None, known_y: Tensor | None, level: float,
+          seed: int = 0) -> Drift | None:
+    """The batch's features against the store's rows (:func:`mmd_test`); when the batch brings new
+    classes, its rows of the classes the store knows are also tested against the store's rows of
+    them, so a batch whose old classes look as before reads apart from one that moved. None when
+    either side has fewer than 10 rows."""
+    if known is None or len(known) < 10 or len(features) < 10:
+        return None
+    found = mmd_test(features, known, level, seed=seed)
+    if known_y is not None:
+        old = torch.isin(y, known_y.unique())
+        theirs = torch.isin(known_y, y[old].unique())
+        if 10 <= int(old.sum()) < len(y) and int(theirs.sum()) >= 10:
+            found.known = mmd_test(features[old], known[theirs], level, seed=seed)
+    return found
+
+
 def decide(report: GateReport, share: float, found: str, policy: GatePolicy) -> GateReport:
     """The policy's decision on a batch whose ``share`` of rows say it is corrupted (likely label
     errors, broken pairs), given what was ``found``: refuse, quarantine the flagged rows, or accept."""
@@ -132,10 +256,14 @@ def decide(report: GateReport, share: float, found: str, policy: GatePolicy) -> 
 
 
 def inspect(x: Tensor, y: Tensor, features: Tensor, policy: GatePolicy, known: set[str] = frozenset(),
-            seed: int = 0, known_features: Tensor | None = None) -> GateReport:
-    """Check a labelled batch (``features``: what the label, near-duplicate and outlier checks read,
-    e.g. the model's backbone features) against ``policy``; ``known`` holds row hashes of data
-    already held, ``known_features`` those rows' features."""
+            seed: int = 0, known_features: Tensor | None = None, known_y: Tensor | None = None,
+            confirmed: Tensor | None = None) -> GateReport:
+    """Check a labelled batch (``features``: what the label, near-duplicate, outlier and drift
+    checks read, e.g. the model's backbone features) against ``policy``; ``known`` holds row hashes
+    of data already held, ``known_features`` those rows' features and ``known_y`` their labels.
+    ``confirmed`` marks rows whose label the served model predicts too: they are never called label
+    errors (its disagreement is no evidence on data unlike what it learned, its agreement is).
+    Drift is a line of the report's reason of its own: it never refuses a batch."""
     report = GateReport(len(y))
     if policy.duplicates:
         seen: set[str] = set(known)
@@ -150,7 +278,11 @@ def inspect(x: Tensor, y: Tensor, features: Tensor, policy: GatePolicy, known: s
     if policy.outliers:
         report.outliers = outliers(features, known_features, policy.outlier_factor)
     if policy.label_issues:
-        report.label_issues = likely_label_errors(features, y, seed)
+        report.label_issues = likely_label_errors(features, y, seed, policy.label_beyond)
+        if confirmed is not None:
+            report.label_issues = [i for i in report.label_issues if not confirmed[i]]
+    if policy.drift:
+        report.drift = drift(features, y, known_features, known_y, policy.drift_level, seed)
     counts = torch.bincount(y)
     report.rare_classes = [c for c in y.unique().tolist() if counts[c] < policy.min_class_share * len(y)]
     share = len(report.label_issues) / max(len(y), 1)  # wrong labels say a batch is corrupted; repeats do not
@@ -159,4 +291,6 @@ def inspect(x: Tensor, y: Tensor, features: Tensor, policy: GatePolicy, known: s
     decide(report, share, found, policy)
     if report.rare_classes:
         report.reason += f"; classes under {100 * policy.min_class_share:.0f}% of the rows: {report.rare_classes}"
+    if report.drift is not None:
+        report.reason += "\n" + report.drift.line()
     return report

@@ -4,7 +4,8 @@ A model store behind an HTTP API that predicts, takes labelled feedback, and upd
 promotes models by itself, with Prometheus metrics and a live dashboard. One :class:`Service` per
 process: the served model (:mod:`~retain.service.served`), the feedback queue and its updater
 (:mod:`~retain.service.updater`), what the dashboard shows (:mod:`~retain.service.view`), behind
-the endpoints of :mod:`~retain.service.routes`.
+the endpoints of :mod:`~retain.service.routes`. It logs to the ``retain.service`` logger (start-up,
+updates, lease waits, model swaps; each request on ``retain.service.access``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import os
+import sys
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -28,6 +31,7 @@ from retain.service.served import Served
 from retain.service.updater import Updater
 from retain.service.view import View
 
+log = logging.getLogger("retain.service")
 
 def open_service(store: str | Path, settings: ServiceConfig | None = None, token: str | None = None) -> Service:
     """The parts serving ``store``, with its promoted version loaded; ``settings`` default to the
@@ -36,19 +40,27 @@ def open_service(store: str | Path, settings: ServiceConfig | None = None, token
     settings = settings or project.config.service
     token = token if token is not None else token_of(settings)
     metrics = ServiceMetrics()
-    served = Served(project, metrics)
+    served = Served(project, metrics, settings)
     updater = Updater(project, served, settings, metrics)
+    labelled = project.store.intake.prequential()  # a restart goes on from the recorded figures, not from zero
+    metrics.restore(labelled)
+    updater.labelled, updater.correct = len(labelled), sum(hit for *_, hit in labelled)
     return Service(project, settings, token, metrics, served, updater, View(project, served, updater))
 
 
 def create_app(store: str | Path, settings: ServiceConfig | None = None, token: str | None = None,
-               updater: bool = True) -> FastAPI:
+               updater: bool = True, address: str | None = None) -> FastAPI:
     """The FastAPI app serving ``store`` (see the module docstring); ``updater``: this process may
-    run the background updater (when it holds the store's lease)."""
+    run the background updater (when it holds the store's lease); ``address``: where it listens,
+    for the start-up line."""
     service = open_service(store, settings, token)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        current = service.served.current
+        log.info("serving %s (%s store, version %s promoted) at %s; updater %s", service.store.where,
+                 service.project.kind.name, current.version if current else "none", address or "an ASGI client",
+                 "on" if updater else "off (--no-updater)")
         service.served.start(service.settings.poll)
         if updater:
             service.updater.start()
@@ -70,7 +82,23 @@ def create_app(store: str | Path, settings: ServiceConfig | None = None, token: 
 
 def app_from_environment() -> FastAPI:
     """The app for ``uvicorn --factory`` worker processes (``retain serve --workers N``): the store
-    and settings come from ``RETAIN_SERVE_STORE`` and ``RETAIN_SERVE_SETTINGS`` (JSON)."""
+    and settings come from ``RETAIN_SERVE_STORE`` and ``RETAIN_SERVE_SETTINGS`` (JSON), the log
+    settings from ``RETAIN_SERVE_LOG`` (level, access log) and the address from ``RETAIN_SERVE_ADDRESS``."""
     raw = os.environ.get("RETAIN_SERVE_SETTINGS")
     settings = ServiceConfig.model_validate(json.loads(raw)) if raw else None
-    return create_app(os.environ["RETAIN_SERVE_STORE"], settings)
+    level, _, accesses = os.environ.get("RETAIN_SERVE_LOG", "info").partition(",")
+    configure_logging(level, accesses == "access")
+    return create_app(os.environ["RETAIN_SERVE_STORE"], settings, address=os.environ.get("RETAIN_SERVE_ADDRESS"))
+
+
+def configure_logging(level: str = "info", access_log: bool = False) -> None:
+    """The service's log lines on stderr from ``level`` up (debug, info, warning, error, critical);
+    ``access_log``: a line for each request too (method, path, status, milliseconds)."""
+    logger = logging.getLogger("retain.service")
+    if not any(getattr(h, "retain_serve", False) for h in logger.handlers):  # once per process
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+        handler.retain_serve = True
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logging.getLogger("retain.service.access").setLevel(logging.INFO if access_log else logging.WARNING)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from retain.service.updater import Updater
 from retain.service.view import View
 from retain.store import ModelStore
 
+access = logging.getLogger("retain.service.access")  # on with retain serve --access-log
 
 @dataclass
 class Service:
@@ -87,7 +89,7 @@ def limited(settings: ServiceConfig, n: int, field: str) -> None:
 class Measured:
     """ASGI middleware: refuses bodies over ``limit`` bytes (413) or of unstated length (411) before
     they are read, and counts every request and its latency by endpoint (and keeps the latencies of
-    predictions in ``latencies``, for the dashboard)."""
+    predictions in ``latencies``, for the dashboard); with the access log on, a line for each request."""
 
     def __init__(self, app: Any, metrics: ServiceMetrics, latencies: deque[float], limit: int) -> None:
         self.app, self.metrics, self.latencies, self.limit = app, metrics, latencies, limit
@@ -103,6 +105,7 @@ class Measured:
         elif length is None and b"transfer-encoding" in headers:
             refused = 411, "a request body needs a Content-Length"
         if refused:
+            access.info("%s %s %d (%s)", scope["method"], scope["path"], refused[0], refused[1])
             return await JSONResponse({"detail": refused[1]}, refused[0])(scope, receive, send)
         start, status = time.perf_counter(), 500
 
@@ -121,3 +124,5 @@ class Measured:
             self.metrics.latency.labels(endpoint).observe(seconds)
             if endpoint == "/predict":
                 self.latencies.append(seconds)
+            if access.isEnabledFor(logging.INFO):
+                access.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, 1000 * seconds)

@@ -1,6 +1,8 @@
 """What the service reads: JSON inputs, checked and turned into the raw rows the store's model trained on.
 
-An input is text, numeric features, or a base64 image or WAV clip.
+An input is text, numeric features, or a base64 image or WAV clip. Each is bounded as the files of
+:mod:`retain.data.files` are, before it is decoded: feature magnitudes, image pixels (from the
+header), a clip's sample rate and the frames it keeps.
 
 The store records what its inputs look like (``modality`` and ``shape``) when it is made, so a
 request is read exactly as the files of ``retain init`` were: an image is resized to the training
@@ -19,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from retain.config import FilesConfig
-from retain.data.files import FileError, read_image, read_wav
+from retain.data.files import FileError, out_of_range, read_image, read_wav, value_problem
 
 FIELDS = {"text": "text", "tabular": "features", "vision": "image", "audio": "audio"}
 
@@ -82,8 +84,9 @@ def read_inputs(inputs: list[dict[str, Any]], described: dict[str, Any], files: 
         for i, row in enumerate(values):
             if (len(row),) != shape:
                 raise InputError(f"{where}.{i}.features", f"{len(row)} values, the model reads {shape[0]}")
-            if not np.isfinite(row).all():
-                raise InputError(f"{where}.{i}.features", "NaN or infinite values")
+            bad = out_of_range(np.asarray([row], dtype=np.float64))
+            if bad:
+                raise InputError(f"{where}.{i}.features", f"value {bad[1]}: {value_problem(row[bad[1]])}")
         return torch.tensor(values, dtype=torch.float32)
     rows = []
     for i, value in enumerate(values):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi import Path as FastAPIPath
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
@@ -74,24 +74,29 @@ def health() -> dict[str, str]:
 
 @router.get("/ready")
 def ready(service: ServiceDep) -> JSONResponse:
-    """A promoted version is loaded and answering."""
-    current = service.served.current
-    if current is None:
+    """A promoted version is loaded and has answered a warm-up input: predictions pay no loading."""
+    served = service.served
+    if served.current is None:
         return JSONResponse({"status": "no version is promoted yet"}, 503)
-    return JSONResponse({"status": "ready", "version": current.version})
+    if not served.ready:
+        status = f"the warm-up failed: {served.warm_error}" if served.warm_error else "warming up"
+        return JSONResponse({"status": status, "version": served.current.version}, 503)
+    return JSONResponse({"status": "ready", "version": served.current.version})
 
 
 @router.get("/metrics", dependencies=[Depends(reader)])
 def metrics(service: ServiceDep) -> Response:
     """Prometheus text format."""
-    service.metrics.queue.set(service.store.intake.feedback_counts().get("queued", 0))
+    service.metrics.read_store(service.store)
     return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @router.get("/state", dependencies=[Depends(reader)])
-def state(service: ServiceDep) -> dict[str, Any]:
+def state(service: ServiceDep, span: Annotated[float | None, Query(
+        gt=0, description="the accuracy series over the last this many seconds of feedback; default: all")] = None
+          ) -> dict[str, Any]:
     """What the dashboard shows, as JSON."""
-    return service.view.state()
+    return service.view.state(span)
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

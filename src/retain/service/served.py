@@ -4,22 +4,28 @@ Predictions read :attr:`Served.current`, a (version, learner, label names) tripl
 when the store's promoted version changes (a reference swap: a request in flight keeps the triple
 it took). A classifier answers with its top labels; a translation store's model with a translation
 of each text into the language its input names (one generation at a time: a generative model
-switches its mode while it decodes).
+switches its mode while it decodes). Until a warm-up prediction has run on the loaded version (a
+frozen backbone's encoder built, one dummy input answered) the service is not ready: the first
+request after ``/ready`` pays no loading.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
+import time
 from typing import Any, NamedTuple
 
 import torch
 from fastapi import HTTPException
 from sqlalchemy.exc import IntegrityError
 
-from retain.build import model_inputs
+from retain.build import backbone_encoder, model_inputs
+from retain.config import ServiceConfig
 from retain.data.catalogues import LANGUAGES
+from retain.data.features import encode
 from retain.engine import Learner
 from retain.loop import Project, top_labels
 from retain.service.inputs import InputError, read_inputs, read_sources
@@ -28,6 +34,7 @@ from retain.service.schemas import PredictRequest, problem
 from retain.store import StoreError
 from retain.tasks.translation import Pairs
 
+log = logging.getLogger("retain.service")
 
 class Loaded(NamedTuple):
     """One version as served: its learner (only ever predicting) and the name of each class id."""
@@ -40,30 +47,65 @@ class Loaded(NamedTuple):
 class Served:
     """The promoted version of ``project``'s store, kept loaded (see the module docstring)."""
 
-    def __init__(self, project: Project, metrics: ServiceMetrics) -> None:
+    def __init__(self, project: Project, metrics: ServiceMetrics, settings: ServiceConfig | None = None) -> None:
         self.project, self.store, self.metrics = project, project.store, metrics
+        self.settings = settings or project.config.service
         self.labels = not project.kind.writes_answers  # a classifier's labels, or a translation
         self.described = self.store.meta("inputs")
         if self.described is None and self.labels:
             raise StoreError(f"{self.store.path} does not record what its inputs look like; make it with retain init")
         self.generating = threading.Lock()
+        self.loading = threading.Lock()  # one load at a time: the watcher and an update may both see a new version
         self.current: Loaded | None = None
+        self.warmed = 0  # warm-up predictions run: ready once one has
+        self.warm_error: str | None = None
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.refresh()
 
     def refresh(self) -> None:
         """Load the promoted version if it is not the one served; then swap it in whole."""
-        version = self.store.promoted()
-        if version is None or (self.current is not None and self.current.version == version):
+        with self.loading:
+            version = self.store.promoted()
+            if version is None or (self.current is not None and self.current.version == version):
+                return
+            learner = self.store.load(version, device="cpu")
+            learner.model.eval()  # only ever predicts: threads share it without switching its mode
+            before = self.current
+            self.current = Loaded(version, learner, self.project.label_names(learner))
+            self.metrics.version.set(version)
+        if before is not None:
+            log.info("serving version %d (was %d)", version, before.version)
+
+    @property
+    def ready(self) -> bool:
+        """A version is loaded and a warm-up prediction has run."""
+        return self.current is not None and self.warmed > 0
+
+    def warm(self) -> None:
+        """Load what a first prediction would (a frozen backbone's encoder, the tokenizer) and answer one
+        dummy input with the served version, so that the first request after ``/ready`` pays no loading."""
+        served = self.current
+        if served is None:
             return
-        learner = self.store.load(version, device="cpu")
-        learner.model.eval()  # only ever predicts: threads share it without switching its mode
-        self.current = Loaded(version, learner, self.project.label_names(learner))
-        self.metrics.version.set(version)
+        start = time.perf_counter()
+        if not self.labels:
+            with self.generating:
+                self.project.kind.predict(served.learner, Pairs(["Hello."], [""], [next(iter(LANGUAGES))]), 1)
+        else:
+            modality, shape = self.described["modality"], self.described["shape"]
+            x = (self.read([{"text": "warm-up"}], "warm-up") if modality == "text"
+                 else torch.zeros((1, *shape), dtype=torch.float32))
+            cfg = self.project.config
+            if cfg.model.backbone is not None and cfg.model.adaptation == "frozen":
+                # the encoder itself, not the feature cache: a cached dummy would leave it unloaded
+                x = encode(backbone_encoder(cfg).get(), x, progress=False)
+            served.learner.predict_proba(x)
+        self.warmed += 1
+        log.info("ready: version %d answered a warm-up input in %.2f s", served.version, time.perf_counter() - start)
 
     def start(self, poll: float) -> None:
-        """Check for a newly promoted version every ``poll`` seconds, in a background thread."""
+        """Warm up, then check for a newly promoted version every ``poll`` seconds, in a background thread."""
         self.thread = threading.Thread(target=self._watch, args=(poll,), name="retain-watch", daemon=True)
         self.thread.start()
 
@@ -73,7 +115,15 @@ class Served:
             self.thread.join(timeout=30)
 
     def _watch(self, poll: float) -> None:
-        while not self.stop.wait(poll):
+        while True:
+            if not self.warmed and self.warm_error is None:
+                try:
+                    self.warm()
+                except Exception as err:  # noqa: BLE001 - logged and shown by /ready; predictions will say more
+                    self.warm_error = f"{type(err).__name__}: {err}"
+                    log.exception("the warm-up prediction failed; /ready stays 503")
+            if self.stop.wait(poll):
+                return
             with contextlib.suppress(Exception):  # a store busy for a moment: try again next time
                 self.refresh()
 
@@ -112,13 +162,21 @@ class Served:
 
     def _labels(self, learner: Learner, names: list[str], x: torch.Tensor, request: PredictRequest
                 ) -> list[dict[str, Any]]:
-        tops = top_labels(learner.predict_proba(model_inputs(self.project.config, x)), names, request.top_k)
+        tops = top_labels(learner.predict_proba(self._model_inputs(x)), names, request.top_k)
         out = []
         for item, top in zip(request.inputs, tops, strict=True):
             self.metrics.predictions.labels(top[0][0]).inc()
             out.append({"id": item.id, "label": top[0][0],
                         "top": [{"label": n, "probability": v} for n, v in top]})
         return out
+
+    def _model_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """What the model reads of request rows ``x``; the feature cache only with ``service.cache_features``
+        (outside traffic would otherwise fill the user's cache and evict what training keeps there)."""
+        cfg = self.project.config
+        if not self.settings.cache_features:
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"feature_cache": None})})
+        return model_inputs(cfg, x)
 
     def _translations(self, learner: Any, sources: tuple[list[str], list[str]], request: PredictRequest
                       ) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -25,10 +26,12 @@ from retain.service.inputs import InputError
 from retain.service.metrics import ServiceMetrics
 from retain.service.schemas import FeedbackRequest, problem
 from retain.service.served import Served
+from retain.store.intake import AlreadyLabelled
 from retain.tasks.base import TooFewRows
 from retain.tasks.translation import Pairs
 
 LEASE = "updater"
+log = logging.getLogger("retain.service")
 
 
 class Updater:
@@ -47,6 +50,7 @@ class Updater:
         self.stalled_at: int | None = None  # queued rows when an update last found nothing it could learn
         self.detector = Hybrid(drift=settings.drift).detector() if settings.drift else None
         self.labelled, self.correct = 0, 0  # predictions later labelled, and right, in this process
+        self.waiting_for: str | None = None  # the other process holding the lease, while this one waits
 
     # -- feedback -----------------------------------------------------------------------
     def feedback(self, request: FeedbackRequest) -> dict[str, Any]:
@@ -71,7 +75,10 @@ class Updater:
         except InputError as err:
             index = int(err.field.split(".")[1])
             raise problem(422, ["body", "rows", index, "input", err.field.split(".")[-1]], err.message) from None
-        stored = intake.add_feedback(rows)  # committed: acknowledged from here on
+        try:
+            stored = intake.add_feedback(rows)  # committed: acknowledged from here on
+        except AlreadyLabelled as err:  # another post labelled it between the check above and now
+            raise problem(409, ["body", "rows"], str(err)) from None
         self.metrics.feedback.inc(len(rows))
         for row in request.rows:  # test-then-train: was the earlier prediction right?
             if row.id in known:
@@ -117,12 +124,15 @@ class Updater:
                 if time.time() > held_until - ttl / 2:  # renewed when half its time is gone
                     if not self.store.intake.lease(LEASE, self.holder, seconds=ttl):
                         held_until = 0.0
+                        self._waiting()
                         continue
                     held_until = time.time() + ttl
+                    self._took()
                 due = self.due()
                 if due:
                     self.update(due)
             except Exception as err:  # noqa: BLE001 - logged; the next round tries again
+                log.exception("the update failed; the next round tries again")
                 with contextlib.suppress(Exception):
                     self.store.log("updater", f"update failed: {type(err).__name__}: {err}")
 
@@ -135,7 +145,8 @@ class Updater:
             return None
         known = set(self.store.labels())
         fresh = {label: n for label, n in by_label.items() if label not in known and self.served.labels}
-        if fresh and max(fresh.values()) >= self.settings.new_class_rows:
+        judged = queued * self.project.held_out_fraction >= self.project.kind.rule.min_held_out
+        if fresh and max(fresh.values()) >= self.settings.new_class_rows and judged:  # rows enough to judge it by
             return f"new class {max(fresh, key=fresh.get)}"
         if time.time() - oldest >= self.settings.update_wait and time.time() - self.tried >= self.settings.update_wait:
             return f"rows waited {self.settings.update_wait:g} s"  # however few: none waits for ever
@@ -162,14 +173,17 @@ class Updater:
                 raise TooFewRows(f"no direction has post-edits enough to hold min_held_out "
                                  f"({self.project.config.min_held_out}) of them out yet: waiting for more")
             source = f"feedback {taken[0].id}-{taken[-1].id}"
-            return self.project.learn_rows(rows.take(take), [], source=source), taken
+            return self.project.learn_rows(rows.take(take), [], source=source,
+                                           feedback=[r.id for r in taken]), taken
         labels = self.project.labels()
         source = f"feedback {queued[0].id}-{queued[-1].id}"
-        return self.project.learn(x, labels.names, labels.ids(answers), source=source), queued
+        return self.project.learn(x, labels.names, labels.ids(answers), source=source,
+                                  feedback=[r.id for r in queued]), queued
 
     def update(self, trigger: str = "asked") -> dict[str, Any]:
         """Learn the queued feedback now (one update at a time in this process)."""
         with self.updating:
+            started = time.perf_counter()
             self.tried = time.time()
             queued = self.store.intake.feedback("queued", limit=50_000)
             if not queued:
@@ -180,10 +194,12 @@ class Updater:
             except ValueError as err:  # too few rows to hold any out: wait for more (not tried again before)
                 self.stalled_at = len(queued)
                 self.last_update = {"version": None, "promoted": False, "reason": str(err), "rows": len(queued)}
+                log.info("update (%s): %d rows wait: %s", trigger, len(queued), err)
                 return self.last_update
             self.stalled_at = None
             ids = [r.id for r in taken]
-            self.store.intake.settle_feedback(ids, "refused" if result.version is None else "learned", result.version)
+            if result.version is None:  # a version settles its rows with itself: learned only if promoted
+                self.store.intake.settle_feedback(ids, "refused")
             self.metrics.gate.labels(result.gate_decision or "accept").inc()
             outcome = "refused" if result.version is None else "promoted" if result.promoted else "kept"
             self.metrics.updates.labels(outcome).inc()
@@ -191,4 +207,41 @@ class Updater:
             self.served.refresh()
             self.metrics.queue.set(len(self.store.intake.feedback("queued")))
             self.last_update = result.__dict__ | {"rows": len(taken), "trigger": trigger}
+            self._updated(self.last_update, time.perf_counter() - started)
             return self.last_update
+
+    # -- what the operator sees ---------------------------------------------------------
+    def _updated(self, result: dict[str, Any], seconds: float) -> None:
+        """Log an update's trigger and decision, and keep its duration for /metrics."""
+        self.metrics.update_seconds.set(seconds)
+        outcome = ("refused" if result["version"] is None else
+                   f"version {result['version']} {'promoted' if result['promoted'] else 'kept'}")
+        log.info("update (%s): %d rows -> %s: %s (%.1f s)", result["trigger"], result["rows"], outcome,
+                 result["reason"], seconds)
+
+    def _waiting(self) -> None:
+        """Log, once per holder, that another process holds the updater's lease, and until when."""
+        held = lease_holder(self.store, LEASE)
+        if held is None or held[0] == self.waiting_for:
+            return
+        self.waiting_for = held[0]
+        log.info("waiting for the updater lease: %s holds it until %s (in %.0f s); this process only "
+                 "predicts and takes feedback until then", held[0],
+                 time.strftime("%H:%M:%S", time.localtime(held[1])), max(0.0, held[1] - time.time()))
+
+    def _took(self) -> None:
+        """Log taking the updater's lease (after waiting for another process's)."""
+        if self.waiting_for is not None:
+            log.info("took the updater lease from %s: this process runs the updates now", self.waiting_for)
+            self.waiting_for = None
+
+
+def lease_holder(store: Any, name: str) -> tuple[str, float] | None:
+    """Who holds the lease ``name`` and when it expires (seconds since the epoch), or None."""
+    from sqlalchemy import select
+
+    from retain.store.intake import LEASES
+
+    with store.intake._db() as db:  # read only: Intake has no reader for a lease yet
+        row = db.execute(select(LEASES.c.holder, LEASES.c.expires).where(LEASES.c.name == name)).first()
+    return None if row is None else (row.holder, row.expires)

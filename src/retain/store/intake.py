@@ -15,17 +15,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, Table, Text, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 TABLES = MetaData()
 FEEDBACK = Table(
     "feedback", TABLES, Column("id", Integer, primary_key=True), Column("at", Float, nullable=False),
     Column("request_id", Text), Column("inputs", Text, nullable=False), Column("label", Text, nullable=False),
     Column("status", Text, nullable=False, server_default="queued"), Column("version", Integer),
-    Index("feedback_status", "status", "id"))
+    Index("feedback_status", "status", "id"),
+    Index("feedback_request", "request_id", unique=True))  # one label per prediction, even under concurrent posts
 PREDICTIONS = Table(
     "predictions", TABLES, Column("id", Text, primary_key=True), Column("at", Float, nullable=False),
     Column("version", Integer, nullable=False), Column("inputs", Text, nullable=False),
     Column("label", Text, nullable=False))
+SHADOW = Table(  # what a candidate served in shadow answered to a prediction made under a request id
+    "shadow", TABLES, Column("id", Text, primary_key=True), Column("at", Float, nullable=False),
+    Column("version", Integer, nullable=False), Column("label", Text, nullable=False))
 LEASES = Table("leases", TABLES, Column("name", Text, primary_key=True), Column("holder", Text, nullable=False),
                Column("expires", Float, nullable=False))
 
@@ -41,8 +46,13 @@ class Feedback:
     request_id: str | None
     inputs: str
     label: str
-    status: str  # queued, learned, or refused (by the gate; kept for review)
+    status: str  # queued; learned (by a promoted version); pending, held or dropped (its version was kept:
+    # see ModelStore.pending); refused (by the gate; kept for review)
     version: int | None
+
+
+class AlreadyLabelled(ValueError):
+    """A prediction that feedback labels a second time (one label a prediction)."""
 
 
 class Intake:
@@ -56,6 +66,13 @@ class Intake:
         """Keep labelled rows (``inputs`` as JSON text, ``label``, optional ``request_id``) in one
         transaction; their ids once it has committed (durable: acknowledge them then)."""
         now = time.time()
+        try:
+            return self._add_feedback(rows, now)
+        except IntegrityError:  # the unique request id: another post labelled one of them first
+            taken = sorted(self.labelled([r["request_id"] for r in rows if r.get("request_id")]))
+            raise AlreadyLabelled(f"the prediction {taken[0] if taken else '?'!r} is labelled already") from None
+
+    def _add_feedback(self, rows: list[dict[str, Any]], now: float) -> list[int]:
         with self._transaction() as db:
             ids = db.execute(insert(FEEDBACK).returning(FEEDBACK.c.id, sort_by_parameter_order=True),
                              [{"at": now, "request_id": r.get("request_id"), "inputs": r["inputs"],
@@ -84,7 +101,8 @@ class Intake:
         return {status: n for status, n in rows}
 
     def settle_feedback(self, ids: list[int], status: str, version: int | None = None) -> None:
-        """Mark feedback rows learned (by ``version``) or refused."""
+        """Mark feedback rows refused (a version that learns or keeps them settles them with itself:
+        :meth:`ModelStore.add_version`)."""
         with self._transaction() as db:
             for start in range(0, len(ids), 500):
                 db.execute(update(FEEDBACK).where(FEEDBACK.c.id.in_(ids[start:start + 500]))
@@ -101,6 +119,23 @@ class Intake:
         with self._db() as db:
             rows = db.execute(select(*PREDICTIONS.c).where(PREDICTIONS.c.id.in_(ids))).all()
         return {r.id: r._asdict() for r in rows}
+
+    def add_shadow(self, rows: list[dict[str, Any]]) -> None:
+        """Keep what a candidate served in shadow answered (``id``: the prediction's, ``version``, ``label``)."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(insert(SHADOW), [r | {"at": now} for r in rows])
+
+    def shadow_hits(self, version: int) -> tuple[list[bool], list[bool]]:
+        """For each prediction the candidate ``version`` answered in shadow and feedback later
+        labelled: whether the candidate was right, and whether the served version was."""
+        query = (select(SHADOW.c.label == FEEDBACK.c.label, PREDICTIONS.c.label == FEEDBACK.c.label)
+                 .join(FEEDBACK, FEEDBACK.c.request_id == SHADOW.c.id)
+                 .join(PREDICTIONS, PREDICTIONS.c.id == SHADOW.c.id)
+                 .where(SHADOW.c.version == version).order_by(FEEDBACK.c.id))
+        with self._db() as db:
+            rows = db.execute(query).all()
+        return [bool(a) for a, _ in rows], [bool(b) for _, b in rows]
 
     def labelled(self, ids: list[str]) -> set[str]:
         """Those of the request ids that feedback has labelled already."""

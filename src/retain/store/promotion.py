@@ -29,24 +29,40 @@ class PromotionRule:
     True
     >>> PromotionRule(max_drop=0.05, compared_to="best").decide(new, {"batch-0": 0.86}, "batch-2", {}, best).reason
     'batch-0: accuracy 82.0% fell 8.0 points below its best on the promoted line (90.0%), more than 5.0 allowed'
+
+    What a candidate learns counts too: with ``gain`` (its mean gain over the promoted version on the
+    new batch), a drop may reach ``max_drop + gain_weight * gain`` (a batch of new classes, which
+    the promoted version cannot answer, costs earlier batches a little accuracy):
+
+    >>> rule.decide({"batch-0": 0.84, "batch-1": 0.80}, {"batch-0": 0.91}, "batch-1", {}, gain=0.8).reason
+    'batch-1: accuracy 80.0%; largest drop on an earlier batch 7.0 points (13.0 allowed with its gain of 80.0)'
     """
 
     min_new_accuracy: float = Field(0.0, ge=0.0, le=1.0)
     max_drop: float = Field(0.05, ge=0.0, le=1.0)
     min_class_accuracy: float = Field(0.0, ge=0.0, le=1.0)
     compared_to: Literal["promoted", "best"] = "promoted"
-    confidence: float | None = Field(None, gt=0.5, lt=1.0, description="judge drops by the lower bound of a paired "
-                                     "bootstrap at this confidence (a drop refuses only if surely over max_drop)")
+    confidence: float | None = Field(0.9, gt=0.5, lt=1.0, description="judge drops by the lower bound of a paired "
+                                     "bootstrap at this confidence (a drop refuses only if surely over max_drop; "
+                                     "null: by the drop itself)")
+    min_held_out: int = Field(10, ge=1, le=10_000, description="held-out rows a batch needs to be judged on its own; "
+                              "smaller batches are judged together (on 9 rows one row is 11 points)")
+    gain_weight: float = Field(0.1, ge=0.0, le=1.0, description="each point the candidate gains on the new batch over "
+                               "the promoted version allows this much more drop on earlier ones")
+    kept: Literal["carry", "hold", "drop"] = Field(
+        "carry", description="the rows of a batch whose candidate is kept: carried into the next update on the "
+        "promoted line, held until `retain update --retry`, or dropped (recorded)")
 
     def decide(self, candidate: dict[str, float], promoted: dict[str, float], new: str | list[str],
                per_class: dict[str, float], best: dict[str, float] | None = None,
-               metric: str = "accuracy", bounds: dict[str, float] | None = None) -> Decision:
+               metric: str = "accuracy", bounds: dict[str, float] | None = None, gain: float = 0.0) -> Decision:
         """``candidate`` and ``promoted``: held-out scores (0-1) by batch (or by batch and
         direction); ``new``: the new batch's key or keys; ``per_class``: the candidate's score by
         class name; ``best``: each key's best score on the promoted line (used with ``compared_to:
         best``); ``metric``: what the scores are, named in the reasons (accuracy reads as a percentage);
         ``bounds``: with ``confidence``, each earlier key's lower bound of its drop from the promoted
-        version (:func:`retain.metrics.bootstrap.drop_bound`), which then decides instead of the drop.
+        version (:func:`retain.metrics.bootstrap.drop_bound`), which then decides instead of the drop;
+        ``gain``: the candidate's mean gain over the promoted version on the new keys.
 
         >>> PromotionRule(max_drop=0.02).decide({"b0 en-de": 0.30, "b1 en-fr": 0.4}, {"b0 en-de": 0.35},
         ...                                     ["b1 en-fr"], {}, metric="chrF++").reason
@@ -65,22 +81,25 @@ class PromotionRule:
             if candidate[key] < self.min_new_accuracy:
                 return Decision(False, f"{key}: {metric} {shown(candidate[key])} is below the "
                                        f"{shown(self.min_new_accuracy)} required of new data")
+        allowed = self.max_drop + self.gain_weight * max(0.0, gain)
+        with_gain = (f" ({100 * allowed:.1f} allowed with its gain of {100 * gain:.1f})"
+                     if allowed > self.max_drop else "")
         for batch, before in promoted.items():
             if batch not in candidate:
                 continue
             bound = (bounds or {}).get(batch) if self.confidence else None
-            if (bound if bound is not None else before - candidate[batch]) > self.max_drop:
+            if (bound if bound is not None else before - candidate[batch]) > allowed:
                 sure = f", at least {100 * bound:.1f} with {100 * self.confidence:.0f}% confidence" if bound else ""
                 return Decision(False, f"{batch}: {metric} {shown(candidate[batch])} fell "
                                        f"{100 * (before - candidate[batch]):.1f} points below {against} "
-                                       f"({shown(before)}){sure}, more than {100 * self.max_drop:.1f} allowed")
+                                       f"({shown(before)}){sure}, more than {100 * allowed:.1f} allowed")
         weak = {c: a for c, a in per_class.items() if a < self.min_class_accuracy}
         if weak:
             worst = min(weak, key=weak.get)
             return Decision(False, f"class {worst}: {metric} {shown(weak[worst])} is below the "
                                    f"{shown(self.min_class_accuracy)} required of every class")
         drops = [promoted[b] - candidate[b] for b in promoted if b in candidate]
-        worst = f"; largest drop on an earlier batch {100 * max(drops):.1f} points" if drops else ""
+        worst = f"; largest drop on an earlier batch {100 * max(drops):.1f} points{with_gain}" if drops else ""
         return Decision(True, ", ".join(f"{key}: {metric} {shown(candidate[key])}" for key in news) + worst)
 
 

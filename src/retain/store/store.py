@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     CheckConstraint,
@@ -48,11 +48,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError
 from sqlalchemy.pool import NullPool
 
-from retain.engine import Learner
-from retain.engine.generative import GenerativeLearner
-from retain.engine.persist import durable_write, load_learner
 from retain.store.intake import TABLES as INTAKE_TABLES
 from retain.store.intake import Intake
+
+if TYPE_CHECKING:  # torch is imported only by what loads or saves a model: versions, rollback answer at once
+    from retain.engine import Learner
+    from retain.engine.generative import GenerativeLearner
 
 FORMAT = 1
 SQLITE = "store.db"  # the default database, inside the store's folder
@@ -75,6 +76,17 @@ BATCHES = Table(
 EVENTS = Table(
     "events", TABLES, Column("id", Integer, primary_key=True), Column("at", Float, nullable=False),
     Column("version", Integer), Column("kind", Text, nullable=False), Column("detail", Text, nullable=False))
+# A batch whose candidate was kept: its rows wait (pending: carried into the next update on the
+# promoted line; held: until ``retain update --retry``), or were dropped with a record, or a promoted
+# version learned them (learned). Its train rows are kept as data ``<name>-pending``, its held-out rows as
+# ``<name>``; ``feedback``: the service's feedback rows it holds (JSON ids), settled with it.
+PENDING = Table(
+    "pending", TABLES, Column("name", Text, primary_key=True), Column("at", Float, nullable=False),
+    Column("version", Integer, nullable=False), Column("source", Text, nullable=False),
+    Column("rows", Integer, nullable=False), Column("status", Text, nullable=False),
+    Column("learned_by", Integer), Column("feedback", Text), Column("detail", Text, nullable=False, server_default=""),
+    CheckConstraint("status IN ('pending', 'held', 'dropped', 'learned')", name="pending_status"))
+KEPT = ("pending", "held", "dropped")  # what becomes of a kept candidate's rows (a promotion rule's ``kept``)
 
 def database_url(url: str) -> URL:
     """``url`` parsed, with PostgreSQL's default driver set to psycopg (version 3, the one installed)
@@ -148,6 +160,21 @@ class Batch:
 
 
 @dataclass
+class Pending:
+    """A batch whose candidate was kept, and what became of its rows (see :data:`PENDING`)."""
+
+    name: str
+    at: float
+    version: int  # the kept version that first learned it
+    source: str
+    rows: int
+    status: str  # pending, held, dropped or learned
+    learned_by: int | None = None
+    feedback: list[int] = field(default_factory=list)
+    detail: str = ""
+
+
+@dataclass
 class Version:
     """One version of the model, as the store records it."""
 
@@ -169,6 +196,7 @@ class ModelStore:
     >>> import tempfile, torch
     >>> from retain.models import make_model
     >>> store = ModelStore.create(tempfile.mkdtemp() + "/store", config={"name": "demo"})
+    >>> from retain.engine import Learner
     >>> learner = Learner(make_model("mlp", (4,), 3, hidden=(8,)), device="cpu")
     >>> v1 = store.add_version(learner, metrics={"acc": 0.5}, decision="promoted", reason="first version")
     >>> store.promote(v1); store.promoted()
@@ -189,9 +217,12 @@ class ModelStore:
         try:
             with self._db() as db:
                 row = db.execute(select(META.c.value).where(META.c.key == "format")).first()
-            if row is not None and not inspect(self._engine).has_table("leases"):  # a store made before them
+            tables = inspect(self._engine).get_table_names() if row is not None else []
+            if row is not None and not {"leases", "pending", "shadow"} <= set(tables):  # a store made before them
                 with self._engine.connect().execution_options(write=True) as db, db.begin():
                     _create_tables(db)
+            if row is not None:
+                self._unique_labels()
         except DatabaseError as err:
             raise StoreError(f"{self.path}: its database {self.where} cannot be read: "
                              f"{str(err.orig).strip().splitlines()[0]}") from None
@@ -226,6 +257,8 @@ class ModelStore:
                                           {"key": "config", "value": json.dumps(config)},
                                           {"key": "promoted", "value": ""}])
             if database:
+                from retain.engine.persist import durable_write
+
                 durable_write(path / URL_FILE, (url.render_as_string(hide_password=False) + "\n").encode())
             return cls(path)
         except BaseException as err:  # leave nothing behind: the same command can run again
@@ -273,9 +306,14 @@ class ModelStore:
         return self.path / "versions" / str(version)
 
     def add_version(self, learner: Learner, *, parent: int | None = None, metrics: dict[str, Any] | None = None,
-                    batches: list[Batch] = (), decision: str = "", reason: str = "", promote: bool = False) -> int:
+                    batches: list[Batch] = (), decision: str = "", reason: str = "", promote: bool = False,
+                    labels: list[str] | None = None, carried: list[str] = (), pending: Pending | None = None,
+                    feedback: list[int] = ()) -> int:
         """Save ``learner`` as a new version and record what it was made from; with ``promote``
-        it becomes the promoted one in the same transaction that records it."""
+        it becomes the promoted one in the same transaction that records it. In that transaction
+        too: the label names it knows (``labels``: ids never change), the pending batches it learned
+        (``carried``: learned if promoted, else still waiting), the new batch's rows if it is kept
+        (``pending``), and the service's ``feedback`` rows it learned (learned only if promoted)."""
         with self._transaction() as db:
             if parent is not None and not self._ready(db, parent):
                 raise StoreError(f"parent version {parent} is not a ready version of this store")
@@ -289,9 +327,72 @@ class ModelStore:
                 db.execute(insert(BATCHES), [{"version": version, "sha256": b.sha256, "rows": b.rows,
                                               "source": b.source, "role": b.role} for b in batches])
             self._event(db, "version", decision or "saved", version)
+            if labels is not None:
+                self._put_labels(db, labels)
             if promote:
+                self._settle(db, carried, version, feedback)
                 self._point_at(db, version, reason or "promoted")
+            elif pending is not None:
+                db.execute(insert(PENDING).values(
+                    name=pending.name, at=time.time(), version=version, source=pending.source, rows=pending.rows,
+                    status=pending.status, feedback=json.dumps(list(feedback)) if feedback else None,
+                    detail=pending.detail))
+                if feedback:
+                    self._feedback_status(db, list(feedback), pending.status, version)
+                self._event(db, "pending", f"{pending.name} ({pending.rows} rows of {pending.source}): "
+                                           f"{pending.status}", version)
         return version
+
+    def _settle(self, db: Connection, names: list[str], version: int, feedback: list[int]) -> None:
+        """Pending batches ``names`` and feedback rows learned by the promoted ``version``."""
+        ids = list(feedback)
+        for name in names:
+            row = db.execute(select(PENDING.c.feedback).where(PENDING.c.name == name)).first()
+            ids += json.loads(row[0]) if row is not None and row[0] else []
+            db.execute(update(PENDING).where(PENDING.c.name == name).values(status="learned", learned_by=version))
+        if ids:
+            self._feedback_status(db, ids, "learned", version)
+
+    @staticmethod
+    def _feedback_status(db: Connection, ids: list[int], status: str, version: int | None) -> None:
+        from retain.store.intake import FEEDBACK
+
+        for start in range(0, len(ids), 500):
+            db.execute(update(FEEDBACK).where(FEEDBACK.c.id.in_(ids[start:start + 500]))
+                       .values(status=status, version=version))
+
+    def pending(self, status: str | tuple[str, ...] = ("pending", "held")) -> list[Pending]:
+        """The batches whose candidates were kept, with ``status`` (default: those still waiting),
+        oldest first."""
+        statuses = (status,) if isinstance(status, str) else status
+        with self._db() as db:
+            rows = db.execute(select(*PENDING.c).where(PENDING.c.status.in_(statuses)).order_by(PENDING.c.at)).all()
+        return [Pending(r.name, r.at, r.version, r.source, r.rows, r.status, r.learned_by,
+                        json.loads(r.feedback) if r.feedback else [], r.detail) for r in rows]
+
+    def add_pending(self, pending: Pending, version: int) -> None:
+        """Record rows that wait to be learned though no version kept them (quarantined rows released)."""
+        with self._transaction() as db:
+            db.execute(insert(PENDING).values(name=pending.name, at=time.time(), version=version, source=pending.source,
+                                              rows=pending.rows, status=pending.status, detail=pending.detail))
+            self._event(db, "pending", f"{pending.name} ({pending.rows} rows of {pending.source}): {pending.status}",
+                        version)
+
+    def set_pending(self, name: str, status: str, why: str) -> None:
+        """Mark the pending batch ``name`` pending (carry it), held or dropped, logged with ``why``;
+        its feedback rows follow."""
+        if status not in KEPT:
+            raise StoreError(f"a pending batch can be made one of {', '.join(KEPT)}, not {status!r}")
+        with self._transaction() as db:
+            row = db.execute(select(PENDING.c.status, PENDING.c.feedback, PENDING.c.version)
+                             .where(PENDING.c.name == name)).first()
+            if row is None or row.status == "learned":
+                waiting = ", ".join(p.name for p in self.pending(KEPT)) or "none"
+                raise StoreError(f"{name} is not a batch waiting to be learned (those waiting or dropped: {waiting})")
+            db.execute(update(PENDING).where(PENDING.c.name == name).values(status=status, detail=why))
+            if row.feedback:
+                self._feedback_status(db, json.loads(row.feedback), status, row.version)
+            self._event(db, "pending", f"{name}: {status} ({why})", row.version)
 
     @staticmethod
     def _event(db: Connection, kind: str, detail: str, version: int | None) -> None:
@@ -300,6 +401,15 @@ class ModelStore:
     def _point_at(self, db: Connection, version: int, reason: str) -> None:
         db.execute(update(META).where(META.c.key == "promoted").values(value=str(version)))
         self._event(db, "promote", reason, version)
+        # kept batches the new served line learned (a kept version promoted by hand or from shadow)
+        line, parent = [], version
+        while parent is not None:
+            line.append(parent)
+            parent = db.execute(select(VERSIONS.c.parent).where(VERSIONS.c.id == parent)).scalar()
+        learned = db.execute(select(PENDING.c.name).join(BATCHES, BATCHES.c.source == PENDING.c.name).where(
+            BATCHES.c.role == "held_out", BATCHES.c.version.in_(line), PENDING.c.status != "learned")).scalars().all()
+        if learned:
+            self._settle(db, sorted(set(learned)), version, [])
 
     @staticmethod
     def _ready(db: Connection, version: int) -> bool:
@@ -337,6 +447,8 @@ class ModelStore:
         with self._db() as db:
             if not self._ready(db, version):
                 raise StoreError(f"version {version} is not a ready version of this store")
+        from retain.engine.persist import load_learner
+
         return load_learner(self.folder(version), device=device)  # of the kind its save records
 
     def version(self, version: int) -> Version:
@@ -385,11 +497,24 @@ class ModelStore:
     def set_labels(self, names: list[str]) -> None:
         """Record the label names; ids once given never change (the list only grows)."""
         with self._transaction() as db:
-            value = self._meta("labels", db)
-            known = json.loads(value) if value else []
-            if names[:len(known)] != known:
-                raise StoreError(f"label ids must stay as they are: the store has {known}, got {names}")
-            self._put_meta(db, "labels", json.dumps(names))
+            self._put_labels(db, names)
+
+    def _put_labels(self, db: Connection, names: list[str]) -> None:
+        value = self._meta("labels", db)
+        known = json.loads(value) if value else []
+        if names[:len(known)] != known:
+            raise StoreError(f"label ids must stay as they are: the store has {known}, got {names}")
+        self._put_meta(db, "labels", json.dumps(names))
+
+    def _unique_labels(self) -> None:
+        """One label per prediction, kept by the database (a unique index on the feedback's request
+        id: concurrent posts cannot both label it). Made on stores created before it, unless their
+        feedback already labels a prediction twice (then the service's check alone guards them)."""
+        with self._db() as db:
+            if any(i["name"] == "feedback_request" for i in inspect(db).get_indexes("feedback")):
+                return
+        with contextlib.suppress(DatabaseError), self._transaction() as db:
+            db.exec_driver_sql("CREATE UNIQUE INDEX IF NOT EXISTS feedback_request ON feedback (request_id)")
 
     def put_data(self, name: str, tensors: dict[str, Any], kind: str = "data") -> None:
         """Keep tensors under ``name``, written whole or not at all: a batch's held-out rows
@@ -399,6 +524,8 @@ class ModelStore:
 
         folder = self.path / kind
         folder.mkdir(exist_ok=True)
+        from retain.engine.persist import durable_write
+
         durable_write(folder / f"{name}.tmp", save({k: v.contiguous() for k, v in tensors.items()}))
         os.replace(folder / f"{name}.tmp", folder / f"{name}.safetensors")
         fd = os.open(folder, os.O_RDONLY)  # the new name is on the disk before a version can refer to it
@@ -434,6 +561,20 @@ class ModelStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def drop_data(self, name: str, kind: str = "data") -> None:
+        """Delete the tensors kept under ``name`` (quarantined rows a reviewer dropped)."""
+        (self.path / kind / f"{name}.safetensors").unlink(missing_ok=True)
+
+    def data_rows(self, name: str, kind: str = "data") -> int:
+        """How many rows the tensors kept under ``name`` hold, read from the file's header (no torch)."""
+        with open(self.path / kind / f"{name}.safetensors", "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        shapes = {key: value["shape"] for key, value in header.items() if key != "__metadata__"}
+        for key in ("y", "source_len"):  # a classifier's labels; a translation's lengths of its texts
+            if key in shapes:
+                return shapes[key][0]
+        return min((shape[0] for shape in shapes.values() if shape), default=0)
 
     def data_names(self, kind: str = "data") -> list[str]:
         """The names of the tensors kept with :meth:`put_data`, sorted."""

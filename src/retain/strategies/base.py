@@ -98,6 +98,12 @@ class Strategy:
         hybrid consolidations use them too), or None."""
         return None
 
+    def memories(self) -> dict[str, Memory]:
+        """Every memory the method keeps, by name: the replay ``memory()`` and any other (BiC's
+        held-out one). A loaded learner checks each against its model."""
+        memory = self.memory()
+        return {"memory": memory} if memory is not None else {}
+
     def supports_distributed(self) -> bool:
         """Whether the method trains right across several processes (``retain run --nproc``)."""
         return self.distributed

@@ -98,4 +98,7 @@ class BiC(DistilledReplay):
 
     def load_memory_state(self, state: dict[str, Any]) -> None:
         self.memory_.load_state_dict(unflatten("memory", state))
-        self.validation_.load_state_dict(unflatten("validation", state))
+        self.validation_.load_state_dict(unflatten("validation", state), "validation memory")
+
+    def memories(self) -> dict[str, Memory]:
+        return {"memory": self.memory_, "validation memory": self.validation_}

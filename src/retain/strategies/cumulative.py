@@ -42,6 +42,10 @@ class Cumulative(Strategy):
 
     def load_state_dict(self, state, learner) -> None:
         if state:
+            rows = {k: len(state[k]) for k in ("x", "y", "t")}
+            if len(set(rows.values())) > 1:
+                raise ValueError("its samples disagree on the row count (" +
+                                 ", ".join(f"{k} {n}" for k, n in rows.items()) + ")")
             self.x_, self.y_, self.t_ = [state["x"].cpu()], [state["y"].cpu()], [state["t"].cpu()]
         else:
             self.x_, self.y_, self.t_ = [], [], []

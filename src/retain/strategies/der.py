@@ -101,6 +101,11 @@ class DER(MemoryStrategy):
         if norm > self.max_grad_norm:  # most steps are under the cap: no rescaling by 1 then
             torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm, foreach=True)
 
+    def load_state_dict(self, state, learner) -> None:
+        super().load_state_dict(state, learner)
+        if len(self.memory_) and "logits" not in self.memory_.data:
+            raise ValueError("memory: its samples have no logits, which DER replays")
+
     def supports_online(self) -> bool:
         return self.store == "stream"
 

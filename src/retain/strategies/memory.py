@@ -149,9 +149,40 @@ class Memory:
     def state_dict(self) -> dict[str, Any]:
         return {"seen": self.seen} | {f"data.{k}": v for k, v in self.data.items()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.data = {k[5:]: v.cpu() for k, v in state.items() if k.startswith("data.")}
-        self.seen = int(state["seen"])
+    def load_state_dict(self, state: dict[str, Any], name: str = "memory") -> None:
+        """Restore what :meth:`state_dict` returned; a state :meth:`add` could not have left (``name``
+        says which memory in the error) raises ``ValueError``."""
+        data = {k[5:]: v.cpu() for k, v in state.items() if k.startswith("data.")}
+        seen = int(state["seen"])
+        problem = self._problem(data, seen)
+        if problem:
+            raise ValueError(f"{name}: {problem}")
+        self.data, self.seen = data, seen
+
+    def _problem(self, data: dict[str, Tensor], seen: int) -> str | None:
+        """Why ``data``, after ``seen`` samples offered, is not a state of this memory, or None."""
+        n = 0
+        if data:
+            missing = sorted({"x", "y", "t", "e"} - set(data))
+            if missing:
+                return f"its samples have no {', '.join(missing)}"
+            if any(v.dim() == 0 for v in data.values()):
+                return "its samples are single values, not rows"
+            rows = {k: v.shape[0] for k, v in data.items()}
+            if len(set(rows.values())) > 1:
+                return "its tensors disagree on the row count (" + ", ".join(f"{k} {r}" for k, r in rows.items()) + ")"
+            n = rows["y"]
+            for k in ("y", "t", "e"):
+                if data[k].is_floating_point() or data[k].is_complex() or data[k].dtype == torch.bool:
+                    return f"{k} holds {data[k].dtype} values, not integers"
+            if data["t"].dim() != 1 or data["e"].dim() != 1:
+                return "its task and experience ids are not one per row"
+        if n > self.size:
+            return f"it holds {n} rows, more than its size of {self.size}"
+        full = min(seen, self.size)
+        if n > full or (seen > 0) != (n > 0) or (self.policy == "reservoir" and n != full):
+            return f"it holds {n} rows after {seen} offered, which its {self.policy} policy never leaves"
+        return None
 
 
 @functools.lru_cache(maxsize=64)

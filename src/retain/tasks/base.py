@@ -121,8 +121,22 @@ class TaskKind:
         """Checked rows as the model reads them (a frozen backbone's features, say)."""
         return rows
 
-    def after_version(self, names: list[str]) -> None:
-        """Record what a new version learned beside it (a classifier's label names)."""
+    def relabel(self, rows: Rows, names: list[str]) -> tuple[Rows, list[str]]:
+        """``rows`` and ``names`` as the store names answers now, under the writer lock (a classifier's
+        new label ids, given when the batch was read, may have gone to another update's names)."""
+        return rows, names
+
+    def as_came(self, data: Path, rows: Rows, names: list[str]) -> list[dict[str, Any]]:
+        """Each of ``rows`` as the user sent it, for review (a table's record, the file, the pair)."""
+        return [{} for _ in range(len(rows))]
+
+    def recorded_labels(self, names: list[str]) -> list[str] | None:
+        """The label names a new version records in the transaction that records it (None: none)."""
+        return None
+
+    def join(self, parts: list[Rows]) -> Rows:
+        """Rows of several batches as one (a kept batch's rows carried into the next update)."""
+        raise NotImplementedError
 
     def rows_of(self, tensors: dict[str, Tensor]) -> Rows:
         """Rows kept with :meth:`Rows.tensors` read back."""

@@ -11,7 +11,7 @@ from torch import Tensor
 from retain.build import build_learner, model_inputs
 from retain.config import RunConfig, modality_problem
 from retain.data import Experience, Stream, split_held_out
-from retain.data.files import Labeled, LabelMap, load
+from retain.data.files import TABLES, Labeled, LabelMap, load, table_records
 from retain.engine import Learner
 from retain.engine.learner import KNOBS
 from retain.quality import GateReport, check_batch, inspect
@@ -26,12 +26,14 @@ class Examples(NamedTuple):
     x: Tensor
     y: Tensor
     t: Tensor
+    origin: tuple[str, ...] = ()  # where each row came from (a table's row number, a file), when read from files
 
-    def __len__(self) -> int:  # rows, not fields
+    def __len__(self) -> int:  # rows, not fields (so build them by name, not with _replace)
         return len(self.y)
 
     def take(self, index: Tensor) -> Examples:
-        return Examples(self.x[index], self.y[index], self.t[index])
+        origin = tuple(self.origin[i] for i in index.tolist()) if self.origin else ()
+        return Examples(self.x[index], self.y[index], self.t[index], origin)
 
     def tensors(self) -> dict[str, Tensor]:
         return {"x": self.x, "y": self.y, "t": self.t}
@@ -89,6 +91,7 @@ class Classification(TaskKind):
         store's first batch had, unless the config sets them), if the model can read their kind."""
         options = self.config.scenario.files.options()
         described = self.store.meta("inputs")
+        options["expect_features"] = (described or {}).get("features")  # matched by name to the first batch's
         if described and described["modality"] == "vision":
             options |= {"size": options["size"] or described["shape"][-1],
                         "channels": options["channels"] or described["shape"][0]}
@@ -102,20 +105,48 @@ class Classification(TaskKind):
         labels = self.label_map()
         rows = self.load(data, labels)
         if first:  # what inputs look like, for the service to read its requests alike
-            self.store.set_meta("inputs", {"modality": rows.modality, "shape": list(rows.x.shape[1:])})
-        return Examples(rows.x, rows.y, rows.t), labels.names
+            self.store.set_meta("inputs", {"modality": rows.modality, "shape": list(rows.x.shape[1:]),
+                                           "features": rows.feature_columns})
+        return Examples(rows.x, rows.y, rows.t, tuple(rows.rows)), labels.names
+
+    def as_came(self, data: Path, rows: Examples, names: list[str]) -> list[dict[str, Any]]:
+        """Each of ``rows`` as the user's ``data`` held it: its label, and a table's record (its
+        columns, by its row number) or the file; rows read otherwise (the service's) name no origin."""
+        labels = [{"label": names[y]} for y in rows.y.tolist()]
+        if not rows.origin or not data.exists():
+            return labels
+        if data.is_file() and data.suffix.lower() in TABLES:
+            wanted = {int(o.removeprefix("row ")) for o in rows.origin if o.startswith("row ")}
+            records = {number: record for number, record in table_records(data) if number in wanted}
+            return [out | {"row": o, "record": records.get(int(o.removeprefix("row ")), {})}
+                    for out, o in zip(labels, rows.origin, strict=True)]
+        return [out | {"file": data / o if data.is_dir() else data} for out, o in zip(labels, rows.origin, strict=True)]
 
     def check(self, rows: Examples, names: list[str], where: str) -> None:
-        x, y, t = rows
+        x, y, t = rows.x, rows.y, rows.t
         check_batch(x if x.dtype.is_floating_point else torch.zeros(len(y), 1), y, t, where=where).raise_if_refused()
-        if names[:len(self.store.labels())] != self.store.labels():
-            raise ValueError(f"{where}: label names must extend the store's {self.store.labels()}")
+        if len(set(names)) != len(names):  # ids are matched to the store's by name under the writer lock
+            raise ValueError(f"{where}: label names must be unique, got {names}")
 
     def prepare(self, rows: Examples, progress: bool = False) -> Examples:
-        return Examples(self.model_inputs(rows.x, progress), rows.y, rows.t)
+        return Examples(self.model_inputs(rows.x, progress), rows.y, rows.t, rows.origin)
 
-    def after_version(self, names: list[str]) -> None:
-        self.store.set_labels(names)
+    def relabel(self, rows: Examples, names: list[str]) -> tuple[Examples, list[str]]:
+        """Label ids given before the writer lock was taken, made the store's now: another update
+        may have given the next ids to other new names meanwhile."""
+        known = self.store.labels()
+        if names[:len(known)] == known:
+            return rows, names
+        merged = known + [n for n in names if n not in known]
+        ids = torch.tensor([merged.index(n) for n in names], dtype=torch.long)
+        return Examples(rows.x, ids[rows.y], rows.t, rows.origin), merged
+
+    def recorded_labels(self, names: list[str]) -> list[str]:
+        return names
+
+    def join(self, parts: list[Examples]) -> Examples:
+        origin = sum((p.origin for p in parts), ()) if all(p.origin for p in parts) else ()
+        return Examples(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "y", "t")), origin)
 
     def model_inputs(self, x: Tensor, progress: bool = False) -> Tensor:
         """Raw inputs as the model reads them (a frozen backbone's features where it has one)."""
@@ -135,7 +166,7 @@ class Classification(TaskKind):
         return build_learner(stream, self.config, self.config.strategies[0], seed)
 
     def readable(self, learner: Learner, rows: Examples, where: str) -> Examples:
-        return Examples(learner.readable(rows.x, where=where), rows.y, rows.t)
+        return Examples(learner.readable(rows.x, where=where), rows.y, rows.t, rows.origin)
 
     def fit(self, learner: Learner, train: Examples, held: Examples, index: int, names: list[str],
             progress: bool = False) -> None:
@@ -151,21 +182,26 @@ class Classification(TaskKind):
     def inspect(self, rows: Examples, current: Learner | None, held: dict[str, Examples], known: set[str],
                 seed: int) -> GateReport:
         """Duplicates of the batch itself, of every row the served model learned or is judged on,
-        and of its memory; label errors and outliers on the promoted model's features (raw inputs at first)."""
-        x, y, _ = rows
-        parts = [h.x for h in held.values()]
+        and of its memory; label errors (never of a row the promoted model labels alike), outliers and
+        drift from those rows on the promoted model's features (raw inputs at first)."""
+        x, y = rows.x, rows.y
+        parts, labels = [h.x for h in held.values()], [h.y for h in held.values()]
         if current is not None:
-            parts += [m.x for m in current.memories() if m.x.shape[1:] == x.shape[1:]]
+            memories = [m for m in current.memories() if m.x.shape[1:] == x.shape[1:]]
+            parts += [m.x for m in memories]
+            labels += [m.y for m in memories]
         known = known | {h for part in parts[len(held):] for h in row_hashes(part)}
         featurize = current.features if current is not None else (lambda v: v)
         known_features = featurize(torch.cat(parts)) if parts else None
-        return inspect(x, y, featurize(x), self.gate_policy, known, seed=seed, known_features=known_features)
+        confirmed = current.predict(x, rows.t) == y if current is not None else None
+        return inspect(x, y, featurize(x), self.gate_policy, known, seed=seed, known_features=known_features,
+                       known_y=torch.cat(labels) if labels else None, confirmed=confirmed)
 
     def scores(self, learner: Learner, held: dict[str, Examples]) -> dict[str, float]:
-        return {name: float((learner.predict(x, t) == y).float().mean()) for name, (x, y, t) in held.items()}
+        return {name: float(hits.mean()) for name, hits in self.row_scores(learner, held).items()}
 
     def row_scores(self, learner: Learner, held: dict[str, Examples]) -> dict[str, Tensor]:
-        return {name: (learner.predict(x, t) == y).float() for name, (x, y, t) in held.items()}
+        return {name: (learner.predict(rows.x, rows.t) == rows.y).float() for name, rows in held.items()}
 
     def per_answer(self, learner: Learner, held: dict[str, Examples]) -> dict[str, float]:
         parts = list(held.values())

@@ -145,6 +145,9 @@ class TranslationConfig(_Strict):
     min_held_out: PositiveInt = Field(20, description="the fewest held-out pairs a direction of a store's batch "
                                       "needs: the rule's chrF++ is measured on them (on 32 sentences its bootstrap "
                                       "sd is 2.5-4.6 points, more than max_drop)")
+    kept: Literal["carry", "hold", "drop"] = Field(
+        "carry", description="the pairs of a batch whose candidate is kept: carried into the next update on the "
+        "promoted line, held until `retain update --retry`, or dropped (recorded)")
     gate: GatePolicy = Field(default_factory=GatePolicy, description="a store's checks on incoming pairs")
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="retain serve on a translation store")
 
@@ -314,7 +317,10 @@ class Translation(TaskKind):
 
     @property
     def rule(self) -> PromotionRule:
-        return PromotionRule(max_drop=self.config.max_drop / 100, confidence=self.config.confidence)
+        # every direction holds out min_held_out pairs (split refuses fewer); judging a new direction's
+        # gain would translate its pairs with the parent as well
+        return PromotionRule(max_drop=self.config.max_drop / 100, confidence=self.config.confidence, min_held_out=1,
+                             gain_weight=0.0, kept=self.config.kept)
 
     def retuned(self, best: TranslationConfig) -> dict[str, Any]:
         if best.model != self.config.model:
@@ -335,6 +341,13 @@ class Translation(TaskKind):
 
     def read(self, data: Path, labelled: bool = True) -> Pairs:
         return read_pairs(data, labelled)
+
+    def as_came(self, data: Path, rows: Pairs, names: list[str]) -> list[dict[str, Any]]:
+        return [{"source": s, "target": t, "lang": lang} for s, t, lang in zip(rows.sources, rows.targets, rows.langs,
+                                                                               strict=True)]
+
+    def join(self, parts: list[Pairs]) -> Pairs:
+        return Pairs(*([row for part in parts for row in getattr(part, f)] for f in ("sources", "targets", "langs")))
 
     def rows_of(self, tensors: dict[str, Tensor]) -> Pairs:
         return Pairs(_texts(tensors, "source"), _texts(tensors, "target"), _texts(tensors, "lang"))
@@ -456,6 +469,12 @@ class Translation(TaskKind):
     def predict(self, learner: GenerativeLearner, data: Any, top_k: int, progress: bool = False) -> list[Prediction]:
         rows = data if isinstance(data, Pairs) else self.read(Path(data), labelled=False)
         names = [str(i + 1) for i in range(len(rows))]
+        limit = self.config.corpus.max_chars  # as /predict: the store learned no longer text; time grows with length
+        long = next((i for i, text in enumerate(rows.sources) if len(text) > limit), None)
+        if long is not None:
+            raise ValueError(f"{data if isinstance(data, str | Path) else 'inputs'}: text {long + 1} has "
+                             f"{len(rows.sources[long])} characters; this store translates texts of at most {limit} "
+                             "(corpus.max_chars)")
         return [Prediction(row, text, []) for row, text in zip(names, self._translations(learner, rows, progress),
                                                                strict=True)]
 

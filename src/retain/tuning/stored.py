@@ -26,7 +26,8 @@ def store_stream(project: Project) -> Stream:
                         "knobs that keep old batches needs two or more")
     seed = int(project.store.config["seed"])
     experiences = []
-    for k, (name, (x, y, t)) in enumerate(held.items()):
+    for k, (name, rows) in enumerate(held.items()):
+        x, y, t = rows.x, rows.y, rows.t
         train, test = split_held_out(y, TEST_FRACTION, seed + k)
         experiences.append(Experience(x[train], y[train], x[test], y[test], id=k, t_train=t[train], t_test=t[test],
                                       metadata={"batch": name}))

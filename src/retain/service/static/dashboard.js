@@ -1,4 +1,4 @@
-// The live page of retain serve: polls /state every two seconds and draws it with plain SVG.
+// The live page of retain serve: polls /state every two seconds and draws it with plain SVG and HTML.
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -7,6 +7,7 @@ const colour = (v) => COLOURS[(v || 0) % COLOURS.length];
 const pct = (a) => (a === null || a === undefined ? "–" : (100 * a).toFixed(1) + "%");
 let metric = "accuracy"; // the store's metric: a classifier's accuracy, a translation store's chrF++ (0-1 in /state)
 const score = (a) => (metric === "accuracy" || a === null || a === undefined ? pct(a) : (100 * a).toFixed(1));
+let latest = null; // the last /state, for the confirmation dialog
 
 function el(name, attrs, text) {
   const node = document.createElementNS(SVG, name);
@@ -17,29 +18,58 @@ function el(name, attrs, text) {
 
 function clear(svg) { while (svg.firstChild) svg.removeChild(svg.firstChild); }
 
+// Time ticks a round step apart (seconds), at most eight across the span.
+const STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800,
+  604800];
+
+function ticks(t0, t1) {
+  const step = STEPS.find((s) => (t1 - t0) / s <= 8) || STEPS[STEPS.length - 1];
+  const out = [];
+  for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) out.push(t);
+  const when = (t) => {
+    const d = new Date(1000 * t);
+    const clock = d.toLocaleTimeString([], step < 60 ? { hour: "2-digit", minute: "2-digit", second: "2-digit" }
+      : { hour: "2-digit", minute: "2-digit" });
+    return t1 - t0 > 86400 ? `${d.toLocaleDateString([], { month: "short", day: "numeric" })} ${clock}` : clock;
+  };
+  return out.map((t) => [t, when(t)]);
+}
+
 function timeline(state) {
   const svg = document.getElementById("timeline");
   clear(svg);
-  const W = 900, H = 220, L = 36, B = 20, T = 8;
-  for (const a of [0, 0.5, 1]) {
-    const y = T + (1 - a) * (H - T - B);
-    svg.appendChild(el("line", { x1: L, x2: W, y1: y, y2: y, stroke: "#e3e7ef" }));
-    svg.appendChild(el("text", { x: 2, y: y + 4, "font-size": 11, fill: "#667" }, (100 * a) + "%"));
+  const W = 900, H = 250, L = 56, R = 8, B = 38, T = 8;
+  const y = (a) => T + (1 - a) * (H - T - B);
+  for (const a of [0, 0.25, 0.5, 0.75, 1]) {
+    svg.appendChild(el("line", { x1: L, x2: W - R, y1: y(a), y2: y(a), stroke: "#e3e7ef" }));
+    svg.appendChild(el("text", { x: L - 4, y: y(a) + 4, "font-size": 11, fill: "#667", "text-anchor": "end" },
+      (100 * a) + "%"));
   }
+  svg.appendChild(el("text", { x: 12, y: (H - B) / 2, "font-size": 11, fill: "#445", "text-anchor": "middle",
+    transform: `rotate(-90 12 ${(H - B) / 2})` }, `${metric}, last ${state.window} labelled`));
   const points = state.prequential;
   if (!points.length) {
     svg.appendChild(el("text", { x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#667" },
       "no labelled predictions yet: send feedback with the id of a prediction"));
     return;
   }
-  const times = points.map((p) => p.at).concat(state.events.map((e) => e.at));
-  const t0 = Math.min(...times), t1 = Math.max(...times, t0 + 1);
-  const x = (t) => L + (W - L - 4) * (t - t0) / (t1 - t0);
-  const y = (a) => T + (1 - a) * (H - T - B);
-  for (const e of state.events) {
+  // The axis spans the feedback shown (the chosen span of it), and promotions or alarms since.
+  const t0 = points[0].at;
+  const events = state.events.filter((e) => e.at >= t0);
+  const t1 = Math.max(points[points.length - 1].at, ...events.map((e) => e.at), t0 + 10);  // ten seconds at least: ticks to read
+  const x = (t) => L + (W - L - R) * (t - t0) / (t1 - t0);
+  for (const [t, label] of ticks(t0, t1)) {
+    svg.appendChild(el("line", { x1: x(t), x2: x(t), y1: H - B, y2: H - B + 4, stroke: "#99a" }));
+    svg.appendChild(el("text", { x: x(t), y: H - B + 16, "font-size": 11, fill: "#667", "text-anchor": "middle" },
+      label));
+  }
+  svg.appendChild(el("text", { x: (L + W) / 2, y: H - 4, "font-size": 11, fill: "#445", "text-anchor": "middle" },
+    "time the feedback arrived (this browser's clock)"));
+  for (const e of events) {
     const kind = e.kind === "drift" ? "drift" : e.detail.startsWith("rollback") ? "rollback" : "promote";
     const stroke = { drift: "#b00020", rollback: "#c05621", promote: "#2f855a" }[kind];
-    const line = el("line", { x1: x(e.at), x2: x(e.at), y1: T, y2: H - B, stroke, "stroke-dasharray": "4 3" });
+    const line = el("line", { x1: x(e.at), x2: x(e.at), y1: T, y2: H - B, stroke, "stroke-dasharray": "4 3",
+      class: `event ${kind}` });
     line.appendChild(el("title", {}, `${kind} · version ${e.version}: ${e.detail}`));
     svg.appendChild(line);
   }
@@ -55,31 +85,44 @@ function timeline(state) {
   }
 }
 
+// One row per name: the whole name (wrapped when long), a bar, the figure.
 function bars(id, values, highlightLast) {
-  const svg = document.getElementById(id);
-  clear(svg);
+  const box = document.getElementById(id);
   const names = Object.keys(values);
   if (!names.length) {
-    svg.appendChild(el("text", { x: 220, y: 100, "text-anchor": "middle", fill: "#667" }, "nothing yet"));
+    const empty = document.createElement("div");
+    empty.className = "empty";
+    empty.textContent = "nothing yet";
+    box.replaceChildren(empty);
     return;
   }
-  const W = 440, H = 200, B = 34, T = 14, gap = 4;
-  const w = Math.max(4, (W - 8) / names.length - gap);
-  names.forEach((name, i) => {
-    const a = values[name], h = a * (H - T - B);
-    const left = 4 + i * (w + gap);
-    const fill = highlightLast && i === names.length - 1 ? "#2f855a" : "#2b6cb0";
-    const bar = el("rect", { x: left, y: H - B - h, width: w, height: h, fill });
-    bar.appendChild(el("title", {}, `${name}: ${score(a)}`));
-    svg.appendChild(bar);
-    svg.appendChild(el("text", { x: left + w / 2, y: H - B - h - 3, "text-anchor": "middle", "font-size": 10 },
-      (100 * a).toFixed(0)));
-    svg.appendChild(el("text", { x: left + w / 2, y: H - B + 12, "text-anchor": "middle", "font-size": 10,
-      fill: "#445" }, name.replace("batch-", "").slice(0, 10)));
-  });
+  box.replaceChildren(...names.map((name, i) => {
+    const row = document.createElement("div");
+    row.className = highlightLast && i === names.length - 1 ? "row newest" : "row";
+    row.title = `${name}: ${score(values[name])}`;
+    const label = document.createElement("span");
+    label.className = "name";
+    label.textContent = name;
+    const track = document.createElement("span");
+    track.className = "track";
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.width = `${Math.max(0, Math.min(1, values[name])) * 100}%`;
+    track.appendChild(fill);
+    const value = document.createElement("span");
+    value.className = "value";
+    value.textContent = score(values[name]);
+    row.append(label, track, value);
+    return row;
+  }));
 }
 
+let drawn = ""; // what the versions table shows: redrawn only when it changes, so a button is not replaced under a click
+
 function versions(state) {
+  const key = JSON.stringify([state.served, state.versions, metric]);
+  if (key === drawn) return;
+  drawn = key;
   const body = document.querySelector("#versions tbody");
   body.replaceChildren();
   for (const v of state.versions.slice().reverse()) {
@@ -97,7 +140,9 @@ function versions(state) {
       const button = document.createElement("button");
       button.type = "button";
       button.textContent = "Promote";
-      button.addEventListener("click", () => change(`/promote/${v.version}`));
+      button.addEventListener("click", () => ask(
+        `Promote version ${v.version} (${v.decision}: ${v.reason})? It answers every prediction from now on, ` +
+        `in place of version ${state.served ?? "none"}.`, `/promote/${v.version}`));
       cell.appendChild(button);
     }
     row.appendChild(cell);
@@ -106,6 +151,7 @@ function versions(state) {
 }
 
 function show(state) {
+  latest = state;
   metric = state.metric;
   for (const node of document.querySelectorAll(".metric")) node.textContent = state.metric;
   for (const node of document.querySelectorAll(".answers")) node.textContent = state.answers;
@@ -113,6 +159,7 @@ function show(state) {
   document.getElementById("accuracy").textContent = state.labelled ? pct(state.correct / state.labelled) : "–";
   document.getElementById("labelled").textContent = state.labelled;
   document.getElementById("queue").textContent = state.queue;
+  document.getElementById("waiting").textContent = `${state.pending_rows ?? "–"} / ${state.quarantined_rows}`;
   const lat = state.latency_ms;
   document.getElementById("latency").textContent =
     lat.p50 === null ? "–" : `${lat.p50.toFixed(1)} / ${lat.p99.toFixed(1)} ms`;
@@ -126,6 +173,24 @@ function show(state) {
   bars("batches", served ? served.accuracy : {}, true);
   bars("classes", state.per_class, false);
   versions(state);
+}
+
+// Changing the served version changes every client's answers: say what will happen, and ask first.
+function ask(text, path) {
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-text").textContent = text;
+  dialog.returnValue = "";
+  dialog.onclose = () => { if (dialog.returnValue === "yes") change(path); };
+  dialog.showModal();
+}
+
+function rollback() {
+  const served = latest && latest.versions.find((v) => v.version === latest.served);
+  const parent = served ? served.parent : null;
+  ask(parent === null || parent === undefined
+    ? `Version ${latest ? latest.served : "?"} has no parent: the service will say there is nothing to roll back to.`
+    : `Roll back to version ${parent}? It answers every prediction from now on, in place of version ${served.version}.`,
+  "/rollback");
 }
 
 async function change(path) {
@@ -144,8 +209,9 @@ async function change(path) {
 
 async function refresh() {
   const status = document.getElementById("status");
+  const span = document.getElementById("span").value;
   try {
-    const response = await fetch("/state");
+    const response = await fetch(span ? `/state?span=${span}` : "/state");
     if (!response.ok) throw new Error(`/state answered ${response.status}`);
     show(await response.json());
     if (status.dataset.kind !== "change") {
@@ -159,6 +225,7 @@ async function refresh() {
 }
 
 document.getElementById("token").value = sessionStorage.getItem("retain-token") || "";
-document.getElementById("rollback").addEventListener("click", () => change("/rollback"));
+document.getElementById("rollback").addEventListener("click", rollback);
+document.getElementById("span").addEventListener("change", refresh);
 refresh();
 setInterval(refresh, 2000);
