@@ -19,6 +19,7 @@ For each modality's stream (the example configs), this script
     python benchmarks/backbones.py --out benchmarks/results/backbones.json --results benchmarks/BACKBONES.md
     python benchmarks/backbones.py --arrivals-only --merge --out ... --results ...   # step 5 alone
     python benchmarks/backbones.py --render --out ... --results ...   # the tables again from the JSON
+    python benchmarks/backbones.py --smoke --out /tmp/backbones.json   # the same code, smallest (half a minute)
 """
 
 from __future__ import annotations
@@ -51,12 +52,26 @@ STREAMS = {
 }
 REFERENCE = ("cumulative", "joint")
 THREADS = 2  # every timing here, the runs of run_experiment included
+TEXT_CHOICES = [("minilm", "frozen"), ("minilm", "lora"), ("minilm", "full"), ("tiny_text", "frozen")]
+VISION_CHOICES = [("efficientnet_lite0", "frozen"), ("efficientnet_lite0_random", "frozen"), (None, "frozen")]
+# --smoke (tests/test_benchmarks.py): every step on the language stream alone (selection: MiniLM frozen, and raw
+# pixels on the vision stream), each config cut to 12 training and 4 test rows a class, one seed, one epoch, the
+# methods below (by example file), no feature cache, one thread (two on a core another job holds crawl).
+SMOKE = {"streams": ["text_language"], "text": TEXT_CHOICES[:1], "vision": VISION_CHOICES[-1:], "threads": 1,
+         "rows": {"max_train_per_class": 12, "max_test_per_class": 4},
+         "methods": {"text_language_minilm": ("finetune", "slda"), "text_select": ("replay",),
+                     "text_lora_experts": ("lora_experts",), "vision_fashion_efficientnet": ("replay",)}}
 
 
-def _config(path: Path) -> RunConfig:
-    """An example config, run on the benchmark's threads rather than its own setting."""
+def _config(path: Path, smoke: bool = False) -> RunConfig:
+    """An example config, run on the benchmark's threads rather than its own setting (``smoke``: cut down)."""
     cfg = load_config(path)
-    cfg.training.threads = THREADS
+    cfg.training.threads = SMOKE["threads"] if smoke else THREADS
+    if smoke:
+        cfg.scenario = cfg.scenario.model_copy(update=SMOKE["rows"])
+        cfg.model.feature_cache = None
+        cfg.training.epochs, cfg.seeds = 1, [0]
+        cfg.strategies = [m for m in cfg.strategies if m.label in SMOKE["methods"][path.stem]]
     return cfg
 
 
@@ -185,16 +200,16 @@ def update_vs_retrain(cfg: RunConfig, results: ExperimentResult, cache: dict[str
 
 
 def run(names: list[str], select: bool, partial: Path | None = None, streams: bool = True,
-        cut: bool = True) -> dict[str, Any]:
+        cut: bool = True, smoke: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": [], "streams": {}, "selection": [], "adapters": [], "arrivals": {}}
     for name in (n for n in names if cut and n in ARRIVALS):
         print(f"== {name}, one class per experience", flush=True)
-        out["arrivals"][name] = arrivals(_config(STREAMS[name]))
+        out["arrivals"][name] = arrivals(_config(STREAMS[name], smoke))
         print(json.dumps(out["arrivals"][name]), flush=True)
         if partial:
             partial.write_text(json.dumps(out))
     for name in names if streams else []:
-        cfg = _config(STREAMS[name])
+        cfg = _config(STREAMS[name], smoke)
         print(f"== {name}", flush=True)
         cache = cache_runs(cfg)
         results = run_experiment(cfg, progress=False)
@@ -213,20 +228,17 @@ def run(names: list[str], select: bool, partial: Path | None = None, streams: bo
         if partial:
             partial.write_text(json.dumps(out))
     if select and streams:
-        experts = run_experiment(_config(ROOT / "examples/text_lora_experts.yaml"), progress=False)
+        experts = run_experiment(_config(ROOT / "examples/text_lora_experts.yaml", smoke), progress=False)
         out["adapters"] = experts.rows()
         if partial:
             partial.write_text(json.dumps(out))
-        text = _config(ROOT / "examples/text_select.yaml")
-        out["selection"] += compare_backbones(text, [("minilm", "frozen"), ("minilm", "lora"), ("minilm", "full"),
-                                                     ("tiny_text", "frozen")], progress=False)
+        text = _config(ROOT / "examples/text_select.yaml", smoke)
+        out["selection"] += compare_backbones(text, SMOKE["text"] if smoke else TEXT_CHOICES, progress=False)
         if partial:
             partial.write_text(json.dumps(out))
-        vision = _config(STREAMS["vision_fashion"])
+        vision = _config(STREAMS["vision_fashion"], smoke)
         vision.strategies = [m for m in vision.strategies if m.label in ("replay", "cumulative")]
-        out["selection"] += compare_backbones(vision, [("efficientnet_lite0", "frozen"),
-                                                       ("efficientnet_lite0_random", "frozen"), (None, "frozen")],
-                                              progress=False)
+        out["selection"] += compare_backbones(vision, SMOKE["vision"] if smoke else VISION_CHOICES, progress=False)
     return out
 
 
@@ -329,15 +341,22 @@ def main() -> None:
     parser.add_argument("--arrivals-only", action="store_true", help="run only the one-class-per-experience cuts")
     parser.add_argument("--render", action="store_true",
                         help="run nothing: write --results from the JSON that --out already holds")
+    parser.add_argument("--smoke", action="store_true", help="the smallest run of the same code: the language "
+                        "stream alone, 12 training rows a class, one seed, one epoch, a few methods and backbones")
     args = parser.parse_args()
+    if args.smoke:
+        args.streams = SMOKE["streams"]
     if args.render:
         if not (args.out and args.out.is_file() and args.results):
             parser.error("--render needs --out naming an existing JSON file and --results")
         write_results(json.loads(args.out.read_text()), args.results)
         return
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(SMOKE["threads"] if args.smoke else THREADS)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".partial.json") if args.out else None
-    out = run(args.streams, not args.no_select, partial, streams=not args.arrivals_only, cut=not args.no_arrivals)
+    out = run(args.streams, not args.no_select, partial, streams=not args.arrivals_only, cut=not args.no_arrivals,
+              smoke=args.smoke)
     if args.merge and args.out and args.out.is_file():
         old = json.loads(args.out.read_text())
         ran = set() if args.arrivals_only else set(args.streams)

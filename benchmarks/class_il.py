@@ -6,6 +6,7 @@ Finetune and Replay are also run as hand-written PyTorch loops doing the same wo
 learner's overhead is measured in the same process, interleaved seed by seed.
 
     python benchmarks/class_il.py --out benchmarks/results/class_il.json --results benchmarks/RESULTS.md
+    python benchmarks/class_il.py --smoke --out /tmp/class_il.json   # the same code, smallest (seconds)
 """
 
 from __future__ import annotations
@@ -49,20 +50,22 @@ SCENARIOS = {
 }
 # label -> (replayed samples per step, loss weight of a replayed row) in the plain twin
 PLAIN = {"finetune": (0, 1.0), "replay": (32, 2.0)}
+# --smoke (tests/test_benchmarks.py): one scenario, the two methods with a plain twin, one seed, one epoch.
+SMOKE = {"scenarios": ["class_il"], "methods": ["finetune", "replay"], "seeds": [0], "epochs": 1}
 
 
-def config(dataset: str, kind: str, head: str, strategies: list, seeds: list[int]) -> RunConfig:
+def config(dataset: str, kind: str, head: str, strategies: list, seeds: list[int], epochs: int = 3) -> RunConfig:
     return RunConfig.model_validate({
         "name": kind,
         "scenario": {"dataset": dataset, "kind": kind, "n_experiences": 5, "split_seed": 0},
         "model": {"name": "mlp", "hidden": [256, 256], "head": head},
-        "training": {"epochs": 3, "batch_size": 32, "lr": 0.01, "momentum": 0.9, "device": "cpu"},
+        "training": {"epochs": epochs, "batch_size": 32, "lr": 0.01, "momentum": 0.9, "device": "cpu"},
         "strategies": strategies,
         "seeds": seeds,
     })
 
 
-def plain_loop(stream, seed: int, replay: int, weight: float = 1.0) -> tuple[float, float]:
+def plain_loop(stream, seed: int, replay: int, weight: float = 1.0, epochs: int = 3) -> tuple[float, float]:
     """Fine-tuning (``replay=0``) or class-balanced replay of ``replay`` samples per step, each
     weighing ``weight`` new ones in the loss, in plain PyTorch. Returns (final average accuracy,
     training seconds)."""
@@ -75,7 +78,7 @@ def plain_loop(stream, seed: int, replay: int, weight: float = 1.0) -> tuple[flo
         start = time.perf_counter()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         t = torch.zeros(32, dtype=torch.long)
-        for _ in range(3):
+        for _ in range(epochs):
             order = torch.randperm(exp.n_train, generator=gen)
             for i in range(0, exp.n_train, 32):
                 idx = order[i:i + 32]
@@ -112,21 +115,23 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def run(scenarios: list[str], seeds: list[int]) -> list[dict]:
-    warm = config("mnist5k", "class_incremental", "fixed", ["finetune"], [0])
-    run_method(build_stream(warm), warm, warm.strategies[0], 0)  # first-call costs out of the timings
-    plain_loop(build_stream(warm), 0, 0)
+def run(scenarios: list[str], seeds: list[int], epochs: int = 3, methods: list[str] | None = None) -> list[dict]:
+    """Every method of each scenario (or those labelled ``methods``) over ``seeds``, one row each."""
+    warm = config("mnist5k", "class_incremental", "fixed", ["finetune"], [0], epochs)
+    stream = build_stream(warm)
+    run_method(stream, warm, warm.strategies[0], 0)  # first-call costs out of the timings
+    plain_loop(stream, 0, 0, epochs=epochs)
     rows = []
     for name in scenarios:
         dataset, kind, head, strategies = SCENARIOS[name]
-        cfg = config(dataset, kind, head, strategies, seeds)
+        cfg = config(dataset, kind, head, strategies, seeds, epochs)
         stream = build_stream(cfg)
-        for method in cfg.strategies:
+        for method in (m for m in cfg.strategies if methods is None or m.label in methods):
             runs, plain = [], []
             for seed in seeds:
                 runs.append(run_method(stream, cfg, method, seed))
                 if name == "class_il" and method.label in PLAIN:
-                    plain.append(plain_loop(stream, seed, *PLAIN[method.label]))
+                    plain.append(plain_loop(stream, seed, *PLAIN[method.label], epochs=epochs))
             metrics = [r.metrics for r in runs]
             acc = [m.acc for m in metrics]
             row = {
@@ -172,11 +177,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="write the rows as a JSON list")
     parser.add_argument("--results", type=Path, help="write the table as Markdown")
+    parser.add_argument("--smoke", action="store_true", help=f"the smallest run of the same code: {SMOKE}")
     args = parser.parse_args()
+    epochs, methods = 3, None
+    if args.smoke:
+        args.scenarios, args.seeds, epochs, methods = (SMOKE[k] for k in ("scenarios", "seeds", "epochs", "methods"))
     torch.set_num_threads(args.threads)
     print(HEADER)
     print(_rule(9))
-    rows = run(args.scenarios, args.seeds)
+    rows = run(args.scenarios, args.seeds, epochs, methods)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))

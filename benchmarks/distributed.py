@@ -12,6 +12,7 @@ Protocol: Split Fashion-MNIST, class-incremental, 5 experiences, class order shu
   1 rank against 2 ranks: final average accuracy on the test sets.
 
     python benchmarks/distributed.py --out benchmarks/results/distributed.json
+    python benchmarks/distributed.py --smoke --out /tmp/distributed.json   # the same code, smallest (seconds)
 """
 
 from __future__ import annotations
@@ -36,18 +37,25 @@ METHODS = {"finetune": ["finetune"], "replay": [{"name": "replay", "memory_size"
 SEEDS = [0, 1, 2]
 SPEED_BATCHES = [32, 256]
 EPOCHS = 3
+# What a run measures, sent to every rank in its job file.
+FULL = {"scenario": SCENARIO, "epochs": EPOCHS, "methods": list(METHODS), "seeds": SEEDS, "batches": SPEED_BATCHES,
+        "launches": [1, 2, 2, 1, 1, 2]}
+# --smoke (tests/test_benchmarks.py): one launch of 1 rank and one of 2, each measuring speed and accuracy;
+# Finetune and Replay, one seed, one epoch, 30 training and 20 test rows a class.
+SMOKE = FULL | {"scenario": SCENARIO | {"max_train_per_class": 30, "max_test_per_class": 20}, "epochs": 1,
+                "methods": ["finetune", "replay"], "seeds": [0], "launches": [1, 2]}
 
 
-def config(strategies: list, batch: int):
+def config(strategies: list, batch: int, plan: dict = FULL):
     from retain.config import RunConfig
 
     return RunConfig.model_validate({
-        "name": "ddp", "scenario": SCENARIO, "model": {"name": "mlp", "hidden": [256, 256]},
-        "training": {"epochs": EPOCHS, "batch_size": batch, "lr": 0.01, "momentum": 0.9, "device": "cpu"},
+        "name": "ddp", "scenario": plan["scenario"], "model": {"name": "mlp", "hidden": [256, 256]},
+        "training": {"epochs": plan["epochs"], "batch_size": batch, "lr": 0.01, "momentum": 0.9, "device": "cpu"},
         "strategies": [{"compose": strategies, "label": "m"}]})
 
 
-def plain_loop(stream, batch: int, ranks) -> float:
+def plain_loop(stream, batch: int, ranks, epochs: int = EPOCHS) -> float:
     """Training seconds of a hand-written loop doing Finetune's work, with DDP when there are ranks."""
     from torch.nn.parallel import DistributedDataParallel
 
@@ -64,7 +72,7 @@ def plain_loop(stream, batch: int, ranks) -> float:
     for exp in stream:
         start = time.perf_counter()
         x, y = exp.x_train, exp.y_train
-        for _ in range(EPOCHS):
+        for _ in range(epochs):
             order = torch.randperm(len(y), generator=generator)
             for first in range(0, len(y), batch):
                 idx = order[first:first + batch]
@@ -80,29 +88,30 @@ def plain_loop(stream, batch: int, ranks) -> float:
 
 
 def rank_job(job: dict) -> None:
-    """One launch: run under torchrun (1 or 2 ranks); rank 0 writes the rows."""
+    """One launch: run under torchrun (1 or 2 ranks) the job's kinds of rows; rank 0 writes them."""
     from retain.build import build_stream
     from retain.engine import distributed
     from retain.experiment import run_method
 
+    plan = job["plan"]
     ranks = distributed.start("cpu")
     if ranks.world == 1:
         torch.set_num_threads(len(os.sched_getaffinity(0)))
     rows = []
-    stream = build_stream(config(["finetune"], 32))
-    if job["kind"] == "speed":
-        for batch in SPEED_BATCHES:
-            cfg = config(["finetune"], batch)
+    stream = build_stream(config(["finetune"], 32, plan))
+    if "speed" in job["kinds"]:
+        for batch in plan["batches"]:
+            cfg = config(["finetune"], batch, plan)
             run = run_method(stream, cfg, cfg.strategies[0], 0)
-            epochs = EPOCHS * len(stream)
+            epochs = plan["epochs"] * len(stream)
             rows.append({"kind": "retain", "batch": batch, "ranks": ranks.world,
                          "epochs_per_second": epochs / run.metrics.train_seconds, "acc": run.metrics.acc})
             rows.append({"kind": "plain", "batch": batch, "ranks": ranks.world,
-                         "epochs_per_second": epochs / plain_loop(stream, batch, ranks)})
-    else:
-        for name, strategies in METHODS.items():
-            cfg = config(strategies, 32)
-            for seed in SEEDS:
+                         "epochs_per_second": epochs / plain_loop(stream, batch, ranks, plan["epochs"])})
+    if "accuracy" in job["kinds"]:
+        for name in plan["methods"]:
+            cfg = config(METHODS[name], 32, plan)
+            for seed in plan["seeds"]:
                 learner_run = run_method(stream, cfg, cfg.strategies[0], seed)
                 rows.append({"method": name, "seed": seed, "ranks": ranks.world, "acc": learner_run.metrics.acc,
                              "train_seconds": learner_run.metrics.train_seconds})
@@ -111,10 +120,11 @@ def rank_job(job: dict) -> None:
     distributed.stop()
 
 
-def launch(kind: str, nproc: int, folder: Path) -> list[dict]:
-    out = folder / f"{kind}-{nproc}-{time.monotonic_ns()}.json"
+def launch(kinds: list[str], nproc: int, folder: Path, plan: dict) -> list[dict]:
+    """The rows of one torchrun launch of ``nproc`` ranks running ``kinds`` ("speed", "accuracy")."""
+    out = folder / f"{'-'.join(kinds)}-{nproc}-{time.monotonic_ns()}.json"
     job = folder / f"job-{time.monotonic_ns()}.json"
-    job.write_text(json.dumps({"kind": kind, "out": str(out)}))
+    job.write_text(json.dumps({"kinds": kinds, "out": str(out), "plan": plan}))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                __file__, "--job", str(job)]
     subprocess.run(command, check=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
@@ -126,29 +136,39 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--only", choices=("speed", "accuracy"))
+    parser.add_argument("--smoke", action="store_true", help="the smallest run of the same code: one launch of "
+                        "1 rank and one of 2, Finetune and Replay, one seed, one epoch, 30 training rows a class")
     args = parser.parse_args()
     if args.job:
         return rank_job(json.loads(Path(args.job).read_text()))
     folder = Path(tempfile.mkdtemp(prefix="retain-ddp-"))
+    plan = SMOKE if args.smoke else FULL
+    wanted = [k for k in ("speed", "accuracy") if args.only in (None, k)]
+    if args.smoke:  # each launch runs both kinds: a launch costs seconds, the smoke run's training less
+        runs = [r for n in plan["launches"] for r in launch(wanted, n, folder, plan)]
+    else:
+        runs = [r for n in plan["launches"] for r in launch(["speed"], n, folder, plan)] if "speed" in wanted else []
+        if "accuracy" in wanted:
+            runs += launch(["accuracy"], 1, folder, plan) + launch(["accuracy"], 2, folder, plan)
+    speed, accuracy = [r for r in runs if "kind" in r], [r for r in runs if "method" in r]
     rows = []
-    if args.only != "accuracy":
-        runs = [r for n in (1, 2, 2, 1, 1, 2) for r in launch("speed", n, folder)]
+    if "speed" in wanted:
         for kind in ("retain", "plain"):
-            for batch in SPEED_BATCHES:
-                best = {n: max(r["epochs_per_second"] for r in runs
+            for batch in plan["batches"]:
+                best = {n: max(r["epochs_per_second"] for r in speed
                                if r["kind"] == kind and r["batch"] == batch and r["ranks"] == n) for n in (1, 2)}
                 rows.append({"row": "speed", "kind": kind, "batch": batch, "epochs_per_second_1": best[1],
                              "epochs_per_second_2": best[2], "speedup": best[2] / best[1]})
-        for batch in SPEED_BATCHES:
+        for batch in plan["batches"]:
             ours = next(r for r in rows if r["row"] == "speed" and r["kind"] == "retain" and r["batch"] == batch)
             floor = next(r for r in rows if r["row"] == "speed" and r["kind"] == "plain" and r["batch"] == batch)
             ours["speedup_of_plain"] = ours["speedup"] / floor["speedup"]
-    if args.only != "speed":
-        runs = launch("accuracy", 1, folder) + launch("accuracy", 2, folder)
-        for name in METHODS:
-            accs = {n: [r["acc"] for r in runs if r["method"] == name and r["ranks"] == n] for n in (1, 2)}
-            secs = {n: [r["train_seconds"] for r in runs if r["method"] == name and r["ranks"] == n] for n in (1, 2)}
-            rows.append({"row": "accuracy", "method": name, "seeds": SEEDS, "acc_1": statistics.fmean(accs[1]),
+    if "accuracy" in wanted:
+        for name in plan["methods"]:
+            accs = {n: [r["acc"] for r in accuracy if r["method"] == name and r["ranks"] == n] for n in (1, 2)}
+            secs = {n: [r["train_seconds"] for r in accuracy if r["method"] == name and r["ranks"] == n]
+                    for n in (1, 2)}
+            rows.append({"row": "accuracy", "method": name, "seeds": plan["seeds"], "acc_1": statistics.fmean(accs[1]),
                          "acc_2": statistics.fmean(accs[2]), "accs_1": accs[1], "accs_2": accs[2],
                          "difference_points": 100 * (statistics.fmean(accs[2]) - statistics.fmean(accs[1])),
                          "train_seconds_1": statistics.fmean(secs[1]), "train_seconds_2": statistics.fmean(secs[2])})

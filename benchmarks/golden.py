@@ -20,6 +20,9 @@ two commits shows only what really changed.
 - ``08_old_stores`` (with ``--keep-stores`` or ``--old-stores``): stores made by one commit opened,
   updated with one more batch and queried by the commit under test.
 
+``--smoke`` (tests/test_benchmarks.py) runs every step but, of the store reads and the bad invocations,
+only the first of each list: a check that this script still runs, not a baseline to compare.
+
 Compare two commits (the old one in a worktree; a run takes 2.5 CPU-minutes, 3.5 to 4.5 minutes on 2 shared
 cores)::
 
@@ -56,6 +59,7 @@ TMP_PATTERN = re.compile(re.escape(str(Path(tempfile.gettempdir()).resolve())) +
 # Keys whose values depend on the machine's speed or memory, not on behaviour.
 TIMING_KEY = re.compile(r"seconds|per_second|minutes|_mb($|_)|elapsed|duration|timestamp|created|(^|_)time($|_)")
 CALL_TIMEOUT = 180
+SMOKE_CALLS = 1  # --smoke: of each list of calls that no later call needs, this many
 # A progress bar's line: its rate and times vary from run to run, and how often it redraws.
 PROGRESS = re.compile(r"\|\s*\d+/\d+ \[|\d+%\|")
 
@@ -130,11 +134,16 @@ def file_hashes(folder: Path) -> dict[str, str]:
 class Golden:
     """Runs ``retain`` calls in a temporary folder and writes their normalised outputs under ``out``."""
 
-    def __init__(self, out: Path, tmp: Path) -> None:
-        self.out, self.tmp = out, tmp
+    def __init__(self, out: Path, tmp: Path, smoke: bool = False) -> None:
+        self.out, self.tmp, self.smoke = out, tmp, smoke
         self.env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                                  "PYTHONHASHSEED": "0", "COLUMNS": "100", "NO_COLOR": "1"}
         self.checkout = ""
+
+    def calls(self, named: dict[str, list]) -> None:
+        """``retain ARGV`` for each ``name: argv`` (in a smoke run, the first ``SMOKE_CALLS`` of them)."""
+        for name, argv in list(named.items())[:SMOKE_CALLS if self.smoke else None]:
+            self.retain(name, *argv)
 
     def normal(self, text: str) -> str:
         """``text`` with this run's temporary folder, earlier runs' and the checkout written as placeholders."""
@@ -245,13 +254,14 @@ class Golden:
         self.retain(f"{item}/03_init.json", "init", config, "--data", csv / "00" / "train.csv", "--store", store,
                     "--json")
         self.retain(f"{item}/04_update.json", "update", store, "--data", csv / "01" / "train.csv", "--json")
-        self.retain(f"{item}/05_versions.json", "versions", store, "--json")
-        self.retain(f"{item}/06_diff.json", "diff", store, "1", "2", "--json")
-        self.retain(f"{item}/07_predict.json", "predict", store, "--data", csv / "01" / "test.csv", "--top-k", "2",
-                    "--json")
-        self.retain(f"{item}/08_predict_v1.json", "predict", store, "--data", csv / "01" / "test.csv", "--version",
-                    "1", "--json")
-        self.retain(f"{item}/09_evaluate.json", "evaluate", store, "--data", csv / "01" / "test.csv", "--json")
+        self.calls({
+            f"{item}/05_versions.json": ["versions", store, "--json"],
+            f"{item}/06_diff.json": ["diff", store, "1", "2", "--json"],
+            f"{item}/07_predict.json": ["predict", store, "--data", csv / "01" / "test.csv", "--top-k", "2", "--json"],
+            f"{item}/08_predict_v1.json": ["predict", store, "--data", csv / "01" / "test.csv", "--version", "1",
+                                           "--json"],
+            f"{item}/09_evaluate.json": ["evaluate", store, "--data", csv / "01" / "test.csv", "--json"],
+        })
         self.store_files(f"{item}/10_store_files.json", store)
         return store
 
@@ -261,19 +271,20 @@ class Golden:
         config.write_text(TRANSLATION_RUN)
         self.run_report(f"{item}/run", config, self.tmp / "tiny-mt-run")
         corpus, store = self.tmp / "corpus", self.tmp / "translation-store"
+        # 40 pairs a direction, half held out: the 20 a direction's batch needs (min_held_out)
         self.retain(f"{item}/store/01_export.json", "export", "translations", corpus, "--format", "jsonl",
-                    "--max-train-per-class", "12", "--max-test-per-class", "1")
+                    "--max-train-per-class", "40", "--max-test-per-class", "1")
         self.write(f"{item}/store/02_exported_files.json", file_hashes(corpus))
         config = self.tmp / "tiny-store.yaml"
         config.write_text(TRANSLATION_STORE)
         self.retain(f"{item}/store/03_init.json", "init", config, "--data", corpus / "00-en-de" / "train.jsonl",
-                    "--store", store, "--json")
+                    "--store", store, "--held-out", "0.5", "--json")
         self.retain(f"{item}/store/04_update.json", "update", store, "--data", corpus / "01-en-fr" / "train.jsonl",
                     "--json")
-        self.retain(f"{item}/store/05_versions.json", "versions", store, "--json")
         sources = self.tmp / "sources.jsonl"
         sources.write_text(SOURCES)
-        self.retain(f"{item}/store/06_predict.json", "predict", store, "--data", sources, "--json")
+        self.calls({f"{item}/store/05_versions.json": ["versions", store, "--json"],
+                    f"{item}/store/06_predict.json": ["predict", store, "--data", sources, "--json"]})
         self.store_files(f"{item}/store/07_store_files.json", store)
         return store
 
@@ -334,8 +345,7 @@ class Golden:
             "translation_update_bad_pairs": ["update", translation_store, "--data", tmp / "bad_pairs.jsonl"],
             "translation_predict_bad_sources": ["predict", translation_store, "--data", tmp / "bad_sources.jsonl"],
         }
-        for name, argv in cases.items():
-            self.retain(f"07_errors/{name}.json", *argv)
+        self.calls({f"07_errors/{name}.json": argv for name, argv in cases.items()})
 
     def old_stores(self, kept: Path) -> None:
         """Stores an earlier run kept, opened (copies) by this commit: one more batch, versions, predictions."""
@@ -368,6 +378,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path, help="a new or empty folder for the outputs")
     parser.add_argument("--keep-stores", type=Path, help="copy the stores this run makes here (then open them)")
     parser.add_argument("--old-stores", type=Path, help="open, update and query the stores an earlier run kept here")
+    parser.add_argument("--smoke", action="store_true", help="every step, with only the first of each list of "
+                        "store reads and bad invocations: a check that the script runs (under a minute)")
     args = parser.parse_args()
     if args.out.exists() and any(args.out.iterdir()):
         sys.exit(f"golden: {args.out} already holds files; choose an empty --out")
@@ -376,7 +388,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=TMP_PREFIX) as tmp:
-        golden = Golden(args.out.resolve(), Path(tmp).resolve())
+        golden = Golden(args.out.resolve(), Path(tmp).resolve(), args.smoke)
         print(f"golden: judging {golden.locate()}", file=sys.stderr)
 
         def step(label: str, job, *inputs):

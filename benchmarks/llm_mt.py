@@ -19,6 +19,7 @@ end-of-text token that fine-tuning on one-line messages makes likelier).
   weights, per-direction LoRA experts, and joint training on every direction at once.
 
     python benchmarks/llm_mt.py --out benchmarks/results/llm_mt.json --results benchmarks/LLM_MT.md
+    python benchmarks/llm_mt.py --smoke --out /tmp/llm_mt.json   # the same code, smallest (seconds)
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ METHODS = [
     {"label": "joint (LoRA, upper bound)", "compose": ["joint"]},
     {"label": "finetune (full)", "adaptation": "full", "lr": 1e-4},
 ]
+# --smoke (tests/test_benchmarks.py): two directions of 8 training pairs (the speed rows' batch) and 2 test
+# sources, one training step an experience, 4 new tokens, 2 perplexity texts, one speed round of one step, and
+# the first method, on one thread (two threads on a core another job holds took 3 times as long).
+SMOKE = {"corpus": {"languages": ["de", "fr"], "n_train": 8, "n_test": 2, "max_chars": 80},
+         "training": CONFIG["training"] | {"batch_size": 8, "threads": 1},
+         "generation": {"max_new_tokens": 4, "batch_size": 4, "perplexity_texts": 2}}
+SMOKE_METHODS, SMOKE_SPEED = METHODS[:1], {"rounds": 1, "steps": 1}
 
 
 def speed(cfg: TranslationConfig, corpus, rounds: int = 3, steps: int = 6) -> dict:
@@ -204,25 +212,28 @@ def main() -> None:
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--results", help="also write the tables as Markdown here")
     parser.add_argument("--tables-only", action="store_true", help="only write --results from an existing --out")
+    parser.add_argument("--smoke", action="store_true", help="the smallest run of the same code: two directions "
+                        "of 8 pairs, 4 new tokens, one speed step, the first method")
     args = parser.parse_args()
     if args.tables_only:
         Path(args.results).write_text(tables(json.loads(Path(args.out).read_text())))
         return
-    torch.set_num_threads(2)
-    cfg = TranslationConfig.model_validate(CONFIG | {"methods": METHODS})
+    config = CONFIG | SMOKE if args.smoke else CONFIG
+    torch.set_num_threads(config["training"]["threads"])
+    cfg = TranslationConfig.model_validate(config | {"methods": SMOKE_METHODS if args.smoke else METHODS})
     corpus = load_run_corpus(cfg)
     rows: list[dict] = [{"row": "corpus", **corpus.manifest()}, {"row": "copy", **copy_source(corpus)}]
     started = time.perf_counter()
 
     def save() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        data = {"config": CONFIG, "versions": versions(), "rows": rows, "minutes": (time.perf_counter() - started) / 60}
+        data = {"config": config, "versions": versions(), "rows": rows, "minutes": (time.perf_counter() - started) / 60}
         Path(args.out).write_text(json.dumps(_finite(data), indent=1) + "\n")
         if args.results:
             Path(args.results).write_text(tables(json.loads(Path(args.out).read_text())))
 
     if not args.no_speed:
-        rows.append(speed(cfg, corpus))
+        rows.append(speed(cfg, corpus, **(SMOKE_SPEED if args.smoke else {})))
         print(rows[-1], file=sys.stderr, flush=True)
         save()
     base = None

@@ -1,6 +1,7 @@
 """Online and hybrid learning on class-incremental Split MNIST-5k, one pass (issue 4 protocol).
 
     python benchmarks/online.py --out benchmarks/results/online.json --results benchmarks/ONLINE.md
+    python benchmarks/online.py --smoke --out /tmp/online.json   # the same code, smallest (seconds)
 
 MLP 784-256-256-10, SGD lr 0.01 momentum 0.9, incoming batches of 10, one pass, 500-sample
 memories, seeds 0 1 2, one torch thread. Rows: online methods (1 or 3 gradient steps per
@@ -50,10 +51,15 @@ HYBRID = [  # (label, strategy, steps, hybrid settings)
 ]
 
 
+# --smoke (tests/test_benchmarks.py): one seed, the first online and the first hybrid row, 100 training rows a class.
+SMOKE = {"seeds": [0], "online": ONLINE[:1], "hybrid": HYBRID[:1], "rows": 100}
+
+
 def config(strategy: dict, mode: str, steps: int, seeds: list[int], hybrid: dict | None = None,
-           blurry: float = 0.0, n_experiences: int = 5) -> RunConfig:
+           blurry: float = 0.0, n_experiences: int = 5, rows: int | None = None) -> RunConfig:
+    """The protocol's config; ``rows`` keeps at most that many training rows a class (None: all)."""
     return RunConfig.model_validate({
-        "scenario": {"dataset": "mnist5k", "n_experiences": n_experiences},
+        "scenario": {"dataset": "mnist5k", "n_experiences": n_experiences, "max_train_per_class": rows},
         "training": {"epochs": 3, "batch_size": 32, "lr": 0.01, "momentum": 0.9, "device": "cpu"},
         "strategies": [strategy], "seeds": seeds, "mode": mode,
         "online": {"batch_size": 10, "steps": steps, "blurry": blurry, "eval_every": 500},
@@ -107,7 +113,7 @@ def plain_er(stream, seed: int) -> dict:
     with torch.no_grad():
         acc = np.mean([float((model(e.x_test, e.test_tasks()).argmax(1) == e.y_test).float().mean()) for e in stream])
     lat = np.array(lat) * 1000
-    return {"acc": float(acc), "update_samples_per_second": 3500 / (lat.sum() / 1000),
+    return {"acc": float(acc), "update_samples_per_second": seen / (lat.sum() / 1000),
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "gradient_steps": len(lat)}
 
@@ -128,13 +134,12 @@ def tight_er(stream, seed: int) -> dict:
             "gradient_steps": learner.steps_}
 
 
-def drift_rows(seeds: list[int]) -> list[dict]:
-    """Detection delay of the drift trigger on a blurry stream; false alarms on a stationary one."""
+def drift_rows(stream, seeds: list[int], rows: int | None = None) -> list[dict]:
+    """Detection delay of the drift trigger on ``stream`` made blurry; false alarms on a stationary one."""
     hybrid = Hybrid(every=None, on_new_class=False, drift="page_hinkley", cooldown=100, epochs=1)
     delays, alarms = [], 0
     for seed in seeds:
         cfg = config(ER, "hybrid", 1, [seed], blurry=0.1)
-        stream = build_stream(cfg)
         online = OnlineStream(stream, 10, blurry=0.1, seed=seed)
         learner = build_learner(stream, cfg, cfg.strategies[0], seed)
         fired = [c.at_sample for c in run_online(learner, online, hybrid=hybrid).consolidations]
@@ -142,7 +147,7 @@ def drift_rows(seeds: list[int]) -> list[dict]:
             start = int((online.y == stream[k].classes[0]).nonzero()[0]) + 1  # the new class's first sample
             later = [f - start for f in fired if f >= start]
             delays.append(min(later) if later else float("inf"))
-        quiet_cfg = config(ER, "hybrid", 1, [seed], n_experiences=1)
+        quiet_cfg = config(ER, "hybrid", 1, [seed], n_experiences=1, rows=rows)
         quiet = build_stream(quiet_cfg)
         learner = build_learner(quiet, quiet_cfg, quiet_cfg.strategies[0], seed)
         alarms += len(run_online(learner, OnlineStream(quiet, 10, seed=seed), hybrid=hybrid).consolidations)
@@ -169,9 +174,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--results", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="the smallest run of the same code: one seed, "
+                        "the first online and the first hybrid row, 100 training rows a class")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    seeds = args.seeds
+    seeds, online, hybrid, per_class = (SMOKE["seeds"], SMOKE["online"], SMOKE["hybrid"], SMOKE["rows"]) \
+        if args.smoke else (args.seeds, ONLINE, HYBRID, None)
     print("| " + " | ".join(COLUMNS) + " |\n|" + " --- |" * len(COLUMNS))
     rows = []
 
@@ -179,22 +187,22 @@ def main() -> None:
         rows.append(row)
         print(_line(row), flush=True)
 
-    stream = build_stream(config(ER, "online", 1, seeds))
+    stream = build_stream(config(ER, "online", 1, seeds, rows=per_class))
     plain_er(stream, 0)  # warm-up
     emit(_row("plain ER loop (hand-written)", "online", [plain_er(stream, s) for s in seeds], steps=1))
     emit(_row("er (update loop only)", "online", [tight_er(stream, s) for s in seeds], steps=1))
-    for label, strategy, steps in ONLINE:
+    for label, strategy, steps in online:
         cfg = config(strategy, "online", steps, seeds)
         emit(_row(label, "online", _metrics([run_method_online(stream, cfg, cfg.strategies[0], s, False)
                                              for s in seeds]), steps=steps))
-    for label, strategy, steps, settings in HYBRID:
+    for label, strategy, steps, settings in hybrid:
         cfg = config(strategy, "hybrid", steps, seeds, settings)
         runs = [run_method_online(stream, cfg, cfg.strategies[0], s, True) for s in seeds]
         emit(_row(label, "hybrid", _metrics(runs), steps=steps, consolidations=len(runs[0].online.consolidations)))
     offline = config({"name": "replay", "memory_size": 500}, "offline", 1, seeds)
     emit(_row("replay (3 epochs, batch 32)", "offline", _metrics([run_method(stream, offline, offline.strategies[0], s)
                                                                  for s in seeds])))
-    drift = drift_rows(seeds)
+    drift = drift_rows(stream, seeds, per_class)
     rows.extend(drift)
     print(f"\ndrift trigger on a blurry stream: mean delay {drift[0]['detection_delay']:.0f} samples "
           f"(max {drift[0]['detection_delay_max']:.0f}); false alarms on a stationary stream over "

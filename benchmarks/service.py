@@ -15,6 +15,7 @@ Rows (``--out`` JSON):
   screenshot of that run is written next to the JSON (``service_dashboard.png``).
 
     python benchmarks/service.py --out benchmarks/results/service.json
+    python benchmarks/service.py --smoke --out /tmp/service.json   # the same code, smallest (under a minute)
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ WRITE = {"Authorization": f"Bearer {TOKEN}"}
 MLP = {"model": {"hidden": [256]}, "training": {"epochs": 3}, "strategies": ["replay"]}
 TEXT = {"model": {"backbone": "minilm", "adaptation": "frozen", "hidden": []}, "strategies": ["slda"],
         "promotion": {"max_drop": 0.15}}
+# What a run measures: predict rounds, ingested rows, seconds of single-row feedback, fortunes exported for the
+# replay row (None: all), whether MiniLM's predict rows run, and service settings of the new-class store.
+FULL = {"rounds": 2, "ingest": 2000, "single_seconds": 20.0, "fortunes": None, "text_predict": True,
+        "new_class": {}}
+# --smoke (tests/test_benchmarks.py): every row kind once, small: one predict round of each server on the MLP
+# alone, 100 ingested rows, 1 s of single rows, 25 fortunes a class (a batch of 50 rows starts an update) and
+# 1 s loads (--seconds). Fashion-MNIST keeps its 300 rows a class: with 60, the new class's version predicted it
+# on 40% of the probe, under the 50% the row waits for (120 s). The new class's 30 rows hold out too few to judge
+# it (min_held_out), so its update starts when they have waited update_wait: 2 s here, not the default 60.
+SMOKE = {"rounds": 1, "ingest": 100, "single_seconds": 1.0,
+         "fortunes": {"max_train_per_class": 25, "max_test_per_class": 5}, "text_predict": False, "seconds": 1.0,
+         "new_class": {"update_wait": 2.0}}
 
 
 def floor_app(store: str):
@@ -243,7 +256,7 @@ def predict_rows(name: str, store: Path, bodies: list[dict], rate: float, second
     return out
 
 
-def feedback_rows(store: Path, x: list, y: list, work: Path) -> list[dict]:
+def feedback_rows(store: Path, x: list, y: list, work: Path, single_seconds: float = 20.0) -> list[dict]:
     from tests.served import free_port
 
     port = free_port()
@@ -259,7 +272,7 @@ def feedback_rows(store: Path, x: list, y: list, work: Path) -> list[dict]:
                 sent += len(rows[i:i + 500])
             batch = {"row": "feedback", "mode": "batches of 500", "rows": sent,
                      "rows_per_s": sent / (time.perf_counter() - start)}
-        single = asyncio.run(load(url, [{"rows": [r]} for r in rows], 50, 20, WRITE))
+        single = asyncio.run(load(url, [{"rows": [r]} for r in rows], 50, single_seconds, WRITE))
     finally:
         stop(process)
     out = [batch, {"row": "feedback", "mode": "single rows at 50/s"} | single]
@@ -298,8 +311,9 @@ def new_class_row(store: Path, x: list, y: list, work: Path) -> dict:
     return row
 
 
-def replay_row(work: Path, screenshot: Path | None) -> dict:
-    """The fortunes-language stream through the service against the same strategy offline."""
+def replay_row(work: Path, screenshot: Path | None, rows: dict | None = None) -> dict:
+    """The fortunes-language stream (``rows``: export caps, a class) through the service against the same
+    strategy offline."""
     import torch
 
     from retain.build import build_learner, model_inputs
@@ -308,7 +322,7 @@ def replay_row(work: Path, screenshot: Path | None) -> dict:
     from retain.data.files import LabelMap, load
     from tests.served import free_port
 
-    data = export("fortunes_language", work / "fortunes", "csv")
+    data = export("fortunes_language", work / "fortunes", "csv", **(rows or {}))
     batches = sorted(p.name for p in data.iterdir() if p.is_dir())
     store = work / "text-replay"
     init(store, TEXT, data / batches[0] / "train.csv", min_rows=50, update_rows=100_000, update_wait=2.0,
@@ -386,12 +400,18 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=["predict", "feedback", "new_class", "replay"])
     parser.add_argument("--floor", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="the smallest run of the same code: every row kind "
+                        "once on a few rows, 1 s loads, the MLP's predict rows alone")
     args = parser.parse_args()
+    size = SMOKE if args.smoke else FULL
+    seconds = SMOKE["seconds"] if args.smoke else args.seconds
     if args.floor:
         import uvicorn
 
         uvicorn.run(floor_app(args.floor), host="127.0.0.1", port=args.port, log_level="warning")
         return
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -401,27 +421,29 @@ def main() -> None:
             store = work / "mlp"
             init(store, MLP, fashion / "00" / "train.npz", min_rows=10**6, update_rows=10**6, new_class_rows=10**6)
             rows += predict_rows("fashion_mnist mlp", store, [{"inputs": [{"image": f}]} for f in x], 200,
-                                 args.seconds, work)
+                                 seconds, work, size["rounds"])
+        if "predict" in args.rows and size["text_predict"]:
             text = work / "text"
             data = export("fortunes_language", work / "fortunes-p", "csv")
             init(text, TEXT, data / "00" / "train.csv", min_rows=10**6, update_rows=10**6, new_class_rows=10**6)
             texts, _ = texts_of(data / "00" / "test.csv")
             rows += predict_rows("fortunes minilm", text, [{"inputs": [{"text": t}]} for t in texts], 50,
-                                 args.seconds, work)
+                                 seconds, work, size["rounds"])
         if "feedback" in args.rows:
             store = work / "ingest"
             init(store, MLP, fashion / "00" / "train.npz", min_rows=10**6, update_rows=10**6, new_class_rows=10**6)
             xs, ys = images_of(fashion / "01" / "train.npz")
-            rows += feedback_rows(store, (xs * 4)[:2000], (ys * 4)[:2000], work)
+            n = size["ingest"]
+            rows += feedback_rows(store, (xs * 4)[:n], (ys * 4)[:n], work, size["single_seconds"])
         if "new_class" in args.rows:
             store = work / "new-class"
             init(store, MLP | {"promotion": {"max_drop": 0.5}}, fashion / "00" / "train.npz", new_class_rows=20,
-                 poll=0.2)
+                 poll=0.2, **size["new_class"])
             xs, ys = images_of(fashion / "01" / "train.npz")
             rows.append(new_class_row(store, xs, ys, work))
         if "replay" in args.rows:
             shot = args.out.parent / "service_dashboard.png" if args.out else None
-            rows.append(replay_row(work, shot))
+            rows.append(replay_row(work, shot, size["fortunes"]))
     if args.out:  # rows of kinds not run this time are kept
         kept = json.loads(args.out.read_text()) if args.out.exists() else []
         ran = {r["row"].split()[0] for r in rows}

@@ -4,6 +4,7 @@ ids under concurrent updates, a prediction is labelled once, and the rule knows 
 import csv
 import json
 import threading
+import time
 
 import pytest
 import torch
@@ -224,3 +225,46 @@ def test_status_quarantine_and_retry_from_the_command_line(tmp_path, batches, ca
     assert main(["status", str(store)]) == 0
     shown = capsys.readouterr().out
     assert "batch-0001" not in shown and "batch-0002: " in shown  # the flipped batch's kept rows, still held
+
+
+def test_the_service_serves_a_kept_candidate_in_shadow_and_promotes_it_when_live_rows_favour_it(tmp_path, batches):
+    store = loop_store(tmp_path, batches, promotion={"min_new_accuracy": 0.99})
+    assert not Project(store).update(batches / "01" / "train.csv").promoted  # version 2, kept
+    with client(store, min_rows=10_000, new_class_rows=10_000, shadow_rows=30) as api:
+        ready(api)
+        test = rows_of(batches / "01" / "test.csv", 40)
+        answer = api.post("/predict", json={"inputs": [{"features": x, "id": f"s{i}"}
+                                                       for i, (x, _) in enumerate(test)]}).json()
+        assert answer["version"] == 1  # the served version answers; the candidate only in shadow
+        deadline = time.time() + 30
+        while api.get("/state").json()["shadow"] is None and time.time() < deadline:  # the updater's next round
+            time.sleep(0.05)
+        assert api.get("/state").json()["shadow"] | {"accuracy": None} == {
+            "version": 2, "rows": 0, "needed": 30, "accuracy": None, "promoted_accuracy": None}
+        labels = [{"id": f"s{i}", "label": y} for i, (_, y) in enumerate(test)]
+        assert api.post("/feedback", json={"rows": labels}, headers=WRITE).status_code == 200
+        deadline = time.time() + 30
+        while api.get("/ready").json()["version"] != 2 and time.time() < deadline:
+            time.sleep(0.1)
+        assert api.get("/ready").json()["version"] == 2
+    [event] = [d for _, v, kind, d in ModelStore(store).events() if kind == "promote" and v == 2]
+    assert event.startswith("in shadow, ") and "on 40 live rows" in event
+    assert not ModelStore(store).pending() and ModelStore(store).pending("learned")[0].learned_by == 2
+
+
+def test_quarantined_rows_are_listed_released_and_dropped_over_http(tmp_path, batches):
+    store = loop_store(tmp_path, batches, gate={"policy": "quarantine", "max_flagged": 0.5})
+    assert Project(store).update(_flip(batches, tmp_path)).gate_decision == "quarantine"
+    assert Project(store).update(_flip(batches, tmp_path, 0.4, "again.csv")).gate_decision == "quarantine"
+    with client(store, min_rows=10_000, new_class_rows=10_000) as api:
+        listed = api.get("/quarantine").json()
+        first, second = (q["name"] for q in listed)
+        assert listed[0]["rows"] == len(listed[0]["review"]) and listed[0]["review"][0]["row"].startswith("row ")
+        assert api.post(f"/quarantine/{first}/release").status_code == 401  # a change needs the token
+        assert api.post(f"/quarantine/{first}/release", headers=WRITE).json() == {
+            "released": first, "waiting_as": f"{first}-released"}
+        assert api.post(f"/quarantine/{second}/drop", headers=WRITE).json() == {"dropped": second}
+        missing = api.post(f"/quarantine/{second}/drop", headers=WRITE)
+        assert missing.status_code == 404 and "no quarantined rows are named" in missing.text
+        state = api.get("/state").json()
+        assert state["quarantine"] == [] and [w["name"] for w in state["waiting"]] == [f"{first}-released"]

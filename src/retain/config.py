@@ -255,6 +255,10 @@ class ServiceConfig(_Strict):
     drift: Literal["page_hinkley", "adwin"] | None = Field(
         "page_hinkley", description="detector on the error of predictions later labelled (null: none)")
     poll: PositiveFloat = Field(0.5, description="seconds between the updater's and the model swap's checks")
+    shadow: bool = Field(True, description="serve the newest kept candidate in shadow: it answers each prediction "
+                         "made under an id too (not returned), and is promoted once the rows feedback labels since "
+                         "show it surely better (the promotion rule's confidence)")
+    shadow_rows: PositiveInt = Field(50, description="labelled live rows a candidate in shadow is judged on")
     cache_features: bool = Field(False, description="keep /predict's inputs' frozen-backbone features in the feature "
                                  "cache (model.feature_cache); off, requests neither read nor fill it")
 

@@ -66,6 +66,25 @@ def rollback(service: ServiceDep, request: Annotated[RollbackRequest | None, Bod
     return {"promoted": version}
 
 
+@router.get("/quarantine", dependencies=[Depends(reader)])
+def quarantine(service: ServiceDep) -> list[dict[str, Any]]:
+    """The rows the gate set aside, by batch, each as it came (source, row or file, label, why)."""
+    return service.project.quarantined()
+
+
+@router.post("/quarantine/{name}/{action}", dependencies=[Depends(writer)])
+def review(name: Annotated[str, FastAPIPath(max_length=200, pattern=r"^[\w.-]+$")],
+           action: Annotated[str, FastAPIPath(pattern="^(release|drop)$")], service: ServiceDep) -> dict[str, Any]:
+    """Release quarantined rows (the next update learns them) or drop them (with a record)."""
+    try:
+        if action == "release":
+            return {"released": name, "waiting_as": service.project.release(name)}
+        service.project.drop(name)
+        return {"dropped": name}
+    except StoreError as err:
+        raise problem(404, ["path", "name"], str(err)) from None
+
+
 @router.get("/health")
 def health() -> dict[str, str]:
     """The process is alive."""

@@ -57,6 +57,7 @@ class Served:
         self.generating = threading.Lock()
         self.loading = threading.Lock()  # one load at a time: the watcher and an update may both see a new version
         self.current: Loaded | None = None
+        self.shadow: Loaded | None = None  # a kept candidate answering beside it, judged on labelled rows
         self.warmed = 0  # warm-up predictions run: ready once one has
         self.warm_error: str | None = None
         self.stop = threading.Event()
@@ -68,14 +69,30 @@ class Served:
         with self.loading:
             version = self.store.promoted()
             if version is None or (self.current is not None and self.current.version == version):
+                self._shadow()  # a candidate kept since, or promoted
                 return
             learner = self.store.load(version, device="cpu")
             learner.model.eval()  # only ever predicts: threads share it without switching its mode
             before = self.current
             self.current = Loaded(version, learner, self.project.label_names(learner))
             self.metrics.version.set(version)
+            self._shadow()
         if before is not None:
             log.info("serving version %d (was %d)", version, before.version)
+
+    def _shadow(self) -> None:
+        """Load the candidate to serve in shadow (``service.shadow``: the newest kept version made from
+        the promoted one), or drop the one served when there is none."""
+        version = self.project.shadow() if self.settings.shadow else None
+        if version == (self.shadow.version if self.shadow else None):
+            return
+        if version is None:
+            self.shadow = None
+            return
+        learner = self.store.load(version, device="cpu")
+        learner.model.eval()
+        self.shadow = Loaded(version, learner, self.project.label_names(learner))
+        log.info("version %d answers in shadow beside version %d", version, self.current.version)
 
     @property
     def ready(self) -> bool:
@@ -146,6 +163,8 @@ class Served:
         except InputError as err:
             raise problem(422, ["body", *(int(p) if p.isdigit() else p for p in err.field.split("."))],
                           err.message) from None
+        if self.labels:
+            x = self._model_inputs(x)
         out = self._labels(learner, names, x, request) if self.labels else self._translations(learner, x, request)
         kept = [{"id": item.id, "version": version, "inputs": json.dumps(item.data()), "label": o["label"]}
                 for item, o in zip(request.inputs, out, strict=True) if item.id is not None]
@@ -158,11 +177,32 @@ class Served:
             except IntegrityError:  # an id given before, or twice: say which
                 used = sorted(set(self.store.intake.predictions(ids)) | {i for i in ids if ids.count(i) > 1})
                 raise problem(409, ["body", "inputs", "id"], f"ids already used: {', '.join(used[:5])}") from None
+            self._in_shadow(x, request)
         return {"version": version, "predictions": out}
+
+    def _in_shadow(self, x: Any, request: PredictRequest) -> None:
+        """What the candidate in shadow answers to the inputs given an id, kept to judge it when
+        feedback labels them; never returned, and never failing the request."""
+        shadow = self.shadow
+        if shadow is None:
+            return
+        index = [i for i, item in enumerate(request.inputs) if item.id is not None]
+        try:
+            if self.labels:
+                answers = [top[0][0] for top in top_labels(shadow.learner.predict_proba(x[index]), shadow.names, 1)]
+            else:
+                texts, langs = x
+                rows = Pairs([texts[i] for i in index], [""] * len(index), [langs[i] for i in index])
+                with self.generating:
+                    answers = [p.label for p in self.project.kind.predict(shadow.learner, rows, 1)]
+            self.store.intake.add_shadow([{"id": request.inputs[i].id, "version": shadow.version, "label": a}
+                                          for i, a in zip(index, answers, strict=True)])
+        except Exception:  # noqa: BLE001 - the answer served is what counts; the shadow's loss is logged
+            log.exception("version %d in shadow could not answer", shadow.version)
 
     def _labels(self, learner: Learner, names: list[str], x: torch.Tensor, request: PredictRequest
                 ) -> list[dict[str, Any]]:
-        tops = top_labels(learner.predict_proba(self._model_inputs(x)), names, request.top_k)
+        tops = top_labels(learner.predict_proba(x), names, request.top_k)
         out = []
         for item, top in zip(request.inputs, tops, strict=True):
             self.metrics.predictions.labels(top[0][0]).inc()

@@ -48,6 +48,7 @@ class Updater:
         self.tried = 0.0  # when the last update began (rows too few to learn are tried again after update_wait)
         self.drift_signal = False
         self.stalled_at: int | None = None  # queued rows when an update last found nothing it could learn
+        self.shadow_state: dict[str, Any] | None = None  # the candidate in shadow, as last judged
         self.detector = Hybrid(drift=settings.drift).detector() if settings.drift else None
         self.labelled, self.correct = 0, 0  # predictions later labelled, and right, in this process
         self.waiting_for: str | None = None  # the other process holding the lease, while this one waits
@@ -131,10 +132,30 @@ class Updater:
                 due = self.due()
                 if due:
                     self.update(due)
+                self.judge_shadow()
             except Exception as err:  # noqa: BLE001 - logged; the next round tries again
                 log.exception("the update failed; the next round tries again")
                 with contextlib.suppress(Exception):
                     self.store.log("updater", f"update failed: {type(err).__name__}: {err}")
+
+    def judge_shadow(self) -> dict[str, Any] | None:
+        """The candidate in shadow judged on the live rows labelled since it answered: promoted once
+        they show it surely better (``service.shadow_rows`` of them at least). Returns what /state shows."""
+        shadow = self.served.shadow
+        if shadow is None:
+            self.shadow_state = None
+            return None
+        right, served = self.store.intake.shadow_hits(shadow.version)
+        self.shadow_state = {"version": shadow.version, "rows": len(right), "needed": self.settings.shadow_rows,
+                             "accuracy": sum(right) / len(right) if right else None,
+                             "promoted_accuracy": sum(served) / len(served) if served else None}
+        verdict = self.project.shadow_verdict(shadow.version, self.settings.shadow_rows)
+        if verdict is not None and verdict[0]:
+            with self.updating:
+                self.project.promote(shadow.version, verdict[1])
+            log.info("promoted version %d from shadow: %s", shadow.version, verdict[1])
+            self.served.refresh()
+        return self.shadow_state
 
     def due(self) -> str | None:
         """Why an update should run now, or None."""

@@ -47,6 +47,11 @@ class View:
                 "queue": feedback.get("queued", 0), "feedback": feedback, "pending_rows": pending_rows(self.store),
                 "quarantined_rows": self.updater.metrics.quarantined_rows(self.store),
                 "per_class": self.per_class(served), "last_update": self.updater.last_update,
+                "shadow": self.updater.shadow_state,
+                "waiting": [{"name": p.name, "status": p.status, "rows": p.rows, "version": p.version,
+                             "source": p.source} for p in self.store.pending(("pending", "held", "dropped"))],
+                "quarantine": [{"name": n, "rows": self.store.data_rows(n, "quarantine")}
+                               for n in self.store.data_names("quarantine")],
                 "latency_ms": {"p50": 1000 * lat[len(lat) // 2] if lat else None,
                                "p99": 1000 * lat[int(0.99 * (len(lat) - 1))] if lat else None}}
 

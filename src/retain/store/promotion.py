@@ -31,11 +31,11 @@ class PromotionRule:
     'batch-0: accuracy 82.0% fell 8.0 points below its best on the promoted line (90.0%), more than 5.0 allowed'
 
     What a candidate learns counts too: with ``gain`` (its mean gain over the promoted version on the
-    new batch), a drop may reach ``max_drop + gain_weight * gain`` (a batch of new classes, which
-    the promoted version cannot answer, costs earlier batches a little accuracy):
+    new batch), a drop may reach ``max_drop + gain_weight * gain``, at most twice ``max_drop`` (a batch
+    of new classes, which the promoted version cannot answer, costs earlier batches a little accuracy):
 
     >>> rule.decide({"batch-0": 0.84, "batch-1": 0.80}, {"batch-0": 0.91}, "batch-1", {}, gain=0.8).reason
-    'batch-1: accuracy 80.0%; largest drop on an earlier batch 7.0 points (13.0 allowed with its gain of 80.0)'
+    'batch-1: accuracy 80.0%; largest drop on an earlier batch 7.0 points (9.0 allowed with its gain of 80.0)'
     """
 
     min_new_accuracy: float = Field(0.0, ge=0.0, le=1.0)
@@ -47,8 +47,9 @@ class PromotionRule:
                                      "null: by the drop itself)")
     min_held_out: int = Field(10, ge=1, le=10_000, description="held-out rows a batch needs to be judged on its own; "
                               "smaller batches are judged together (on 9 rows one row is 11 points)")
-    gain_weight: float = Field(0.1, ge=0.0, le=1.0, description="each point the candidate gains on the new batch over "
-                               "the promoted version allows this much more drop on earlier ones")
+    gain_weight: float = Field(0.05, ge=0.0, le=1.0, description="each point the candidate gains on the new batch "
+                               "over the promoted version allows this much more drop on earlier ones (at most "
+                               "max_drop more)")
     kept: Literal["carry", "hold", "drop"] = Field(
         "carry", description="the rows of a batch whose candidate is kept: carried into the next update on the "
         "promoted line, held until `retain update --retry`, or dropped (recorded)")
@@ -81,7 +82,7 @@ class PromotionRule:
             if candidate[key] < self.min_new_accuracy:
                 return Decision(False, f"{key}: {metric} {shown(candidate[key])} is below the "
                                        f"{shown(self.min_new_accuracy)} required of new data")
-        allowed = self.max_drop + self.gain_weight * max(0.0, gain)
+        allowed = self.max_drop + min(self.max_drop, self.gain_weight * max(0.0, gain))
         with_gain = (f" ({100 * allowed:.1f} allowed with its gain of {100 * gain:.1f})"
                      if allowed > self.max_drop else "")
         for batch, before in promoted.items():

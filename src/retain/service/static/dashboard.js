@@ -160,6 +160,12 @@ function show(state) {
   document.getElementById("labelled").textContent = state.labelled;
   document.getElementById("queue").textContent = state.queue;
   document.getElementById("waiting").textContent = `${state.pending_rows ?? "–"} / ${state.quarantined_rows}`;
+  const sh = state.shadow;
+  document.getElementById("shadow").textContent = sh
+    ? `version ${sh.version}: ` + (sh.rows ? `${pct(sh.accuracy)} right on ${sh.rows} live rows labelled since, ` +
+      `the served version ${pct(sh.promoted_accuracy)}` : "no live row labelled yet") +
+      (sh.rows < sh.needed ? ` (judged from ${sh.needed})` : "")
+    : "none (a kept candidate answers here beside the served version)";
   const lat = state.latency_ms;
   document.getElementById("latency").textContent =
     lat.p50 === null ? "–" : `${lat.p50.toFixed(1)} / ${lat.p99.toFixed(1)} ms`;
@@ -173,12 +179,44 @@ function show(state) {
   bars("batches", served ? served.accuracy : {}, true);
   bars("classes", state.per_class, false);
   versions(state);
+  aside(state);
+}
+
+// The rows the served version did not learn: a kept candidate's (pending, held, dropped) and the quarantined.
+function aside(state) {
+  const body = document.querySelector("#aside tbody");
+  const key = JSON.stringify([state.waiting, state.quarantine]);
+  if (body.dataset.key === key) return;  // redrawn only when it changes: a button stays under the pointer
+  body.dataset.key = key;
+  while (body.firstChild) body.removeChild(body.firstChild);
+  const row = (cells, buttons) => {
+    const tr = el("tr");
+    for (const c of cells) tr.appendChild(el("td", {}, String(c)));
+    const td = el("td");
+    for (const [label, text, path] of buttons) {
+      const button = el("button", { type: "button" }, label);
+      button.addEventListener("click", () => ask(text, path, label));
+      td.appendChild(button);
+    }
+    tr.appendChild(td);
+    body.appendChild(tr);
+  };
+  for (const w of state.waiting) row([w.name, w.rows, `${w.status} (kept with version ${w.version})`, w.source], []);
+  for (const q of state.quarantine) {
+    row([q.name, q.rows, "quarantined by the gate", ""], [
+      ["Release", `Release the ${q.rows} rows of ${q.name}? The next update learns them.`,
+        `/quarantine/${encodeURIComponent(q.name)}/release`],
+      ["Drop", `Drop the ${q.rows} rows of ${q.name}? They are deleted; their review file is kept.`,
+        `/quarantine/${encodeURIComponent(q.name)}/drop`]]);
+  }
+  if (!body.firstChild) row(["none", "", "every row a version learned is learned by the served version", ""], []);
 }
 
 // Changing the served version changes every client's answers: say what will happen, and ask first.
-function ask(text, path) {
+function ask(text, path, label) {
   const dialog = document.getElementById("confirm");
   document.getElementById("confirm-text").textContent = text;
+  document.getElementById("confirm-yes").textContent = label || "Change the served version";
   dialog.returnValue = "";
   dialog.onclose = () => { if (dialog.returnValue === "yes") change(path); };
   dialog.showModal();
@@ -202,7 +240,9 @@ async function change(path) {
   status.dataset.kind = "change";  // shown until the next change, or for ten seconds
   setTimeout(() => { status.dataset.kind = ""; }, 10000);
   status.className = response.ok ? "" : "error";
-  status.textContent = response.ok ? `version ${body.promoted} is promoted` : `${response.status}: ${
+  const done = body.promoted !== undefined ? `version ${body.promoted} is promoted`
+    : body.released ? `${body.released} released: its rows wait as ${body.waiting_as}` : `${body.dropped} dropped`;
+  status.textContent = response.ok ? done : `${response.status}: ${
     typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)}`;
   refresh();
 }
