@@ -136,7 +136,8 @@ def retrained(project: Project, paths: list[Path], held: dict) -> dict[str, floa
     learner = project.kind.new_learner(rows, names, 0)
     project.kind.fit(learner, rows, rows.take(torch.arange(min(len(rows), 50))), 0, names)
     at_once = overall(project, learner, held)
-    return {"same_learner_at_once": at_once,"logistic_regression": float((LogisticRegression(max_iter=2000).fit(x, y).predict(hx) == hy).mean()),
+    return {"same_learner_at_once": at_once,
+            "logistic_regression": float((LogisticRegression(max_iter=2000).fit(x, y).predict(hx) == hy).mean()),
             "lda": float((LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(x, y).predict(hx)
                           == hy).mean()),
             "majority_class": float((hy == majority).mean()), "train_rows": len(y), "held_out_rows": len(hy)}
