@@ -64,6 +64,28 @@ class Served:
         self.log.close()
 
 
+def killed_in_an_update(store: Path, rows: list[dict], fault: str) -> Served:
+    """Send ``rows`` as feedback to a ``retain serve`` that kills itself (SIGKILL) at ``fault`` when
+    ``POST /update`` runs, then start the store's service again: that one, once it answers."""
+    import pytest
+    import yaml
+
+    config = store.parent / "service.yaml"
+    config.write_text(yaml.safe_dump({"min_rows": 10_000, "new_class_rows": 10_000, "poll": 0.1}))
+    server = Served(store, "--config", str(config), fault=fault).wait()
+    try:
+        acked = sum(server.client.post("/feedback", json={"rows": rows[i:i + 20]},
+                                       headers=WRITE).json()["accepted"]
+                    for i in range(0, len(rows), 20))
+        assert acked == len(rows)
+        with pytest.raises(Exception):  # noqa: B017 - the process dies under the request: any transport error
+            server.client.post("/update", headers=WRITE)
+        assert server.process.wait(30) == -9
+    finally:
+        server.stop()
+    return Served(store, "--config", str(config)).wait()
+
+
 def headless_chromium(width: int = 1200, height: int = 1400):
     """Debian's Chromium, headless, driven by its chromedriver through selenium (console logs kept)."""
     from selenium import webdriver

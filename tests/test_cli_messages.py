@@ -140,10 +140,16 @@ def test_held_out_must_leave_rows_to_train_on_and_shows_its_default(capsys):
     assert "(default: 0.2)" in " ".join(capsys.readouterr().out.split())
 
 
-def _one_line(capsys, argv, expected):
+def _error(capsys, argv):
+    """The one line a command that a user got wrong prints (exit code 2)."""
     assert main(argv) == 2, argv
     err = capsys.readouterr().err
-    assert err.startswith("retain: ") and err.count("\n") == 1 and expected in err, err
+    assert err.startswith("retain: ") and err.count("\n") == 1, err
+    return err
+
+
+def _one_line(capsys, argv, expected):
+    assert expected in _error(capsys, argv)
 
 
 def test_data_that_is_not_one_batch_says_what_to_point_at(tmp_path, batches, store, capsys):
@@ -175,19 +181,20 @@ def test_a_full_disk_is_named_not_shown_as_database_text(store, batches, monkeyp
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ModelStore, "put_data", no_space)  # the held-out rows are the update's first write
-    _one_line(capsys, ["update", str(store), "--data", str(batches / "02" / "train.csv")],
-              f"no space left on the device holding {store}: free some space and run the command again")
+    assert (f"no space left on the device holding {store}: free some space and run the command again"
+            in _error(capsys, ["update", str(store), "--data", str(batches / "02" / "train.csv")]))
 
     def database_full(*args, **kwargs):
         raise OperationalError("UPDATE meta SET value=?", ("1",), sqlite3.OperationalError("database or disk is full"))
 
     monkeypatch.setattr(ModelStore, "rollback", database_full)
-    _one_line(capsys, ["rollback", str(store)], f"no space left on the device holding {store}")
+    assert f"no space left on the device holding {store}" in _error(capsys, ["rollback", str(store)])
+
     def locked(*args, **kwargs):
         raise OperationalError("SELECT versions.id FROM versions", {}, sqlite3.OperationalError("database is locked"))
 
     monkeypatch.setattr(ModelStore, "versions", locked)
-    _one_line(capsys, ["versions", str(store)], f"the store's database of {store}: database is locked")
+    assert f"the store's database of {store}: database is locked" in _error(capsys, ["versions", str(store)])
 
 
 def test_a_full_disk_ends_any_command_in_one_line(tmp_path, monkeypatch, capsys):
@@ -200,8 +207,8 @@ def test_a_full_disk_ends_any_command_in_one_line(tmp_path, monkeypatch, capsys)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({"scenario": {"dataset": "digits", "n_experiences": 2}, "model": {"hidden": [16]},
                                    "training": {"epochs": 1}, "strategies": ["finetune"]}))
-    _one_line(capsys, ["run", str(cfg), "--quiet", "--out", str(tmp_path / "run")],
-              f"no space left on the device holding {tmp_path / 'run' / 'report.md'}: free some space")
+    assert (f"no space left on the device holding {tmp_path / 'run' / 'report.md'}: free some space"
+            in _error(capsys, ["run", str(cfg), "--quiet", "--out", str(tmp_path / "run")]))
 
 
 def test_an_init_left_unfinished_can_run_again(tmp_path, batches, capsys):
@@ -250,8 +257,8 @@ def test_run_refuses_a_device_or_output_it_cannot_use(tmp_path, monkeypatch, cap
            "strategies": ["finetune"], "output": str(tmp_path / "runs")}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg | {"training": {"device": "cuda"}}))
-    _one_line(capsys, ["run", str(path)], "training.device: device 'cuda' was asked for but no CUDA GPU is "
-              "available; set device: auto (a GPU when there is one) or cpu")
+    assert ("training.device: device 'cuda' was asked for but no CUDA GPU is available; set device: auto (a GPU "
+            "when there is one) or cpu") in _error(capsys, ["run", str(path)])
     path.write_text(yaml.safe_dump(cfg | {"output": str(path / "x")}))  # under a file, as /proc/x is unwritable
-    _one_line(capsys, ["run", str(path)], f"output {path / 'x'}: cannot make the folder runs are written to "
-              "(Not a directory); set output: to a folder you can write")
+    assert (f"output {path / 'x'}: cannot make the folder runs are written to (Not a directory); set output: to a "
+            "folder you can write") in _error(capsys, ["run", str(path)])

@@ -8,14 +8,13 @@ import time
 
 import pytest
 import torch
-import yaml
 
 from retain.loop import Project
 from retain.store import ModelStore
 from retain.store.promotion import PromotionRule
 
 from .conftest import loop_store
-from .served import WRITE, Served
+from .served import WRITE, killed_in_an_update
 from .test_service import client, ready, rows_of
 
 
@@ -110,17 +109,7 @@ def test_a_serve_killed_after_keeping_a_version_leaves_its_rows_pending_not_lear
     store = loop_store(tmp_path, batches)
     _strict(store, 0.99)
     rows = [{"input": {"features": x}, "label": y} for x, y in rows_of(batches / "01" / "train.csv", 60)]
-    config = tmp_path / "service.yaml"
-    config.write_text(yaml.safe_dump({"min_rows": 10_000, "new_class_rows": 10_000, "poll": 0.1}))
-    server = Served(store, "--config", str(config), fault="after-version").wait()
-    try:
-        assert server.client.post("/feedback", json={"rows": rows}, headers=WRITE).json()["accepted"] == 60
-        with pytest.raises(Exception):  # noqa: B017 - the process dies under the request: any transport error
-            server.client.post("/update", headers=WRITE)
-        assert server.process.wait(30) == -9
-    finally:
-        server.stop()
-    again = Served(store, "--config", str(config)).wait()
+    again = killed_in_an_update(store, rows, "after-version")
     try:
         assert ready(again.client) == {"status": "ready", "version": 1}
         state = again.client.get("/state").json()

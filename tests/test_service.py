@@ -203,22 +203,10 @@ def test_images_are_read_like_the_training_folders(tmp_path):
 @pytest.mark.parametrize("point", ["in-update", "in-promote"])
 def test_a_serve_process_killed_in_an_update_keeps_every_acknowledged_row_and_its_promoted_version(
         store, batches, point):
-    from .served import Served
+    from .served import killed_in_an_update
 
     rows = [{"input": {"features": x}, "label": y} for x, y in rows_of(batches / "01" / "train.csv", 60)]
-    config = store.parent / "service.yaml"
-    config.write_text(yaml.safe_dump({"min_rows": 10_000, "new_class_rows": 10_000, "poll": 0.1}))
-    server = Served(store, "--config", str(config), fault=point).wait()
-    try:
-        acked = sum(server.client.post("/feedback", json={"rows": rows[i:i + 20]}, headers=WRITE).json()["accepted"]
-                    for i in range(0, 60, 20))
-        assert acked == 60
-        with pytest.raises(Exception):  # noqa: B017 - the process dies under the request: any transport error
-            server.client.post("/update", headers=WRITE)
-        assert server.process.wait(30) == -9
-    finally:
-        server.stop()
-    again = Served(store, "--config", str(config)).wait()
+    again = killed_in_an_update(store, rows, point)
     try:
         assert ready(again.client) == {"status": "ready", "version": 1}
         state = again.client.get("/state").json()
