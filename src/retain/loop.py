@@ -453,15 +453,15 @@ class Project:
     def shadow(self) -> int | None:
         """The candidate to serve in shadow: the newest kept version made from the promoted one."""
         promoted = self.store.promoted()
-        kept = [v.id for v in self.store.versions() if v.parent == promoted and v.decision == "kept"]
-        return kept[-1] if kept else None
+        return None if promoted is None else self.store.newest_kept(promoted)
 
-    def shadow_verdict(self, version: int, min_rows: int) -> tuple[bool, str] | None:
+    def shadow_verdict(self, version: int, min_rows: int,
+                       hits: tuple[list[bool], list[bool]] | None = None) -> tuple[bool, str] | None:
         """Whether the candidate ``version``, answering in shadow, should replace the promoted version,
         judged on the live rows feedback labelled since: None before ``min_rows`` were; True when
         it was right more often, surely (the lower bound of its paired bootstrap gain, at the rule's
-        confidence, above 0)."""
-        shadow, served = self.store.intake.shadow_hits(version)
+        confidence, above 0). ``hits``: :meth:`Intake.shadow_hits` of ``version`` when read already."""
+        shadow, served = self.store.intake.shadow_hits(version) if hits is None else hits
         if len(shadow) < min_rows:
             return None
         ahead, behind = torch.tensor(shadow, dtype=torch.float64), torch.tensor(served, dtype=torch.float64)

@@ -145,11 +145,14 @@ class Updater:
         if shadow is None:
             self.shadow_state = None
             return None
-        right, served = self.store.intake.shadow_hits(shadow.version)
+        right, served = hits = self.store.intake.shadow_hits(shadow.version)
+        if self.shadow_state is not None and (shadow.version, len(right)) == (self.shadow_state["version"],
+                                                                             self.shadow_state["rows"]):
+            return self.shadow_state  # nothing labelled since the last round: the same verdict
         self.shadow_state = {"version": shadow.version, "rows": len(right), "needed": self.settings.shadow_rows,
                              "accuracy": sum(right) / len(right) if right else None,
                              "promoted_accuracy": sum(served) / len(served) if served else None}
-        verdict = self.project.shadow_verdict(shadow.version, self.settings.shadow_rows)
+        verdict = self.project.shadow_verdict(shadow.version, self.settings.shadow_rows, hits)
         if verdict is not None and verdict[0]:
             with self.updating:
                 self.project.promote(shadow.version, verdict[1])

@@ -451,6 +451,13 @@ class ModelStore:
 
         return load_learner(self.folder(version), device=device)  # of the kind its save records
 
+    def newest_kept(self, parent: int) -> int | None:
+        """The newest ready version made from ``parent`` that the rule kept (a candidate for shadow)."""
+        with self._db() as db:
+            return db.execute(select(VERSIONS.c.id).where(
+                VERSIONS.c.parent == parent, VERSIONS.c.status == "ready", VERSIONS.c.decision == "kept")
+                .order_by(VERSIONS.c.id.desc()).limit(1)).scalar()
+
     def version(self, version: int) -> Version:
         found = [v for v in self.versions() if v.id == version]
         if not found:
