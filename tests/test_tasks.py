@@ -13,11 +13,15 @@ from retain.quality import GatePolicy
 from retain.store import ModelStore
 from retain.tasks import TASKS, open_kind, stored_run
 from retain.tasks.classification import Classification
+from retain.tasks.transcription import Transcription, TranscriptionConfig
 from retain.tasks.translation import Pairs, Translation, TranslationConfig, build_translator, read_pairs
 
 TINY_MT = {"name": "tiny-store", "model": {"name": "tiny", "adaptation": "lora"},
            "training": {"lr": 1e-3, "batch_size": 4, "max_tokens": 120, "threads": 1},
            "generation": {"max_new_tokens": 6}, "min_held_out": 1}
+TINY_ASR = {"model": {"name": "ctc-tiny", "max_seconds": 2}, "training": {"lr": 3e-3, "epochs": 3},
+            "methods": [{"label": "replay", "compose": [{"name": "replay", "memory_size": 10, "policy": "reservoir"}]}],
+            "min_held_out": 4}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,19 @@ def pairs(tmp_path_factory):
     return folder
 
 
-def _kind_batches(kind, tmp_path, batches, pairs):
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Two batches of spoken words (tones) with transcripts, and one whose transcripts are far too long."""
+    from .speech_clips import batch_folder
+
+    folder = tmp_path_factory.mktemp("clips")
+    batch_folder(folder / "first", 30, 0, ("go", "stop"))
+    batch_folder(folder / "second", 30, 1, ("up", "down", "go"))
+    batch_folder(folder / "bad", 30, 2, text=lambda i, spoken: spoken if i % 2 else " ".join([spoken] * 12))
+    return folder
+
+
+def _kind_batches(kind, tmp_path, batches, pairs, clips):
     """A kind's config (as Project.init takes it) and its first, second and refused batch."""
     if kind is Classification:
         from retain.config import RunConfig
@@ -51,13 +67,16 @@ def _kind_batches(kind, tmp_path, batches, pairs):
         flipped.write_text("\n".join([lines[0]] + [f"{x},{flip[y] if i % 5 < 2 else y}" for i, (x, y) in
                                                    enumerate(rows)]) + "\n")
         return cfg, batches / "00" / "train.csv", batches / "01" / "train.csv", flipped
+    if kind is Transcription:
+        cfg = TranscriptionConfig.model_validate(TINY_ASR)
+        return cfg, clips / "first", clips / "second", clips / "bad"
     cfg = TranslationConfig.model_validate(TINY_MT)
     return cfg, pairs / "de.jsonl", pairs / "fr.jsonl", pairs / "broken.jsonl"
 
 
 @pytest.mark.parametrize("kind", sorted(TASKS.values(), key=lambda k: k.name), ids=lambda k: k.name)
-def test_every_kind_runs_the_store_loop(kind, tmp_path, batches, pairs):
-    cfg, first, second, bad = _kind_batches(kind, tmp_path, batches, pairs)
+def test_every_kind_runs_the_store_loop(kind, tmp_path, batches, pairs, clips):
+    cfg, first, second, bad = _kind_batches(kind, tmp_path, batches, pairs, clips)
     project, result = Project.init(cfg, first, tmp_path / "store")
     assert result.version == 1 and result.promoted
     assert stored_run(project.store.config)[0] == kind.name  # the store records its kind
@@ -74,8 +93,8 @@ def test_every_kind_runs_the_store_loop(kind, tmp_path, batches, pairs):
 
 
 @pytest.mark.parametrize("kind", sorted(TASKS.values(), key=lambda k: k.name), ids=lambda k: k.name)
-def test_a_version_reloaded_keeps_training_bit_exactly(kind, tmp_path, batches, pairs):
-    cfg, first, second, _ = _kind_batches(kind, tmp_path, batches, pairs)
+def test_a_version_reloaded_keeps_training_bit_exactly(kind, tmp_path, batches, pairs, clips):
+    cfg, first, second, _ = _kind_batches(kind, tmp_path, batches, pairs, clips)
     project, _ = Project.init(cfg, first, tmp_path / "store")
     if kind is Classification:
         labels = project.labels()  # the batch's new label names join the store's
@@ -247,3 +266,47 @@ def test_with_confidence_a_drop_of_one_held_out_row_in_fifty_is_not_taken_for_fo
     assert plain.accuracy == bounded.accuracy and 0 < 1 - plain.accuracy["batch-0000"] <= 0.05  # same small drop
     assert not plain.promoted and "fell 2.0 points" in plain.reason
     assert bounded.promoted  # one row of fifty: the paired bootstrap's bound is not above zero
+
+
+def test_serve_transcribes_wav_and_ogg_takes_corrected_transcripts_and_learns_them(tmp_path, clips):
+    import base64
+    import io
+
+    import numpy as np
+    import soundfile
+    from fastapi.testclient import TestClient
+
+    from retain.config import ServiceConfig
+    from retain.service.app import create_app
+
+    from .served import TOKEN, WRITE
+    from .speech_clips import clip
+
+    Project.init(TranscriptionConfig.model_validate(TINY_ASR), clips / "first", tmp_path / "store")
+    settings = ServiceConfig(poll=0.05, update_wait=3600, min_rows=10, update_rows=10_000)
+    rng = np.random.default_rng(5)
+    spoken = [" ".join(rng.choice(["up", "down"], 2)) for _ in range(24)]
+
+    def encoded(text: str, fmt: str) -> str:
+        out = io.BytesIO()
+        soundfile.write(out, clip(text, rng), 16_000, format=fmt)
+        return base64.b64encode(out.getvalue()).decode()
+
+    with TestClient(create_app(tmp_path / "store", settings, token=TOKEN)) as api:
+        inputs = [{"audio": encoded(t, "WAV" if i % 2 else "OGG"), "id": f"c{i}"} for i, t in enumerate(spoken)]
+        answer = api.post("/predict", json={"inputs": inputs}).json()
+        assert answer["version"] == 1 and len(answer["predictions"]) == len(spoken)
+        assert all(isinstance(p["label"], str) for p in answer["predictions"])
+        bad = api.post("/predict", json={"inputs": [{"audio": base64.b64encode(b"not audio").decode()}]})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "inputs", 0, "audio"]
+        text = api.post("/predict", json={"inputs": [{"text": "hello"}]})
+        assert text.status_code == 422 and "transcribes speech" in text.json()["detail"][0]["msg"]
+        acked = api.post("/feedback", json={"rows": [{"id": f"c{i}", "label": t} for i, t in enumerate(spoken)]},
+                         headers=WRITE).json()
+        assert acked["accepted"] == len(spoken)
+        result = api.post("/update", headers=WRITE).json()
+        assert result["version"] == 2 and set(result["accuracy"]) == {"batch-0000", "batch-0001"}
+        state = api.get("/state").json()
+        assert state["metric"] == "1 - WER" and state["answers"] == "transcript"
+    assert result["promoted"], result["reason"]  # the corrections taught it words the first batch lacked
+    assert ModelStore(tmp_path / "store").intake.feedback_counts() == {"learned": len(spoken)}

@@ -16,11 +16,13 @@ def run_config(args: argparse.Namespace, loop: bool = False):
     return cfg
 
 
-def is_translation(path: str) -> bool:
-    """Whether the YAML file at ``path`` is a ``task: translation`` config."""
+def config_task(path: str) -> str:
+    """The task kind a YAML config at ``path`` names (``task:``; a run config's is classification)."""
     from retain.config import ConfigError, read_yaml
 
     try:
-        return read_yaml(path).get("task") == "translation"
+        task = read_yaml(path).get("task")
     except ConfigError:
-        return False  # the run config's own reading reports what is wrong with the file
+        return "classification"  # the run config's own reading reports what is wrong with the file
+    return task if isinstance(task, str) and task else "classification"
+

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from retain.cli.configs import is_translation, run_config
+from retain.cli.configs import config_task, run_config
 from retain.cli.errors import CommandError, RunFolderError, reported, user_errors
 
 
@@ -147,8 +147,14 @@ def run(args: argparse.Namespace) -> int:
     from retain.experiment import run_experiment
     from retain.monitor import comparison_table, write_report, write_results
 
-    if is_translation(args.config):
+    task = config_task(args.config)
+    if task == "translation":
         return _run_translation(args)
+    if task != "classification":
+        print(f"retain run: {args.config} is a {task} config; retain run compares classification and translation "
+              f"methods. A {task} store learns through retain init and update (benchmarks/speech.py compares "
+              "speech methods)", file=sys.stderr)
+        return 2
     if args.nproc > 1 and not distributed.launched():
         return _launch_ranks(args)
     with reported():

@@ -14,7 +14,7 @@ import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from retain.cli.configs import is_translation, run_config
+from retain.cli.configs import config_task, run_config
 from retain.cli.errors import reported
 from retain.cli.inputs import check_data, left_by_init
 from retain.cli.progress import steps, watched
@@ -33,10 +33,11 @@ def store_errors(store: str | None = None) -> AbstractContextManager[None]:
 def init(args: argparse.Namespace) -> int:
     """``retain init``: a new store whose version 1 learned the first batch."""
     with store_errors(args.store):
-        if is_translation(args.config):
-            from retain.translation import load_translation_config
+        task = config_task(args.config)
+        if task != "classification":
+            from retain.tasks import task_kind
 
-            config = load_translation_config(args.config)
+            config = task_kind(task).read_config(args.config)
             methods = [m.label for m in config.methods]
         else:
             config = run_config(args, loop=True)
@@ -189,6 +190,9 @@ def evaluate(args: argparse.Namespace) -> int:
         report = Project(args.store, progress=sys.stderr.isatty()).evaluate(args.data, args.version)
         if args.json:
             print(as_json(report))
+        elif "wer" in report:
+            print(f"version {report['version']}: WER {report['wer']:.1f}%, CER {report['cer']:.1f}% on "
+                  f"{report['rows']} clips of {args.data}")
         elif "chrf" in report:
             print(f"version {report['version']}: chrF++ {report['chrf']:.1f} on {report['rows']} pairs of {args.data}")
             print("per direction: " + ", ".join(f"{k} {v:.1f}" for k, v in report["per_direction"].items()))
@@ -209,7 +213,7 @@ def predict(args: argparse.Namespace) -> int:
         return _translate(args)
     with store_errors(args.store):
         project = Project(args.store, progress=sys.stderr.isatty())
-        if project.kind.writes_answers:
+        if project.kind.predicts_from == "sources":
             return _translate(args, project)
         if Path(args.data).is_file():
             check_data(args.data)
@@ -244,8 +248,10 @@ def _write_predictions(args: argparse.Namespace, project) -> None:
     predictions = project.predict(args.data, top_k=args.top_k, version=args.version)
     key, identities, inputs = _inputs(args.data, predictions)
     k = len(predictions[0].top) if predictions else 1  # top_k, or every class when there are fewer
-    records = [{key: ident, "label": p.label, "probability": p.top[0][1],
-                "top": [{"label": n, "probability": v} for n, v in p.top]} | ({"input": inputs[i]} if inputs else {})
+    answer = project.kind.labels if project.kind.writes_answers else "label"  # a written answer has no probability
+    records = [{key: ident, answer: p.label} | ({"probability": p.top[0][1], "top": [
+                   {"label": n, "probability": v} for n, v in p.top]} if p.top else {})
+               | ({"input": inputs[i]} if inputs else {})
                for i, (ident, p) in enumerate(zip(identities, predictions, strict=True))]
     if args.json and not args.out:
         print(as_json(records))
@@ -257,14 +263,14 @@ def _write_predictions(args: argparse.Namespace, project) -> None:
         else:
             import csv
 
-            header = [key, "label", "probability"] + [f"{kind}_{i}" for i in range(2, k + 1)
-                                                      for kind in ("label", "probability")]
+            header = [key, answer] + (["probability"] + [f"{kind}_{i}" for i in range(2, k + 1)
+                                                         for kind in ("label", "probability")] if k else [])
             columns = list(inputs[0]) if inputs else []
             writer = csv.writer(out)
             writer.writerow(header + [f"input_{c}" if c in header else c for c in columns])
             for ident, p, row in zip(identities, predictions, inputs or [{}] * len(predictions), strict=True):
-                writer.writerow([ident, p.label, p.top[0][1]] + [v for pair in p.top[1:] for v in pair]
-                                + [row.get(c, "") for c in columns])
+                writer.writerow([ident, p.label] + ([p.top[0][1]] if p.top else [])
+                                + [v for pair in p.top[1:] for v in pair] + [row.get(c, "") for c in columns])
     finally:
         if args.out:
             out.close()

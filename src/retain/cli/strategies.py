@@ -15,9 +15,10 @@ def strategies(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     short = {"class_incremental": "class", "task_incremental": "task", "domain_incremental": "domain"}
+    width = max((len(row["name"]) for row in rows), default=0)
     for row in rows:
         defaults = ", ".join(f"{k}={v}" for k, v in row["defaults"].items()) or "no parameters"
-        print(f"{row['name']:<13} {row['family']:<20} {'/'.join(short[s] for s in row['scenarios'])}")
+        print(f"{row['name']:<{width}} {row['family']:<20} {'/'.join(short[s] for s in row['scenarios'])}")
         print(f"    {row['summary']}")
         print(f"    {defaults}")
         print(f"    {row['paper']}")

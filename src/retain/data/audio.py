@@ -54,30 +54,52 @@ def voices() -> list[str]:
     return espeak + [f"flite:{v}" for v in FLITE_VOICES] + ["festival:kal_diphone"]
 
 
-def _check_tools() -> None:
+def check_tools(dataset: str = "keywords") -> None:
+    """Raise :class:`DatasetNotFound` naming the Debian packages to install when a synthesis tool is missing."""
     missing = [pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
     if missing:
         raise DatasetNotFound(
-            "data set 'keywords' synthesises speech and needs Debian's packages "
+            f"data set {dataset!r} synthesises speech and needs Debian's packages "
             f"{', '.join(sorted(set(missing)))}: apt-get install espeak-ng flite festival sox")
 
 
-def _synthesize(voice: str, word: str, out: Path) -> None:
+def synthesize(voice: str, text: str, out: Path) -> None:
+    """Speak ``text`` (a word or a sentence) with ``voice`` (``engine:name``, as :func:`voices` names
+    them) into the WAV file ``out``, at the engine's own sample rate."""
     engine, name = voice.split(":", 1)
     if engine == "espeak":
-        cmd = ["espeak-ng", "-v", name, "-w", str(out), word]
+        cmd = ["espeak-ng", "-v", name, "-w", str(out), text]
         subprocess.run(cmd, check=True, capture_output=True)
     elif engine == "flite":
-        subprocess.run(["flite", "-voice", name, "-t", word, "-o", str(out)], check=True, capture_output=True)
+        subprocess.run(["flite", "-voice", name, "-t", text, "-o", str(out)], check=True, capture_output=True)
     else:
-        subprocess.run(["text2wave", "-eval", f"(voice_{name})", "-o", str(out)], input=word.encode(),
+        subprocess.run(["text2wave", "-eval", f"(voice_{name})", "-o", str(out)], input=text.encode(),
                        check=True, capture_output=True)
 
 
-def _read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path)) as w:
+def perturb(raw: Path, out: Path, tempo: float | None = None, pitch: float | None = None) -> np.ndarray:
+    """The WAV file ``raw`` as a 16 kHz mono waveform in [-1, 1], converted by sox into ``out``, its
+    tempo scaled by ``tempo`` (1.1: 10% faster) and its pitch moved by ``pitch`` cents when given."""
+    effects = [] if tempo is None else ["tempo", f"{tempo:.3f}"]
+    effects += [] if pitch is None else ["pitch", f"{pitch:.0f}"]
+    subprocess.run(["sox", "-R", "-D", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out), *effects],
+                   check=True, capture_output=True)
+    with wave.open(str(out)) as w:
         frames = w.readframes(w.getnframes())
     return np.frombuffer(frames, dtype=np.int16).astype(np.float32) / 32768.0
+
+
+def add_noise(audio: np.ndarray, snr: float, seed: int) -> np.ndarray:
+    """``audio`` plus white noise (drawn from ``seed``) at a signal-to-noise ratio of ``snr`` dB.
+
+    >>> clean = np.sin(np.arange(16_000, dtype=np.float32) / 10)
+    >>> noise = add_noise(clean, 20.0, seed=0) - clean
+    >>> round(10 * np.log10(np.mean(clean ** 2) / np.mean(noise ** 2)))
+    20
+    """
+    power = float(np.mean(audio ** 2)) + 1e-12
+    noise = np.random.default_rng(seed).standard_normal(len(audio))
+    return audio + noise.astype(np.float32) * np.sqrt(power / 10 ** (snr / 10))
 
 
 def _fit(audio: np.ndarray, n: int) -> np.ndarray:
@@ -95,19 +117,16 @@ def _clips(voice: str, word: str, copies: int, seed: int, workdir: Path) -> list
     rng = random.Random(f"{seed}:{voice}:{word}")
     tag = hashlib.sha1(f"{voice}:{word}".encode()).hexdigest()[:12]
     raw, clips = workdir / f"{tag}.wav", []
-    _synthesize(voice, word, raw)
+    synthesize(voice, word, raw)
     for c in range(copies):
         out = workdir / f"{tag}-{c}.wav"
-        effects = [] if c == 0 else ["tempo", f"{rng.uniform(0.85, 1.15):.3f}",
-                                     "pitch", f"{rng.uniform(-250, 250):.0f}"]
-        subprocess.run(["sox", "-R", "-D", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out), *effects],
-                       check=True, capture_output=True)
-        audio = _fit(_read_wav(out), SAMPLE_RATE)
-        if c > 0:  # white noise at a signal-to-noise ratio between 10 and 30 dB
-            power = float(np.mean(audio ** 2)) + 1e-12
+        if c == 0:
+            audio = _fit(perturb(raw, out), SAMPLE_RATE)
+        else:  # white noise at a signal-to-noise ratio between 10 and 30 dB
+            tempo, pitch = rng.uniform(0.85, 1.15), rng.uniform(-250, 250)
+            audio = _fit(perturb(raw, out, tempo, pitch), SAMPLE_RATE)
             snr = rng.uniform(10, 30)
-            noise = np.random.default_rng(rng.getrandbits(32)).standard_normal(SAMPLE_RATE)
-            audio = audio + noise.astype(np.float32) * np.sqrt(power / 10 ** (snr / 10))
+            audio = add_noise(audio, snr, rng.getrandbits(32))
         clips.append(audio)
     return clips
 
@@ -132,7 +151,7 @@ def keywords(words: tuple[str, ...] = WORDS, copies: int = 4, test_fraction: flo
             return _as_dataset(arrays, words)
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: generate again below
-    _check_tools()
+    check_tools()
     held_out = set(random.Random(seed).sample(all_voices, round(len(all_voices) * test_fraction)))
     jobs = [(v, label, w) for v in all_voices for label, w in enumerate(words)]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(workers) as pool:

@@ -130,6 +130,22 @@ def _keywords(test_fraction: float = 0.25, split_seed: int = 0) -> Dataset:
     return keywords(test_fraction=test_fraction, seed=split_seed)
 
 
+def _spoken_words(test_fraction: float = 0.25, split_seed: int = 0) -> Dataset:
+    """``retain.data.spoken_words.spoken_words``: KTuberling's 71 English words, 40 copies of each recording."""
+    from retain.data.spoken_words import spoken_words
+
+    return spoken_words(test_fraction=test_fraction, seed=split_seed)
+
+
+def _spoken_languages(test_fraction: float = 0.25, split_seed: int = 0) -> Dataset:
+    """``retain.data.spoken_words.spoken_words``: the 69 concepts in 13 languages, 8 copies of each recording."""
+    from retain.data.spoken_words import LANGUAGES, spoken_words
+
+    data = spoken_words(LANGUAGES, copies=8, test_fraction=test_fraction, seed=split_seed)
+    data.name = "spoken_languages"
+    return data
+
+
 def per_class(data: Dataset, n_train: int | None, n_test: int | None, seed: int = 0) -> Dataset:
     """At most ``n_train`` / ``n_test`` samples of every class (a seeded choice), for smaller runs.
 
@@ -168,6 +184,8 @@ DATASETS: dict[str, DatasetInfo] = {
     "fortunes_language": DatasetInfo(_text("fortunes_language"), 8, "text"),
     "fortunes_topics": DatasetInfo(_text("fortunes_topics"), 10, "text"),
     "keywords": DatasetInfo(_keywords, 20, "audio"),
+    "spoken_words": DatasetInfo(_spoken_words, 71, "audio"),
+    "spoken_languages": DatasetInfo(_spoken_languages, 69, "audio"),
 }
 
 

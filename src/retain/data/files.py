@@ -51,6 +51,14 @@ MAX_SAMPLE_RATE = 384_000  # the highest rate common audio hardware records at
 MAX_CHANNELS = 64
 
 
+class InputError(ValueError):
+    """An input the model cannot read; ``field`` names it (``inputs.3.image``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
 class FileError(ValueError):
     """A file that cannot be read as data; the message names the file, row and field."""
 

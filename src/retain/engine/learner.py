@@ -80,7 +80,7 @@ class Trainer:
         if len(replacing) > 1:
             raise ValueError(f"{' and '.join(replacing)} each replace the task loss (cross-entropy over every "
                              "row); compose at most one of them")
-        self._task_loss = self._hooks["task_loss"][0] if replacing else cross_entropy
+        self._task_loss = self._hooks["task_loss"][0] if replacing else type(self).row_loss
 
     @property
     def trainable(self) -> list[Tensor]:
@@ -119,6 +119,10 @@ class Trainer:
     def _logits(self, step: Step) -> Tensor:
         """The model's logits on the step's batch, laid out as the task loss reads them."""
         raise NotImplementedError
+
+    def row_loss(self, step: Step, logits: Tensor) -> Tensor:
+        """The task loss when no strategy replaces it: cross-entropy over every row."""
+        return cross_entropy(self, step, logits)
 
     def _update(self, step: Step) -> None:
         """Write the gradients into the weights."""

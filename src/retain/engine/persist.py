@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load as safetensors_load
 from torch import Tensor
 
-from retain.models import Classifier
+from retain.models import Classifier, speech
 from retain.models.generative import ADAPTATIONS, MODELS
 from retain.strategies import STRATEGIES, Strategy, make_strategy
 from retain.util import evaluating
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 3  # 3: the manifest names the kind of learner; 2: a classifier's, with no kind
-KINDS = ("classifier", "generative")
+KINDS = ("classifier", "generative", "speech")
 PARTS = ("model", "state", "learner")
 # Saves written before manifests (each kind's first format), known by their files alone.
 LEGACY = {"classifier": {"model": "model.safetensors", "state": "state.safetensors", "learner": "learner.json"},
@@ -368,6 +368,54 @@ def saved_generative(data: bytes, path: Path) -> _SavedGenerative:
     return meta
 
 
+class _SpeechSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(gt=0, le=MAX_RATE)
+    epochs: int = Field(ge=1, le=MAX_SIZE)
+    batch_size: int = Field(ge=1, le=MAX_SIZE)
+    clip: float = Field(ge=0, le=1e6)
+    seed: int = Field(ge=-(1 << 63), lt=1 << 64)
+
+
+class _SpeechModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal[speech.MODELS]
+    adaptation: Literal[speech.ADAPTATIONS]
+    lora_rank: int = Field(ge=1, le=MAX_LORA_RANK)
+    max_seconds: float = Field(gt=0, le=30)
+    max_tokens: int = Field(ge=4, le=448)  # Whisper's decoder has 448 positions
+    seed: int = Field(ge=0, lt=1 << 62)
+    experts: list[int] = Field(default_factory=list, max_length=1024)
+
+
+class _SavedSpeech(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: int
+    model: _SpeechModelConfig
+    training: _SpeechSettings
+    strategies: list[_SavedStrategy] = Field(max_length=64)
+    seen_classes: list[int] = Field(max_length=1 << 16)
+    steps: int = Field(ge=0)
+    tokens: int = Field(ge=0)
+
+
+def saved_speech(data: bytes, path: Path) -> _SavedSpeech:
+    """A speech learner's saved JSON, validated: its schema, the strategies it names, bounds on sizes."""
+    where = f"{path}/learner.json"
+    try:
+        meta = _SavedSpeech.model_validate(json.loads(data))
+    except ValueError as err:
+        raise LoadError(f"{where}: {_first_problem(err)}") from None
+    if meta.format != FORMAT_VERSION:
+        raise LoadError(f"{where}: unsupported speech learner format {meta.format!r}")
+    bounded(meta.seen_classes, f"{where}: seen_classes", limit=1 << 16)
+    _check_strategies(meta.strategies, where)
+    return meta
+
+
 def state_metadata(strategies: Sequence[Strategy]) -> dict[str, str]:
     """The state file's metadata: the strategies its ``<position>.`` tensors belong to, in order. A
     learner.json whose list was edited (reordered, a strategy swapped) is then refused on load instead
@@ -488,7 +536,7 @@ def check_memories(strategies: Sequence[Strategy], learner: Learner, path: Path)
                     raise LoadError(f"{where}: its {key} have {v.shape[1]} columns, the model {width} outputs")
 
 
-def load_learner(directory: str | Path, device: str = "auto") -> Learner | GenerativeLearner:
+def load_learner(directory: str | Path, device: str = "auto") -> Learner | GenerativeLearner:  # or a SpeechLearner
     """The learner saved in ``directory``, of the kind its manifest records (a save of a kind's
     first format, with no manifest, by its files): a classifier :class:`~retain.engine.Learner` on
     ``device``, or a :class:`~retain.engine.generative.GenerativeLearner`, which loads on the CPU
@@ -512,6 +560,10 @@ def load_learner(directory: str | Path, device: str = "auto") -> Learner | Gener
         raise FileNotFoundError(f"{directory} holds no saved learner ({MANIFEST} is missing)")
     if kind == "generative":
         return GenerativeLearner.load(directory, device="cpu" if device == "auto" else device)
+    if kind == "speech":
+        from retain.engine.speech import SpeechLearner
+
+        return SpeechLearner.load(directory, device="cpu" if device == "auto" else device)
     return Learner.load(directory, device=device)
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from retain.config import FilesConfig
-from retain.data.files import FileError, out_of_range, read_image, read_wav, value_problem
+from retain.data.files import FileError, InputError, out_of_range, read_image, read_wav, value_problem
 
 FIELDS = {"text": "text", "tabular": "features", "vision": "image", "audio": "audio"}
 
@@ -55,14 +55,6 @@ class Input(BaseModel):
     def data(self) -> dict[str, Any]:
         """The input alone (no id), as kept with feedback."""
         return {self.kind(): getattr(self, self.kind())} | ({"lang": self.lang} if self.lang is not None else {})
-
-
-class InputError(ValueError):
-    """An input the model cannot read; ``field`` names it (``inputs.3.image``)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
 
 
 def read_inputs(inputs: list[dict[str, Any]], described: dict[str, Any], files: FilesConfig,
@@ -103,16 +95,3 @@ def read_inputs(inputs: list[dict[str, Any]], described: dict[str, Any], files: 
             raise InputError(f"{where}.{i}.{expected}", str(err).removeprefix(f"{expected}: ").removeprefix(
                 "image: ").removeprefix("audio: ")) from None
     return torch.from_numpy(np.stack(rows))
-
-
-def read_sources(inputs: list[dict[str, Any]], languages: dict[str, str], where: str = "inputs"
-                 ) -> tuple[list[str], list[str]]:
-    """The texts and target languages of a translation store's inputs (each ``{"text", "lang"}``);
-    an :class:`InputError` names the first bad one."""
-    for i, item in enumerate(inputs):
-        kind = next(iter(item))
-        if kind != "text":
-            raise InputError(f"{where}.{i}.{kind}", "this model translates text: send 'text' and 'lang'")
-        if item.get("lang") not in languages:
-            raise InputError(f"{where}.{i}.lang", f"give the language to translate into, one of {', '.join(languages)}")
-    return [item["text"] for item in inputs], [item["lang"] for item in inputs]

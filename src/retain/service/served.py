@@ -2,9 +2,9 @@
 
 Predictions read :attr:`Served.current`, a (version, learner, label names) triple replaced whole
 when the store's promoted version changes (a reference swap: a request in flight keeps the triple
-it took). A classifier answers with its top labels; a translation store's model with a translation
-of each text into the language its input names (one generation at a time: a generative model
-switches its mode while it decodes). Until a warm-up prediction has run on the loaded version (a
+it took). A classifier answers with its top labels; a kind that writes its answers with them (a translation
+of each text into the language its input names, a clip's transcript; one generation at a time: a
+generative model switches its mode while it decodes). Until a warm-up prediction has run on the loaded version (a
 frozen backbone's encoder built, one dummy input answered) the service is not ready: the first
 request after ``/ready`` pays no loading.
 """
@@ -24,15 +24,13 @@ from sqlalchemy.exc import IntegrityError
 
 from retain.build import backbone_encoder, model_inputs
 from retain.config import ServiceConfig
-from retain.data.catalogues import LANGUAGES
 from retain.data.features import encode
 from retain.engine import Learner
 from retain.loop import Project, top_labels
-from retain.service.inputs import InputError, read_inputs, read_sources
+from retain.service.inputs import InputError, read_inputs
 from retain.service.metrics import ServiceMetrics
 from retain.service.schemas import PredictRequest, problem
 from retain.store import StoreError
-from retain.tasks.translation import Pairs
 
 log = logging.getLogger("retain.service")
 
@@ -108,7 +106,7 @@ class Served:
         start = time.perf_counter()
         if not self.labels:
             with self.generating:
-                self.project.kind.predict(served.learner, Pairs(["Hello."], [""], [next(iter(LANGUAGES))]), 1)
+                self.project.kind.predict(served.learner, self.project.kind.warm_rows(), 1)
         else:
             modality, shape = self.described["modality"], self.described["shape"]
             x = (self.read([{"text": "warm-up"}], "warm-up") if modality == "text"
@@ -144,11 +142,12 @@ class Served:
             with contextlib.suppress(Exception):  # a store busy for a moment: try again next time
                 self.refresh()
 
-    def read(self, inputs: list[dict[str, Any]], where: str) -> torch.Tensor | tuple[list[str], list[str]]:
-        """Raw input rows as the store's model was trained on, or a translation store's texts and
-        languages (:class:`InputError` naming ``where``)."""
+    def read(self, inputs: list[dict[str, Any]], where: str) -> Any:
+        """Raw input rows as the store's model was trained on, or the rows of a kind that writes its
+        answers (a translation store's texts and languages, a transcription store's clips;
+        :class:`InputError` naming ``where``)."""
         if not self.labels:
-            return read_sources(inputs, LANGUAGES, where)
+            return self.project.kind.request_rows(inputs, where)
         return read_inputs(inputs, self.described, self.project.config.scenario.files, where)
 
     def predict(self, request: PredictRequest) -> dict[str, Any]:
@@ -165,7 +164,7 @@ class Served:
                           err.message) from None
         if self.labels:
             x = self._model_inputs(x)
-        out = self._labels(learner, names, x, request) if self.labels else self._translations(learner, x, request)
+        out = self._labels(learner, names, x, request) if self.labels else self._answers(learner, x, request)
         kept = [{"id": item.id, "version": version, "inputs": json.dumps(item.data()), "label": o["label"]}
                 for item, o in zip(request.inputs, out, strict=True) if item.id is not None]
         if kept:
@@ -191,10 +190,9 @@ class Served:
             if self.labels:
                 answers = [top[0][0] for top in top_labels(shadow.learner.predict_proba(x[index]), shadow.names, 1)]
             else:
-                texts, langs = x
-                rows = Pairs([texts[i] for i in index], [""] * len(index), [langs[i] for i in index])
                 with self.generating:
-                    answers = [p.label for p in self.project.kind.predict(shadow.learner, rows, 1)]
+                    answers = [p.label for p in self.project.kind.predict(shadow.learner, x.take(torch.tensor(index)),
+                                                                           1)]
             self.store.intake.add_shadow([{"id": request.inputs[i].id, "version": shadow.version, "label": a}
                                           for i, a in zip(index, answers, strict=True)])
         except Exception:  # noqa: BLE001 - the answer served is what counts; the shadow's loss is logged
@@ -218,18 +216,13 @@ class Served:
             cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"feature_cache": None})})
         return model_inputs(cfg, x)
 
-    def _translations(self, learner: Any, sources: tuple[list[str], list[str]], request: PredictRequest
-                      ) -> list[dict[str, Any]]:
-        texts, langs = sources
-        limit = self.project.config.corpus.max_chars
-        for i, text in enumerate(texts):  # the store learned no longer sentence; the model's positions are few
-            if len(text) > limit:
-                raise problem(422, ["body", "inputs", i, "text"], f"{len(text)} characters; this store translates "
-                                                                   f"texts of at most {limit} (corpus.max_chars)")
+    def _answers(self, learner: Any, rows: Any, request: PredictRequest) -> list[dict[str, Any]]:
+        """What a kind that writes its answers says to each row (a translation, a transcript)."""
+        kind = self.project.kind
         with self.generating:
-            answers = self.project.kind.predict(learner, Pairs(texts, [""] * len(texts), langs), 1)
+            answers = kind.predict(learner, rows, 1)
         out = []
-        for item, lang, answer in zip(request.inputs, langs, answers, strict=True):
-            self.metrics.predictions.labels(f"en-{lang}").inc()
-            out.append({"id": item.id, "label": answer.label, "lang": lang})
+        for i, (item, group, answer) in enumerate(zip(request.inputs, kind.answer_groups(rows), answers, strict=True)):
+            self.metrics.predictions.labels(group).inc()
+            out.append({"id": item.id, "label": answer.label} | kind.answer_fields(rows, i))
         return out

@@ -28,7 +28,6 @@ from retain.service.schemas import FeedbackRequest, problem
 from retain.service.served import Served
 from retain.store.intake import AlreadyLabelled
 from retain.tasks.base import TooFewRows
-from retain.tasks.translation import Pairs
 
 LEASE = "updater"
 log = logging.getLogger("retain.service")
@@ -72,7 +71,7 @@ class Updater:
             data.append(item)
             rows.append({"inputs": json.dumps(item), "label": row.label, "request_id": row.id})
         try:
-            self.served.read(data, "rows")  # every row readable before any is kept
+            read = self.served.read(data, "rows")  # every row readable before any is kept
         except InputError as err:
             index = int(err.field.split(".")[1])
             raise problem(422, ["body", "rows", index, "input", err.field.split(".")[-1]], err.message) from None
@@ -87,7 +86,7 @@ class Updater:
         current = self.served.current
         labels = set(current.names) if current else set()
         answers = ({r.label for r in request.rows} if self.served.labels
-                   else {f"en-{item['lang']}" for item in data})  # a translation store's answers: its directions
+                   else set(self.project.kind.answer_groups(read)))  # a translation store's: its directions
         return {"accepted": len(stored), "ids": stored, "new_classes": sorted(answers - labels)}
 
     def _labelled(self, right: bool) -> None:
@@ -189,13 +188,12 @@ class Updater:
         (post-edits) of texts into their languages. Returns the result and the rows it took: a
         translation store takes the directions with enough rows to judge, the others wait."""
         if not self.served.labels:
-            texts, langs = x
-            rows = Pairs(texts, answers, langs)
+            rows = self.project.kind.with_answers(x, answers)
             take = self.project.kind.learnable(rows, self.project.held_out_fraction)
             taken = [queued[i] for i in take.tolist()]
             if not taken:
-                raise TooFewRows(f"no direction has post-edits enough to hold min_held_out "
-                                 f"({self.project.config.min_held_out}) of them out yet: waiting for more")
+                raise TooFewRows(f"too few corrections (in any one direction, on a translation store) to hold "
+                                 f"min_held_out ({self.project.config.min_held_out}) of them out yet: waiting for more")
             source = f"feedback {taken[0].id}-{taken[-1].id}"
             return self.project.learn_rows(rows.take(take), [], source=source,
                                            feedback=[r.id for r in taken]), taken

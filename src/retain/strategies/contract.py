@@ -94,6 +94,10 @@ class LearnerView(Protocol):
     def predict_logits(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 1024) -> Tensor:
         """Logits over the global classes in evaluation mode, on the CPU."""
 
+    def row_loss(self, step: Step, logits: Tensor) -> Tensor:
+        """The task loss the learner uses when no strategy replaces it, over every row of ``step``
+        (the cross-entropy; a speech recogniser's own: token cross-entropy or CTC)."""
+
 
 # What LearnerView allows, by name (the conformance suite checks strategy modules against it).
 LEARNER_VIEW = frozenset(LearnerView.__annotations__) | frozenset(

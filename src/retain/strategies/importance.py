@@ -196,7 +196,11 @@ def _loop_importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: st
     total = {k: torch.zeros_like(p) for k, p in params.items()}
     for i in range(len(y)):
         xi, yi, ti = (a[i:i + 1].to(learner.device) for a in (x, y, t))
-        grads = torch.autograd.grad(_objective(kind, model(xi, ti), yi), list(params.values()), allow_unused=True)
+        logits = model(xi, ti)
+        # A model with a loss of its own (a speech recogniser's CTC) gives the log-likelihood the Fisher needs.
+        own = kind == "fisher" and hasattr(model, "loss")
+        objective = model.loss(logits, yi, reduction="sum") if own else _objective(kind, logits, yi)
+        grads = torch.autograd.grad(objective, list(params.values()), allow_unused=True)
         for k, g in zip(params, grads, strict=True):
             if g is not None:
                 total[k] += stat(g)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -252,14 +253,18 @@ class MemoryStrategy(Strategy):
     def load_state_dict(self, state: dict[str, Any], learner: LearnerView) -> None:
         self.memory_.load_state_dict(state)
 
-    def replay_loss(self, step: Step, logits: Tensor, weight: float) -> Tensor:
+    def replay_loss(self, learner: LearnerView, step: Step, logits: Tensor, weight: float) -> Tensor:
         """Cross-entropy over a batch whose rows after the step's incoming ones were replayed, a
-        replayed row weighing ``weight`` times a new one (the mean over every row at 1)."""
+        replayed row weighing ``weight`` times a new one (at 1: the learner's own loss over every row)."""
         y = step.y
         new, replayed = step.incoming, len(y) - step.incoming
         if weight == 1 or not replayed:
-            return F.cross_entropy(logits, y)
+            return learner.row_loss(step, logits)
         total = new + weight * replayed
+        if hasattr(learner.model, "loss"):  # a loss of the model's own (CTC): the mean of each part, weighed
+            parts = [learner.row_loss(dataclasses.replace(step, y=y[rows]), logits[rows])
+                     for rows in (slice(0, new), slice(new, None))]
+            return (new * parts[0] + weight * replayed * parts[1]) / total
         return weighted_cross_entropy(logits, y, (new, replayed), (1 / total, weight / total))
 
     def offer(self, learner: LearnerView, step: Step, **extra: Tensor) -> None:

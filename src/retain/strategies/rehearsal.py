@@ -50,7 +50,7 @@ class DistilledReplay(MemoryStrategy):
         return self.memory_.replay_into(step, round(self.ratio * step.incoming), learner.generator)
 
     def task_loss(self, learner, step, logits):
-        return self.replay_loss(step, logits, self.weight)
+        return self.replay_loss(learner, step, logits, self.weight)
 
     def loss(self, learner, step, logits):
         if self.old_model_ is None:

@@ -61,7 +61,7 @@ class Replay(MemoryStrategy):
         return step
 
     def task_loss(self, learner, step, logits):
-        return self.replay_loss(step, logits, self.weight)
+        return self.replay_loss(learner, step, logits, self.weight)
 
     def after_experience(self, learner, ctx) -> None:
         if self.update == "stream":

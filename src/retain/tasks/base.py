@@ -31,6 +31,24 @@ def only_tunable_changed(tuned: list[dict[str, Any]], current: list[dict[str, An
                              "the current value; only declared-tunable knobs can change in a deployment")
 
 
+def strings_tensors(key: str, texts: list[str]) -> dict[str, Tensor]:
+    """``texts`` as a store keeps them: their UTF-8 bytes end to end (``key``) and each one's length
+    (``key_len``); :func:`strings_of` reads them back.
+
+    >>> strings_of(strings_tensors("t", ["Grüße", ""]), "t")
+    ['Grüße', '']
+    """
+    encoded = [s.encode() for s in texts]
+    return {key: torch.tensor(list(b"".join(encoded)), dtype=torch.uint8),
+            f"{key}_len": torch.tensor([len(b) for b in encoded], dtype=torch.long)}
+
+
+def strings_of(tensors: dict[str, Tensor], key: str) -> list[str]:
+    """The strings :func:`strings_tensors` kept under ``key``."""
+    data, ends = bytes(tensors[key].tolist()), tensors[f"{key}_len"].cumsum(0).tolist()
+    return [data[a:b].decode() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+
 class TooFewRows(ValueError):
     """A batch with too few rows to hold some out and train on the rest; the message says what to send."""
 
@@ -69,6 +87,9 @@ class TaskKind:
     config_type: ClassVar[type]  # the validated run config
     too_few: ClassVar[str]  # why a batch may be too small to hold rows out
     writes_answers: ClassVar[bool] = False  # the model writes its answers (a translation), not picks a label
+    # what `retain predict` reads: the kind's batch files ("files": a table, a folder) or, for translation,
+    # JSON Lines of sources with their languages ("sources")
+    predicts_from: ClassVar[str] = "files"
 
     def __init__(self, store: ModelStore, run: dict[str, Any]) -> None:
         self.store = store
@@ -83,6 +104,11 @@ class TaskKind:
     @classmethod
     def validate(cls, run: dict[str, Any]) -> Any:
         """The kind's run config from the dictionary a store keeps (errors name the field)."""
+        raise NotImplementedError
+
+    @classmethod
+    def read_config(cls, path: str | Path) -> Any:
+        """The kind's config from the YAML file at ``path`` (``retain init --config``; errors name the field)."""
         raise NotImplementedError
 
     def retuned(self, best: Any) -> dict[str, Any]:
@@ -210,6 +236,28 @@ class TaskKind:
     def predict(self, learner: Any, data: Any, top_k: int, progress: bool = False) -> list[Prediction]:
         """What ``learner`` answers for ``data`` (a file or folder, or inputs as they are)."""
         raise NotImplementedError
+
+    # -- the service (kinds that write answers; a classifier's requests are read by retain.service.inputs) --
+    def request_rows(self, inputs: list[dict[str, Any]], where: str) -> Rows:
+        """The rows of the service's JSON inputs (each ``{field: value}``); ``InputError`` names a bad one."""
+        raise NotImplementedError
+
+    def warm_rows(self) -> Rows:
+        """One input the service answers before it says it is ready."""
+        raise NotImplementedError
+
+    def with_answers(self, rows: Rows, answers: list[str]) -> Rows:
+        """``rows`` with ``answers`` as what they should have been answered (feedback)."""
+        raise NotImplementedError
+
+    def answer_groups(self, rows: Rows) -> list[str]:
+        """What each row's answer is counted under (a translation's direction): predictions and feedback
+        are counted by it, and a group no version learned yet is reported new."""
+        return [self.labels] * len(rows)
+
+    def answer_fields(self, rows: Rows, index: int) -> dict[str, Any]:
+        """What the service returns beside row ``index``'s answer (a translation's language)."""
+        return {}
 
     def evaluate(self, learner: Any, data: Path, version: int, progress: bool = False) -> dict[str, Any]:
         """The metric of ``learner`` on labelled ``data``: overall and by answer."""

@@ -28,10 +28,10 @@ from pydantic import (
 )
 from torch import Tensor
 
-from retain.config import ConfigError, ServiceConfig, format_errors
+from retain.config import ConfigError, ServiceConfig, format_errors, read_yaml
 from retain.data import Experience
 from retain.data.catalogues import LANGUAGES, is_test_source, specifiers_kept
-from retain.data.files import json_lines
+from retain.data.files import InputError, json_lines
 from retain.engine.generative import GenerativeLearner, check_generative
 from retain.models.generative import ADAPTATIONS, MODELS, LanguageModel
 from retain.quality import GatePolicy, GateReport
@@ -39,7 +39,14 @@ from retain.quality.pairs import inspect_pairs, loose_hash, pair_hash
 from retain.store import StoreError
 from retain.store.promotion import PromotionRule
 from retain.strategies import STRATEGIES, make_strategy
-from retain.tasks.base import Prediction, TaskKind, TooFewRows, only_tunable_changed
+from retain.tasks.base import (
+    Prediction,
+    TaskKind,
+    TooFewRows,
+    only_tunable_changed,
+    strings_of,
+    strings_tensors,
+)
 from retain.util import require, slug
 
 PROMPT = "Translate English to {name} [{tag}]:\n{source}\n"
@@ -235,12 +242,6 @@ def translations(learner: GenerativeLearner, rows: Pairs, max_new_tokens: int = 
     return out
 
 
-def _texts(tensors: dict[str, Tensor], key: str) -> list[str]:
-    """Strings kept by :meth:`Pairs.tensors`: UTF-8 bytes end to end, and each one's length."""
-    data, ends = bytes(tensors[key].tolist()), tensors[f"{key}_len"].cumsum(0).tolist()
-    return [data[a:b].decode() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
-
-
 @dataclass
 class Pairs:
     """Translation pairs: English sources, their targets, and each target's language."""
@@ -257,12 +258,8 @@ class Pairs:
         return Pairs(*([part[i] for i in rows] for part in (self.sources, self.targets, self.langs)))
 
     def tensors(self) -> dict[str, Tensor]:
-        out = {}
-        for key, texts in (("source", self.sources), ("target", self.targets), ("lang", self.langs)):
-            encoded = [s.encode() for s in texts]
-            out[key] = torch.tensor(list(b"".join(encoded)), dtype=torch.uint8)
-            out[f"{key}_len"] = torch.tensor([len(b) for b in encoded], dtype=torch.long)
-        return out
+        return (strings_tensors("source", self.sources) | strings_tensors("target", self.targets)
+                | strings_tensors("lang", self.langs))
 
     def hashes(self) -> list[str]:
         return [pair_hash(*p) for p in zip(self.sources, self.targets, self.langs, strict=True)]
@@ -309,11 +306,16 @@ class Translation(TaskKind):
     labels = "direction"
     config_type = TranslationConfig
     writes_answers = True
+    predicts_from = "sources"
     too_few = "a share of the sources is held out by their hash: send more pairs"
 
     @classmethod
     def validate(cls, run: dict[str, Any]) -> TranslationConfig:
         return validate_translation(run, "in the store")
+
+    @classmethod
+    def read_config(cls, path: str | Path) -> TranslationConfig:
+        return validate_translation(read_yaml(path), str(path))
 
     @property
     def rule(self) -> PromotionRule:
@@ -350,7 +352,7 @@ class Translation(TaskKind):
         return Pairs(*([row for part in parts for row in getattr(part, f)] for f in ("sources", "targets", "langs")))
 
     def rows_of(self, tensors: dict[str, Tensor]) -> Pairs:
-        return Pairs(_texts(tensors, "source"), _texts(tensors, "target"), _texts(tensors, "lang"))
+        return Pairs(strings_of(tensors, "source"), strings_of(tensors, "target"), strings_of(tensors, "lang"))
 
     def held_rows(self, name: str) -> Pairs:
         """A batch's held-out pairs; stores made before the loop was shared kept them as JSON."""
@@ -478,9 +480,44 @@ class Translation(TaskKind):
         return [Prediction(row, text, []) for row, text in zip(names, self._translations(learner, rows, progress),
                                                                strict=True)]
 
+    def request_rows(self, inputs: list[dict[str, Any]], where: str) -> Pairs:
+        """Texts and target languages (each input ``{"text", "lang"}``), at most ``corpus.max_chars`` long."""
+        texts, langs = read_sources(inputs, LANGUAGES, where)
+        limit = self.config.corpus.max_chars  # the store learned no longer sentence; the model's positions are few
+        for i, text in enumerate(texts):
+            if len(text) > limit:
+                raise InputError(f"{where}.{i}.text", f"{len(text)} characters; this store translates texts of at "
+                                 f"most {limit} (corpus.max_chars)")
+        return Pairs(texts, [""] * len(texts), langs)
+
+    def warm_rows(self) -> Pairs:
+        return Pairs(["Hello."], [""], [next(iter(LANGUAGES))])
+
+    def with_answers(self, rows: Pairs, answers: list[str]) -> Pairs:
+        return Pairs(rows.sources, list(answers), rows.langs)
+
+    def answer_groups(self, rows: Pairs) -> list[str]:
+        return [f"en-{lang}" for lang in rows.langs]
+
+    def answer_fields(self, rows: Pairs, index: int) -> dict[str, Any]:
+        return {"lang": rows.langs[index]}
+
     def evaluate(self, learner: GenerativeLearner, data: Path, version: int, progress: bool = False
                  ) -> dict[str, Any]:
         rows = self.read(data)
         outputs = self._translations(learner, rows, progress)  # each row once, scored overall and by direction
         return {"version": version, "rows": len(rows), "chrf": score(outputs, rows.sources, rows.targets)["chrf"],
                 "per_direction": {f"en-{lang}": 100 * chrf for lang, chrf in self._by_direction(outputs, rows).items()}}
+
+
+def read_sources(inputs: list[dict[str, Any]], languages: dict[str, str], where: str = "inputs"
+                 ) -> tuple[list[str], list[str]]:
+    """The texts and target languages of a translation store's inputs (each ``{"text", "lang"}``);
+    an :class:`InputError` names the first bad one."""
+    for i, item in enumerate(inputs):
+        kind = next(iter(item))
+        if kind != "text":
+            raise InputError(f"{where}.{i}.{kind}", "this model translates text: send 'text' and 'lang'")
+        if item.get("lang") not in languages:
+            raise InputError(f"{where}.{i}.lang", f"give the language to translate into, one of {', '.join(languages)}")
+    return [item["text"] for item in inputs], [item["lang"] for item in inputs]
