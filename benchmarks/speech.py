@@ -48,18 +48,20 @@ from retain.strategies import make_strategy
 from retain.strategies.contract import Step
 
 MAX_SECONDS = 8.0  # the longest clip: a LibriVox utterance of 7.1 s
-LR, EPOCHS, BATCH, MEMORY = 3e-5, 2, 8, 48
+LR, LORA_LR, EPOCHS, BATCH, MEMORY = 1e-4, 1e-3, 2, 8, 48
+REPLAY = {"name": "replay", "memory_size": MEMORY, "policy": "reservoir", "weight": 1.0}
+AVERAGE = {"name": "weight_average", "pretrained": True}
+# label -> (adaptation, strategies, learning rate: None for --lr; adapters take a larger one)
 METHODS = {
-    "finetune": ("decoder", []),
-    "replay": ("decoder", [{"name": "replay", "memory_size": MEMORY, "policy": "reservoir", "weight": 1.0}]),
-    "L2": ("decoder", [{"name": "l2", "lam": 1.0}]),
-    "EWC": ("decoder", [{"name": "ewc", "lam": 1000.0, "fisher_samples": 32}]),
-    "weight averaging": ("decoder", [{"name": "weight_average", "pretrained": True}]),
-    "replay + weight averaging": ("decoder", [{"name": "replay", "memory_size": MEMORY, "policy": "reservoir",
-                                               "weight": 1.0}, {"name": "weight_average", "pretrained": True}]),
-    "LoRA (decoder)": ("lora", []),
-    "LoRA experts (routed)": ("experts", []),
-    "joint (upper bound)": ("decoder", ["joint"]),
+    "finetune": ("decoder", [], None),
+    "replay": ("decoder", [REPLAY], None),
+    "L2": ("decoder", [{"name": "l2", "lam": 1.0}], None),
+    "EWC": ("decoder", [{"name": "ewc", "lam": 1000.0, "fisher_samples": 32}], None),
+    "weight averaging": ("decoder", [AVERAGE], None),
+    "replay + weight averaging": ("decoder", [REPLAY, AVERAGE], None),
+    "LoRA (decoder)": ("lora", [], LORA_LR),
+    "LoRA experts (routed)": ("experts", [], LORA_LR),
+    "joint (upper bound)": ("decoder", ["joint"], None),
 }
 # --smoke (tests/test_benchmarks.py): 4 training and 2 test sentences an experience, 2 general sentences,
 # one epoch, four methods; the same code and fields.
@@ -92,10 +94,10 @@ def scored(learner: SpeechLearner, encoded: dict[str, torch.Tensor], sets: dict[
 
 
 def learner_for(method: str, base: dict[str, SpeechModel], epochs: int, lr: float) -> SpeechLearner:
-    adaptation, compose = METHODS[method]
+    adaptation, compose, own_lr = METHODS[method]
     model = copy.deepcopy(base[adaptation])
     strategies = [make_strategy(**({"name": s} if isinstance(s, str) else s)) for s in compose]
-    return SpeechLearner(model, strategies, lr=lr, epochs=epochs, batch_size=BATCH, seed=0)
+    return SpeechLearner(model, strategies, lr=own_lr or lr, epochs=epochs, batch_size=BATCH, seed=0)
 
 
 def experience(x: torch.Tensor, y: torch.Tensor, index: int) -> Experience:

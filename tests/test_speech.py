@@ -86,3 +86,20 @@ def test_experts_route_each_clip_without_a_label_and_reload_alike(tmp_path):
     learner.save(tmp_path)
     again = load_learner(tmp_path)
     assert again.model.experts == [0, 1] and again.transcribe(clips) == routed
+
+
+def test_the_example_config_makes_a_transcription_store_config_and_bad_values_name_their_field(tmp_path):
+    from pathlib import Path
+
+    from retain.config import ConfigError
+    from retain.tasks.transcription import Transcription
+
+    example = Transcription.read_config(Path(__file__).parent.parent / "examples" / "transcription.yaml")
+    assert example.model.name == "whisper-tiny.en" and example.methods[0].compose[0]["name"] == "weight_average"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: transcription\nmodel: {adaptation: prefix}\n")
+    with pytest.raises(ConfigError, match="model.adaptation: Input should be 'decoder', 'lora', 'experts' or 'full'"):
+        Transcription.read_config(bad)
+    bad.write_text("task: transcription\nmethods: [{label: a, compose: [lwf]}]\n")
+    with pytest.raises(ConfigError, match="lwf does not apply to a generative"):
+        Transcription.read_config(bad)

@@ -119,7 +119,8 @@ def test_the_breakdown_is_jiwers_but_on_rare_ties():
     ("state-of-the-art", "state of the art"),
     ("It’s Bob’s “naïve” café…", "it's bob's naïve café"),
     ("'quoted' students' rock 'n' roll", "quoted students rock n roll"),
-    ("e.g. 1,000 U.S. dollars — $5 + 10% & more", "eg 1000 us dollars $5 + 10 more"),
+    ("e.g. 1,000 U.S. dollars — $5 + 10% & more", "eg one thousand us dollars $five + ten more"),
+    ("Mister Dashwood's 4 queens", "mr dashwood's four queens"),
     ("\t\n", ""),
 ])
 def test_normalize(text, expected):

@@ -1,4 +1,4 @@
-"""Generic helpers every layer may use: optional packages, evaluation mode, batched no-grad passes."""
+"""Generic helpers every layer may use: optional packages, evaluation mode, batched no-grad passes, numbers in words."""
 
 from __future__ import annotations
 
@@ -133,3 +133,34 @@ def in_batches(fn: Callable[..., Tensor], encoder: nn.Module, x: Tensor, batch_s
     result = torch.empty_like(stacked)
     result[order] = stacked
     return result
+
+
+TITLES = {"mister": "mr", "missus": "mrs"}  # as Whisper writes them ("Mr.")
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def _spelled(number: int) -> str:
+    """A whole number below a million in words."""
+    if number < 20:
+        return _UNITS[number]
+    if number < 100:
+        return _TENS[number // 10 - 2] + ("" if number % 10 == 0 else " " + _UNITS[number % 10])
+    if number < 1000:
+        rest = number % 100
+        return _UNITS[number // 100] + " hundred" + ("" if rest == 0 else " " + _spelled(rest))
+    rest = number % 1000
+    return _spelled(number // 1000) + " thousand" + ("" if rest == 0 else " " + _spelled(rest))
+
+
+def spell_numbers(text: str) -> str:
+    """Digits as spoken: a number below a million as one (thousands separators dropped), a longer
+    string digit by digit (a phone number). Whisper writes "10 of clubs" for "ten of clubs".
+
+    >>> spell_numbers("10 of clubs, 1,500 cards, call 5550100")
+    'ten of clubs, one thousand five hundred cards, call five five five zero one zero zero'
+    """
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    return re.sub(r"\d+", lambda m: _spelled(int(m.group())) if len(m.group()) < 7
+                  else " ".join(_UNITS[int(d)] for d in m.group()), text)

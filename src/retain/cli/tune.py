@@ -16,8 +16,9 @@ def tune(args: argparse.Namespace) -> int:
     from retain.tuning import TuneError, optimize, read_source, storage_url
     from retain.tuning import tune as run_study
 
-    if _translation_store(args.source):
-        return _tune_translation(args)
+    answers = _answers_store(args.source)
+    if answers:
+        return _tune_answers(args, answers)
     try:
         with reported(TuneError):
             source = read_source(args.source)
@@ -68,49 +69,48 @@ def _apply_tuning(store: str, row: dict, out: Path) -> None:
     print(f"applied: the next update of {store} trains with the tuned knobs")
 
 
-def _translation_store(path: str) -> bool:
-    """Whether ``path`` is a model store of a translation model."""
+def _answers_store(path: str) -> str | None:
+    """The task of ``path`` if it is a model store whose model writes its answers (translation, transcription)."""
     from retain.store import ModelStore, StoreError
-    from retain.tasks import stored_run
+    from retain.tasks import stored_run, task_kind
 
     if not (Path(path) / "store.db").is_file() and not (Path(path) / "database.url").is_file():
-        return False
+        return None
     try:
-        return stored_run(ModelStore(path).config)[0] == "translation"
+        kind = task_kind(stored_run(ModelStore(path).config)[0])
     except (StoreError, OSError, KeyError):
-        return False
+        return None
+    return kind.name if kind.writes_answers else None
 
 
-def _tune_translation(args: argparse.Namespace) -> int:
-    """``retain tune STORE`` on a translation store: lr, LoRA rank and replay knobs on the pairs it holds."""
+def _tune_answers(args: argparse.Namespace, task: str) -> int:
+    """``retain tune STORE`` on a store whose model writes its answers: the learning rate, LoRA rank and
+    strategy knobs on the rows it holds (:mod:`retain.tuning.answers`)."""
     from retain.loop import Project
-    from retain.tasks.translation import validate_translation
     from retain.tuning import TuneError
-    from retain.tuning.translation import tune_translation_store
+    from retain.tuning.answers import tune_answers_store
 
     with reported(TuneError, user=True):
         if args.workers != 1 or args.worker is not None or args.no_final:
-            raise TuneError("a translation store is tuned by one process, with its test comparison: leave out "
+            raise TuneError(f"a {task} store is tuned by one process, with its test comparison: leave out "
                             "--workers and --no-final")
         out = Path(args.out or Path(args.source).parent / f"{Path(args.source).name}-tune")
-        row = tune_translation_store(args.source, out, trials=args.trials or 8, storage=args.storage,
-                                     progress=not args.quiet)
-        d, t = row["test_default"]["acc"], row["test_tuned"]["acc"]
+        row = tune_answers_store(args.source, out, trials=args.trials or 8, storage=args.storage,
+                                 progress=not args.quiet)
+        metric, d, t = row["metric"], row["test_default"]["acc"], row["test_tuned"]["acc"]
         best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["best_params"].items())
-        print(f"{row['method']}: validation chrF++ {100 * row['best_validation']['accuracy']:.1f} with {best}; "
+        print(f"{row['method']}: validation {metric} {100 * row['best_validation']['accuracy']:.1f} with {best}; "
               f"test {100 * d:.1f} default -> {100 * t:.1f} tuned")
         print(f"best config: {out / 'best.yaml'}\nreport: {out / 'report.md'}")
         if args.apply:
             if t <= d:
-                print(f"not applied: the tuned knobs scored chrF++ {100 * t:.1f} on the held-out test pairs, the "
+                print(f"not applied: the tuned knobs scored {metric} {100 * t:.1f} on the held-out test rows, the "
                       f"store's own {100 * d:.1f}")
                 return 0
-            from retain.config import read_yaml
-
-            best_cfg = validate_translation(read_yaml(out / "best.yaml"), str(out / "best.yaml"))
             project = Project(args.source)
-            tuned = best_cfg.model_copy(update={"model": project.config.model})  # the adapters keep their rank
-            project.retune(tuned, f"retain tune: {row['best_params']} (chrF++ {100 * d:.1f} -> {100 * t:.1f} on "
-                                  f"held-out test pairs); report {out / 'report.md'}")
+            best_cfg = project.kind.read_config(out / "best.yaml")
+            tuned = best_cfg.model_copy(update={"model": project.config.model})  # the model keeps its adapters' rank
+            project.retune(tuned, f"retain tune: {row['best_params']} ({metric} {100 * d:.1f} -> {100 * t:.1f} on "
+                                  f"held-out test rows); report {out / 'report.md'}")
             print(f"applied: the next update of {args.source} trains with the tuned lr and strategy knobs")
     return 0

@@ -17,18 +17,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from retain.util import TITLES, spell_numbers
+
 
 def normalize(text: str) -> str:
-    """``text`` as it is scored: lowercase, punctuation removed, except an apostrophe inside a word,
-    dashes turned into spaces, runs of whitespace collapsed into one space. Typographic apostrophes
+    """``text`` as it is scored: lowercase, numbers spelled out (:func:`spell_numbers`), punctuation
+    removed, except an apostrophe inside a word, dashes turned into spaces, runs of whitespace collapsed
+    into one space, "mister" and "missus" written as Whisper writes them ("mr", "mrs"). Typographic apostrophes
     count as ``'``. Punctuation is what Unicode calls it: ``%`` and ``&`` go, symbols (``$``, ``+``) stay.
 
     >>> normalize("Don't   stop—it's state-of-the-art, “Kubernetes’” pods!")
     "don't stop it's state of the art kubernetes pods"
-    >>> normalize("  'Quoted' U.S. students' 1,000 ")
-    'quoted us students 1000'
+    >>> normalize("  'Quoted' U.S. students' 1,000, Mister Smith")
+    'quoted us students one thousand mr smith'
     """
-    text = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'").replace("\u2018", "'")
+    text = spell_numbers(unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'").replace("\u2018", "'"))
     out = []
     for i, ch in enumerate(text):
         kind = unicodedata.category(ch)
@@ -40,7 +43,7 @@ def normalize(text: str) -> str:
             out.append(ch if inside else "")
         elif not kind.startswith("P"):
             out.append(ch)
-    return " ".join("".join(out).split())
+    return " ".join(TITLES.get(w, w) for w in "".join(out).split())
 
 
 def edit_counts(reference: Sequence[str], hypothesis: Sequence[str]) -> tuple[int, int, int]:

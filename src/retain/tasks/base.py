@@ -262,3 +262,64 @@ class TaskKind:
     def evaluate(self, learner: Any, data: Path, version: int, progress: bool = False) -> dict[str, Any]:
         """The metric of ``learner`` on labelled ``data``: overall and by answer."""
         raise NotImplementedError
+
+    # -- tuning a store (retain.tuning.answers: the kinds that write their answers) ---------------
+    def tuning_share(self, rows: Rows, percent: int, salt: str) -> Tensor:
+        """A mask of about ``percent``% of ``rows``, drawn by a hash salted with ``salt`` (another salt
+        draws another share): ``retain tune STORE`` cuts each batch's held-out rows by it."""
+        raise NotImplementedError
+
+    def tuning_values(self) -> dict[str, Any]:
+        """What ``retain tune STORE`` searches, by key, with the config's value of each: the learning
+        rate (``training.lr``), the LoRA rank (``model.lora_rank``) when the model has adapters, and
+        the first method's declared-tunable strategy knobs (``replay.ratio``, ...)."""
+        raise NotImplementedError
+
+    def tuned(self, values: dict[str, Any]) -> Any:
+        """The config with a trial's ``values`` (keys of :meth:`tuning_values`) set, its first method alone."""
+        raise NotImplementedError
+
+    def score_rows(self, learner: Any, rows: Rows) -> float:
+        """The metric of ``learner`` on ``rows`` taken together (0-1)."""
+        return self.scores(learner, {"rows": rows})["rows"]
+
+    @staticmethod
+    def strategy_values(compose: list[dict[str, Any]]) -> dict[str, Any]:
+        """The declared-tunable knobs of a method's strategies (``strategy.knob``), each with the value
+        ``compose`` gives it or the strategy's default.
+
+        >>> TaskKind.strategy_values([{"name": "replay", "memory_size": 10, "ratio": 2.0}])
+        {'replay.ratio': 2.0, 'replay.weight': 2.0}
+        """
+        return {f"{part['name']}.{knob}": part.get(knob, getattr(STRATEGIES[part["name"]], knob, None))
+                for part in compose for knob in STRATEGIES[part["name"]].tunable}
+
+    @staticmethod
+    def with_strategy_values(compose: list[dict[str, Any]], values: dict[str, Any]) -> list[dict[str, Any]]:
+        """``compose`` with the ``strategy.knob`` entries of ``values`` set (the others, ``training.lr``
+        say, are the kind's to place).
+
+        >>> TaskKind.with_strategy_values([{"name": "replay"}], {"replay.ratio": 0.5, "training.lr": 0.1})
+        [{'name': 'replay', 'ratio': 0.5}]
+        """
+        out = [dict(part) for part in compose]
+        for key, value in values.items():
+            owner, name = key.split(".", 1)
+            part = next((p for p in out if p["name"] == owner), None)
+            if part is not None:
+                part[name] = value
+        return out
+
+    @staticmethod
+    def hashed_share(keys: list[str], percent: int, salt: str) -> Tensor:
+        """A mask of about ``percent``% of ``keys``, drawn by a hash of each salted with ``salt``: the
+        same key always falls on the same side.
+
+        >>> share = TaskKind.hashed_share([str(i) for i in range(1000)], 30, "tune-test")
+        >>> int(share.sum()), bool(share[7]) == bool(TaskKind.hashed_share(["7"], 30, "tune-test")[0])
+        (310, True)
+        """
+        import hashlib
+
+        return torch.tensor([int(hashlib.sha256(f"{salt}\0{key}".encode()).hexdigest()[:8], 16) % 100 < percent
+                             for key in keys], dtype=torch.bool)

@@ -361,6 +361,26 @@ class Transcription(TaskKind):
                     o: {"reference": r, "transcript": h} for o, r, h in zip(rows.origin, rows.texts, hypotheses,
                                                                            strict=True)}}
 
+    # -- tuning a store (retain.tuning.answers) ----------------------------------------------------
+    def tuning_share(self, rows: Clips, percent: int, salt: str) -> Tensor:
+        """By a hash of each clip's audio: a recording falls on one side whatever its transcript."""
+        return self.hashed_share(rows.audio_hashes(), percent, salt)
+
+    def tuning_values(self) -> dict[str, Any]:
+        m = self.config.model
+        adapters = m.adaptation in ("lora", "experts") and m.name != "ctc-tiny"  # the CTC model trains fully
+        return ({"training.lr": self.config.training.lr} | ({"model.lora_rank": m.lora_rank} if adapters else {})
+                | self.strategy_values(self.config.methods[0].compose))
+
+    def tuned(self, values: dict[str, Any]) -> TranscriptionConfig:
+        raw = self.config.model_dump(mode="json")
+        method = raw["methods"][0]
+        method["compose"] = self.with_strategy_values(method["compose"], values)
+        raw["methods"] = [method]
+        raw["training"]["lr"] = values.get("training.lr", raw["training"]["lr"])
+        raw["model"]["lora_rank"] = values.get("model.lora_rank", raw["model"]["lora_rank"])
+        return self.validate(raw)
+
 
 def validate_transcription(raw: dict[str, Any], where: str) -> TranscriptionConfig:
     """A transcription config from its YAML's mapping; errors name the field."""

@@ -509,6 +509,33 @@ class Translation(TaskKind):
         return {"version": version, "rows": len(rows), "chrf": score(outputs, rows.sources, rows.targets)["chrf"],
                 "per_direction": {f"en-{lang}": 100 * chrf for lang, chrf in self._by_direction(outputs, rows).items()}}
 
+    # -- tuning a store (retain.tuning.answers) ----------------------------------------------------
+    def tuning_share(self, rows: Pairs, percent: int, salt: str) -> Tensor:
+        """By a hash of the sources: a sentence falls on one side in every direction."""
+        return rows.by_source(percent, salt)
+
+    def tuning_values(self) -> dict[str, Any]:
+        method = self.config.methods[0]
+        adapters = (method.adaptation or self.config.model.adaptation) != "full"  # shared adapters and experts
+        return ({"training.lr": method.lr or self.config.training.lr}
+                | ({"model.lora_rank": self.config.model.lora_rank} if adapters else {})
+                | self.strategy_values(method.compose))
+
+    def tuned(self, values: dict[str, Any]) -> TranslationConfig:
+        """The config with a trial's ``values`` set, its first method alone (whose own ``lr`` the
+        learning rate becomes)."""
+        raw = self.config.model_dump(mode="json")
+        method = raw["methods"][0]
+        method["compose"] = self.with_strategy_values(method["compose"], values)
+        method["lr"] = values.get("training.lr", method["lr"])
+        raw["methods"] = [method]
+        raw["model"]["lora_rank"] = values.get("model.lora_rank", raw["model"]["lora_rank"])
+        return self.validate(raw)
+
+    def score_rows(self, learner: GenerativeLearner, rows: Pairs) -> float:
+        """chrF++ / 100 over ``rows`` of every direction at once."""
+        return self.chrf(learner, rows)
+
 
 def read_sources(inputs: list[dict[str, Any]], languages: dict[str, str], where: str = "inputs"
                  ) -> tuple[list[str], list[str]]:
