@@ -91,6 +91,8 @@ def test_the_dashboard_shows_versions_and_the_chart_and_follows_a_promotion(tmp_
         browser.get(server.url + "/")
         _until(lambda: browser.find_element(By.ID, "served").text == "version 1")
         assert len(browser.find_elements(By.CSS_SELECTOR, "#versions tbody tr")) == 1
+        # the rows the served version did not learn: none yet, said in a row of the table
+        assert _until(lambda: browser.find_element(By.CSS_SELECTOR, "#aside tbody").text.startswith("none"))
         assert _until(lambda: browser.find_elements(By.CSS_SELECTOR, "#timeline circle"))  # the accuracy chart
         assert browser.find_element(By.ID, "labelled").text == "60"
         # an update through the API: the page shows version 2 without being reloaded

@@ -188,7 +188,7 @@ def test_retain_serve_logs_its_start_and_each_request_with_access_log(tmp_path, 
         server.stop()
     log = (store.parent / f"serve-{server.port}.log").read_text()
     assert re.search(r"INFO .*retain\.service: serving sqlite:///.*/store\.db \(classification store, version 1 "
-                     rf"promoted\) at http://127\.0\.0\.1:{server.port}; updater on", log), log
+                     rf"promoted\) at http://127\.0\.0\.1:{server.port} \(the dashboard at /\); updater on", log), log
     assert re.search(r"retain\.service\.access: GET /ready 200 \d+\.\d ms", log), log
     assert re.search(r"retain\.service\.access: POST /predict 200 \d+\.\d ms", log), log
     quiet = Served(store).wait()  # the access log is off by default

@@ -456,18 +456,19 @@ class Project:
         return None if promoted is None else self.store.newest_kept(promoted)
 
     def shadow_verdict(self, version: int, min_rows: int,
-                       hits: tuple[list[bool], list[bool]] | None = None) -> tuple[bool, str] | None:
+                       hits: tuple[list[float], list[float]] | None = None) -> tuple[bool, str] | None:
         """Whether the candidate ``version``, answering in shadow, should replace the promoted version,
         judged on the live rows feedback labelled since: None before ``min_rows`` were; True when
         it was right more often, surely (the lower bound of its paired bootstrap gain, at the rule's
         confidence, above 0). ``hits``: :meth:`Intake.shadow_hits` of ``version`` when read already."""
-        shadow, served = self.store.intake.shadow_hits(version) if hits is None else hits
+        shadow, served = self.store.intake.shadow_hits(version, self.kind.answer_score) if hits is None else hits
         if len(shadow) < min_rows:
             return None
         ahead, behind = torch.tensor(shadow, dtype=torch.float64), torch.tensor(served, dtype=torch.float64)
         confidence = self.kind.rule.confidence or 0.9
         gain = drop_bound(ahead, behind, confidence, seed=self.seed)
-        return gain > 0, (f"in shadow, {100 * float(ahead.mean()):.1f}% right on {len(shadow)} live rows labelled "
+        right = "right" if self.kind.metric == "accuracy" else f"{self.kind.metric} per row"
+        return gain > 0, (f"in shadow, {100 * float(ahead.mean()):.1f}% {right} on {len(shadow)} live rows labelled "
                           f"since, the promoted version {100 * float(behind.mean()):.1f}% (gain at least "
                           f"{100 * gain:.1f} points with {100 * confidence:.0f}% confidence)")
 

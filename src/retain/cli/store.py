@@ -85,7 +85,7 @@ def _learned(args: argparse.Namespace, result, metric: str) -> int:
         print(f"version {result.version}: {state} ({result.reason})")
         if result.new_classes:
             print(f"new classes: {', '.join(result.new_classes)}")
-        print(" ".join(f"{k} {_score(a, metric)}" for k, a in result.accuracy.items()))
+        print(f"held-out {metric}: " + " ".join(f"{k} {_score(a, metric)}" for k, a in result.accuracy.items()))
     return 1 if result.version is None else 0
 
 

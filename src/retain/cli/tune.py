@@ -86,7 +86,6 @@ def _answers_store(path: str) -> str | None:
 def _tune_answers(args: argparse.Namespace, task: str) -> int:
     """``retain tune STORE`` on a store whose model writes its answers: the learning rate, LoRA rank and
     strategy knobs on the rows it holds (:mod:`retain.tuning.answers`)."""
-    from retain.loop import Project
     from retain.tuning import TuneError
     from retain.tuning.answers import tune_answers_store
 
@@ -97,20 +96,29 @@ def _tune_answers(args: argparse.Namespace, task: str) -> int:
         out = Path(args.out or Path(args.source).parent / f"{Path(args.source).name}-tune")
         row = tune_answers_store(args.source, out, trials=args.trials or 8, storage=args.storage,
                                  progress=not args.quiet)
-        metric, d, t = row["metric"], row["test_default"]["acc"], row["test_tuned"]["acc"]
+        d, t = row["test_default"]["acc"], row["test_tuned"]["acc"]
         best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["best_params"].items())
-        print(f"{row['method']}: validation {metric} {100 * row['best_validation']['accuracy']:.1f} with {best}; "
-              f"test {100 * d:.1f} default -> {100 * t:.1f} tuned")
+        print(f"{row['method']}: validation {row['metric']} {100 * row['best_validation']['accuracy']:.1f} with "
+              f"{best}; test {100 * d:.1f} default -> {100 * t:.1f} tuned")
         print(f"best config: {out / 'best.yaml'}\nreport: {out / 'report.md'}")
         if args.apply:
-            if t <= d:
-                print(f"not applied: the tuned knobs scored {metric} {100 * t:.1f} on the held-out test rows, the "
-                      f"store's own {100 * d:.1f}")
-                return 0
-            project = Project(args.source)
-            best_cfg = project.kind.read_config(out / "best.yaml")
-            tuned = best_cfg.model_copy(update={"model": project.config.model})  # the model keeps its adapters' rank
-            project.retune(tuned, f"retain tune: {row['best_params']} ({metric} {100 * d:.1f} -> {100 * t:.1f} on "
-                                  f"held-out test rows); report {out / 'report.md'}")
-            print(f"applied: the next update of {args.source} trains with the tuned lr and strategy knobs")
+            _apply_answers(args.source, row, out)
     return 0
+
+
+def _apply_answers(store: str, row: dict, out: Path) -> None:
+    """``--apply`` after :func:`_tune_answers`: the tuned learning rate and strategy knobs become the store's
+    if they beat its own on the held-out test rows; its model (adaptation, LoRA rank) stays as its versions
+    were made."""
+    from retain.loop import Project
+
+    metric, d, t = row["metric"], row["test_default"]["acc"], row["test_tuned"]["acc"]
+    if t <= d:
+        print(f"not applied: the tuned knobs scored {metric} {100 * t:.1f} on the held-out test rows, the store's "
+              f"own {100 * d:.1f}")
+        return
+    project = Project(store)
+    best = project.kind.read_config(out / row["best_config"]).model_copy(update={"model": project.config.model})
+    project.retune(best, f"retain tune: {row['best_params']} ({metric} {100 * d:.1f} -> {100 * t:.1f} on held-out "
+                         f"test rows); report {out / 'report.md'}")
+    print(f"applied: the next update of {store} trains with the tuned lr and strategy knobs")

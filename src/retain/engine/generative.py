@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -260,7 +261,15 @@ class GenerativeLearner(Trainer):
         model = LanguageModel(m.name, m.adaptation, m.lora_rank, m.seed)
         for d in m.experts:
             model.add_expert(d)
-        names = _saved_names(model)
+        learner = cls._assembled(model, _saved_names(model), weights, strategies, meta, state, path, device)
+        learner.directions = meta.directions
+        return learner
+
+    @classmethod
+    def _assembled(cls, model: torch.nn.Module, names: set[str], weights: dict[str, Tensor],
+                   strategies: list[Strategy], meta: Any, state: dict[str, Tensor], path: Path, device: str) -> Any:
+        """A learner of ``model`` holding its saved ``weights`` (the ``names`` a save keeps, checked
+        against them), its strategies' state, random state and counters, as a validated ``meta`` says."""
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k in names}
         found = {k: tuple(v.shape) for k, v in weights.items()}
         if found != expected:
@@ -276,7 +285,6 @@ class GenerativeLearner(Trainer):
         persist.load_states(strategies, meta.strategies, state, learner, path)
         learner.seen_classes_, learner.steps_, learner.tokens_ = meta.seen_classes, meta.steps, meta.tokens
         learner.task_classes_ = {d: [d] for d in learner.seen_classes_}
-        learner.directions = meta.directions
         return learner
 
 

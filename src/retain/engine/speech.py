@@ -125,19 +125,4 @@ class SpeechLearner(GenerativeLearner):
         model = SpeechModel(**settings)
         for e in experts:
             model.add_expert(e)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k in set(model.saved_names())}
-        found = {k: tuple(v.shape) for k, v in weights.items()}
-        if found != expected:
-            diff = sorted(set(expected.items()) ^ set(found.items()))[0]
-            raise persist.LoadError(f"{path}: the model config does not describe the saved weights (first "
-                                    f"difference: {diff[0]} {diff[1]})")
-        model.load_state_dict(weights, strict=False)
-        try:
-            learner = cls(model, strategies, device=device, **meta.training.model_dump())
-        except ValueError as err:
-            raise persist.LoadError(f"{path}: the saved strategies do not fit this model ({err})") from None
-        persist.set_generator(learner.generator, state, path)
-        persist.load_states(strategies, meta.strategies, state, learner, path)
-        learner.seen_classes_, learner.steps_, learner.tokens_ = meta.seen_classes, meta.steps, meta.tokens
-        learner.task_classes_ = {d: [d] for d in learner.seen_classes_}
-        return learner
+        return cls._assembled(model, set(model.saved_names()), weights, strategies, meta, state, path, device)

@@ -42,7 +42,8 @@ def open_service(store: str | Path, settings: ServiceConfig | None = None, token
     metrics = ServiceMetrics()
     served = Served(project, metrics, settings)
     updater = Updater(project, served, settings, metrics)
-    labelled = project.store.intake.prequential()  # a restart goes on from the recorded figures, not from zero
+    # a restart goes on from the recorded figures, not from zero
+    labelled = project.store.intake.prequential(project.kind.answer_score)
     metrics.restore(labelled)
     updater.labelled, updater.correct = len(labelled), sum(hit for *_, hit in labelled)
     return Service(project, settings, token, metrics, served, updater, View(project, served, updater))
@@ -58,9 +59,9 @@ def create_app(store: str | Path, settings: ServiceConfig | None = None, token: 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         current = service.served.current
-        log.info("serving %s (%s store, version %s promoted) at %s; updater %s", service.store.where,
-                 service.project.kind.name, current.version if current else "none", address or "an ASGI client",
-                 "on" if updater else "off (--no-updater)")
+        log.info("serving %s (%s store, version %s promoted) at %s (the dashboard at /); updater %s",
+                 service.store.where, service.project.kind.name, current.version if current else "none",
+                 address or "an ASGI client", "on" if updater else "off (--no-updater)")
         service.served.start(service.settings.poll)
         if updater:
             service.updater.start()

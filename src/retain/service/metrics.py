@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from retain.store import ModelStore
+from retain.store.intake import Score, same
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -64,11 +65,11 @@ class ServiceMetrics:
         self.labelled.inc(len(labelled))
         self.correct.inc(sum(hit for *_, hit in labelled))
 
-    def read_store(self, store: ModelStore) -> None:
+    def read_store(self, store: ModelStore, score: Score = same) -> None:
         """Set the gauges that the store's records hold: the feedback queue, labelled predictions'
         accuracy, pending and quarantined rows, the promoted version's held-out scores."""
         self.queue.set(store.intake.feedback_counts().get("queued", 0))
-        labelled = store.intake.prequential()
+        labelled = store.intake.prequential(score)
         if labelled:  # the dashboard's figure, whichever worker took the feedback
             self.accuracy.set(sum(hit for *_, hit in labelled) / len(labelled))
         pending = pending_rows(store)

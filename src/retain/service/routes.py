@@ -106,7 +106,7 @@ def ready(service: ServiceDep) -> JSONResponse:
 @router.get("/metrics", dependencies=[Depends(reader)])
 def metrics(service: ServiceDep) -> Response:
     """Prometheus text format."""
-    service.metrics.read_store(service.store)
+    service.metrics.read_store(service.store, service.project.kind.answer_score)
     return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

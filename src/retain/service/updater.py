@@ -82,14 +82,15 @@ class Updater:
         self.metrics.feedback.inc(len(rows))
         for row in request.rows:  # test-then-train: was the earlier prediction right?
             if row.id in known:
-                self._labelled(known[row.id]["label"] == row.label)
+                self._labelled(self.project.kind.answer_score(known[row.id]["label"], row.label))
         current = self.served.current
         labels = set(current.names) if current else set()
         answers = ({r.label for r in request.rows} if self.served.labels
                    else set(self.project.kind.answer_groups(read)))  # a translation store's: its directions
-        return {"accepted": len(stored), "ids": stored, "new_classes": sorted(answers - labels)}
+        new = sorted(answers - labels) if labels or self.served.labels else []  # a transcript is no class
+        return {"accepted": len(stored), "ids": stored, "new_classes": new}
 
-    def _labelled(self, right: bool) -> None:
+    def _labelled(self, right: float) -> None:
         self.labelled += 1
         self.correct += right
         self.metrics.labelled.inc()
@@ -144,7 +145,7 @@ class Updater:
         if shadow is None:
             self.shadow_state = None
             return None
-        right, served = hits = self.store.intake.shadow_hits(shadow.version)
+        right, served = hits = self.store.intake.shadow_hits(shadow.version, self.project.kind.answer_score)
         if self.shadow_state is not None and (shadow.version, len(right)) == (self.shadow_state["version"],
                                                                              self.shadow_state["rows"]):
             return self.shadow_state  # nothing labelled since the last round: the same verdict
@@ -192,8 +193,8 @@ class Updater:
             take = self.project.kind.learnable(rows, self.project.held_out_fraction)
             taken = [queued[i] for i in take.tolist()]
             if not taken:
-                raise TooFewRows(f"too few corrections (in any one direction, on a translation store) to hold "
-                                 f"min_held_out ({self.project.config.min_held_out}) of them out yet: waiting for more")
+                raise TooFewRows(f"waiting for more corrections: too few to hold min_held_out "
+                                 f"({self.project.config.min_held_out}) of them out yet ({self.project.kind.too_few})")
             source = f"feedback {taken[0].id}-{taken[-1].id}"
             return self.project.learn_rows(rows.take(take), [], source=source,
                                            feedback=[r.id for r in taken]), taken

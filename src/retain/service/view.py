@@ -27,7 +27,7 @@ class View:
         versions = self.project.versions()
         events = [{"at": at, "version": v, "kind": kind, "detail": detail}
                   for at, v, kind, detail in self.store.events() if kind in ("promote", "drift")]
-        labelled = self.store.intake.prequential()
+        labelled = self.store.intake.prequential(self.project.kind.answer_score)
         since = labelled[-1][0] - span if labelled and span else None
         first = next(i for i, (at, _, _) in enumerate(labelled) if at >= since) if since is not None else 0
         shown = len(labelled) - first

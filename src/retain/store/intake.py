@@ -36,6 +36,13 @@ LEASES = Table("leases", TABLES, Column("name", Text, primary_key=True), Column(
 
 Connect = Callable[[], AbstractContextManager[Connection]]
 
+Score = Callable[[str, str], float]  # how right an answer is, given the label: 0 to 1
+
+
+def same(answer: str, label: str) -> float:
+    """1 for the label itself, else 0: how a class is scored (a kind writing answers scores them its way)."""
+    return float(answer == label)
+
 
 @dataclass
 class Feedback:
@@ -126,16 +133,17 @@ class Intake:
         with self._transaction() as db:
             db.execute(insert(SHADOW), [r | {"at": now} for r in rows])
 
-    def shadow_hits(self, version: int) -> tuple[list[bool], list[bool]]:
+    def shadow_hits(self, version: int, score: Score = same) -> tuple[list[float], list[float]]:
         """For each prediction the candidate ``version`` answered in shadow and feedback later
-        labelled: whether the candidate was right, and whether the served version was."""
-        query = (select(SHADOW.c.label == FEEDBACK.c.label, PREDICTIONS.c.label == FEEDBACK.c.label)
+        labelled: how right the candidate was, and how right the served version was (``score``
+        of an answer and the label: 1 or 0 for a class, a transcript's ``1 − WER``)."""
+        query = (select(SHADOW.c.label, PREDICTIONS.c.label, FEEDBACK.c.label)
                  .join(FEEDBACK, FEEDBACK.c.request_id == SHADOW.c.id)
                  .join(PREDICTIONS, PREDICTIONS.c.id == SHADOW.c.id)
                  .where(SHADOW.c.version == version).order_by(FEEDBACK.c.id))
         with self._db() as db:
             rows = db.execute(query).all()
-        return [bool(a) for a, _ in rows], [bool(b) for _, b in rows]
+        return [score(a, label) for a, _, label in rows], [score(b, label) for _, b, label in rows]
 
     def labelled(self, ids: list[str]) -> set[str]:
         """Those of the request ids that feedback has labelled already."""
@@ -143,13 +151,14 @@ class Intake:
             rows = db.execute(select(FEEDBACK.c.request_id).where(FEEDBACK.c.request_id.in_(ids))).all()
         return {r[0] for r in rows}
 
-    def prequential(self) -> list[tuple[float, int, bool]]:
-        """(time of the feedback, version that predicted, whether it was right) for every
-        prediction later labelled by feedback, oldest first: accuracy on data as it arrives."""
-        query = (select(FEEDBACK.c.at, PREDICTIONS.c.version, PREDICTIONS.c.label == FEEDBACK.c.label)
+    def prequential(self, score: Score = same) -> list[tuple[float, int, float]]:
+        """(time of the feedback, version that predicted, how right it was: ``score`` of its answer and
+        the label) for every prediction later labelled by feedback, oldest first: the score on data
+        as it arrives."""
+        query = (select(FEEDBACK.c.at, PREDICTIONS.c.version, PREDICTIONS.c.label, FEEDBACK.c.label)
                  .join(PREDICTIONS, PREDICTIONS.c.id == FEEDBACK.c.request_id).order_by(FEEDBACK.c.id))
         with self._db() as db:
-            return [(at, v, bool(hit)) for at, v, hit in db.execute(query).all()]
+            return [(at, v, score(answer, label)) for at, v, answer, label in db.execute(query).all()]
 
     def lease(self, name: str, holder: str, seconds: float) -> bool:
         """Take or renew the lease ``name`` for ``seconds``: True if ``holder`` holds it now. Only

@@ -255,6 +255,11 @@ class TaskKind:
         are counted by it, and a group no version learned yet is reported new."""
         return [self.labels] * len(rows)
 
+    def answer_score(self, answer: str, label: str) -> float:
+        """How right ``answer`` was, given the ``label`` feedback sent (0 to 1): the live score of
+        predictions and of a candidate in shadow. A class is right or wrong."""
+        return float(answer == label)
+
     def answer_fields(self, rows: Rows, index: int) -> dict[str, Any]:
         """What the service returns beside row ``index``'s answer (a translation's language)."""
         return {}
@@ -262,6 +267,44 @@ class TaskKind:
     def evaluate(self, learner: Any, data: Path, version: int, progress: bool = False) -> dict[str, Any]:
         """The metric of ``learner`` on labelled ``data``: overall and by answer."""
         raise NotImplementedError
+
+
+class WrittenAnswers(TaskKind):
+    """A kind whose model writes its answers (translation, transcription): judged by a score in points
+    (``max_drop``, ``confidence``, ``kept`` in its config), trained by a generative learner whose knobs
+    are attributes, and tuned in its first method's strategies and training settings only."""
+
+    writes_answers = True
+    model_kept: ClassVar[str]  # why a store's model config cannot be retuned
+    training_tuned: ClassVar[bool] = True  # a tuned config's training section applies (else its method's lr)
+
+    @property
+    def rule(self) -> Any:
+        from retain.store.promotion import PromotionRule
+
+        # each batch (direction) holds out enough rows to judge by itself (split refuses fewer); judging a
+        # new batch's gain would score its rows with the parent as well
+        return PromotionRule(max_drop=self.config.max_drop / 100, confidence=self.config.confidence, min_held_out=1,
+                             gain_weight=0.0, kept=self.config.kept)
+
+    def retuned(self, best: Any) -> dict[str, Any]:
+        if best.model != self.config.model:
+            raise ValueError(f"model: {self.model_kept} ({self.config.model.model_dump()})")
+        mine, tuned = self.config.methods[0], best.methods[0]
+        if len(tuned.compose) != len(mine.compose):
+            raise ValueError(f"compose: the store's versions learned with {[p['name'] for p in mine.compose]}; "
+                             "only declared-tunable knobs can change in a deployment")
+        only_tunable_changed(tuned.compose, mine.compose)
+        run = self.config.model_dump(mode="json")
+        run["methods"][0] = tuned.model_dump(mode="json") | {"label": mine.label}
+        if self.training_tuned:
+            run["training"] = best.training.model_dump(mode="json")
+        return run
+
+    def retune(self, learner: Any) -> Any:
+        for knob, value in self.knobs().items():
+            setattr(learner, knob, value)
+        return learner
 
     # -- tuning a store (retain.tuning.answers: the kinds that write their answers) ---------------
     def tuning_share(self, rows: Rows, percent: int, salt: str) -> Tensor:
@@ -288,7 +331,7 @@ class TaskKind:
         """The declared-tunable knobs of a method's strategies (``strategy.knob``), each with the value
         ``compose`` gives it or the strategy's default.
 
-        >>> TaskKind.strategy_values([{"name": "replay", "memory_size": 10, "ratio": 2.0}])
+        >>> WrittenAnswers.strategy_values([{"name": "replay", "memory_size": 10, "ratio": 2.0}])
         {'replay.ratio': 2.0, 'replay.weight': 2.0}
         """
         return {f"{part['name']}.{knob}": part.get(knob, getattr(STRATEGIES[part["name"]], knob, None))
@@ -299,7 +342,7 @@ class TaskKind:
         """``compose`` with the ``strategy.knob`` entries of ``values`` set (the others, ``training.lr``
         say, are the kind's to place).
 
-        >>> TaskKind.with_strategy_values([{"name": "replay"}], {"replay.ratio": 0.5, "training.lr": 0.1})
+        >>> WrittenAnswers.with_strategy_values([{"name": "replay"}], {"replay.ratio": 0.5, "training.lr": 0.1})
         [{'name': 'replay', 'ratio': 0.5}]
         """
         out = [dict(part) for part in compose]
@@ -315,8 +358,8 @@ class TaskKind:
         """A mask of about ``percent``% of ``keys``, drawn by a hash of each salted with ``salt``: the
         same key always falls on the same side.
 
-        >>> share = TaskKind.hashed_share([str(i) for i in range(1000)], 30, "tune-test")
-        >>> int(share.sum()), bool(share[7]) == bool(TaskKind.hashed_share(["7"], 30, "tune-test")[0])
+        >>> share = WrittenAnswers.hashed_share([str(i) for i in range(1000)], 30, "tune-test")
+        >>> int(share.sum()), bool(share[7]) == bool(WrittenAnswers.hashed_share(["7"], 30, "tune-test")[0])
         (310, True)
         """
         import hashlib

@@ -30,9 +30,14 @@ from retain.models.speech import ADAPTATIONS, MODELS, SpeechModel
 from retain.quality import GatePolicy, GateReport
 from retain.quality.gate import decide
 from retain.store import StoreError
-from retain.store.promotion import PromotionRule
 from retain.strategies import STRATEGIES, make_strategy
-from retain.tasks.base import Prediction, TaskKind, TooFewRows, only_tunable_changed, strings_of, strings_tensors
+from retain.tasks.base import (
+    Prediction,
+    TooFewRows,
+    WrittenAnswers,
+    strings_of,
+    strings_tensors,
+)
 from retain.util import slug
 
 SAMPLE_RATE = 16_000
@@ -77,6 +82,8 @@ class SpeechMethod(_Strict):
         for i, s in enumerate(specs):
             if not isinstance(s, dict) or s.get("name") not in STRATEGIES:
                 raise ValueError(f"compose[{i}]: give a strategy name, got {s!r}")
+            if "policy" in STRATEGIES[s["name"]].__dataclass_fields__:  # sequences have no class to balance
+                s.setdefault("policy", "reservoir")
             check_generative(make_strategy(s["name"], **{k: w for k, w in s.items() if k != "name"}))
         return specs
 
@@ -141,11 +148,12 @@ class Clips:
             strings_tensors("text", self.texts) | strings_tensors("origin", self.origin)
 
     def hashes(self) -> list[str]:
-        return [hashlib.sha256(np.asarray(a, dtype=np.float32).tobytes() + b"\0" + t.encode()).hexdigest()
-                for a, t in zip(self.audio, self.texts, strict=True)]
+        """A hash of each clip's audio: the same clip sent again, with any transcript, is a repeat
+        (as a classifier's row is, with any label)."""
+        return [hashlib.sha256(np.asarray(a, dtype=np.float32).tobytes()).hexdigest() for a in self.audio]
 
     def audio_hashes(self) -> list[str]:
-        return [hashlib.sha256(np.asarray(a, dtype=np.float32).tobytes()).hexdigest() for a in self.audio]
+        return self.hashes()
 
     def content(self) -> tuple[Tensor, ...]:
         return tuple(self.tensors().values())
@@ -166,7 +174,7 @@ def read_clips(path: Path, max_seconds: float, labelled: bool = True) -> Clips:
     return Clips(audio, texts, origin)
 
 
-class Transcription(TaskKind):
+class Transcription(WrittenAnswers):
     """Clips with transcripts, learned batch after batch; a version is scored by ``1 − WER`` on each
     batch's held-out clips and promoted only if no batch it had learned lost more than ``max_drop``
     WER points."""
@@ -175,7 +183,7 @@ class Transcription(TaskKind):
     metric = "1 - WER"
     labels = "transcript"
     config_type = TranscriptionConfig
-    writes_answers = True
+    model_kept = "a store keeps the model and adaptation its versions were made with"
     too_few = "a share of the clips is held out: send more clips"
 
     @classmethod
@@ -185,25 +193,6 @@ class Transcription(TaskKind):
     @classmethod
     def read_config(cls, path: str | Path) -> TranscriptionConfig:
         return validate_transcription(read_yaml(path), str(path))
-
-    @property
-    def rule(self) -> PromotionRule:
-        return PromotionRule(max_drop=self.config.max_drop / 100, confidence=self.config.confidence, min_held_out=1,
-                             gain_weight=0.0, kept=self.config.kept)
-
-    def retuned(self, best: TranscriptionConfig) -> dict[str, Any]:
-        if best.model != self.config.model:
-            raise ValueError("model: a store keeps the model and adaptation its versions were made with "
-                             f"({self.config.model.model_dump()})")
-        mine, tuned = self.config.methods[0], best.methods[0]
-        if len(tuned.compose) != len(mine.compose):
-            raise ValueError(f"compose: the store's versions learned with {[p['name'] for p in mine.compose]}; "
-                             "only declared-tunable knobs can change in a deployment")
-        only_tunable_changed(tuned.compose, mine.compose)
-        run = self.config.model_dump(mode="json")
-        run["training"] = best.training.model_dump(mode="json")
-        run["methods"][0] = tuned.model_dump(mode="json") | {"label": mine.label}
-        return run
 
     def knobs(self) -> dict[str, Any]:
         t = self.config.training
@@ -266,12 +255,6 @@ class Transcription(TaskKind):
                                t_train=torch.full((len(x),), index, dtype=torch.long), scenario="domain_incremental"),
                     progress)
 
-    def retune(self, learner: SpeechLearner) -> SpeechLearner:
-        for knob, value in self.knobs().items():
-            setattr(learner, knob, value)
-        return learner
-
-    # -- judging --------------------------------------------------------------------------
     def inspect(self, rows: Clips, current: SpeechLearner | None, held: dict[str, Clips], known: set[str],
                 seed: int) -> GateReport:
         """Repeats (the same clip again, or one held out already), and clips no transcript fits:
@@ -312,9 +295,8 @@ class Transcription(TaskKind):
                 for name, rows in held.items()}
 
     def per_answer(self, learner: SpeechLearner, held: dict[str, Clips]) -> dict[str, float]:
-        """``1 − WER`` over every held-out clip (a transcript has no classes to break it down by)."""
-        every = self.join(list(held.values()))
-        return {"all clips": wer.word_accuracy(every.texts, self.transcripts(learner, every))} if len(every) else {}
+        """None: a transcript has no classes to break the score down by (the batches' scores say it all)."""
+        return {}
 
     # -- answering ------------------------------------------------------------------------
     def predict(self, learner: SpeechLearner, data: Any, top_k: int, progress: bool = False) -> list[Prediction]:
@@ -349,6 +331,10 @@ class Transcription(TaskKind):
 
     def warm_rows(self) -> Clips:
         return Clips([np.zeros(SAMPLE_RATE, dtype=np.float32)], [""], ["warm-up"])
+
+    def answer_score(self, answer: str, label: str) -> float:
+        """The transcript's ``1 − WER`` against the corrected one (0 at most)."""
+        return wer.word_accuracy([label], [answer])
 
     def with_answers(self, rows: Clips, answers: list[str]) -> Clips:
         return Clips(rows.audio, list(answers), rows.origin)

@@ -37,13 +37,11 @@ from retain.models.generative import ADAPTATIONS, MODELS, LanguageModel
 from retain.quality import GatePolicy, GateReport
 from retain.quality.pairs import inspect_pairs, loose_hash, pair_hash
 from retain.store import StoreError
-from retain.store.promotion import PromotionRule
 from retain.strategies import STRATEGIES, make_strategy
 from retain.tasks.base import (
     Prediction,
-    TaskKind,
     TooFewRows,
-    only_tunable_changed,
+    WrittenAnswers,
     strings_of,
     strings_tensors,
 )
@@ -296,7 +294,7 @@ def read_pairs(path: str | Path, labelled: bool = True) -> Pairs:
     return Pairs([r["source"] for r in rows], [r.get("target", "") for r in rows], [r["lang"] for r in rows])
 
 
-class Translation(TaskKind):
+class Translation(WrittenAnswers):
     """English→X pairs learned direction after direction; a version is scored by chrF++ (0-1) on
     each batch's held-out pairs of each direction, and promoted only if no direction it had learned
     lost more than ``max_drop`` points."""
@@ -305,7 +303,9 @@ class Translation(TaskKind):
     metric = "chrF++"
     labels = "direction"
     config_type = TranslationConfig
-    writes_answers = True
+    model_kept = ("a store's adapters keep the model, adaptation and LoRA rank they were made with; a tuned rank "
+                  "applies to a new store")
+    training_tuned = False  # a method's own lr is what tuning sets
     predicts_from = "sources"
     too_few = "a share of the sources is held out by their hash: send more pairs"
 
@@ -316,26 +316,6 @@ class Translation(TaskKind):
     @classmethod
     def read_config(cls, path: str | Path) -> TranslationConfig:
         return validate_translation(read_yaml(path), str(path))
-
-    @property
-    def rule(self) -> PromotionRule:
-        # every direction holds out min_held_out pairs (split refuses fewer); judging a new direction's
-        # gain would translate its pairs with the parent as well
-        return PromotionRule(max_drop=self.config.max_drop / 100, confidence=self.config.confidence, min_held_out=1,
-                             gain_weight=0.0, kept=self.config.kept)
-
-    def retuned(self, best: TranslationConfig) -> dict[str, Any]:
-        if best.model != self.config.model:
-            raise ValueError("model: a store's adapters keep the model, adaptation and LoRA rank they were made "
-                             f"with ({self.config.model.model_dump()}); a tuned rank applies to a new store")
-        mine, tuned = self.config.methods[0], best.methods[0]
-        if len(tuned.compose) != len(mine.compose):
-            raise ValueError(f"compose: the store's versions learned with {[p['name'] for p in mine.compose]}; "
-                             "only declared-tunable knobs can change in a deployment")
-        only_tunable_changed(tuned.compose, mine.compose)
-        run = self.config.model_dump(mode="json")
-        run["methods"][0] = tuned.model_dump(mode="json") | {"label": mine.label}
-        return run
 
     def knobs(self) -> dict[str, Any]:
         t = self.config.training
@@ -406,11 +386,6 @@ class Translation(TaskKind):
             direction = learner.directions.setdefault(lang, len(learner.directions))
             mine = train.direction(lang)
             learner.fit(pairs_experience(learner, lang, mine.sources, mine.targets, direction), progress)
-
-    def retune(self, learner: GenerativeLearner) -> GenerativeLearner:
-        for knob, value in self.knobs().items():
-            setattr(learner, knob, value)
-        return learner
 
     def inspect(self, rows: Pairs, current: GenerativeLearner | None, held: dict[str, Pairs], known: set[str],
                 seed: int) -> GateReport:
@@ -492,6 +467,10 @@ class Translation(TaskKind):
 
     def warm_rows(self) -> Pairs:
         return Pairs(["Hello."], [""], [next(iter(LANGUAGES))])
+
+    def answer_score(self, answer: str, label: str) -> float:
+        """The translation's sentence chrF++ / 100 against the post-edit."""
+        return require("sacrebleu", "sacrebleu").sentence_chrf(answer, [label], word_order=2).score / 100
 
     def with_answers(self, rows: Pairs, answers: list[str]) -> Pairs:
         return Pairs(rows.sources, list(answers), rows.langs)

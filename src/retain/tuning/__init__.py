@@ -4,7 +4,8 @@
 the store holds), with one or more worker processes sharing an Optuna storage, then writes the
 report: the best configs as YAML, the trials, Optuna's plots and the test-set comparison of the
 default and tuned configurations (``retain.tuning.report``). What a trial may read and how
-studies are shared: ``retain.tuning.study``.
+studies are shared: ``retain.tuning.study``. A store whose model writes its answers (translation,
+transcription) is tuned on the rows it holds by ``retain.tuning.answers``.
 """
 
 from __future__ import annotations

@@ -16,6 +16,14 @@ function el(name, attrs, text) {
   return node;
 }
 
+// An HTML element (the tables' rows, cells and buttons), as el makes SVG ones.
+function html(name, attrs = {}, text) {
+  const node = document.createElement(name);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
 function clear(svg) { while (svg.firstChild) svg.removeChild(svg.firstChild); }
 
 // Time ticks a round step apart (seconds), at most eight across the span.
@@ -190,11 +198,11 @@ function aside(state) {
   body.dataset.key = key;
   while (body.firstChild) body.removeChild(body.firstChild);
   const row = (cells, buttons) => {
-    const tr = el("tr");
-    for (const c of cells) tr.appendChild(el("td", {}, String(c)));
-    const td = el("td");
+    const tr = html("tr");
+    for (const c of cells) tr.appendChild(html("td", {}, String(c)));
+    const td = html("td");
     for (const [label, text, path] of buttons) {
-      const button = el("button", { type: "button" }, label);
+      const button = html("button", { type: "button" }, label);
       button.addEventListener("click", () => ask(text, path, label));
       td.appendChild(button);
     }
