@@ -18,13 +18,18 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from retain.data import Experience, Stream, class_incremental, load_dataset, permuted, task_incremental
+from retain.data.scenes import detection_stream, pack, unpack
 from retain.engine import Learner
+from retain.engine.detection import DetectionLearner, applies_to_detection
 from retain.engine.generative import GenerativeLearner
+from retain.metrics.detection import Boxes, mean_average_precision
 from retain.models import make_model
+from retain.models.detector import Detector
 from retain.models.generative import LanguageModel
 from retain.strategies import EWC, Replay, Strategy, describe, implements
 from retain.strategies.contract import HOOKS, LEARNER_VIEW, SCENARIO_KINDS
@@ -36,10 +41,28 @@ HOOK_PARAMETERS = {"before_experience": ["learner", "ctx"], "batch": ["learner",
 
 @dataclass
 class Bench:
-    """A stream and a model builder that fit a strategy's declared scenario and needs."""
+    """A stream and a model builder that fit a strategy's declared scenario and needs; ``detector``: the
+    learner is a :class:`~retain.engine.detection.DetectionLearner` (a method that needs one)."""
 
     stream: Stream
     model: Callable[[], torch.nn.Module]
+    detector: bool = False
+
+    def learner(self, strategies: list[Strategy], seed: int = 0) -> Learner | DetectionLearner:
+        torch.manual_seed(seed)
+        if self.detector:
+            return DetectionLearner(self.model(), strategies, epochs=1, lr=1e-3, batch_size=8, seed=seed)
+        return Learner(self.model(), strategies, epochs=1, lr=0.05, seed=seed, device="cpu")
+
+    def load(self, folder: str) -> Learner | DetectionLearner:
+        return DetectionLearner.load(folder) if self.detector else Learner.load(folder, device="cpu")
+
+    def score(self, learner: Learner | DetectionLearner, experience: Experience) -> float:
+        """Accuracy on the experience's test split (a detector: mAP@0.5 over its classes)."""
+        if not self.detector:
+            return learner.score(experience)
+        truth = [Boxes(b, labels) for b, labels in unpack(experience.y_test)]
+        return mean_average_precision(learner.detect(experience.x_test), truth, experience.classes)["map50"] or 0.0
 
 
 @functools.cache
@@ -48,6 +71,25 @@ def _digits_stream(kind: str) -> Stream:
     builders = {"class_incremental": class_incremental, "task_incremental": task_incremental,
                 "domain_incremental": permuted}
     return builders[kind](data, 5)
+
+
+@functools.cache
+def _scene_stream(kind: str) -> Stream:
+    """Five experiences of 40 small scenes (32 pixels): two new classes each, earlier classes unlabelled in
+    later scenes (task-incremental: each a task of its own); domain-incremental, the same ten classes in
+    new scenes each time."""
+    if kind == "domain_incremental":
+        scenes = detection_stream([tuple(range(10))], train_per_experience=200, test=100, size=32, cache=False)
+        train, test = scenes.experiences[0].train, scenes.test
+        exps = [Experience(*pack(train[40 * k:40 * k + 40], 4), *pack(test[20 * k:20 * k + 20], 4), id=k,
+                           classes=tuple(range(10)), scenario=kind) for k in range(5)]
+        return Stream(exps, n_classes=10, name="scenes", scenario=kind)
+    scenes = detection_stream([(2 * k, 2 * k + 1) for k in range(5)], train_per_experience=40, test=60, size=32,
+                              cache=False)
+    exps = [Experience(*pack(e.train, 4), *pack([s.only(e.classes) for s in scenes.test], 4), id=k,
+                       task=k if kind == "task_incremental" else 0, classes=e.classes, scenario=kind)
+            for k, e in enumerate(scenes.experiences)]
+    return Stream(exps, n_classes=10, name="scenes", scenario=kind)
 
 
 @functools.cache
@@ -70,6 +112,8 @@ def _token_stream(kind: str) -> Stream:
 def bench(cls: type[Strategy], kind: str | None = None) -> Bench:
     """The setting to check ``cls`` in, on the ``kind`` stream (default: its first scenario)."""
     kind = kind or cls.scenarios[0]
+    if "detector" in cls.needs:
+        return Bench(_scene_stream(kind), lambda: Detector("tiny", 10, width=16), detector=True)
     if "lora_text" in cls.needs:
         stream = _token_stream(kind)
         return Bench(stream, lambda: make_model("text", (8,), 10, backbone="tiny_text", adaptation="lora",
@@ -77,11 +121,6 @@ def bench(cls: type[Strategy], kind: str | None = None) -> Bench:
     stream = _digits_stream(kind)
     hidden = () if "fixed_features" in cls.needs else (32,)
     return Bench(stream, lambda: make_model("mlp", stream.input_shape, stream.n_classes, hidden=hidden))
-
-
-def _learner(b: Bench, strategies: list[Strategy], seed: int = 0) -> Learner:
-    torch.manual_seed(seed)
-    return Learner(b.model(), strategies, epochs=1, lr=0.05, seed=seed, device="cpu")
 
 
 def _state_bytes(strategy: Strategy) -> int:
@@ -110,21 +149,28 @@ def check_builds_from_defaults_and_config(cls: type[Strategy]) -> None:
                                                     f"{HOOK_PARAMETERS[hook]}"))
 
 
+def _reloaded_trains_alike(learner: Any, load: Callable[[str], Any], experience: Experience, who: str) -> Any:
+    """Save ``learner``, load it with ``load``, train both on ``experience``: the weights must agree to the
+    bit (``who`` starts the message). Returns the reloaded learner."""
+    with tempfile.TemporaryDirectory() as tmp:
+        learner.save(tmp)
+        loaded = load(tmp)
+    for one in (learner, loaded):
+        one.fit(experience)
+    mine, theirs = learner.model.state_dict(), loaded.model.state_dict()
+    expect(mine.keys() == theirs.keys(), f"{who}the reloaded model has other parameters")
+    for k, v in mine.items():
+        expect(torch.equal(v, theirs[k]), f"{who}{k} differs after training on from a reload")
+    return loaded
+
+
 def check_save_load_continues_bit_exactly(cls: type[Strategy]) -> None:
     """Saved after two experiences and reloaded, the learner trains the third to the same bits."""
     b = bench(cls)
-    learner = _learner(b, [cls()])
+    learner = b.learner([cls()])
     for exp in b.stream[:2]:
         learner.fit(exp)
-    with tempfile.TemporaryDirectory() as tmp:
-        learner.save(tmp)
-        loaded = Learner.load(tmp, device="cpu")
-    for one in (learner, loaded):
-        one.fit(b.stream[2])
-    mine, theirs = learner.model.state_dict(), loaded.model.state_dict()
-    expect(mine.keys() == theirs.keys(), f"{cls.name}: the reloaded model has other parameters")
-    for k, v in mine.items():
-        expect(torch.equal(v, theirs[k]), f"{cls.name}: {k} differs after training on from a reload")
+    loaded = _reloaded_trains_alike(learner, b.load, b.stream[2], f"{cls.name}: ")
     a, z = learner.strategies[0].state_dict(), loaded.strategies[0].state_dict()
     expect(a.keys() == z.keys(), f"{cls.name}: the reloaded strategy state has other keys")
     for k, v in a.items():
@@ -137,7 +183,7 @@ def check_loading_a_fresh_state_resets(cls: type[Strategy]) -> None:
     fit is undone this way)."""
     b = bench(cls)
     fresh, trained = cls(), cls()
-    learner = _learner(b, [trained])
+    learner = b.learner([trained])
     learner.fit(b.stream[0])
     empty = fresh.state_dict()
     trained.load_state_dict(empty, learner)
@@ -152,7 +198,7 @@ def check_state_stays_bounded(cls: type[Strategy]) -> None:
     then), unless the method declares why it grows (``grows``), and then it does grow."""
     b = bench(cls)
     strategy = cls()
-    learner = _learner(b, [strategy])
+    learner = b.learner([strategy])
     sizes = []
     for exp in b.stream:
         learner.fit(exp)
@@ -172,9 +218,13 @@ def check_online_flag(cls: type[Strategy]) -> None:
     """``partial_fit`` takes the method when it says it learns online, refuses it otherwise, and
     takes it in hybrid mode once an experience has been learned."""
     b = bench(cls)
+    if b.detector:  # a detector learns experience by experience (DetectionLearner has no partial_fit)
+        expect(not cls().supports_online(), f"{cls.name} says it learns online, but it needs a detector, which "
+                                            "learns only whole experiences")
+        return
     exp = b.stream[0]
     x, y, t = exp.x_train[:8], exp.y_train[:8], exp.train_tasks()[:8]
-    learner = _learner(b, [cls()])
+    learner = b.learner([cls()])
     if cls().supports_online():
         learner.partial_fit(x, y, t, steps=2)
         expect(learner.steps_ == 2 and learner.samples_seen_ == 8, f"{cls.name}: partial_fit took no steps")
@@ -197,7 +247,7 @@ def check_scenarios_are_enforced(cls: type[Strategy]) -> None:
         if kind in cls.scenarios:
             continue
         b = bench(cls, kind)
-        learner = _learner(b, [cls()])
+        learner = b.learner([cls()])
         before = {k: v.clone() for k, v in learner.model.state_dict().items()}
         try:
             learner.fit(b.stream[0])
@@ -212,13 +262,14 @@ def check_scenarios_are_enforced(cls: type[Strategy]) -> None:
 def check_composes_with_replay_and_ewc(cls: type[Strategy]) -> None:
     """Put first, it composes with ``Replay`` and with ``EWC``: two experiences train to finite
     weights, unless both replace the task loss, which the learner refuses at once."""
-    for other in (Replay(60), EWC()):
+    b = bench(cls)
+    # a detector's rows have no one class: its replay keeps a reservoir
+    for other in (Replay(60, policy="reservoir") if b.detector else Replay(60), EWC()):
         if type(other) is cls:
             continue
-        b = bench(cls)
         both_replace = implements(cls(), "task_loss") and implements(other, "task_loss")
         try:
-            learner = _learner(b, [cls(), other])
+            learner = b.learner([cls(), other])
         except ValueError as err:
             expect(both_replace and "each replace the task loss" in str(err), f"{cls.name}+{other.name}: {err}")
             continue
@@ -226,7 +277,7 @@ def check_composes_with_replay_and_ewc(cls: type[Strategy]) -> None:
         for exp in b.stream[:2]:
             learner.fit(exp)
         expect(all(torch.isfinite(p).all() for p in learner.model.parameters()), f"{cls.name}+{other.name}: NaN")
-        expect(0.0 <= learner.score(b.stream[0]) <= 1.0, f"{cls.name}+{other.name}: no accuracy")
+        expect(0.0 <= b.score(learner, b.stream[0]) <= 1.0, f"{cls.name}+{other.name}: no accuracy")
 
 
 def check_reads_only_the_learner_view(cls: type[Strategy]) -> None:
@@ -280,19 +331,36 @@ def check_runs_under_the_generative_learner(cls: type[Strategy]) -> None:
     learner = learner_of([cls(**fits)])
     for d in range(2):
         learner.fit(_token_rows(learner, d))
-    with tempfile.TemporaryDirectory() as tmp:
-        learner.save(tmp)
-        loaded = GenerativeLearner.load(tmp)
-    for one in (learner, loaded):
-        one.fit(_token_rows(one, 2))
-    mine, theirs = learner.model.state_dict(), loaded.model.state_dict()
-    for k, v in mine.items():
-        expect(torch.equal(v, theirs[k]), f"{cls.name}: {k} differs after a generative learner trained on from "
-                                          "a reload")
+    _reloaded_trains_alike(learner, GenerativeLearner.load, _token_rows(learner, 2),
+                           f"{cls.name} under the generative learner: ")
     size = _state_bytes(learner.strategies[0])
     learner.fit(_token_rows(learner, 3))
     expect(_state_bytes(learner.strategies[0]) <= max(size, 1) * 2,
            f"{cls.name}: its state under the generative learner keeps growing with every direction")
+
+
+def check_runs_under_the_detection_learner(cls: type[Strategy]) -> None:
+    """A strategy that applies to detectors and needs no detector of its own (those are checked on one by
+    every other check) trains a tiny detector experience after experience; saved and reloaded, the learner
+    trains on to the same bits, and its state stays bounded. Others are refused with the reason."""
+    b = Bench(_scene_stream("class_incremental"), lambda: Detector("tiny", 10, width=16), detector=True)
+    if not applies_to_detection(cls):
+        try:
+            b.learner([cls()])
+        except ValueError:
+            return
+        raise AssertionError(f"{cls.name}: does not declare detection, but the detection learner took it")
+    if "detector" in cls.needs:
+        return
+    fits = {"policy": "reservoir"} if "policy" in getattr(cls, "__dataclass_fields__", {}) else {}
+    learner = b.learner([cls(**fits)])
+    for exp in b.stream[:2]:
+        learner.fit(exp)
+    _reloaded_trains_alike(learner, b.load, b.stream[2], f"{cls.name} under the detection learner: ")
+    size = _state_bytes(learner.strategies[0])
+    learner.fit(b.stream[3])
+    expect(_state_bytes(learner.strategies[0]) <= max(size, 1) * 2,
+           f"{cls.name}: its state under the detection learner keeps growing with every experience")
 
 
 CHECKS = (
@@ -305,6 +373,7 @@ CHECKS = (
     check_scenarios_are_enforced,
     check_composes_with_replay_and_ewc,
     check_runs_under_the_generative_learner,
+    check_runs_under_the_detection_learner,
 )
 
 

@@ -528,6 +528,8 @@ def _needs_problem(strategy: Strategy, model: ModelConfig) -> str | None:
         if need == "fixed_features" and (model.adaptation != "frozen" or model.hidden or model.head == "per_task"):
             return (f"{strategy.name} needs fixed features and a linear head: model.adaptation: frozen, "
                     "hidden: [], head: fixed or growing")
+        if need == "detector":
+            return f"{strategy.name} trains an object detector: it needs task: detection"
         if need == "mlp" and (model.name != "mlp" or model.adaptation != "frozen"):
             return f"{strategy.name} builds MLP columns: it needs model.name: mlp on raw inputs or frozen features"
     return None

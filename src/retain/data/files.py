@@ -367,6 +367,12 @@ def read_image(source: str | Path | bytes, size: int | None = None, channels: in
     """One PNG or JPEG image (a file, or its bytes) as a ``(channels, size, size)`` array in [0, 1];
     ``size`` and ``channels`` default to the image's own (its width; 1 for grey images, else 3).
     An image of more than :data:`MAX_PIXELS` pixels is refused from its header, before decoding."""
+    return read_image_sized(source, size, channels)[0]
+
+
+def read_image_sized(source: str | Path | bytes, size: int | None = None,
+                     channels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image`, and the image's own ``(width, height)`` (a detector's boxes are in its pixels)."""
     from PIL import Image, UnidentifiedImageError
 
     where = "image" if isinstance(source, bytes) else str(source)
@@ -391,7 +397,7 @@ def read_image(source: str | Path | bytes, size: int | None = None, channels: in
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
     array = np.asarray(image, dtype=np.float32) / 255.0
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+    return (array[None] if channels == 1 else array.transpose(2, 0, 1)), (width, height)
 
 
 def _wav_chunks(f: io.BufferedIOBase, where: str) -> tuple[bytes, int]:

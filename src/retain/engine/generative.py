@@ -2,62 +2,51 @@
 
 Rows are prompt + target + end-of-text tokens, padded with ``-1`` to one width, and labels are
 the next token at each target position (``-100`` elsewhere): every row has the same shape, so a
-replay memory stores and mixes them like any other samples. The step is the classifier
-learner's (``retain.engine.learner.Trainer``): ``batch`` hooks, logits, a task loss (one
-strategy's, or the cross-entropy, here the token mean), ``loss`` terms, ``after_backward`` hooks,
-the optimizer (AdamW, after a gradient clip). A fit that fails or diverges leaves the learner as
-it was, and saves go through ``retain.engine.persist`` (atomic, checksummed, kind ``generative``).
+replay memory stores and mixes them like any other samples. The fit and the step are those of every
+row learner (``retain.engine.rows``): ``batch`` hooks, logits, a task loss (one strategy's, or the
+cross-entropy, here the token mean), ``loss`` terms, ``after_backward`` hooks, AdamW after a gradient
+clip; a fit that fails or diverges leaves the learner as it was. Saves go through
+``retain.engine.persist`` (atomic, checksummed, kind ``generative``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from retain.data import Experience
 from retain.engine import persist
-from retain.engine.learner import Trainer
+from retain.engine.rows import RowLearner, check_strategy
 from retain.models.generative import IGNORE, PAD, LanguageModel
-from retain.strategies import STRATEGIES, Strategy
-from retain.strategies.contract import ExperienceContext, Ranks, Step
+from retain.strategies import Strategy
+from retain.strategies.contract import Step
 from retain.util import evaluating
-
-SUFFIXES = {"model": "safetensors", "state": "safetensors", "learner": "json"}
 
 
 def check_generative(strategy: Strategy) -> None:
     """Refuse, with the reason, a strategy the generative learner cannot run (one that does not
     declare ``generative``: it needs class labels, features or heads)."""
-    if not strategy.generative:
-        allowed = ", ".join(name for name, cls in STRATEGIES.items() if cls.generative)
-        raise ValueError(f"{strategy.name} does not apply to a generative language model (it needs class labels, "
-                         f"features or heads); choose from: {allowed}")
-    memory = strategy.memory()
-    if memory is not None and memory.policy != "reservoir":
-        raise ValueError(f"{strategy.name}: sequences have no class to balance a memory by; "
-                         f"use policy: reservoir (got {memory.policy})")
+    check_strategy(strategy, lambda cls: cls.generative, "a generative language model")
 
 
-class GenerativeLearner(Trainer):
+class GenerativeLearner(RowLearner):
     """Fine-tunes a :class:`LanguageModel` experience by experience.
 
     ``fit(experience)`` trains on its token rows (``x_train``: inputs, ``y_train``: labels,
     ``t_train``: direction ids), ``epochs`` passes of ``batch_size`` rows, AdamW at ``lr`` with
     gradient norms clipped at ``clip``. ``generate`` continues prompts greedily; ``perplexity``
     scores plain text. ``save``/``load`` keep the trainable weights and the strategies' state.
-    The hooks and the step are the classifier learner's (:class:`~retain.engine.learner.Trainer`);
-    this class lays the rows out (:meth:`_logits`) and clips before AdamW steps (:meth:`_update`).
+    The fit, the hooks and the step are :class:`~retain.engine.rows.RowLearner`'s; this class lays
+    the rows out (:meth:`_logits`) and gives each new direction its adapter (experts).
 
     >>> from retain.models.generative import LanguageModel
     >>> learner = GenerativeLearner(LanguageModel("tiny", "lora"), max_tokens=24)
@@ -67,6 +56,7 @@ class GenerativeLearner(Trainer):
     """
 
     _restored = ("seen_classes_", "task_classes_", "directions", "steps_", "tokens_")
+    kind = "generative"
 
     def __init__(self, model: LanguageModel, strategies: Sequence[Strategy] = (), *, lr: float = 3e-4,
                  epochs: int = 1, batch_size: int = 8, max_tokens: int = 64, clip: float = 1.0, seed: int = 0,
@@ -76,37 +66,11 @@ class GenerativeLearner(Trainer):
         if model.adaptation == "experts" and any(s.name != "finetune" for s in strategies):
             raise ValueError("experts keep each direction in an adapter of its own: they take no strategy (replay, "
                              "penalties and joint training need a shared adapter, adaptation: lora, or full)")
-        self.strategies = list(strategies)
-        self._bind()
-        self.model = model.to(device)
-        self.lr, self.epochs, self.batch_size, self.max_tokens, self.clip = lr, epochs, batch_size, max_tokens, clip
-        self.seed, self.device = seed, torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.ranks = Ranks()
-        self.optimizer: torch.optim.Optimizer | None = None
-        self._trainable = self._requires_grad()  # what the optimizer steps (experts: the direction's adapter)
-        self.seen_classes_: list[int] = []  # directions learned so far (a direction is the strategies' "class")
-        self.task_classes_: dict[int, list[int]] = {}
+        super().__init__(model, strategies, lr=lr, epochs=epochs, batch_size=batch_size, clip=clip, seed=seed,
+                         device=device)
+        self.max_tokens = max_tokens
         self.directions: dict[str, int] = {}  # a direction's name (e.g. a target language) -> its id
-        self.steps_ = 0
         self.tokens_ = 0  # target tokens trained on (replayed ones included)
-
-    # What strategies may read (retain.strategies.contract.LearnerView); trainable is Trainer's.
-    @property
-    def bulk_size(self) -> int:
-        return self.batch_size
-
-    @contextlib.contextmanager
-    def seeded(self) -> Iterator[None]:
-        with torch.random.fork_rng():
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
-            yield
-
-    def features(self, x: Tensor, t: Tensor | None = None, batch_size: int = 1024) -> Tensor:
-        raise NotImplementedError("a generative model has no feature vectors for a strategy to use")
-
-    def predict_logits(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 1024) -> Tensor:
-        raise NotImplementedError("a generative model has no class logits for a strategy to use")
 
     def encode(self, prompts: Sequence[str], targets: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Token rows ``prompt + target + end`` and their labels, ``max_tokens`` wide. A row too
@@ -124,46 +88,12 @@ class GenerativeLearner(Trainer):
             y[i, first - 1:len(row) - 1] = torch.tensor(row[first:])
         return x, y
 
-    def fit(self, experience: Experience, progress: bool = False) -> GenerativeLearner:
-        """Train on one experience (all rows are one direction, or several for joint training). A
-        fit that fails midway, a diverging one included (``Diverged``: the loss turned NaN or
-        infinite), leaves the weights, the strategies' state and the counters as they were."""
-        return self._guarded(lambda: self._fit(experience, progress))
-
-    def _fit(self, experience: Experience, progress: bool) -> GenerativeLearner:
-        ctx = ExperienceContext(experience)
+    def _begin(self, experience: Experience) -> list[int]:
+        """The experience's directions (its rows' task ids); experts: a new one gets its adapter (the others freeze)."""
         directions = sorted(set(experience.train_tasks().tolist()))
         for d in directions:
-            self.model.add_expert(d)  # experts: a new direction gets its adapter (the others freeze)
-        self._experience_hook("before_experience", ctx)
-        x, y, t = ctx.train_set
-        self._trainable = self._requires_grad()
-        self.optimizer = torch.optim.AdamW(self._trainable, lr=self.lr, weight_decay=0.0)
-        self.model.train()
-        steps = self.epochs * math.ceil(len(y) / self.batch_size)
-        with tqdm(total=steps, disable=not progress, desc=f"experience {experience.id}", unit="step",
-                  leave=False) as bar:
-            for epoch in range(self.epochs):
-                order = torch.randperm(len(y), generator=self.generator)
-                for start in range(0, len(y), self.batch_size):
-                    rows = order[start:start + self.batch_size]
-                    self._train_step(Step(x[rows], y[rows], t[rows], incoming=len(rows), fresh=epoch == 0,
-                                          experience_id=experience.id, rows=rows, source=(x, y, t)))
-                    bar.update(1)
-        self.optimizer = None  # AdamW's moments (twice the trained weights) are not kept between experiences
-        self._check_finite(experience)
-        self._experience_hook("after_experience", ctx)
-        self.seen_classes_ = sorted(set(self.seen_classes_) | set(directions))
-        for d in directions:
-            self.task_classes_[d] = [d]
-        return self
-
-    def train_step(self, step: Step, optimizer: torch.optim.Optimizer) -> float:
-        """One step of ``optimizer`` (over :attr:`trainable`) on ``step``'s rows and whatever the
-        ``batch`` hooks add, as ``fit`` takes it; returns the loss (``benchmarks/llm_mt.py`` times it)."""
-        self.model.train()
-        self.optimizer = optimizer
-        return self._train_step(step)
+            self.model.add_expert(d)
+        return directions
 
     def _logits(self, step: Step) -> Tensor:
         """Logits ``[rows, vocabulary, width]``, on rows cut to the longest one (no position past it is
@@ -174,14 +104,10 @@ class GenerativeLearner(Trainer):
         step.x, step.y, step.t = step.x[:, :width].to(self.device), y.to(self.device), step.t.to(self.device)
         return self.model(step.x, step.t)
 
-    def _update(self, step: Step) -> None:
-        if self.clip:
-            torch.nn.utils.clip_grad_norm_(self._trainable, self.clip)
-        self.optimizer.step()
-
     def _model_copy(self) -> torch.nn.Module:
         # Under adapters the base weights never train: the copy a failed fit restores shares them
-        # (SmolLM2's 135M parameters are not duplicated for a fit).
+        # (SmolLM2's 135M parameters are not duplicated for a fit). Adapters are copied, frozen or not:
+        # an expert frozen now trains again when its direction comes back.
         frozen = {} if self.model.adaptation == "full" else {
             id(p): p for k, p in self.model.named_parameters() if "lora_" not in k}
         return copy.deepcopy(self.model, frozen)
@@ -226,22 +152,18 @@ class GenerativeLearner(Trainer):
                 count += int((yb != IGNORE).sum())
         return math.exp(total / count)
 
-    def save(self, folder: str | Path) -> Path:
-        """The trainable weights (all of them for full fine-tuning, the adapters otherwise), the
-        strategies' state and what rebuilds them, as ``folder``'s next generation (atomic, with
-        checksums: ``retain.engine.persist``; a crash mid-save leaves the previous save whole)."""
-        names = _saved_names(self.model)
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items() if k in names}
-        tensors: dict[str, Tensor] = {"learner.rng": self.generator.get_state()}  # training continues alike
-        meta = {"format": persist.FORMAT_VERSION, "model": self.model.get_config(),
-                "training": {"lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
-                             "max_tokens": self.max_tokens, "clip": self.clip, "seed": self.seed},
-                "strategies": persist.strategies_to_save(self.strategies, tensors),
-                "seen_classes": self.seen_classes_, "directions": self.directions, "steps": self.steps_,
-                "tokens": self.tokens_}
-        parts = {"model": safetensors_bytes(weights), "state": safetensors_bytes(tensors),
-                 "learner": json.dumps(meta, indent=1).encode()}
-        return persist.write_generation(folder, parts, SUFFIXES, kind="generative")
+    @classmethod
+    def _saved_names(cls, model: LanguageModel) -> set[str]:
+        """Every weight under full fine-tuning, the adapters' otherwise (the base model's package holds the rest)."""
+        if model.adaptation == "full":
+            return set(model.trainable_names())
+        return {k for k in model.state_dict() if "lora_" in k}
+
+    def _settings(self) -> dict[str, Any]:
+        return super()._settings() | {"max_tokens": self.max_tokens}
+
+    def _own_meta(self) -> dict[str, Any]:
+        return {"directions": self.directions, "tokens": self.tokens_}
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> GenerativeLearner:
@@ -261,38 +183,13 @@ class GenerativeLearner(Trainer):
         model = LanguageModel(m.name, m.adaptation, m.lora_rank, m.seed)
         for d in m.experts:
             model.add_expert(d)
-        learner = cls._assembled(model, _saved_names(model), weights, strategies, meta, state, path, device)
+        learner = cls._assembled(model, cls._saved_names(model), weights, strategies, meta, state, path, device)
         learner.directions = meta.directions
         return learner
 
-    @classmethod
-    def _assembled(cls, model: torch.nn.Module, names: set[str], weights: dict[str, Tensor],
-                   strategies: list[Strategy], meta: Any, state: dict[str, Tensor], path: Path, device: str) -> Any:
-        """A learner of ``model`` holding its saved ``weights`` (the ``names`` a save keeps, checked
-        against them), its strategies' state, random state and counters, as a validated ``meta`` says."""
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k in names}
-        found = {k: tuple(v.shape) for k, v in weights.items()}
-        if found != expected:
-            diff = sorted(set(expected.items()) ^ set(found.items()))[0]
-            raise persist.LoadError(f"{path}: the model config does not describe the saved weights (first "
-                                    f"difference: {diff[0]} {diff[1]})")
-        model.load_state_dict(weights, strict=False)
-        try:
-            learner = cls(model, strategies, device=device, **meta.training.model_dump())
-        except ValueError as err:
-            raise persist.LoadError(f"{path}: the saved strategies do not fit this model ({err})") from None
-        persist.set_generator(learner.generator, state, path)
-        persist.load_states(strategies, meta.strategies, state, learner, path)
-        learner.seen_classes_, learner.steps_, learner.tokens_ = meta.seen_classes, meta.steps, meta.tokens
-        learner.task_classes_ = {d: [d] for d in learner.seen_classes_}
-        return learner
-
-
-def _saved_names(model: LanguageModel) -> set[str]:
-    """The weights a save keeps: every one under full fine-tuning, the adapters' otherwise."""
-    if model.adaptation == "full":
-        return set(model.trainable_names())
-    return {k for k in model.state_dict() if "lora_" in k}
+    def _loaded(self, meta: Any) -> None:
+        super()._loaded(meta)
+        self.tokens_ = meta.tokens
 
 
 def _first_format(data: bytes, state: dict[str, Tensor], path: Path) -> tuple[bytes, dict[str, Tensor]]:

@@ -232,6 +232,9 @@ class Learner(Trainer):
         for s in strategies:
             if not isinstance(s, Strategy):
                 raise TypeError(f"strategies must be retain Strategy objects, got {type(s).__name__}")
+            if "detector" in s.needs:
+                raise ValueError(f"{s.name} trains an object detector (retain.engine.detection.DetectionLearner), "
+                                 "not a classifier")
         self.device = resolve_device(device)
         self.ranks = distributed.current()  # several processes: each trains on its share of every step
         self.model = model.to(self.device)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load as safetensors_load
 from torch import Tensor
 
-from retain.models import Classifier, speech
+from retain.models import Classifier, detector, speech
 from retain.models.generative import ADAPTATIONS, MODELS
 from retain.strategies import STRATEGIES, Strategy, make_strategy
 from retain.util import evaluating
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 3  # 3: the manifest names the kind of learner; 2: a classifier's, with no kind
-KINDS = ("classifier", "generative", "speech")
+KINDS = ("classifier", "generative", "speech", "detection")
 PARTS = ("model", "state", "learner")
 # Saves written before manifests (each kind's first format), known by their files alone.
 LEGACY = {"classifier": {"model": "model.safetensors", "state": "state.safetensors", "learner": "learner.json"},
@@ -368,7 +368,7 @@ def saved_generative(data: bytes, path: Path) -> _SavedGenerative:
     return meta
 
 
-class _SpeechSettings(BaseModel):
+class _RowSettings(BaseModel):  # a row learner's (speech, detection)
     model_config = ConfigDict(extra="forbid")
 
     lr: float = Field(gt=0, le=MAX_RATE)
@@ -390,27 +390,53 @@ class _SpeechModelConfig(BaseModel):
     experts: list[int] = Field(default_factory=list, max_length=1024)
 
 
-class _SavedSpeech(BaseModel):
+class _SavedRows(BaseModel):  # what every row learner's save holds beside its model
     model_config = ConfigDict(extra="forbid")
 
     format: int
-    model: _SpeechModelConfig
-    training: _SpeechSettings
+    training: _RowSettings
     strategies: list[_SavedStrategy] = Field(max_length=64)
     seen_classes: list[int] = Field(max_length=1 << 16)
     steps: int = Field(ge=0)
+
+
+class _SavedSpeech(_SavedRows):
+    model: _SpeechModelConfig
     tokens: int = Field(ge=0)
 
 
-def saved_speech(data: bytes, path: Path) -> _SavedSpeech:
-    """A speech learner's saved JSON, validated: its schema, the strategies it names, bounds on sizes."""
+class _DetectorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: Literal[detector.BACKBONES]
+    n_classes: int = Field(ge=0, le=MAX_SIZE)
+    width: int = Field(ge=1, le=4096)
+    pretrained: bool
+    train_backbone: bool
+
+
+class _DetectionSettings(_RowSettings):
+    max_boxes: int = Field(ge=1, le=4096)
+
+
+class _SavedDetection(_SavedRows):
+    model: _DetectorConfig
+    training: _DetectionSettings
+
+
+SAVED_ROWS = {"speech": _SavedSpeech, "detection": _SavedDetection}
+
+
+def saved_rows(data: bytes, path: Path, kind: str) -> Any:
+    """A row learner's saved JSON (a ``kind`` of :data:`SAVED_ROWS`), validated: its schema, the
+    strategies it names, bounds on sizes."""
     where = f"{path}/learner.json"
     try:
-        meta = _SavedSpeech.model_validate(json.loads(data))
+        meta = SAVED_ROWS[kind].model_validate(json.loads(data))
     except ValueError as err:
         raise LoadError(f"{where}: {_first_problem(err)}") from None
     if meta.format != FORMAT_VERSION:
-        raise LoadError(f"{where}: unsupported speech learner format {meta.format!r}")
+        raise LoadError(f"{where}: unsupported {kind} learner format {meta.format!r}")
     bounded(meta.seen_classes, f"{where}: seen_classes", limit=1 << 16)
     _check_strategies(meta.strategies, where)
     return meta
@@ -564,6 +590,10 @@ def load_learner(directory: str | Path, device: str = "auto") -> Learner | Gener
         from retain.engine.speech import SpeechLearner
 
         return SpeechLearner.load(directory, device="cpu" if device == "auto" else device)
+    if kind == "detection":
+        from retain.engine.detection import DetectionLearner
+
+        return DetectionLearner.load(directory, device="cpu" if device == "auto" else device)
     return Learner.load(directory, device=device)
 
 

@@ -9,19 +9,17 @@ clips, how rows are transcribed, and how the learner is saved (``retain.engine.p
 
 from __future__ import annotations
 
-import copy
-import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from retain.engine import persist
-from retain.engine.generative import SUFFIXES, GenerativeLearner
+from retain.engine.generative import GenerativeLearner
+from retain.engine.rows import RowLearner
 from retain.models.generative import IGNORE
 from retain.models.speech import SpeechModel
 from retain.strategies import Strategy
@@ -43,6 +41,8 @@ class SpeechLearner(GenerativeLearner):
     >>> x.shape, y[0, :3].tolist()  # 80 log-mel bins and the token channel, 100 frames; 'g', 'o', nothing
     (torch.Size([1, 81, 100]), [8, 16, -100])
     """
+
+    kind = "speech"
 
     def __init__(self, model: SpeechModel, strategies: Sequence[Strategy] = (), *, lr: float = 1e-4,
                  epochs: int = 1, batch_size: int = 8, clip: float = 1.0, seed: int = 0, device: str = "cpu") -> None:
@@ -72,10 +72,7 @@ class SpeechLearner(GenerativeLearner):
         return self.model.loss(logits, step.y)
 
     def _model_copy(self) -> torch.nn.Module:
-        # A frozen encoder (and frozen base weights under LoRA) never trains: the copy a failed fit
-        # restores shares them.
-        frozen = {id(p): p for p in self.model.parameters() if not p.requires_grad}
-        return copy.deepcopy(self.model, frozen)
+        return RowLearner._model_copy(self)  # what is frozen now is shared (the encoder), not what is named LoRA
 
     def transcribe(self, x: Tensor | Sequence[np.ndarray], batch_size: int = 16, progress: bool = False) -> list[str]:
         """Transcripts of rows (from :meth:`rows`) or of 16 kHz clips."""
@@ -95,34 +92,26 @@ class SpeechLearner(GenerativeLearner):
     def perplexity(self, *args: object, **kwargs: object) -> float:
         raise NotImplementedError("a speech learner is scored by its word error rate, not perplexity")
 
-    def save(self, folder: str | Path) -> Path:
-        """The trainable weights, the strategies' state and what rebuilds them, as ``folder``'s next
-        generation (atomic, with checksums: ``retain.engine.persist``)."""
-        names = set(self.model.saved_names())
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items() if k in names}
-        tensors: dict[str, Tensor] = {"learner.rng": self.generator.get_state()}
-        meta = {"format": persist.FORMAT_VERSION, "model": self.model.get_config(),
-                "training": {"lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
-                             "clip": self.clip, "seed": self.seed},
-                "strategies": persist.strategies_to_save(self.strategies, tensors),
-                "seen_classes": self.seen_classes_, "steps": self.steps_, "tokens": self.tokens_}
-        parts = {"model": safetensors_bytes(weights), "state": safetensors_bytes(tensors),
-                 "learner": json.dumps(meta, indent=1).encode()}
-        return persist.write_generation(folder, parts, SUFFIXES, kind="speech")
-
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> SpeechLearner:
-        """A learner as :meth:`save` left it (Whisper's base weights come from their package again),
-        every file checked against its checksum and the JSON against a schema with bounds first."""
-        path = Path(folder)
-        saved = persist.read_generation(path, "speech")
-        meta = persist.saved_speech(saved.parts["learner"], path)
-        state = persist.read_tensors(saved.parts["state"], path, "state")
-        weights = persist.read_tensors(saved.parts["model"], path, "model")
-        strategies = persist.make_strategies(meta.strategies, path)
+        """A learner as :meth:`save` left it (Whisper's base weights come from their package again)."""
+        return RowLearner.load.__func__(cls, folder, device)  # the row learners' load, not the language model's
+
+    @classmethod
+    def _saved_names(cls, model: SpeechModel) -> set[str]:
+        return set(model.saved_names())  # the decoder, the adapters, or all
+
+    def _settings(self) -> dict[str, Any]:
+        return RowLearner._settings(self)  # the model holds max_tokens
+
+    def _own_meta(self) -> dict[str, Any]:
+        return {"tokens": self.tokens_}
+
+    @classmethod
+    def _model_of(cls, meta: Any) -> SpeechModel:
         settings = meta.model.model_dump()
         experts = settings.pop("experts")
         model = SpeechModel(**settings)
         for e in experts:
             model.add_expert(e)
-        return cls._assembled(model, set(model.saved_names()), weights, strategies, meta, state, path, device)
+        return model

@@ -54,7 +54,8 @@ class Strategy:
     replaces_train_set: ClassVar[bool] = False
     # What the method needs of the model, checked by the config and met by the conformance suite:
     # "fixed_features" (no backbone weight trains, a linear head), "mlp" (an MLP backbone to grow
-    # columns from), "lora_text" (a text backbone with LoRA adapters).
+    # columns from), "lora_text" (a text backbone with LoRA adapters), "detector" (an object
+    # detector: ``retain.engine.detection``).
     needs: ClassVar[tuple[str, ...]] = ()
     # Why its state may grow with the stream (None: it stays bounded; the conformance suite checks).
     grows: ClassVar[str | None] = None
@@ -68,6 +69,9 @@ class Strategy:
     # Whether it applies to a generative language model (``retain.engine.generative``): rows are
     # sequences there, with no class labels, features or heads to read.
     generative: ClassVar[bool] = False
+    # Whether it applies to an object detector (``retain.engine.detection``); those that also say
+    # ``generative`` apply there too. A method written for detectors alone needs "detector".
+    detection: ClassVar[bool] = False
     # The knobs ``retain tune`` searches when the config names none: parameter -> range, as
     # ``{"low": 0.1, "high": 10, "log": True}`` or ``{"choices": [...]}`` (integers for integer fields).
     tunable: ClassVar[dict[str, dict[str, Any]]] = {}

@@ -96,7 +96,8 @@ class LearnerView(Protocol):
 
     def row_loss(self, step: Step, logits: Tensor) -> Tensor:
         """The task loss the learner uses when no strategy replaces it, over every row of ``step``
-        (the cross-entropy; a speech recogniser's own: token cross-entropy or CTC)."""
+        (the cross-entropy; a speech recogniser's own: token cross-entropy or CTC; a detector's:
+        CenterNet's, which also takes ``classes``, the heat channels it covers)."""
 
 
 # What LearnerView allows, by name (the conformance suite checks strategy modules against it).
@@ -109,7 +110,8 @@ class Step:
     """One training step's batch and what the hooks pass along it.
 
     ``x``, ``y``, ``t`` are inputs, global class labels and task ids (on a generative model: token
-    rows, next-token label rows and direction ids, ``retain.engine.generative``). The first ``incoming`` rows
+    rows, next-token label rows and direction ids, ``retain.engine.generative``; on a detector: images,
+    tables of boxes and zeros, ``retain.engine.detection``). The first ``incoming`` rows
     are the ones the step started with, in their original order; a ``batch`` hook appends what it
     adds after them. During ``fit``, ``rows`` are the indices of those incoming rows in ``source``
     (the training set being trained on), which lets a distiller compute the frozen old model's

@@ -105,7 +105,9 @@ def importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: str = "f
     n = len(y)
     x, y, t = (learner.ranks.take(a) for a in (x, y, t))  # across ranks: each its share, summed below
     with evaluating(model):
-        if getattr(model, "generative", False):  # rows are sequences: one exact pass each (the rest assume classes)
+        # rows are sequences, or tables a model's own loss reads (a detector's boxes): one exact pass each
+        # (the rest assume classes)
+        if getattr(model, "generative", False) or hasattr(model, "loss"):
             total = _loop_importance(learner, x, y, t, kind, stat)
         else:
             total = _linear_importance(learner, x, y, t, kind, stat, chunk)

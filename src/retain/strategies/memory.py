@@ -173,7 +173,8 @@ class Memory:
             if len(set(rows.values())) > 1:
                 return "its tensors disagree on the row count (" + ", ".join(f"{k} {r}" for k, r in rows.items()) + ")"
             n = rows["y"]
-            for k in ("y", "t", "e"):
+            # labels are class ids or token ids; a detector's are tables of boxes (label and corners, 3-D)
+            for k in ("y", "t", "e") if data["y"].dim() < 3 else ("t", "e"):
                 if data[k].is_floating_point() or data[k].is_complex() or data[k].dtype == torch.bool:
                     return f"{k} holds {data[k].dtype} values, not integers"
             if data["t"].dim() != 1 or data["e"].dim() != 1:
