@@ -1,10 +1,11 @@
 """The learner of a speech recogniser: continual fine-tuning on (clip, transcript) rows, with strategies.
 
 Rows are laid out by :class:`~retain.models.speech.SpeechModel` (features, a decoder-input channel,
-next-token labels), all of one shape, so the generative learner's fit, step, guard and strategies
-(replay, L2, EWC, joint, weight averaging) apply as they are: this class only says how a batch becomes
-logits, what the task loss is (cross-entropy for Whisper, CTC for the CTC model), how rows are built from
-clips, how rows are transcribed, and how the learner is saved (``retain.engine.persist``, kind ``speech``).
+next-token labels), all of one shape, so the row learners' fit, step, guard and save
+(``retain.engine.rows``) and their strategies (replay, L2, EWC, joint, weight averaging) apply as they
+are: this class only says how a batch becomes logits, what the task loss is (cross-entropy for Whisper,
+CTC for the CTC model), how rows are built from clips, how rows are transcribed, and what a save keeps
+(``retain.engine.persist``, kind ``speech``).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from pydantic import NonNegativeFloat
 
 from retain.models.detector import Detector
-from retain.strategies.base import Strategy, flatten, params, unflatten
-from retain.strategies.distillation import OldOutputs, frozen_copy
+from retain.strategies.base import Strategy, params
+from retain.strategies.distillation import OldOutputs, frozen_copy, load_old_model, old_model_state
 
 
 @params
@@ -68,15 +68,9 @@ class DetectionDistill(Strategy):
         return self.lam * (heat + boxes)
 
     def state_dict(self) -> dict[str, Any]:
-        if self.old_model_ is None:
-            return {}
-        return {"old_config": self.old_model_.get_config(), "kept": self.kept_} | flatten(
-            "old", self.old_model_.state_dict())
+        return old_model_state(self.old_model_) | ({"kept": self.kept_} if self.old_model_ is not None else {})
 
     def load_state_dict(self, state, learner) -> None:
-        self.old_model_, self.kept_ = None, list(state.get("kept", []))
-        if "old_config" in state:
-            old = Detector(**state["old_config"]).to(learner.device)
-            old.load_state_dict(unflatten("old", state))
-            self.old_model_ = frozen_copy(old)
+        self.old_model_ = load_old_model(state, learner, lambda config: Detector(**config))
+        self.kept_ = list(state.get("kept", []))
         self._bind()

@@ -90,10 +90,12 @@ def old_model_state(model: nn.Module | None) -> dict[str, Any]:
     return {"old_config": model.get_config()} | flatten("old", model.state_dict())
 
 
-def load_old_model(state: dict[str, Any], learner: LearnerView) -> nn.Module | None:
-    """The old model saved by :func:`old_model_state`, rebuilt and frozen (``None`` if none)."""
+def load_old_model(state: dict[str, Any], learner: LearnerView,
+                   build: Callable[[dict[str, Any]], nn.Module] = Classifier.from_config) -> nn.Module | None:
+    """The old model saved by :func:`old_model_state`, rebuilt from its config by ``build`` (a
+    classifier's by default) and frozen (``None`` if none)."""
     if "old_config" not in state:
         return None
-    old = Classifier.from_config(state["old_config"]).to(learner.device)
+    old = build(state["old_config"]).to(learner.device)
     old.load_state_dict(unflatten("old", state))
     return frozen_copy(old)

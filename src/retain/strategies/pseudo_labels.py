@@ -11,6 +11,7 @@ from retain.data.scenes import PAD
 from retain.metrics.boxes import box_iou
 from retain.models.detector import detect
 from retain.strategies.base import Strategy, params
+from retain.util import evaluating
 
 
 @params
@@ -48,11 +49,8 @@ class PseudoLabels(Strategy):
         x, y, t = ctx.train_set
         y = y.clone()
         model, size = learner.model, learner.bulk_size
-        was = model.training
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             outputs = torch.cat([model(x[i:i + size].to(learner.device)).cpu() for i in range(0, len(x), size)])
-        model.train(was)
         for i, found in enumerate(detect(outputs, model.n_classes, min_score=self.min_score)):
             keep = torch.isin(found.labels, torch.tensor(old))
             boxes, labels = found.boxes[keep], found.labels[keep]
