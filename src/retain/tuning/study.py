@@ -262,12 +262,22 @@ def optimize(source: Source, url: str, worker: int = 0, tick: Callable[[], None]
         study = optuna.load_study(study_name=study_name(cfg, method), storage=storage,
                                   sampler=_sampler(cfg, worker), pruner=_pruner(cfg, len(stream)))
         objective = Objective(cfg, method, stream)
+        if worker:
+            _after_enqueued(study)
         # One trial at a time while the budget lasts: finished and pruned trials of every worker (and
         # of earlier runs) count, so each worker stops when the study has them all; two workers
         # finishing their last trials at once may overshoot by one trial each.
         while counted(study) < cfg.tune.trials:
             study.optimize(objective, n_trials=1, catch=())
             tick()
+
+
+def _after_enqueued(study: optuna.Study, patience: float = 60.0) -> None:
+    """Wait (at most ``patience`` seconds) until worker 0 has taken the enqueued trials: on SQLite two workers
+    may pop the same waiting trial (its row lock is a no-op there), and the second to finish it fails."""
+    until = time.monotonic() + patience
+    while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)) and time.monotonic() < until:
+        time.sleep(0.2)
 
 
 def run_workers(source: Source, url: str, out: Path, workers: int, progress: bool) -> None:
