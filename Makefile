@@ -20,7 +20,7 @@ run: $(VENV)/.installed data
 
 test: $(VENV)/.installed data
 	$(PY) -m ruff check src tests benchmarks examples conftest.py
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2  # both cores: torch is pinned to one thread a test (conftest.py)
 
 bench: $(VENV)/.installed data
 	$(PY) benchmarks/class_il.py --out benchmarks/results/class_il.json --results benchmarks/RESULTS.md
