@@ -13,6 +13,7 @@ from retain.quality import GatePolicy
 from retain.store import ModelStore
 from retain.tasks import TASKS, open_kind, stored_run
 from retain.tasks.classification import Classification
+from retain.tasks.detection import Detection, DetectionConfig
 from retain.tasks.transcription import Transcription, TranscriptionConfig
 from retain.tasks.translation import Pairs, Translation, TranslationConfig, build_translator, read_pairs
 
@@ -22,6 +23,8 @@ TINY_MT = {"name": "tiny-store", "model": {"name": "tiny", "adaptation": "lora"}
 TINY_ASR = {"model": {"name": "ctc-tiny", "max_seconds": 2}, "training": {"lr": 3e-3, "epochs": 3},
             "methods": [{"label": "replay", "compose": [{"name": "replay", "memory_size": 10, "policy": "reservoir"}]}],
             "min_held_out": 4}
+TINY_DETECTOR = {"model": {"backbone": "tiny", "image_size": 64, "width": 16}, "training": {"epochs": 2},
+                 "methods": [{"label": "pseudo-labels", "compose": ["pseudo_labels"]}], "min_held_out": 4}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,23 @@ def clips(tmp_path_factory):
     return folder
 
 
-def _kind_batches(kind, tmp_path, batches, pairs, clips):
+@pytest.fixture(scope="module")
+def boxes(tmp_path_factory):
+    """Two batches of images with boxes (the second brings a class), and one whose every object is labelled twice."""
+    from retain.data.box_files import write_box_table
+    from retain.data.scenes import Scene, detection_stream
+
+    folder = tmp_path_factory.mktemp("boxes")
+    stream = detection_stream([(0, 1), (2,)], train_per_experience=30, test=1, size=64, cache=False)
+    first, second = (e.train for e in stream.experiences)
+    write_box_table(first, folder / "first", stream.class_names)
+    write_box_table(second, folder / "second", stream.class_names)
+    twice = [Scene(s.image, s.boxes.repeat(2, 1), s.labels.repeat(2)) for s in second]
+    write_box_table(twice, folder / "bad", stream.class_names)
+    return folder
+
+
+def _kind_batches(kind, tmp_path, batches, pairs, clips, boxes):
     """A kind's config (as Project.init takes it) and its first, second and refused batch."""
     if kind is Classification:
         from retain.config import RunConfig
@@ -67,6 +86,9 @@ def _kind_batches(kind, tmp_path, batches, pairs, clips):
         flipped.write_text("\n".join([lines[0]] + [f"{x},{flip[y] if i % 5 < 2 else y}" for i, (x, y) in
                                                    enumerate(rows)]) + "\n")
         return cfg, batches / "00" / "train.csv", batches / "01" / "train.csv", flipped
+    if kind is Detection:
+        cfg = DetectionConfig.model_validate(TINY_DETECTOR)
+        return cfg, boxes / "first" / "boxes.csv", boxes / "second" / "boxes.csv", boxes / "bad" / "boxes.csv"
     if kind is Transcription:
         cfg = TranscriptionConfig.model_validate(TINY_ASR)
         return cfg, clips / "first", clips / "second", clips / "bad"
@@ -75,8 +97,8 @@ def _kind_batches(kind, tmp_path, batches, pairs, clips):
 
 
 @pytest.mark.parametrize("kind", sorted(TASKS.values(), key=lambda k: k.name), ids=lambda k: k.name)
-def test_every_kind_runs_the_store_loop(kind, tmp_path, batches, pairs, clips):
-    cfg, first, second, bad = _kind_batches(kind, tmp_path, batches, pairs, clips)
+def test_every_kind_runs_the_store_loop(kind, tmp_path, batches, pairs, clips, boxes):
+    cfg, first, second, bad = _kind_batches(kind, tmp_path, batches, pairs, clips, boxes)
     project, result = Project.init(cfg, first, tmp_path / "store")
     assert result.version == 1 and result.promoted
     assert stored_run(project.store.config)[0] == kind.name  # the store records its kind
@@ -93,8 +115,8 @@ def test_every_kind_runs_the_store_loop(kind, tmp_path, batches, pairs, clips):
 
 
 @pytest.mark.parametrize("kind", sorted(TASKS.values(), key=lambda k: k.name), ids=lambda k: k.name)
-def test_a_version_reloaded_keeps_training_bit_exactly(kind, tmp_path, batches, pairs, clips):
-    cfg, first, second, _ = _kind_batches(kind, tmp_path, batches, pairs, clips)
+def test_a_version_reloaded_keeps_training_bit_exactly(kind, tmp_path, batches, pairs, clips, boxes):
+    cfg, first, second, _ = _kind_batches(kind, tmp_path, batches, pairs, clips, boxes)
     project, _ = Project.init(cfg, first, tmp_path / "store")
     if kind is Classification:
         labels = project.labels()  # the batch's new label names join the store's

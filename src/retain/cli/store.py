@@ -193,6 +193,13 @@ def evaluate(args: argparse.Namespace) -> int:
         elif "wer" in report:
             print(f"version {report['version']}: WER {report['wer']:.1f}%, CER {report['cer']:.1f}% on "
                   f"{report['rows']} clips of {args.data}")
+        elif "map50" in report:
+            found = "no labelled box" if report["map50"] is None else f"mAP@0.5 {100 * report['map50']:.1f}, " \
+                f"mAP@[.5:.95] {100 * report['map']:.1f}"
+            print(f"version {report['version']}: {found} on {report['rows']} images of {args.data}")
+            print("AP@0.5 per class: " + ", ".join(f"{k} {100 * a:.1f}" for k, a in report["per_class"].items()))
+            if report["unknown_classes"]:
+                print(f"classes the version does not know: {', '.join(report['unknown_classes'])}")
         elif "chrf" in report:
             print(f"version {report['version']}: chrF++ {report['chrf']:.1f} on {report['rows']} pairs of {args.data}")
             print("per direction: " + ", ".join(f"{k} {v:.1f}" for k, v in report["per_direction"].items()))
@@ -246,6 +253,9 @@ def _write_predictions(args: argparse.Namespace, project) -> None:
     if args.out and Path(args.out).suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"--out {args.out}: predictions are written as .csv or .jsonl")
     predictions = project.predict(args.data, top_k=args.top_k, version=args.version)
+    if project.kind.answer_field == "boxes":
+        _write_boxes(args, predictions, project)
+        return
     key, identities, inputs = _inputs(args.data, predictions)
     k = len(predictions[0].top) if predictions else 1  # top_k, or every class when there are fewer
     answer = project.kind.labels if project.kind.writes_answers else "label"  # a written answer has no probability
@@ -278,6 +288,40 @@ def _write_predictions(args: argparse.Namespace, project) -> None:
         version = args.version or project.store.promoted()
         print(as_json({"out": args.out, "rows": len(records), "version": version}) if args.json else
               f"{len(records)} predictions of version {version} in {args.out}")
+
+
+def _write_boxes(args: argparse.Namespace, predictions: list, project) -> None:
+    """A detector's predictions: JSON (each image's file and boxes), JSON Lines (a line an image), or CSV rows of
+    ``path,x,y,w,h,label,score``, a box a row and a row with only the path for an image with none: the table
+    ``retain update`` reads, once the boxes are checked."""
+    from retain.loop import as_json
+
+    images = [{"file": p.row, "boxes": json.loads(p.label)} for p in predictions]
+    if args.json and not args.out:
+        print(as_json(images))
+        return
+    out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115 - stdout is not closed
+    try:
+        if args.out and Path(args.out).suffix.lower() == ".jsonl":
+            out.writelines(json.dumps(image) + "\n" for image in images)
+        else:
+            import csv
+
+            writer = csv.writer(out)
+            writer.writerow(["path", "x", "y", "w", "h", "label", "score"])
+            for image in images:
+                if not image["boxes"]:
+                    writer.writerow([image["file"], "", "", "", "", "", ""])
+                for box in image["boxes"]:
+                    writer.writerow([image["file"], *box["box"], box["label"], box["score"]])
+    finally:
+        if args.out:
+            out.close()
+    if args.out:
+        version = args.version or project.store.promoted()
+        boxes = sum(len(image["boxes"]) for image in images)
+        print(as_json({"out": args.out, "rows": len(images), "boxes": boxes, "version": version}) if args.json else
+              f"{boxes} boxes in {len(images)} images by version {version} in {args.out}")
 
 
 def _generative(folder: str) -> bool:

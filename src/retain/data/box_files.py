@@ -166,3 +166,37 @@ def load_scenes(images: Sequence[Boxed], size: int, classes: Sequence[str] = (),
         scenes.append(Scene(torch.from_numpy(array), boxes, labels))
         sizes.append((width, height))
     return scenes, sizes, names
+
+
+def write_box_table(scenes: Sequence[Scene], folder: str | Path, class_names: Sequence[str],
+                    name: str = "boxes.csv") -> Path:
+    """Scenes as a user's files: a PNG an image in ``folder`` and the table ``name`` of ``path,x,y,w,h,label``
+    rows (an image with no box: one row with only its path), which :func:`box_table` reads back. Returns the
+    table's path (a batch ``retain init`` and ``retain update`` take).
+
+    >>> import tempfile
+    >>> scene = Scene(torch.zeros(3, 8, 8), torch.tensor([[1., 2., 5., 6.]]), torch.tensor([0]))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     [(b.path.name, b.boxes, b.labels) for b in box_table(write_box_table([scene], d, ["cat"]))]
+    [('image-00000.png', [(1.0, 2.0, 5.0, 6.0)], ['cat'])]
+    """
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = folder / name
+    with table.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["path", "x", "y", "w", "h", "label"])
+        for i, scene in enumerate(scenes):
+            file = f"image-{i:05d}.png"
+            pixels = (scene.image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            Image.fromarray(np.ascontiguousarray(pixels)).save(folder / file)
+            if not len(scene.labels):
+                writer.writerow([file, "", "", "", "", ""])
+            for (x1, y1, x2, y2), label in zip(scene.boxes.tolist(), scene.labels.tolist(), strict=True):
+                writer.writerow([file, f"{x1:g}", f"{y1:g}", f"{x2 - x1:g}", f"{y2 - y1:g}", class_names[label]])
+    return table

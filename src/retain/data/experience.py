@@ -10,6 +10,15 @@ import torch
 from torch import Tensor
 
 
+def _labels(y: Tensor) -> list[int]:
+    """The class ids ``y`` labels: its values, or for a detector's packed boxes ``[N, M, 5]`` the first field of
+    each box row that is not padding (a negative id)."""
+    if y.dim() == 3:
+        ids = y[..., 0]
+        return [int(c) for c in ids[ids >= 0].unique().tolist()]
+    return y.tolist()
+
+
 @dataclass
 class Experience:
     """One chunk of labeled data that arrives at once, with the test split that judges it.
@@ -42,7 +51,7 @@ class Experience:
                     f"experience {self.id}: x_{split} has {len(x)} rows but y_{split} has {len(y)}"
                 )
         if not self.classes:
-            self.classes = tuple(sorted(set(self.y_train.tolist()) | set(self.y_test.tolist())))
+            self.classes = tuple(sorted(set(_labels(self.y_train)) | set(_labels(self.y_test))))
 
     @property
     def n_train(self) -> int:

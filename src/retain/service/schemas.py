@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from retain.service.inputs import Input
 
@@ -21,15 +22,39 @@ class PredictRequest(BaseModel):
     top_k: int = Field(1, ge=1, le=100, description="labels per input with their probabilities")
 
 
-class FeedbackRow(BaseModel):
-    """A true label, for an input or for an earlier prediction's id."""
+class FeedbackBox(BaseModel):
+    """One object in an image: its class and where it is."""
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str = Field(min_length=1, max_length=200, description="the true label; on a translation store, the "
-                       "corrected translation (a post-edit)")
+    label: str = Field(min_length=1, max_length=200, description="the object's class")
+    box: list[float] = Field(min_length=4, max_length=4, description="[x, y, width, height] in the image's pixels")
+
+
+class FeedbackRow(BaseModel):
+    """A true label (or a detection store's true boxes), for an input or for an earlier prediction's id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(None, min_length=1, max_length=200, description="the true label; on a "
+                              "translation store, the corrected translation (a post-edit); on a transcription store, "
+                              "the transcript")
+    boxes: list[FeedbackBox] | None = Field(None, max_length=500, description="a detection store's: every object in "
+                                            "the image (an empty list: none)")
     id: str | None = Field(None, min_length=1, max_length=200, description="the id given to a prediction")
     input: Input | None = None
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> FeedbackRow:
+        if (self.label is None) == (self.boxes is None):
+            raise ValueError("give either label or boxes (a detection store's)")
+        return self
+
+    def answer(self) -> str:
+        """The answer as the store keeps it: the label, or the boxes as JSON."""
+        if self.boxes is None:
+            return self.label
+        return json.dumps([b.model_dump() for b in self.boxes])
 
 
 class FeedbackRequest(BaseModel):

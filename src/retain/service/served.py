@@ -56,6 +56,7 @@ class Served:
         self.loading = threading.Lock()  # one load at a time: the watcher and an update may both see a new version
         self.current: Loaded | None = None
         self.shadow: Loaded | None = None  # a kept candidate answering beside it, judged on labelled rows
+        self.recent: dict[str, Any] | None = None  # a detector's latest answer and its image, for the dashboard
         self.warmed = 0  # warm-up predictions run: ready once one has
         self.warm_error: str | None = None
         self.stop = threading.Event()
@@ -164,9 +165,10 @@ class Served:
                           err.message) from None
         if self.labels:
             x = self._model_inputs(x)
-        out = self._labels(learner, names, x, request) if self.labels else self._answers(learner, x, request)
-        kept = [{"id": item.id, "version": version, "inputs": json.dumps(item.data()), "label": o["label"]}
-                for item, o in zip(request.inputs, out, strict=True) if item.id is not None]
+        out, answers = (self._labels(learner, names, x, request) if self.labels
+                        else self._answers(learner, version, x, request))
+        kept = [{"id": item.id, "version": version, "inputs": json.dumps(item.data()), "label": answer}
+                for item, answer in zip(request.inputs, answers, strict=True) if item.id is not None]
         if kept:
             ids = [k["id"] for k in kept]
             try:
@@ -199,14 +201,15 @@ class Served:
             log.exception("version %d in shadow could not answer", shadow.version)
 
     def _labels(self, learner: Learner, names: list[str], x: torch.Tensor, request: PredictRequest
-                ) -> list[dict[str, Any]]:
+                ) -> tuple[list[dict[str, Any]], list[str]]:
+        """What the classifier answers to each input, and each one's label."""
         tops = top_labels(learner.predict_proba(x), names, request.top_k)
         out = []
         for item, top in zip(request.inputs, tops, strict=True):
             self.metrics.predictions.labels(top[0][0]).inc()
             out.append({"id": item.id, "label": top[0][0],
                         "top": [{"label": n, "probability": v} for n, v in top]})
-        return out
+        return out, [o["label"] for o in out]
 
     def _model_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """What the model reads of request rows ``x``; the feature cache only with ``service.cache_features``
@@ -216,13 +219,18 @@ class Served:
             cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"feature_cache": None})})
         return model_inputs(cfg, x)
 
-    def _answers(self, learner: Any, rows: Any, request: PredictRequest) -> list[dict[str, Any]]:
-        """What a kind that writes its answers says to each row (a translation, a transcript)."""
+    def _answers(self, learner: Any, version: int, rows: Any, request: PredictRequest
+                 ) -> tuple[list[dict[str, Any]], list[str]]:
+        """What a kind that writes its answers says to each row (a translation, a transcript, boxes), and each
+        answer as the store keeps it. A detector's latest answer is kept, with its image, for the dashboard."""
         kind = self.project.kind
         with self.generating:
             answers = kind.predict(learner, rows, 1)
         out = []
         for i, (item, group, answer) in enumerate(zip(request.inputs, kind.answer_groups(rows), answers, strict=True)):
             self.metrics.predictions.labels(group).inc()
-            out.append({"id": item.id, "label": answer.label} | kind.answer_fields(rows, i))
-        return out
+            out.append({"id": item.id} | kind.shown(answer.label) | kind.answer_fields(rows, i))
+        if out and "boxes" in out[-1] and request.inputs[-1].image is not None:
+            self.recent = {"version": version, "at": time.time(), "image": request.inputs[-1].image,
+                           "boxes": out[-1]["boxes"]}
+        return out, [a.label for a in answers]

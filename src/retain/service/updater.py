@@ -67,9 +67,16 @@ class Updater:
                 raise problem(409, ["body", "rows", i, "id"], f"the prediction {row.id!r} is labelled already")
             if row.input is None and row.id not in known:
                 raise problem(404, ["body", "rows", i, "id"], f"no prediction has the id {row.id!r}")
+            field = "boxes" if row.boxes is not None else "label"
+            if field != self.project.kind.answer_field:
+                raise problem(422, ["body", "rows", i, field], f"a {self.project.kind.name} store's feedback sends "
+                              f"{self.project.kind.answer_field}")
+            why = self.project.kind.answer_problem(row.answer())
+            if why is not None:
+                raise problem(422, ["body", "rows", i, field], why)
             item = row.input.data() if row.input is not None else json.loads(known[row.id]["inputs"])
             data.append(item)
-            rows.append({"inputs": json.dumps(item), "label": row.label, "request_id": row.id})
+            rows.append({"inputs": json.dumps(item), "label": row.answer(), "request_id": row.id})
         try:
             read = self.served.read(data, "rows")  # every row readable before any is kept
         except InputError as err:
@@ -82,11 +89,10 @@ class Updater:
         self.metrics.feedback.inc(len(rows))
         for row in request.rows:  # test-then-train: was the earlier prediction right?
             if row.id in known:
-                self._labelled(self.project.kind.answer_score(known[row.id]["label"], row.label))
+                self._labelled(self.project.kind.answer_score(known[row.id]["label"], row.answer()))
         current = self.served.current
         labels = set(current.names) if current else set()
-        answers = ({r.label for r in request.rows} if self.served.labels
-                   else set(self.project.kind.answer_groups(read)))  # a translation store's: its directions
+        answers = set(self.project.kind.answer_names(read, [r["label"] for r in rows]))  # a translation's: directions
         new = sorted(answers - labels) if labels or self.served.labels else []  # a transcript is no class
         return {"accepted": len(stored), "ids": stored, "new_classes": new}
 
@@ -189,14 +195,14 @@ class Updater:
         (post-edits) of texts into their languages. Returns the result and the rows it took: a
         translation store takes the directions with enough rows to judge, the others wait."""
         if not self.served.labels:
-            rows = self.project.kind.with_answers(x, answers)
+            rows, names = self.project.kind.with_answers(x, answers)
             take = self.project.kind.learnable(rows, self.project.held_out_fraction)
             taken = [queued[i] for i in take.tolist()]
             if not taken:
                 raise TooFewRows(f"waiting for more corrections: too few to hold min_held_out "
                                  f"({self.project.config.min_held_out}) of them out yet ({self.project.kind.too_few})")
             source = f"feedback {taken[0].id}-{taken[-1].id}"
-            return self.project.learn_rows(rows.take(take), [], source=source,
+            return self.project.learn_rows(rows.take(take), names, source=source,
                                            feedback=[r.id for r in taken]), taken
         labels = self.project.labels()
         source = f"feedback {queued[0].id}-{queued[-1].id}"

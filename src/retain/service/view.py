@@ -47,7 +47,7 @@ class View:
                 "queue": feedback.get("queued", 0), "feedback": feedback, "pending_rows": pending_rows(self.store),
                 "quarantined_rows": self.updater.metrics.quarantined_rows(self.store),
                 "per_class": self.per_class(served), "last_update": self.updater.last_update,
-                "shadow": self.updater.shadow_state,
+                "shadow": self.updater.shadow_state, "recent": self.served.recent,
                 "waiting": [{"name": p.name, "status": p.status, "rows": p.rows, "version": p.version,
                              "source": p.source} for p in self.store.pending(("pending", "held", "dropped"))],
                 "quarantine": [{"name": n, "rows": self.store.data_rows(n, "quarantine")}

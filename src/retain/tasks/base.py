@@ -90,6 +90,7 @@ class TaskKind:
     # what `retain predict` reads: the kind's batch files ("files": a table, a folder) or, for translation,
     # JSON Lines of sources with their languages ("sources")
     predicts_from: ClassVar[str] = "files"
+    answer_field: ClassVar[str] = "label"  # what the service's feedback sends: a label, or (detection) boxes
 
     def __init__(self, store: ModelStore, run: dict[str, Any]) -> None:
         self.store = store
@@ -246,9 +247,23 @@ class TaskKind:
         """One input the service answers before it says it is ready."""
         raise NotImplementedError
 
-    def with_answers(self, rows: Rows, answers: list[str]) -> Rows:
-        """``rows`` with ``answers`` as what they should have been answered (feedback)."""
+    def with_answers(self, rows: Rows, answers: list[str]) -> tuple[Rows, list[str]]:
+        """``rows`` with ``answers`` as what they should have been answered (feedback), and the answer names
+        they use (a detector's class names: the store's, then new ones; none for written answers)."""
         raise NotImplementedError
+
+    def answer_problem(self, answer: str) -> str | None:
+        """Why feedback's ``answer`` cannot be learned (a detector's boxes that are not a list of boxes), or None."""
+        return None
+
+    def answer_names(self, rows: Rows, answers: list[str]) -> list[str]:
+        """The answers feedback brings, by name, to tell which are new (a classifier's labels, a translation's
+        directions, a detector's box classes)."""
+        return self.answer_groups(rows)
+
+    def shown(self, answer: str) -> dict[str, Any]:
+        """A prediction's answer as the service returns it (a detector's boxes as a list, not as JSON text)."""
+        return {"label": answer}
 
     def answer_groups(self, rows: Rows) -> list[str]:
         """What each row's answer is counted under (a translation's direction): predictions and feedback

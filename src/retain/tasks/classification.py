@@ -158,6 +158,9 @@ class Classification(TaskKind):
     def answers(self, rows: Examples, names: list[str], learner: Learner | None) -> list[str]:
         return names[len(self.store.labels()):]  # names no earlier batch brought
 
+    def answer_names(self, rows: Examples, answers: list[str]) -> list[str]:
+        return answers
+
     def split(self, rows: Examples, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
         return split_held_out(rows.y, fraction, seed)
 

@@ -336,8 +336,8 @@ class Transcription(WrittenAnswers):
         """The transcript's ``1 − WER`` against the corrected one (0 at most)."""
         return wer.word_accuracy([label], [answer])
 
-    def with_answers(self, rows: Clips, answers: list[str]) -> Clips:
-        return Clips(rows.audio, list(answers), rows.origin)
+    def with_answers(self, rows: Clips, answers: list[str]) -> tuple[Clips, list[str]]:
+        return Clips(rows.audio, list(answers), rows.origin), []
 
     def evaluate(self, learner: SpeechLearner, data: Path, version: int, progress: bool = False) -> dict[str, Any]:
         rows = self.readable(learner, self.read(data), str(data))

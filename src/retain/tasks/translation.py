@@ -472,8 +472,8 @@ class Translation(WrittenAnswers):
         """The translation's sentence chrF++ / 100 against the post-edit."""
         return require("sacrebleu", "sacrebleu").sentence_chrf(answer, [label], word_order=2).score / 100
 
-    def with_answers(self, rows: Pairs, answers: list[str]) -> Pairs:
-        return Pairs(rows.sources, list(answers), rows.langs)
+    def with_answers(self, rows: Pairs, answers: list[str]) -> tuple[Pairs, list[str]]:
+        return Pairs(rows.sources, list(answers), rows.langs), []
 
     def answer_groups(self, rows: Pairs) -> list[str]:
         return [f"en-{lang}" for lang in rows.langs]
