@@ -181,3 +181,35 @@ def test_served_images_get_boxes_and_corrected_boxes_are_learned(store, files, t
         assert result["version"] == 3 and result["rows"] == 30, result
         assert "sweater" in result["new_classes"]
     assert Project(served).store.labels()[-1] == "sweater"
+
+
+def test_the_dashboard_draws_the_latest_prediction_with_its_boxes(store, files, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from .served import Served, headless_chromium
+    from .test_service_live import ARTEFACTS, _until
+
+    served = tmp_path / "served"
+    shutil.copytree(store, served)
+    server = Served(served).wait()
+    browser = headless_chromium()
+    try:
+        image = _image(files, "image-00003.png")
+        answer = server.client.post("/predict", json={"inputs": [{"image": image}]}).json()
+        boxes = answer["predictions"][0]["boxes"]
+        assert boxes, answer  # this image has objects the version finds
+        browser.get(server.url + "/")
+        assert _until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#recent rect.box")) == len(boxes))
+        assert browser.find_element(By.ID, "recent-section").is_displayed()
+        assert browser.find_element(By.CSS_SELECTOR, "#recent image").get_attribute("href").endswith(image)
+        labels = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#recent text")]
+        assert labels == [f"{b['label']} {100 * b['score']:.0f}%" for b in boxes]
+        first = browser.find_element(By.CSS_SELECTOR, "#recent rect.box")
+        assert [float(first.get_attribute(k)) for k in ("x", "y", "width", "height")] == boxes[0]["box"]
+        assert browser.find_element(By.CSS_SELECTOR, "#recent").get_dom_attribute("viewBox") == f"0 0 {SIDE} {SIDE}"
+        ARTEFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTEFACTS / "dashboard-detection.png"))
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        browser.quit()
+        server.stop()

@@ -207,7 +207,7 @@ class Detection(WrittenAnswers):
 
     name = "detection"
     metric = "mAP@0.5"
-    labels = "boxes"
+    labels = "class"  # the scores break down by class (a prediction's answer is its boxes)
     answer_field = "boxes"
     config_type = DetectionConfig
     model_kept = "a store keeps the detector its versions were made with"
@@ -432,6 +432,9 @@ class Detection(WrittenAnswers):
         side = self.config.model.image_size
         return boxed_images([Scene(torch.zeros(3, side, side), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))],
                             [(side, side)], ["warm-up"])
+
+    def answer_groups(self, rows: BoxedImages) -> list[str]:
+        return ["boxes"] * len(rows)  # predictions are counted as images answered
 
     def shown(self, answer: str) -> dict[str, Any]:
         return {"boxes": json.loads(answer)}

@@ -188,6 +188,37 @@ function show(state) {
   bars("classes", state.per_class, false);
   versions(state);
   aside(state);
+  recent(state.recent);
+}
+
+// A detection store's latest prediction: the image as sent, and each box it answered with its class and score
+// (drawn again only when a newer prediction came).
+let recentAt = null;
+function recent(shown) {
+  document.getElementById("recent-section").hidden = !shown;
+  if (!shown || shown.at === recentAt) return;
+  recentAt = shown.at;
+  const mime = shown.image.startsWith("/9j/") ? "image/jpeg" : "image/png";
+  const picture = new Image();
+  picture.onload = () => {
+    const w = picture.naturalWidth, h = picture.naturalHeight;
+    const svg = document.getElementById("recent");
+    clear(svg);
+    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    svg.appendChild(el("image", { href: picture.src, x: 0, y: 0, width: w, height: h }));
+    const size = Math.max(w, h) / 30; // labels a thirtieth of the image, whatever its pixels
+    const names = [...new Set(shown.boxes.map((b) => b.label))].sort();
+    for (const b of shown.boxes) {
+      const [x, y, bw, bh] = b.box;
+      const c = colour(names.indexOf(b.label));
+      svg.appendChild(el("rect", { class: "box", x, y, width: bw, height: bh, stroke: c }));
+      svg.appendChild(el("text", { x, y: Math.max(size, y - size / 4), fill: c, "font-size": size, "stroke-width": size / 6 },
+        `${b.label} ${(100 * b.score).toFixed(0)}%`));
+    }
+    document.getElementById("recent-note").textContent =
+      `(version ${shown.version}, ${new Date(1000 * shown.at).toLocaleTimeString()}: ${shown.boxes.length} boxes)`;
+  };
+  picture.src = `data:${mime};base64,${shown.image}`;
 }
 
 // The rows the served version did not learn: a kept candidate's (pending, held, dropped) and the quarantined.
