@@ -9,7 +9,7 @@ from retain.engine import Learner
 from retain.engine.detection import DetectionLearner
 from retain.metrics.detection import Boxes, mean_average_precision
 from retain.models import make_model
-from retain.models.detector import Detector
+from retain.models.detector import PRIOR, Detector, detect, targets
 from retain.strategies import make_strategy
 
 
@@ -56,16 +56,81 @@ def test_a_tiny_detector_learns_two_classes_in_seconds():
 
 def test_the_head_grows_and_keeps_old_classes_weights():
     model = Detector("tiny", 2)
-    old = model.heat.weight.detach().clone()
-    learner = DetectionLearner(model, batch_size=4)
+    weight, bias = model.heat.weight.detach().clone(), model.heat.bias.detach().clone()
+    model.add_classes(4)
+    assert model.n_classes == 4
+    assert torch.equal(model.heat.weight[:2], weight) and torch.equal(model.heat.bias[:2], bias)
+    assert torch.allclose(torch.sigmoid(model.heat.bias[2:]), torch.tensor(PRIOR))  # new classes start at the prior
+    learner = DetectionLearner(Detector("tiny", 2), batch_size=4)
     stream = detection_stream([(0, 1), (2,)], train_per_experience=4, test=2, size=32, cache=False)
-    learner.model.add_classes(2)
     x, y = pack(stream.experiences[1].train)
     learner.fit(Experience(x, y, x[:0], y[:0], id=1, classes=(2,)))
-    assert learner.model.n_classes == 3 and learner.seen_classes_ == [2]
-    assert learner.model.heat.weight.shape[0] == 3 and not torch.equal(learner.model.heat.weight[:2], old)  # trained
+    assert learner.model.n_classes == 3 and learner.seen_classes_ == [2]  # grown to the class the boxes name
     with pytest.raises(ValueError, match="cannot shrink"):
         learner.model.add_classes(1)
+
+
+def test_a_frozen_backbone_is_saved_unless_its_package_holds_its_weights():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    model = Detector("efficientnet_lite0", pretrained=False)  # frozen and random: only the save has it
+    assert not model.train_backbone and "backbone.stem.0.weight" in DetectionLearner._saved_names(model)
+    model.pretrained = True  # frozen and pretrained (without loading the weights): the package has it
+    assert not any(n.startswith("backbone.") for n in DetectionLearner._saved_names(model))
+
+
+def test_targets_wider_than_max_boxes_are_cut_to_it_keeping_every_real_box():
+    y = torch.full((2, 30, 5), float(PAD))
+    y[0, 0], y[0, 27], y[1, 3] = torch.tensor([0., 1., 1., 9., 9.]), torch.tensor([1., 2., 2., 8., 8.]), 0.0
+    x = torch.rand(2, 3, 32, 32)
+    wide = DetectionLearner(Detector("tiny"), max_boxes=24)._widened(Experience(x, y, x[:0], y[:0], classes=(0, 1)))
+    assert wide.y_train.shape == (2, 24, 5)
+    assert sorted(wide.y_train[0, :, 0].tolist())[-2:] == [0.0, 1.0] and (wide.y_train[1, :, 0] != PAD).sum() == 1
+
+
+def test_centres_off_the_grid_clamp_to_its_edge_and_detections_stay_in_the_image():
+    _, _, at = targets([(torch.tensor([[-20., -20., -4., -4.]]), torch.tensor([0]))], 1, (4, 4))
+    assert at.nonzero().tolist() == [[0, 0, 0]]  # not wrapped round to the far corner
+    out = torch.full((1, 5, 4, 4), -9.0)
+    out[0, 1:] = 3.0  # boxes of e^3 cells, far wider than the 32-pixel image
+    out[0, 0, 0, 0] = 4.0
+    boxes = detect(out, 1)[0].boxes
+    assert boxes.tolist() == [[0.0, 0.0, 32.0, 32.0]]
+
+
+def test_box_replay_pastes_nowhere_it_would_cover_most_of_a_labelled_box():
+    replay = make_strategy("box_replay", max_overlap=0.3)
+    small = torch.tensor([[0., 10., 10., 14., 14.]] + [[float(PAD), 0., 0., 0., 0.]])
+    # a large crop over a small box: IoU 16/400 = 0.04, but it covers all of the box
+    assert replay._hides(torch.tensor([[0., 0., 20., 20.]]), small)
+    assert not replay._hides(torch.tensor([[12., 12., 32., 32.]]), small)  # a quarter of it
+
+
+def test_distillation_trains_old_classes_an_image_labels_and_compares_against_the_pasted_images():
+    from types import SimpleNamespace
+
+    from retain.strategies.contract import Step
+
+    torch.manual_seed(0)
+    stream = detection_stream([(0,), (1,)], train_per_experience=8, test=2, size=32, cache=False)
+    distill = make_strategy("detection_distill")
+    learner = DetectionLearner(Detector("tiny"), [distill], batch_size=4)
+    learner.fit(_experience(stream.experiences[0].train, (0,)))
+    learner.model.add_classes(2)
+    distill.before_experience(learner, SimpleNamespace(classes=(1,)))
+    x, y = pack(stream.experiences[1].train[:4])
+    y = DetectionLearner(learner.model, max_boxes=8)._widened(Experience(x, y, x[:0], y[:0], classes=(1,))).y_train
+    y[0, -1] = torch.tensor([0.0, 2.0, 2.0, 12.0, 12.0])  # a pseudo-label or a pasted box of the old class 0
+    t = torch.zeros(4, dtype=torch.long)
+    learner.row_loss = lambda step, logits, classes=None: classes
+    step = Step(x, y, t, incoming=4)
+    assert distill.task_loss(learner, step, None).tolist() == [[True, True], [False, True], [False, True],
+                                                                [False, True]]
+    pasted = x.clone()
+    pasted[1, :, :16, :16] = 0.5
+    logits = learner.model(pasted)
+    cached = distill.loss(learner, Step(pasted, y, t, 4, rows=torch.arange(4), source=(x, y, t)), logits)
+    direct = distill.loss(learner, Step(pasted, y, t, 4), logits)  # the old model run over the pasted images
+    assert torch.allclose(cached, direct, atol=1e-6)
 
 
 def test_an_image_with_more_boxes_than_the_learner_keeps_is_refused_by_name():

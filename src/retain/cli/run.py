@@ -152,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_translation(args)
     if task != "classification":
         print(f"retain run: {args.config} is a {task} config; retain run compares classification and translation "
-              f"methods. A {task} store learns through retain init and update (benchmarks/speech.py compares "
-              "speech methods)", file=sys.stderr)
+              f"methods. A {task} store learns through retain init and update (benchmarks/speech.py and "
+              "benchmarks/detection.py compare speech and detection methods)", file=sys.stderr)
         return 2
     if args.nproc > 1 and not distributed.launched():
         return _launch_ranks(args)

@@ -214,7 +214,9 @@ def detection_stream(splits: Sequence[Sequence[int]] = ((0, 1, 2, 3, 4), (5, 6, 
     everything = [c for split in splits for c in split]
     if len(set(everything)) != len(everything) or not set(everything) <= set(range(len(FASHION_CLASSES))):
         raise ValueError(f"splits must be disjoint groups of the classes 0..{len(FASHION_CLASSES) - 1}, got {splits}")
-    key = hashlib.sha256(json.dumps([splits, train_per_experience, test, size, list(objects), seed]).encode())
+    # the generator's constants are in the key too: changing one must not read scenes drawn under the old
+    key = hashlib.sha256(json.dumps([splits, train_per_experience, test, size, list(objects), seed,
+                                     MAX_OVERLAP, list(SIZES)]).encode())
     path = cache_dir() / "scenes" / f"stream-{key.hexdigest()[:16]}.safetensors"
     rng = np.random.default_rng(seed)
     plans = []

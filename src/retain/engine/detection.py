@@ -75,12 +75,15 @@ class DetectionLearner(RowLearner):
             i = int(counts.argmax())
             raise ValueError(f"image {i} of experience {experience.id} has {int(counts[i])} boxes, max_boxes is "
                              f"{self.max_boxes}: raise it")
-        if y.shape[1] >= self.max_boxes:
+        if y.shape[1] == self.max_boxes:
             return experience
         wide = torch.zeros(len(y), self.max_boxes, 5)
         wide[:, :, 0] = PAD
+        if y.shape[1] > self.max_boxes:  # every image's real boxes fit: put them first and cut padding only
+            first = (y[..., 0] == PAD).to(torch.uint8).argsort(dim=1, stable=True)
+            y = y.gather(1, first[..., None].expand(-1, -1, y.shape[2]))[:, :self.max_boxes]
         wide[:, :y.shape[1]] = y
-        return dataclasses.replace(experience, y_train=wide[:, :self.max_boxes])
+        return dataclasses.replace(experience, y_train=wide)
 
     def _begin(self, experience: Experience) -> list[int]:
         """Grow the head to the experience's classes (those it declares and those its boxes name)."""
@@ -101,11 +104,11 @@ class DetectionLearner(RowLearner):
         step.x, step.y, step.t = step.x.to(self.device), step.y.to(self.device), step.t.to(self.device)
         return self.model(step.x)
 
-    def row_loss(self, step: Step, logits: Tensor, classes: Sequence[int] | None = None) -> Tensor:
-        """The task loss: CenterNet's (focal loss on the heat maps of ``classes``, every learned class by
-        default, and L1 on the boxes) against the step's boxes."""
-        channels = None if classes is None else torch.tensor(list(classes), dtype=torch.long, device=logits.device)
-        return self.model.loss(logits, step.y, classes=channels)
+    def row_loss(self, step: Step, logits: Tensor, classes: Tensor | None = None) -> Tensor:
+        """The task loss: CenterNet's (focal loss on the heat maps ``classes`` marks for each image,
+        ``[images, n_classes]`` bool, every learned class by default, and L1 on the boxes) against the
+        step's boxes."""
+        return self.model.loss(logits, step.y, classes=None if classes is None else classes.to(logits.device))
 
     @torch.no_grad()
     def outputs(self, images: Tensor, batch_size: int = 32) -> Tensor:
@@ -123,8 +126,9 @@ class DetectionLearner(RowLearner):
 
     @classmethod
     def _saved_names(cls, model: Detector) -> set[str]:
-        """All weights but a frozen pretrained backbone's (its package holds them)."""
-        frozen = {f"backbone.{k}" for k in model.backbone.state_dict()} if not model.train_backbone else set()
+        """All weights but a frozen pretrained backbone's (its package holds them; a frozen random one is saved)."""
+        packaged = model.pretrained and not model.train_backbone
+        frozen = {f"backbone.{k}" for k in model.backbone.state_dict()} if packaged else set()
         return set(model.state_dict()) - frozen
 
     @classmethod

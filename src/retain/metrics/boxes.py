@@ -65,7 +65,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     if len(order) == 0:
         return order
     overlaps = box_iou(boxes[order], boxes[order]) > iou_threshold
-    keep = torch.ones(len(order), dtype=torch.bool)
+    keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
     for i in range(len(order)):  # a kept box silences the later ones it overlaps; at most a few hundred boxes
         if keep[i]:
             keep[i + 1:] &= ~overlaps[i, i + 1:]
@@ -81,6 +81,6 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: fl
     [0, 2]
     """
     if len(boxes) == 0:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
     offset = labels.to(boxes) * (boxes.max() - boxes.min() + 1)
     return nms(boxes + offset[:, None], scores, iou_threshold)

@@ -46,12 +46,12 @@ def _matches(found: Boxes, truth: Boxes, thresholds: Tensor, max_detections: int
     a true box (``[len(thresholds), n]``)."""
     order = torch.sort(found.scores, descending=True, stable=True).indices[:max_detections]
     scores = found.scores[order]
-    matched = torch.zeros(len(thresholds), len(order), dtype=torch.bool)
+    matched = torch.zeros(len(thresholds), len(order), dtype=torch.bool, device=scores.device)
     if len(order) == 0 or len(truth.boxes) == 0:
         return scores, matched
     iou = box_iou(found.boxes[order].double(), truth.boxes.double())
     for t, threshold in enumerate(thresholds.tolist()):
-        taken = torch.zeros(len(truth.boxes), dtype=torch.bool)
+        taken = torch.zeros(len(truth.boxes), dtype=torch.bool, device=iou.device)
         for d in range(len(order)):
             candidates = torch.where(taken, -1.0, iou[d])
             best = int(candidates.argmax())
@@ -68,8 +68,8 @@ def _precision_at_recall(hits: Tensor, n_true: int) -> Tensor:
     recall = tp / n_true
     precision = tp / (tp + fp).clamp(min=1e-300)
     precision = torch.flip(torch.cummax(torch.flip(precision, [0]), 0).values, [0])  # non-increasing
-    where = torch.searchsorted(recall, RECALL_POINTS, side="left")
-    padded = torch.cat([precision, torch.zeros(1, dtype=torch.float64)])
+    where = torch.searchsorted(recall, RECALL_POINTS.to(recall.device), side="left")
+    padded = torch.cat([precision, precision.new_zeros(1)])
     return padded[where.clamp(max=len(precision))]
 
 
@@ -144,7 +144,7 @@ def box_f1(found: Boxes, truth: Boxes, iou_threshold: float = 0.5) -> float:
         return 1.0
     hits, at = 0, torch.tensor([iou_threshold], dtype=torch.float64)
     for label in found.labels.unique().tolist():
-        scores = found.scores if found.scores is not None else torch.ones(len(found.labels))
+        scores = found.scores if found.scores is not None else torch.ones(len(found.labels), device=found.labels.device)
         mine = Boxes(found.boxes, found.labels, scores).of(label)
         _, matched = _matches(mine, truth.of(label), at, len(mine.boxes))
         hits += int(matched.sum())

@@ -144,8 +144,9 @@ class Detector(nn.Module):
 
     def loss(self, outputs: Tensor, y: Tensor, reduction: str = "mean", classes: Tensor | None = None) -> Tensor:
         """The training loss of ``outputs`` against packed boxes ``y`` (``retain.data.scenes.pack``):
-        :func:`detection_loss` over the heat channels of ``classes`` (all by default). It is a mean over
-        the batch's objects whatever ``reduction`` says (one image: that image's loss)."""
+        :func:`detection_loss` over the heat channels ``classes`` marks for each image (``[N, n_classes]``
+        bool; all by default). It is a mean over the batch's objects whatever ``reduction`` says (one
+        image: that image's loss)."""
         heat, box, at = targets(unpack(y.cpu()), self.n_classes, tuple(outputs.shape[-2:]))
         return detection_loss(outputs, heat.to(outputs.device), box.to(outputs.device), at.to(outputs.device), classes)
 
@@ -157,7 +158,8 @@ class Detector(nn.Module):
 def detect(outputs: Tensor, n_classes: int, top: int = 100, min_score: float = 0.01,
            iou_threshold: float = 0.6) -> list[Boxes]:
     """Each image's detections from raw outputs: the ``top`` highest local maxima of the heat maps at or
-    above ``min_score`` (a peak is a cell no 3x3 neighbour outranks), their boxes, then NMS within a class.
+    above ``min_score`` (a peak is a cell no 3x3 neighbour outranks), their boxes clipped to the image (the
+    grid's ``STRIDE``-pixel cells), then NMS within a class.
 
     >>> out = torch.full((1, 5, 4, 4), -9.0); out[0, 1:] = 0.0  # class 0: nothing; box numbers 0 (1x1 cells)
     >>> out[0, 0, 2, 1] = 4.0  # class 0 centred in cell (row 2, column 1)
@@ -178,6 +180,7 @@ def detect(outputs: Tensor, n_classes: int, top: int = 100, min_score: float = 0
         size = outputs[i, n_classes:n_classes + 2, row, col].clamp(max=8).exp().T * STRIDE  # [k, 2]: width, height
         centre = (torch.stack([col, row], 1) + outputs[i, n_classes + 2:, row, col].T + 0.5) * STRIDE
         boxes = torch.cat([centre - size / 2, centre + size / 2], 1)
+        boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([w, h, w, h]) * STRIDE)
         kept = batched_nms(boxes, scores[i][keep], label, iou_threshold)
         out.append(Boxes(boxes[kept].detach(), label[kept], scores[i][keep][kept].detach()))
     return out
@@ -203,7 +206,7 @@ def targets(boxes: list[tuple[Tensor, Tensor]], n_classes: int,
     for i, (corners, labels) in enumerate(boxes):
         for (x1, y1, x2, y2), label in zip((corners / STRIDE).tolist(), labels.tolist(), strict=True):
             cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-            col, row = min(int(cx), w - 1), min(int(cy), h - 1)
+            col, row = max(0, min(int(cx), w - 1)), max(0, min(int(cy), h - 1))  # a centre off the grid: its edge
             sx, sy = max((x2 - x1) / 6, 0.5), max((y2 - y1) / 6, 0.5)
             bump = torch.exp(-((xs - col) ** 2) / (2 * sx**2) - ((ys - row) ** 2) / (2 * sy**2))
             heat[i, label] = torch.maximum(heat[i, label], bump)
@@ -214,23 +217,25 @@ def targets(boxes: list[tuple[Tensor, Tensor]], n_classes: int,
 
 
 def detection_loss(outputs: Tensor, heat: Tensor, box: Tensor, at: Tensor, classes: Tensor | None = None) -> Tensor:
-    """CenterNet's loss: penalty-reduced focal loss on the heat maps (``classes``: the channels it covers,
-    all by default) plus L1 on the box numbers at centre cells, each averaged over the true objects.
+    """CenterNet's loss: penalty-reduced focal loss on the heat maps (``classes``: ``[N, C]`` bool, the
+    channels it covers in each image, all by default) plus L1 on the box numbers at centre cells, each
+    averaged over the true objects.
 
     >>> heat, box, at = targets([(torch.tensor([[8., 16., 24., 24.]]), torch.tensor([0]))], 1, (4, 4))
     >>> perfect = torch.cat([torch.logit(heat.clamp(1e-4, 1 - 1e-4)), box], 1)
     >>> round(detection_loss(perfect, heat, box, at).item(), 3) < 0.01, detection_loss(perfect * 0, heat, box, at) > 1
     (True, tensor(True))
+    >>> round(detection_loss(perfect * 0, heat, box, at, classes=torch.tensor([[False]])).item(), 3)  # L1 alone
+    1.193
     """
     n_classes = heat.shape[1]
-    logits = outputs[:, :n_classes] if classes is None else outputs[:, classes]
-    heat = heat if classes is None else heat[:, classes]
-    p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    p = torch.sigmoid(outputs[:, :n_classes]).clamp(1e-4, 1 - 1e-4)
     centre = heat >= 1
-    positive = -((1 - p) ** 2) * torch.log(p) * centre
-    negative = -((1 - heat) ** 4) * p**2 * torch.log(1 - p) * ~centre
+    focal = -((1 - p) ** 2) * torch.log(p) * centre - ((1 - heat) ** 4) * p**2 * torch.log(1 - p) * ~centre
+    if classes is not None:
+        focal = focal * classes[:, :, None, None]
     objects = max(int(at.sum()), 1)
-    focal = (positive.sum() + negative.sum()) / objects
+    focal = focal.sum() / objects
     numbers = outputs[:, n_classes:n_classes + 4].permute(0, 2, 3, 1)[at]
     l1 = F.l1_loss(numbers, box.permute(0, 2, 3, 1)[at], reduction="sum") / objects if len(numbers) else 0.0 * focal
     return focal + l1

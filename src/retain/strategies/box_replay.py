@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 
 from retain.data.scenes import PAD
-from retain.metrics.boxes import box_iou
+from retain.metrics.boxes import box_area
 from retain.strategies.base import Strategy, params
 
 SIDE = 48  # a stored crop's side in pixels (it is scaled back to its box's size when pasted)
@@ -20,7 +20,7 @@ class BoxReplay(Strategy):
     """Augmented box replay (Liu et al. 2023, ABR), in its copy-paste form: after each experience a
     class-balanced memory keeps up to ``memory_size`` labelled boxes cut from its images (the crop, its
     size, its class), in place of whole images; each training image then gets up to ``per_image`` of them
-    pasted at free places (no more than ``max_overlap`` IoU with its labelled boxes), labelled. Old classes
+    pasted at free places (covering no more than ``max_overlap`` of any of its labelled boxes), labelled. Old classes
     keep appearing as foreground in new scenes, at a fraction of the memory whole images take (a 48-pixel
     crop is a seventh of a 128-pixel scene). ABR's mixup and mosaic of boxes are left out.
     """
@@ -36,7 +36,7 @@ class BoxReplay(Strategy):
     detection = True
     needs = ("detector",)
     scenarios = ("class_incremental", "domain_incremental")
-    tunable = {"memory_size": {"low": 50, "high": 1000, "log": True}, "per_image": {"low": 1, "high": 4}}
+    tunable = {"per_image": {"low": 1, "high": 4}}  # a memory's size is fixed: a deployment keeps what it stored
 
     def __post_init__(self) -> None:
         self.crops_ = torch.zeros(0, 3, SIDE, SIDE)
@@ -48,18 +48,19 @@ class BoxReplay(Strategy):
             return step
         g = learner.generator
         x, y = step.x[:step.incoming].clone(), step.y[:step.incoming].clone()
-        side = x.shape[-1]
+        height, width = x.shape[-2:]
         for i in range(len(x)):
             for k in torch.randint(len(self.labels_), (self.per_image,), generator=g).tolist():
                 free = (y[i, :, 0] == PAD).nonzero()[:, 0]
-                w, h = (int(v) for v in self.sizes_[k].clamp(max=side).tolist())
-                if not len(free) or w < 2 or h < 2:
+                if not len(free):
                     break
-                x0 = int(torch.randint(side - w + 1, (1,), generator=g))
-                y0 = int(torch.randint(x.shape[-2] - h + 1, (1,), generator=g))
-                box = torch.tensor([[x0, y0, x0 + w, y0 + h]], dtype=y.dtype)
-                real = y[i, :, 0] != PAD
-                if real.any() and box_iou(box, y[i, real, 1:]).max() > self.max_overlap:
+                w, h = int(self.sizes_[k, 0].clamp(max=width)), int(self.sizes_[k, 1].clamp(max=height))
+                if w < 2 or h < 2:
+                    continue
+                x0 = int(torch.randint(width - w + 1, (1,), generator=g))
+                y0 = int(torch.randint(height - h + 1, (1,), generator=g))
+                box = torch.tensor([[x0, y0, x0 + w, y0 + h]], dtype=y.dtype, device=y.device)
+                if self._hides(box, y[i]):
                     continue  # no second try: the image simply gets fewer boxes
                 crop = F.interpolate(self.crops_[k:k + 1], size=(h, w), mode="bilinear", align_corners=False)[0]
                 x[i, :, y0:y0 + h, x0:x0 + w] = crop.to(x)
@@ -68,6 +69,15 @@ class BoxReplay(Strategy):
         step.x = torch.cat([x, step.x[step.incoming:]])
         step.y = torch.cat([y, step.y[step.incoming:]])
         return step
+
+    def _hides(self, box, targets) -> bool:
+        """Whether ``box`` covers more than ``max_overlap`` of one of the labelled boxes in ``targets`` (a
+        share of that box, not IoU: a large crop over a small object hides it whatever the union)."""
+        labelled = targets[targets[:, 0] != PAD, 1:]
+        if not len(labelled):
+            return False
+        corners = torch.cat([torch.maximum(box[:, :2], labelled[:, :2]), torch.minimum(box[:, 2:], labelled[:, 2:])], 1)
+        return bool((box_area(corners) > self.max_overlap * box_area(labelled)).any())
 
     def after_experience(self, learner, ctx) -> None:
         x, y, _ = ctx.train_set

@@ -97,7 +97,7 @@ class LearnerView(Protocol):
     def row_loss(self, step: Step, logits: Tensor) -> Tensor:
         """The task loss the learner uses when no strategy replaces it, over every row of ``step``
         (the cross-entropy; a speech recogniser's own: token cross-entropy or CTC; a detector's:
-        CenterNet's, which also takes ``classes``, the heat channels it covers)."""
+        CenterNet's, which also takes ``classes``: which heat channels each image's loss covers)."""
 
 
 # What LearnerView allows, by name (the conformance suite checks strategy modules against it).

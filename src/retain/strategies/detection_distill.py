@@ -22,8 +22,10 @@ class DetectionDistill(Strategy):
     classes learned before and not labelled now are pulled towards the old model's by a mean squared
     error over every cell (ILOD distils unnormalised scores with an L2 loss), and the box numbers towards
     the old ones where the old model sees an old object (weighted by its highest old-class heat); ``lam``
-    weighs both. The task loss covers only the classes the experience labels, so an old object nobody
-    labelled is not taught as background: the background shift that makes fine-tuning forget.
+    weighs both. In each image the task loss covers the classes the experience labels and the old ones
+    the image's boxes name (a pseudo-label, a pasted box), so an old object nobody labelled is not taught
+    as background: the background shift that makes fine-tuning forget. Images a batch hook pasted into
+    (``box_replay``) are run through the old model as they are trained on, not read from the cache.
     """
 
     lam: NonNegativeFloat = 1.0
@@ -43,6 +45,8 @@ class DetectionDistill(Strategy):
 
     def before_experience(self, learner, ctx) -> None:
         self.kept_ = [c for c in learner.seen_classes_ if c not in ctx.classes]
+        # the learner grew the head before this hook: the copy's new channels are never read (only kept_ and
+        # the box numbers after its own n_classes), and a copy as wide as the model keeps the state's size fixed
         self.old_model_ = frozen_copy(learner.model) if self.kept_ else None
         self._bind()
 
@@ -53,19 +57,34 @@ class DetectionDistill(Strategy):
     def task_loss(self, learner, step, logits):
         if not self.kept_:
             return learner.row_loss(step, logits)
-        labelled = [c for c in range(learner.model.n_classes) if c not in self.kept_]
-        return learner.row_loss(step, logits, labelled)
+        channels = torch.arange(learner.model.n_classes, device=step.y.device)
+        named = (step.y[..., 0, None] == channels).any(1)  # [images, classes]: the classes each image's boxes name
+        return learner.row_loss(step, logits, named | ~torch.isin(channels, torch.tensor(self.kept_).to(channels)))
 
     def loss(self, learner, step, logits):
         if self._old is None:
             return logits.new_zeros(())
         old = self._old(learner, step, step.x, step.t)
+        changed = self._changed(step)
+        if changed.any():
+            with torch.no_grad():
+                old[changed] = self._old.fn(step.x[changed], step.t[changed])
         kept = torch.tensor(self.kept_, device=logits.device)
         heat = F.mse_loss(logits[:, kept], old[:, kept])
         seen = torch.sigmoid(old[:, kept]).amax(1, keepdim=True)  # where the old model sees an old object
         n_new, n_old = learner.model.n_classes, self.old_model_.n_classes
         boxes = (seen * (logits[:, n_new:n_new + 4] - old[:, n_old:n_old + 4]).abs()).sum() / seen.sum().clamp(min=1)
         return self.lam * (heat + boxes)
+
+    @staticmethod
+    def _changed(step) -> torch.Tensor:
+        """The incoming rows that differ from the training-set rows the old outputs are cached for."""
+        changed = torch.zeros(len(step.x), dtype=torch.bool, device=step.x.device)
+        if step.rows is not None:
+            n, source = step.incoming, step.source[0]
+            trained_from = source.index_select(0, step.rows.to(source.device)).to(step.x)
+            changed[:n] = (step.x[:n] != trained_from).flatten(1).any(1)
+        return changed
 
     def state_dict(self) -> dict[str, Any]:
         return old_model_state(self.old_model_) | ({"kept": self.kept_} if self.old_model_ is not None else {})

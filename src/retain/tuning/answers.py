@@ -71,7 +71,8 @@ def answer_knobs(kind: TaskKind) -> list[Knob]:
             space = SearchRange(choices=RANKS)
         else:
             space = SearchRange.model_validate(STRATEGIES[owner].tunable[name])
-        found.append(Knob(key, space, key == "model.lora_rank", default))
+        whole = isinstance(default, int) and not isinstance(default, bool)  # a count: boxes pasted an image
+        found.append(Knob(key, space, key == "model.lora_rank" or whole, default))
     return found
 
 
