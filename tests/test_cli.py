@@ -38,9 +38,9 @@ def with_change(path, value):
     "path,value,expected",
     [
         (["scenario", "n_experiences"], 11, "scenario: n_experiences is 11 but digits has only 10 classes"),
-        (["scenario", "dataset"], "cifar", "scenario.dataset: Input should be 'digits', 'mnist5k', 'fashion_mnist', "
-         "'fortunes_language', 'fortunes_topics', 'keywords', 'spoken_words', 'spoken_languages' or 'files' "
-         "(got 'cifar')"),
+        (["scenario", "dataset"], "cifar", "scenario.dataset: Input should be 'digits', 'mnist5k', 'mnist', "
+         "'fashion_mnist', 'fortunes_language', 'fortunes_topics', 'keywords', 'spoken_words', 'spoken_languages' "
+         "or 'files' (got 'cifar')"),
         (["training", "lr"], "fast", "training.lr: Input should be a valid number"),
         (["training", "epochs"], 0, "training.epochs: Input should be greater than or equal to 1"),
         (["training", "learning_rate"], 0.1, "training.learning_rate: unknown key"),

@@ -98,8 +98,8 @@ def test_predict_writes_boxes_in_the_images_own_pixels_as_a_table_update_reads(s
     boxes = [r for r in rows if r["label"]]
     assert all(0 <= float(r["x"]) and float(r["x"]) + float(r["w"]) <= SIDE + 0.1 for r in boxes)
     assert all(float(r["score"]) >= 0.3 for r in boxes)  # model.min_score
-    read_back = {b.path.name: b for b in box_table(out)}  # the table reads back as a batch would
-    assert len(read_back) == 40
+    read_back = Project(store).kind.read(out)  # the table reads back as a batch would, images and all
+    assert len(read_back) == 40 and int((read_back.y[..., 0] >= 0).sum()) == len(boxes)
     truth = _truth(files)
     predicted = {Path(r["path"]).name: [] for r in rows}
     for r in boxes:
@@ -213,3 +213,35 @@ def test_the_dashboard_draws_the_latest_prediction_with_its_boxes(store, files, 
     finally:
         browser.quit()
         server.stop()
+
+
+def test_boxes_of_a_wide_image_scale_both_ways_and_bad_feedback_boxes_are_named(store, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from retain.metrics.detection import Boxes
+
+    kind = Project(store).kind
+    picture = io.BytesIO()
+    Image.new("RGB", (128, 32), (90, 120, 30)).save(picture, format="PNG")  # 2x wider, half as high as the model's
+    rows = kind.request_rows([{"image": base64.b64encode(picture.getvalue()).decode()}], "inputs")
+    assert rows.size.tolist() == [[128, 32]] and tuple(rows.x.shape[-2:]) == (64, 64)
+    sent = json.dumps([{"label": "trouser", "box": [32, 8, 64, 16]}, {"label": " sweater ", "box": [0, 0, 8, 4]}])
+    taught, names = kind.with_answers(rows, [sent])
+    assert names[-1] == "sweater" and kind.answer_names(rows, [sent]) == ["trouser", "sweater"]
+    assert taught.y[0, 0].tolist() == [0.0, 16.0, 16.0, 48.0, 48.0]  # x halved, y doubled: the model's 64 x 64
+    # and back: a detection at the model's pixels is answered in the image's
+    answer = kind._answer(Boxes(taught.y[0, :1, 1:], torch.tensor([0]), torch.tensor([0.9])), names, (128, 32))
+    assert answer == [{"label": "trouser", "box": [32.0, 8.0, 64.0, 16.0], "score": 0.9}]
+    # a box squeezed to nothing against the edge is no answer, and a stored one with no area scores as absent
+    flat = kind._answer(Boxes(torch.tensor([[64.0, 10.0, 64.0, 20.0]]), torch.tensor([0]), torch.tensor([0.9])),
+                        names, (128, 32))
+    assert flat == []
+    stored = json.dumps([{"label": "trouser", "box": [128, 8, 0, 16], "score": 0.9}])
+    assert kind.answer_score(stored, json.dumps([])) == 1.0
+    assert "reaches outside the image, which is 128 x 32" in kind.answer_problem(
+        rows, 0, json.dumps([{"label": "a", "box": [120, 0, 20, 8]}]))
+    many = json.dumps([{"label": "a", "box": [1, 1, 2, 2]}] * 25)
+    assert "at most 24 an image (model.max_boxes)" in kind.answer_problem(rows, 0, many)
+    assert kind.answer_problem(rows, 0, sent) is None

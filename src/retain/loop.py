@@ -467,7 +467,7 @@ class Project:
         ahead, behind = torch.tensor(shadow, dtype=torch.float64), torch.tensor(served, dtype=torch.float64)
         confidence = self.kind.rule.confidence or 0.9
         gain = drop_bound(ahead, behind, confidence, seed=self.seed)
-        right = "right" if self.kind.metric == "accuracy" else f"{self.kind.metric} per row"
+        right = "right" if self.kind.metric == "accuracy" else (self.kind.row_metric or f"{self.kind.metric} per row")
         return gain > 0, (f"in shadow, {100 * float(ahead.mean()):.1f}% {right} on {len(shadow)} live rows labelled "
                           f"since, the promoted version {100 * float(behind.mean()):.1f}% (gain at least "
                           f"{100 * gain:.1f} points with {100 * confidence:.0f}% confidence)")

@@ -43,7 +43,8 @@ class ServiceMetrics:
                             ["decision"], **kw)
         self.version = Gauge("retain_serving_version", "the model version answering predictions", **kw, **gauge)
         self.labelled = Counter("retain_prequential_labelled", "predictions later labelled by feedback", **kw)
-        self.correct = Counter("retain_prequential_correct", "of those, predictions that were right", **kw)
+        self.correct = Counter("retain_prequential_correct", "of those, predictions that were right (a written "
+                               "answer or boxes: the sum of their scores)", **kw)
         self.accuracy = Gauge("retain_prequential_accuracy", "share of labelled predictions that were right",
                               **kw, **gauge)
         self.drift = Counter("retain_drift_alarms", "drift alarms on the prequential error", **kw)

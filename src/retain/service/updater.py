@@ -71,9 +71,6 @@ class Updater:
             if field != self.project.kind.answer_field:
                 raise problem(422, ["body", "rows", i, field], f"a {self.project.kind.name} store's feedback sends "
                               f"{self.project.kind.answer_field}")
-            why = self.project.kind.answer_problem(row.answer())
-            if why is not None:
-                raise problem(422, ["body", "rows", i, field], why)
             item = row.input.data() if row.input is not None else json.loads(known[row.id]["inputs"])
             data.append(item)
             rows.append({"inputs": json.dumps(item), "label": row.answer(), "request_id": row.id})
@@ -82,6 +79,10 @@ class Updater:
         except InputError as err:
             index = int(err.field.split(".")[1])
             raise problem(422, ["body", "rows", index, "input", err.field.split(".")[-1]], err.message) from None
+        for i, row in enumerate(rows):  # what the answers say, checked against their inputs (a box inside its image)
+            why = self.project.kind.answer_problem(read, i, row["label"])
+            if why is not None:
+                raise problem(422, ["body", "rows", i, self.project.kind.answer_field], why)
         try:
             stored = intake.add_feedback(rows)  # committed: acknowledged from here on
         except AlreadyLabelled as err:  # another post labelled it between the check above and now
@@ -100,10 +101,10 @@ class Updater:
         self.labelled += 1
         self.correct += right
         self.metrics.labelled.inc()
-        self.metrics.correct.inc(int(right))
+        self.metrics.correct.inc(right)  # a written answer or boxes count by their score (chrF, F1), not 0 or 1
         self.metrics.accuracy.set(self.correct / self.labelled)
         if self.detector is not None:
-            self.detector.update(0.0 if right else 1.0)
+            self.detector.update(1.0 - right)
             if self.detector.drift_detected:
                 self.metrics.drift.inc()
                 current = self.served.current

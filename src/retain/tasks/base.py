@@ -91,6 +91,7 @@ class TaskKind:
     # JSON Lines of sources with their languages ("sources")
     predicts_from: ClassVar[str] = "files"
     answer_field: ClassVar[str] = "label"  # what the service's feedback sends: a label, or (detection) boxes
+    row_metric: ClassVar[str | None] = None  # what a row's score is, when not the metric itself (a detector's box F1)
 
     def __init__(self, store: ModelStore, run: dict[str, Any]) -> None:
         self.store = store
@@ -252,8 +253,9 @@ class TaskKind:
         they use (a detector's class names: the store's, then new ones; none for written answers)."""
         raise NotImplementedError
 
-    def answer_problem(self, answer: str) -> str | None:
-        """Why feedback's ``answer`` cannot be learned (a detector's boxes that are not a list of boxes), or None."""
+    def answer_problem(self, rows: Rows, index: int, answer: str) -> str | None:
+        """Why feedback's ``answer`` to row ``index`` of ``rows`` cannot be learned (a detector's boxes: not a list
+        of boxes, more than the model takes, a box outside its image), or None."""
         return None
 
     def answer_names(self, rows: Rows, answers: list[str]) -> list[str]:
@@ -291,6 +293,7 @@ class WrittenAnswers(TaskKind):
 
     writes_answers = True
     model_kept: ClassVar[str]  # why a store's model config cannot be retuned
+    rows_called: ClassVar[str] = "rows"  # what a batch's rows are, in messages: clips, images
     training_tuned: ClassVar[bool] = True  # a tuned config's training section applies (else its method's lr)
 
     @property
@@ -301,6 +304,21 @@ class WrittenAnswers(TaskKind):
         # new batch's gain would score its rows with the parent as well
         return PromotionRule(max_drop=self.config.max_drop / 100, confidence=self.config.confidence, min_held_out=1,
                              gain_weight=0.0, kept=self.config.kept)
+
+    def split(self, rows: Rows, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+        """A seeded share ``fraction`` of the rows held out; refused when fewer than ``min_held_out``."""
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+        n, called = round(fraction * len(rows)), self.rows_called
+        if n < self.config.min_held_out or n >= len(rows):
+            raise TooFewRows(f"{n} of the batch's {len(rows)} {called} would be held out, min_held_out is "
+                             f"{self.config.min_held_out}: send more {called} at once (a new store: hold out more "
+                             "with --held-out, or set min_held_out in its config)")
+        return order[n:].sort().values, order[:n].sort().values
+
+    def learnable(self, rows: Rows, fraction: float) -> Tensor:
+        """Every row once enough of them are queued to hold ``min_held_out`` out, else none."""
+        enough = round(fraction * len(rows)) >= self.config.min_held_out
+        return torch.arange(len(rows)) if enough else torch.zeros(0, dtype=torch.long)
 
     def retuned(self, best: Any) -> dict[str, Any]:
         if best.model != self.config.model:

@@ -36,7 +36,7 @@ from retain.models.detector import BACKBONES, STRIDE, Detector
 from retain.quality import GatePolicy, GateReport
 from retain.quality.gate import decide
 from retain.strategies import STRATEGIES, make_strategy
-from retain.tasks.base import Prediction, TooFewRows, WrittenAnswers, strings_of, strings_tensors
+from retain.tasks.base import Prediction, WrittenAnswers, strings_of, strings_tensors
 from retain.util import slug
 
 IMAGES = (".png", ".jpg", ".jpeg")
@@ -209,6 +209,8 @@ class Detection(WrittenAnswers):
     metric = "mAP@0.5"
     labels = "class"  # the scores break down by class (a prediction's answer is its boxes)
     answer_field = "boxes"
+    row_metric = "box F1 at IoU 0.5 per image"
+    rows_called = "images"
     config_type = DetectionConfig
     model_kept = "a store keeps the detector its versions were made with"
     too_few = "a share of the images is held out: send more images"
@@ -233,7 +235,7 @@ class Detection(WrittenAnswers):
     def _read(self, data: Path, labelled: bool, classes: Sequence[str]) -> tuple[BoxedImages, list[str]]:
         found = images_of(Path(data), labelled)
         scenes, sizes, names = load_scenes(found, self.config.model.image_size, classes)
-        return boxed_images(scenes, sizes, [str(b.path) for b in found]), names
+        return boxed_images(scenes, sizes, [str(b.path.resolve()) for b in found]), names
 
     def read_batch(self, data: Path, first: bool) -> tuple[BoxedImages, list[str]]:
         return self._read(data, True, self.store.labels())
@@ -282,20 +284,6 @@ class Detection(WrittenAnswers):
 
     def rows_of(self, tensors: dict[str, Tensor]) -> BoxedImages:
         return BoxedImages(tensors["x"], tensors["y"], tensors["size"], strings_of(tensors, "origin"))
-
-    def split(self, rows: BoxedImages, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-        """A seeded share ``fraction`` of the images held out; refused when fewer than ``min_held_out``."""
-        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
-        n = round(fraction * len(rows))
-        if n < self.config.min_held_out or n >= len(rows):
-            raise TooFewRows(f"{n} of the batch's {len(rows)} images would be held out, min_held_out is "
-                             f"{self.config.min_held_out}: send more images at once (a new store: hold out more with "
-                             "--held-out, or set min_held_out in its config)")
-        return order[n:].sort().values, order[:n].sort().values
-
-    def learnable(self, rows: BoxedImages, fraction: float) -> Tensor:
-        enough = round(fraction * len(rows)) >= self.config.min_held_out
-        return torch.arange(len(rows)) if enough else torch.zeros(0, dtype=torch.long)
 
     # -- learning -------------------------------------------------------------------------
     def new_learner(self, rows: BoxedImages, names: list[str], seed: int) -> DetectionLearner:
@@ -346,9 +334,9 @@ class Detection(WrittenAnswers):
         held-out images hold no box scores the share of them the detector leaves empty."""
         out = {}
         for name, rows in held.items():
-            found, truth = self.detections(learner, rows), rows.truth()
-            score = mean_average_precision(found, truth)["map50"]
-            out[name] = score if score is not None else float(self.row_scores_of(learner, rows).mean())
+            per_class = ap50(self.detections(learner, rows), rows.truth())
+            out[name] = (sum(per_class.values()) / len(per_class) if per_class
+                         else float(self.row_scores_of(learner, rows).mean()))
         return out
 
     def row_scores_of(self, learner: DetectionLearner, rows: BoxedImages) -> Tensor:
@@ -365,13 +353,9 @@ class Detection(WrittenAnswers):
         rows = self.join(list(held.values())) if held else None
         if rows is None or not len(rows):
             return {}
-        found, truth = self.detections(learner, rows), rows.truth()
         names = self.store.labels()
-        out = {}
-        for c in sorted({int(v) for t in truth for v in t.labels.tolist()}):
-            ap = average_precision(found, truth, c, [0.5])
-            out[names[c] if c < len(names) else f"class {c}"] = float(ap[0])
-        return out
+        return {names[c] if c < len(names) else f"class {c}": ap
+                for c, ap in ap50(self.detections(learner, rows), rows.truth()).items()}
 
     # -- answering ------------------------------------------------------------------------
     def _answer(self, found: Boxes, names: list[str], size: Sequence[int], scored: bool = True) -> list[dict[str, Any]]:
@@ -388,6 +372,8 @@ class Detection(WrittenAnswers):
             label = int(found.labels[i])
             box = {"label": names[label] if label < len(names) else f"class {label}",
                    "box": [round(v, 1) for v in xyxy_to_xywh(corners[i:i + 1])[0].tolist()]}
+            if min(box["box"][2:]) < 1:  # squeezed to nothing against an edge: no box to show or to correct
+                continue
             if scored and found.scores is not None:
                 box["score"] = round(float(found.scores[i]), 4)
             out.append(box)
@@ -439,19 +425,29 @@ class Detection(WrittenAnswers):
     def shown(self, answer: str) -> dict[str, Any]:
         return {"boxes": json.loads(answer)}
 
-    def answer_problem(self, answer: str) -> str | None:
+    def answer_problem(self, rows: BoxedImages, index: int, answer: str) -> str | None:
+        """Boxes that are not a list of boxes, more of them than the detector takes, or a box reaching more than a
+        pixel outside its image."""
         try:
-            parse_boxes(answer, "boxes")
+            boxes = parse_boxes(answer, "boxes")
         except ValueError as err:
             return str(err)
+        if len(boxes) > self.config.model.max_boxes:
+            return (f"{len(boxes)} boxes; this store's detector takes at most {self.config.model.max_boxes} an "
+                    "image (model.max_boxes)")
+        width, height = rows.size[index].tolist()
+        for j, box in enumerate(boxes):
+            x, y, w, h = box["box"]
+            if x < -1 or y < -1 or x + w > width + 1 or y + h > height + 1:
+                return f"boxes[{j}].box: {box['box']} reaches outside the image, which is {width} x {height} pixels"
         return None
 
     def answer_names(self, rows: BoxedImages, answers: list[str]) -> list[str]:
-        return [box["label"] for answer in answers for box in json.loads(answer)]
+        return [box["label"] for answer in answers for box in parse_boxes(answer, "boxes")]
 
     def answer_score(self, answer: str, label: str) -> float:
         """The answer's F1 at IoU 0.5 against the boxes feedback sent (1: both empty)."""
-        found, truth = parse_boxes(answer, "answer"), parse_boxes(label, "feedback")
+        found, truth = parse_boxes(answer, "answer", lenient=True), parse_boxes(label, "feedback", lenient=True)
         names = sorted({b["label"] for b in found + truth})
 
         def boxes(items: list[dict[str, Any]]) -> Boxes:
@@ -485,10 +481,10 @@ class Detection(WrittenAnswers):
         found, truth = self.detections(learner, rows), rows.truth()
         scores = mean_average_precision(found, truth)
         known = learner.model.n_classes
-        classes = sorted({int(v) for t in truth for v in t.labels.tolist()})
+        per_class = ap50(found, truth)
         return {"version": version, "rows": len(rows), "map50": scores["map50"], "map": scores["map"],
-                "per_class": {names[c]: float(average_precision(found, truth, c, [0.5])[0]) for c in classes},
-                "unknown_classes": [names[c] for c in classes if c >= known]}
+                "per_class": {names[c]: ap for c, ap in per_class.items()},
+                "unknown_classes": [names[c] for c in per_class if c >= known]}
 
     # -- tuning a store (retain.tuning.answers) ----------------------------------------------------
     def tuning_share(self, rows: BoxedImages, percent: int, salt: str) -> Tensor:
@@ -507,9 +503,16 @@ class Detection(WrittenAnswers):
         return self.validate(raw)
 
 
-def parse_boxes(answer: str, where: str) -> list[dict[str, Any]]:
+def ap50(found: list[Boxes], truth: list[Boxes]) -> dict[int, float]:
+    """AP at IoU 0.5 of each class with a true box in ``truth`` (COCO's, at that one threshold)."""
+    classes = sorted({int(v) for t in truth for v in t.labels.tolist()})
+    return {c: float(average_precision(found, truth, c, [0.5])[0]) for c in classes}
+
+
+def parse_boxes(answer: str, where: str, lenient: bool = False) -> list[dict[str, Any]]:
     """The boxes of an answer or of feedback: a JSON list of ``{"label", "box": [x, y, w, h]}`` (and, for an
-    answer, ``"score"``); what is not is refused naming the box and the field.
+    answer, ``"score"``); what is not is refused naming the box and the field (``lenient``: boxes with no area
+    are left out instead, as a stored answer is read to score it).
 
     >>> parse_boxes('[{"label": "cat", "box": [1, 2, 3, 4]}]', "feedback")
     [{'label': 'cat', 'box': [1.0, 2.0, 3.0, 4.0]}]
@@ -533,6 +536,8 @@ def parse_boxes(answer: str, where: str) -> list[dict[str, Any]]:
                 or not all(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e7 for v in box)):
             raise ValueError(f"{where}[{i}].box: give [x, y, width, height] in the image's pixels, got {box!r}")
         if box[2] <= 0 or box[3] <= 0:
+            if lenient:
+                continue
             raise ValueError(f"{where}[{i}].box: width and height must be positive, got {box}")
         out.append({"label": item["label"].strip(), "box": [float(v) for v in box]}
                    | ({"score": float(item["score"])} if isinstance(item.get("score"), int | float) else {}))

@@ -33,7 +33,6 @@ from retain.store import StoreError
 from retain.strategies import STRATEGIES, make_strategy
 from retain.tasks.base import (
     Prediction,
-    TooFewRows,
     WrittenAnswers,
     strings_of,
     strings_tensors,
@@ -185,6 +184,7 @@ class Transcription(WrittenAnswers):
     config_type = TranscriptionConfig
     model_kept = "a store keeps the model and adaptation its versions were made with"
     too_few = "a share of the clips is held out: send more clips"
+    rows_called = "clips"
 
     @classmethod
     def validate(cls, run: dict[str, Any]) -> TranscriptionConfig:
@@ -216,20 +216,6 @@ class Transcription(WrittenAnswers):
 
     def label_names(self, learner: SpeechLearner) -> list[str]:
         return []  # a recogniser's answers are open text, not a list of names
-
-    def split(self, rows: Clips, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-        """A seeded share ``fraction`` of the clips held out; refused when fewer than ``min_held_out``."""
-        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
-        n = round(fraction * len(rows))
-        if n < self.config.min_held_out or n >= len(rows):
-            raise TooFewRows(f"{n} of the batch's {len(rows)} clips would be held out, min_held_out is "
-                             f"{self.config.min_held_out}: send more clips at once (a new store: hold out more with "
-                             "--held-out, or set min_held_out in its config)")
-        return order[n:].sort().values, order[:n].sort().values
-
-    def learnable(self, rows: Clips, fraction: float) -> Tensor:
-        enough = round(fraction * len(rows)) >= self.config.min_held_out
-        return torch.arange(len(rows)) if enough else torch.zeros(0, dtype=torch.long)
 
     # -- learning -------------------------------------------------------------------------
     def new_learner(self, rows: Clips, names: list[str], seed: int) -> SpeechLearner:

@@ -28,7 +28,7 @@ from retain.engine.protocol import Trained, train_and_score
 from retain.loop import Project
 from retain.strategies import STRATEGIES
 from retain.tasks import Rows, TaskKind
-from retain.tuning.space import Knob
+from retain.tuning.space import Knob, whole_numbers
 from retain.tuning.study import TuneError, open_storage, storage_url
 
 TEST_PERCENT, VALIDATION_PERCENT = 30, 20
@@ -71,8 +71,8 @@ def answer_knobs(kind: TaskKind) -> list[Knob]:
             space = SearchRange(choices=RANKS)
         else:
             space = SearchRange.model_validate(STRATEGIES[owner].tunable[name])
-        whole = isinstance(default, int) and not isinstance(default, bool)  # a count: boxes pasted an image
-        found.append(Knob(key, space, key == "model.lora_rank" or whole, default))
+        whole = key == "model.lora_rank" or (owner not in ("training", "model") and whole_numbers(owner, name))
+        found.append(Knob(key, space, whole, default))
     return found
 
 

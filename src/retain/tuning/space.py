@@ -3,6 +3,7 @@ run config a trial's values make."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,16 @@ class Knob:
         return value is not None and s.low <= value <= s.high
 
 
+
+def whole_numbers(strategy: str, knob: str) -> bool:
+    """Whether a strategy's knob takes whole numbers, by its declared type (``PositiveInt``, ``Annotated[int,
+    ...]``): not by a config's value, where YAML's ``2`` for a weight of 2.0 would read as one.
+
+    >>> whole_numbers("box_replay", "per_image"), whole_numbers("replay", "weight"), whole_numbers("der", "memory_size")
+    (True, False, True)
+    """
+    return re.search(r"\bint\b|Int\b", str(STRATEGIES[strategy].__dataclass_fields__[knob].type)) is not None
+
 def default_training_space(training: TrainingConfig) -> dict[str, SearchRange]:
     """The training knobs searched when the config names none: the learning rate a decade either
     side of the config's, and 1 to twice its epochs."""
@@ -67,9 +78,7 @@ def knobs(cfg: RunConfig, method: MethodConfig) -> list[Knob]:
             default, integer = getattr(cfg.training, name), name in INTEGER_TRAINING
         else:
             default = next(p for p in method.compose if p["name"] == owner)[name]
-            field = STRATEGIES[owner].__dataclass_fields__[name]
-            integer = (isinstance(default, int) and not isinstance(default, bool)) or (
-                default is None and "Int" in str(field.type))
+            integer = whole_numbers(owner, name)
         found.append(Knob(key, space, integer, default))
     return found
 
