@@ -92,7 +92,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT,
                                                   grace_period=GRACE)
         except Exception as err:  # noqa: BLE001 - SQLAlchemy's and the driver's errors, named for the user
-            if attempt < 4 and "constraint" in str(err).lower():  # another process made the tables meanwhile
+            race = ("constraint", "already exists")  # another process made the tables meanwhile
+            if attempt < 4 and any(word in str(err).lower() for word in race):
                 time.sleep(0.5)
                 continue
             raise TuneError(f"cannot open the study storage {url.split('@')[-1]}: "
