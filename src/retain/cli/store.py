@@ -248,8 +248,6 @@ def _write_predictions(args: argparse.Namespace, project) -> None:
     """The predictions of ``project``'s version as ``--json`` or CSV on the screen, or in the ``--out`` file:
     each row's identity, its predictions, then (a table's) input columns, named ``input_<column>`` where they
     would take a prediction's name."""
-    from retain.loop import as_json
-
     if args.out and Path(args.out).suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"--out {args.out}: predictions are written as .csv or .jsonl")
     predictions = project.predict(args.data, top_k=args.top_k, version=args.version)
@@ -263,6 +261,42 @@ def _write_predictions(args: argparse.Namespace, project) -> None:
                    {"label": n, "probability": v} for n, v in p.top]} if p.top else {})
                | ({"input": inputs[i]} if inputs else {})
                for i, (ident, p) in enumerate(zip(identities, predictions, strict=True))]
+    header = [key, answer] + (["probability"] + [f"{kind}_{i}" for i in range(2, k + 1)
+                                                 for kind in ("label", "probability")] if k else [])
+    columns = list(inputs[0]) if inputs else []
+    table = [header + [f"input_{c}" if c in header else c for c in columns]]
+    table += [[ident, p.label] + ([p.top[0][1]] if p.top else []) + [v for pair in p.top[1:] for v in pair]
+              + [row.get(c, "") for c in columns]
+              for ident, p, row in zip(identities, predictions, inputs or [{}] * len(predictions), strict=True)]
+    version = args.version or project.store.promoted()
+    _written(args, records, table, {"out": args.out, "rows": len(records), "version": version},
+             f"{len(records)} predictions of version {version} in {args.out}")
+
+
+def _write_boxes(args: argparse.Namespace, predictions: list, project) -> None:
+    """A detector's predictions: JSON (each image's file and boxes), JSON Lines (a line an image), or CSV rows of
+    ``path,x,y,w,h,label,score``, a box a row and a row with only the path for an image with none: the table
+    ``retain update`` reads, once the boxes are checked."""
+    images = [{"file": p.row, "boxes": json.loads(p.label)} for p in predictions]
+    table = [["path", "x", "y", "w", "h", "label", "score"]]
+    for image in images:
+        if not image["boxes"]:
+            table.append([image["file"], "", "", "", "", "", ""])
+        table += [[image["file"], *box["box"], box["label"], box["score"]] for box in image["boxes"]]
+    version = args.version or project.store.promoted()
+    boxes = sum(len(image["boxes"]) for image in images)
+    _written(args, images, table, {"out": args.out, "rows": len(images), "boxes": boxes, "version": version},
+             f"{boxes} boxes in {len(images)} images by version {version} in {args.out}")
+
+
+def _written(args: argparse.Namespace, records: list[dict], table: list[list], done: dict, said: str) -> None:
+    """``records`` as JSON on the screen (``--json`` without ``--out``), or ``table`` (a header row first) as CSV on
+    the screen; with ``--out``, the records as JSON Lines (``.jsonl``) or the table as CSV, then what was written
+    (``done`` with ``--json``, else ``said``)."""
+    import csv
+
+    from retain.loop import as_json
+
     if args.json and not args.out:
         print(as_json(records))
         return
@@ -271,57 +305,12 @@ def _write_predictions(args: argparse.Namespace, project) -> None:
         if args.out and Path(args.out).suffix.lower() == ".jsonl":
             out.writelines(json.dumps(r) + "\n" for r in records)
         else:
-            import csv
-
-            header = [key, answer] + (["probability"] + [f"{kind}_{i}" for i in range(2, k + 1)
-                                                         for kind in ("label", "probability")] if k else [])
-            columns = list(inputs[0]) if inputs else []
-            writer = csv.writer(out)
-            writer.writerow(header + [f"input_{c}" if c in header else c for c in columns])
-            for ident, p, row in zip(identities, predictions, inputs or [{}] * len(predictions), strict=True):
-                writer.writerow([ident, p.label] + ([p.top[0][1]] if p.top else [])
-                                + [v for pair in p.top[1:] for v in pair] + [row.get(c, "") for c in columns])
+            csv.writer(out).writerows(table)
     finally:
         if args.out:
             out.close()
     if args.out:
-        version = args.version or project.store.promoted()
-        print(as_json({"out": args.out, "rows": len(records), "version": version}) if args.json else
-              f"{len(records)} predictions of version {version} in {args.out}")
-
-
-def _write_boxes(args: argparse.Namespace, predictions: list, project) -> None:
-    """A detector's predictions: JSON (each image's file and boxes), JSON Lines (a line an image), or CSV rows of
-    ``path,x,y,w,h,label,score``, a box a row and a row with only the path for an image with none: the table
-    ``retain update`` reads, once the boxes are checked."""
-    from retain.loop import as_json
-
-    images = [{"file": p.row, "boxes": json.loads(p.label)} for p in predictions]
-    if args.json and not args.out:
-        print(as_json(images))
-        return
-    out = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115 - stdout is not closed
-    try:
-        if args.out and Path(args.out).suffix.lower() == ".jsonl":
-            out.writelines(json.dumps(image) + "\n" for image in images)
-        else:
-            import csv
-
-            writer = csv.writer(out)
-            writer.writerow(["path", "x", "y", "w", "h", "label", "score"])
-            for image in images:
-                if not image["boxes"]:
-                    writer.writerow([image["file"], "", "", "", "", "", ""])
-                for box in image["boxes"]:
-                    writer.writerow([image["file"], *box["box"], box["label"], box["score"]])
-    finally:
-        if args.out:
-            out.close()
-    if args.out:
-        version = args.version or project.store.promoted()
-        boxes = sum(len(image["boxes"]) for image in images)
-        print(as_json({"out": args.out, "rows": len(images), "boxes": boxes, "version": version}) if args.json else
-              f"{boxes} boxes in {len(images)} images by version {version} in {args.out}")
+        print(as_json(done) if args.json else said)
 
 
 def _generative(folder: str) -> bool:

@@ -49,6 +49,19 @@ def strings_of(tensors: dict[str, Tensor], key: str) -> list[str]:
     return [data[a:b].decode() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
+def validated(config_type: type, raw: Any, where: str) -> Any:
+    """``raw`` (a config's YAML mapping) as a ``config_type``; a bad value is refused naming its field and
+    ``where`` the config came from."""
+    from pydantic import ValidationError
+
+    from retain.config import ConfigError, format_errors
+
+    try:
+        return config_type.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"invalid config {where}:\n{format_errors(err)}") from None
+
+
 class TooFewRows(ValueError):
     """A batch with too few rows to hold some out and train on the rest; the message says what to send."""
 
@@ -295,6 +308,20 @@ class WrittenAnswers(TaskKind):
     model_kept: ClassVar[str]  # why a store's model config cannot be retuned
     rows_called: ClassVar[str] = "rows"  # what a batch's rows are, in messages: clips, images
     training_tuned: ClassVar[bool] = True  # a tuned config's training section applies (else its method's lr)
+
+    @classmethod
+    def validate(cls, run: dict[str, Any]) -> Any:
+        return validated(cls.config_type, run, "in the store")
+
+    @classmethod
+    def read_config(cls, path: str | Path) -> Any:
+        from retain.config import read_yaml
+
+        return validated(cls.config_type, read_yaml(path), str(path))
+
+    def knobs(self) -> dict[str, Any]:
+        t = self.config.training
+        return {"lr": t.lr, "epochs": t.epochs, "batch_size": t.batch_size}
 
     @property
     def rule(self) -> Any:

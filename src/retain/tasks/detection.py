@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
 from torch import Tensor
 
-from retain.config import ConfigError, ServiceConfig, read_yaml
+from retain.config import ServiceConfig
 from retain.data import Experience
 from retain.data.box_files import Boxed, load_scenes, read_boxed
 from retain.data.files import FileError, read_image_sized
@@ -214,18 +214,6 @@ class Detection(WrittenAnswers):
     config_type = DetectionConfig
     model_kept = "a store keeps the detector its versions were made with"
     too_few = "a share of the images is held out: send more images"
-
-    @classmethod
-    def validate(cls, run: dict[str, Any]) -> DetectionConfig:
-        return validate_detection(run, "in the store")
-
-    @classmethod
-    def read_config(cls, path: str | Path) -> DetectionConfig:
-        return validate_detection(read_yaml(path), str(path))
-
-    def knobs(self) -> dict[str, Any]:
-        t = self.config.training
-        return {"lr": t.lr, "epochs": t.epochs, "batch_size": t.batch_size}
 
     # -- rows -----------------------------------------------------------------------------
     def read(self, data: Path, labelled: bool = True, classes: Sequence[str] = ()) -> BoxedImages:
@@ -542,18 +530,6 @@ def parse_boxes(answer: str, where: str, lenient: bool = False) -> list[dict[str
         out.append({"label": item["label"].strip(), "box": [float(v) for v in box]}
                    | ({"score": float(item["score"])} if isinstance(item.get("score"), int | float) else {}))
     return out
-
-
-def validate_detection(raw: dict[str, Any], where: str) -> DetectionConfig:
-    """A detection config from its YAML's mapping; errors name the field."""
-    from pydantic import ValidationError
-
-    from retain.config import format_errors
-
-    try:
-        return DetectionConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(f"invalid config {where}:\n{format_errors(err)}") from None
 
 
 __all__ = ["BoxedImages", "Detection", "DetectionConfig", "DetectionMethod", "DetectorConfig", "build_detector",

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
 from torch import Tensor
 
-from retain.config import ConfigError, ServiceConfig, read_yaml
+from retain.config import ConfigError, ServiceConfig
 from retain.data import Experience
 from retain.engine.generative import check_generative
 from retain.engine.speech import SpeechLearner
@@ -186,18 +186,6 @@ class Transcription(WrittenAnswers):
     too_few = "a share of the clips is held out: send more clips"
     rows_called = "clips"
 
-    @classmethod
-    def validate(cls, run: dict[str, Any]) -> TranscriptionConfig:
-        return validate_transcription(run, "in the store")
-
-    @classmethod
-    def read_config(cls, path: str | Path) -> TranscriptionConfig:
-        return validate_transcription(read_yaml(path), str(path))
-
-    def knobs(self) -> dict[str, Any]:
-        t = self.config.training
-        return {"lr": t.lr, "epochs": t.epochs, "batch_size": t.batch_size}
-
     # -- rows -----------------------------------------------------------------------------
     def read(self, data: Path, labelled: bool = True) -> Clips:
         return read_clips(data, self.config.model.max_seconds, labelled)
@@ -352,15 +340,3 @@ class Transcription(WrittenAnswers):
         raw["training"]["lr"] = values.get("training.lr", raw["training"]["lr"])
         raw["model"]["lora_rank"] = values.get("model.lora_rank", raw["model"]["lora_rank"])
         return self.validate(raw)
-
-
-def validate_transcription(raw: dict[str, Any], where: str) -> TranscriptionConfig:
-    """A transcription config from its YAML's mapping; errors name the field."""
-    from pydantic import ValidationError
-
-    from retain.config import format_errors
-
-    try:
-        return TranscriptionConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(f"invalid config {where}:\n{format_errors(err)}") from None

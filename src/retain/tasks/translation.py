@@ -22,13 +22,12 @@ from pydantic import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
-    ValidationError,
     field_validator,
     model_validator,
 )
 from torch import Tensor
 
-from retain.config import ConfigError, ServiceConfig, format_errors, read_yaml
+from retain.config import ConfigError, ServiceConfig
 from retain.data import Experience
 from retain.data.catalogues import LANGUAGES, is_test_source, specifiers_kept
 from retain.data.files import InputError, json_lines
@@ -44,6 +43,7 @@ from retain.tasks.base import (
     WrittenAnswers,
     strings_of,
     strings_tensors,
+    validated,
 )
 from retain.util import require, slug
 
@@ -177,10 +177,7 @@ class TranslationConfig(_Strict):
 
 def validate_translation(raw: dict[str, Any], where: str) -> TranslationConfig:
     """A translation config from its YAML's mapping; errors name the field."""
-    try:
-        return TranslationConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(f"invalid config {where}:\n{format_errors(err)}") from None
+    return validated(TranslationConfig, raw, where)
 
 
 def pairs_experience(learner: GenerativeLearner, lang: str, sources: list[str], targets: list[str],
@@ -308,14 +305,6 @@ class Translation(WrittenAnswers):
     training_tuned = False  # a method's own lr is what tuning sets
     predicts_from = "sources"
     too_few = "a share of the sources is held out by their hash: send more pairs"
-
-    @classmethod
-    def validate(cls, run: dict[str, Any]) -> TranslationConfig:
-        return validate_translation(run, "in the store")
-
-    @classmethod
-    def read_config(cls, path: str | Path) -> TranslationConfig:
-        return validate_translation(read_yaml(path), str(path))
 
     def knobs(self) -> dict[str, Any]:
         t = self.config.training
