@@ -215,6 +215,8 @@ class TrainingConfig(_Strict):
                                       "weights when they train (adaptation: full); heads and LoRA adapters use lr; "
                                       "default: lr")
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    lr_decay: float = Field(1.0, gt=0.0, le=1.0, description="within each experience the learning rate falls "
+                            "exponentially, step by step, to lr_decay times lr by its last step; 1: constant")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | Literal["auto"] = Field("auto", description=f"torch CPU threads, 1 to {MAX_THREADS}; auto: one "
                                            "per core not already busy at the start (see retain.util.auto_threads)")
@@ -318,7 +320,8 @@ class TuneConfig(_Strict):
                                    description="model seeds a trial trains with, in step: its scores are their mean "
                                    "(more seeds: fewer lucky trials, more time)")
     search: dict[str, SearchRange] | None = Field(None, description="training knobs (lr, epochs, batch_size, "
-                                                  "momentum, backbone_lr); default: lr /10..x10 and epochs 1..2x")
+                                                  "momentum, backbone_lr, lr_decay); default: lr /10..x10 and "
+                                                  "epochs 1..2x")
     default_spaces: bool = Field(True, description="search each strategy's declared knobs when it names none")
     start_from_defaults: bool = Field(True, description="the config's own values are the first trial")
     final_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from retain.data import Experience
 from retain.engine import distributed, persist
-from retain.engine.sgd import FusedSGD
+from retain.engine.sgd import FusedSGD, scale_lr
 from retain.models import Classifier, IncrementalHead, LinearHead, MultiHead
 from retain.quality import check_batch, check_inputs
 from retain.strategies import HOOKS, ExperienceContext, Step, Strategy, implements, make_strategy
@@ -181,7 +181,7 @@ class Trainer:
 
 
 # The training knobs a config sets, a tuner searches and a deployment may retune: named here once.
-KNOBS = ("lr", "epochs", "batch_size", "momentum", "backbone_lr")
+KNOBS = ("lr", "epochs", "batch_size", "momentum", "backbone_lr", "lr_decay")
 
 class Learner(Trainer):
     """Trains ``model`` on experiences with SGD and the given strategies.
@@ -219,6 +219,7 @@ class Learner(Trainer):
         device: str = "auto",
         seed: int = 0,
         backbone_lr: float | None = None,
+        lr_decay: float = 1.0,
     ) -> None:
         for name, value, ok, allowed in (
             ("lr", lr, lr > 0, "a positive number"),
@@ -226,6 +227,7 @@ class Learner(Trainer):
             ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "an integer >= 1"),
             ("epochs", epochs, isinstance(epochs, int) and epochs >= 1, "an integer >= 1"),
             ("backbone_lr", backbone_lr, backbone_lr is None or backbone_lr > 0, "a positive number or None"),
+            ("lr_decay", lr_decay, 0 < lr_decay <= 1, "a number in (0, 1]"),
         ):
             if not ok:
                 raise ValueError(f"Learner {name} must be {allowed}, got {value!r}")
@@ -241,6 +243,9 @@ class Learner(Trainer):
         self.strategies = list(strategies)
         self.lr, self.momentum, self.batch_size, self.epochs, self.seed = lr, momentum, batch_size, epochs, seed
         self.backbone_lr = backbone_lr  # a pretrained backbone usually wants a smaller step than the head
+        # Within each experience the learning rates fall exponentially, step by step, to lr_decay times their
+        # value by its last step (one of the rehearsal tricks of Buzzega et al. 2020); 1: constant.
+        self.lr_decay = lr_decay
         self.generator = torch.Generator().manual_seed(seed)
         self._bind()
         self.seen_classes_: list[int] = []
@@ -263,7 +268,7 @@ class Learner(Trainer):
 
     def retune(self, training: dict[str, Any], knobs: dict[str, dict[str, Any]]) -> Learner:
         """Set tuned knobs on a learner that has learned already: ``training`` (lr, epochs,
-        batch_size, momentum, backbone_lr) and, per strategy name, the values of the knobs its
+        batch_size, momentum, backbone_lr, lr_decay) and, per strategy name, the values of the knobs its
         class declares ``tunable`` (others would change the shape of what it learned, e.g. a
         memory's size, and are refused). What the strategies learned is kept.
 
@@ -394,6 +399,8 @@ class Learner(Trainer):
         rank, world = self.ranks.shard
         # A closed-form method (SLDA) writes the model itself: no gradient steps then.
         epochs = 0 if any(s.closed_form for s in self.strategies) else (epochs or self.epochs)
+        # the factor each step multiplies the learning rates by: lr_decay over the experience's steps
+        decay = self.lr_decay ** (1 / max(1, epochs * -(-len(y) // self.batch_size) - 1))
         for epoch in range(epochs):
             fresh = incoming and epoch == 0
             order = torch.randperm(len(y), generator=self.generator)
@@ -412,6 +419,8 @@ class Learner(Trainer):
                     yb = yc[share]
                     self._step(Step(xc[share], yb, tc[share], len(yb), fresh, experience.id, rows[share], source,
                                     shard=(rank, world)))
+                    if decay != 1:
+                        scale_lr(self.optimizer, decay)
         self._check_finite(experience)
         self._recalibrate_norms(x, t)
         self._remember(experience)
@@ -627,7 +636,8 @@ class Learner(Trainer):
             "format": persist.FORMAT_VERSION,
             "model": self.model.get_config(),
             "learner": {"lr": self.lr, "momentum": self.momentum, "batch_size": self.batch_size,
-                        "epochs": self.epochs, "seed": self.seed, "backbone_lr": self.backbone_lr},
+                        "epochs": self.epochs, "seed": self.seed, "backbone_lr": self.backbone_lr,
+                        "lr_decay": self.lr_decay},
             "strategies": strategies,
             "seen_classes": self.seen_classes_,
             "task_classes": {str(k): v for k, v in self.task_classes_.items()},

@@ -268,6 +268,7 @@ class _Settings(BaseModel):
     epochs: int = Field(ge=1, le=MAX_SIZE)
     seed: int
     backbone_lr: float | None = Field(None, gt=0, le=MAX_RATE)
+    lr_decay: float = Field(1.0, gt=0, le=1)
 
 
 class _SavedStrategy(BaseModel):

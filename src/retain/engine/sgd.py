@@ -69,3 +69,17 @@ class FusedSGD:
             weight_decay=0.0, momentum=self.momentum, lr=lr, dampening=0.0, nesterov=False, maximize=False,
             is_first_step=first,
         )
+
+
+def scale_lr(optimizer: FusedSGD | torch.optim.Optimizer, factor: float) -> None:
+    """Multiply every learning rate of ``optimizer`` by ``factor``.
+
+    >>> w = torch.nn.Parameter(torch.ones(1))
+    >>> opt = FusedSGD([([w], 0.1)], momentum=0.0); scale_lr(opt, 0.5); opt.groups[0][1]
+    0.05
+    """
+    if isinstance(optimizer, FusedSGD):
+        optimizer.groups = [(params, lr * factor) for params, lr in optimizer.groups]
+    else:
+        for group in optimizer.param_groups:
+            group["lr"] *= factor

@@ -106,6 +106,7 @@ class TextEncoder(nn.Module):
     """
 
     takes_tokens = True
+    inputs = "none"  # token ids: nothing to augment
 
     def __init__(self, name: str = "minilm", adaptation: str = "frozen", lora_rank: int = 8,
                  experts: dict[str, list[int]] | None = None, task_free: bool = False) -> None:
@@ -305,6 +306,8 @@ class AudioCNN(nn.Module):
     >>> AudioCNN()(torch.zeros(2, 1, 40, 101)).shape
     torch.Size([2, 128])
     """
+
+    inputs = "log_mel"  # what a replay memory's augmentation does to them (retain.models.augment)
 
     def __init__(self, channels: int = 24, out_features: int = 128) -> None:
         super().__init__()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,9 @@ class CLSER(MemoryStrategy):
     reservoir memory batch (``ratio`` times the incoming rows, or ``batch_size``) under the cross-entropy with
     the new rows, and pulls the working model's logits on it towards a teacher's by a mean squared error
     weighed ``reg_weight``: per row, the teacher (plastic or stable) that gives the row's true class the
-    higher probability. Between experiences the model holds the stable weights, which answer predictions
+    higher probability (with ``augment``, on an augmented view of the memory batch: ``retain.models.augment``).
+    The memory is a reservoir (``policy``; or the class-balanced or loss-aware reservoir of ``Memory``).
+    Between experiences the model holds the stable weights, which answer predictions
     (the paper's inference model); training goes on from the working weights. The defaults are the
     authors' for Seq-MNIST at memory 200 with batch 10 (``reg_weight`` 2, rates 1 and 0.9, decays 0.99);
     their Seq-CIFAR-10 settings are ``reg_weight`` 0.15, rates 0.9 and 0.8, decay 0.999. A decay ``d`` averages
@@ -72,6 +74,8 @@ class CLSER(MemoryStrategy):
     plastic_decay: Decay = 0.99
     stable_rate: Rate = 0.9
     stable_decay: Decay = 0.99
+    augment: bool = False
+    policy: Literal["reservoir", "balanced_reservoir", "loss_aware"] = "reservoir"
 
     name = "cls_er"
     paper = ('Arani, Sarfraz & Zonooz 2022, "Learning Fast, Learning Slow: A General Continual Learning Method '
@@ -83,7 +87,7 @@ class CLSER(MemoryStrategy):
     distributed_hint = "its reservoir memory learns from each step's rows, one rank's share"
 
     def __post_init__(self) -> None:
-        self.memory_ = Memory(self.memory_size, "reservoir")
+        self.memory_ = Memory(self.memory_size, self.policy)
         self.plastic_: dict[str, Tensor] = {}
         self.stable_: dict[str, Tensor] = {}
         self.working_: dict[str, Tensor] = {}  # the working weights, kept aside while the model holds the stable ones
@@ -124,7 +128,7 @@ class CLSER(MemoryStrategy):
         if not len(self.memory_):
             return step
         n = self.batch_size or max(1, round(self.ratio * step.incoming))
-        m = self.memory_.sample(n, learner.generator, ("x", "y", "t"), step.shard)
+        m = self.draw(learner, step, n)
         x, y, t = m["x"].to(step.x.device), m["y"].to(step.x.device), m["t"].to(step.x.device)
         with torch.no_grad():
             plastic, stable = (functional_call(learner.model, _fitted(w, learner.model), (x, t), strict=False)
@@ -136,7 +140,7 @@ class CLSER(MemoryStrategy):
         return step
 
     def loss(self, learner, step, logits):
-        self.offer(learner, step)
+        self.offer(learner, step, logits)
         target = step.notes.get("cls_er")
         if target is None:
             return logits.new_zeros(())

@@ -31,8 +31,9 @@ class DER(MemoryStrategy):
     cross-entropy covers the new rows only (the strategy replaces the learner's). Output units
     added after a sample was stored (growing or per-task heads) are left out of its MSE. The
     gradient norm is clipped at ``max_grad_norm``: matching large logits can otherwise make SGD
-    diverge (it did on Split Fashion-MNIST). Defaults were tuned on Split MNIST-5k (3 epochs,
-    SGD 0.01).
+    diverge (it did on Split Fashion-MNIST). With ``augment`` replayed samples are augmented
+    (``retain.models.augment``), their stored logits kept as targets (the paper's). Defaults were
+    tuned on Split MNIST-5k (3 epochs, SGD 0.01).
     """
 
     memory_size: PositiveInt = 200
@@ -43,6 +44,7 @@ class DER(MemoryStrategy):
     store: Literal["end", "stream"] = "end"
     max_grad_norm: PositiveFloat | None = 10.0
     shared: bool = False
+    augment: bool = False
 
     name = "der"
     paper = 'Buzzega et al. 2020, "Dark Experience for General Continual Learning", NeurIPS'
@@ -59,11 +61,12 @@ class DER(MemoryStrategy):
         if not len(self.memory_):
             return step
         n = -(-self.batch_size // step.shard[1]) if self.batch_size else round(self.ratio * step.incoming)
-        m = self.memory_.sample(n, learner.generator, ("x", "y", "t", "logits"), step.shard)
+        m = self.draw(learner, step, n, ("x", "y", "t", "logits", "slot"))
         step.notes["der"] = m["logits"].to(step.x.device)
+        step.notes["der_slot"] = m["slot"]
         step.append(m["x"], m["y"], m["t"])
         if self.beta > 0 and not self.shared:  # a second, independent memory batch for the label term
-            self.memory_.replay_into(step, n, learner.generator)
+            self.replay(learner, step, n)
         return step
 
     def task_loss(self, learner, step, logits):

@@ -19,11 +19,12 @@ class ERACE(MemoryStrategy):
     new class does not push down the logits of old ones; replayed samples use the usual
     cross-entropy over all classes: the step's loss is ``ACE(new) + CE(replayed)``, the replayed
     rows riding in the same forward pass as the new ones. The reservoir memory is filled as
-    samples stream in.
+    samples stream in. With ``augment`` replayed samples are augmented (``retain.models.augment``).
     """
 
     memory_size: PositiveInt = 200
     batch_size: PositiveInt | None = None
+    augment: bool = False
 
     online = True
     name = "er_ace"
@@ -39,7 +40,7 @@ class ERACE(MemoryStrategy):
     def batch(self, learner, step):
         # Replayed rows join the incoming ones in the learner's forward pass (one graph a step);
         # the incoming ones are offered to the memory after the replayed ones are drawn.
-        step = self.memory_.replay_into(step, self.batch_size or step.incoming, learner.generator)
+        step = self.replay(learner, step, self.batch_size or step.incoming)
         self.offer(learner, step)
         return step
 

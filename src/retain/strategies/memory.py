@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from retain.models.augment import augment
 from retain.strategies.base import Strategy
 from retain.strategies.contract import LearnerView, Step
 
-POLICIES = ("reservoir", "class_balanced", "herding")
+POLICIES = ("reservoir", "class_balanced", "herding", "balanced_reservoir", "loss_aware")
+STREAMED = ("reservoir", "balanced_reservoir", "loss_aware")  # policies that admit samples as reservoir sampling does
 
 
 class Memory:
@@ -22,6 +24,11 @@ class Memory:
     and any extra per-sample tensors a method needs (e.g. DER's logits).
 
     Policies: ``reservoir`` keeps a uniform sample of everything ever offered (Vitter 1985);
+    ``balanced_reservoir`` admits samples as reservoir does but evicts a random sample of the class
+    holding the most slots, and ``loss_aware`` evicts with a probability that grows with the share of
+    the sample's class and falls with its ``score`` (the loss it had when it came; given to
+    :meth:`add`): the class-balanced and loss-aware reservoirs of Buzzega et al. 2020 ("Rethinking
+    Experience Replay: a Bag of Tricks"), here half balance and half ease of each slot;
     ``class_balanced`` gives every class seen so far an equal share (every experience, with
     ``balance="e"``; at most ``cap`` each when set), keeping a random subset of each;
     ``herding`` shares slots the same way but picks, per class, the samples whose running
@@ -81,7 +88,9 @@ class Memory:
                 new[k] = F.pad(v, (0, width - v.shape[1]), value=float("nan"))
         if set(new) != set(self.data):
             raise ValueError(f"memory holds {sorted(self.data)}, got samples with {sorted(new)}")
-        if self.policy == "reservoir":
+        if self.policy == "loss_aware" and "score" not in extra:
+            raise ValueError("the loss_aware policy needs each sample's score (its loss)")
+        if self.policy in STREAMED:
             self._reservoir(new, generator)
         else:
             if self.policy == "herding":
@@ -114,11 +123,30 @@ class Memory:
         if not hit.any():
             return
         src, slot = np.arange(free, n)[hit], j[hit]
+        if self.policy != "reservoir":  # the admitted replace slots their policy picks, one by one
+            for i in src.tolist():
+                victim = self._victim(generator)
+                for k, v in self.data.items():
+                    v[victim] = new[k][i]
+            return
         last = len(slot) - 1 - np.unique(slot[::-1], return_index=True)[1]  # last offer per slot wins
         if len(last):
             slot, src = torch.from_numpy(slot[last]), torch.from_numpy(src[last])
             for k, v in self.data.items():
                 v[slot] = new[k][src]
+
+    def _victim(self, generator: torch.Generator | None) -> int:
+        """The slot a sample admitted to a full ``balanced_reservoir`` or ``loss_aware`` memory replaces."""
+        y = self.data["y"]
+        classes, inverse, counts = y.unique(return_inverse=True, return_counts=True)
+        if self.policy == "balanced_reservoir":
+            largest = (counts[inverse] == counts.max()).nonzero().squeeze(1)
+            return int(largest[torch.randint(len(largest), (1,), generator=generator)])
+        share = counts[inverse].double()
+        score = self.data["score"].double()
+        ease = score.max() - score
+        weight = share / share.sum() + (ease / ease.sum() if ease.sum() > 0 else 1 / len(ease))
+        return int(torch.multinomial(weight, 1, generator=generator))
 
     def _balanced(self, new: dict[str, Tensor]) -> None:
         merged = {k: torch.cat([v, new[k]]) for k, v in self.data.items()}
@@ -135,10 +163,12 @@ class Memory:
                keys: tuple[str, ...] | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, Tensor]:
         """``n`` random samples without replacement (all of them when fewer are stored). With
         ``shard`` (rank, world), ``n`` is this rank's share: ``n * world`` are drawn (the same on
-        every rank) and the rank keeps every ``world``-th from ``rank``."""
+        every rank) and the rank keeps every ``world``-th from ``rank``. The key ``"slot"`` gives
+        the samples' places in the memory (to write a sample's values back)."""
         rank, world = shard
         idx = torch.randperm(len(self), generator=generator)[:n * world][rank::world]
-        return {k: self.data[k].index_select(0, idx.to(self.data[k].device)) for k in keys or self.data}
+        return {k: idx if k == "slot" else self.data[k].index_select(0, idx.to(self.data[k].device))
+                for k in keys or self.data}
 
     def replay_into(self, step: Step, n: int, generator: torch.Generator | None = None) -> Step:
         """``step`` with ``n`` random memory samples appended to its batch (as is when empty)."""
@@ -182,7 +212,7 @@ class Memory:
         if n > self.size:
             return f"it holds {n} rows, more than its size of {self.size}"
         full = min(seen, self.size)
-        if n > full or (seen > 0) != (n > 0) or (self.policy == "reservoir" and n != full):
+        if n > full or (seen > 0) != (n > 0) or (self.policy in STREAMED and n != full):
             return f"it holds {n} rows after {seen} offered, which its {self.policy} policy never leaves"
         return None
 
@@ -268,8 +298,31 @@ class MemoryStrategy(Strategy):
             return (new * parts[0] + weight * replayed * parts[1]) / total
         return weighted_cross_entropy(logits, y, (new, replayed), (1 / total, weight / total))
 
-    def offer(self, learner: LearnerView, step: Step, **extra: Tensor) -> None:
+    def draw(self, learner: LearnerView, step: Step, n: int,
+             keys: tuple[str, ...] = ("x", "y", "t")) -> dict[str, Tensor]:
+        """``n`` random memory samples (this rank's share of the step), their inputs augmented as the
+        model's modality allows when the method's ``augment`` is on (``retain.models.augment``)."""
+        m = self.memory_.sample(n, learner.generator, keys, step.shard)
+        if getattr(self, "augment", False):
+            m["x"] = augment(learner.model, m["x"].to(step.x.device), learner.generator)
+        return m
+
+    def replay(self, learner: LearnerView, step: Step, n: int) -> Step:
+        """``step`` with ``n`` memory samples (:meth:`draw`) appended to its batch (as is while the memory is empty)."""
+        if not len(self.memory_):
+            return step
+        m = self.draw(learner, step, n)
+        return step.append(m["x"], m["y"], m["t"])
+
+    def offer(self, learner: LearnerView, step: Step, scored_by: Tensor | None = None, **extra: Tensor) -> None:
         """Offer the step's incoming rows to the memory once: on the first step taken on them
-        (``step.fresh``), not again on later steps or epochs over the same samples."""
-        if step.fresh:
-            self.memory_.add(*step.new(), step.experience_id, generator=learner.generator, **extra)
+        (``step.fresh``), not again on later steps or epochs over the same samples. A ``loss_aware``
+        memory scores them by their cross-entropy under ``scored_by`` (the step's logits)."""
+        if not step.fresh:
+            return
+        if self.memory_.policy == "loss_aware":
+            if scored_by is None:
+                raise ValueError(f"{self.name}: its memory's loss_aware policy needs the step's logits")
+            new = step.incoming
+            extra["score"] = F.cross_entropy(scored_by[:new].detach(), step.y[:new], reduction="none")
+        self.memory_.add(*step.new(), step.experience_id, generator=learner.generator, **extra)

@@ -24,8 +24,10 @@ class Replay(MemoryStrategy):
     Fashion-MNIST but lost 3 points on keywords. Online (``update="stream"``, one step a batch),
     weight 2 trades prequential accuracy for final accuracy (``benchmarks/ONLINE.md``'s stream:
     63.4 vs 69.5% prequential, 78.0 vs 73.8% final, against weight 1).
-    After each experience its samples are offered to the memory, which keeps a
-    ``class_balanced``, ``reservoir`` or ``herding`` selection of at most ``memory_size`` samples.
+    With ``augment``, a replayed sample is shown a fresh augmented view each time (shifted images,
+    masked spectrograms: ``retain.models.augment``). After each experience its samples are offered
+    to the memory, which keeps a ``class_balanced``, ``reservoir`` or ``herding`` selection of at most
+    ``memory_size`` samples.
     With ``update="stream"`` (online ER) incoming batches are offered as they arrive instead,
     after the replayed samples are drawn, so it also works task-free through ``partial_fit``.
     """
@@ -36,6 +38,7 @@ class Replay(MemoryStrategy):
     weight: PositiveFloat = 2.0
     policy: Literal["class_balanced", "reservoir", "herding"] = "class_balanced"
     update: Literal["experience", "stream"] = "experience"
+    augment: bool = False
 
     name = "replay"
     generative = True
@@ -55,7 +58,7 @@ class Replay(MemoryStrategy):
     def batch(self, learner, step):
         # a fixed batch_size is the global batch's: each rank draws its share
         n = -(-self.batch_size // step.shard[1]) if self.batch_size else round(self.ratio * step.incoming)
-        step = self.memory_.replay_into(step, n, learner.generator)
+        step = self.replay(learner, step, n)
         if self.update == "stream":
             self.offer(learner, step)
         return step
