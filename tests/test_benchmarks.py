@@ -28,7 +28,7 @@ SCRIPTS = {
     "lifecycle": None, "distributed": None, "tune": None, "online": "results", "class_il": "results",
     "peer_avalanche": None, "online_throughput": None, "pending": None, "real_keywords": None,
     "speech": "results", "speech_vocabulary": None, "detection": "results", "seq_mnist": "results",
-    "frontier": "results",
+    "frontier": "results", "tricks": "results",
 }
 TIMEOUT = 600  # a hung server or worker fails the test instead of the suite
 # Avalanche lives in its own environment (several GB), which a smoke run never makes: then its row says so.

@@ -1,5 +1,7 @@
 """The strategy zoo: each method's defining property, on digits, in seconds."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,23 @@ def test_every_method_is_listed_with_family_scenarios_defaults_and_paper(capsys)
     for name, cls in STRATEGIES.items():
         assert f"\n{name} " in "\n" + out and cls.paper in out
     assert "memory_size=200" in out and "gradient_projection" in out
+
+
+def test_each_kind_of_stream_has_a_recommended_method_that_can_learn_it(capsys):
+    from retain.strategies import RECOMMENDED
+    from retain.strategies.contract import SCENARIO_KINDS
+
+    assert set(RECOMMENDED) == set(SCENARIO_KINDS)
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    for kind, (name, settings, why) in RECOMMENDED.items():
+        assert kind in STRATEGIES[name].scenarios and why
+        make_strategy(name, **settings)  # settings the method takes
+        given = "".join(f" {k}={v}" for k, v in settings.items())
+        assert f"{kind.split('_')[0]}-incremental streams: {name}{given} (" in out
+    assert main(["strategies", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert {kind for row in rows.values() for kind in row["recommended_for"]} == set(SCENARIO_KINDS)
 
 
 @pytest.mark.parametrize("strategy", [SI(), MAS()], ids=["si", "mas"])
