@@ -132,3 +132,16 @@ def test_xder_teaches_its_stored_logits_the_classes_that_came_later(split_digits
     _, xder = train_matrix(split_digits, [make_strategy("xder", memory_size=100)])
     _, finetune = train_matrix(split_digits, [])
     assert average_accuracy(xder) > average_accuracy(finetune) + 0.3
+
+
+@pytest.mark.parametrize("strategy", [{"name": "er_ace", "policy": "balanced_reservoir"},
+                                      {"name": "replay", "policy": "balanced_reservoir", "update": "stream"}],
+                         ids=["er_ace", "replay"])
+def test_stream_memories_can_balance_their_reservoir(split_digits, strategy):
+    learner = make_learner(split_digits, [make_strategy(memory_size=40, **strategy)], epochs=1)
+    for exp in list(split_digits)[:3]:
+        learner.fit(exp)
+    memory = learner.strategies[0].memory_
+    counts = torch.bincount(memory.y, minlength=6)
+    # the policy reaches the memory (its eviction is tested on a skewed stream above); every class seen is kept
+    assert memory.policy == "balanced_reservoir" and counts.sum() == 40 and bool((counts[:6] > 0).all())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import PositiveInt
@@ -19,12 +21,14 @@ class ERACE(MemoryStrategy):
     new class does not push down the logits of old ones; replayed samples use the usual
     cross-entropy over all classes: the step's loss is ``ACE(new) + CE(replayed)``, the replayed
     rows riding in the same forward pass as the new ones. The reservoir memory is filled as
-    samples stream in. With ``augment`` replayed samples are augmented (``retain.models.augment``).
+    samples stream in (``policy``: a reservoir, or one that evicts from the largest class). With
+    ``augment`` replayed samples are augmented (``retain.models.augment``).
     """
 
     memory_size: PositiveInt = 200
     batch_size: PositiveInt | None = None
     augment: bool = False
+    policy: Literal["reservoir", "balanced_reservoir"] = "reservoir"
 
     online = True
     name = "er_ace"
@@ -35,7 +39,7 @@ class ERACE(MemoryStrategy):
     scenarios = ("class_incremental", "task_incremental")
 
     def __post_init__(self) -> None:
-        self.memory_ = Memory(self.memory_size, "reservoir")
+        self.memory_ = Memory(self.memory_size, self.policy)
 
     def batch(self, learner, step):
         # Replayed rows join the incoming ones in the learner's forward pass (one graph a step);

@@ -36,7 +36,7 @@ class Replay(MemoryStrategy):
     batch_size: PositiveInt | None = None
     ratio: PositiveFloat = 1.0
     weight: PositiveFloat = 2.0
-    policy: Literal["class_balanced", "reservoir", "herding"] = "class_balanced"
+    policy: Literal["class_balanced", "reservoir", "herding", "balanced_reservoir"] = "class_balanced"
     update: Literal["experience", "stream"] = "experience"
     augment: bool = False
 
