@@ -23,6 +23,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import torch
+
 from retain.build import build_stream
 from retain.config import RunConfig
 from retain.experiment import run_method
@@ -66,6 +68,12 @@ def config(order: int, per_class: int | None, label: str, strategies: list, seed
 def filled(strategies: list, memory: int) -> list:
     return [{k: (memory if v == "{memory}" else v) for k, v in s.items()} if isinstance(s, dict) else s
             for s in strategies]
+
+
+def one_thread() -> None:
+    """Each worker trains on one thread: two workers with torch's default of one thread per core would
+    oversubscribe the cores (and a different thread count rounds differently: DER++ swings with it)."""
+    torch.set_num_threads(1)
 
 
 def one(job: tuple) -> dict:
@@ -129,7 +137,7 @@ def main() -> None:
     jobs = [(m, mem, o, s, per_class, epochs) for m in methods for mem in memories for o in orders for s in seeds]
     jobs += [(m, 0, o, s, per_class, epochs) for m in REFERENCES for o in orders for s in seeds]
     start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+    with ProcessPoolExecutor(max_workers=args.workers, initializer=one_thread) as pool:
         rows = []
         for row in pool.map(one, jobs):
             rows.append(row)
@@ -145,7 +153,8 @@ def main() -> None:
             "# The accuracy frontier: robustness over class orders and seeds\n\n" + __doc__.split("\n\n")[1] + "\n\n"
             f"Command: `python benchmarks/frontier.py --out {args.out} --results {args.results}"
             f"{' --full' if args.full else ''}{chosen}`; {minutes:.0f} minutes on {args.workers} "
-            "processes.\n\n" + table(total) + "\n")
+            "processes (their training seconds vary with what the other process runs; `benchmarks/TRICKS.md` "
+            "times methods in one process).\n\n" + table(total) + "\n")
     print(table(total))
 
 

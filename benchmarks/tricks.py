@@ -71,7 +71,9 @@ def one(job: tuple) -> dict:
 
 
 def warm_up() -> None:
-    """A worker's first training pays for setting torch up (about a second here): not a method's cost."""
+    """One thread a worker (as frontier.py's), and a first training that pays for setting torch up (about a
+    second here), which is no method's cost."""
+    frontier.one_thread()
     one(("derpp", "mnist5k", 0, 0, 10, 1))
 
 
