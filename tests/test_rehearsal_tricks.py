@@ -75,12 +75,16 @@ def test_cls_er_scores_its_loss_aware_memory_by_each_rows_loss(split_digits):
 def test_learning_rate_decays_to_its_share_by_an_experiences_last_step(split_digits, tmp_path):
     learner = make_learner(split_digits, epochs=2, lr=0.05)
     learner.lr_decay = 0.1
+    rates = []
+    original = learner._step
+    learner._step = lambda step: (rates.append(learner.optimizer.groups[0][1]), original(step))
     learner.fit(split_digits[0])
-    steps = learner.steps_
-    # the last step ran at 0.005; the optimizer holds the rate one step further down
-    assert learner.optimizer.groups[0][1] == pytest.approx(0.005 * 0.1 ** (1 / (steps - 1)))
+    first = len(rates)
     learner.fit(split_digits[1])  # each experience starts again from lr
-    assert learner.optimizer.groups[0][1] == pytest.approx(0.005 * 0.1 ** (1 / (learner.steps_ - steps - 1)))
+    for run in (rates[:first], rates[first:]):
+        assert run[0] == pytest.approx(0.05) and run[-1] == pytest.approx(0.005)
+        assert all(b < a for a, b in zip(run, run[1:], strict=False))
+    assert learner.optimizer.groups[0][1] == pytest.approx(0.05)  # an online update after the fit steps at lr
     assert Learner.load(learner.save(tmp_path / "saved")).lr_decay == 0.1
     with pytest.raises(ValueError, match="lr_decay must be a number in"):
         Learner(make_model("mlp", (4,), 2), lr_decay=0.0)
@@ -145,3 +149,37 @@ def test_stream_memories_can_balance_their_reservoir(split_digits, strategy):
     counts = torch.bincount(memory.y, minlength=6)
     # the policy reaches the memory (its eviction is tested on a skewed stream above); every class seen is kept
     assert memory.policy == "balanced_reservoir" and counts.sum() == 40 and bool((counts[:6] > 0).all())
+
+
+def test_xder_never_lets_a_later_class_beat_a_negative_stored_answer():
+    strategy = make_strategy("xder", memory_size=4)
+    strategy.memory_.add(torch.zeros(2, 3), torch.tensor([0, 0]), logits=torch.tensor([[-2.0, 0.0, 0.0, 0.0]] * 2))
+    strategy.current_ = [2, 3]
+    strategy._update_logits(torch.tensor([0, 1]), torch.tensor([[0.0, 0.0, 1.0, -3.0], [0.0, 0.0, -4.0, -5.0]]))
+    logits = strategy.memory_.logits
+    assert logits[0, 2:].tolist() == pytest.approx([-2.3, -6.3])  # both shifted by 3.3: the highest 0.3 under -2
+    assert logits[1, 2:].tolist() == [-4.0, -5.0]  # already below: kept
+
+
+def test_xder_learns_later_classes_with_a_growing_head(split_digits):
+    strategy = make_strategy("xder", memory_size=40)
+    learner = make_learner(split_digits, [make_strategy("growing_head"), strategy], epochs=1)
+    for exp in list(split_digits)[:3]:
+        learner.fit(exp)
+    mem = strategy.memory_
+    old = mem.logits[mem.e == 0]
+    assert old.shape[1] == 6 and bool(torch.isfinite(old).all())  # the later classes' columns are filled
+
+
+def test_weight_aligning_leaves_a_class_an_experience_brings_back_alone(split_digits):
+    from retain.data import Experience
+
+    strategy = make_strategy("weight_aligning")
+    learner = make_learner(split_digits, [Replay(40), strategy], epochs=1)
+    learner.fit(split_digits[0])
+    first = split_digits[0]
+    mixed = Experience(torch.cat([first.x_train, split_digits[1].x_train]),
+                       torch.cat([first.y_train, split_digits[1].y_train]), first.x_test, first.y_test, id=1)
+    learner.fit(mixed)
+    norms = torch.cat([layer.weight.detach().norm(dim=1) for layer, _ in class_rows(learner.model.head)])
+    assert float(norms[[2, 3]].mean()) == pytest.approx(float(norms[[0, 1]].mean()), rel=1e-5)

@@ -401,6 +401,7 @@ class Learner(Trainer):
         epochs = 0 if any(s.closed_form for s in self.strategies) else (epochs or self.epochs)
         # the factor each step multiplies the learning rates by: lr_decay over the experience's steps
         decay = self.lr_decay ** (1 / max(1, epochs * -(-len(y) // self.batch_size) - 1))
+        decayed = 0
         for epoch in range(epochs):
             fresh = incoming and epoch == 0
             order = torch.randperm(len(y), generator=self.generator)
@@ -421,6 +422,9 @@ class Learner(Trainer):
                                     shard=(rank, world)))
                     if decay != 1:
                         scale_lr(self.optimizer, decay)
+                        decayed += 1
+        if decayed:  # online updates after the fit (partial_fit) step at lr again, as after a reload
+            scale_lr(self.optimizer, decay ** -decayed)
         self._check_finite(experience)
         self._recalibrate_norms(x, t)
         self._remember(experience)

@@ -16,9 +16,10 @@ from torch import Tensor, nn
 
 
 def modality(model: nn.Module) -> str:
-    """``"log_mel"``, ``"image"`` or ``"none"``: what :func:`augment` does to ``model``'s inputs."""
-    backbone = getattr(model, "backbone", model)
-    return getattr(backbone, "inputs", "image")
+    """``"log_mel"``, ``"image"`` or ``"none"``: what :func:`augment` does to ``model``'s inputs, as the
+    model or its backbone declares (``inputs``); a model that declares nothing is taken to see images."""
+    declared = getattr(model, "inputs", None)
+    return declared if isinstance(declared, str) else getattr(getattr(model, "backbone", model), "inputs", "image")
 
 
 def augment(model: nn.Module, x: Tensor, generator: torch.Generator) -> Tensor:

@@ -76,6 +76,8 @@ class Memory:
             t = torch.zeros(n, dtype=torch.long)
         if isinstance(e, int):
             e = torch.full((n,), e, dtype=torch.long)
+        if self.policy == "loss_aware" and "score" not in extra:
+            raise ValueError("the loss_aware policy needs each sample's score (its loss)")
         new = {"x": x, "y": y, "t": t, "e": e, **extra}
         new = {k: (v.detach() if v.requires_grad else v).cpu() for k, v in new.items()}
         if not self.data:
@@ -88,8 +90,6 @@ class Memory:
                 new[k] = F.pad(v, (0, width - v.shape[1]), value=float("nan"))
         if set(new) != set(self.data):
             raise ValueError(f"memory holds {sorted(self.data)}, got samples with {sorted(new)}")
-        if self.policy == "loss_aware" and "score" not in extra:
-            raise ValueError("the loss_aware policy needs each sample's score (its loss)")
         if self.policy in STREAMED:
             self._reservoir(new, generator)
         else:
@@ -194,7 +194,8 @@ class Memory:
         """Why ``data``, after ``seen`` samples offered, is not a state of this memory, or None."""
         n = 0
         if data:
-            missing = sorted({"x", "y", "t", "e"} - set(data))
+            needed = {"x", "y", "t", "e"} | ({"score"} if self.policy == "loss_aware" else set())
+            missing = sorted(needed - set(data))
             if missing:
                 return f"its samples have no {', '.join(missing)}"
             if any(v.dim() == 0 for v in data.values()):

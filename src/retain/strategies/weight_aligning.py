@@ -31,7 +31,8 @@ class WeightAligning(Strategy):
     classes grow longer than the old ones', so new classes win most close calls (the recency bias every
     replay method shows in class-incremental learning). After each experience the rows (weights and
     bias) of the classes it brought are scaled by the mean norm of the old classes' weight rows over the
-    mean norm of theirs, which puts them on equal footing; nothing is trained. Compose it after a replay
+    mean norm of theirs, which puts them on equal footing (classes it brings back keep theirs); nothing is
+    trained. Compose it after a replay
     method (``[derpp, weight_aligning]``): it is the bias-control trick of the rehearsal "bag of tricks"
     (Buzzega et al. 2020), in its closed form.
     """
@@ -41,8 +42,12 @@ class WeightAligning(Strategy):
     family = "architecture"  # it rescales the head; nothing is learned or kept
     scenarios = ("class_incremental",)
 
+    def before_experience(self, learner, ctx) -> None:
+        ctx.notes[self.name] = set(learner.seen_classes_)  # a class the experience brings back is not new
+
     def after_experience(self, learner, ctx) -> None:
-        new = set(ctx.classes)
+        known = ctx.notes.get(self.name, set())
+        new = set(ctx.classes) - known
         old = [c for c in learner.seen_classes_ if c not in new]
         if not old or not new:
             return
