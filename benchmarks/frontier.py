@@ -20,6 +20,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -74,6 +75,20 @@ def one_thread() -> None:
     """Each worker trains on one thread: two workers with torch's default of one thread per core would
     oversubscribe the cores (and a different thread count rounds differently: DER++ swings with it)."""
     torch.set_num_threads(1)
+
+
+def run_jobs(one_job: Callable[[tuple], dict], jobs: list[tuple], workers: int, where: str,
+             initializer: Callable[[], None] = one_thread) -> tuple[list[dict], float]:
+    """Every job's row (``one_job(job)``, in ``workers`` processes of one thread), each printed as it comes
+    with its ``where`` field, and the minutes it all took."""
+    start = time.perf_counter()
+    rows = []
+    with ProcessPoolExecutor(max_workers=workers, initializer=initializer) as pool:
+        for row in pool.map(one_job, jobs):
+            rows.append(row)
+            print(f"{row['method']} {row[where] or ''} order {row['order']} seed {row['seed']}: {row['acc']:.1f}",
+                  flush=True)
+    return rows, (time.perf_counter() - start) / 60
 
 
 def one(job: tuple) -> dict:
@@ -136,18 +151,11 @@ def main() -> None:
         per_class, epochs = SMOKE["per_class"], SMOKE["epochs"]
     jobs = [(m, mem, o, s, per_class, epochs) for m in methods for mem in memories for o in orders for s in seeds]
     jobs += [(m, 0, o, s, per_class, epochs) for m in REFERENCES for o in orders for s in seeds]
-    start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.workers, initializer=one_thread) as pool:
-        rows = []
-        for row in pool.map(one, jobs):
-            rows.append(row)
-            print(f"{row['method']} {row['memory'] or ''} order {row['order']} seed {row['seed']}: {row['acc']:.1f}",
-                  flush=True)
+    rows, minutes = run_jobs(one, jobs, args.workers, "memory")
     total = summary(rows)
     chosen = ("" if methods == list(METHODS) else " --methods " + " ".join(methods)) + (
         "" if seeds == SEEDS else " --seeds " + " ".join(map(str, seeds)))
     Path(args.out).write_text(json.dumps(rows + total, indent=1))
-    minutes = (time.perf_counter() - start) / 60
     if args.results:
         Path(args.results).write_text(
             "# The accuracy frontier: robustness over class orders and seeds\n\n" + __doc__.split("\n\n")[1] + "\n\n"

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import class_il
@@ -130,16 +128,9 @@ def main() -> None:
         variants, per_class, epochs = SMOKE["variants"], SMOKE["per_class"], SMOKE["epochs"]
         streams = {s: SMOKE["runs"] for s in STREAMS}
     jobs = [(v, s, o, seed, per_class, epochs) for v in variants for s, runs in streams.items() for o, seed in runs]
-    start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.workers, initializer=warm_up) as pool:
-        rows = []
-        for row in pool.map(one, jobs):
-            rows.append(row)
-            print(f"{row['method']} {row['stream']} order {row['order']} seed {row['seed']}: {row['acc']:.1f}",
-                  flush=True)
+    rows, minutes = frontier.run_jobs(one, jobs, args.workers, "stream", initializer=warm_up)
     total = summary(rows)
     Path(args.out).write_text(json.dumps(rows + total, indent=1))
-    minutes = (time.perf_counter() - start) / 60
     if args.results:
         Path(args.results).write_text(
             "# The rehearsal tricks, one at a time\n\n" + __doc__.split("\n\n")[1] + "\n\n"
