@@ -62,7 +62,8 @@ def one(job: tuple) -> dict:
                 update={"max_train_per_class": per_class})})
     else:
         cfg = frontier.config(order, per_class or 600, label, strategies, seed, epochs)
-    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"threads": 1} | training)})
+    if training:  # the threads are the worker's (frontier.one_thread): run_method reads no config's
+        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=training)})
     result = run_method(build_stream(cfg), cfg, cfg.strategies[0], seed)
     return {"row": "run", "method": label, "stream": stream, "order": order, "seed": seed,
             "acc": 100 * result.metrics.acc, "train_seconds": result.metrics.train_seconds}
