@@ -14,14 +14,19 @@ DEBIAN := dataset-fashion-mnist fortunes fortunes-min fortunes-de fortunes-es fo
 MNIST := $(or $(RETAIN_MNIST),$(or $(XDG_DATA_HOME),$(HOME)/.local/share)/retain/mnist)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench bench-backbones bench-llm clean data
+.PHONY: run test types lint bench bench-backbones bench-llm clean data docs
 
 run: $(VENV)/.installed data
 	$(PY) examples/loop_demo.py --out runs/loop
 
 test: $(VENV)/.installed data
-	$(PY) -m ruff check src tests benchmarks examples conftest.py
-	$(PY) -m pytest -n 2  # both cores: torch is pinned to one thread a test (conftest.py)
+	$(PY) -m ruff check src tests benchmarks examples docs conftest.py
+	$(PY) -m pytest -n 2  # both cores: torch is pinned to one thread a test (conftest.py); mypy, the site and the
+	                      # wheel are checked there too (tests/test_types.py, test_docs.py, test_packaging.py)
+
+# The type check alone (strict, [tool.mypy] in pyproject.toml); make test runs it in tests/test_types.py.
+types: $(VENV)/.installed
+	$(PY) -m mypy
 
 bench: $(VENV)/.installed data
 	$(PY) benchmarks/class_il.py --out benchmarks/results/class_il.json --results benchmarks/RESULTS.md
@@ -32,6 +37,12 @@ bench-llm: $(VENV)/.installed data
 
 bench-backbones: $(VENV)/.installed data
 	$(PY) benchmarks/backbones.py --out benchmarks/results/backbones.json --results benchmarks/BACKBONES.md
+
+# The documentation site, into build/site: the API reference pages rewritten from each package's __all__, then
+# mkdocs --strict (a broken link or a reference it cannot resolve fails). Offline: no fonts or inventories fetched.
+docs: $(VENV)/.installed
+	$(PY) docs/gen_reference.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 data: $(MNIST)/train-images-idx3-ubyte
 	@missing=$$(for p in $(DEBIAN); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

@@ -11,3 +11,11 @@ import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # for any subprocess a test starts
 torch.set_num_threads(1)
+
+# The longest single tests (a fresh virtual environment with the wheel; mypy over the package): started first,
+# so that they run beside the rest instead of ending the run alone on one worker.
+FIRST = ("tests/test_packaging.py", "tests/test_types.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(FIRST))

@@ -7,9 +7,9 @@ import retain
 
 # Lower numbers sit lower; a module may import a package of a lower rank, or its own package.
 RANK = {
-    "util": 0, "metrics": 1, "data": 1, "models": 2, "quality": 2, "strategies": 3, "engine": 4, "store": 5,
-    "config": 6, "monitor": 6, "build": 7, "checks": 8, "experiment": 8, "tasks": 8, "loop": 9, "__init__": 9,
-    "tuning": 10, "translation": 10, "export_model": 10, "service": 11, "cli": 12, "__main__": 13,
+    "extras": 0, "util": 0, "metrics": 1, "data": 1, "models": 2, "quality": 2, "strategies": 3, "engine": 4,
+    "store": 5, "config": 6, "monitor": 6, "build": 7, "checks": 8, "experiment": 8, "tasks": 8, "loop": 9,
+    "__init__": 9, "tuning": 10, "translation": 10, "export_model": 10, "service": 11, "cli": 12, "__main__": 13,
 }
 SRC = pathlib.Path(retain.__file__).parent
 

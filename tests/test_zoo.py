@@ -43,6 +43,23 @@ def test_every_method_is_listed_with_family_scenarios_defaults_and_paper(capsys)
     assert "memory_size=200" in out and "gradient_projection" in out
 
 
+def test_type_checkers_see_every_method_the_package_exports():
+    """A user's mypy or pyright sees ``from retain.strategies import Replay``: the package names each method for
+    them in its TYPE_CHECKING block, which must follow the files (discover() exports them at run time)."""
+    import ast
+    from pathlib import Path
+
+    import retain.strategies as package
+
+    tree = ast.parse(Path(package.__file__).read_text())
+    typed = {(node.module, alias.name) for block in tree.body if isinstance(block, ast.If)
+             and getattr(block.test, "id", None) == "TYPE_CHECKING"
+             for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    found = {(cls.__module__, cls.__name__) for cls in package.STRATEGIES.values()}
+    assert typed == found, ("retain/strategies/__init__.py's TYPE_CHECKING block must import exactly the methods: "
+                            f"add {sorted(found - typed)}, drop {sorted(typed - found)}")
+
+
 def test_each_kind_of_stream_has_a_recommended_method_that_can_learn_it(capsys):
     from retain.strategies import RECOMMENDED
     from retain.strategies.contract import SCENARIO_KINDS

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from retain.data import Experience, Stream
     from retain.engine import Learner
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["Experience", "Learner", "Stream", "__version__"]
 _LAZY = {"Experience": "retain.data", "Stream": "retain.data", "Learner": "retain.engine"}
 

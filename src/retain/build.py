@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +29,8 @@ def build_raw_stream(cfg: RunConfig) -> Stream:
     """The stream of raw inputs (images, token ids, waveforms) the config describes."""
     sc = cfg.scenario
     if sc.dataset == "files":
+        if sc.path is None:  # left out only by the loop's configs, whose batches come one by one
+            raise ValueError("scenario.path: dataset files needs the folder of batch folders")
         return load_stream(sc.path, **sc.files.options())
     data = load_dataset(sc.dataset, sc.path, sc.test_fraction, sc.split_seed)
     if sc.max_train_per_class or sc.max_test_per_class:
@@ -50,15 +53,16 @@ def frozen_backbone(name: str, image_size: int) -> torch.nn.Module:
 
 def backbone_encoder(cfg: RunConfig) -> LazyEncoder:
     """The frozen feature extractor of ``cfg.model.backbone``, built on first use."""
-    m = cfg.model
-    return LazyEncoder(backbone_id(m.backbone, m.image_size), lambda: frozen_backbone(m.backbone, m.image_size))
+    m, backbone = cfg.model, cfg.model.backbone
+    assert backbone is not None  # asked for only of a config with a frozen backbone
+    return LazyEncoder(backbone_id(backbone, m.image_size), lambda: frozen_backbone(backbone, m.image_size))
 
 
 def feature_cache(cfg: RunConfig) -> FeatureCache | None:
-    if cfg.model.feature_cache is None:
+    folder = cfg.model.feature_cache
+    if folder is None:
         return None
-    return FeatureCache(cache_dir() / "features" if cfg.model.feature_cache == "default" else cfg.model.feature_cache,
-                        writes=distributed.is_main())
+    return FeatureCache(cache_dir() / "features" if folder == "default" else Path(folder), writes=distributed.is_main())
 
 
 def sharded_encode(encoder: torch.nn.Module, x: Tensor, batch_size: int, desc: str, progress: bool) -> Tensor:

@@ -18,21 +18,22 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from retain.data import Experience, Stream, class_incremental, load_dataset, permuted, task_incremental
+from retain.data.datasets import Dataset
 from retain.data.scenes import detection_stream, pack, unpack
 from retain.engine import Learner
 from retain.engine.detection import DetectionLearner, applies_to_detection
 from retain.engine.generative import GenerativeLearner
 from retain.metrics.detection import Boxes, mean_average_precision
-from retain.models import make_model
+from retain.models import Classifier, make_model
 from retain.models.detector import Detector
 from retain.models.generative import LanguageModel
-from retain.strategies import EWC, Replay, Strategy, describe, implements
-from retain.strategies.contract import HOOKS, LEARNER_VIEW, SCENARIO_KINDS
+from retain.strategies import Strategy, describe, implements, make_strategy
+from retain.strategies.contract import HOOKS, LEARNER_VIEW, SCENARIO_KINDS, LearnerView
 
 HOOK_PARAMETERS = {"before_experience": ["learner", "ctx"], "batch": ["learner", "step"],
                    "task_loss": ["learner", "step", "logits"], "loss": ["learner", "step", "logits"],
@@ -45,21 +46,24 @@ class Bench:
     learner is a :class:`~retain.engine.detection.DetectionLearner` (a method that needs one)."""
 
     stream: Stream
-    model: Callable[[], torch.nn.Module]
+    model: Callable[[], Classifier | Detector]
     detector: bool = False
 
     def learner(self, strategies: list[Strategy], seed: int = 0) -> Learner | DetectionLearner:
         torch.manual_seed(seed)
+        model = self.model()
         if self.detector:
-            return DetectionLearner(self.model(), strategies, epochs=1, lr=1e-3, batch_size=8, seed=seed)
-        return Learner(self.model(), strategies, epochs=1, lr=0.05, seed=seed, device="cpu")
+            assert isinstance(model, Detector)
+            return DetectionLearner(model, strategies, epochs=1, lr=1e-3, batch_size=8, seed=seed)
+        assert isinstance(model, Classifier)
+        return Learner(model, strategies, epochs=1, lr=0.05, seed=seed, device="cpu")
 
     def load(self, folder: str) -> Learner | DetectionLearner:
         return DetectionLearner.load(folder) if self.detector else Learner.load(folder, device="cpu")
 
     def score(self, learner: Learner | DetectionLearner, experience: Experience) -> float:
         """Accuracy on the experience's test split (a detector: mAP@0.5 over its classes)."""
-        if not self.detector:
+        if isinstance(learner, Learner):
             return learner.score(experience)
         truth = [Boxes(b, labels) for b, labels in unpack(experience.y_test)]
         return mean_average_precision(learner.detect(experience.x_test), truth, experience.classes)["map50"] or 0.0
@@ -68,8 +72,8 @@ class Bench:
 @functools.cache
 def _digits_stream(kind: str) -> Stream:
     data = load_dataset("digits")
-    builders = {"class_incremental": class_incremental, "task_incremental": task_incremental,
-                "domain_incremental": permuted}
+    builders: dict[str, Callable[[Dataset, int], Stream]] = {
+        "class_incremental": class_incremental, "task_incremental": task_incremental, "domain_incremental": permuted}
     return builders[kind](data, 5)
 
 
@@ -168,7 +172,7 @@ def check_save_load_continues_bit_exactly(cls: type[Strategy]) -> None:
     """Saved after two experiences and reloaded, the learner trains the third to the same bits."""
     b = bench(cls)
     learner = b.learner([cls()])
-    for exp in b.stream[:2]:
+    for exp in b.stream.experiences[:2]:
         learner.fit(exp)
     loaded = _reloaded_trains_alike(learner, b.load, b.stream[2], f"{cls.name}: ")
     a, z = learner.strategies[0].state_dict(), loaded.strategies[0].state_dict()
@@ -186,7 +190,7 @@ def check_loading_a_fresh_state_resets(cls: type[Strategy]) -> None:
     learner = b.learner([trained])
     learner.fit(b.stream[0])
     empty = fresh.state_dict()
-    trained.load_state_dict(empty, learner)
+    trained.load_state_dict(empty, cast(LearnerView, learner))  # a detection learner is read alike
     again = trained.state_dict()
     expect(again.keys() == empty.keys() and all(
         torch.equal(v, again[k]) if isinstance(v, torch.Tensor) else v == again[k] for k, v in empty.items()),
@@ -225,6 +229,7 @@ def check_online_flag(cls: type[Strategy]) -> None:
     exp = b.stream[0]
     x, y, t = exp.x_train[:8], exp.y_train[:8], exp.train_tasks()[:8]
     learner = b.learner([cls()])
+    assert isinstance(learner, Learner)  # not a detector's
     if cls().supports_online():
         learner.partial_fit(x, y, t, steps=2)
         expect(learner.steps_ == 2 and learner.samples_seen_ == 8, f"{cls.name}: partial_fit took no steps")
@@ -264,7 +269,8 @@ def check_composes_with_replay_and_ewc(cls: type[Strategy]) -> None:
     weights, unless both replace the task loss, which the learner refuses at once."""
     b = bench(cls)
     # a detector's rows have no one class: its replay keeps a reservoir
-    for other in (Replay(60, policy="reservoir") if b.detector else Replay(60), EWC()):
+    replay = make_strategy("replay", memory_size=60, **({"policy": "reservoir"} if b.detector else {}))
+    for other in (replay, make_strategy("ewc")):
         if type(other) is cls:
             continue
         both_replace = implements(cls(), "task_loss") and implements(other, "task_loss")
@@ -274,7 +280,7 @@ def check_composes_with_replay_and_ewc(cls: type[Strategy]) -> None:
             expect(both_replace and "each replace the task loss" in str(err), f"{cls.name}+{other.name}: {err}")
             continue
         expect(not both_replace, f"{cls.name}+{other.name}: two task losses were accepted")
-        for exp in b.stream[:2]:
+        for exp in b.stream.experiences[:2]:
             learner.fit(exp)
         expect(all(torch.isfinite(p).all() for p in learner.model.parameters()), f"{cls.name}+{other.name}: NaN")
         expect(0.0 <= b.score(learner, b.stream[0]) <= 1.0, f"{cls.name}+{other.name}: no accuracy")
@@ -305,7 +311,7 @@ def learner_access_problems(source: str) -> list[str]:
     return problems
 
 
-def _token_rows(learner: GenerativeLearner, direction: int) -> Experience:
+def _token_rows(learner: GenerativeLearner[LanguageModel], direction: int) -> Experience:
     """Eight tiny prompt/target pairs of one direction as token rows (``direction``: their tag)."""
     g = torch.Generator().manual_seed(direction)
     words = ["".join(chr(97 + int(c)) for c in torch.randint(0, 26, (4,), generator=g)) for _ in range(16)]
@@ -354,7 +360,7 @@ def check_runs_under_the_detection_learner(cls: type[Strategy]) -> None:
         return
     fits = {"policy": "reservoir"} if "policy" in getattr(cls, "__dataclass_fields__", {}) else {}
     learner = b.learner([cls(**fits)])
-    for exp in b.stream[:2]:
+    for exp in b.stream.experiences[:2]:
         learner.fit(exp)
     _reloaded_trains_alike(learner, b.load, b.stream[2], f"{cls.name} under the detection learner: ")
     size = _state_bytes(learner.strategies[0])

@@ -37,6 +37,8 @@ HEAD_STRATEGY = {"growing": "growing_head", "per_task": "task_heads"}
 MAX_LAYER_WEIGHTS = 1 << 28  # between two hidden layers: 1 GiB of float32 weights, far above any real model's
 MAX_THREADS = 1024  # training.threads: torch (and the OpenMP of scikit-learn, numpy) cannot start many more
 MAX_YAML_VALUES = 100_000  # in a config file once its aliases are expanded; a real config holds hundreds
+Objective = Literal["accuracy", "train_seconds", "peak_mb"]  # what retain tune optimises
+Mode = Literal["offline", "online", "hybrid"]  # how a run's stream arrives
 
 
 def _numbers(annotation: Any) -> bool:
@@ -83,6 +85,7 @@ class _Strict(BaseModel):
     def _no_yes_no_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """A yes/no is refused where a number is expected, here and in a section's own settings (promotion, gate,
         hybrid): pydantic would read ``memory_size: true`` as 1."""
+        assert info.field_name is not None  # a field's validator
         annotation = cls.model_fields[info.field_name].annotation
         if _yes_no_for_number(value, annotation):
             raise ValueError(_yes_no(value))
@@ -113,6 +116,7 @@ class FilesConfig(_Strict):
 class ScenarioConfig(_Strict):
     """Which data, cut into which stream (``dataset: files`` reads a folder of batches, ``path``)."""
 
+    # a Literal of the registry's names, built at import: mypy takes only values written out
     dataset: Literal[(*DATASETS, "files")]  # type: ignore[valid-type]
     path: str | None = Field(None, description="folder of batches (files), or of the IDX files (fashion_mnist)")
     files: FilesConfig = Field(default_factory=FilesConfig)
@@ -131,6 +135,8 @@ class ScenarioConfig(_Strict):
             return DATASETS[self.dataset].modality
         from retain.data.files import FileError, modality_of
 
+        if self.path is None:
+            raise ValueError("scenario.path: dataset files needs the folder of batch folders to tell what it holds")
         try:
             return modality_of(self.path, self.files.text)
         except FileError as err:
@@ -174,7 +180,7 @@ class ModelConfig(_Strict):
     hidden: list[Annotated[int, Field(ge=1, le=MAX_SIZE)]] = Field(default_factory=lambda: [256, 256],
                                                                    max_length=MAX_ITEMS)
     head: Literal["fixed", "growing", "per_task"] = "fixed"
-    backbone: Literal[tuple(PRETRAINED)] | None = None  # type: ignore[valid-type]
+    backbone: Literal[tuple(PRETRAINED)] | None = None  # type: ignore[valid-type]  # the registry's names
     adaptation: Literal["frozen", "lora", "full"] = "frozen"
     lora_rank: int = Field(8, ge=1, le=MAX_LORA_RANK)
     image_size: int = Field(64, ge=1, le=MAX_SIZE, description="side the image backbone resizes inputs to")
@@ -224,7 +230,7 @@ class TrainingConfig(_Strict):
     @field_validator("threads")
     @classmethod
     def _threads(cls, value: int | str) -> int | str:
-        if value != "auto" and not 1 <= value <= MAX_THREADS:
+        if isinstance(value, int) and not 1 <= value <= MAX_THREADS:
             raise ValueError(f"give auto or a number of threads from 1 to {MAX_THREADS}, got {value}")
         return value
 
@@ -306,8 +312,8 @@ class TuneConfig(_Strict):
     (the strategies' knobs are declared next to them, under ``search:``)."""
 
     trials: PositiveInt = Field(20, description="trials per method (a resumed study counts the ones done)")
-    objectives: list[Literal["accuracy", "train_seconds", "peak_mb"]] = Field(
-        default_factory=lambda: ["accuracy"], min_length=1,
+    objectives: list[Objective] = Field(
+        default_factory=lambda: list[Objective](["accuracy"]), min_length=1,
         description="accuracy (on the validation slices) alone, or against training time or memory: a Pareto front")
     validation_fraction: float = Field(0.2, gt=0.0, le=0.5, description="of each experience's training rows, "
                                        "held out to score trials (the test sets are read only by the final report)")
@@ -427,7 +433,7 @@ class RunConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     strategies: list[MethodConfig] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    mode: list[Literal["offline", "online", "hybrid"]] = Field(default_factory=lambda: ["offline"], min_length=1)
+    mode: list[Mode] = Field(default_factory=lambda: list[Mode](["offline"]), min_length=1)
     online: OnlineConfig = Field(default_factory=OnlineConfig)
     hybrid: Hybrid = Field(default_factory=Hybrid)
     promotion: PromotionRule = Field(default_factory=PromotionRule)
@@ -462,7 +468,7 @@ class RunConfig(_Strict):
     def _methods(cls, value: Any) -> list[dict[str, Any]]:
         if not isinstance(value, list):
             raise ValueError("strategies must be a list of strategy names or mappings")
-        methods = []
+        methods: list[dict[str, Any]] = []
         for i, entry in enumerate(value):
             if isinstance(entry, MethodConfig):
                 entry = entry.model_dump()
@@ -510,7 +516,7 @@ class RunConfig(_Strict):
                 problem = _needs_problem(strategy, self.model)
                 if problem:
                     raise ValueError(f"strategies.{i}: {problem}")
-                problem = "online" in self.mode and online_problem(strategy)
+                problem = online_problem(strategy) if "online" in self.mode else None
                 if problem:
                     raise ValueError(f"strategies.{i}: {problem}; mode online needs a stream-updated memory "
                                      "(such as update: stream)")
@@ -587,8 +593,8 @@ class _YamlProblem(ValueError):
 class _ConfigLoader(yaml.SafeLoader):
     """YAML as a config is read: safely, with every key of a mapping given once."""
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):  # a !!map tag on another node reaches here too: yaml refuses it
             seen: dict[Any, int] = {}
             for key_node, _ in node.value:
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":

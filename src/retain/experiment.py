@@ -129,6 +129,10 @@ def _run_experiment(cfg: RunConfig, progress: bool, done: dict[str, MethodResult
     total = len(cfg.strategies) * len(cfg.seeds) * (n_train * (len(cfg.mode) - offline) + offline * len(stream))
     several = len(cfg.mode) > 1
     with tqdm(total=total, disable=not progress, unit="", desc=cfg.name) as bar:
+
+        def tick(n: int = 1) -> None:
+            bar.update(n)
+
         for method in cfg.strategies:
             for mode in cfg.mode:
                 label = f"{method.label} [{mode}]" if several else method.label
@@ -140,9 +144,9 @@ def _run_experiment(cfg: RunConfig, progress: bool, done: dict[str, MethodResult
                 for seed in cfg.seeds:
                     bar.set_postfix_str(f"{label} seed {seed}")
                     if mode == "offline":
-                        runs.append(run_method(stream, cfg, method, seed, lambda: bar.update(1)))
+                        runs.append(run_method(stream, cfg, method, seed, tick))
                     else:
-                        runs.append(run_method_online(stream, cfg, method, seed, mode == "hybrid", bar.update))
+                        runs.append(run_method_online(stream, cfg, method, seed, mode == "hybrid", tick))
                 results.methods[label] = MethodResult(method.compose, mode, runs, Summary.of(runs))
                 on_method(results)
     return results

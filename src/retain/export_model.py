@@ -28,13 +28,17 @@ import unicodedata
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.jit._trace import TracerWarning
 
-from retain.util import require
+from retain.extras import require
+
+if TYPE_CHECKING:
+    from retain.models.pretrained import LogMel
 
 FORMATS = ("torchscript", "onnx")
 SCHEMA = "retain-export/1"
@@ -303,7 +307,10 @@ class SpectrumLogMel(nn.Module):
     """:class:`LogMel` with the short-time Fourier transform as a convolution by cosines and sines (ONNX has no
     complex numbers): the same centred, reflect-padded, Hann-windowed frames and power spectrum."""
 
-    def __init__(self, logmel: nn.Module) -> None:
+    basis: Tensor
+    filters: Tensor
+
+    def __init__(self, logmel: "LogMel") -> None:
         super().__init__()
         n_fft = logmel.n_fft
         t = torch.arange(n_fft, dtype=torch.float64)
@@ -332,7 +339,8 @@ class Predictor(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.backbone(self.frozen(x))
-        return self.head(h, torch.zeros(h.shape[0], dtype=torch.long)).softmax(1)
+        probs: Tensor = self.head(h, torch.zeros(h.shape[0], dtype=torch.long)).softmax(1)
+        return probs
 
 
 class TensorModel(nn.Module):
@@ -348,7 +356,8 @@ class TensorModel(nn.Module):
         self.labels, self.columns = labels, columns
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.predictor(self.prepare(x))
+        probs: Tensor = self.predictor(self.prepare(x))
+        return probs
 
 
 class TextModel(nn.Module):
@@ -364,11 +373,13 @@ class TextModel(nn.Module):
         self.labels, self.columns = labels, columns
 
     def forward(self, texts: list[str]) -> Tensor:
-        return self.predictor(self.tokenizer(texts))
+        probs: Tensor = self.predictor(self.tokenizer(texts))
+        return probs
 
     @torch.jit.export
     def tokenize(self, texts: list[str]) -> Tensor:
-        return self.tokenizer(texts)
+        ids: Tensor = self.tokenizer(texts)
+        return ids
 
 
 # -- what a version is made of, and whether a file can hold it ----------------------------------------------------
@@ -490,23 +501,26 @@ def export_model(store: str | Path, out: str | Path, fmt: str = "torchscript", v
         raise ExportError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":  # before any work: what writing and checking an ONNX file needs
         for module in ("onnx", "onnxscript", "onnxruntime"):
-            require(module, "'retain[export]'")
+            require(module, "export")
     project = Project(store)
     if project.kind.name != "classification":
         raise ExportError(f"{store}: a {project.kind.name} store; only classification stores are exported")
     version = project.store.promoted() if version is None else version
     learner = project.store.load(version, device="cpu")
+    assert version is not None  # load refused a store with none promoted
     described = project.store.meta("inputs") or {}
-    modality, shape = described.get("modality"), described.get("shape")
+    modality = described.get("modality")
     if modality is None:
         raise ExportError(f"{store}: the store did not record what its inputs look like; it cannot be exported")
+    shape: list[int] = described["shape"]  # recorded with the modality
     if modality == "text" and fmt == "onnx":
         raise ExportError("a text store cannot be exported to ONNX: ONNX has no operator for its WordPiece "
                           "tokenizer, so the file could not take raw text; use --format torchscript, whose file "
                           "tokenises inside")
     backbone, head = _parts(learner, version)
     names = project.label_names(learner)
-    labels = [names[c] if c < len(names) else str(c) for c in range(head.n_outputs)]
+    n_outputs = cast(int, head.n_outputs)  # every head keeps its class count there
+    labels = [names[c] if c < len(names) else str(c) for c in range(n_outputs)]
     options = project.config.scenario.files.options()
     columns = _columns(project, described) if modality == "tabular" else []
     predictor = Predictor(_frozen(project.config, fmt), backbone, head).eval()
@@ -525,7 +539,7 @@ def export_model(store: str | Path, out: str | Path, fmt: str = "torchscript", v
     partial = out.with_name(f".{out.name}.partial")
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes taken as constants: each is fixed
+            warnings.simplefilter("ignore", TracerWarning)  # shapes taken as constants: each is fixed
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's: still the one torch-only format
             expected = reference(prepare(example))
             if fmt == "torchscript":
@@ -541,7 +555,8 @@ def export_model(store: str | Path, out: str | Path, fmt: str = "torchscript", v
 
 def _torchscript(prepare: nn.Module, predictor: nn.Module, example: Any, labels: list[str], columns: list[str],
                  meta: dict[str, Any], path: Path) -> None:
-    traced = torch.jit.trace(predictor, prepare(example), check_trace=False)
+    traced = torch.jit.trace(  # type: ignore[no-untyped-call]  # torch leaves jit.trace unannotated
+        predictor, prepare(example), check_trace=False)
     wrapper = TextModel if isinstance(prepare, WordPiece) else TensorModel
     module = torch.jit.script(wrapper(torch.jit.script(prepare), traced, labels, columns))
     torch.jit.save(module, str(path), _extra_files={"retain.json": json.dumps(meta, indent=1)})
@@ -569,6 +584,7 @@ def _onnx(prepare: nn.Module, predictor: nn.Module, example: Tensor, input_name:
                           "any model torch runs") from err
     finally:
         quiet.setLevel(level)
+    assert program is not None  # dynamo=True returns the exported program
     proto = program.model_proto
     for key, value in (("retain", json.dumps(meta)), ("labels", json.dumps(meta["labels"])),
                        ("columns", json.dumps(meta["columns"]))):
@@ -579,7 +595,8 @@ def _onnx(prepare: nn.Module, predictor: nn.Module, example: Tensor, input_name:
 def _check(path: Path, fmt: str, example: Any, expected: Tensor) -> None:
     """The written file's probabilities on ``example`` against the version's own (float32 rounding apart)."""
     if fmt == "torchscript":
-        got = torch.jit.load(str(path))(example)
+        loaded = torch.jit.load(str(path))  # type: ignore[no-untyped-call]  # torch leaves jit.load unannotated
+        got = loaded(example)
     else:
         import onnxruntime
 
@@ -600,10 +617,12 @@ def exported_meta(path: str | Path) -> dict[str, Any]:
             name = next((n for n in archive.namelist() if n.endswith("/extra/retain.json")), None)
             if name is None:
                 raise ExportError(f"{path}: a TorchScript file retain did not export (no retain.json inside)")
-            return json.loads(archive.read(name))
+            meta: dict[str, Any] = json.loads(archive.read(name))
+            return meta
     import onnx
 
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     if "retain" not in props:
         raise ExportError(f"{path}: an ONNX file retain did not export (no 'retain' metadata)")
-    return json.loads(props["retain"])
+    meta = json.loads(props["retain"])
+    return meta

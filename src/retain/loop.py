@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from retain.quality import GateReport
 from retain.store import KEPT, Batch, ModelStore, Pending, StoreError, Version
 from retain.tasks import Prediction, Rows, kind_of_config, open_kind
 from retain.tasks.base import TooFewRows
-from retain.tasks.classification import Examples, top_labels
+from retain.tasks.classification import Classification, Examples, top_labels
 from retain.util import slug
 
 __all__ = ["Prediction", "Project", "UpdateResult", "as_json", "top_labels"]
@@ -33,7 +34,17 @@ __all__ = ["Prediction", "Project", "UpdateResult", "as_json", "top_labels"]
 
 @dataclass
 class UpdateResult:
-    """What one update did: the candidate version, whether it was promoted and why, its scores."""
+    """What one update did: the candidate version, whether it was promoted and why, its scores.
+
+    Attributes:
+        version: the candidate's version number; None: the gate refused the batch.
+        promoted: whether the candidate was promoted.
+        reason: why it was promoted or kept aside, and what became of the rows.
+        accuracy: held-out score by batch (the kind's metric, 0-1), the new one included.
+        new_classes: answers no earlier batch brought: label names, or directions.
+        gate: what the data-quality gate found and did.
+        gate_decision: accept, quarantine or refuse.
+    """
 
     version: int | None  # None: the gate refused the batch
     promoted: bool
@@ -50,7 +61,12 @@ def _hash_tensor(hashes: list[str]) -> Tensor:
 
 
 class Project:
-    """A model store, its task kind and the config that trains it (kept in the store)."""
+    """A model store, its task kind and the config that trains it (kept in the store).
+
+    Args:
+        store: the store's folder (made by :meth:`init` or ``retain init``).
+        progress: show progress bars on the long steps (encoding new data, translating).
+    """
 
     def __init__(self, store: str | Path, progress: bool = False) -> None:
         self.store = ModelStore(store)
@@ -67,9 +83,25 @@ class Project:
     def init(cls, config: Any, data: str | Path, store: str | Path, *, held_out: float = 0.2,
              seed: int = 0, progress: bool = False, database: str | None = None) -> tuple[Project, UpdateResult]:
         """A new store whose version 1 is trained on ``data`` (a held-out slice kept aside), promoted.
-        ``config``: a task kind's run config (a :class:`~retain.config.RunConfig` for
-        classification). Its database is SQLite in the store's folder, or the empty one at the URL
-        ``database`` (PostgreSQL, to share the store between hosts)."""
+        Its database is SQLite in the store's folder, or the empty one at the URL ``database``
+        (PostgreSQL, to share the store between hosts).
+
+        Args:
+            config: a task kind's run config (a :class:`~retain.config.RunConfig` for classification).
+            data: the first batch: a file or folder of the kind's rows.
+            store: the folder to make the store in (empty or new).
+            held_out: the share of each batch held out to judge versions on, 0-1 (exclusive).
+            seed: the seed of the held-out draws and of the first learner.
+            progress: show progress bars on the long steps.
+            database: the URL of an empty PostgreSQL database to keep the records in (None: SQLite in the folder).
+
+        Returns:
+            The project on the new store and what its first update did. When the gate refuses the batch,
+            nothing is left behind and the result's version is None.
+
+        Raises:
+            ValueError: ``held_out`` is not between 0 and 1.
+        """
         if not 0 < held_out < 1:
             raise ValueError(f"held_out must be a fraction between 0 and 1, got {held_out}")
         kind = kind_of_config(config)
@@ -94,17 +126,41 @@ class Project:
 
     # -- classification's label names ----------------------------------------------------------
     def labels(self) -> LabelMap:
-        """The store's label names and ids; a batch's new names get the next ids."""
+        """The store's label names and ids; a batch's new names get the next ids.
+
+        Returns:
+            The label map of a classifier's store.
+
+        Raises:
+            StoreError: the store is not a classifier's.
+        """
+        if not isinstance(self.kind, Classification):
+            raise StoreError(f"{self.store.path}: a {self.kind.name} store has no label ids (a classifier's has)")
         return self.kind.label_map()
 
     def label_names(self, learner: Any) -> list[str]:
-        """The name of each of ``learner``'s class ids (see :meth:`Classification.label_names`)."""
+        """The name of each of ``learner``'s class ids (see :meth:`Classification.label_names`).
+
+        Args:
+            learner: a version's learner.
+
+        Returns:
+            The names, by id.
+        """
         return self.kind.label_names(learner)
 
     def retune(self, best: Any, why: str) -> None:
         """Make ``best``'s (a tuned config of the store's kind) training settings and strategy knobs
         the store's (``retain tune STORE --apply``): the next update, from the command line or the
-        service, trains with them. Knobs a deployment cannot change are refused, naming them."""
+        service, trains with them. Knobs a deployment cannot change are refused, naming them.
+
+        Args:
+            best: the tuned config.
+            why: the reason recorded with the change.
+
+        Raises:
+            ValueError: ``best`` changes a knob a deployment cannot change.
+        """
         run = self.kind.retuned(best)
         self.kind.config = self.kind.validate(run)  # validated before it is kept
         self.store.set_config({"task": self.kind.name, "run": run, "held_out": self.held_out_fraction,
@@ -126,17 +182,41 @@ class Project:
         return self.learn_rows(rows, names, source=str(data.resolve()), first=first)
 
     def learn(self, x: Tensor, names: list[str], y: Tensor, t: Tensor | None = None, *, source: str,
-              first: bool = False, feedback: list[int] = ()) -> UpdateResult:
-        """:meth:`update` on a classifier's labelled rows already read: raw inputs ``x`` with label
-        ids ``y`` into ``names`` (the store's label names, then any new ones), from ``source``
-        (``feedback``: the service's feedback rows they are, settled with the version)."""
+              first: bool = False, feedback: Sequence[int] = ()) -> UpdateResult:
+        """:meth:`update` on a classifier's labelled rows already read.
+
+        Args:
+            x: raw inputs, a row each.
+            names: the store's label names, then any new ones.
+            y: label ids into ``names``.
+            t: task ids (None: task 0).
+            source: where the rows came from, named in the records.
+            first: whether they make the store's first version.
+            feedback: the service's feedback rows they are, settled with the version.
+
+        Returns:
+            What the update did.
+        """
         t = torch.zeros(len(y), dtype=torch.long) if t is None else t
         return self.learn_rows(Examples(x, y, t), names, source=source, first=first, feedback=feedback)
 
     def learn_rows(self, rows: Rows, names: list[str], *, source: str, first: bool = False,
-                   feedback: list[int] = ()) -> UpdateResult:
-        """:meth:`update` on rows of the store's kind already read (``names``: a classifier's label
-        names, the store's then any new ones), from ``source`` (named in the records)."""
+                   feedback: Sequence[int] = ()) -> UpdateResult:
+        """:meth:`update` on rows of the store's kind already read.
+
+        Args:
+            rows: the rows.
+            names: a classifier's label names, the store's then any new ones.
+            source: where the rows came from, named in the records.
+            first: whether they make the store's first version.
+            feedback: the service's feedback rows they are, settled with the version.
+
+        Returns:
+            What the update did.
+
+        Raises:
+            StoreError: no version is promoted to update (and ``first`` is not set).
+        """
         self.kind.check(rows, names, source)
         if self.store.promoted() is None and not first:
             raise StoreError(f"{self.store.path}: no version is promoted to update")
@@ -148,7 +228,17 @@ class Project:
     def retry(self, batches: list[str]) -> UpdateResult:
         """Learn again batches whose candidates were kept (pending, held or dropped: see
         :meth:`ModelStore.pending`), on the promoted line, with any other pending ones (``retain
-        update --retry``)."""
+        update --retry``).
+
+        Args:
+            batches: the names of the kept batches to learn again.
+
+        Returns:
+            What the update did.
+
+        Raises:
+            StoreError: no version is promoted, or a name is not a batch waiting to be learned.
+        """
         if self.store.promoted() is None:
             raise StoreError(f"{self.store.path}: no version is promoted to update")
         with self.store.writer():
@@ -161,21 +251,45 @@ class Project:
 
     # -- rows set aside: quarantined by the gate, kept with a candidate ----------------------------
     def review(self, name: str) -> list[dict[str, Any]]:
-        """The rows of a quarantined or kept batch ``name`` as they came (see :meth:`_review`)."""
+        """The rows of a quarantined or kept batch ``name`` as they came (see :meth:`_review`).
+
+        Args:
+            name: the batch's name.
+
+        Returns:
+            One mapping a row: its source, row or file, answer and why it was set aside (empty: none kept).
+        """
         path = self.store.path / "review" / f"{name}.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
     def quarantined(self) -> list[dict[str, Any]]:
         """The batches of rows the gate set aside, not yet released or dropped: name, rows, and each
-        row as it came."""
+        row as it came.
+
+        Returns:
+            One mapping a batch, with ``name``, ``rows`` and ``review``.
+        """
         return [{"name": name, "rows": len(self.kind.rows_of(self.store.get_data(name, "quarantine"))),
                  "review": self.review(name)} for name in self.store.data_names("quarantine")]
 
     def release(self, name: str) -> str:
         """Quarantined rows ``name`` a reviewer found good: they wait (pending) to be learned by the
-        next update, as a kept batch's rows do. Returns the name they wait under."""
+        next update, as a kept batch's rows do.
+
+        Args:
+            name: the quarantined batch's name.
+
+        Returns:
+            The name they wait under.
+
+        Raises:
+            StoreError: no quarantined rows are named ``name``.
+        """
         with self.store.writer():
             rows = self._quarantined(name)
+            promoted = self.store.promoted()
+            if promoted is None:  # rows are quarantined only by an update, which leaves a version promoted
+                raise StoreError(f"{self.store.path}: no version is promoted to learn the released rows")
             waiting = f"{name}-released"
             try:
                 train, held = self.kind.split(rows, self.held_out_fraction, self.seed)
@@ -186,13 +300,20 @@ class Project:
                 rows = rows.take(train)
             self.store.put_data(f"{waiting}-pending", rows.tensors())
             self.store.add_pending(Pending(waiting, 0.0, 0, f"quarantine {name}", len(rows), "pending",
-                                           detail="released by a reviewer"), self.store.promoted())
+                                           detail="released by a reviewer"), promoted)
             self.store.drop_data(name, "quarantine")
         return waiting
 
     def drop(self, name: str) -> None:
         """Quarantined rows ``name`` a reviewer found bad: deleted, with a record (the store's log;
-        their review file is kept as ``review/<name>.dropped.jsonl``)."""
+        their review file is kept as ``review/<name>.dropped.jsonl``).
+
+        Args:
+            name: the quarantined batch's name.
+
+        Raises:
+            StoreError: no quarantined rows are named ``name``.
+        """
         with self.store.writer():
             rows = self._quarantined(name)
             self.store.drop_data(name, "quarantine")
@@ -205,7 +326,8 @@ class Project:
         names = self.store.data_names("quarantine")
         if name not in names:
             raise StoreError(f"no quarantined rows are named {name!r}; those quarantined: {', '.join(names) or 'none'}")
-        return self.kind.rows_of(self.store.get_data(name, "quarantine"))
+        rows: Rows = self.kind.rows_of(self.store.get_data(name, "quarantine"))
+        return rows
 
     def _line(self, versions: list[Version] | None = None) -> list[Version]:
         """The promoted version and its ancestors (of ``versions``, default the store's): the versions
@@ -224,7 +346,7 @@ class Project:
         return [p for p in self.store.pending(KEPT) if p.status == "pending" or p.name in retry]
 
     def _learn_locked(self, rows: Rows | None, names: list[str], data: str, first: bool, feedback: list[int],
-                      retry: list[str] = ()) -> UpdateResult:
+                      retry: Sequence[str] = ()) -> UpdateResult:
         parent = None if first else self.store.promoted()
         current = None if first else self._knobs(self.store.load(parent, device="cpu"))
         kind = self.kind  # as the store's config says now (_knobs reads a retune made meanwhile)
@@ -286,12 +408,14 @@ class Project:
         rows_before = kind.row_scores(current, held_before) if not first and rule.confidence else {}
         gain_before = kind.scores(current, judged_new) if not first and rule.gain_weight else {}
         learner = kind.new_learner(train, names, self.seed) if first else current
+        assert learner is not None  # current is None only for the first version
         kind.fit(learner, train, held, k, names, self.progress)
         candidate = kind.scores(learner, judged)
         new_keys = [key for b in judged_new for key in kind.new_keys(candidate, b)]
         if first:
             reason, promote = "the first version", True
         else:
+            assert promoted is not None  # judged above for every version but the first
             recorded = [v.metrics.get("accuracy", {}) for v in line_versions]
             best = {b: max(r[b] for r in recorded if b in r) for b in promoted}
             per_answer = kind.per_answer(learner, judged) if rule.min_class_accuracy else {}
@@ -398,26 +522,62 @@ class Project:
 
     def update(self, data: str | Path) -> UpdateResult:
         """Check ``data``, train a candidate from the promoted version, judge it on every batch's
-        held-out rows with the promotion rule, and promote it or keep it aside."""
+        held-out rows with the promotion rule, and promote it or keep it aside.
+
+        Args:
+            data: the batch: a file or folder of the kind's rows.
+
+        Returns:
+            What the update did.
+
+        Raises:
+            StoreError: no version is promoted to update.
+        """
         if self.store.promoted() is None:
             raise StoreError(f"{self.store.path}: no version is promoted to update")
         return self._learn(Path(data))
 
     # -- judging and answering --------------------------------------------------------------------
     def held_out(self, line: list[int] | None = None) -> dict[str, Any]:
-        """The held-out rows of the batches the served model learned (``line``: those versions;
-        default the promoted line), by batch name."""
+        """The held-out rows of the batches the served model learned, by batch name.
+
+        Args:
+            line: the versions whose batches to take (None: the promoted version and its ancestors).
+
+        Returns:
+            Held-out rows by batch name.
+        """
         names = self.store.held_out_names([v.id for v in self._line()] if line is None else line)
         return {n: self.kind.held_rows(n) for n in names}
 
     def per_answer(self, learner: Any, held: dict[str, Any]) -> dict[str, float]:
-        """``learner``'s score by class (by direction) over ``held``'s rows."""
+        """``learner``'s score by class (by direction) over ``held``'s rows.
+
+        Args:
+            learner: a version's learner.
+            held: held-out rows by batch (:meth:`held_out`).
+
+        Returns:
+            The kind's metric (0-1) by class or direction.
+        """
         return self.kind.per_answer(learner, held)
 
 
     def predict(self, data: str | Path | Any, top_k: int = 1, version: int | None = None) -> list[Prediction]:
         """What ``version`` (default: the promoted one) predicts for ``data`` (a file or folder,
-        labelled or not, or inputs): each row's answer and, for labels, its ``top_k`` with probabilities."""
+        labelled or not, or inputs): each row's answer and, for labels, its ``top_k`` with probabilities.
+
+        Args:
+            data: a file or folder, labelled or not, or inputs as they are.
+            top_k: how many likeliest labels each row lists, 1 or more.
+            version: the version to ask (None: the promoted one).
+
+        Returns:
+            One prediction a row.
+
+        Raises:
+            ValueError: ``top_k`` is below 1.
+        """
         if top_k < 1:
             raise ValueError(f"top_k must be 1 or more, got {top_k}")
         learner = self.store.load(version, device="cpu")
@@ -425,19 +585,44 @@ class Project:
 
     def evaluate(self, data: str | Path, version: int | None = None) -> dict[str, Any]:
         """The score of ``version`` (default: the promoted one) on the labelled ``data``: overall and
-        per class (per direction); a classifier's rows of a class the store does not know count as errors."""
+        per class (per direction); a classifier's rows of a class the store does not know count as errors.
+
+        Args:
+            data: a labelled file or folder.
+            version: the version to score (None: the promoted one).
+
+        Returns:
+            The version, the rows, the score overall and by class or direction (JSON values).
+
+        Raises:
+            StoreError: no version is promoted (and ``version`` is None).
+        """
         version = self.store.promoted() if version is None else version
+        if version is None:
+            raise StoreError(f"{self.store.path}: no version is promoted yet")
         return self.kind.evaluate(self.store.load(version, device="cpu"), Path(data), version, self.progress)
 
     def versions(self) -> list[dict[str, Any]]:
-        """Every version: id, parent, whether promoted, its decision and reason, its held-out scores."""
+        """Every version: id, parent, whether promoted, its decision and reason, its held-out scores.
+
+        Returns:
+            One mapping a version, oldest first.
+        """
         return [{"version": v.id, "parent": v.parent, "promoted": v.promoted, "decision": v.decision,
                  "reason": v.reason, "accuracy": v.metrics.get("accuracy", {}),
                  "data": [b.source for b in v.batches if b.role == "train"]} for v in self.store.versions()]
 
     def diff(self, a: int, b: int) -> dict[str, dict[str, float]]:
         """How version ``b`` differs from ``a`` on every batch's held-out rows: the score per batch
-        and per class (direction), and the change (``b`` minus ``a``)."""
+        and per class (direction), and the change (``b`` minus ``a``).
+
+        Args:
+            a: the version compared from.
+            b: the version compared to.
+
+        Returns:
+            By batch and by class (``class <name>``): each version's score and the change, 0-1.
+        """
         learners = {v: self.store.load(v, device="cpu") for v in (a, b)}
         held = self.held_out([v.id for v in self.store.versions()])  # every batch any version learned
         by_batch = {v: self.kind.scores(learner, held) for v, learner in learners.items()}
@@ -451,7 +636,11 @@ class Project:
 
     # -- shadow: a kept candidate answering live traffic beside the promoted version -----------------
     def shadow(self) -> int | None:
-        """The candidate to serve in shadow: the newest kept version made from the promoted one."""
+        """The candidate to serve in shadow: the newest kept version made from the promoted one.
+
+        Returns:
+            Its version number, or None.
+        """
         promoted = self.store.promoted()
         return None if promoted is None else self.store.newest_kept(promoted)
 
@@ -460,7 +649,16 @@ class Project:
         """Whether the candidate ``version``, answering in shadow, should replace the promoted version,
         judged on the live rows feedback labelled since: None before ``min_rows`` were; True when
         it was right more often, surely (the lower bound of its paired bootstrap gain, at the rule's
-        confidence, above 0). ``hits``: :meth:`Intake.shadow_hits` of ``version`` when read already."""
+        confidence, above 0).
+
+        Args:
+            version: the candidate answering in shadow.
+            min_rows: the fewest labelled live rows to judge on.
+            hits: :meth:`Intake.shadow_hits` of ``version`` when read already (None: read them).
+
+        Returns:
+            None before ``min_rows`` rows were labelled; else whether to promote it and why.
+        """
         shadow, served = self.store.intake.shadow_hits(version, self.kind.answer_score) if hits is None else hits
         if len(shadow) < min_rows:
             return None
@@ -474,14 +672,43 @@ class Project:
 
     def promote(self, version: int, reason: str) -> None:
         """Promote ``version`` (a kept candidate the live rows favour, say); the batches it learned
-        that waited are learned from then on."""
+        that waited are learned from then on.
+
+        Args:
+            version: the version to promote.
+            reason: why, recorded with it.
+        """
         with self.store.writer():
             self.store.promote(version, reason)
 
     def rollback(self, version: int | None = None) -> int:
+        """Promote ``version``, or by default the parent of the promoted one.
+
+        Args:
+            version: the version to serve again (None: the promoted one's parent).
+
+        Returns:
+            The version promoted.
+
+        Raises:
+            StoreError: nothing is promoted yet, or the promoted version has no parent.
+        """
         with self.store.writer():
             return self.store.rollback(version)
 
 
 def as_json(value: Any) -> str:
+    """``value`` as indented JSON (what the commands print with ``--json``).
+
+    Args:
+        value: JSON-able values.
+
+    Returns:
+        The JSON text.
+
+    >>> print(as_json({"version": 2}))
+    {
+     "version": 2
+    }
+    """
     return json.dumps(value, indent=1)

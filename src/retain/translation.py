@@ -33,7 +33,9 @@ from retain.data.text import FORTUNES_DIR, parse_fortunes
 from retain.engine.generative import GenerativeLearner
 from retain.engine.protocol import stream_summary, train_and_score
 from retain.experiment import versions
+from retain.extras import require
 from retain.metrics.results import ExperienceInfo, ExperimentResult, MethodResult, Metrics, SeedRun, StreamInfo, Summary
+from retain.models.generative import LanguageModel
 from retain.monitor import write_report
 from retain.tasks.translation import (
     TranslationConfig,
@@ -44,7 +46,7 @@ from retain.tasks.translation import (
     translate,
     validate_translation,
 )
-from retain.util import auto_threads, require, slug
+from retain.util import auto_threads, slug
 
 __all__ = ["TranslationConfig", "chrf_intervals", "copy_source", "load_run_corpus", "load_translation_config",
            "perplexity_without_end", "run_translation", "score", "translate", "translation_table",
@@ -67,17 +69,27 @@ def english_texts(n: int) -> list[str]:
     return quotes[:n]
 
 
-def perplexity_without_end(learner: GenerativeLearner, texts: Sequence[str], batch_size: int = 16) -> float:
+def perplexity_without_end(learner: GenerativeLearner[LanguageModel], texts: Sequence[str], batch_size: int = 16
+                           ) -> float:
     """``exp`` of the mean next-token loss over the tokens of ``texts`` themselves: what
     :meth:`GenerativeLearner.perplexity` computes, less the end-of-text token it predicts after each
     text. Fine-tuning on one-line messages teaches a model to end a line early, which lowers the loss
     of that one token a text so much that it hides the rest (a review of the first run of
     ``benchmarks/llm_mt.py`` measured SmolLM2's perplexity of the fortunes falling 23.5% counting the
-    end token, 4.6% without). No direction tag: experts read with the base model."""
+    end token, 4.6% without). No direction tag: experts read with the base model.
+
+    Args:
+        learner: the translation learner.
+        texts: English texts.
+        batch_size: texts scored at once.
+
+    Returns:
+        The perplexity (1 and up).
+    """
     return learner.perplexity(texts, batch_size, end=False)
 
 
-def english_perplexity(learner: GenerativeLearner, texts: Sequence[str]) -> dict[str, float | None]:
+def english_perplexity(learner: GenerativeLearner[LanguageModel], texts: Sequence[str]) -> dict[str, float | None]:
     """The English texts' perplexity without the end token (the figure to read) and with it."""
     if not texts:
         return {"perplexity": None, "with_end": None}
@@ -85,7 +97,7 @@ def english_perplexity(learner: GenerativeLearner, texts: Sequence[str]) -> dict
 
 
 def _chrf() -> Any:
-    return require("sacrebleu", "sacrebleu").CHRF(word_order=2)  # chrF++, as score() computes it
+    return require("sacrebleu", "llm").CHRF(word_order=2)  # chrF++, as score() computes it
 
 
 def chrf_statistics(outputs: Sequence[str], references: Sequence[str]) -> np.ndarray:
@@ -120,9 +132,16 @@ def resampled_chrf(statistics: Sequence[np.ndarray], resamples: int = RESAMPLES,
                      for s in statistics]).T
 
 
-def chrf_intervals(resampled: np.ndarray) -> dict[str, list]:
+def chrf_intervals(resampled: np.ndarray) -> dict[str, list[Any]]:
     """95% percentile intervals of each direction's chrF++ and of their mean, from :func:`resampled_chrf`
-    (or a difference of two)."""
+    (or a difference of two).
+
+    Args:
+        resampled: chrF++ (0-100) of each direction (columns) on each bootstrap draw (rows).
+
+    Returns:
+        ``directions``: a ``[low, high]`` a direction; ``mean``: the ``[low, high]`` of their mean.
+    """
     return {"directions": np.percentile(resampled, [2.5, 97.5], axis=0).T.tolist(),
             "mean": np.percentile(resampled.mean(1), [2.5, 97.5]).tolist()}
 
@@ -138,7 +157,14 @@ def _sources(corpus: Corpus) -> list[list[str]]:
 def copy_source(corpus: Corpus) -> dict[str, Any]:
     """What copying every English test source unchanged scores (no model): chrF++ and BLEU per
     direction, the chrF++ mean and its 95% bootstrap intervals. A model that does not beat it has
-    not shown that it translates."""
+    not shown that it translates.
+
+    Args:
+        corpus: the translation stream.
+
+    Returns:
+        ``chrf`` and ``bleu`` by direction (0-100), ``chrf_mean`` and ``interval`` (:func:`chrf_intervals`).
+    """
     rows = [score(s, s, r) for s, r in zip(_sources(corpus), _references(corpus), strict=True)]
     stats = [chrf_statistics(s, r) for s, r in zip(_sources(corpus), _references(corpus), strict=True)]
     chrf = [r["chrf"] for r in rows]
@@ -146,14 +172,14 @@ def copy_source(corpus: Corpus) -> dict[str, Any]:
             "interval": chrf_intervals(resampled_chrf(stats))}
 
 
-def experience(learner: GenerativeLearner, direction: Direction, index: int) -> Experience:
+def experience(learner: GenerativeLearner[LanguageModel], direction: Direction, index: int) -> Experience:
     """One direction's training pairs as token rows, tagged with its index."""
     return pairs_experience(learner, direction.lang, [p.source for p in direction.train],
                             [p.target for p in direction.train], index)
 
 
-def score_directions(learner: GenerativeLearner, corpus: Corpus, cfg: TranslationConfig, progress: bool = False
-             ) -> tuple[list[dict[str, float]], list[list[str]]]:
+def score_directions(learner: GenerativeLearner[LanguageModel], corpus: Corpus, cfg: TranslationConfig,
+                     progress: bool = False) -> tuple[list[dict[str, float]], list[list[str]]]:
     """Every direction's test set translated and scored: one dict per direction (chrF++, BLEU,
     broken specifiers, and ``copied``: the share of outputs equal to their source), and the outputs."""
     rows, outputs = [], []
@@ -165,12 +191,12 @@ def score_directions(learner: GenerativeLearner, corpus: Corpus, cfg: Translatio
     return rows, outputs
 
 
-def _intervals(outputs: list[list[str]], corpus: Corpus) -> dict[str, list]:
+def _intervals(outputs: list[list[str]], corpus: Corpus) -> dict[str, list[Any]]:
     return chrf_intervals(resampled_chrf([chrf_statistics(o, r) for o, r in zip(outputs, _references(corpus),
                                                                                   strict=True)]))
 
 
-def baseline(learner: GenerativeLearner, corpus: Corpus, cfg: TranslationConfig, progress: bool = False
+def baseline(learner: GenerativeLearner[LanguageModel], corpus: Corpus, cfg: TranslationConfig, progress: bool = False
              ) -> dict[str, Any]:
     """What the untrained model scores: every direction with its chrF++ intervals, and the English
     texts' perplexity (without and with the end token). The same for every method on one base model
@@ -184,7 +210,7 @@ def baseline(learner: GenerativeLearner, corpus: Corpus, cfg: TranslationConfig,
 
 def run_translation_method(cfg: TranslationConfig, corpus: Corpus, method: TranslationMethod, progress: bool = False,
                tick: Callable[[], None] = lambda: None, base: dict[str, Any] | None = None,
-               ) -> tuple[SeedRun, dict[str, Any], GenerativeLearner]:
+               ) -> tuple[SeedRun, dict[str, Any], GenerativeLearner[LanguageModel]]:
     """One method over the stream: its chrF matrix (0-1) as a seed run, and the rest it measured
     (BLEU, broken-specifier and copied-source matrices, the final outputs with 95% intervals of
     their chrF++ and of its gain over copying the source, perplexity before and after, tokens,
@@ -199,7 +225,7 @@ def run_translation_method(cfg: TranslationConfig, corpus: Corpus, method: Trans
     scored: list[list[dict[str, float]]] = []
     translated: list[list[list[str]]] = []
 
-    def chrf(fitted: GenerativeLearner) -> list[float]:
+    def chrf(fitted: GenerativeLearner[LanguageModel]) -> list[float]:
         rows, outputs = score_directions(fitted, corpus, cfg, progress)
         scored.append(rows)
         translated.append(outputs)
@@ -247,7 +273,17 @@ def stream_info(corpus: Corpus, cfg: TranslationConfig) -> StreamInfo:
 
 def load_run_corpus(cfg: TranslationConfig) -> Corpus:
     """The corpus of ``cfg``: ``corpus.n_test`` English test sources shared by every direction, which
-    the catalogues must hold (a :class:`ConfigError` naming ``corpus.n_test`` says when they do not)."""
+    the catalogues must hold.
+
+    Args:
+        cfg: the translation config.
+
+    Returns:
+        The corpus: each direction's training and test pairs.
+
+    Raises:
+        ConfigError: the catalogues hold fewer shared test sources than ``corpus.n_test``; it names the field.
+    """
     c = cfg.corpus
     corpus = load_corpus(c.languages, c.n_train, c.n_test, max_chars=c.max_chars, seed=cfg.seed)
     found = len(corpus.directions[0].test)
@@ -261,11 +297,20 @@ def load_run_corpus(cfg: TranslationConfig) -> Corpus:
 def run_translation(cfg: TranslationConfig, progress: bool = True, out: str | Path | None = None,
                     on_method: Callable[[ExperimentResult, dict[str, Any]], None] = lambda r, e: None,
                     ) -> tuple[ExperimentResult, dict[str, Any]]:
-    """Every method of ``cfg`` over the translation stream. Returns the results (chrF matrices as
-    accuracy matrices) and what else was measured: the corpus's manifest, the copy-source baseline
-    (:func:`copy_source`), the bootstrap's settings, and per method :func:`run_translation_method`'s extras. With
-    ``out``, each method's final model is saved under ``out/models/<label>`` (``retain predict`` reads it).
-    ``on_method`` gets the results so far after each method (``retain run`` writes its report then)."""
+    """Every method of ``cfg`` over the translation stream.
+
+    Args:
+        cfg: the translation config.
+        progress: show progress bars.
+        out: a folder to save each method's final model in, under ``out/models/<label>`` (``retain predict``
+            reads it); None: not saved.
+        on_method: called with the results so far after each method (``retain run`` writes its report then).
+
+    Returns:
+        The results (chrF matrices as accuracy matrices) and what else was measured: the corpus's manifest,
+        the copy-source baseline (:func:`copy_source`), the bootstrap's settings, and per method
+        :func:`run_translation_method`'s extras.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(auto_threads() if cfg.training.threads == "auto" else int(cfg.training.threads))
     try:
@@ -277,10 +322,14 @@ def run_translation(cfg: TranslationConfig, progress: bool = True, out: str | Pa
                                   "methods": {}}
         base = None
         with tqdm(total=len(cfg.methods) * len(corpus.directions), disable=not progress, desc=cfg.name) as bar:
+
+            def tick() -> None:
+                bar.update(1)
+
             for method in cfg.methods:
                 bar.set_postfix_str(method.label)
                 start = time.perf_counter()
-                run, extra, learner = run_translation_method(cfg, corpus, method, progress, lambda: bar.update(1), base)
+                run, extra, learner = run_translation_method(cfg, corpus, method, progress, tick, base)
                 base = {"scores": extra["untrained"], "interval": extra["untrained_interval"],
                         "perplexity": extra["perplexity_before"],
                         "perplexity_with_end": extra["perplexity_with_end_before"]}
@@ -298,7 +347,17 @@ def run_translation(cfg: TranslationConfig, progress: bool = True, out: str | Pa
 
 
 def load_translation_config(path: str | Path) -> TranslationConfig:
-    """Read and validate a ``task: translation`` YAML config; errors name the field."""
+    """Read and validate a ``task: translation`` YAML config; errors name the field.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: the file cannot be read or a value is invalid; it names the field.
+    """
     return validate_translation(read_yaml(path), str(path))
 
 
@@ -307,14 +366,24 @@ def _with_interval(value: float, interval: list[float]) -> str:
 
 
 def _ppl(before: float | None, after: float | None) -> str:
-    return "n/a" if before is None else f"{before:.1f} → {after:.1f} ({100 * (after / before - 1):+.1f}%)"
+    if before is None or after is None:
+        return "n/a"
+    return f"{before:.1f} → {after:.1f} ({100 * (after / before - 1):+.1f}%)"
 
 
 def translation_table(results: ExperimentResult, extras: dict[str, Any]) -> str:
     """The Markdown tables of a run: every method's summary (chrF++ and its gain over copying the
     source, BLEU, forgetting, perplexity, cost); each direction's final chrF++ beside the copy-source
     and untrained baselines, with 95% bootstrap intervals; the share of final outputs that copy
-    their source."""
+    their source.
+
+    Args:
+        results: what :func:`run_translation` returned first.
+        extras: what it returned second.
+
+    Returns:
+        The tables, blank lines between them.
+    """
     names = [d["name"] for d in extras["corpus"]["directions"]]
     methods = {label: extras["methods"][label] for label in results.methods}
     lines = ["| method | chrF++ (final, mean) [95%] | over copying the source [95%] | BLEU (final, mean) "
@@ -358,7 +427,16 @@ def _points(value: float) -> str:
 
 def write_translation_report(results: ExperimentResult, extras: dict[str, Any], folder: str | Path) -> Path:
     """``results.json`` (chrF++ matrices as accuracy matrices), ``translation.json`` (the rest), and
-    :func:`retain.monitor.write_report`'s heat maps, curves and ``report.md``, with this run's table."""
+    :func:`retain.monitor.write_report`'s heat maps, curves and ``report.md``, with this run's table.
+
+    Args:
+        results: what :func:`run_translation` returned first.
+        extras: what it returned second.
+        folder: the folder to write in (made if missing).
+
+    Returns:
+        The folder written.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "translation.json").write_text(json.dumps(extras, indent=1) + "\n")

@@ -1,13 +1,11 @@
-"""Generic helpers every layer may use: optional packages, evaluation mode, batched no-grad passes, numbers in words."""
+"""Generic helpers every layer may use: evaluation mode, batched no-grad passes, numbers in words."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,14 +40,6 @@ def slug(text: str) -> str:
     ('etc_passwd', 'replay_lwf', 'a_b')
     """
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).lstrip("._") or "_"
-
-
-def require(module: str, package: str) -> Any:
-    """Import ``module``, or say which PyPI package provides it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(f"{module} is needed here: pip install {package}") from err
 
 
 TOKEN_BUDGET = 2048  # at most this many token slots (rows x the batch's longest row) per batch of texts

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
     except Reported:  # the command printed its error
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`: stop quietly

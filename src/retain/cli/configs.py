@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from retain.config import RunConfig
 
 
-def run_config(args: argparse.Namespace, loop: bool = False):
+def run_config(args: argparse.Namespace, loop: bool = False) -> RunConfig:
     """The run config named on the command line, with ``--seeds`` applied; ``loop``: for ``retain
     init`` (its data comes from ``--data``)."""
     from retain.config import load_config

@@ -6,6 +6,10 @@ import errno
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class RunFolderError(ValueError):
@@ -100,7 +104,7 @@ def reported(*errors: type[Exception], user: bool = True, invalid: str | None = 
     except _validation(invalid) as err:
         from retain.config import format_errors
 
-        text = f"{invalid}:\n{format_errors(err)}"
+        text = f"{invalid}:\n{format_errors(cast('ValidationError', err))}"  # what _validation catches
     except _caught(errors, user) as err:
         text = message(err, where)
     else:

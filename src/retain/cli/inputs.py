@@ -6,8 +6,12 @@ from __future__ import annotations
 import csv
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retain.cli.errors import CommandError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 def _split(folder: Path, split: str) -> Path | None:
@@ -52,7 +56,7 @@ def check_data(path: str, split: str = "train") -> None:
             seen[name] = number
 
 
-def _engine(url: str):
+def _engine(url: str) -> Engine:
     """An engine on the database at ``url`` (a store's: see :func:`retain.store.store.database_url`)."""
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool

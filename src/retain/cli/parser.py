@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_run(sub) -> None:
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     running = sub.add_parser("run", help="run a YAML config and write a report folder")
     running.add_argument("config", help="YAML run config (see examples/)")
     running.add_argument("--out", help="run folder (default: <output>/<name>-<timestamp>)")
@@ -118,7 +118,7 @@ def _add_run(sub) -> None:
     select.set_defaults(func=run.select)
 
 
-def _add_export(sub) -> None:
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     exporting = sub.add_parser("export", help="write a built-in data set as files (tables, images, WAV, npz), "
                                "one folder per batch, as a user would bring them")
     exporting.add_argument("dataset", choices=_Later(_datasets), metavar="DATASET",
@@ -146,7 +146,7 @@ DATA_HELP = ("one batch: a table (.csv, .tsv, .jsonl, .parquet), an .npz file, a
              "(a translation config: JSON Lines of source, target and lang)")
 
 
-def _add_store(sub) -> None:
+def _add_store(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     init = sub.add_parser("init", help="a new model store: version 1 trained on a first batch of your data")
     init.add_argument("config", help="YAML config: model, training, strategies (the first is used), promotion")
     init.add_argument("--data", required=True, help=DATA_HELP)
@@ -234,7 +234,7 @@ def _add_progress(command: argparse.ArgumentParser) -> None:
                          "training on stderr even when it is not a terminal (on a terminal they are always shown)")
 
 
-def _add_serve(sub) -> None:
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serving = sub.add_parser("serve", help="serve a store over HTTP: predict, feedback, automatic updates, "
                              "metrics and a live dashboard")
     serving.add_argument("store")
@@ -252,7 +252,7 @@ def _add_serve(sub) -> None:
     serving.set_defaults(func=serve.serve)
 
 
-def _add_tune(sub) -> None:
+def _add_tune(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tuning = sub.add_parser("tune", help="tune each method's knobs (Optuna) on validation slices, then compare "
                             "default and tuned configs on the test sets")
     tuning.add_argument("source", help="YAML run config (its tune: section and strategies' search:), or a model "

@@ -14,7 +14,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from retain.loop import Project
 
 
 class Steps:
@@ -93,17 +96,18 @@ def watch(kind: Any, progress: Steps) -> None:
         setattr(kind, name, functools.wraps(method)(reported))
 
 
-def watched(progress: Steps | None) -> type:
+def watched(progress: Steps | None) -> type[Project]:
     """:class:`~retain.loop.Project`, or one whose steps are reported on ``progress`` (for
     ``Project.init`` too, which opens the project it makes itself)."""
     from retain.loop import Project
 
     if progress is None:
         return Project
+    steps = progress  # narrowed: the class body below does not see the check
 
     class Watched(Project):
         def __init__(self, store: Any, progress_bars: bool = False) -> None:
             super().__init__(store, progress_bars)
-            watch(self.kind, progress)
+            watch(self.kind, steps)
 
     return Watched

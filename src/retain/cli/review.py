@@ -9,18 +9,22 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import TYPE_CHECKING, Any
 
 from retain.cli.store import store_errors
 
+if TYPE_CHECKING:
+    from retain.store import ModelStore
 
-def _waiting(store) -> list[dict]:
+
+def _waiting(store: ModelStore) -> list[dict[str, Any]]:
     """The batches whose candidates were kept and that no promoted version learned yet, or dropped."""
     return [{"name": p.name, "status": p.status, "rows": p.rows, "version": p.version, "source": p.source,
              "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.at)), "feedback": len(p.feedback),
              "why": p.detail} for p in store.pending(("pending", "held", "dropped"))]
 
 
-def _quarantined(store) -> list[dict]:
+def _quarantined(store: ModelStore) -> list[dict[str, Any]]:
     return [{"name": name, "rows": store.data_rows(name, "quarantine")} for name in store.data_names("quarantine")]
 
 
@@ -30,8 +34,8 @@ def status(args: argparse.Namespace) -> int:
 
     with store_errors(args.store):
         store = ModelStore(args.store)
-        state = {"promoted": store.promoted(), "waiting": _waiting(store), "quarantined": _quarantined(store),
-                 "feedback": store.intake.feedback_counts()}
+        state: dict[str, Any] = {"promoted": store.promoted(), "waiting": _waiting(store),
+                                 "quarantined": _quarantined(store), "feedback": store.intake.feedback_counts()}
     if args.json:
         print(json.dumps(state, indent=1))
         return 0
@@ -90,6 +94,6 @@ def quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _review(store, name: str) -> list[dict]:
+def _review(store: ModelStore, name: str) -> list[dict[str, Any]]:
     path = store.path / "review" / f"{name}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []

@@ -9,12 +9,19 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from retain.cli.configs import config_task, run_config
 from retain.cli.errors import CommandError, RunFolderError, reported, user_errors
 
+if TYPE_CHECKING:
+    from retain.config import RunConfig
+    from retain.metrics import ExperimentResult, MethodResult
+    from retain.strategies.contract import Ranks
+    from retain.tasks.translation import TranslationConfig
 
-def _run_folder(cfg, out: str | None, resume: bool) -> Path:
+
+def _run_folder(cfg: RunConfig | TranslationConfig, out: str | None, resume: bool) -> Path:
     """The folder a run writes to, checked and created before any training: ``--out``, else a new
     ``<output>/<name>-<time>`` inside the output root (the name cannot lead outside it). A folder
     holding another run's files is refused unless resuming it; ``--resume`` without ``--out``
@@ -85,7 +92,7 @@ def _writable(path: str, flag: str) -> None:
         target.unlink()
 
 
-def _finished_methods(cfg, folder: Path) -> dict:
+def _finished_methods(cfg: RunConfig, folder: Path) -> dict[str, MethodResult]:
     """The methods an interrupted run in ``folder`` already finished, if it ran this very config."""
     from retain.metrics import ExperimentResult
 
@@ -102,14 +109,14 @@ def _finished_methods(cfg, folder: Path) -> dict:
     return previous.methods
 
 
-def _check_ranks(cfg, world: int) -> None:
+def _check_ranks(cfg: RunConfig, world: int) -> None:
     """Refuse, before any training, what cannot run across ``world`` ranks."""
     from retain.engine import distributed
 
     if world == 1:
         return
     for i, method in enumerate(cfg.strategies):
-        problem = distributed.problem(method.build(cfg.model.head), cfg.mode)
+        problem = distributed.problem(method.build(cfg.model.head), list[str](cfg.mode))
         if problem:
             raise RunFolderError(f"--nproc: strategies.{i}: {problem}")
     if cfg.training.batch_size < world:
@@ -117,7 +124,7 @@ def _check_ranks(cfg, world: int) -> None:
                              f"{world} ranks")
 
 
-def _start(cfg, args: argparse.Namespace, ranks) -> tuple[Path | None, dict]:
+def _start(cfg: RunConfig, args: argparse.Namespace, ranks: Ranks) -> tuple[Path | None, dict[str, MethodResult]]:
     """The run folder and the methods already done. Rank 0 decides; the others learn its decision (or its
     error) before any collective step."""
     from retain.engine import distributed
@@ -135,10 +142,11 @@ def _start(cfg, args: argparse.Namespace, ranks) -> tuple[Path | None, dict]:
             done = _finished_methods(cfg, out) if args.resume else {}
         except user_errors() as err:
             problem = str(err)
-    problem, finished = distributed.share((problem, sorted(done)))
+    problem, finished = cast(tuple[str | None, list[str]], distributed.share((problem, sorted(done))))
     if problem:
         raise RunFolderError(problem)
-    return out, done if ranks.rank == 0 else dict.fromkeys(finished)
+    # The other ranks only need the names, to skip those methods too; their results are not kept.
+    return out, done if ranks.rank == 0 else cast("dict[str, MethodResult]", dict.fromkeys(finished))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -167,12 +175,17 @@ def run(args: argparse.Namespace) -> int:
             out, done = _start(cfg, args, ranks)
             if done and main_rank:
                 print(f"resuming {out}: {', '.join(done)} already done", file=sys.stderr)
-            results = run_experiment(cfg, progress=not args.quiet and main_rank, done=done,
-                                     on_method=lambda r: write_results(r, out) if main_rank else None)
+
+            def written(results_so_far: ExperimentResult) -> None:
+                if out is not None:  # rank 0's folder: the other ranks write nothing
+                    write_results(results_so_far, out)
+
+            results = run_experiment(cfg, progress=not args.quiet and main_rank, done=done, on_method=written)
     finally:
         distributed.stop()
     if not main_rank:
         return 0
+    assert out is not None  # rank 0 made the run folder
     write_report(results, out)
     if not args.quiet:
         print(comparison_table(results))
@@ -193,8 +206,11 @@ def _run_translation(args: argparse.Namespace) -> int:
                 raise RunFolderError(f"{flag}: a translation run takes one process and the seed: in its config")
         cfg = load_translation_config(args.config)
         out = _run_folder(cfg, args.out, False)
-        results, extras = run_translation(cfg, progress=not args.quiet, out=out,
-                                          on_method=lambda r, e: write_translation_report(r, e, out))
+
+        def written(results_so_far: ExperimentResult, extras_so_far: dict[str, Any]) -> None:
+            write_translation_report(results_so_far, extras_so_far, out)
+
+        results, extras = run_translation(cfg, progress=not args.quiet, out=out, on_method=written)
     write_translation_report(results, extras, out)
     if not args.quiet:
         print(translation_table(results, extras))
@@ -245,7 +261,7 @@ def select(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_variants(cfg, choices: list[tuple[str | None, str]]) -> None:
+def _check_variants(cfg: RunConfig, choices: list[tuple[str | None, str]]) -> None:
     """Refuse, before any training, a backbone and adaptation ``retain select`` could not run (each variant is
     the config with that model, as :func:`retain.experiment.compare_backbones` builds it)."""
     from pydantic import ValidationError
@@ -253,7 +269,7 @@ def _check_variants(cfg, choices: list[tuple[str | None, str]]) -> None:
     from retain.config import RunConfig, format_errors
 
     for backbone, adaptation in choices:
-        update = {"backbone": backbone, "adaptation": adaptation}
+        update: dict[str, Any] = {"backbone": backbone, "adaptation": adaptation}
         if backbone is None and not cfg.model.hidden:
             update["hidden"] = [256, 256]
         try:

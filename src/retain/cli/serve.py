@@ -5,17 +5,21 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+from typing import TYPE_CHECKING
 
 from retain.cli.errors import reported
 
+if TYPE_CHECKING:
+    from retain.config import ServiceConfig
 
-def _settings(args: argparse.Namespace):
+
+def _settings(args: argparse.Namespace) -> ServiceConfig:
     """The store's service settings, with those of ``--config`` over them: a run config's service: section,
     or the file is the section itself."""
     from retain.config import ServiceConfig, read_yaml
     from retain.loop import Project
 
-    settings = Project(args.store).config.service
+    settings: ServiceConfig = Project(args.store).config.service
     if args.config:
         raw = read_yaml(args.config)  # keys given twice and alias bombs refused, as in every config
         whole = any(k in raw for k in ("strategies", "methods", "task"))  # a run or translation config
@@ -26,6 +30,10 @@ def _settings(args: argparse.Namespace):
 
 def serve(args: argparse.Namespace) -> int:
     """``retain serve``: uvicorn serving the store, in one process or ``--workers`` of them."""
+    from retain.extras import require_extra
+
+    with reported():  # before any work: one line naming the extra to install
+        require_extra("serve", "fastapi", "uvicorn", "prometheus_client")
     import yaml
     from sqlalchemy.exc import SQLAlchemyError
 

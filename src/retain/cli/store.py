@@ -13,11 +13,18 @@ import sys
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from retain.cli.configs import config_task, run_config
 from retain.cli.errors import reported
 from retain.cli.inputs import check_data, left_by_init
 from retain.cli.progress import steps, watched
+
+if TYPE_CHECKING:
+    from retain.engine.generative import GenerativeLearner
+    from retain.loop import Prediction, Project, UpdateResult
+    from retain.models.generative import LanguageModel
+    from retain.store import ModelStore
 
 
 def store_errors(store: str | None = None) -> AbstractContextManager[None]:
@@ -71,7 +78,7 @@ def _score(value: float, metric: str) -> str:
     return f"{100 * value:.1f}%" if metric == "accuracy" else f"{100 * value:.1f}"
 
 
-def _learned(args: argparse.Namespace, result, metric: str) -> int:
+def _learned(args: argparse.Namespace, result: UpdateResult, metric: str) -> int:
     """What init and update print of the version they made; exit code 1: the gate refused the batch."""
     from retain.loop import as_json
 
@@ -102,7 +109,7 @@ def _shown(source: str) -> str:
         return source
 
 
-def version_rows(store) -> list[dict]:
+def version_rows(store: ModelStore) -> list[dict[str, Any]]:
     """Every version of ``store`` (a :class:`~retain.store.ModelStore`) as ``retain versions`` lists it: id,
     parent, when it was made, whether it is served now (``promoted``), the promotion rule's decision and reason,
     held-out scores by batch, the data it learned, and the gate's result on that data with the rows it set aside."""
@@ -123,7 +130,7 @@ def version_rows(store) -> list[dict]:
     return rows
 
 
-def versions_table(rows: list[dict]) -> str:
+def versions_table(rows: list[dict[str, Any]]) -> str:
     """``retain versions``' Markdown table: the version served now is marked, beside the rule's decision
     (a version promoted once may have been rolled back since)."""
     metric = rows[-1]["metric"] if rows else "accuracy"
@@ -228,7 +235,7 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inputs(data: str, predictions: list) -> tuple[str, list, list[dict] | None]:
+def _inputs(data: str, predictions: list[Prediction]) -> tuple[str, list[int] | list[str], list[dict[str, Any]] | None]:
     """What each prediction was made from: the name of its identity (``row``: a table's line or an array's index,
     as an integer; ``file``: an image's or clip's name within ``data``), the identities, and a table's rows
     (its columns as read) or None."""
@@ -238,13 +245,13 @@ def _inputs(data: str, predictions: list) -> tuple[str, list, list[dict] | None]
     if path.is_file() and path.suffix.lower() in TABLES:
         records = list(_rows(path))  # one prediction a record, in order: the loader reads every one
         return "row", [number for number, _ in records], [record for _, record in records]
-    numbered = [re.fullmatch(r"row (\d+)", p.row) for p in predictions]
-    if all(numbered):  # arrays, a datasets folder
+    numbered = [m for p in predictions if (m := re.fullmatch(r"row (\d+)", p.row))]
+    if len(numbered) == len(predictions):  # arrays, a datasets folder
         return "row", [int(m.group(1)) for m in numbered], None
     return "file", [p.row for p in predictions], None
 
 
-def _write_predictions(args: argparse.Namespace, project) -> None:
+def _write_predictions(args: argparse.Namespace, project: Project) -> None:
     """The predictions of ``project``'s version as ``--json`` or CSV on the screen, or in the ``--out`` file:
     each row's identity, its predictions, then (a table's) input columns, named ``input_<column>`` where they
     would take a prediction's name."""
@@ -264,7 +271,7 @@ def _write_predictions(args: argparse.Namespace, project) -> None:
     header = [key, answer] + (["probability"] + [f"{kind}_{i}" for i in range(2, k + 1)
                                                  for kind in ("label", "probability")] if k else [])
     columns = list(inputs[0]) if inputs else []
-    table = [header + [f"input_{c}" if c in header else c for c in columns]]
+    table: list[list[Any]] = [header + [f"input_{c}" if c in header else c for c in columns]]
     table += [[ident, p.label] + ([p.top[0][1]] if p.top else []) + [v for pair in p.top[1:] for v in pair]
               + [row.get(c, "") for c in columns]
               for ident, p, row in zip(identities, predictions, inputs or [{}] * len(predictions), strict=True)]
@@ -273,7 +280,7 @@ def _write_predictions(args: argparse.Namespace, project) -> None:
              f"{len(records)} predictions of version {version} in {args.out}")
 
 
-def _write_boxes(args: argparse.Namespace, predictions: list, project) -> None:
+def _write_boxes(args: argparse.Namespace, predictions: list[Prediction], project: Project) -> None:
     """A detector's predictions: JSON (each image's file and boxes), JSON Lines (a line an image), or CSV rows of
     ``path,x,y,w,h,label,score``, a box a row and a row with only the path for an image with none: the table
     ``retain update`` reads, once the boxes are checked."""
@@ -289,7 +296,8 @@ def _write_boxes(args: argparse.Namespace, predictions: list, project) -> None:
              f"{boxes} boxes in {len(images)} images by version {version} in {args.out}")
 
 
-def _written(args: argparse.Namespace, records: list[dict], table: list[list], done: dict, said: str) -> None:
+def _written(args: argparse.Namespace, records: list[dict[str, Any]], table: list[list[Any]], done: dict[str, Any],
+             said: str) -> None:
     """``records`` as JSON on the screen (``--json`` without ``--out``), or ``table`` (a header row first) as CSV on
     the screen; with ``--out``, the records as JSON Lines (``.jsonl``) or the table as CSV, then what was written
     (``done`` with ``--json``, else ``said``)."""
@@ -323,7 +331,7 @@ def _generative(folder: str) -> bool:
         return False
 
 
-def _translate(args: argparse.Namespace, project=None) -> int:
+def _translate(args: argparse.Namespace, project: Project | None = None) -> int:
     """``retain predict`` on a translation store's version (``project``) or on a generative model
     ``retain run`` saved: translate a JSON Lines file of sources."""
     from retain.data.catalogues import LANGUAGES
@@ -351,10 +359,11 @@ def _translate(args: argparse.Namespace, project=None) -> int:
                 raise ValueError(f"{args.data}, line {i}: lang {lang!r}; give one of {', '.join(LANGUAGES)}")
             rows.append(r)
         pairs = Pairs([r["source"] for r in rows], [""] * len(rows), [r.get("lang", args.lang) for r in rows])
-        if saved:
+        if project is None:  # a generative model retain run saved
             from retain.tasks.translation import translations
 
-            texts = translations(load_learner(args.store), pairs, progress=not args.json and args.out is not None)
+            learner = cast("GenerativeLearner[LanguageModel]", load_learner(args.store))  # _generative: its save says
+            texts = translations(learner, pairs, progress=not args.json and args.out is not None)
         else:
             texts = [p.label for p in project.predict(pairs, version=args.version)]
         for r, text in zip(rows, texts, strict=True):

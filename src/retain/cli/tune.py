@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from retain.cli.errors import reported
 
@@ -13,8 +14,9 @@ def tune(args: argparse.Namespace) -> int:
     """``retain tune``: the study (resumed if its database exists), the best configs and their test scores."""
     import torch
 
-    from retain.tuning import TuneError, optimize, read_source, storage_url
-    from retain.tuning import tune as run_study
+    with reported():  # without optuna: one line naming the extra to install
+        from retain.tuning import TuneError, optimize, read_source, storage_url
+        from retain.tuning import tune as run_study
 
     answers = _answers_store(args.source)
     if answers:
@@ -53,7 +55,7 @@ def tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _apply_tuning(store: str, row: dict, out: Path) -> None:
+def _apply_tuning(store: str, row: dict[str, Any], out: Path) -> None:
     """``retain tune STORE --apply``: the best knobs become the store's, if they beat its own on the test rows."""
     from retain.config import load_config
     from retain.loop import Project
@@ -106,7 +108,7 @@ def _tune_answers(args: argparse.Namespace, task: str) -> int:
     return 0
 
 
-def _apply_answers(store: str, row: dict, out: Path) -> None:
+def _apply_answers(store: str, row: dict[str, Any], out: Path) -> None:
     """``--apply`` after :func:`_tune_answers`: the tuned learning rate and strategy knobs become the store's
     if they beat its own on the held-out test rows; its model (adaptation, LoRA rank) stays as its versions
     were made."""

@@ -27,6 +27,7 @@ import tempfile
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,7 +100,8 @@ def add_noise(audio: np.ndarray, snr: float, seed: int) -> np.ndarray:
     """
     power = float(np.mean(audio ** 2)) + 1e-12
     noise = np.random.default_rng(seed).standard_normal(len(audio))
-    return audio + noise.astype(np.float32) * np.sqrt(power / 10 ** (snr / 10))
+    noisy: np.ndarray = audio + noise.astype(np.float32) * np.sqrt(power / 10 ** (snr / 10))
+    return noisy
 
 
 def _fit(audio: np.ndarray, n: int) -> np.ndarray:
@@ -158,7 +160,8 @@ def keywords(words: tuple[str, ...] = WORDS, copies: int = 4, test_fraction: flo
         futures = [pool.submit(_clips, v, w, copies, seed, Path(tmp)) for v, _, w in jobs]
         results = [f.result() for f in tqdm(futures, desc="synthesising keywords", unit="word",
                                              disable=not progress)]
-    split: dict[str, list] = {k: [] for k in ("x_train", "y_train", "x_test", "y_test", "voice_train", "voice_test")}
+    split: dict[str, list[Any]] = {k: [] for k in ("x_train", "y_train", "x_test", "y_test", "voice_train",
+                                                   "voice_test")}
     for (voice, label, _), clips in zip(jobs, results, strict=True):
         part = "test" if voice in held_out else "train"
         split[f"x_{part}"] += clips

@@ -9,12 +9,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
 
 def cache_dir() -> Path:
-    """Where retain caches generated data and features (``$RETAIN_CACHE`` or ``~/.cache/retain``)."""
+    """Where retain caches generated data and features (``$RETAIN_CACHE`` or ``~/.cache/retain``).
+
+    Returns:
+        The cache folder; it may not exist yet.
+    """
     return Path(os.environ.get("RETAIN_CACHE", Path.home() / ".cache" / "retain"))
 
 
@@ -24,7 +29,17 @@ class DatasetNotFound(FileNotFoundError):
 
 @dataclass
 class Dataset:
-    """A labeled data set already split into train and test; images are ``(N, C, H, W)``."""
+    """A labeled data set already split into train and test; images are ``(N, C, H, W)``.
+
+    Attributes:
+        name: the data set's name (a key of ``retain.data.DATASETS`` for the built-in ones).
+        x_train: training inputs, one row per sample.
+        y_train: training labels, class ids ``0 .. n_classes-1``.
+        x_test: test inputs.
+        y_test: test labels.
+        class_names: the name of each class id.
+        metadata: anything else the loader knows, e.g. the speaker of every clip.
+    """
 
     name: str
     x_train: Tensor
@@ -32,8 +47,9 @@ class Dataset:
     x_test: Tensor
     y_test: Tensor
     class_names: tuple[str, ...]
-    metadata: dict = field(default_factory=dict)  # e.g. the speaker of every clip
+    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. the speaker of every clip
 
     @property
     def n_classes(self) -> int:
+        """How many classes the data set has (its class names)."""
         return len(self.class_names)

@@ -20,6 +20,7 @@ import torch
 
 from retain.data.files import TABLES, FileError, read_image_sized, table_records
 from retain.data.scenes import Scene
+from retain.extras import require
 
 
 @dataclass
@@ -187,7 +188,7 @@ def write_box_table(scenes: Sequence[Scene], folder: str | Path, class_names: Se
     import csv
 
     import numpy as np
-    from PIL import Image
+    Image = require("PIL.Image", "vision")
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -162,7 +162,9 @@ def write_mo(path: str | Path, entries: list[Entry]) -> None:
     pairs.sort(key=lambda p: p[0])
     n = len(pairs)
     start = 28 + 16 * n
-    blob, orig, trans = b"", [], []
+    blob = b""
+    orig: list[tuple[int, int]] = []
+    trans: list[tuple[int, int]] = []
     for table, which in ((orig, 0), (trans, 1)):
         for p in pairs:
             table.append((len(p[which]), start + len(blob)))
@@ -172,7 +174,7 @@ def write_mo(path: str | Path, entries: list[Entry]) -> None:
     Path(path).write_bytes(head + tables + blob)
 
 
-def specifiers(text: str) -> Counter:
+def specifiers(text: str) -> Counter[str]:
     """The format specifiers of a message, as a multiset (positions dropped: ``%1$s`` counts as ``%s``).
 
     >>> sorted(specifiers("cannot open %s: %d%% done, %2$lu {name}").elements())

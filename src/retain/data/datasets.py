@@ -8,6 +8,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +33,13 @@ def _stratified(
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=test_fraction, stratify=y, random_state=seed
     )
-    as_x = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
-    as_y = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+
+    def as_x(a: Any) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+    def as_y(a: Any) -> Tensor:
+        return torch.from_numpy(np.asarray(a, dtype=np.int64))
+
     return Dataset(name, as_x(x_tr), as_y(y_tr), as_x(x_te), as_y(y_te), names)
 
 
@@ -151,9 +157,8 @@ def _text(name: str) -> Callable[..., Dataset]:
         from retain.data.tokens import tokenize
 
         data = getattr(text, name)(test_fraction=test_fraction, seed=split_seed)
-        as_y = lambda a: torch.tensor(a, dtype=torch.long)  # noqa: E731
-        return Dataset(name, tokenize(data.texts_train), as_y(data.y_train), tokenize(data.texts_test),
-                       as_y(data.y_test), data.class_names)
+        return Dataset(name, tokenize(data.texts_train), torch.tensor(data.y_train, dtype=torch.long),
+                       tokenize(data.texts_test), torch.tensor(data.y_test, dtype=torch.long), data.class_names)
 
     load.__doc__ = f"``retain.data.text.{name}`` as MiniLM token ids ``(N, 64)``."
     return load
@@ -230,6 +235,19 @@ def load_dataset(
     name: str, path: str | None = None, test_fraction: float = 0.3, split_seed: int = 0
 ) -> Dataset:
     """Load a bundled data set by name.
+
+    Args:
+        name: a key of :data:`DATASETS`.
+        path: the folder of ``fashion_mnist``'s or ``mnist``'s files; None: where their packages put them.
+        test_fraction: share of each class held out for testing, 0-1 (data sets without a split of their own).
+        split_seed: seed of that stratified split.
+
+    Returns:
+        The data set, split into train and test.
+
+    Raises:
+        ValueError: when ``name`` is no built-in data set.
+        DatasetNotFound: when its files or package are missing (the message says what to install).
 
     >>> load_dataset("nope")
     Traceback (most recent call last):

@@ -21,6 +21,7 @@ from torch import Tensor
 from retain.data.datasets import DATASETS, Dataset, load_dataset, per_class
 from retain.data.files import FileError
 from retain.data.scenarios import build_scenario
+from retain.extras import require
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "hf", "npz", "npy", "images", "wav")
 
@@ -99,14 +100,14 @@ def _write(base: Path, fmt: str, x: Tensor, texts: list[str] | None, names: list
         if tasks is not None:
             arrays["t"] = tasks.numpy()
         if fmt == "npz":
-            np.savez(base.with_suffix(".npz"), **arrays)
+            np.savez(base.with_suffix(".npz"), allow_pickle=True, **arrays)  # the default, named: then mypy knows
+            # that **arrays holds only arrays
         else:  # a folder of one .npy file per array
             base.mkdir()
             for key, array in arrays.items():
                 np.save(base / f"{key}.npy", array)
     elif fmt == "images":
-        from PIL import Image
-
+        Image = require("PIL.Image", "vision")
         for i, (image, name) in enumerate(zip(x, names, strict=True)):
             pixels = (image * 255).round().to(torch.uint8).numpy()
             (base / name).mkdir(parents=True, exist_ok=True)
@@ -124,15 +125,11 @@ def _table(base: Path, fmt: str, columns: dict[str, list[Any]]) -> None:
     names = list(columns)
     rows = list(zip(*columns.values(), strict=True))
     if fmt == "hf":  # a Hugging Face datasets folder, as save_to_disk writes it
-        from retain.util import require
-
-        datasets = require("datasets", "datasets")
+        datasets = require("datasets", "hf")
         datasets.disable_progress_bars()
         datasets.Dataset.from_dict(columns).save_to_disk(str(base))
     elif fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+        pa, pq = require("pyarrow", "parquet"), require("pyarrow.parquet", "parquet")
         pq.write_table(pa.table({k: [str(v) for v in vs] for k, vs in columns.items()}), base.with_suffix(".parquet"))
     elif fmt == "jsonl":
         with open(base.with_suffix(".jsonl"), "w", encoding="utf-8") as f:

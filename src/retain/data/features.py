@@ -28,7 +28,7 @@ import re
 import sqlite3
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -107,7 +107,8 @@ class LazyEncoder:
     """An encoder built only when a feature is not in the cache (loading a large model costs seconds)."""
 
     def __init__(self, backbone_id: str, build: Callable[[], nn.Module]) -> None:
-        self.backbone_id, self._build, self._module = backbone_id, build, None
+        self.backbone_id, self._build = backbone_id, build
+        self._module: nn.Module | None = None
 
     def get(self) -> nn.Module:
         if self._module is None:
@@ -222,7 +223,7 @@ class FeatureCache:
             self.store(bad, None)
         return found
 
-    def store(self, keys: list[bytes], feats: Tensor | None, used: list[bytes] = ()) -> None:
+    def store(self, keys: list[bytes], feats: Tensor | None, used: Sequence[bytes] = ()) -> None:
         """Keep ``feats`` (one row per key; None: drop those keys) and mark the ``used`` keys as just
         used; then evict the rows used longest ago while the file is over its cap. Does nothing
         unless ``writes``."""
@@ -261,12 +262,14 @@ class FeatureCache:
     def _evict(self, con: sqlite3.Connection) -> None:
         """While the file is over the cap, drop the rows used longest ago, down to 90% of it (so that
         the next writes do not evict again at once), shrinking the file as they go."""
-        page = con.execute("PRAGMA page_size").fetchone()[0]
+        page: int = con.execute("PRAGMA page_size").fetchone()[0]
 
         def size() -> int:
             con.execute("PRAGMA incremental_vacuum").fetchall()  # one page a step: run it through
-            return page * con.execute("PRAGMA page_count").fetchone()[0]
+            pages: int = con.execute("PRAGMA page_count").fetchone()[0]
+            return page * pages
 
+        assert self.max_mb is not None  # set by __post_init__
         cap = self.max_mb * 2**20
         if page * con.execute("PRAGMA page_count").fetchone()[0] <= cap:
             return
@@ -290,7 +293,7 @@ class FeatureCache:
         :func:`encode`; several processes: each its share) encodes them all; when some rows are
         cached, each process encodes the rows it lacks on its own, with :func:`encode`.
         """
-        keys = self.key(encoder.backbone_id, x)
+        keys = self.key(str(encoder.backbone_id), x)  # a str: nn.Module cannot declare the attribute
         if not keys:
             return (compute or encode)(_resolve(encoder), x, batch_size, desc, progress)
         found = self.load(keys)

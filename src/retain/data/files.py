@@ -26,13 +26,14 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from retain.data.experience import Experience, Stream
+from retain.extras import require
 
 TABLES = (".csv", ".tsv", ".jsonl", ".parquet")
 IMAGES = (".png", ".jpg", ".jpeg")
@@ -191,9 +192,8 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row number, mapping) for each record of a CSV, TSV, JSON Lines or Parquet file."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
+        pq = require("pyarrow.parquet", "parquet")
         try:
-            import pyarrow.parquet as pq
-
             table = pq.read_table(_regular(path))
         except Exception as err:  # noqa: BLE001 - pyarrow's own errors name what is wrong with the file
             raise FileError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
@@ -235,9 +235,7 @@ def load_hf_dataset(path: str | Path, labels: LabelMap, *, label: str = "label",
                     expect_features: list[str] | None = None) -> Labeled:
     """A Hugging Face ``datasets`` table saved with ``save_to_disk`` (text or numeric columns); a
     ``ClassLabel`` label column gives its names."""
-    from retain.util import require
-
-    datasets = require("datasets", "datasets")
+    datasets = require("datasets", "hf")
     path = Path(path)
     try:
         table = datasets.load_from_disk(str(path))
@@ -283,7 +281,9 @@ def _records(records: list[tuple[int, dict[str, Any]]], path: Path, labels: Labe
     elif not named:
         text = "text" if "text" in columns else None
         features = None if text else [c for c in columns if c not in (label, task)]
-    for name in [text] if text else features:
+    read = [text] if text else features
+    assert read is not None  # columns named, or found above
+    for name in read:
         if name not in columns:
             raise FileError(f"{path}: no column {name!r} (columns: {', '.join(columns)})")
     if task is not None and task not in columns:
@@ -291,27 +291,27 @@ def _records(records: list[tuple[int, dict[str, Any]]], path: Path, labels: Labe
     names, tasks, rows = [], [], []
     for number, record in records:
         where = f"{path}: row {number}"
-        for column in [label] * labelled + ([text] if text else features) + ([task] if task else []):
+        for column in [label] * labelled + read + ([task] if task else []):
             if record.get(column) in (None, ""):
                 raise FileError(f"{where}: field {column!r} is empty")
         names.append(str(record[label]) if labelled else "")
         tasks.append(int(_number(str(record[task]), f"{where}: field {task!r}")) if task else 0)
         rows.append(str(record[text]) if text else [_number(str(record[c]), f"{where}: field {c!r}")
-                                                    for c in features])
+                                                    for c in read])
     if text:
         from retain.data.tokens import tokenize
 
-        x, modality = tokenize(rows), "text"
+        x, modality = tokenize(cast(list[str], rows)), "text"
     else:
         values = np.asarray(rows, dtype=np.float64)
         bad = out_of_range(values)
         if bad:
-            row, column = bad
-            raise FileError(f"{path}: row {records[row][0]}: field {features[column]!r}: "
-                            f"{value_problem(values[row, column])}")
+            row, col = bad
+            raise FileError(f"{path}: row {records[row][0]}: field {read[col]!r}: "
+                            f"{value_problem(float(values[row, col]))}")
         x, modality = torch.from_numpy(values.astype(np.float32)), "tabular"
-    inputs = f"text column {text!r}" if text else f"{len(features)} feature columns ({', '.join(features[:3])}" + (
-        ", ...)" if len(features) > 3 else ")")
+    inputs = f"text column {text!r}" if text else f"{len(read)} feature columns ({', '.join(read[:3])}" + (
+        ", ...)" if len(read) > 3 else ")")
     read_as = inputs + (f", labels from {label!r}" if labelled else "") + (f", tasks from {task!r}" if task else "")
     return Labeled(x, _ids(labels, names, labelled), torch.tensor(tasks, dtype=torch.long), modality, str(path),
                    read_as, {"label": label, "text": text, "features": features if named else None, "task": task,
@@ -323,7 +323,7 @@ def _ids(labels: LabelMap, names: list[str], labelled: bool) -> Tensor:
     return labels.ids(names) if labelled else torch.full((len(names),), -1, dtype=torch.long)
 
 
-def _natural(path: Path) -> tuple:
+def _natural(path: Path) -> tuple[int | str, ...]:
     """Sort key: numbers in a name compare as numbers (``2.png`` before ``10.png``)."""
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name))
 
@@ -373,7 +373,8 @@ def read_image(source: str | Path | bytes, size: int | None = None, channels: in
 def read_image_sized(source: str | Path | bytes, size: int | None = None,
                      channels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """:func:`read_image`, and the image's own ``(width, height)`` (a detector's boxes are in its pixels)."""
-    from PIL import Image, UnidentifiedImageError
+    Image = require("PIL.Image", "vision")
+    UnidentifiedImageError = Image.UnidentifiedImageError
 
     where = "image" if isinstance(source, bytes) else str(source)
     try:
@@ -613,9 +614,7 @@ def modality_of(folder: str | Path, text: str | None = None) -> str:
     if train.is_dir() and (train / "x.npy").is_file():
         return _array_modality(np.load(train / "x.npy", mmap_mode="r", allow_pickle=False).shape)
     if train.is_dir() and (train / "state.json").is_file():
-        from retain.util import require
-
-        columns = require("datasets", "datasets").load_from_disk(str(train)).column_names
+        columns = require("datasets", "hf").load_from_disk(str(train)).column_names
         return "text" if (text or "text") in columns else "tabular"
     if train.is_dir():
         kinds = {f.suffix.lower() for d in train.iterdir() if d.is_dir() for f in d.iterdir()}
@@ -634,7 +633,10 @@ def load_stream(folder: str | Path, **options: Any) -> Stream:
     per experience in ``stream.metadata["new_classes"]``."""
     folder = Path(folder)
     labels = read_label_names(folder)
-    experiences, new_classes, modality, seen = [], [], None, set()
+    experiences: list[Experience] = []
+    new_classes: list[list[str]] = []
+    modality: str | None = None
+    seen: set[int] = set()
     for k, batch in enumerate(batches(folder)):
         train = load(split_of(batch, "train"), labels, **options)
         options |= train.columns  # every file of the stream is read with the first one's columns
@@ -648,7 +650,7 @@ def load_stream(folder: str | Path, **options: Any) -> Stream:
         arrived = sorted(set(train.y.tolist()) - seen)
         new_classes.append([labels.names[c] for c in arrived])
         seen |= set(arrived)
-        tasks = train.t.unique()
+        tasks = torch.unique(train.t)
         experiences.append(Experience(train.x, train.y, test.x, test.y, id=k, task=int(tasks[0]),
                                       t_train=train.t, t_test=test.t, metadata={"source": str(batch)}))
     if any(int(e.train_tasks().max()) > 0 for e in experiences):

@@ -13,7 +13,14 @@ from retain.data.experience import Stream
 
 @dataclass
 class OnlineBatch:
-    """One incoming mini-batch: inputs, labels, task ids, and the experience it came from."""
+    """One incoming mini-batch: inputs, labels, task ids, and the experience it came from.
+
+    Attributes:
+        x: the inputs, one row per sample.
+        y: the labels.
+        t: the task id of each sample.
+        experience: the id of the experience each sample came from.
+    """
 
     x: Tensor
     y: Tensor
@@ -27,6 +34,16 @@ class OnlineStream:
     Samples keep the order of experiences (no task boundary is announced); ``shuffle`` mixes
     samples within each experience; ``blurry`` (0 to 0.5) shuffles a window of that fraction
     of an experience's size around each boundary, so neighbouring experiences' classes mix.
+
+    Args:
+        stream: the experiences whose training samples arrive.
+        batch_size: samples per incoming batch, at least 1 (the last batch may be smaller).
+        shuffle: mix the samples within each experience; False keeps their order.
+        blurry: share of an experience's size, 0 to 0.5, shuffled across each boundary; 0: sharp boundaries.
+        seed: seed of the shuffles.
+
+    Raises:
+        ValueError: when ``batch_size`` is below 1 or ``blurry`` outside 0 to 0.5.
 
     >>> from retain.data import class_incremental, load_dataset
     >>> online = OnlineStream(class_incremental(load_dataset("digits"), 5), batch_size=10)
@@ -60,6 +77,7 @@ class OnlineStream:
 
     @property
     def n_samples(self) -> int:
+        """Training samples of the whole stream."""
         return len(self.y)
 
     def __len__(self) -> int:

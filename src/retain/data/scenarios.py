@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,18 @@ def class_incremental(
     Classes come in ``class_order``, else shuffled by ``seed``, else in natural order; labels
     are renumbered in order of arrival (``stream.class_names`` maps them back).
 
+    Args:
+        data: the data set to split.
+        n_experiences: experiences to cut, 1 up to the number of classes; classes divide as evenly as they can.
+        class_order: the order classes arrive in, a permutation of ``0 .. n_classes-1``; None: by ``seed``.
+        seed: seed of a shuffled class order; None (and no ``class_order``): the natural order.
+
+    Returns:
+        The stream, its ``metadata["class_order"]`` the original class ids in order of arrival.
+
+    Raises:
+        ValueError: when ``n_experiences`` is out of range or ``class_order`` is no permutation.
+
     >>> from retain.data.datasets import digits
     >>> s = class_incremental(digits(), 5)
     >>> [e.classes for e in s][:2], s[0].task
@@ -76,11 +89,25 @@ def task_incremental(
     data: Dataset, n_experiences: int, class_order: Sequence[int] | None = None,
     seed: int | None = None,
 ) -> Stream:
-    """Like :func:`class_incremental`, but each experience carries its task id (0, 1, ...)."""
+    """Like :func:`class_incremental`, but each experience carries its task id (0, 1, ...).
+
+    Args:
+        data: the data set to split.
+        n_experiences: experiences (tasks) to cut, 1 up to the number of classes.
+        class_order: the order classes arrive in, a permutation of ``0 .. n_classes-1``; None: by ``seed``.
+        seed: seed of a shuffled class order; None (and no ``class_order``): the natural order.
+
+    Returns:
+        The stream, experience ``k`` with task id ``k``.
+
+    Raises:
+        ValueError: when ``n_experiences`` is out of range or ``class_order`` is no permutation.
+    """
     return _split_by_class(data, n_experiences, class_order, seed, task_ids=True)
 
 
-def _domain_stream(data: Dataset, n_experiences: int, kind: str, transforms: list[Callable]) -> Stream:
+def _domain_stream(data: Dataset, n_experiences: int, kind: str,
+                   transforms: list[Callable[[Tensor], Tensor]]) -> Stream:
     if n_experiences < 1:
         raise ValueError(f"n_experiences must be at least 1, got {n_experiences}")
     classes = tuple(range(data.n_classes))
@@ -98,6 +125,17 @@ def permuted(data: Dataset, n_experiences: int, seed: int = 0) -> Stream:
     """Domain-incremental: every experience shuffles the pixels with its own fixed permutation.
 
     Experience 0 is the original data; the others use permutations drawn from ``seed``.
+
+    Args:
+        data: the data set every experience permutes.
+        n_experiences: experiences, at least 1.
+        seed: seed of the permutations.
+
+    Returns:
+        The stream; every experience holds every class.
+
+    Raises:
+        ValueError: when ``n_experiences`` is below 1.
 
     >>> from retain.data.datasets import digits
     >>> s = permuted(digits(), 3)
@@ -117,7 +155,20 @@ def permuted(data: Dataset, n_experiences: int, seed: int = 0) -> Stream:
 
 
 def rotated(data: Dataset, n_experiences: int, max_degrees: float = 180.0) -> Stream:
-    """Domain-incremental: experience k rotates every image by ``k * max_degrees / n``."""
+    """Domain-incremental: experience k rotates every image by ``k * max_degrees / n``.
+
+    Args:
+        data: the data set of images ``(N, C, H, W)`` every experience rotates.
+        n_experiences: experiences, at least 1.
+        max_degrees: the rotation the angles step towards, in degrees (the last experience's is
+            ``max_degrees * (n - 1) / n``).
+
+    Returns:
+        The stream, its angles in ``metadata["degrees"]``.
+
+    Raises:
+        ValueError: when ``n_experiences`` is below 1.
+    """
     def rotate(degrees: float) -> Callable[[Tensor], Tensor]:
         def apply(x: Tensor) -> Tensor:
             a = math.radians(degrees)
@@ -140,8 +191,21 @@ SCENARIOS: dict[str, Callable[..., Stream]] = {
 }
 
 
-def build_scenario(kind: str, data: Dataset, n_experiences: int, **options) -> Stream:
-    """Build a stream by scenario name (the names the config file uses)."""
+def build_scenario(kind: str, data: Dataset, n_experiences: int, **options: Any) -> Stream:
+    """Build a stream by scenario name (the names the config file uses).
+
+    Args:
+        kind: a key of :data:`SCENARIOS` (``class_incremental``, ``task_incremental``, ``permuted``, ``rotated``).
+        data: the data set to cut.
+        n_experiences: experiences in the stream.
+        **options: the scenario builder's other arguments (``class_order``, ``seed``, ``max_degrees``).
+
+    Returns:
+        The stream.
+
+    Raises:
+        ValueError: when ``kind`` names no scenario.
+    """
     if kind not in SCENARIOS:
         raise ValueError(f"unknown scenario {kind!r}; choose one of: {', '.join(SCENARIOS)}")
     return SCENARIOS[kind](data, n_experiences, **options)

@@ -20,6 +20,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -146,7 +147,8 @@ def compose(items: Sequence[Tensor], classes: Sequence[int], size: int, generato
     (torch.Size([3, 64, 64]), [3, 5], [5])
     """
     image = _background(size, generator)
-    boxes, labels = [], []
+    boxes: list[Tensor] = []
+    labels: list[int] = []
     scale = size / 128
     for item, label in zip(items, classes, strict=True):
         side = int(torch.randint(int(SIZES[0] * scale), int(SIZES[1] * scale) + 1, (1,), generator=generator))
@@ -232,12 +234,12 @@ def detection_stream(splits: Sequence[Sequence[int]] = ((0, 1, 2, 3, 4), (5, 6, 
         scenes.append(_scenes(data.x_test, data.y_test, test_plan, size, seed + 1000))
         if cache:
             _write(path, scenes)
-    experiences = [DetectionExperience("+".join(FASHION_CLASSES[c] for c in split), split, train)
+    experiences = [DetectionExperience("+".join(FASHION_CLASSES[c] for c in split), tuple(split), train)
                    for split, train in zip(splits, scenes[:-1], strict=True)]
     return DetectionStream(experiences, scenes[-1], FASHION_CLASSES)
 
 
-def _write(path, parts: list[list[Scene]]) -> None:
+def _write(path: Path, parts: list[list[Scene]]) -> None:
     tensors = {}
     for p, scenes in enumerate(parts):
         x, y = pack(scenes)
@@ -249,7 +251,7 @@ def _write(path, parts: list[list[Scene]]) -> None:
     partial.replace(path)
 
 
-def _read(path) -> list[list[Scene]]:
+def _read(path: Path) -> list[list[Scene]]:
     tensors = load_file(path)
     parts = []
     for p in range(len(tensors) // 2):

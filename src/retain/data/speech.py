@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from retain.data.audio import add_noise, check_tools, perturb, synthesize, voices
 from retain.data.base import DatasetNotFound, cache_dir
 from retain.data.files import MAX_CHANNELS, MAX_SAMPLE_RATE, FileError, _natural, table_records
+from retain.extras import require
 from retain.util import TITLES, spell_numbers
 
 SAMPLE_RATE = 16_000
@@ -165,7 +166,7 @@ def _bounds(where: str, rate: int, channels: int, frames: int, max_seconds: floa
 
 
 def _decode(source: io.BufferedIOBase, where: str, max_seconds: float | None, raw: bool = False) -> np.ndarray:
-    import soundfile as sf
+    sf = require("soundfile", "audio")
     from scipy.signal import resample_poly
 
     options = dict(samplerate=SAMPLE_RATE, channels=1, subtype="PCM_16", format="RAW", endian="LITTLE") if raw else {}
@@ -194,7 +195,8 @@ def _decode(source: io.BufferedIOBase, where: str, max_seconds: float | None, ra
     if rate != SAMPLE_RATE:
         ratio = Fraction(SAMPLE_RATE, rate).limit_denominator(1000)
         audio = resample_poly(audio, ratio.numerator, ratio.denominator)
-    return audio.astype(np.float32)
+    samples: np.ndarray = audio.astype(np.float32)
+    return samples
 
 
 def read_audio(path: Path, max_seconds: float | None = None) -> np.ndarray:
@@ -288,7 +290,7 @@ def _folder(folder: Path, labelled: bool) -> list[tuple[Path, str | None]]:
     for f in files:
         if f.suffix.lower() == ".txt" and f.with_suffix("") not in stems:
             raise FileError(f"{f}: a transcript without a clip of the same name ({', '.join(AUDIO)})")
-    found = []
+    found: list[tuple[Path, str | None]] = []
     for clip in clips:
         transcript = clip.with_suffix(".txt")
         if not transcript.is_file():
@@ -488,11 +490,11 @@ def vocabulary_stream(seed: int = 0, progress: bool = True, train_per_experience
     audio = _cached(path, len(plan))
     if audio is None:
         tempos = {"old": TEMPO, "new": NEW_TEMPO}
-        audio = []
+        spoken = []
         for name, tempo in tempos.items():  # one tempo range per call to speak
             lines = [(text, voice) for _, text, voice, t in plan if t == name]
-            audio.append(iter(speak(lines, seed, tempo, workers, progress)))
-        by_tempo = dict(zip(tempos, audio, strict=True))
+            spoken.append(iter(speak(lines, seed, tempo, workers, progress)))
+        by_tempo = dict(zip(tempos, spoken, strict=True))
         audio = [next(by_tempo[t]) for *_, t in plan]
         lengths = np.array([len(a) for a in audio], dtype=np.int64)
         stored = np.concatenate(audio).astype(np.float16)  # half the space; far below the noise added

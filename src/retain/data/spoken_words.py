@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from math import gcd
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from tqdm.auto import tqdm
 
 from retain.data.base import Dataset, DatasetNotFound, cache_dir
 from retain.data.experience import Experience, Stream
+from retain.extras import require
 
 SOUNDS_DIR = Path("/usr/share/ktuberling/sounds")
 SAMPLE_RATE = 16_000
@@ -88,7 +90,7 @@ def shared_concepts(languages: Sequence[str], root: Path = SOUNDS_DIR) -> tuple[
 
 def read_recording(path: Path) -> np.ndarray:
     """One recording as mono float32 at 16 kHz, silence trimmed, peak 0.9."""
-    import soundfile
+    soundfile = require("soundfile", "audio")
     from scipy.signal import resample_poly
 
     audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
@@ -100,7 +102,8 @@ def read_recording(path: Path) -> np.ndarray:
     loud = np.nonzero(energy > energy.max() * 1e-4)[0]
     if len(loud):
         audio = audio[max(loud[0] - frame, 0):loud[-1] + frame]
-    return audio * np.float32(0.9 / (np.abs(audio).max() + 1e-9))
+    scaled: np.ndarray = audio * np.float32(0.9 / (np.abs(audio).max() + 1e-9))
+    return scaled
 
 
 def _place(audio: np.ndarray, n: int, shift: int) -> np.ndarray:
@@ -123,7 +126,8 @@ def _perturb(audio: np.ndarray, rng: random.Random) -> np.ndarray:
     power = float(np.mean(clip ** 2)) + 1e-12
     snr = rng.uniform(10, 30)
     noise = np.random.default_rng(rng.getrandbits(32)).standard_normal(CLIP_SAMPLES).astype(np.float32)
-    return clip + noise * np.float32(np.sqrt(power / 10 ** (snr / 10)))
+    noisy: np.ndarray = clip + noise * np.float32(np.sqrt(power / 10 ** (snr / 10)))
+    return noisy
 
 
 def _copies(path: Path, copies: int, n_test: int, key: str) -> tuple[list[np.ndarray], list[bool]]:
@@ -173,7 +177,7 @@ def spoken_words(languages: Sequence[str] = ("en",), concepts: Sequence[str] | N
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(_copies, p, copies, n_test, f"{seed}:{lang}:{names[label]}") for lang, label, p in jobs]
         results = [f.result() for f in tqdm(futures, desc="perturbing spoken words", unit="word", disable=not progress)]
-    split: dict[str, list] = {k: [] for k in fields}
+    split: dict[str, list[Any]] = {k: [] for k in fields}
     for (lang, label, _), (clips, is_test) in zip(jobs, results, strict=True):
         for clip, test in zip(clips, is_test, strict=True):
             part = "test" if test else "train"
@@ -181,10 +185,10 @@ def spoken_words(languages: Sequence[str] = ("en",), concepts: Sequence[str] | N
             split[f"y_{part}"].append(label)
             split[f"language_{part}"].append(lang)
     dtypes = {"x": np.float16, "y": np.int64, "l": str}
-    arrays = {k: np.asarray(v, dtype=dtypes[k[0]]) for k, v in split.items()}
+    arrays: dict[str, np.ndarray] = {k: np.asarray(v, dtype=dtypes[k[0]]) for k, v in split.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_suffix(".tmp.npz")
-    np.savez(tmp_path, **arrays)
+    np.savez(tmp_path, allow_pickle=True, **arrays)  # the default, named: then mypy knows **arrays holds arrays
     tmp_path.replace(path)
     return _as_dataset(arrays, names)
 

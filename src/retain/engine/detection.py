@@ -33,7 +33,7 @@ def applies_to_detection(cls: type[Strategy]) -> bool:
     return cls.detection or cls.generative
 
 
-class DetectionLearner(RowLearner):
+class DetectionLearner(RowLearner[Detector]):
     """Trains a :class:`~retain.models.detector.Detector` experience by experience.
 
     ``fit(experience)`` trains on its rows (``x_train`` images, ``y_train`` packed boxes), growing the
@@ -88,7 +88,7 @@ class DetectionLearner(RowLearner):
     def _begin(self, experience: Experience) -> list[int]:
         """Grow the head to the experience's classes (those it declares and those its boxes name)."""
         labels = experience.y_train[..., 0]
-        classes = sorted(set(experience.classes) | {int(c) for c in labels[labels != PAD].unique()})
+        classes = sorted(set(experience.classes) | {int(c) for c in torch.unique(labels[labels != PAD])})
         if classes:
             self.model.add_classes(max(max(classes) + 1, self.model.n_classes))
         return classes
@@ -102,7 +102,8 @@ class DetectionLearner(RowLearner):
 
     def _logits(self, step: Step) -> Tensor:
         step.x, step.y, step.t = step.x.to(self.device), step.y.to(self.device), step.t.to(self.device)
-        return self.model(step.x)
+        outputs: Tensor = self.model(step.x)
+        return outputs
 
     def row_loss(self, step: Step, logits: Tensor, classes: Tensor | None = None) -> Tensor:
         """The task loss: CenterNet's (focal loss on the heat maps ``classes`` marks for each image,

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from retain.strategies.base import Strategy
 from retain.strategies.contract import Ranks
 
 TIMEOUT = datetime.timedelta(minutes=5)  # a rank that died leaves the others waiting this long at most
@@ -111,7 +112,7 @@ def share(value: object) -> object:
     return box[0]
 
 
-def problem(strategies: list, modes: list[str]) -> str | None:
+def problem(strategies: list[Strategy], modes: list[str]) -> str | None:
     """Why these strategies (of one method) or modes cannot train across ranks, or None."""
     if modes != ["offline"]:
         return "online and hybrid modes learn in one process; run mode: offline across ranks"

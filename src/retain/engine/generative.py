@@ -16,12 +16,13 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
+from typing_extensions import TypeVar  # a default (PEP 696) before Python 3.13
 
 from retain.data import Experience
 from retain.engine import persist
@@ -31,6 +32,13 @@ from retain.strategies import Strategy
 from retain.strategies.contract import Step
 from retain.util import evaluating
 
+if TYPE_CHECKING:
+    from retain.models.speech import SpeechModel
+
+# The model: a language model (``GenerativeLearner`` alone means one), or a speech recogniser
+# (``retain.engine.speech``), whose rows are laid out alike.
+G = TypeVar("G", bound="LanguageModel | SpeechModel", default=LanguageModel)
+
 
 def check_generative(strategy: Strategy) -> None:
     """Refuse, with the reason, a strategy the generative learner cannot run (one that does not
@@ -38,7 +46,7 @@ def check_generative(strategy: Strategy) -> None:
     check_strategy(strategy, lambda cls: cls.generative, "a generative language model")
 
 
-class GenerativeLearner(RowLearner):
+class GenerativeLearner(RowLearner[G]):
     """Fine-tunes a :class:`LanguageModel` experience by experience.
 
     ``fit(experience)`` trains on its token rows (``x_train``: inputs, ``y_train``: labels,
@@ -58,7 +66,7 @@ class GenerativeLearner(RowLearner):
     _restored = ("seen_classes_", "task_classes_", "directions", "steps_", "tokens_")
     kind = "generative"
 
-    def __init__(self, model: LanguageModel, strategies: Sequence[Strategy] = (), *, lr: float = 3e-4,
+    def __init__(self, model: G, strategies: Sequence[Strategy] = (), *, lr: float = 3e-4,
                  epochs: int = 1, batch_size: int = 8, max_tokens: int = 64, clip: float = 1.0, seed: int = 0,
                  device: str = "cpu") -> None:
         for s in strategies:
@@ -102,7 +110,8 @@ class GenerativeLearner(RowLearner):
         y = step.y[:, :width]
         self.tokens_ += int((y != IGNORE).sum())  # counted before the move: no wait on the device
         step.x, step.y, step.t = step.x[:, :width].to(self.device), y.to(self.device), step.t.to(self.device)
-        return self.model(step.x, step.t)
+        logits: Tensor = self.model(step.x, step.t)
+        return logits
 
     def _model_copy(self) -> torch.nn.Module:
         # Under adapters the base weights never train: the copy a failed fit restores shares them
@@ -112,8 +121,9 @@ class GenerativeLearner(RowLearner):
             id(p): p for k, p in self.model.named_parameters() if "lora_" not in k}
         return copy.deepcopy(self.model, frozen)
 
-    def generate(self, prompts: Sequence[str], direction: int | None = None, max_new_tokens: int = 48,
-                 batch_size: int = 32, progress: bool = False, desc: str = "generating") -> list[str]:
+    def generate(self: GenerativeLearner[LanguageModel], prompts: Sequence[str], direction: int | None = None,
+                 max_new_tokens: int = 48, batch_size: int = 32, progress: bool = False,
+                 desc: str = "generating") -> list[str]:
         """Greedy continuations of ``prompts`` (through ``direction``'s adapter for experts), in
         batches of prompts of similar length."""
         tok = self.model.tokenizer
@@ -136,9 +146,9 @@ class GenerativeLearner(RowLearner):
         ``end=False`` leaves out of the loss: a model fine-tuned on one-line messages learns to end
         lines early, and that one token a text can hide the rest), with no direction tag: experts
         score it with the base model."""
-        x, y = self.encode([""] * len(texts), list(texts)) if texts else (None, None)
-        if x is None:
+        if not texts:
             raise ValueError("perplexity needs at least one text")
+        x, y = self.encode([""] * len(texts), list(texts))
         if not end:
             last = (x != PAD).sum(1) - 1  # each row's last token: its end token unless the row was cut
             rows = torch.arange(len(x))
@@ -153,7 +163,7 @@ class GenerativeLearner(RowLearner):
         return math.exp(total / count)
 
     @classmethod
-    def _saved_names(cls, model: LanguageModel) -> set[str]:
+    def _saved_names(cls, model: G) -> set[str]:
         """Every weight under full fine-tuning, the adapters' otherwise (the base model's package holds the rest)."""
         if model.adaptation == "full":
             return set(model.trainable_names())
@@ -166,7 +176,7 @@ class GenerativeLearner(RowLearner):
         return {"directions": self.directions, "tokens": self.tokens_}
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu") -> GenerativeLearner:
+    def load(cls, folder: str | Path, device: str = "cpu") -> Self:
         """A learner as :meth:`save` left it (the base weights come from their package again). Every
         file is checked against its checksum and the JSON against a schema with bounds before
         anything is built; a problem raises ``persist.LoadError`` naming the file. Saves of the first
@@ -179,13 +189,18 @@ class GenerativeLearner(RowLearner):
         meta = persist.saved_generative(data, path)
         strategies = persist.make_strategies(meta.strategies, path)
         weights = persist.read_tensors(saved.parts["model"], path, "model")
+        model = cls._model_of(meta)
+        learner = cls._assembled(model, cls._saved_names(model), weights, strategies, meta, state, path, device)
+        learner.directions = meta.directions
+        return learner
+
+    @classmethod
+    def _model_of(cls, meta: Any) -> G:
         m = meta.model
         model = LanguageModel(m.name, m.adaptation, m.lora_rank, m.seed)
         for d in m.experts:
             model.add_expert(d)
-        learner = cls._assembled(model, cls._saved_names(model), weights, strategies, meta, state, path, device)
-        learner.directions = meta.directions
-        return learner
+        return cast(G, model)  # a language model's learner: the speech learner builds its own model
 
     def _loaded(self, meta: Any) -> None:
         super()._loaded(meta)

@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,14 +20,14 @@ from retain.engine import distributed, persist
 from retain.engine.sgd import FusedSGD, scale_lr
 from retain.models import Classifier, IncrementalHead, LinearHead, MultiHead
 from retain.quality import check_batch, check_inputs
-from retain.strategies import HOOKS, ExperienceContext, Step, Strategy, implements, make_strategy
-from retain.strategies.contract import SCENARIO_KINDS, online_problem, scenario_problem
+from retain.strategies import HOOKS, ExperienceContext, Memory, Step, Strategy, implements, make_strategy
+from retain.strategies.contract import SCENARIO_KINDS, LearnerView, Ranks, online_problem, scenario_problem
 from retain.util import evaluating, in_batches
 
 CHUNK = 32  # batches gathered at once by fit
 
 
-def cross_entropy(learner: Learner, step: Step, logits: Tensor) -> Tensor:
+def cross_entropy(learner: Trainer, step: Step, logits: Tensor) -> Tensor:
     """The task loss unless a strategy replaces it: cross-entropy over every row."""
     return F.cross_entropy(logits, step.y)
 
@@ -38,6 +38,15 @@ class Diverged(ValueError):
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` picks CUDA when a GPU is present, else the CPU.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns:
+        The torch device.
+
+    Raises:
+        ValueError: when ``device`` is none of those, or names CUDA on a machine without a GPU.
 
     >>> resolve_device("cpu")
     device(type='cpu')
@@ -68,6 +77,14 @@ class Trainer:
     """
 
     _restored: tuple[str, ...] = ()  # attributes (counters, random state) a failed fit puts back
+    model: torch.nn.Module
+    strategies: list[Strategy]
+    generator: torch.Generator
+    optimizer: FusedSGD | torch.optim.Optimizer | None  # None between fits (built at the next one)
+    ranks: Ranks
+    lr: float
+    steps_: int
+    _trainable: list[Tensor]
 
     def _bind(self) -> None:
         """Collect the strategies' hooks, in list order."""
@@ -84,7 +101,7 @@ class Trainer:
 
     @property
     def trainable(self) -> list[Tensor]:
-        """The parameters the optimizer steps."""
+        """The parameters the optimizer steps (what a gradient clip or projection covers)."""
         return self._trainable
 
     def _requires_grad(self) -> list[Tensor]:
@@ -108,8 +125,9 @@ class Trainer:
         if not math.isfinite(value) and self.ranks.world == 1:
             raise Diverged(f"training diverged at step {self.steps_ + 1} (experience {step.experience_id}): the loss "
                            f"is {value}; a smaller learning rate (now {self.lr}) or penalty may help")
+        assert self.optimizer is not None  # built by the fit (or partial_fit) that steps
         self.optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward has no annotations
         for hook in self._hooks["after_backward"]:
             hook(self, step)
         self._update(step)
@@ -121,22 +139,46 @@ class Trainer:
         raise NotImplementedError
 
     def row_loss(self, step: Step, logits: Tensor) -> Tensor:
-        """The task loss when no strategy replaces it: cross-entropy over every row."""
+        """The task loss when no strategy replaces it: cross-entropy over every row.
+
+        Args:
+            step: the batch, its labels ``step.y``.
+            logits: the model's logits on it.
+
+        Returns:
+            The mean loss, a scalar.
+        """
         return cross_entropy(self, step, logits)
 
     def _update(self, step: Step) -> None:
         """Write the gradients into the weights."""
+        assert self.optimizer is not None  # built by the fit that steps
         self.optimizer.step()
 
     def step_batch(self, step: Step) -> Step:
-        """The batch a step trains on: the incoming rows and what the strategies' ``batch`` hooks append."""
+        """The batch a step trains on: the incoming rows and what the strategies' ``batch`` hooks append.
+
+        Args:
+            step: the incoming rows.
+
+        Returns:
+            The step each ``batch`` hook returned in turn (``step`` itself when there is none).
+        """
         for hook in self._hooks["batch"]:
             step = hook(self, step)
         return step
 
     def objective(self, step: Step, logits: Tensor) -> Tensor:
         """What a training step minimises on a batch its ``batch`` hooks returned: the task loss
-        (cross-entropy over every row unless a strategy replaces it) plus every ``loss`` term."""
+        (cross-entropy over every row unless a strategy replaces it) plus every ``loss`` term.
+
+        Args:
+            step: the batch, as :meth:`step_batch` returned it.
+            logits: the model's logits on it.
+
+        Returns:
+            The loss to minimise, a scalar.
+        """
         loss = self._task_loss(self, step, logits)
         for hook in self._hooks["loss"]:
             loss = loss + hook(self, step, logits)
@@ -173,7 +215,8 @@ class Trainer:
     def _restore(self, saved: dict[str, Any]) -> None:
         self.model = saved["model"]
         for s, state in zip(self.strategies, saved["strategies"], strict=True):
-            s.load_state_dict(state, self)
+            # every learner is the view its strategies read (a row learner's model is its own, not a Classifier)
+            s.load_state_dict(state, cast(LearnerView, self))
         self.generator.set_state(saved["rng"])
         for k, v in saved["restored"].items():
             setattr(self, k, v)
@@ -191,6 +234,24 @@ class Learner(Trainer):
     optimizer is rebuilt at every experience (a grown head has new parameters), so momentum
     does not carry across experiences. Same model initialisation and seed, same numbers.
 
+    Args:
+        model: the classifier to train (moved to ``device``).
+        strategies: the continual-learning strategies, composed in this order; none: plain fine-tuning.
+        lr: the learning rate of SGD, positive.
+        momentum: SGD's momentum, in [0, 1).
+        batch_size: incoming rows per step, at least 1 (replay strategies add theirs).
+        epochs: passes over each experience, at least 1.
+        device: ``auto`` (CUDA when there is a GPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: seed of the learner's random choices (shuffles, memories, new layers).
+        backbone_lr: the learning rate of a pretrained backbone's weights (heads and LoRA adapters keep
+            ``lr``); None: ``lr`` for every weight.
+        lr_decay: the factor the learning rates fall to, exponentially, by an experience's last step, in (0, 1];
+            1: constant.
+
+    Raises:
+        ValueError: when a setting is out of range, or a strategy trains an object detector.
+        TypeError: when a strategy is not a retain ``Strategy``.
+
     >>> from retain.data import class_incremental, load_dataset
     >>> from retain.models import make_model
     >>> from retain.strategies import Replay
@@ -206,6 +267,7 @@ class Learner(Trainer):
 
     _restored = ("seen_classes_", "task_classes_", "experiences_seen_", "steps_", "samples_seen_", "_torch_rng",
                  "_experience_id")
+    model: Classifier
 
     def __init__(
         self,
@@ -272,6 +334,17 @@ class Learner(Trainer):
         class declares ``tunable`` (others would change the shape of what it learned, e.g. a
         memory's size, and are refused). What the strategies learned is kept.
 
+        Args:
+            training: new values of training knobs (``lr``, ``epochs``, ``batch_size``, ``momentum``,
+                ``backbone_lr``, ``lr_decay``).
+            knobs: per strategy name, new values of the knobs its class declares ``tunable``.
+
+        Returns:
+            The learner itself.
+
+        Raises:
+            ValueError: when a key is no training knob, names no strategy of the learner, or a knob is not tunable.
+
         >>> from retain.models import make_model
         >>> from retain.strategies import Replay
         >>> learner = Learner(make_model("mlp", (4,), 3, hidden=(8,)), [Replay(50)], device="cpu")
@@ -315,6 +388,21 @@ class Learner(Trainer):
         The data is checked before anything changes (``ValueError`` naming the problem), and a fit
         that fails midway, a diverging one included (:class:`Diverged`), leaves the learner as it was.
 
+        Args:
+            experience: the experience to learn, or its inputs ``x`` (tensor, numpy array or list).
+            y: with inputs ``x``: their labels, one class id per row.
+            t: with inputs ``x``: their task ids (one per row, or one for all); None: task 0.
+            epochs: passes over the experience; None: the learner's ``epochs``.
+            incoming: whether the data is new, so stream memories are offered it.
+
+        Returns:
+            The learner itself.
+
+        Raises:
+            ValueError: when the data cannot be learned (``BatchRefused`` names the problem).
+            Diverged: when the loss or the weights became non-finite (the learner is restored).
+            TypeError: when an Experience and arrays are both given, or arrays without labels.
+
         >>> from retain.models import make_model
         >>> learner = Learner(make_model("mlp", (4,), 3, hidden=(8,)), device="cpu")
         >>> learner.fit([[0.1, 0.2, 0.3, 0.4]] * 4, [0, 1, 2, 1]).experiences_seen_
@@ -336,6 +424,7 @@ class Learner(Trainer):
         if y is None:
             raise TypeError("fit(x, y[, t]): give the labels y with the inputs x")
         report = check_batch(data, y, t, where=f"fit: experience {self.experiences_seen_}").raise_if_refused()
+        assert report.y is not None and report.t is not None  # a batch that passed holds them
         x = torch.as_tensor(data)
         x = x.long() if self._takes_tokens() else x.float()  # token ids stay integers; pixels may come as uint8
         tasks = report.t
@@ -362,12 +451,27 @@ class Learner(Trainer):
 
     def readable(self, x: Any, where: str) -> Tensor:
         """``x`` as a tensor, if the model can read it (the shape it takes, finite numbers or token
-        ids); otherwise :class:`BatchRefused` naming ``where`` and the problem."""
+        ids); otherwise :class:`BatchRefused` naming ``where`` and the problem.
+
+        Args:
+            x: inputs (tensor, numpy array or list).
+            where: what the inputs are, for the message refusing them.
+
+        Returns:
+            The inputs as a tensor.
+
+        Raises:
+            BatchRefused: when the model cannot read them (a ``ValueError``).
+        """
         return check_inputs(x, n_features=self._n_features(), tokens=self._takes_tokens(), where=where)
 
     def _n_features(self) -> int | None:
         """Values a row the model reads, when it says (token ids are not checked)."""
         return None if self._takes_tokens() else getattr(self.model.backbone, "in_features", None)
+
+    def _n_outputs(self) -> int:
+        """Output units of the model's head (every head has ``n_outputs``; nn.Module cannot declare it)."""
+        return cast(int, self.model.head.n_outputs)
 
     def _takes_tokens(self) -> bool:
         return bool(getattr(self.model.backbone, "takes_tokens", False))
@@ -375,8 +479,8 @@ class Learner(Trainer):
     def _label_limit(self) -> int | None:
         """How many classes the model can learn, or None when its head grows (or a strategy grows it)."""
         head = self.model.head
-        while hasattr(head, "inner"):
-            head = head.inner
+        while isinstance(inner := getattr(head, "inner", None), torch.nn.Module):  # a head wrapping another
+            head = inner
         if not isinstance(head, LinearHead) or any(s.family == "architecture" for s in self.strategies):
             return None
         return head.n_outputs
@@ -435,7 +539,7 @@ class Learner(Trainer):
     @property
     def bulk_size(self) -> int:
         """Rows per batch of the no-gradient passes over a whole training set (BatchNorm
-        re-estimation, the distillers' cached old outputs)."""
+        re-estimation, the distillers' cached old outputs): eight batches, at least 256."""
         return max(self.batch_size * 8, 256)
 
     def _gather(self, idx: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
@@ -469,8 +573,12 @@ class Learner(Trainer):
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
 
-    def memories(self) -> list:
-        """The non-empty memories the strategies declare (``Strategy.memory``), in strategy order."""
+    def memories(self) -> list[Memory]:
+        """The non-empty memories the strategies declare (``Strategy.memory``), in strategy order.
+
+        Returns:
+            The memories that hold samples.
+        """
         return [m for m in (s.memory() for s in self.strategies) if m is not None and len(m)]
 
     def _optimizer(self) -> FusedSGD | torch.optim.Optimizer:
@@ -508,6 +616,21 @@ class Learner(Trainer):
         experiences). A bad batch raises ``BatchRefused`` (a ``ValueError`` carrying the quality
         report, ``retain.quality.check_batch``) before anything changes.
 
+        Args:
+            x: the batch's inputs.
+            y: its labels, one class id per row.
+            t: its task ids (one per row, or one for all); None: task 0.
+            steps: gradient steps on the batch, at least 1.
+            hybrid: whether consolidations follow (then strategies that learn at experience ends are allowed).
+
+        Returns:
+            The learner itself.
+
+        Raises:
+            ValueError: when the batch is refused, ``steps`` is not a positive integer, the learner trains
+                across ranks, or a strategy cannot learn online.
+            Diverged: when a step's loss is not finite (that step changed no weight).
+
         >>> from retain.models import make_model
         >>> learner = Learner(make_model("mlp", (4,), 3, hidden=(8,)), device="cpu")
         >>> learner.partial_fit(torch.rand(1, 4), torch.tensor([2])).samples_seen_
@@ -519,8 +642,9 @@ class Learner(Trainer):
         """
         head = self.model.head
         report = check_batch(x, y, t, n_features=getattr(self.model.backbone, "in_features", None),
-                             n_classes=None if isinstance(head, IncrementalHead) else head.n_outputs,
+                             n_classes=None if isinstance(head, IncrementalHead) else self._n_outputs(),
                              known_classes=self.seen_classes_, where="partial_fit").raise_if_refused()
+        assert report.x is not None and report.y is not None and report.t is not None  # a batch that passed holds them
         x, y, t = report.x.to(self.device), report.y.to(self.device), report.t.to(self.device)
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"partial_fit: steps must be an integer >= 1, got {steps!r}")
@@ -564,12 +688,17 @@ class Learner(Trainer):
                 self._torch_rng = torch.get_rng_state()
 
     def _logits(self, step: Step) -> Tensor:
-        return (self._ddp or self.model)(step.x, step.t)
+        logits: Tensor = (self._ddp or self.model)(step.x, step.t)
+        return logits
 
     @contextlib.contextmanager
     def seeded(self) -> Iterator[None]:
         """Run a block (e.g. initialising a new head) on torch's global RNG seeded from the
-        learner's own generator, so a saved and reloaded learner grows identically."""
+        learner's own generator, so a saved and reloaded learner grows identically.
+
+        Yields:
+            Nothing: the block runs with the seeded RNG, restored after it.
+        """
         seed = int(torch.randint(2**62, (1,), generator=self.generator))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -585,7 +714,21 @@ class Learner(Trainer):
     def predict_logits(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 1024,
                        where: str = "predict") -> Tensor:
         """Logits over the global classes; ``t`` (task ids) is needed with per-task heads. ``x``
-        may be a tensor, numpy array or list; a batch of the wrong shape or with NaN is refused."""
+        may be a tensor, numpy array or list; a batch of the wrong shape or with NaN is refused.
+
+        Args:
+            x: the inputs.
+            t: their task ids (one per row, or one for all); None: task 0 (refused with per-task heads
+                unless the backbone routes tasks itself).
+            batch_size: rows per forward pass.
+            where: what the inputs are, for the message refusing them.
+
+        Returns:
+            Logits ``(N, n_outputs)`` on the CPU, in evaluation mode.
+
+        Raises:
+            ValueError: when the inputs are refused, or per-task heads get no task ids.
+        """
         x = self.readable(x, where=where)
         if isinstance(self.model.head, MultiHead) and t is None and not getattr(self.model.backbone, "routes_tasks",
                                                                                  False):
@@ -593,36 +736,87 @@ class Learner(Trainer):
         if t is None or isinstance(t, int):
             t = torch.full((len(x),), 0 if t is None else t, dtype=torch.long)
         if not len(x):
-            return torch.empty(0, self.model.head.n_outputs)
+            return torch.empty(0, self._n_outputs())
         with evaluating(self.model):  # batches cut as the backbone's frozen features are
             return in_batches(self.model, self.model.backbone, x, batch_size, self.device, t)
 
     @torch.no_grad()
     def features(self, x: Tensor, t: Tensor | None = None, batch_size: int = 1024) -> Tensor:
-        """Backbone features of ``x`` in evaluation mode (on the CPU)."""
+        """Backbone features of ``x`` in evaluation mode (on the CPU).
+
+        Args:
+            x: the inputs.
+            t: their task ids; None: none passed (backbones that do not read them).
+            batch_size: rows per forward pass.
+
+        Returns:
+            Features ``(N, features)``.
+        """
         with evaluating(self.model):
             return in_batches(self.model.features, self.model.backbone, x, batch_size, self.device, t)
 
     def predict(self, x: Tensor, t: Tensor | int | None = None, where: str = "predict") -> Tensor:
         """Predicted class ids (``-1`` while the model has no output unit yet); ``where`` names the
-        inputs in the message refusing them."""
+        inputs in the message refusing them.
+
+        Args:
+            x: the inputs (tensor, numpy array or list).
+            t: their task ids (one per row, or one for all); None: task 0.
+            where: what the inputs are, for the message refusing them.
+
+        Returns:
+            One class id per row (int64).
+
+        Raises:
+            ValueError: when the inputs are refused, or per-task heads get no task ids.
+        """
         logits = self.predict_logits(x, t, where=where)
         if logits.shape[1] == 0:
             return torch.full((len(x),), -1, dtype=torch.long)
         return logits.argmax(1)
 
     def predict_proba(self, x: Tensor, t: Tensor | int | None = None, where: str = "predict") -> Tensor:
+        """Class probabilities: the softmax of :meth:`predict_logits`.
+
+        Args:
+            x: the inputs (tensor, numpy array or list).
+            t: their task ids (one per row, or one for all); None: task 0.
+            where: what the inputs are, for the message refusing them.
+
+        Returns:
+            Probabilities ``(N, n_outputs)``, each row summing to 1.
+
+        Raises:
+            ValueError: when the inputs are refused, or per-task heads get no task ids.
+        """
         return self.predict_logits(x, t, where=where).softmax(1)
 
     def score(self, experience: Experience) -> float:
-        """Accuracy on the experience's test split."""
+        """Accuracy on the experience's test split.
+
+        Args:
+            experience: the experience whose test split is scored.
+
+        Returns:
+            The share of test samples predicted right, 0-1.
+
+        Raises:
+            ValueError: when the experience has no test samples.
+        """
         if experience.n_test == 0:
             raise ValueError(f"experience {experience.id} has no test samples")
         pred = self.predict(experience.x_test, experience.test_tasks())
         return float((pred == experience.y_test).float().mean())
 
     def evaluate(self, experiences: Iterable[Experience]) -> list[float]:
-        """Accuracy on every experience's test split: one row of the accuracy matrix."""
+        """Accuracy on every experience's test split: one row of the accuracy matrix.
+
+        Args:
+            experiences: the experiences to score, e.g. a whole stream.
+
+        Returns:
+            One accuracy per experience, 0-1.
+        """
         return [self.score(e) for e in experiences]
 
     # -- persistence ------------------------------------------------------------------
@@ -630,7 +824,17 @@ class Learner(Trainer):
         """Write the learner (model, strategy state, counters, random state) to ``directory``,
         atomically and with checksums (``retain.engine.persist``): a crash mid-save leaves the
         folder holding the previous save, whole. Across ranks, rank 0 writes (every rank holds the
-        same learner) and the others wait for it."""
+        same learner) and the others wait for it.
+
+        Args:
+            directory: the folder to save to (created if missing; an earlier save there is replaced).
+
+        Returns:
+            The folder.
+
+        Raises:
+            ValueError: when the save could not be loaded back (a setting over the bounds a load checks).
+        """
         if self.ranks.world > 1 and self.ranks.rank != 0:
             distributed.barrier()
             return Path(directory)
@@ -669,7 +873,18 @@ class Learner(Trainer):
     def load(cls, directory: str | Path, device: str = "auto") -> Learner:
         """Rebuild a learner saved by :meth:`save`; training continues exactly where it stopped.
         Every file is checked against its checksum and the JSON against a schema with bounds
-        before anything is built from it; a problem raises ``persist.LoadError`` naming the file."""
+        before anything is built from it; a problem raises ``persist.LoadError`` naming the file.
+
+        Args:
+            directory: the folder :meth:`save` wrote.
+            device: where the learner trains: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+        Returns:
+            The learner, as it was saved.
+
+        Raises:
+            persist.LoadError: when a file is missing, damaged or does not fit the others.
+        """
         path = Path(directory)
         parts = persist.read_generation(path, "classifier").parts
         meta = persist.saved_learner(parts["learner"], path)

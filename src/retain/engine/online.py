@@ -31,6 +31,17 @@ def run_online(
     accuracy matrix at the stream's experience boundaries, the latency of every online update,
     and, with ``hybrid``, every consolidation with its trigger, cost and anytime accuracy before
     and after.
+
+    Args:
+        learner: the learner, updated in place.
+        online: the stream of incoming batches.
+        steps: gradient steps on each batch.
+        eval_every: samples between two measures of anytime accuracy.
+        hybrid: when and how to consolidate; None: online learning only.
+        tick: called after each batch with its size (a progress bar's update).
+
+    Returns:
+        What the pass measured.
     """
     stream = online.stream
     test_x = torch.cat([e.x_test for e in stream])

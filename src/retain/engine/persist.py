@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,12 +35,25 @@ from retain.strategies import STRATEGIES, Strategy, make_strategy
 from retain.util import evaluating
 
 if TYPE_CHECKING:
+    from retain.engine.detection import DetectionLearner
     from retain.engine.generative import GenerativeLearner
     from retain.engine.learner import Learner
 
+    # mypy reads no Literal built from a constant: it sees the str each of these names holds
+    LanguageModelName: TypeAlias = str
+    LanguageAdaptation: TypeAlias = str
+    SpeechModelName: TypeAlias = str
+    SpeechAdaptation: TypeAlias = str
+    DetectorBackbone: TypeAlias = str
+else:  # pydantic refuses any other value, listing the allowed ones
+    LanguageModelName, LanguageAdaptation = Literal[MODELS], Literal[ADAPTATIONS]
+    SpeechModelName, SpeechAdaptation = Literal[speech.MODELS], Literal[speech.ADAPTATIONS]
+    DetectorBackbone = Literal[detector.BACKBONES]
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 3  # 3: the manifest names the kind of learner; 2: a classifier's, with no kind
-KINDS = ("classifier", "generative", "speech", "detection")
+Kind = Literal["classifier", "generative", "speech", "detection"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
 PARTS = ("model", "state", "learner")
 # Saves written before manifests (each kind's first format), known by their files alone.
 LEGACY = {"classifier": {"model": "model.safetensors", "state": "state.safetensors", "learner": "learner.json"},
@@ -67,7 +80,7 @@ class _Manifest(BaseModel):
 
     format: int
     generation: int = Field(ge=1, le=10**12)
-    kind: Literal[KINDS] = "classifier"  # format 2 saved classifiers only
+    kind: Kind = "classifier"  # format 2 saved classifiers only
     files: dict[str, str]
     sha256: dict[str, str]
     sizes: dict[str, int]
@@ -332,8 +345,8 @@ class _GenerativeSettings(BaseModel):
 class _LanguageModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal[MODELS]
-    adaptation: Literal[ADAPTATIONS]
+    name: LanguageModelName
+    adaptation: LanguageAdaptation
     lora_rank: int = Field(ge=1, le=MAX_LORA_RANK)
     seed: int = Field(ge=0, lt=1 << 62)
     experts: list[int] = Field(max_length=1024)
@@ -382,8 +395,8 @@ class _RowSettings(BaseModel):  # a row learner's (speech, detection)
 class _SpeechModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal[speech.MODELS]
-    adaptation: Literal[speech.ADAPTATIONS]
+    name: SpeechModelName
+    adaptation: SpeechAdaptation
     lora_rank: int = Field(ge=1, le=MAX_LORA_RANK)
     max_seconds: float = Field(gt=0, le=30)
     max_tokens: int = Field(ge=4, le=448)  # Whisper's decoder has 448 positions
@@ -409,7 +422,7 @@ class _SavedSpeech(_SavedRows):
 class _DetectorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backbone: Literal[detector.BACKBONES]
+    backbone: DetectorBackbone
     n_classes: int = Field(ge=0, le=MAX_SIZE)
     width: int = Field(ge=1, le=4096)
     pretrained: bool
@@ -425,7 +438,7 @@ class _SavedDetection(_SavedRows):
     training: _DetectionSettings
 
 
-SAVED_ROWS = {"speech": _SavedSpeech, "detection": _SavedDetection}
+SAVED_ROWS: dict[str, type[_SavedRows]] = {"speech": _SavedSpeech, "detection": _SavedDetection}
 
 
 def saved_rows(data: bytes, path: Path, kind: str) -> Any:
@@ -563,12 +576,23 @@ def check_memories(strategies: Sequence[Strategy], learner: Learner, path: Path)
                     raise LoadError(f"{where}: its {key} have {v.shape[1]} columns, the model {width} outputs")
 
 
-def load_learner(directory: str | Path, device: str = "auto") -> Learner | GenerativeLearner:  # or a SpeechLearner
+def load_learner(directory: str | Path, device: str = "auto") -> Learner | GenerativeLearner[Any] | DetectionLearner:
     """The learner saved in ``directory``, of the kind its manifest records (a save of a kind's
     first format, with no manifest, by its files): a classifier :class:`~retain.engine.Learner` on
-    ``device``, or a :class:`~retain.engine.generative.GenerativeLearner`, which loads on the CPU
-    unless ``device`` names one (its config names the device it trains on). Verified as each
-    kind's ``load`` does; ``LoadError`` names what is wrong.
+    ``device``, or a :class:`~retain.engine.generative.GenerativeLearner` (a speech learner among
+    them) or detector's learner, which load on the CPU unless ``device`` names one (their config
+    names the device they train on). Verified as each kind's ``load`` does; ``LoadError`` names what is wrong.
+
+    Args:
+        directory: the folder a learner's ``save`` wrote.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns:
+        The learner, as it was saved.
+
+    Raises:
+        FileNotFoundError: when the folder holds no saved learner.
+        LoadError: when a file is damaged or does not fit the others.
 
     >>> from retain.engine import Learner
     >>> from retain.models import make_model

@@ -17,7 +17,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, cast
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -31,6 +31,13 @@ from retain.strategies import STRATEGIES, Strategy
 from retain.strategies.contract import ExperienceContext, Ranks, Step, scenario_problem
 
 SUFFIXES = {"model": "safetensors", "state": "safetensors", "learner": "json"}
+M = TypeVar("M", bound=torch.nn.Module)  # the model a row learner trains
+
+
+class _Configured(Protocol):
+    """What a save reads of every row learner's model beyond a module's: its config."""
+
+    def get_config(self) -> dict[str, Any]: ...
 
 
 def check_strategy(strategy: Strategy, applies: Callable[[type[Strategy]], bool], model: str) -> None:
@@ -46,7 +53,7 @@ def check_strategy(strategy: Strategy, applies: Callable[[type[Strategy]], bool]
                          f"use policy: reservoir (got {memory.policy})")
 
 
-class RowLearner(Trainer):
+class RowLearner(Trainer, Generic[M]):
     """Trains a model experience by experience on rows of one shape.
 
     ``fit(experience)`` trains on ``x_train``/``y_train``/``t_train``, ``epochs`` passes of ``batch_size``
@@ -54,10 +61,11 @@ class RowLearner(Trainer):
     strategies take for classes (a translation's directions, a detector's object classes).
     """
 
-    _restored = ("seen_classes_", "task_classes_", "steps_")
+    _restored: tuple[str, ...] = ("seen_classes_", "task_classes_", "steps_")
     kind: ClassVar[str]  # what ``retain.engine.persist`` records a save as
+    model: M
 
-    def __init__(self, model: torch.nn.Module, strategies: Sequence[Strategy] = (), *, lr: float = 3e-4,
+    def __init__(self, model: M, strategies: Sequence[Strategy] = (), *, lr: float = 3e-4,
                  epochs: int = 1, batch_size: int = 8, clip: float = 1.0, seed: int = 0, device: str = "cpu") -> None:
         self.strategies = list(strategies)
         self._bind()
@@ -89,7 +97,7 @@ class RowLearner(Trainer):
     def predict_logits(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 1024) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no class logits for a strategy to use")
 
-    def fit(self, experience: Experience, progress: bool = False) -> RowLearner:
+    def fit(self, experience: Experience, progress: bool = False) -> Self:
         """Train on one experience. A fit that fails midway, a diverging one included (``Diverged``: the
         loss turned NaN or infinite), leaves the weights, the strategies' state and the counters as they were."""
         return self._guarded(lambda: self._fit(experience, progress))
@@ -104,7 +112,7 @@ class RowLearner(Trainer):
         for c in classes:
             self.task_classes_[c] = [c]
 
-    def _fit(self, experience: Experience, progress: bool) -> RowLearner:
+    def _fit(self, experience: Experience, progress: bool) -> Self:
         for s in self.strategies:
             if (problem := scenario_problem(s, experience.scenario)) is not None:
                 raise ValueError(problem)
@@ -142,6 +150,7 @@ class RowLearner(Trainer):
     def _update(self, step: Step) -> None:
         if self.clip:
             torch.nn.utils.clip_grad_norm_(self._trainable, self.clip)
+        assert self.optimizer is not None  # built by the fit that steps
         self.optimizer.step()
 
     def _model_copy(self) -> torch.nn.Module:
@@ -152,7 +161,7 @@ class RowLearner(Trainer):
 
     # -- saving: the weights a save keeps, the settings that rebuild the learner, a kind's own fields ------
     @classmethod
-    def _saved_names(cls, model: torch.nn.Module) -> set[str]:
+    def _saved_names(cls, model: M) -> set[str]:
         """The names of ``model``'s weights a save keeps."""
         raise NotImplementedError
 
@@ -170,15 +179,15 @@ class RowLearner(Trainer):
         names = self._saved_names(self.model)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items() if k in names}
         tensors: dict[str, Tensor] = {"learner.rng": self.generator.get_state()}  # training continues alike
-        meta = {"format": persist.FORMAT_VERSION, "model": self.model.get_config(), "training": self._settings(),
-                "strategies": persist.strategies_to_save(self.strategies, tensors),
+        meta = {"format": persist.FORMAT_VERSION, "model": cast(_Configured, self.model).get_config(),
+                "training": self._settings(), "strategies": persist.strategies_to_save(self.strategies, tensors),
                 "seen_classes": self.seen_classes_, "steps": self.steps_} | self._own_meta()
         parts = {"model": safetensors_bytes(weights), "state": safetensors_bytes(tensors),
                  "learner": json.dumps(meta, indent=1).encode()}
         return persist.write_generation(folder, parts, SUFFIXES, kind=self.kind)
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu") -> Any:
+    def load(cls, folder: str | Path, device: str = "cpu") -> Self:
         """A learner as :meth:`save` left it (weights a package holds come from it again). Every file is
         checked against its checksum and the JSON against the kind's schema with bounds before anything
         is built; a problem raises ``persist.LoadError`` naming the file."""
@@ -192,13 +201,13 @@ class RowLearner(Trainer):
         return cls._assembled(model, cls._saved_names(model), weights, strategies, meta, state, path, device)
 
     @classmethod
-    def _model_of(cls, meta: Any) -> torch.nn.Module:
+    def _model_of(cls, meta: Any) -> M:
         """The model a validated save's ``meta`` describes, before its weights are loaded."""
         raise NotImplementedError
 
     @classmethod
-    def _assembled(cls, model: torch.nn.Module, names: set[str], weights: dict[str, Tensor],
-                   strategies: list[Strategy], meta: Any, state: dict[str, Tensor], path: Path, device: str) -> Any:
+    def _assembled(cls, model: M, names: set[str], weights: dict[str, Tensor],
+                   strategies: list[Strategy], meta: Any, state: dict[str, Tensor], path: Path, device: str) -> Self:
         """A learner of ``model`` holding its saved ``weights`` (the ``names`` a save keeps, checked
         against them), its strategies' state, random state and counters, as a validated ``meta`` says."""
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k in names}

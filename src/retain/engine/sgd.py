@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -32,7 +33,8 @@ class FusedSGD:
     def __init__(self, groups: Sequence[tuple[Sequence[Tensor], float]], momentum: float) -> None:
         self.groups = [(list(params), float(lr)) for params, lr in groups]
         self.momentum = float(momentum)
-        self.buffers = [[None] * len(params) for params, _ in self.groups]  # momentum, per parameter
+        # momentum, per parameter
+        self.buffers: list[list[Tensor | None]] = [[None] * len(params) for params, _ in self.groups]
 
     @staticmethod
     def fits(params: Sequence[Tensor]) -> bool:
@@ -63,9 +65,10 @@ class FusedSGD:
                first: bool) -> None:
         if not ks:
             return
+        # ks are parameters with a gradient, and with momentum their buffers are set (fresh ones just before)
         torch._fused_sgd_(
-            [params[k] for k in ks], [params[k].grad for k in ks],
-            [buffers[k] for k in ks] if self.momentum else [],
+            [params[k] for k in ks], cast(list[Tensor], [params[k].grad for k in ks]),
+            cast(list[Tensor], [buffers[k] for k in ks]) if self.momentum else [],
             weight_decay=0.0, momentum=self.momentum, lr=lr, dampening=0.0, nesterov=False, maximize=False,
             is_first_step=first,
         )

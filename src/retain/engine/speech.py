@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from retain.strategies.contract import Step
 from retain.util import evaluating
 
 
-class SpeechLearner(GenerativeLearner):
+class SpeechLearner(GenerativeLearner[SpeechModel]):
     """Fine-tunes a :class:`~retain.models.speech.SpeechModel` experience by experience.
 
     ``fit(experience)`` trains on its rows (``x_train`` from :meth:`rows`, ``y_train`` the labels),
@@ -47,7 +47,7 @@ class SpeechLearner(GenerativeLearner):
 
     def __init__(self, model: SpeechModel, strategies: Sequence[Strategy] = (), *, lr: float = 1e-4,
                  epochs: int = 1, batch_size: int = 8, clip: float = 1.0, seed: int = 0, device: str = "cpu") -> None:
-        super().__init__(model, strategies, lr=lr, epochs=epochs, batch_size=batch_size,  # type: ignore[arg-type]
+        super().__init__(model, strategies, lr=lr, epochs=epochs, batch_size=batch_size,
                          max_tokens=model.max_tokens, clip=clip, seed=seed, device=device)
 
     def rows(self, clips: Sequence[np.ndarray], texts: Sequence[str] | None = None, encode: bool = True) -> tuple[
@@ -66,7 +66,8 @@ class SpeechLearner(GenerativeLearner):
             step.y = step.y[:, :width]
         self.tokens_ += int((step.y != IGNORE).sum())
         step.x, step.y, step.t = step.x.to(self.device), step.y.to(self.device), step.t.to(self.device)
-        return self.model(step.x, step.t, width)
+        logits: Tensor = self.model(step.x, step.t, width)
+        return logits
 
     def row_loss(self, step: Step, logits: Tensor) -> Tensor:
         """The task loss when no strategy replaces it: the model's own (token cross-entropy, or CTC)."""
@@ -94,9 +95,9 @@ class SpeechLearner(GenerativeLearner):
         raise NotImplementedError("a speech learner is scored by its word error rate, not perplexity")
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu") -> SpeechLearner:
+    def load(cls, folder: str | Path, device: str = "cpu") -> Self:
         """A learner as :meth:`save` left it (Whisper's base weights come from their package again)."""
-        return RowLearner.load.__func__(cls, folder, device)  # the row learners' load, not the language model's
+        return super(GenerativeLearner, cls).load(folder, device)  # the row learners' load, not the language model's
 
     @classmethod
     def _saved_names(cls, model: SpeechModel) -> set[str]:

@@ -33,6 +33,15 @@ class Hybrid:
     river) flags a rise of the prequential error. A trigger's consolidation runs ``delay`` samples
     later, once the window holds the new data; ``cooldown`` samples must pass between two.
 
+    Attributes:
+        every: samples between consolidations on schedule; None: none on schedule.
+        on_new_class: consolidate when a class never seen arrives.
+        drift: the drift detector, ``page_hinkley`` or ``adwin``; None: none.
+        window: recent samples a consolidation trains on, beside the memory.
+        epochs: epochs of a consolidation.
+        cooldown: samples between two consolidations at least.
+        delay: samples between a trigger and its consolidation.
+
     >>> Hybrid(every=0)
     Traceback (most recent call last):
     ...
@@ -41,15 +50,22 @@ class Hybrid:
       Input should be greater than 0 ...
     """
 
-    every: PositiveInt | None = Field(None, description="samples between consolidations (null: none on schedule)")
-    on_new_class: bool = Field(True, description="consolidate when a class never seen arrives")
-    drift: Literal["page_hinkley", "adwin"] | None = Field("page_hinkley", description="drift detector (null: none)")
-    window: PositiveInt = Field(1000, description="recent samples a consolidation trains on, beside the memory")
-    epochs: PositiveInt = Field(5, description="epochs of a consolidation")
-    cooldown: NonNegativeInt = Field(100, description="samples between two consolidations at least")
-    delay: NonNegativeInt = Field(0, description="samples between a trigger and its consolidation")
+    every: PositiveInt | None = Field(default=None, description="samples between consolidations (null: none on "
+                                      "schedule)")
+    on_new_class: bool = Field(default=True, description="consolidate when a class never seen arrives")
+    drift: Literal["page_hinkley", "adwin"] | None = Field(default="page_hinkley",
+                                                           description="drift detector (null: none)")
+    window: PositiveInt = Field(default=1000, description="recent samples a consolidation trains on, beside the memory")
+    epochs: PositiveInt = Field(default=5, description="epochs of a consolidation")
+    cooldown: NonNegativeInt = Field(default=100, description="samples between two consolidations at least")
+    delay: NonNegativeInt = Field(default=0, description="samples between a trigger and its consolidation")
 
     def detector(self) -> Any:
+        """A new drift detector of the kind ``drift`` names.
+
+        Returns:
+            river's detector (Page-Hinkley alarms on a rising error only), or None when ``drift`` is None.
+        """
         if self.drift is None:
             return None
         from river import drift
@@ -57,7 +73,7 @@ class Hybrid:
         if self.drift == "page_hinkley":
             # "up": only a rising error is a drift; a model getting better is not an alarm.
             return drift.PageHinkley(min_instances=30, delta=0.005, threshold=25.0, mode="up")
-        return drift.ADWIN()
+        return drift.ADWIN()  # type: ignore[no-untyped-call]  # river's ADWIN.__init__ has no annotations
 
 
 class Window:
@@ -71,7 +87,8 @@ class Window:
     """
 
     def __init__(self, size: int) -> None:
-        self.size, self.parts, self.count = size, [], 0
+        self.size, self.count = size, 0
+        self.parts: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def add(self, x: Tensor, y: Tensor, t: Tensor) -> None:
         self.parts.append((x, y, t))
@@ -80,7 +97,8 @@ class Window:
             self.count -= len(self.parts.pop(0)[1])
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
-        return tuple(torch.cat([p[i] for p in self.parts])[-self.size:] for i in range(3))
+        x, y, t = (torch.cat([p[i] for p in self.parts])[-self.size:] for i in range(3))
+        return x, y, t
 
 
 class Updater:
@@ -90,6 +108,12 @@ class Updater:
     Per batch: :meth:`learn` (the online update), then :meth:`observe` (window, triggers), which
     says whether a consolidation is due; :meth:`consolidate` runs it. They are separate so a
     caller can time the online update alone and measure accuracy around a consolidation.
+
+    Args:
+        learner: the learner to update.
+        hybrid: when and how to consolidate; None: online learning only.
+        steps: gradient steps on each batch.
+        scenario: the scenario of the consolidations' experiences (``class_incremental``, ...).
     """
 
     def __init__(self, learner: Learner, hybrid: Hybrid | None = None, *, steps: int = 1,
@@ -104,19 +128,37 @@ class Updater:
         self.consolidations: list[Consolidation] = []
 
     def learn(self, x: Tensor, y: Tensor, t: Tensor | None = None) -> None:
-        """The online update on one batch (``Learner.partial_fit``)."""
+        """The online update on one batch (``Learner.partial_fit``).
+
+        Args:
+            x: the batch's inputs.
+            y: its labels.
+            t: its task ids; None: task 0.
+        """
         self.learner.partial_fit(x, y, t, steps=self.steps, hybrid=self.hybrid is not None)
 
     def observe(self, x: Tensor, y: Tensor, t: Tensor, misses: Tensor | None = None, last: bool = False) -> str | None:
         """Record a learned batch (``misses``: which rows the model got wrong before learning
         them, for the drift detector); returns the trigger whose consolidation is due now, if any.
-        ``last`` marks the end of the stream: a pending consolidation runs then."""
+        ``last`` marks the end of the stream: a pending consolidation runs then.
+
+        Args:
+            x: the batch's inputs.
+            y: its labels.
+            t: its task ids.
+            misses: per row, whether the model got it wrong before learning it; None: no drift detection.
+            last: whether this is the stream's last batch.
+
+        Returns:
+            The trigger (``new_class``, ``drift`` or ``schedule``) whose consolidation is due now, or None.
+        """
         new_class = bool(set(y.tolist()) - self.seen)
         self.seen |= set(y.tolist())
         self.samples += len(y)
         hybrid, done = self.hybrid, self.samples
         if hybrid is None:
             return None
+        assert self.window is not None  # made with hybrid
         self.window.add(x, y, t)
         drifted = False
         if self.detector is not None and misses is not None:
@@ -135,8 +177,16 @@ class Updater:
         return None
 
     def consolidate(self, trigger: str) -> Consolidation:
-        """A short offline pass over the memory plus the recent window."""
+        """A short offline pass over the memory plus the recent window.
+
+        Args:
+            trigger: what fired it, as :meth:`observe` returned it.
+
+        Returns:
+            The consolidation's record (its anytime accuracies are for the caller to fill in).
+        """
         learner = self.learner
+        assert self.window is not None and self.hybrid is not None  # consolidations are hybrid runs'
         x, y, t = self.window.tensors()
         memories = learner.memories()
         if memories:

@@ -28,6 +28,15 @@ def _square(R: Matrix) -> np.ndarray:
 def average_accuracy(R: Matrix) -> float:
     """``ACC = mean_j R[T-1, j]``: final accuracy averaged over experiences.
 
+    Args:
+        R: the accuracy matrix, ``T x T``, 0-1: ``R[i, j]`` on experience ``j`` after training experience ``i``.
+
+    Returns:
+        The mean of the last row, 0-1.
+
+    Raises:
+        ValueError: when ``R`` is not a non-empty square matrix.
+
     >>> average_accuracy([[1.0, 0.0], [0.6, 0.8]])
     0.7
     """
@@ -36,6 +45,16 @@ def average_accuracy(R: Matrix) -> float:
 
 def stream_accuracy(R: Matrix, test_sizes: Sequence[int]) -> float:
     """Final accuracy over all test patterns: ``R[T-1]`` weighted by each test set's size.
+
+    Args:
+        R: the accuracy matrix, ``T x T``, 0-1: ``R[i, j]`` on experience ``j`` after training experience ``i``.
+        test_sizes: the number of test samples of each experience (``T`` counts, not all 0).
+
+    Returns:
+        The weighted mean of the last row, 0-1.
+
+    Raises:
+        ValueError: when ``R`` is not square or ``test_sizes`` is not ``T`` non-negative counts.
 
     >>> round(stream_accuracy([[1.0, 0.0], [0.6, 0.8]], [100, 300]), 4)
     0.75
@@ -50,23 +69,52 @@ def stream_accuracy(R: Matrix, test_sizes: Sequence[int]) -> float:
 def forgetting_per_experience(R: Matrix) -> np.ndarray:
     """Forgetting of each ``j < T-1``: ``max_{l < T-1} R[l, j] - R[T-1, j]`` (Chaudhry et al. 2018).
 
+    Args:
+        R: the accuracy matrix, ``T x T``, 0-1: ``R[i, j]`` on experience ``j`` after training experience ``i``.
+
+    Returns:
+        ``T - 1`` drops, 0-1 (negative where accuracy rose); empty when ``T = 1``.
+
+    Raises:
+        ValueError: when ``R`` is not a non-empty square matrix.
+
     >>> forgetting_per_experience([[1.0, 0.0, 0.0], [0.5, 0.8, 1.0], [0.2, 1.0, 0.5]]).tolist()
     [0.8, -0.19999999999999996]
     """
     R = _square(R)
     if R.shape[0] == 1:
         return np.empty(0)
-    return R[:-1, :-1].max(axis=0) - R[-1, :-1]
+    drops: np.ndarray = R[:-1, :-1].max(axis=0) - R[-1, :-1]
+    return drops
 
 
 def forgetting(R: Matrix) -> float:
-    """Average forgetting over ``j < T-1`` (``nan`` when ``T = 1``)."""
+    """Average forgetting over ``j < T-1`` (``nan`` when ``T = 1``).
+
+    Args:
+        R: the accuracy matrix, ``T x T``, 0-1: ``R[i, j]`` on experience ``j`` after training experience ``i``.
+
+    Returns:
+        The mean of :func:`forgetting_per_experience` (positive: accuracy lost); ``nan`` when ``T = 1``.
+
+    Raises:
+        ValueError: when ``R`` is not a non-empty square matrix.
+    """
     f = forgetting_per_experience(R)
     return float(f.mean()) if f.size else float("nan")
 
 
 def bwt(R: Matrix) -> float:
     """Backward transfer ``mean_{j<T-1} (R[T-1, j] - R[j, j])`` (Lopez-Paz & Ranzato 2017).
+
+    Args:
+        R: the accuracy matrix, ``T x T``, 0-1: ``R[i, j]`` on experience ``j`` after training experience ``i``.
+
+    Returns:
+        The mean change since each experience was learned, -1 to 1 (negative: forgetting); ``nan`` when ``T = 1``.
+
+    Raises:
+        ValueError: when ``R`` is not a non-empty square matrix.
 
     >>> round(bwt([[1.0, 0.0, 0.0], [0.5, 0.8, 1.0], [0.2, 1.0, 0.5]]), 4)
     -0.3
@@ -79,20 +127,39 @@ def bwt(R: Matrix) -> float:
 def fwt(R: Matrix, b: Sequence[float]) -> float:
     """Forward transfer ``mean_{j>0} (R[j-1, j] - b[j])`` (Lopez-Paz & Ranzato 2017).
 
+    Args:
+        R: the accuracy matrix, ``T x T``, 0-1: ``R[i, j]`` on experience ``j`` after training experience ``i``.
+        b: the untrained model's accuracy on each experience, 0-1 (``T`` values).
+
+    Returns:
+        The mean gain on each experience before it is learned, -1 to 1; ``nan`` when ``T = 1``.
+
+    Raises:
+        ValueError: when ``R`` is not square or ``b`` does not hold ``T`` values.
+
     >>> round(fwt([[1.0, 0.0, 0.0], [0.5, 0.8, 1.0], [0.2, 1.0, 0.5]], [0.1, 0.1, 0.1]), 4)
     0.4
     """
     R = _square(R)
-    b = np.asarray(b, dtype=float)
-    if b.shape != (R.shape[0],):
-        raise ValueError(f"b must hold one accuracy per experience ({R.shape[0]}), got {b.shape[0]}")
+    base = np.asarray(b, dtype=float)
+    if base.shape != (R.shape[0],):
+        raise ValueError(f"b must hold one accuracy per experience ({R.shape[0]}), got {base.shape[0]}")
     T = R.shape[0]
-    return float(np.mean([R[j - 1, j] - b[j] for j in range(1, T)])) if T > 1 else float("nan")
+    return float(np.mean([R[j - 1, j] - base[j] for j in range(1, T)])) if T > 1 else float("nan")
 
 
 def avalanche_forgetting(R: Matrix) -> np.ndarray:
     """Avalanche's forgetting: ``F[i, j] = R[j, j] - R[i, j]`` for ``j < i`` (accuracy right
     after training ``j`` minus accuracy after ``i``), 0 elsewhere.
+
+    Args:
+        R: the accuracy matrix, ``T x T``, 0-1: ``R[i, j]`` on experience ``j`` after training experience ``i``.
+
+    Returns:
+        The ``T x T`` forgetting matrix, lower triangular.
+
+    Raises:
+        ValueError: when ``R`` is not a non-empty square matrix.
 
     >>> avalanche_forgetting([[1, 0, 0], [.5, .8, 1], [.2, 1, .5]]).round(4).tolist()
     [[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.8, -0.2, 0.0]]
@@ -104,6 +171,15 @@ def avalanche_forgetting(R: Matrix) -> np.ndarray:
 def accuracy_curve(R: Matrix) -> np.ndarray:
     """Average accuracy on the experiences seen so far after each one: ``mean_{j<=i} R[i, j]``.
 
+    Args:
+        R: the accuracy matrix, ``T x T``, 0-1: ``R[i, j]`` on experience ``j`` after training experience ``i``.
+
+    Returns:
+        ``T`` accuracies, 0-1.
+
+    Raises:
+        ValueError: when ``R`` is not a non-empty square matrix.
+
     >>> accuracy_curve([[1.0, 0.0], [0.6, 0.8]]).tolist()
     [1.0, 0.7]
     """
@@ -112,7 +188,19 @@ def accuracy_curve(R: Matrix) -> np.ndarray:
 
 
 def summarize(R: Matrix, b: Sequence[float] | None = None, test_sizes: Sequence[int] | None = None) -> dict[str, float]:
-    """Every scalar metric of one run, by name."""
+    """Every scalar metric of one run, by name.
+
+    Args:
+        R: the accuracy matrix, ``T x T``, 0-1: ``R[i, j]`` on experience ``j`` after training experience ``i``.
+        b: the untrained model's accuracy on each experience; None: no ``fwt``.
+        test_sizes: the test samples of each experience; None: no ``stream_acc``.
+
+    Returns:
+        ``acc``, ``forgetting`` and ``bwt``, with ``fwt`` and ``stream_acc`` when their inputs are given.
+
+    Raises:
+        ValueError: when ``R``, ``b`` or ``test_sizes`` do not fit together.
+    """
     out = {"acc": average_accuracy(R), "forgetting": forgetting(R), "bwt": bwt(R)}
     if b is not None:
         out["fwt"] = fwt(R, b)

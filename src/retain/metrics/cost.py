@@ -17,6 +17,13 @@ class PeakMemory:
     the process's peak resident set, reset on entry through ``/proc/self/clear_refs`` where
     Linux allows it (else the high-water mark since the process started).
 
+    Args:
+        device: the device the block runs on (``cpu``, ``cuda``, ``cuda:1``).
+
+    Attributes:
+        seconds: the block's wall time, once it ends.
+        peak_mb: its peak memory in MiB, once it ends.
+
     >>> with PeakMemory("cpu") as cost:
     ...     _ = torch.zeros(1000)
     >>> cost.seconds >= 0 and cost.peak_mb > 0

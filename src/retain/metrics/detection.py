@@ -44,6 +44,7 @@ class Boxes:
 def _matches(found: Boxes, truth: Boxes, thresholds: Tensor, max_detections: int) -> tuple[Tensor, Tensor]:
     """One image and one class: the kept detections' scores and, per threshold, which of them matched
     a true box (``[len(thresholds), n]``)."""
+    assert found.scores is not None  # detections carry scores
     order = torch.sort(found.scores, descending=True, stable=True).indices[:max_detections]
     scores = found.scores[order]
     matched = torch.zeros(len(thresholds), len(order), dtype=torch.bool, device=scores.device)
@@ -143,7 +144,7 @@ def box_f1(found: Boxes, truth: Boxes, iou_threshold: float = 0.5) -> float:
     if not len(found.boxes) and not len(truth.boxes):
         return 1.0
     hits, at = 0, torch.tensor([iou_threshold], dtype=torch.float64)
-    for label in found.labels.unique().tolist():
+    for label in torch.unique(found.labels).tolist():
         scores = found.scores if found.scores is not None else torch.ones(len(found.labels), device=found.labels.device)
         mine = Boxes(found.boxes, found.labels, scores).of(label)
         _, matched = _matches(mine, truth.of(label), at, len(mine.boxes))

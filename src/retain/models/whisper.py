@@ -148,7 +148,7 @@ def whisper_config(variables: dict[str, Tensor]) -> Any:
             raise ValueError(f"CTranslate2 variable {key} is {_scalar(variables, key)}; transformers' Whisper "
                              f"needs {value}")
     vocab, d_model = variables["decoder/embeddings/weight"].shape
-    return transformers_offline().WhisperConfig(
+    return transformers_offline("audio").WhisperConfig(
         vocab_size=vocab, num_mel_bins=variables["encoder/conv1/weight"].shape[1], d_model=d_model,
         encoder_layers=sum(k.endswith("self_attention/linear_0/weight") for k in variables if k.startswith("encoder/")),
         decoder_layers=sum(k.endswith("self_attention/linear_0/weight") for k in variables if k.startswith("decoder/")),
@@ -332,7 +332,7 @@ def load_whisper(max_seconds: float = FULL_SECONDS) -> Any:
     transformers' length check.
     """
     _, positions = _window(max_seconds)
-    transformers = transformers_offline()
+    transformers = transformers_offline("audio")
     state, config_dict = _converted_state()
     config = transformers.WhisperConfig.from_dict({**config_dict, "max_source_positions": positions})
     state["model.encoder.embed_positions.weight"] = state["model.encoder.embed_positions.weight"][:positions]
@@ -361,7 +361,7 @@ def whisper_tokenizer() -> Any:
     >>> ids[2:-1], decode_text(tok, ids)
     ([339, 373, 407, 281, 2801, 29947, 1862, 582], 'he was not an ill disposed young man')
     """
-    tokenizer = transformers_offline().PreTrainedTokenizerFast(
+    tokenizer = transformers_offline("audio").PreTrainedTokenizerFast(
         tokenizer_file=str(whisper_folder() / "tokenizer.json"), eos_token="<|endoftext|>",
         pad_token="<|endoftext|>", bos_token="<|startoftranscript|>")
     for token, expected in (("<|endoftext|>", EOT_ID), ("<|startoftranscript|>", SOT_ID),
@@ -373,13 +373,14 @@ def whisper_tokenizer() -> Any:
 
 def decode_text(tokenizer: Any, ids: list[int]) -> str:
     """Text of decoded ids, special tokens dropped, the leading space of the first word stripped."""
-    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+    text: str = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return text
 
 
 @functools.cache
 def _extractor(max_seconds: float) -> Any:
     frames, _ = _window(max_seconds)
-    extractor = transformers_offline().WhisperFeatureExtractor(chunk_length=max_seconds)
+    extractor = transformers_offline("audio").WhisperFeatureExtractor(chunk_length=max_seconds)
     # chunk_length is documented as an int; a fractional window needs whole sample and frame counts
     extractor.n_samples = frames * extractor.hop_length
     extractor.nb_max_frames = frames

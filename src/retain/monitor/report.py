@@ -6,6 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -17,14 +18,21 @@ from retain.metrics import ExperimentResult  # noqa: E402
 from retain.util import slug  # noqa: E402
 
 
-def _pct(mean: float, std: float | None = None) -> str:
+def _pct(mean: float | None, std: float | None = None) -> str:
     if mean is None or math.isnan(mean):
         return "n/a"
     return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
 def comparison_table(results: ExperimentResult) -> str:
-    """The Markdown table of every method: ACC ± std, forgetting, BWT, FWT, time, memory."""
+    """The Markdown table of every method: ACC ± std, forgetting, BWT, FWT, time, memory.
+
+    Args:
+        results: a run's results.
+
+    Returns:
+        The table, a line a method.
+    """
     lines = [
         "| method | mode | ACC % | stream ACC % | forgetting % | BWT % | FWT % | prequential % | gradient steps "
         "| train s | samples/s | peak MB |",
@@ -83,6 +91,8 @@ def _online_curves(results: ExperimentResult, path: Path) -> bool:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for label, s in online.items():
+        # an online run's summary has its curves and consolidations
+        assert s.prequential_curve is not None and s.anytime_curve is not None and s.consolidations is not None
         n, acc = zip(*s.prequential_curve, strict=True)
         line = axes[0].plot(n, [100 * a for a in acc], label=label)[0]
         n, acc = zip(*s.anytime_curve, strict=True)
@@ -104,7 +114,15 @@ def _online_curves(results: ExperimentResult, path: Path) -> bool:
 
 
 def write_results(results: ExperimentResult, directory: str | Path) -> Path:
-    """Write ``results.json`` (replaced in one step, so a crash leaves the previous version whole)."""
+    """Write ``results.json`` (replaced in one step, so a crash leaves the previous version whole).
+
+    Args:
+        results: a run's results.
+        directory: the folder to write in (made if missing).
+
+    Returns:
+        The path of ``results.json``.
+    """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     staged = out / "results.json.tmp"
@@ -130,8 +148,16 @@ def _file_names(labels: list[str]) -> dict[str, str]:
 
 def write_report(results: ExperimentResult, directory: str | Path, intro: str | None = None) -> Path:
     """Write ``results.json``, ``report.md``, one heat map per method and the accuracy curves.
-    ``intro``: what the report says before its curves, instead of the run config's description
-    and the comparison table (a translation run writes its own)."""
+
+    Args:
+        results: a run's results.
+        directory: the folder to write in (made if missing).
+        intro: what the report says before its curves, instead of the run config's description
+            and the comparison table (a translation run writes its own); None: those.
+
+    Returns:
+        The folder written.
+    """
     out = Path(directory)
     write_results(results, out)
     _curves(results, out / "accuracy_curve.png")
@@ -192,8 +218,15 @@ Versions: {", ".join(f"{k} {v}" for k, v in results.versions.items())}.
     return out
 
 
-def versions_table(rows: list[dict]) -> str:
-    """The rows of ``Project.versions()`` (a model store's versions) as a Markdown table."""
+def versions_table(rows: list[dict[str, Any]]) -> str:
+    """The rows of ``Project.versions()`` (a model store's versions) as a Markdown table.
+
+    Args:
+        rows: what :meth:`retain.loop.Project.versions` returns.
+
+    Returns:
+        The table, a line a version.
+    """
     lines = ["| version | parent | promoted | decision | data | held-out accuracy by batch | reason |",
              "|" + " --- |" * 7]
     for r in rows:

@@ -10,7 +10,11 @@ from torch import Tensor
 
 
 class BatchRefused(ValueError):
-    """A batch that cannot be learned from; the message names the first problem found."""
+    """A batch that cannot be learned from; the message names the first problem found.
+
+    Args:
+        report: what :func:`check_batch` or :func:`check_inputs` found (``problems`` not empty).
+    """
 
     def __init__(self, report: BatchReport) -> None:
         super().__init__(f"{report.where}: {report.problems[0]}")
@@ -22,6 +26,15 @@ class BatchReport:
     """What :func:`check_batch` found: the batch as tensors when it passed, and every problem.
 
     ``new_classes`` are labels the model has not learned yet (a growing head gains them).
+
+    Attributes:
+        where: what the batch is, named in messages (``partial_fit``, a file).
+        rows: the batch's rows (0 when it is no batch).
+        problems: every problem found; empty: the batch passed.
+        new_classes: labels the model has not learned yet.
+        x: the inputs as float32, when the batch passed.
+        y: the labels as int64, when the batch passed.
+        t: the task ids as int64, when the batch passed.
     """
 
     where: str
@@ -37,7 +50,14 @@ class BatchReport:
         return not self.problems
 
     def raise_if_refused(self) -> BatchReport:
-        """The report itself when the batch passed, else :class:`BatchRefused`."""
+        """The report itself when the batch passed, else :class:`BatchRefused`.
+
+        Returns:
+            The report, when it holds no problem.
+
+        Raises:
+            BatchRefused: the report holds a problem; it names the first.
+        """
         if self.problems:
             raise BatchRefused(self)
         return self
@@ -53,6 +73,18 @@ def check_batch(x: Any, y: Any, t: Any = None, *, n_features: int | None = None,
     ``0..n_classes-1`` (``None``: a head that grows takes any label from 0); ``t`` a task id
     (an int, ``None`` for 0) or one a row. Checks stop at the first problem that makes the later
     ones meaningless (a batch of the wrong shape is not scanned for NaN).
+
+    Args:
+        x: the inputs, anything ``torch.as_tensor`` reads.
+        y: one integer label a row.
+        t: a task id for every row (an int; None: 0) or one a row.
+        n_features: the values a row the model takes (None: any).
+        n_classes: the classes the model has (None: a head that grows takes any label from 0).
+        known_classes: the labels the model has learned; the others are reported new.
+        where: what the batch is, named in messages.
+
+    Returns:
+        What was found; :meth:`BatchReport.raise_if_refused` raises on a problem.
 
     >>> r = check_batch(torch.rand(2, 4), torch.tensor([0, 3]), n_features=4, n_classes=3, where="partial_fit")
     >>> r.ok, r.problems
@@ -101,7 +133,20 @@ def check_batch(x: Any, y: Any, t: Any = None, *, n_features: int | None = None,
 def check_inputs(x: Any, *, n_features: int | None = None, tokens: bool = False, where: str = "predict") -> Tensor:
     """Inputs to predict from, as a tensor: a ``(n, features...)`` batch of finite numbers (float32)
     with ``n_features`` values a row when the model states it, or of token ids (``tokens``, kept as
-    integers). Raises :class:`BatchRefused` naming the problem.
+    integers).
+
+    Args:
+        x: the inputs, anything ``torch.as_tensor`` reads.
+        n_features: the values a row the model takes (None: any).
+        tokens: whether the inputs are token ids (kept as integers, not made floats).
+        where: what the inputs are, named in messages.
+
+    Returns:
+        The inputs as a tensor: floats (float64 made float32), or token ids as int64.
+
+    Raises:
+        BatchRefused: the inputs are no batch, have the wrong number of values a row, or hold NaN or
+            infinite values; it names the problem.
 
     >>> check_inputs([[0.5, float("nan")]], where="predict")
     Traceback (most recent call last):
@@ -119,4 +164,5 @@ def check_inputs(x: Any, *, n_features: int | None = None, tokens: bool = False,
     elif x.dtype.is_floating_point and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
         report.problems.append("x holds NaN or infinite values")
     report.raise_if_refused()
-    return x.float() if x.dtype == torch.float64 else x
+    checked: Tensor = x.float() if x.dtype == torch.float64 else x
+    return checked

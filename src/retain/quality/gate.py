@@ -13,6 +13,7 @@ kept for review), or ``warn`` and accept.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,24 +26,43 @@ from torch import Tensor
 
 @validated(config=ConfigDict(extra="forbid"))
 class GatePolicy:
-    """What the gate does with a batch (a config's ``gate:`` section)."""
+    """What the gate does with a batch (a config's ``gate:`` section).
 
-    policy: Literal["refuse", "quarantine", "warn"] = Field("quarantine", description="with flagged rows")
-    max_flagged: float = Field(0.15, ge=0.0, le=1.0, description="refuse (any policy) above this share of "
-                               "likely label errors; duplicates are only dropped")
-    duplicates: bool = Field(True, description="flag exact duplicates and near-duplicates")
-    near_duplicate: float = Field(0.999, gt=0.0, le=1.0, description="feature cosine from which rows are "
+    Attributes:
+        policy: what becomes of a batch with flagged rows: ``refuse`` it, ``quarantine`` the rows, or ``warn``.
+        max_flagged: the share of likely label errors (0-1) above which a batch is refused, whatever the policy;
+            duplicates are only dropped.
+        duplicates: flag exact duplicates and near-duplicates.
+        near_duplicate: the feature cosine from which rows are near-duplicates.
+        outliers: flag rows far from every other row, known or new.
+        outlier_factor: an outlier's nearest neighbour is this many times farther than the 99th percentile
+            of the known rows'.
+        label_issues: flag likely label errors (cleanlab).
+        label_beyond: how far past the midpoint toward another class's centre a likely label error also
+            lies (0: past the midpoint, 1: at the centre).
+        drift: report whether the batch's features differ from the store's rows (a line of the report;
+            never refuses by itself).
+        drift_level: the drift test's significance level.
+        min_class_share: warn of classes below this share of the batch's rows (0: never).
+    """
+
+    policy: Literal["refuse", "quarantine", "warn"] = Field(default="quarantine", description="with flagged rows")
+    max_flagged: float = Field(default=0.15, ge=0.0, le=1.0, description="refuse (any policy) above this share "
+                               "of likely label errors; duplicates are only dropped")
+    duplicates: bool = Field(default=True, description="flag exact duplicates and near-duplicates")
+    near_duplicate: float = Field(default=0.999, gt=0.0, le=1.0, description="feature cosine from which rows are "
                                   "near-duplicates")
-    outliers: bool = Field(True, description="flag rows far from every other row, known or new")
-    outlier_factor: float = Field(3.0, gt=1.0, description="an outlier's nearest neighbour is this many times "
-                                  "farther than the 99th percentile of the known rows'")
-    label_issues: bool = Field(True, description="flag likely label errors (cleanlab)")
-    label_beyond: float = Field(0.5, ge=0.0, le=1.0, description="a likely label error also lies this far from "
-                                "the midpoint toward another class's centre (0: past the midpoint, 1: at the centre)")
-    drift: bool = Field(True, description="report whether the batch's features differ from the store's rows "
-                        "(a line of the report; never refuses by itself)")
-    drift_level: float = Field(0.01, gt=0.0, lt=1.0, description="the drift test's significance level")
-    min_class_share: float = Field(0.0, ge=0.0, le=1.0, description="warn of classes below this share")
+    outliers: bool = Field(default=True, description="flag rows far from every other row, known or new")
+    outlier_factor: float = Field(default=3.0, gt=1.0, description="an outlier's nearest neighbour is this many "
+                                  "times farther than the 99th percentile of the known rows'")
+    label_issues: bool = Field(default=True, description="flag likely label errors (cleanlab)")
+    label_beyond: float = Field(default=0.5, ge=0.0, le=1.0, description="a likely label error also lies this "
+                                "far from the midpoint toward another class's centre (0: past the midpoint, 1: at "
+                                "the centre)")
+    drift: bool = Field(default=True, description="report whether the batch's features differ from the store's "
+                        "rows (a line of the report; never refuses by itself)")
+    drift_level: float = Field(default=0.01, gt=0.0, lt=1.0, description="the drift test's significance level")
+    min_class_share: float = Field(default=0.0, ge=0.0, le=1.0, description="warn of classes below this share")
 
 
 @dataclass
@@ -78,7 +98,18 @@ class Drift:
 
 @dataclass
 class GateReport:
-    """What the gate found in a batch and what it decided."""
+    """What the gate found in a batch and what it decided.
+
+    Attributes:
+        rows: the batch's rows.
+        duplicates: indices of rows already held or repeated, exactly or nearly.
+        label_issues: indices of rows whose label is likely wrong (a kind's broken rows: pairs, clips, images).
+        outliers: indices of rows out of distribution: far from every other row.
+        rare_classes: classes under the policy's ``min_class_share`` of the rows.
+        drift: the batch's features against the store's rows; None: not measured.
+        decision: accept, quarantine or refuse.
+        reason: what was found and done, as the store's log records it.
+    """
 
     rows: int
     duplicates: list[int] = field(default_factory=list)  # row indices, exact or near
@@ -91,6 +122,7 @@ class GateReport:
 
     @property
     def flagged(self) -> list[int]:
+        """Every flagged row's index, once: duplicates, likely label errors and outliers."""
         return sorted(set(self.duplicates) | set(self.label_issues) | set(self.outliers))
 
 
@@ -119,9 +151,9 @@ def likely_label_errors(features: Tensor, y: Tensor, seed: int = 0, beyond: floa
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    from retain.util import require
+    from retain.extras import require
 
-    filters = require("cleanlab.filter", "cleanlab")
+    filters = require("cleanlab.filter", "quality")
     y_np = y.cpu().numpy()
     classes, counts = np.unique(y_np, return_counts=True)
     judged = np.isin(y_np, classes[counts >= 3])
@@ -137,7 +169,8 @@ def likely_label_errors(features: Tensor, y: Tensor, seed: int = 0, beyond: floa
     # (retain serve) on a lock held at the fork; its results do not depend on n_jobs
     issues = filters.find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1)
     issues &= toward_other_centre(x, labels) > beyond
-    return np.flatnonzero(judged)[issues].tolist()
+    found: list[int] = np.flatnonzero(judged)[issues].tolist()
+    return found
 
 
 def toward_other_centre(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -156,7 +189,8 @@ def toward_other_centre(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     far[np.arange(len(x)), labels] = np.inf
     other = far.argmin(1)
     gap = ((own - sums[other] / counts[other][:, None]) ** 2).sum(1)
-    return (((x - own) ** 2).sum(1) - far[np.arange(len(x)), other]) / np.maximum(gap, 1e-12)
+    where: np.ndarray = (((x - own) ** 2).sum(1) - far[np.arange(len(x)), other]) / np.maximum(gap, 1e-12)
+    return where
 
 
 def _unit(features: Tensor) -> Tensor:
@@ -235,8 +269,8 @@ def drift(features: Tensor, y: Tensor, known: Tensor | None, known_y: Tensor | N
         return None
     found = mmd_test(features, known, level, seed=seed)
     if known_y is not None:
-        old = torch.isin(y, known_y.unique())
-        theirs = torch.isin(known_y, y[old].unique())
+        old = torch.isin(y, torch.unique(known_y))
+        theirs = torch.isin(known_y, torch.unique(y[old]))
         if 10 <= int(old.sum()) < len(y) and int(theirs.sum()) >= 10:
             found.known = mmd_test(features[old], known[theirs], level, seed=seed)
     return found
@@ -255,15 +289,29 @@ def decide(report: GateReport, share: float, found: str, policy: GatePolicy) -> 
     return report
 
 
-def inspect(x: Tensor, y: Tensor, features: Tensor, policy: GatePolicy, known: set[str] = frozenset(),
+def inspect(x: Tensor, y: Tensor, features: Tensor, policy: GatePolicy, known: AbstractSet[str] = frozenset(),
             seed: int = 0, known_features: Tensor | None = None, known_y: Tensor | None = None,
             confirmed: Tensor | None = None) -> GateReport:
-    """Check a labelled batch (``features``: what the label, near-duplicate, outlier and drift
-    checks read, e.g. the model's backbone features) against ``policy``; ``known`` holds row hashes
-    of data already held, ``known_features`` those rows' features and ``known_y`` their labels.
-    ``confirmed`` marks rows whose label the served model predicts too: they are never called label
-    errors (its disagreement is no evidence on data unlike what it learned, its agreement is).
-    Drift is a line of the report's reason of its own: it never refuses a batch."""
+    """Check a labelled batch against ``policy``.
+
+    Drift is a line of the report's reason of its own: it never refuses a batch.
+
+    Args:
+        x: the batch's inputs, as the store keeps them (their hashes find exact duplicates).
+        y: the batch's labels.
+        features: what the label, near-duplicate, outlier and drift checks read, e.g. the model's
+            backbone features.
+        policy: what to check and what to do with flagged rows.
+        known: row hashes of data already held.
+        seed: the seed of the label check's folds and the drift test's shuffles.
+        known_features: the features of the rows already held (None: none).
+        known_y: their labels.
+        confirmed: marks rows whose label the served model predicts too: they are never called label
+            errors (its disagreement is no evidence on data unlike what it learned, its agreement is).
+
+    Returns:
+        What was found, with the decision and its reason.
+    """
     report = GateReport(len(y))
     if policy.duplicates:
         seen: set[str] = set(known)
@@ -284,7 +332,7 @@ def inspect(x: Tensor, y: Tensor, features: Tensor, policy: GatePolicy, known: s
     if policy.drift:
         report.drift = drift(features, y, known_features, known_y, policy.drift_level, seed)
     counts = torch.bincount(y)
-    report.rare_classes = [c for c in y.unique().tolist() if counts[c] < policy.min_class_share * len(y)]
+    report.rare_classes = [c for c in torch.unique(y).tolist() if counts[c] < policy.min_class_share * len(y)]
     share = len(report.label_issues) / max(len(y), 1)  # wrong labels say a batch is corrupted; repeats do not
     found = (f"{len(report.label_issues)} likely label errors ({100 * share:.1f}% of {len(y)} rows), "
              f"{len(report.duplicates)} duplicates, {len(report.outliers)} outliers")

@@ -16,6 +16,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 
 from retain.data.catalogues import specifiers_kept
 from retain.quality.gate import GatePolicy, GateReport, decide
@@ -66,7 +67,7 @@ def pair_problem(source: str, target: str, lang: str, max_chars: int) -> str | N
 
 
 def inspect_pairs(sources: Sequence[str], targets: Sequence[str], langs: Sequence[str], policy: GatePolicy,
-                  known: set[str] = frozenset(), max_chars: int = 200) -> GateReport:
+                  known: AbstractSet[str] = frozenset(), max_chars: int = 200) -> GateReport:
     """Check a batch of pairs against ``policy``; ``known`` holds :func:`pair_hash` and
     :func:`loose_hash` values of pairs already held. Broken pairs count against ``max_flagged``
     as label errors do (they say the batch is corrupted); repeats are only dropped.

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -57,7 +58,7 @@ def create_app(store: str | Path, settings: ServiceConfig | None = None, token: 
     service = open_service(store, settings, token)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI):
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         current = service.served.current
         log.info("serving %s (%s store, version %s promoted) at %s (the dashboard at /); updater %s",
                  service.store.where, service.project.kind.name, current.version if current else "none",
@@ -76,7 +77,7 @@ def create_app(store: str | Path, settings: ServiceConfig | None = None, token: 
     app.state.service = service
     app.add_middleware(Measured, metrics=service.metrics, latencies=service.view.latencies,
                        limit=service.settings.max_request_bytes)
-    app.add_exception_handler(RequestValidationError, invalid)
+    app.exception_handler(RequestValidationError)(invalid)  # typed for its class, unlike add_exception_handler
     app.include_router(router)
     return app
 
@@ -96,10 +97,10 @@ def configure_logging(level: str = "info", access_log: bool = False) -> None:
     """The service's log lines on stderr from ``level`` up (debug, info, warning, error, critical);
     ``access_log``: a line for each request too (method, path, status, milliseconds)."""
     logger = logging.getLogger("retain.service")
-    if not any(getattr(h, "retain_serve", False) for h in logger.handlers):  # once per process
+    if not any(h.get_name() == "retain serve" for h in logger.handlers):  # once per process
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
-        handler.retain_serve = True
+        handler.set_name("retain serve")
         logger.addHandler(handler)
     logger.setLevel(level.upper())
     logging.getLogger("retain.service.access").setLevel(logging.INFO if access_log else logging.WARNING)

@@ -9,10 +9,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retain.config import ServiceConfig
 from retain.loop import Project
@@ -52,7 +53,8 @@ def token_of(settings: ServiceConfig) -> str | None:
 
 async def service_of(request: Request) -> Service:  # async, as every dependency here: no thread hop
     """This process's :class:`Service`."""
-    return request.app.state.service
+    service: Service = request.app.state.service
+    return service
 
 
 def _bearer(request: Request) -> str | None:
@@ -91,10 +93,10 @@ class Measured:
     they are read, and counts every request and its latency by endpoint (and keeps the latencies of
     predictions in ``latencies``, for the dashboard); with the access log on, a line for each request."""
 
-    def __init__(self, app: Any, metrics: ServiceMetrics, latencies: deque[float], limit: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, latencies: deque[float], limit: int) -> None:
         self.app, self.metrics, self.latencies, self.limit = app, metrics, latencies, limit
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
@@ -109,7 +111,7 @@ class Measured:
             return await JSONResponse({"detail": refused[1]}, refused[0])(scope, receive, send)
         start, status = time.perf_counter(), 500
 
-        async def sending(message: dict) -> None:
+        async def sending(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

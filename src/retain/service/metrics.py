@@ -26,8 +26,8 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry()
-        kw = {"registry": None if self.multiprocess else self.registry}
-        gauge = {"multiprocess_mode": "mostrecent"} if self.multiprocess else {}
+        kw: dict[str, Any] = {"registry": None if self.multiprocess else self.registry}
+        gauge: dict[str, Any] = {"multiprocess_mode": "mostrecent"} if self.multiprocess else {}
         self.requests = Counter("retain_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
                                 **kw)
         self.latency = Histogram("retain_request_seconds", "request latency by endpoint", ["endpoint"],
@@ -57,7 +57,7 @@ class ServiceMetrics:
         self._batches: set[str] = set()  # the batches of the held-out gauge
         self._quarantine_rows: dict[str, int] = {}  # rows of each quarantined batch (kept batches never change)
 
-    def restore(self, labelled: list[tuple[float, int, bool]]) -> None:
+    def restore(self, labelled: list[tuple[float, int, float]]) -> None:
         """Start the prequential counters from the store's labelled predictions, not from zero (once
         per metrics folder when worker processes share one: their counters are summed)."""
         self.accuracy.set(sum(hit for *_, hit in labelled) / len(labelled) if labelled else 0.0)
@@ -100,7 +100,7 @@ class ServiceMetrics:
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # its __init__ is unannotated
             return generate_latest(registry)
         return generate_latest(self.registry)
 

@@ -53,6 +53,7 @@ class FeedbackRow(BaseModel):
     def answer(self) -> str:
         """The answer as the store keeps it: the label, or the boxes as JSON."""
         if self.boxes is None:
+            assert self.label is not None  # _one_answer: a row has a label or boxes
             return self.label
         return json.dumps([b.model_dump() for b in self.boxes])
 

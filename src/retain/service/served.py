@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from fastapi import HTTPException
@@ -25,12 +25,17 @@ from sqlalchemy.exc import IntegrityError
 from retain.build import backbone_encoder, model_inputs
 from retain.config import ServiceConfig
 from retain.data.features import encode
+from retain.data.files import InputError
 from retain.engine import Learner
 from retain.loop import Project, top_labels
-from retain.service.inputs import InputError, read_inputs
+from retain.service.inputs import read_inputs
 from retain.service.metrics import ServiceMetrics
 from retain.service.schemas import PredictRequest, problem
 from retain.store import StoreError
+
+if TYPE_CHECKING:
+    from retain.engine.detection import DetectionLearner
+    from retain.engine.generative import GenerativeLearner
 
 log = logging.getLogger("retain.service")
 
@@ -38,8 +43,14 @@ class Loaded(NamedTuple):
     """One version as served: its learner (only ever predicting) and the name of each class id."""
 
     version: int
-    learner: Learner
+    learner: Learner | GenerativeLearner[Any] | DetectionLearner
     names: list[str]
+
+    @property
+    def classifier(self) -> Learner:
+        """The learner of a store whose model picks labels (a classifier's)."""
+        assert isinstance(self.learner, Learner), "a store whose model writes its answers has no classifier"
+        return self.learner
 
 
 class Served:
@@ -91,7 +102,8 @@ class Served:
         learner = self.store.load(version, device="cpu")
         learner.model.eval()
         self.shadow = Loaded(version, learner, self.project.label_names(learner))
-        log.info("version %d answers in shadow beside version %d", version, self.current.version)
+        log.info("version %d answers in shadow beside version %s", version,
+                 self.current.version if self.current else "none")
 
     @property
     def ready(self) -> bool:
@@ -116,7 +128,7 @@ class Served:
             if cfg.model.backbone is not None and cfg.model.adaptation == "frozen":
                 # the encoder itself, not the feature cache: a cached dummy would leave it unloaded
                 x = encode(backbone_encoder(cfg).get(), x, progress=False)
-            served.learner.predict_proba(x)
+            served.classifier.predict_proba(x)
         self.warmed += 1
         log.info("ready: version %d answered a warm-up input in %.2f s", served.version, time.perf_counter() - start)
 
@@ -165,10 +177,11 @@ class Served:
                           err.message) from None
         if self.labels:
             x = self._model_inputs(x)
-        out, answers = (self._labels(learner, names, x, request) if self.labels
+        out, answers = (self._labels(served.classifier, names, x, request) if self.labels
                         else self._answers(learner, version, x, request))
-        kept = [{"id": item.id, "version": version, "inputs": json.dumps(item.data()), "label": answer}
-                for item, answer in zip(request.inputs, answers, strict=True) if item.id is not None]
+        kept: list[dict[str, Any]] = [
+            {"id": item.id, "version": version, "inputs": json.dumps(item.data()), "label": answer}
+            for item, answer in zip(request.inputs, answers, strict=True) if item.id is not None]
         if kept:
             ids = [k["id"] for k in kept]
             try:
@@ -190,7 +203,7 @@ class Served:
         index = [i for i, item in enumerate(request.inputs) if item.id is not None]
         try:
             if self.labels:
-                answers = [top[0][0] for top in top_labels(shadow.learner.predict_proba(x[index]), shadow.names, 1)]
+                answers = [top[0][0] for top in top_labels(shadow.classifier.predict_proba(x[index]), shadow.names, 1)]
             else:
                 with self.generating:
                     answers = [p.label for p in self.project.kind.predict(shadow.learner, x.take(torch.tensor(index)),
@@ -204,7 +217,7 @@ class Served:
                 ) -> tuple[list[dict[str, Any]], list[str]]:
         """What the classifier answers to each input, and each one's label."""
         tops = top_labels(learner.predict_proba(x), names, request.top_k)
-        out = []
+        out: list[dict[str, Any]] = []
         for item, top in zip(request.inputs, tops, strict=True):
             self.metrics.predictions.labels(top[0][0]).inc()
             out.append({"id": item.id, "label": top[0][0],

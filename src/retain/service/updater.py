@@ -20,9 +20,9 @@ import uuid
 from typing import Any
 
 from retain.config import ServiceConfig
+from retain.data.files import InputError
 from retain.engine.updater import Hybrid
 from retain.loop import Project
-from retain.service.inputs import InputError
 from retain.service.metrics import ServiceMetrics
 from retain.service.schemas import FeedbackRequest, problem
 from retain.service.served import Served
@@ -49,7 +49,8 @@ class Updater:
         self.stalled_at: int | None = None  # queued rows when an update last found nothing it could learn
         self.shadow_state: dict[str, Any] | None = None  # the candidate in shadow, as last judged
         self.detector = Hybrid(drift=settings.drift).detector() if settings.drift else None
-        self.labelled, self.correct = 0, 0  # predictions later labelled, and right, in this process
+        self.labelled = 0  # predictions later labelled in this process
+        self.correct: float = 0  # and how right they were: 1 each, or a written answer's score
         self.waiting_for: str | None = None  # the other process holding the lease, while this one waits
 
     # -- feedback -----------------------------------------------------------------------
@@ -59,11 +60,12 @@ class Updater:
         ids = [r.id for r in request.rows if r.id is not None]
         known = intake.predictions(ids) if ids else {}
         labelled = intake.labelled(ids) if ids else set()
-        rows, data = [], []
+        rows: list[dict[str, Any]] = []
+        data = []
         for i, row in enumerate(request.rows):
             if (row.id is None) == (row.input is None):
                 raise problem(422, ["body", "rows", i], "give either the input or the id of a prediction")
-            if row.id in labelled or ids.count(row.id) > 1:  # one label a prediction: counted once
+            if row.id is not None and (row.id in labelled or ids.count(row.id) > 1):  # one label a prediction
                 raise problem(409, ["body", "rows", i, "id"], f"the prediction {row.id!r} is labelled already")
             if row.input is None and row.id not in known:
                 raise problem(404, ["body", "rows", i, "id"], f"no prediction has the id {row.id!r}")
@@ -71,7 +73,7 @@ class Updater:
             if field != self.project.kind.answer_field:
                 raise problem(422, ["body", "rows", i, field], f"a {self.project.kind.name} store's feedback sends "
                               f"{self.project.kind.answer_field}")
-            item = row.input.data() if row.input is not None else json.loads(known[row.id]["inputs"])
+            item = row.input.data() if row.input is not None else json.loads(known[str(row.id)]["inputs"])
             data.append(item)
             rows.append({"inputs": json.dumps(item), "label": row.answer(), "request_id": row.id})
         try:
@@ -79,8 +81,8 @@ class Updater:
         except InputError as err:
             index = int(err.field.split(".")[1])
             raise problem(422, ["body", "rows", index, "input", err.field.split(".")[-1]], err.message) from None
-        for i, row in enumerate(rows):  # what the answers say, checked against their inputs (a box inside its image)
-            why = self.project.kind.answer_problem(read, i, row["label"])
+        for i, kept in enumerate(rows):  # what the answers say, checked against their inputs (a box inside its image)
+            why = self.project.kind.answer_problem(read, i, kept["label"])
             if why is not None:
                 raise problem(422, ["body", "rows", i, self.project.kind.answer_field], why)
         try:
@@ -174,11 +176,12 @@ class Updater:
         self.metrics.queue.set(queued)
         if not queued:
             return None
+        assert oldest is not None  # queued rows came at some time
         known = set(self.store.labels())
         fresh = {label: n for label, n in by_label.items() if label not in known and self.served.labels}
         judged = queued * self.project.held_out_fraction >= self.project.kind.rule.min_held_out
         if fresh and max(fresh.values()) >= self.settings.new_class_rows and judged:  # rows enough to judge it by
-            return f"new class {max(fresh, key=fresh.get)}"
+            return f"new class {max(fresh, key=fresh.__getitem__)}"
         if time.time() - oldest >= self.settings.update_wait and time.time() - self.tried >= self.settings.update_wait:
             return f"rows waited {self.settings.update_wait:g} s"  # however few: none waits for ever
         if queued < self.settings.min_rows:

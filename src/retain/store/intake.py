@@ -46,7 +46,18 @@ def same(answer: str, label: str) -> float:
 
 @dataclass
 class Feedback:
-    """A labelled row sent back to the store: its inputs (JSON), label name and what became of it."""
+    """A labelled row sent back to the store: its inputs (JSON), label name and what became of it.
+
+    Attributes:
+        id: the row's id, in the order rows came.
+        at: when it came, in seconds since the epoch.
+        request_id: the id of the prediction it labels, or None (a row sent with its input).
+        inputs: the row's input, as JSON text.
+        label: its label name (a written answer: the answer; boxes: their JSON).
+        status: ``queued``, ``learned`` (by a promoted version), ``pending``, ``held`` or ``dropped`` (its
+            version was kept), or ``refused`` (by the gate, kept for review).
+        version: the version that learned, kept or refused it; None while queued.
+    """
 
     id: int
     at: float
@@ -64,14 +75,29 @@ class AlreadyLabelled(ValueError):
 
 class Intake:
     """The feedback, predictions and leases of one store, read and written through the store's own
-    connections: ``read`` sees the last commit, ``write`` is one transaction at a time."""
+    connections: ``read`` sees the last commit, ``write`` is one transaction at a time.
+
+    Args:
+        read: opens a connection for reading.
+        write: opens a connection in a write transaction, one at a time.
+    """
 
     def __init__(self, read: Connect, write: Connect) -> None:
         self._db, self._transaction = read, write
 
     def add_feedback(self, rows: list[dict[str, Any]]) -> list[int]:
         """Keep labelled rows (``inputs`` as JSON text, ``label``, optional ``request_id``) in one
-        transaction; their ids once it has committed (durable: acknowledge them then)."""
+        transaction; their ids once it has committed (durable: acknowledge them then).
+
+        Args:
+            rows: the rows, each with ``inputs``, ``label`` and maybe ``request_id``.
+
+        Returns:
+            Their ids, in the rows' order.
+
+        Raises:
+            AlreadyLabelled: one of the rows labels a prediction that feedback labelled already.
+        """
         now = time.time()
         try:
             return self._add_feedback(rows, now)
@@ -87,7 +113,15 @@ class Intake:
         return list(ids)
 
     def feedback(self, status: str | None = "queued", limit: int | None = None) -> list[Feedback]:
-        """Feedback rows (those with ``status``; None: all), oldest first."""
+        """Feedback rows (those with ``status``; None: all), oldest first.
+
+        Args:
+            status: the status of the rows wanted; None: every row.
+            limit: at most this many rows; None: all.
+
+        Returns:
+            The rows, oldest first.
+        """
         query = select(*FEEDBACK.c).order_by(FEEDBACK.c.id).limit(limit)
         if status is not None:
             query = query.where(FEEDBACK.c.status == status)
@@ -95,40 +129,69 @@ class Intake:
             return [Feedback(*row) for row in db.execute(query).all()]
 
     def queue(self) -> tuple[dict[str, int], float | None]:
-        """The queued feedback at a glance: rows by label, and when the oldest came (no inputs read)."""
+        """The queued feedback at a glance: rows by label, and when the oldest came (no inputs read).
+
+        Returns:
+            The queued rows' count by label, and the time the oldest came (None: none is queued).
+        """
         with self._db() as db:
             rows = db.execute(select(FEEDBACK.c.label, func.count(), func.min(FEEDBACK.c.at))
                               .where(FEEDBACK.c.status == "queued").group_by(FEEDBACK.c.label)).all()
         return {label: n for label, n, _ in rows}, min((at for _, _, at in rows), default=None)
 
     def feedback_counts(self) -> dict[str, int]:
-        """How many feedback rows are queued, learned, refused."""
+        """How many feedback rows are queued, learned, refused.
+
+        Returns:
+            The number of rows by status (a status no row has is left out).
+        """
         with self._db() as db:
             rows = db.execute(select(FEEDBACK.c.status, func.count()).group_by(FEEDBACK.c.status)).all()
         return {status: n for status, n in rows}
 
     def settle_feedback(self, ids: list[int], status: str, version: int | None = None) -> None:
         """Mark feedback rows refused (a version that learns or keeps them settles them with itself:
-        :meth:`ModelStore.add_version`)."""
+        :meth:`ModelStore.add_version`).
+
+        Args:
+            ids: the feedback rows' ids.
+            status: what becomes of them (``refused``).
+            version: the version that settled them, or None.
+        """
         with self._transaction() as db:
             for start in range(0, len(ids), 500):
                 db.execute(update(FEEDBACK).where(FEEDBACK.c.id.in_(ids[start:start + 500]))
                            .values(status=status, version=version))
 
     def add_predictions(self, rows: list[dict[str, Any]]) -> None:
-        """Keep predictions made under a request id (``id``, ``version``, ``inputs``, ``label``)."""
+        """Keep predictions made under a request id (``id``, ``version``, ``inputs``, ``label``).
+
+        Args:
+            rows: the predictions, each with those four keys.
+        """
         now = time.time()
         with self._transaction() as db:
             db.execute(insert(PREDICTIONS), [r | {"at": now} for r in rows])
 
     def predictions(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The kept predictions of these request ids, by id."""
+        """The kept predictions of these request ids, by id.
+
+        Args:
+            ids: request ids (one never used is left out of the answer).
+
+        Returns:
+            Each kept prediction's columns (``id``, ``at``, ``version``, ``inputs``, ``label``), by its id.
+        """
         with self._db() as db:
             rows = db.execute(select(*PREDICTIONS.c).where(PREDICTIONS.c.id.in_(ids))).all()
         return {r.id: r._asdict() for r in rows}
 
     def add_shadow(self, rows: list[dict[str, Any]]) -> None:
-        """Keep what a candidate served in shadow answered (``id``: the prediction's, ``version``, ``label``)."""
+        """Keep what a candidate served in shadow answered (``id``: the prediction's, ``version``, ``label``).
+
+        Args:
+            rows: the answers, each with those three keys.
+        """
         now = time.time()
         with self._transaction() as db:
             db.execute(insert(SHADOW), [r | {"at": now} for r in rows])
@@ -136,7 +199,15 @@ class Intake:
     def shadow_hits(self, version: int, score: Score = same) -> tuple[list[float], list[float]]:
         """For each prediction the candidate ``version`` answered in shadow and feedback later
         labelled: how right the candidate was, and how right the served version was (``score``
-        of an answer and the label: 1 or 0 for a class, a transcript's ``1 − WER``)."""
+        of an answer and the label: 1 or 0 for a class, a transcript's ``1 − WER``).
+
+        Args:
+            version: the candidate served in shadow.
+            score: how right an answer is given the label, 0-1.
+
+        Returns:
+            The candidate's scores and the served version's, a pair per labelled prediction, oldest first.
+        """
         query = (select(SHADOW.c.label, PREDICTIONS.c.label, FEEDBACK.c.label)
                  .join(FEEDBACK, FEEDBACK.c.request_id == SHADOW.c.id)
                  .join(PREDICTIONS, PREDICTIONS.c.id == SHADOW.c.id)
@@ -146,7 +217,14 @@ class Intake:
         return [score(a, label) for a, _, label in rows], [score(b, label) for _, b, label in rows]
 
     def labelled(self, ids: list[str]) -> set[str]:
-        """Those of the request ids that feedback has labelled already."""
+        """Those of the request ids that feedback has labelled already.
+
+        Args:
+            ids: request ids.
+
+        Returns:
+            The ids labelled already.
+        """
         with self._db() as db:
             rows = db.execute(select(FEEDBACK.c.request_id).where(FEEDBACK.c.request_id.in_(ids))).all()
         return {r[0] for r in rows}
@@ -154,7 +232,14 @@ class Intake:
     def prequential(self, score: Score = same) -> list[tuple[float, int, float]]:
         """(time of the feedback, version that predicted, how right it was: ``score`` of its answer and
         the label) for every prediction later labelled by feedback, oldest first: the score on data
-        as it arrives."""
+        as it arrives.
+
+        Args:
+            score: how right an answer is given the label, 0-1.
+
+        Returns:
+            A ``(time, version, score)`` triple per labelled prediction, oldest feedback first.
+        """
         query = (select(FEEDBACK.c.at, PREDICTIONS.c.version, PREDICTIONS.c.label, FEEDBACK.c.label)
                  .join(PREDICTIONS, PREDICTIONS.c.id == FEEDBACK.c.request_id).order_by(FEEDBACK.c.id))
         with self._db() as db:
@@ -162,7 +247,16 @@ class Intake:
 
     def lease(self, name: str, holder: str, seconds: float) -> bool:
         """Take or renew the lease ``name`` for ``seconds``: True if ``holder`` holds it now. Only
-        one holder at a time across processes and hosts (the updater's: one writer)."""
+        one holder at a time across processes and hosts (the updater's: one writer).
+
+        Args:
+            name: the lease's name (``updater``).
+            holder: who asks (host, process and a random part).
+            seconds: how long the lease lasts unless renewed.
+
+        Returns:
+            True when ``holder`` holds the lease now; False when another holder's has not expired.
+        """
         now = time.time()
         with self._transaction() as db:
             row = db.execute(select(LEASES.c.holder, LEASES.c.expires).where(LEASES.c.name == name)).first()
@@ -175,6 +269,11 @@ class Intake:
             return True
 
     def release(self, name: str, holder: str) -> None:
-        """Give the lease back (if ``holder`` holds it)."""
+        """Give the lease back (if ``holder`` holds it).
+
+        Args:
+            name: the lease's name.
+            holder: who gives it back.
+        """
         with self._transaction() as db:
             db.execute(update(LEASES).where(LEASES.c.name == name, LEASES.c.holder == holder).values(expires=0.0))

@@ -38,20 +38,20 @@ class PromotionRule:
     'batch-1: accuracy 80.0%; largest drop on an earlier batch 7.0 points (9.0 allowed with its gain of 80.0)'
     """
 
-    min_new_accuracy: float = Field(0.0, ge=0.0, le=1.0)
-    max_drop: float = Field(0.05, ge=0.0, le=1.0)
-    min_class_accuracy: float = Field(0.0, ge=0.0, le=1.0)
+    min_new_accuracy: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_drop: float = Field(default=0.05, ge=0.0, le=1.0)
+    min_class_accuracy: float = Field(default=0.0, ge=0.0, le=1.0)
     compared_to: Literal["promoted", "best"] = "promoted"
-    confidence: float | None = Field(0.9, gt=0.5, lt=1.0, description="judge drops by the lower bound of a paired "
-                                     "bootstrap at this confidence (a drop refuses only if surely over max_drop; "
-                                     "null: by the drop itself)")
-    min_held_out: int = Field(10, ge=1, le=10_000, description="held-out rows a batch needs to be judged on its own; "
-                              "smaller batches are judged together (on 9 rows one row is 11 points)")
-    gain_weight: float = Field(0.05, ge=0.0, le=1.0, description="each point the candidate gains on the new batch "
-                               "over the promoted version allows this much more drop on earlier ones (at most "
+    confidence: float | None = Field(default=0.9, gt=0.5, lt=1.0, description="judge drops by the lower bound of a "
+                                     "paired bootstrap at this confidence (a drop refuses only if surely over "
+                                     "max_drop; null: by the drop itself)")
+    min_held_out: int = Field(default=10, ge=1, le=10_000, description="held-out rows a batch needs to be judged on "
+                              "its own; smaller batches are judged together (on 9 rows one row is 11 points)")
+    gain_weight: float = Field(default=0.05, ge=0.0, le=1.0, description="each point the candidate gains on the new "
+                               "batch over the promoted version allows this much more drop on earlier ones (at most "
                                "max_drop more)")
     kept: Literal["carry", "hold", "drop"] = Field(
-        "carry", description="the rows of a batch whose candidate is kept: carried into the next update on the "
+        default="carry", description="the rows of a batch whose candidate is kept: carried into the next update on the "
         "promoted line, held until `retain update --retry`, or dropped (recorded)")
 
     def decide(self, candidate: dict[str, float], promoted: dict[str, float], new: str | list[str],
@@ -90,13 +90,14 @@ class PromotionRule:
                 continue
             bound = (bounds or {}).get(batch) if self.confidence else None
             if (bound if bound is not None else before - candidate[batch]) > allowed:
-                sure = f", at least {100 * bound:.1f} with {100 * self.confidence:.0f}% confidence" if bound else ""
+                sure = (f", at least {100 * bound:.1f} with {100 * self.confidence:.0f}% confidence"
+                        if bound and self.confidence else "")
                 return Decision(False, f"{batch}: {metric} {shown(candidate[batch])} fell "
                                        f"{100 * (before - candidate[batch]):.1f} points below {against} "
                                        f"({shown(before)}){sure}, more than {100 * allowed:.1f} allowed")
         weak = {c: a for c, a in per_class.items() if a < self.min_class_accuracy}
         if weak:
-            worst = min(weak, key=weak.get)
+            worst = min(weak, key=weak.__getitem__)
             return Decision(False, f"class {worst}: {metric} {shown(weak[worst])} is below the "
                                    f"{shown(self.min_class_accuracy)} required of every class")
         drops = [promoted[b] - candidate[b] for b in promoted if b in candidate]

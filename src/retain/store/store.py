@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,13 +46,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
+from retain.extras import require_extra
 from retain.store.intake import TABLES as INTAKE_TABLES
 from retain.store.intake import Intake
 
 if TYPE_CHECKING:  # torch is imported only by what loads or saves a model: versions, rollback answer at once
+    import sqlite3
+
     from retain.engine import Learner
+    from retain.engine.detection import DetectionLearner
     from retain.engine.generative import GenerativeLearner
 
 FORMAT = 1
@@ -87,6 +91,7 @@ PENDING = Table(
     Column("learned_by", Integer), Column("feedback", Text), Column("detail", Text, nullable=False, server_default=""),
     CheckConstraint("status IN ('pending', 'held', 'dropped', 'learned')", name="pending_status"))
 KEPT = ("pending", "held", "dropped")  # what becomes of a kept candidate's rows (a promotion rule's ``kept``)
+"""The statuses a batch whose candidate was kept may have: waiting for the next update, held for review, dropped."""
 
 def database_url(url: str) -> URL:
     """``url`` parsed, with PostgreSQL's default driver set to psycopg (version 3, the one installed)
@@ -102,11 +107,13 @@ def database_url(url: str) -> URL:
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise StoreError(f"{backend!r} databases are not supported; use SQLite or PostgreSQL")
+    if backend == "postgresql":
+        require_extra("postgres", "psycopg")
     if parsed.password is not None:
         raise StoreError("leave the password out of the database URL (it would be kept in the store's folder): "
                          "give it in PGPASSWORD or ~/.pgpass")
     if backend == "sqlite":
-        if parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed):
+        if not parsed.database or parsed.database == ":memory:" or "mode=memory" in str(parsed):
             raise StoreError("a store's SQLite database must be a file, not in memory")
         parsed = parsed.set(database=str(Path(parsed.database).resolve()))
     return parsed
@@ -119,13 +126,13 @@ def _engine(url: URL) -> Engine:
     engine = create_engine(url, poolclass=NullPool)
     if url.get_backend_name() == "sqlite":
         @event.listens_for(engine, "connect")
-        def _connect(dbapi, _record) -> None:
+        def _connect(dbapi: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
             dbapi.isolation_level = None  # SQLAlchemy's begin event below starts the transactions
             for pragma in ("journal_mode = WAL", "synchronous = FULL", "busy_timeout = 30000"):
                 dbapi.execute(f"PRAGMA {pragma}")
 
         @event.listens_for(engine, "begin")
-        def _begin(conn) -> None:
+        def _begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
     return engine
 
@@ -142,7 +149,14 @@ class StoreError(ValueError):
 
 @dataclass
 class Batch:
-    """A data batch a version was trained or evaluated on: its content hash, size and origin."""
+    """A data batch a version was trained or evaluated on: its content hash, size and origin.
+
+    Attributes:
+        sha256: the hash of its tensors' shapes and bytes.
+        rows: how many rows it holds.
+        source: where it came from (a file, a pending batch's name).
+        role: ``train`` (learned), or ``held_out`` (scored on, never learned).
+    """
 
     sha256: str
     rows: int
@@ -151,7 +165,16 @@ class Batch:
 
     @classmethod
     def of(cls, *tensors: Any, source: str, role: str = "train") -> Batch:
-        """The batch holding ``tensors`` (inputs, labels, ...), hashed by content."""
+        """The batch holding ``tensors`` (inputs, labels, ...), hashed by content.
+
+        Args:
+            *tensors: the batch's tensors, rows first.
+            source: where the batch came from.
+            role: ``train`` or ``held_out``.
+
+        Returns:
+            The batch, its rows counted from the first tensor.
+        """
         h = hashlib.sha256()
         for t in tensors:
             h.update(str(tuple(t.shape)).encode())
@@ -161,7 +184,19 @@ class Batch:
 
 @dataclass
 class Pending:
-    """A batch whose candidate was kept, and what became of its rows (see :data:`PENDING`)."""
+    """A batch whose candidate was kept, and what became of its rows (see :data:`PENDING`).
+
+    Attributes:
+        name: the batch's name (its held-out rows are kept under it).
+        at: when it was recorded, in seconds since the epoch.
+        version: the kept version that first learned it.
+        source: where its rows came from.
+        rows: how many rows it holds.
+        status: ``pending``, ``held``, ``dropped`` or ``learned``.
+        learned_by: the promoted version that learned it, or None.
+        feedback: the ids of the service's feedback rows it holds.
+        detail: why it has its status (a reviewer's words, a rule's reason).
+    """
 
     name: str
     at: float
@@ -176,7 +211,19 @@ class Pending:
 
 @dataclass
 class Version:
-    """One version of the model, as the store records it."""
+    """One version of the model, as the store records it.
+
+    Attributes:
+        id: the version's number, from 1.
+        parent: the version it was trained from, or None (the first).
+        created: when it was made, in seconds since the epoch.
+        status: ``ready`` (every version listed is).
+        metrics: the scores recorded with it (held-out accuracy by batch, ...).
+        decision: what the promotion rule decided (``promoted``, ``kept``, ...).
+        reason: why, in words.
+        promoted: whether it is the version served now.
+        batches: the batches it learned and was scored on.
+    """
 
     id: int
     parent: int | None
@@ -192,6 +239,12 @@ class Version:
 class ModelStore:
     """A folder of model versions (see the module docstring). Open an existing store with
     ``ModelStore(path)``, make a new one with :meth:`create`.
+
+    Args:
+        path: the store's folder.
+
+    Raises:
+        StoreError: ``path`` is not a store, or its database cannot be read.
 
     >>> import tempfile, torch
     >>> from retain.models import make_model
@@ -211,7 +264,7 @@ class ModelStore:
             self.url = database_url(f"sqlite:///{self.path / SQLITE}")
         else:
             raise StoreError(f"{self.path} is not a model store ({SQLITE} is missing); make one with retain init")
-        if self.url.get_backend_name() == "sqlite" and not Path(self.url.database).is_file():
+        if self.url.get_backend_name() == "sqlite" and not Path(self.url.database or "").is_file():
             raise StoreError(f"{self.path}: its database {self.url.database} is missing")
         self._engine = _engine(self.url)
         try:
@@ -239,7 +292,19 @@ class ModelStore:
     def create(cls, path: str | Path, config: dict[str, Any], database: str | None = None) -> ModelStore:
         """A new, empty store at ``path`` (a folder that does not exist or is empty); its database is
         ``path/store.db`` (SQLite), or the empty database at the SQLAlchemy URL ``database``
-        (PostgreSQL: ``postgresql://user@host/db``; a password is best left to ``PGPASSWORD``)."""
+        (PostgreSQL: ``postgresql://user@host/db``; a password is best left to ``PGPASSWORD``).
+
+        Args:
+            path: the new store's folder.
+            config: the store's config, kept as JSON.
+            database: an SQLAlchemy URL of an empty database; None: SQLite in the folder.
+
+        Returns:
+            The new store, opened.
+
+        Raises:
+            StoreError: the folder holds files, or the database a store, or cannot be used.
+        """
         path = Path(path)
         if path.exists() and any(path.iterdir()):
             raise StoreError(f"{path} already holds files; a new store needs a new or empty folder")
@@ -287,10 +352,18 @@ class ModelStore:
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads(self._meta("config"))
+        config = self._meta("config")
+        assert config is not None, "create records a store's config"
+        loaded: dict[str, Any] = json.loads(config)
+        return loaded
 
     def set_config(self, config: dict[str, Any], why: str) -> None:
-        """Replace the store's config (retuned knobs, say), logged with ``why``."""
+        """Replace the store's config (retuned knobs, say), logged with ``why``.
+
+        Args:
+            config: the new config.
+            why: the reason, for the store's log.
+        """
         with self._transaction() as db:
             self._put_meta(db, "config", json.dumps(config))
             self._event(db, "config", why, None)
@@ -303,22 +376,52 @@ class ModelStore:
         return None if row is None else row[0]
 
     def folder(self, version: int) -> Path:
+        """Where ``version``'s model is saved.
+
+        Args:
+            version: a version's number.
+
+        Returns:
+            ``path/versions/<version>``.
+        """
         return self.path / "versions" / str(version)
 
-    def add_version(self, learner: Learner, *, parent: int | None = None, metrics: dict[str, Any] | None = None,
-                    batches: list[Batch] = (), decision: str = "", reason: str = "", promote: bool = False,
-                    labels: list[str] | None = None, carried: list[str] = (), pending: Pending | None = None,
-                    feedback: list[int] = ()) -> int:
+    def add_version(self, learner: Learner | GenerativeLearner[Any] | DetectionLearner, *, parent: int | None = None,
+                    metrics: dict[str, Any] | None = None, batches: Sequence[Batch] = (), decision: str = "",
+                    reason: str = "", promote: bool = False, labels: list[str] | None = None,
+                    carried: Sequence[str] = (), pending: Pending | None = None, feedback: Sequence[int] = ()) -> int:
         """Save ``learner`` as a new version and record what it was made from; with ``promote``
         it becomes the promoted one in the same transaction that records it. In that transaction
         too: the label names it knows (``labels``: ids never change), the pending batches it learned
         (``carried``: learned if promoted, else still waiting), the new batch's rows if it is kept
-        (``pending``), and the service's ``feedback`` rows it learned (learned only if promoted)."""
+        (``pending``), and the service's ``feedback`` rows it learned (learned only if promoted).
+
+        Args:
+            learner: the model to save.
+            parent: the version it was trained from, or None.
+            metrics: its scores, kept as JSON.
+            batches: the batches it learned and was scored on.
+            decision: what the promotion rule decided.
+            reason: why, in words.
+            promote: make it the version served.
+            labels: the label names it knows, by class id (None: unchanged).
+            carried: the pending batches it learned.
+            pending: the new batch, when the version is kept.
+            feedback: the ids of the feedback rows it learned.
+
+        Returns:
+            The new version's number.
+
+        Raises:
+            StoreError: ``parent`` is not a ready version.
+        """
         with self._transaction() as db:
             if parent is not None and not self._ready(db, parent):
                 raise StoreError(f"parent version {parent} is not a ready version of this store")
-            version = db.execute(insert(VERSIONS).values(parent=parent, created=time.time(), status="writing")
-                                 ).inserted_primary_key[0]
+            key = db.execute(insert(VERSIONS).values(parent=parent, created=time.time(), status="writing")
+                             ).inserted_primary_key
+            assert key is not None  # a one-row insert has its key
+            version: int = key[0]
         learner.save(self.folder(version))
         with self._transaction() as db:
             db.execute(update(VERSIONS).where(VERSIONS.c.id == version).values(
@@ -330,7 +433,7 @@ class ModelStore:
             if labels is not None:
                 self._put_labels(db, labels)
             if promote:
-                self._settle(db, carried, version, feedback)
+                self._settle(db, list(carried), version, list(feedback))
                 self._point_at(db, version, reason or "promoted")
             elif pending is not None:
                 db.execute(insert(PENDING).values(
@@ -363,7 +466,14 @@ class ModelStore:
 
     def pending(self, status: str | tuple[str, ...] = ("pending", "held")) -> list[Pending]:
         """The batches whose candidates were kept, with ``status`` (default: those still waiting),
-        oldest first."""
+        oldest first.
+
+        Args:
+            status: a status, or several (:data:`KEPT`, ``learned``).
+
+        Returns:
+            The batches, oldest first.
+        """
         statuses = (status,) if isinstance(status, str) else status
         with self._db() as db:
             rows = db.execute(select(*PENDING.c).where(PENDING.c.status.in_(statuses)).order_by(PENDING.c.at)).all()
@@ -371,7 +481,12 @@ class ModelStore:
                         json.loads(r.feedback) if r.feedback else [], r.detail) for r in rows]
 
     def add_pending(self, pending: Pending, version: int) -> None:
-        """Record rows that wait to be learned though no version kept them (quarantined rows released)."""
+        """Record rows that wait to be learned though no version kept them (quarantined rows released).
+
+        Args:
+            pending: the batch (its ``name``, ``source``, ``rows``, ``status`` and ``detail``).
+            version: the version it is recorded with.
+        """
         with self._transaction() as db:
             db.execute(insert(PENDING).values(name=pending.name, at=time.time(), version=version, source=pending.source,
                                               rows=pending.rows, status=pending.status, detail=pending.detail))
@@ -380,7 +495,16 @@ class ModelStore:
 
     def set_pending(self, name: str, status: str, why: str) -> None:
         """Mark the pending batch ``name`` pending (carry it), held or dropped, logged with ``why``;
-        its feedback rows follow."""
+        its feedback rows follow.
+
+        Args:
+            name: the batch's name.
+            status: one of :data:`KEPT`.
+            why: the reason, for the store's log.
+
+        Raises:
+            StoreError: another status, or ``name`` is not a batch waiting to be learned.
+        """
         if status not in KEPT:
             raise StoreError(f"a pending batch can be made one of {', '.join(KEPT)}, not {status!r}")
         with self._transaction() as db:
@@ -402,7 +526,8 @@ class ModelStore:
         db.execute(update(META).where(META.c.key == "promoted").values(value=str(version)))
         self._event(db, "promote", reason, version)
         # kept batches the new served line learned (a kept version promoted by hand or from shadow)
-        line, parent = [], version
+        line: list[int] = []
+        parent: int | None = version
         while parent is not None:
             line.append(parent)
             parent = db.execute(select(VERSIONS.c.parent).where(VERSIONS.c.id == parent)).scalar()
@@ -416,19 +541,41 @@ class ModelStore:
         return db.execute(select(VERSIONS.c.status).where(VERSIONS.c.id == version)).scalar() == "ready"
 
     def promote(self, version: int, reason: str = "promoted") -> None:
-        """Make ``version`` the one served: one transaction moves the pointer."""
+        """Make ``version`` the one served: one transaction moves the pointer.
+
+        Args:
+            version: a ready version's number.
+            reason: why, for the store's log.
+
+        Raises:
+            StoreError: ``version`` is not a ready version.
+        """
         with self._transaction() as db:
             if not self._ready(db, version):
                 raise StoreError(f"version {version} is not a ready version of this store")
             self._point_at(db, version, reason)
 
     def promoted(self) -> int | None:
-        """The version served now (None before the first promotion)."""
+        """The version served now (None before the first promotion).
+
+        Returns:
+            Its number, or None.
+        """
         value = self._meta("promoted")
         return int(value) if value else None
 
     def rollback(self, version: int | None = None) -> int:
-        """Promote ``version``, or by default the parent of the promoted one; returns it."""
+        """Promote ``version``, or by default the parent of the promoted one; returns it.
+
+        Args:
+            version: the version to serve; None: the promoted one's parent.
+
+        Returns:
+            The version served now.
+
+        Raises:
+            StoreError: nothing to roll back to, or ``version`` is not a ready version.
+        """
         current = self.promoted()
         if version is None:
             if current is None:
@@ -439,8 +586,20 @@ class ModelStore:
         self.promote(version, reason=f"rollback from {current}")
         return version
 
-    def load(self, version: int | None = None, device: str = "auto") -> Learner | GenerativeLearner:
-        """The learner of ``version`` (default: the promoted one), verified as ``Learner.load`` does."""
+    def load(self, version: int | None = None,
+             device: str = "auto") -> Learner | GenerativeLearner[Any] | DetectionLearner:
+        """The learner of ``version`` (default: the promoted one), verified as ``Learner.load`` does.
+
+        Args:
+            version: a ready version's number; None: the promoted one.
+            device: where the learner runs (``auto``, ``cpu``, ``cuda``, ...).
+
+        Returns:
+            The learner, of the kind its save records.
+
+        Raises:
+            StoreError: no version is promoted, or ``version`` is not a ready version.
+        """
         version = self.promoted() if version is None else version
         if version is None:
             raise StoreError(f"{self.path}: no version is promoted yet")
@@ -452,20 +611,42 @@ class ModelStore:
         return load_learner(self.folder(version), device=device)  # of the kind its save records
 
     def newest_kept(self, parent: int) -> int | None:
-        """The newest ready version made from ``parent`` that the rule kept (a candidate for shadow)."""
+        """The newest ready version made from ``parent`` that the rule kept (a candidate for shadow).
+
+        Args:
+            parent: a version's number.
+
+        Returns:
+            That version's number, or None.
+        """
         with self._db() as db:
             return db.execute(select(VERSIONS.c.id).where(
                 VERSIONS.c.parent == parent, VERSIONS.c.status == "ready", VERSIONS.c.decision == "kept")
                 .order_by(VERSIONS.c.id.desc()).limit(1)).scalar()
 
     def version(self, version: int) -> Version:
+        """The record of one ready version.
+
+        Args:
+            version: its number.
+
+        Returns:
+            The version's record.
+
+        Raises:
+            StoreError: no ready version has that number.
+        """
         found = [v for v in self.versions() if v.id == version]
         if not found:
             raise StoreError(f"{self.path} has no ready version {version}")
         return found[0]
 
     def versions(self) -> list[Version]:
-        """Every ready version, oldest first, with its batches and whether it is promoted."""
+        """Every ready version, oldest first, with its batches and whether it is promoted.
+
+        Returns:
+            The versions' records, oldest first.
+        """
         with self._db() as db, db.begin():  # one snapshot: the pointer and the rows agree
             value = self._meta("promoted", db)
             rows = db.execute(select(VERSIONS.c.id, VERSIONS.c.parent, VERSIONS.c.created, VERSIONS.c.status,
@@ -481,12 +662,24 @@ class ModelStore:
         return out
 
     def meta(self, key: str) -> Any:
-        """A value kept with :meth:`set_meta` (None if none)."""
+        """A value kept with :meth:`set_meta` (None if none).
+
+        Args:
+            key: the value's name.
+
+        Returns:
+            The value, or None.
+        """
         value = self._meta(f"user.{key}")
         return None if value is None else json.loads(value)
 
     def set_meta(self, key: str, value: Any) -> None:
-        """Keep a JSON value under ``key`` (what the store's inputs look like, say)."""
+        """Keep a JSON value under ``key`` (what the store's inputs look like, say).
+
+        Args:
+            key: the value's name.
+            value: anything JSON holds.
+        """
         with self._transaction() as db:
             self._put_meta(db, f"user.{key}", json.dumps(value))
 
@@ -497,12 +690,23 @@ class ModelStore:
             db.execute(update(META).where(META.c.key == key).values(value=value))
 
     def labels(self) -> list[str]:
-        """The label name of each class id, stable across versions."""
+        """The label name of each class id, stable across versions.
+
+        Returns:
+            The names, by class id ([] before any is recorded).
+        """
         value = self._meta("labels")
         return json.loads(value) if value else []
 
     def set_labels(self, names: list[str]) -> None:
-        """Record the label names; ids once given never change (the list only grows)."""
+        """Record the label names; ids once given never change (the list only grows).
+
+        Args:
+            names: every label name, by class id.
+
+        Raises:
+            StoreError: ``names`` does not start with the names recorded.
+        """
         with self._transaction() as db:
             self._put_labels(db, names)
 
@@ -526,7 +730,13 @@ class ModelStore:
     def put_data(self, name: str, tensors: dict[str, Any], kind: str = "data") -> None:
         """Keep tensors under ``name``, written whole or not at all: a batch's held-out rows
         (``data``: read only once a ready version records the batch), or rows the gate set aside
-        for review (``quarantine``, never deleted)."""
+        for review (``quarantine``, never deleted).
+
+        Args:
+            name: the batch's name.
+            tensors: the tensors, by name.
+            kind: ``data`` or ``quarantine``.
+        """
         from safetensors.torch import save
 
         folder = self.path / kind
@@ -543,7 +753,14 @@ class ModelStore:
 
     def held_out_names(self, versions: list[int] | None = None) -> list[str]:
         """The held-out batches ready versions record (only those of ``versions`` when given), in the
-        order the versions that brought them were made."""
+        order the versions that brought them were made.
+
+        Args:
+            versions: only the batches these versions record; None: every ready version's.
+
+        Returns:
+            The batches' names.
+        """
         with self._db() as db:
             rows = db.execute(select(BATCHES.c.source, BATCHES.c.version).distinct()
                               .join(VERSIONS, VERSIONS.c.id == BATCHES.c.version)
@@ -556,7 +773,11 @@ class ModelStore:
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[None]:
-        """One writer at a time (an advisory lock on ``writer.lock``); readers are never blocked."""
+        """One writer at a time (an advisory lock on ``writer.lock``); readers are never blocked.
+
+        Yields:
+            Nothing: the lock is held while the block runs.
+        """
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock
@@ -570,35 +791,75 @@ class ModelStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def drop_data(self, name: str, kind: str = "data") -> None:
-        """Delete the tensors kept under ``name`` (quarantined rows a reviewer dropped)."""
+        """Delete the tensors kept under ``name`` (quarantined rows a reviewer dropped).
+
+        Args:
+            name: the batch's name.
+            kind: ``data`` or ``quarantine``.
+        """
         (self.path / kind / f"{name}.safetensors").unlink(missing_ok=True)
 
     def data_rows(self, name: str, kind: str = "data") -> int:
-        """How many rows the tensors kept under ``name`` hold, read from the file's header (no torch)."""
+        """How many rows the tensors kept under ``name`` hold, read from the file's header (no torch).
+
+        Args:
+            name: the batch's name.
+            kind: ``data`` or ``quarantine``.
+
+        Returns:
+            The rows of its labels (or a translation's texts), else of its smallest tensor.
+        """
         with open(self.path / kind / f"{name}.safetensors", "rb") as handle:
             header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
         shapes = {key: value["shape"] for key, value in header.items() if key != "__metadata__"}
         for key in ("y", "source_len"):  # a classifier's labels; a translation's lengths of its texts
             if key in shapes:
-                return shapes[key][0]
+                rows: int = shapes[key][0]
+                return rows
         return min((shape[0] for shape in shapes.values() if shape), default=0)
 
     def data_names(self, kind: str = "data") -> list[str]:
-        """The names of the tensors kept with :meth:`put_data`, sorted."""
+        """The names of the tensors kept with :meth:`put_data`, sorted.
+
+        Args:
+            kind: ``data`` or ``quarantine``.
+
+        Returns:
+            The batches' names.
+        """
         return sorted(p.stem for p in (self.path / kind).glob("*.safetensors"))
 
     def get_data(self, name: str, kind: str = "data") -> dict[str, Any]:
+        """The tensors kept under ``name`` with :meth:`put_data`.
+
+        Args:
+            name: the batch's name.
+            kind: ``data`` or ``quarantine``.
+
+        Returns:
+            The tensors, by name.
+        """
         from safetensors.torch import load_file
 
         return load_file(self.path / kind / f"{name}.safetensors")
 
     def log(self, kind: str, detail: str, version: int | None = None) -> None:
-        """Add an event to the store's log (a gate decision, say)."""
+        """Add an event to the store's log (a gate decision, say).
+
+        Args:
+            kind: what happened (``gate``, ``version``, ...).
+            detail: the event, in words.
+            version: the version it concerns, or None.
+        """
         with self._transaction() as db:
             self._event(db, kind, detail, version)
 
     def events(self) -> list[tuple[float, int | None, str, str]]:
-        """The store's log: versions saved, promotions, rollbacks, with their reasons."""
+        """The store's log: versions saved, promotions, rollbacks, with their reasons.
+
+        Returns:
+            A ``(time, version, kind, detail)`` row per event, oldest first.
+        """
         with self._db() as db:
             rows = db.execute(select(EVENTS.c.at, EVENTS.c.version, EVENTS.c.kind, EVENTS.c.detail)
                               .order_by(EVENTS.c.id)).all()

@@ -11,18 +11,58 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retain.strategies.base import FAMILIES, HOOKS, Strategy, implements
 from retain.strategies.contract import ExperienceContext, LearnerView, Step
 from retain.strategies.memory import Memory
 
+if TYPE_CHECKING:  # the methods as type checkers see them; at run time discover() exports each by its file
+    from retain.strategies.agem import AGEM as AGEM
+    from retain.strategies.bic import BiC as BiC
+    from retain.strategies.box_replay import BoxReplay as BoxReplay
+    from retain.strategies.cls_er import CLSER as CLSER
+    from retain.strategies.cumulative import Cumulative as Cumulative
+    from retain.strategies.der import DER as DER
+    from retain.strategies.der import DERPP as DERPP
+    from retain.strategies.detection_distill import DetectionDistill as DetectionDistill
+    from retain.strategies.er_ace import ERACE as ERACE
+    from retain.strategies.ewc import EWC as EWC
+    from retain.strategies.finetune import Finetune as Finetune
+    from retain.strategies.gdumb import GDumb as GDumb
+    from retain.strategies.gem import GEM as GEM
+    from retain.strategies.growing_head import GrowingHead as GrowingHead
+    from retain.strategies.icarl import ICaRL as ICaRL
+    from retain.strategies.joint import Joint as Joint
+    from retain.strategies.l2 import L2 as L2
+    from retain.strategies.lora_experts import LoRAExperts as LoRAExperts
+    from retain.strategies.lwf import LwF as LwF
+    from retain.strategies.mas import MAS as MAS
+    from retain.strategies.mir import MIR as MIR
+    from retain.strategies.pnn import PNN as PNN
+    from retain.strategies.pseudo_labels import PseudoLabels as PseudoLabels
+    from retain.strategies.replay import Replay as Replay
+    from retain.strategies.si import SI as SI
+    from retain.strategies.slda import SLDA as SLDA
+    from retain.strategies.task_heads import TaskHeads as TaskHeads
+    from retain.strategies.weight_aligning import WeightAligning as WeightAligning
+    from retain.strategies.weight_average import WeightAverage as WeightAverage
+    from retain.strategies.xder import XDER as XDER
+
 STRATEGIES: dict[str, type[Strategy]] = {}
+"""Every method, by registry name: baselines first, then by family and name (filled by :func:`discover`)."""
 
 
 def discover() -> dict[str, type[Strategy]]:
     """Import every module of the package and register the methods they define, baselines first,
-    then by family and name. Returns the registry (also :data:`STRATEGIES`)."""
+    then by family and name. Returns the registry (also :data:`STRATEGIES`).
+
+    Returns:
+        :data:`STRATEGIES`, refilled; each method's class is exported from this package under its name.
+
+    Raises:
+        TypeError: two methods share a name, or one names a family outside ``FAMILIES``.
+    """
     found: dict[str, type[Strategy]] = {}
     for info in pkgutil.iter_modules(__path__):
         module = importlib.import_module(f"{__name__}.{info.name}")
@@ -49,6 +89,17 @@ def discover() -> dict[str, type[Strategy]]:
 def make_strategy(name: str, **params: Any) -> Strategy:
     """Build a strategy by its registry name.
 
+    Args:
+        name: a key of :data:`STRATEGIES`.
+        **params: its hyper-parameters (those left out keep their defaults).
+
+    Returns:
+        The strategy, untrained.
+
+    Raises:
+        ValueError: no method has that name.
+        pydantic.ValidationError: a parameter is unknown, of the wrong type, or out of range (the message names it).
+
     >>> make_strategy("replay", memory_size=50).memory_size
     50
     >>> make_strategy("rehearsal")
@@ -74,11 +125,20 @@ RECOMMENDED: dict[str, tuple[str, dict[str, Any], str]] = {
     "domain_incremental": ("derpp", {}, (
         "Permuted MNIST-5k: 87.0%, second to GEM's 87.6 in 63% of its training time")),
 }
+"""Per kind of stream: the method to start from, the settings that differ from its defaults, and the
+measurement behind the choice."""
 
 
 def describe(cls: type[Strategy]) -> dict[str, Any]:
     """What ``retain strategies`` shows of a method: its job, family, scenarios, defaults, paper, and
     the kinds of stream it is the recommended start for (:data:`RECOMMENDED`).
+
+    Args:
+        cls: a method's class (a value of :data:`STRATEGIES`).
+
+    Returns:
+        ``name``, ``summary`` (its module's first docstring line), ``family``, ``scenarios``, ``defaults``
+        (each hyper-parameter's default), ``paper`` and ``recommended_for``.
 
     >>> describe(STRATEGIES["replay"])["defaults"]["memory_size"]
     200

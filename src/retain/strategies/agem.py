@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import PositiveInt
 
 from retain.strategies.base import params
+from retain.strategies.contract import ExperienceContext, LearnerView, Step
 from retain.strategies.memory import Memory, MemoryStrategy
 from retain.strategies.projection import dot, grads, memory_grads
 
@@ -20,6 +21,12 @@ class AGEM(MemoryStrategy):
     projected to ``g - (g . g_ref / g_ref . g_ref) g_ref``, so the memory loss does not rise to
     first order. The memory is class-balanced and filled after each experience, or with
     ``update="stream"`` (online A-GEM) with each incoming batch once its step is projected.
+
+    Args:
+        memory_size: the most samples the memory keeps.
+        sample_size: memory samples per reference gradient ``g_ref``.
+        update: ``"experience"``: the memory takes each experience's samples after it; ``"stream"``: each
+            incoming batch, once its step is projected (online A-GEM).
     """
 
     memory_size: PositiveInt = 200
@@ -38,7 +45,7 @@ class AGEM(MemoryStrategy):
     def supports_online(self) -> bool:
         return self.update == "stream"
 
-    def after_backward(self, learner, step) -> None:
+    def after_backward(self, learner: LearnerView, step: Step) -> None:
         if self.update == "stream":  # the incoming rows join the memory once their step is projected
             self.offer(learner, step)
         if not len(self.memory_):
@@ -52,7 +59,7 @@ class AGEM(MemoryStrategy):
             for gi, ri in zip(g, g_ref, strict=True):
                 gi.sub_(ri, alpha=scale)
 
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         if self.update == "stream":
             return
         exp = ctx.experience

@@ -7,10 +7,12 @@ from typing import Annotated, Any
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt
+from torch import Tensor
 
 from retain.data.scenes import PAD
 from retain.metrics.boxes import box_area
 from retain.strategies.base import Strategy, params
+from retain.strategies.contract import ExperienceContext, LearnerView, Step
 
 SIDE = 48  # a stored crop's side in pixels (it is scaled back to its box's size when pasted)
 
@@ -23,6 +25,11 @@ class BoxReplay(Strategy):
     pasted at free places (covering no more than ``max_overlap`` of any of its labelled boxes), labelled. Old classes
     keep appearing as foreground in new scenes, at a fraction of the memory whole images take (a 48-pixel
     crop is a seventh of a 128-pixel scene). ABR's mixup and mosaic of boxes are left out.
+
+    Args:
+        memory_size: the most boxes kept.
+        per_image: the most boxes pasted into a training image, 1-8.
+        max_overlap: the largest share of a labelled box a pasted one may cover, 0-1.
     """
 
     memory_size: PositiveInt = 200
@@ -43,7 +50,7 @@ class BoxReplay(Strategy):
         self.sizes_ = torch.zeros(0, 2)  # each crop's box (width, height) in pixels
         self.labels_ = torch.zeros(0, dtype=torch.long)
 
-    def batch(self, learner, step):
+    def batch(self, learner: LearnerView, step: Step) -> Step:
         if not len(self.labels_):
             return step
         g = learner.generator
@@ -70,7 +77,7 @@ class BoxReplay(Strategy):
         step.y = torch.cat([y, step.y[step.incoming:]])
         return step
 
-    def _hides(self, box, targets) -> bool:
+    def _hides(self, box: Tensor, targets: Tensor) -> bool:
         """Whether ``box`` covers more than ``max_overlap`` of one of the labelled boxes in ``targets`` (a
         share of that box, not IoU: a large crop over a small object hides it whatever the union)."""
         labelled = targets[targets[:, 0] != PAD, 1:]
@@ -79,7 +86,7 @@ class BoxReplay(Strategy):
         corners = torch.cat([torch.maximum(box[:, :2], labelled[:, :2]), torch.minimum(box[:, 2:], labelled[:, 2:])], 1)
         return bool((box_area(corners) > self.max_overlap * box_area(labelled)).any())
 
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         x, y, _ = ctx.train_set
         crops, sizes, labels = [self.crops_], [self.sizes_], [self.labels_]
         for c in ctx.classes:  # the experience's own labelled boxes (not a pseudo-label of an old class)
@@ -94,11 +101,11 @@ class BoxReplay(Strategy):
                 labels.append(torch.tensor([c]))
         self._keep(torch.cat(crops), torch.cat(sizes), torch.cat(labels), learner.generator)
 
-    def _keep(self, crops, sizes, labels, g) -> None:
+    def _keep(self, crops: Tensor, sizes: Tensor, labels: Tensor, g: torch.Generator) -> None:
         """A random, class-balanced ``memory_size`` of the boxes (each class an equal share, its own
         boxes permitting; what a class leaves unused goes to the others)."""
         order = torch.randperm(len(labels), generator=g)
-        classes = labels.unique().tolist()
+        classes = torch.unique(labels).tolist()
         chosen: list[int] = []
         quota = self.memory_size // max(len(classes), 1)
         for c in classes:
@@ -112,7 +119,7 @@ class BoxReplay(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {"crops": self.crops_, "sizes": self.sizes_, "labels": self.labels_}
 
-    def load_state_dict(self, state, learner) -> None:
+    def load_state_dict(self, state: dict[str, Any], learner: LearnerView) -> None:
         self.crops_ = state.get("crops", torch.zeros(0, 3, SIDE, SIDE))
         self.sizes_ = state.get("sizes", torch.zeros(0, 2))
         self.labels_ = state.get("labels", torch.zeros(0, dtype=torch.long))

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from retain.strategies.base import flatten, params, unflatten
+from retain.strategies.contract import ExperienceContext, LearnerView, Step
 from retain.strategies.importance import snapshot
 from retain.strategies.memory import Memory, MemoryStrategy
 
@@ -64,6 +65,18 @@ class CLSER(MemoryStrategy):
     over about ``1 / (1 - d)`` steps: with experiences of tens of steps rather than a thousand, faster decays
     (0.9 and 0.95 on the tests' digits, 40 steps an experience) keep the stable teacher from lagging behind
     the classes the experience brought (there, 0.99 scores 42% against replay's 91%).
+
+    Args:
+        memory_size: the most samples the memory keeps.
+        batch_size: memory rows a step; None: ``ratio`` times the incoming rows.
+        ratio: memory rows per incoming row when ``batch_size`` is unset.
+        reg_weight: the weight of the mean squared error to the teacher's logits.
+        plastic_rate: the share of optimizer steps after which the plastic average moves, 0-1.
+        plastic_decay: the plastic average's decay, 0-1.
+        stable_rate: the share of optimizer steps after which the stable average moves, 0-1.
+        stable_decay: the stable average's decay, 0-1.
+        augment: replay an augmented view of the memory batch.
+        policy: the memory's policy: ``"reservoir"``, ``"balanced_reservoir"`` or ``"loss_aware"``.
     """
 
     memory_size: PositiveInt = 200
@@ -100,14 +113,14 @@ class CLSER(MemoryStrategy):
     def supports_distributed(self) -> bool:
         return False
 
-    def before_experience(self, learner, ctx) -> None:
+    def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         if self.working_:
             _load(learner.model, self.working_)
             self.working_ = {}
         if not self.plastic_:
             self.plastic_, self.stable_ = snapshot(learner.model), snapshot(learner.model)
 
-    def _follow(self, learner) -> None:
+    def _follow(self, learner: LearnerView) -> None:
         """Move the teachers towards the model after an optimizer step (each with its own chance)."""
         if not self.stepped_:
             return
@@ -123,7 +136,7 @@ class CLSER(MemoryStrategy):
                 for name, w in _fitted(teacher, learner.model).items():
                     teacher[name] = w.mul_(keep).add_(current[name].detach(), alpha=1 - keep)
 
-    def batch(self, learner, step):
+    def batch(self, learner: LearnerView, step: Step) -> Step:
         self._follow(learner)
         if not len(self.memory_):
             return step
@@ -139,7 +152,7 @@ class CLSER(MemoryStrategy):
         step.append(x, y, t)
         return step
 
-    def loss(self, learner, step, logits):
+    def loss(self, learner: LearnerView, step: Step, logits: Tensor) -> Tensor:
         self.offer(learner, step, logits)
         target = step.notes.get("cls_er")
         if target is None:
@@ -147,10 +160,10 @@ class CLSER(MemoryStrategy):
         new = step.incoming
         return self.reg_weight * F.mse_loss(logits[new:new + len(target)], target)
 
-    def after_backward(self, learner, step=None) -> None:
+    def after_backward(self, learner: LearnerView, step: Step) -> None:
         self.stepped_ = True
 
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         self._follow(learner)
         self.working_ = snapshot(learner.model)
         _load(learner.model, _fitted(self.stable_, learner.model))
@@ -160,7 +173,7 @@ class CLSER(MemoryStrategy):
                 | flatten("working", self.working_)
                 | {"steps": torch.tensor(self.steps_), "stepped": torch.tensor(self.stepped_)})
 
-    def load_state_dict(self, state, learner) -> None:
+    def load_state_dict(self, state: dict[str, Any], learner: LearnerView) -> None:
         super().load_state_dict({k: v for k, v in state.items() if not k.startswith(("plastic.", "stable.",
                                                                                       "working."))}, learner)
         self.plastic_, self.stable_ = unflatten("plastic", state), unflatten("stable", state)

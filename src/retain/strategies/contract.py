@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 SCENARIO_KINDS = ("class_incremental", "task_incremental", "domain_incremental")
 HOOKS = ("before_experience", "batch", "task_loss", "loss", "after_backward", "after_experience")
+"""The hooks of :class:`~retain.strategies.Strategy`, in the order the learner calls them."""
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,25 @@ class Ranks:
 
 
 class LearnerView(Protocol):
-    """Everything a strategy may read of the learner. Nothing else, and nothing is written."""
+    """Everything a strategy may read of the learner. Nothing else, and nothing is written.
 
-    model: Classifier  # the network; a strategy may replace its head or backbone
+    Attributes:
+        model: the network; a strategy may replace its head or backbone.
+        device: where the model and the step's batch are.
+        generator: every random choice a strategy makes draws from it.
+        lr: the optimizer's learning rate.
+        seen_classes_: classes of every experience (and online batch) learned so far.
+        task_classes_: per task id, its classes.
+        ranks: the processes training together (importances are summed over them).
+    """
+
+    model: Classifier
     device: torch.device
-    generator: torch.Generator  # every random choice a strategy makes draws from it
+    generator: torch.Generator
     lr: float
-    seen_classes_: list[int]  # classes of every experience (and online batch) learned so far
-    task_classes_: dict[int, list[int]]  # per task id, its classes
-    ranks: Ranks  # the processes training together (importances are summed over them)
+    seen_classes_: list[int]
+    task_classes_: dict[int, list[int]]
+    ranks: Ranks
 
     @property
     def trainable(self) -> list[Tensor]:
@@ -86,18 +97,48 @@ class LearnerView(Protocol):
         """Rows per batch of a no-gradient pass over a whole training set."""
 
     def seeded(self) -> AbstractContextManager[None]:
-        """A block run on torch's global RNG seeded from ``generator`` (e.g. to build a new layer)."""
+        """A block run on torch's global RNG seeded from ``generator`` (e.g. to build a new layer).
+
+        Returns:
+            A context manager; the global RNG's state is restored when it exits.
+        """
 
     def features(self, x: Tensor, t: Tensor | None = None, batch_size: int = 1024) -> Tensor:
-        """Backbone features of ``x`` in evaluation mode, on the CPU."""
+        """Backbone features of ``x`` in evaluation mode, on the CPU.
+
+        Args:
+            x: inputs, on any device.
+            t: their task ids; None: none passed (backbones that do not read them).
+            batch_size: rows per forward pass.
+
+        Returns:
+            One feature row per input.
+        """
 
     def predict_logits(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 1024) -> Tensor:
-        """Logits over the global classes in evaluation mode, on the CPU."""
+        """Logits over the global classes in evaluation mode, on the CPU.
+
+        Args:
+            x: inputs, on any device.
+            t: their task ids (one per row, or one for all); None: task 0.
+            batch_size: rows per forward pass.
+
+        Returns:
+            One row of logits per input.
+        """
 
     def row_loss(self, step: Step, logits: Tensor) -> Tensor:
         """The task loss the learner uses when no strategy replaces it, over every row of ``step``
         (the cross-entropy; a speech recogniser's own: token cross-entropy or CTC; a detector's:
-        CenterNet's, which also takes ``classes``: which heat channels each image's loss covers)."""
+        CenterNet's, which also takes ``classes``: which heat channels each image's loss covers).
+
+        Args:
+            step: the step's batch (its labels ``step.y``).
+            logits: the model's outputs on ``step.x``.
+
+        Returns:
+            The scalar loss, a mean over the rows (or tokens).
+        """
 
 
 # What LearnerView allows, by name (the conformance suite checks strategy modules against it).
@@ -121,6 +162,18 @@ class Step:
     its own hooks, under its name. ``shard`` is (rank, world): across ranks, each process takes
     the rows ``rank::world`` of the global batch, its replayed rows included (``Memory.replay_into``).
 
+    Attributes:
+        x: the batch's inputs, incoming rows first.
+        y: their labels (global class ids, token rows or box tables).
+        t: their task ids.
+        incoming: how many rows the step started with.
+        fresh: whether this is the first step on these incoming rows.
+        experience_id: the id of the experience being learned (what a memory records with a sample).
+        rows: during ``fit``, the incoming rows' indices in ``source``; else None.
+        source: during ``fit``, the training set ``(x, y, t)`` being trained on; else None.
+        notes: each strategy's per-step scratch, under its name.
+        shard: ``(rank, world)`` of the process taking the step.
+
     >>> step = Step(torch.zeros(2, 3), torch.tensor([0, 1]), torch.zeros(2, dtype=torch.long), incoming=2)
     >>> step.append(torch.ones(1, 3), torch.tensor([4]), torch.zeros(1, dtype=torch.long)).y.tolist()
     [0, 1, 4]
@@ -140,19 +193,36 @@ class Step:
     shard: tuple[int, int] = (0, 1)
 
     def append(self, x: Tensor, y: Tensor, t: Tensor) -> Step:
-        """Add rows after the ones already in the batch (moved to the batch's device); returns the step."""
+        """Add rows after the ones already in the batch (moved to the batch's device); returns the step.
+
+        Args:
+            x: the rows' inputs.
+            y: their labels.
+            t: their task ids.
+
+        Returns:
+            This step, extended.
+        """
         self.x = torch.cat([self.x, x.to(self.x.device)])
         self.y = torch.cat([self.y, y.to(self.y.device)])
         self.t = torch.cat([self.t, t.to(self.t.device)])
         return self
 
     def new(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The incoming rows."""
+        """The incoming rows.
+
+        Returns:
+            ``(x, y, t)`` of the first ``incoming`` rows.
+        """
         n = self.incoming
         return self.x[:n], self.y[:n], self.t[:n]
 
     def added(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The rows the ``batch`` hooks appended."""
+        """The rows the ``batch`` hooks appended.
+
+        Returns:
+            ``(x, y, t)`` of the rows after the first ``incoming`` (empty when none were).
+        """
         n = self.incoming
         return self.x[n:], self.y[n:], self.t[n:]
 
@@ -162,6 +232,13 @@ class ExperienceContext:
     train on. A strategy that declares ``replaces_train_set`` may swap that set (BiC holds some
     samples out, GDumb trains on its memory alone, Cumulative on everything seen). ``notes`` holds
     what a strategy passes from its ``before_experience`` to its ``after_experience``.
+
+    Args:
+        experience: the experience about to be learned (or just learned).
+
+    Attributes:
+        experience: that experience.
+        notes: each strategy's scratch between its two experience hooks, under its name.
 
     >>> from retain.data import Experience
     >>> x = torch.zeros(4, 2)
@@ -177,7 +254,7 @@ class ExperienceContext:
         self.experience = experience
         self._train_set = (experience.x_train, experience.y_train, experience.train_tasks())
         self._writer: Any = None
-        self.notes: dict[str, Any] = {}  # a strategy's scratch between its two experience hooks, under its name
+        self.notes: dict[str, Any] = {}
 
     @property
     def train_set(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -186,15 +263,24 @@ class ExperienceContext:
 
     @property
     def id(self) -> int:
+        """The experience's id."""
         return self.experience.id
 
     @property
     def classes(self) -> tuple[int, ...]:
+        """The classes the experience brings."""
         return self.experience.classes
 
     @contextlib.contextmanager
     def written_by(self, strategy: Any) -> Iterator[ExperienceContext]:
-        """The learner runs each strategy's experience hook inside this block."""
+        """The learner runs each strategy's experience hook inside this block.
+
+        Args:
+            strategy: the strategy whose hook runs (whether it may replace the training set is its own).
+
+        Yields:
+            This context, for that strategy.
+        """
         self._writer = strategy
         try:
             yield self
@@ -202,7 +288,17 @@ class ExperienceContext:
             self._writer = None
 
     def replace_train_set(self, x: Tensor, y: Tensor, t: Tensor) -> None:
-        """Train on ``(x, y, t)`` instead; only a strategy declaring ``replaces_train_set`` may."""
+        """Train on ``(x, y, t)`` instead; only a strategy declaring ``replaces_train_set`` may.
+
+        Args:
+            x: the inputs to train on.
+            y: their labels.
+            t: their task ids.
+
+        Raises:
+            PermissionError: the strategy writing (``written_by``) does not declare ``replaces_train_set``.
+            ValueError: ``x``, ``y`` and ``t`` differ in their number of rows.
+        """
         if not getattr(self._writer, "replaces_train_set", False):
             raise PermissionError(f"{getattr(self._writer, 'name', type(self._writer).__name__)} replaces the "
                                   "training set without declaring replaces_train_set = True")

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from retain.strategies.base import Strategy, params
+from retain.strategies.contract import ExperienceContext, LearnerView
 
 
 @params
@@ -27,7 +28,7 @@ class Cumulative(Strategy):
         self.y_: list[torch.Tensor] = []
         self.t_: list[torch.Tensor] = []
 
-    def before_experience(self, learner, ctx) -> None:
+    def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         x, y, t = ctx.train_set
         self.x_.append(x)
         self.y_.append(y)
@@ -40,7 +41,7 @@ class Cumulative(Strategy):
         x, y, t = (torch.cat(a) for a in (self.x_, self.y_, self.t_))
         return {"x": x, "y": y, "t": t}
 
-    def load_state_dict(self, state, learner) -> None:
+    def load_state_dict(self, state: dict[str, Any], learner: LearnerView) -> None:
         if state:
             rows = {k: len(state[k]) for k in ("x", "y", "t")}
             if len(set(rows.values())) > 1:

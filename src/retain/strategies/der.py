@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
+from torch import Tensor
 
 from retain.strategies.base import params
+from retain.strategies.contract import ExperienceContext, LearnerView, Step
 from retain.strategies.memory import Memory, MemoryStrategy
 
 
@@ -34,6 +36,19 @@ class DER(MemoryStrategy):
     diverge (it did on Split Fashion-MNIST). With ``augment`` replayed samples are augmented
     (``retain.models.augment``), their stored logits kept as targets (the paper's). Defaults were
     tuned on Split MNIST-5k (3 epochs, SGD 0.01).
+
+    Args:
+        memory_size: the most samples the memory keeps.
+        alpha: the logit-matching term's weight.
+        beta: the replayed labels' cross-entropy weight (DER++); 0: no such term.
+        batch_size: rows of each memory batch (the global batch's, across ranks); None: ``ratio`` times the
+            incoming rows.
+        ratio: memory rows per incoming row when ``batch_size`` is unset.
+        store: ``"end"``: a class-balanced memory records logits when the experience is learned;
+            ``"stream"``: a reservoir records them as samples stream in.
+        max_grad_norm: the norm the gradient is clipped at; None: no clipping.
+        shared: both terms use one memory batch; False: a second batch for the label term.
+        augment: replayed inputs are augmented.
     """
 
     memory_size: PositiveInt = 200
@@ -54,7 +69,7 @@ class DER(MemoryStrategy):
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "reservoir" if self.store == "stream" else "class_balanced")
 
-    def batch(self, learner, step):
+    def batch(self, learner: LearnerView, step: Step) -> Step:
         # Memory rows ride in the same forward pass as the new ones (one pass, one backward, no
         # gradient accumulation across graphs): [new | logit-matching batch | DER++ label batch].
         # The logits stored with the matching rows are the step's note for the loss.
@@ -69,12 +84,12 @@ class DER(MemoryStrategy):
             self.replay(learner, step, n)
         return step
 
-    def task_loss(self, learner, step, logits):
+    def task_loss(self, learner: LearnerView, step: Step, logits: Tensor) -> Tensor:
         # DER's cross-entropy is over the new rows only; replayed labels enter through beta.
         new = step.incoming
         return F.cross_entropy(logits[:new], step.y[:new])
 
-    def loss(self, learner, step, logits):
+    def loss(self, learner: LearnerView, step: Step, logits: Tensor) -> Tensor:
         new, y = step.incoming, step.y
         if self.store == "stream":
             self.offer(learner, step, logits=logits[:new].detach())
@@ -85,13 +100,13 @@ class DER(MemoryStrategy):
         diff = logits[new:new + matched, :target.shape[1]] - target
         if torch.isnan(target).any():  # units added after a sample was stored (a head grew) are left out
             diff = diff[torch.isfinite(target)]
-        term = self.alpha * diff.pow(2).mean()
+        term: Tensor = self.alpha * diff.pow(2).mean()
         if self.beta > 0:
             label = slice(new, new + matched) if self.shared else slice(new + matched, None)
             term = term + self.beta * F.cross_entropy(logits[label], y[label])
         return term
 
-    def after_backward(self, learner, step) -> None:
+    def after_backward(self, learner: LearnerView, step: Step) -> None:
         if self.max_grad_norm is None:
             return
         # The learner's parameter list, not model.parameters() (a walk over every module, 26 us a
@@ -104,7 +119,7 @@ class DER(MemoryStrategy):
         if norm > self.max_grad_norm:  # most steps are under the cap: no rescaling by 1 then
             torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm, foreach=True)
 
-    def load_state_dict(self, state, learner) -> None:
+    def load_state_dict(self, state: dict[str, Any], learner: LearnerView) -> None:
         super().load_state_dict(state, learner)
         if len(self.memory_) and "logits" not in self.memory_.data:
             raise ValueError("memory: its samples have no logits, which DER replays")
@@ -115,7 +130,7 @@ class DER(MemoryStrategy):
     def supports_distributed(self) -> bool:
         return self.store == "end"  # a stream memory would see one rank's rows of each step
 
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         exp = ctx.experience
         if self.store == "end":
             logits = learner.predict_logits(exp.x_train, exp.train_tasks())
@@ -134,6 +149,17 @@ class DERPP(DER):
     task-incremental 97.7 vs 97.8%, for 5-30% less training time. With 64-row batches and
     ``alpha`` 0.5 (the defaults until the row weights of ``task_loss``): 89.1% on Split MNIST-5k
     but 72.1% on Split Fashion-MNIST, in 25% more time.
+
+    Args:
+        memory_size: as in :class:`DER`.
+        alpha: as in :class:`DER`.
+        beta: the replayed labels' cross-entropy weight.
+        batch_size: as in :class:`DER`.
+        ratio: as in :class:`DER`.
+        store: as in :class:`DER`.
+        max_grad_norm: as in :class:`DER`.
+        shared: both terms use one memory batch (Avalanche's form); False: the paper's second batch.
+        augment: as in :class:`DER`.
     """
 
     beta: NonNegativeFloat = 1.0

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from retain.models import Classifier
 from retain.strategies.base import flatten, unflatten
 
 if TYPE_CHECKING:
+    from retain.models import Classifier
+    from retain.models.detector import Detector
     from retain.strategies.contract import LearnerView, Step
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def columns(classes: list[int]) -> slice | Tensor:
@@ -50,6 +53,9 @@ class OldOutputs:
     again in every epoch (the 3-epoch protocol paid for each row's old forward three times).
     Rows a ``batch`` hook appended (replayed samples), and every row outside ``fit``, go through
     the old model as before. Build a new one whenever the old model changes.
+
+    Args:
+        fn: the old model's outputs on a batch and its task ids.
     """
 
     def __init__(self, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
@@ -63,19 +69,23 @@ class OldOutputs:
         rows = step.rows
         if rows is None:  # outside fit
             return self.fn(x, t)
-        train_x, _, train_t = step.source
-        if self._train_set is not step.source:  # a new experience, or a replaced training set
-            self._train_set, dev, size = step.source, learner.device, learner.bulk_size
+        source = step.source
+        assert source is not None  # set with rows, during fit
+        train_x, _, train_t = source
+        if self._train_set is not source:  # a new experience, or a replaced training set
+            self._train_set, dev, size = source, learner.device, learner.bulk_size
             self._cache = torch.cat([self.fn(train_x[i:i + size].to(dev), train_t[i:i + size].to(dev))
                                      for i in range(0, len(train_x), size)])
+        cache = self._cache
+        assert cache is not None  # built with _train_set
         n = len(rows)
         if not torch.equal(t[:n], train_t.index_select(0, rows.to(train_t.device)).to(t.device)):
             return self.fn(x, t)  # a batch hook re-labelled the tasks: the cached outputs do not apply
-        cached = self._cache.index_select(0, rows.to(self._cache.device))
+        cached = cache.index_select(0, rows.to(cache.device))
         return cached if len(x) == n else torch.cat([cached, self.fn(x[n:], t[n:])])
 
 
-def frozen_copy(model: nn.Module) -> nn.Module:
+def frozen_copy(model: M) -> M:
     """A copy of ``model`` in evaluation mode with gradients off: the "old model" to distil from."""
     old = copy.deepcopy(model).eval()
     for p in old.parameters():
@@ -83,17 +93,16 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return old
 
 
-def old_model_state(model: nn.Module | None) -> dict[str, Any]:
+def old_model_state(model: Classifier | Detector | None) -> dict[str, Any]:
     """A frozen old model as strategy state: its config (to rebuild it) and its tensors."""
     if model is None:
         return {}
     return {"old_config": model.get_config()} | flatten("old", model.state_dict())
 
 
-def load_old_model(state: dict[str, Any], learner: LearnerView,
-                   build: Callable[[dict[str, Any]], nn.Module] = Classifier.from_config) -> nn.Module | None:
+def load_old_model(state: dict[str, Any], learner: LearnerView, build: Callable[[dict[str, Any]], M]) -> M | None:
     """The old model saved by :func:`old_model_state`, rebuilt from its config by ``build`` (a
-    classifier's by default) and frozen (``None`` if none)."""
+    classifier's: ``Classifier.from_config``) and frozen (``None`` if none)."""
     if "old_config" not in state:
         return None
     old = build(state["old_config"]).to(learner.device)

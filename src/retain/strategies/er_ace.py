@@ -7,8 +7,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import PositiveInt
+from torch import Tensor
 
 from retain.strategies.base import params
+from retain.strategies.contract import LearnerView, Step
 from retain.strategies.memory import Memory, MemoryStrategy
 
 
@@ -23,6 +25,12 @@ class ERACE(MemoryStrategy):
     rows riding in the same forward pass as the new ones. The reservoir memory is filled as
     samples stream in (``policy``: a reservoir, or one that evicts from the largest class). With
     ``augment`` replayed samples are augmented (``retain.models.augment``).
+
+    Args:
+        memory_size: the most samples the memory keeps.
+        batch_size: replayed rows a step; None: as many as the incoming rows.
+        augment: replayed inputs are augmented.
+        policy: ``"reservoir"``, or ``"balanced_reservoir"`` (it evicts from the largest class).
     """
 
     memory_size: PositiveInt = 200
@@ -41,14 +49,14 @@ class ERACE(MemoryStrategy):
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, self.policy)
 
-    def batch(self, learner, step):
+    def batch(self, learner: LearnerView, step: Step) -> Step:
         # Replayed rows join the incoming ones in the learner's forward pass (one graph a step);
         # the incoming ones are offered to the memory after the replayed ones are drawn.
         step = self.replay(learner, step, self.batch_size or step.incoming)
         self.offer(learner, step)
         return step
 
-    def task_loss(self, learner, step, logits):
+    def task_loss(self, learner: LearnerView, step: Step, logits: Tensor) -> Tensor:
         new, y = step.incoming, step.y
         yn, zn = y[:new], logits[:new]
         present = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)

@@ -6,8 +6,10 @@ from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, NonNegativeFloat, PositiveInt
+from torch import Tensor
 
 from retain.strategies.base import Strategy, flatten, params, unflatten
+from retain.strategies.contract import ExperienceContext, LearnerView, Step
 from retain.strategies.importance import add_penalty_grad, capped, fisher_diagonal, grown, snapshot
 
 
@@ -32,6 +34,13 @@ class EWC(Strategy):
     ``mode="separate"`` keeps one (F, theta*) pair per experience (state grows by one model's
     size per experience); ``mode="online"`` keeps a single running ``F <- decay * F + F_new``
     anchored at the latest weights (online EWC, Schwarz et al. 2018, "Progress & Compress").
+
+    Args:
+        lam: the penalty's strength: how many samples' worth of evidence the old experiences weigh.
+        mode: ``"separate"``: one anchor and Fisher per experience; ``"online"``: a single running one.
+        decay: the old Fisher's weight when a new one is added (``mode="online"``), 0-1.
+        fisher_samples: training samples the Fisher is estimated on; None: all of them.
+        seed: the seed of that subsample (the experience's id is added).
     """
 
     lam: NonNegativeFloat = 3000.0
@@ -50,9 +59,9 @@ class EWC(Strategy):
     def __post_init__(self) -> None:
         self.anchors_: list[dict[str, torch.Tensor]] = []
         self.fishers_: list[dict[str, torch.Tensor]] = []
-        self._merged: tuple[dict, dict] | None = None
+        self._merged: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
 
-    def after_backward(self, learner, step) -> None:
+    def after_backward(self, learner: LearnerView, step: Step) -> None:
         if not self.anchors_:
             return
         if self._merged is None:
@@ -60,7 +69,7 @@ class EWC(Strategy):
             self._merged = anchor, {k: self.lam * f for k, f in capped(fisher, learner.lr, self.lam).items()}
         add_penalty_grad(learner.model, *self._merged)
 
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         exp = ctx.experience
         x, y, t = exp.x_train, exp.y_train, exp.train_tasks()
         if self.fisher_samples is not None and self.fisher_samples < len(y):
@@ -82,22 +91,23 @@ class EWC(Strategy):
             state |= flatten(f"anchor{i}", a) | flatten(f"fisher{i}", f)
         return state
 
-    def load_state_dict(self, state, learner) -> None:
+    def load_state_dict(self, state: dict[str, Any], learner: LearnerView) -> None:
         n = int(state.get("count", 0))
         self.anchors_ = [unflatten(f"anchor{i}", state) for i in range(n)]
         self.fishers_ = [unflatten(f"fisher{i}", state) for i in range(n)]
         self._merged = None
 
 
-def _merge(anchors: list[dict], fishers: list[dict]) -> tuple[dict, dict]:
+def _merge(anchors: list[dict[str, Tensor]],
+           fishers: list[dict[str, Tensor]]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """One quadratic with the gradient of the sum of the per-experience ones: ``sum_k F_k
     (theta - a_k)^2 = F (theta - a)^2 + const`` with ``F = sum_k F_k``, ``a = sum_k F_k a_k / F``.
     Each step then pays for one penalty however many experiences came before."""
     names = anchors[-1].keys()
     last = anchors[-1]
-    fisher = {k: sum(grown(f.get(k), last[k]) for f in fishers) for k in names}
-    weighted = {k: sum(grown(f[k] * a[k] if k in f else None, last[k]) for a, f in zip(anchors, fishers, strict=True))
-                for k in names}
+    fisher = {k: sum((grown(f.get(k), last[k]) for f in fishers), torch.zeros_like(last[k])) for k in names}
+    weighted = {k: sum((grown(f[k] * a[k] if k in f else None, last[k]) for a, f in zip(anchors, fishers, strict=True)),
+                       torch.zeros_like(last[k])) for k in names}
     anchor = {k: torch.where(fisher[k] > 0, weighted[k] / fisher[k].clamp_min(1e-30), anchors[-1][k])
               for k in names}
     return anchor, fisher

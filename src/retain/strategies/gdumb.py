@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import PositiveInt
 
 from retain.strategies.base import params
+from retain.strategies.contract import ExperienceContext, LearnerView
 from retain.strategies.memory import Memory, MemoryStrategy
 
 
@@ -16,6 +17,9 @@ class GDumb(MemoryStrategy):
     A greedy class-balanced sampler puts the new experience into the memory; the model is then
     re-initialised and trained on the memory only. A baseline that any method using a memory
     of the same size should beat.
+
+    Args:
+        memory_size: the most samples the memory keeps (all the model trains on).
     """
 
     memory_size: PositiveInt = 200
@@ -28,10 +32,11 @@ class GDumb(MemoryStrategy):
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "class_balanced")
 
-    def before_experience(self, learner, ctx) -> None:
+    def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         self.memory_.add(*ctx.train_set, ctx.id, generator=learner.generator)
         with learner.seeded():
             for module in learner.model.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+                reset = getattr(module, "reset_parameters", None)
+                if reset is not None:
+                    reset()
         ctx.replace_train_set(self.memory_.x, self.memory_.y, self.memory_.t)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import NonNegativeFloat, PositiveInt
 
 from retain.strategies.base import params
+from retain.strategies.contract import ExperienceContext, LearnerView, Step
 from retain.strategies.memory import Memory, MemoryStrategy
 from retain.strategies.projection import GroupGrads, flat_grad, project_to_cone, set_flat_grad, spans
 
@@ -28,6 +31,12 @@ class GEM(MemoryStrategy):
     them, the paper's). Over seeds 0-2 with the foundation protocol, 16 against all: Split
     MNIST-5k 84.5 vs 84.2%, task-incremental 97.3 vs 97.3%, Permuted MNIST-5k 87.6 vs 87.8%,
     Split Fashion-MNIST 69.6 vs 67.2%, in 40% less time (a step costs mostly these gradients).
+
+    Args:
+        memory_size: the most samples the memory keeps, shared equally among the experiences.
+        margin: the memory strength, biasing the projection towards old experiences; 0: the plain projection.
+        per_experience: the most samples an experience keeps; None: its equal share.
+        sample_size: samples of each earlier experience drawn per step for its gradient; None: all of them.
     """
 
     memory_size: PositiveInt = 200
@@ -46,14 +55,14 @@ class GEM(MemoryStrategy):
         self._groups: tuple[tuple[torch.Tensor, ...], list[int]] | None = None
         self._grads = GroupGrads()
 
-    def after_backward(self, learner, step) -> None:
+    def after_backward(self, learner: LearnerView, step: Step) -> None:
         if not len(self.memory_):
             return
         if self._groups is None:  # the memory changes only between experiences: sorted by experience once
             e = self.memory_.e
             order = torch.argsort(e, stable=True)
-            rows = tuple(v[order].to(learner.device) for v in (self.memory_.x, self.memory_.y, self.memory_.t))
-            self._groups = rows, torch.bincount(e)[e.unique()].tolist()
+            ordered = tuple(v[order].to(learner.device) for v in (self.memory_.x, self.memory_.y, self.memory_.t))
+            self._groups = ordered, torch.bincount(e)[torch.unique(e)].tolist()
         (x, y, t), sizes = self._groups
         if self.sample_size is not None and max(sizes) > self.sample_size:
             rows = torch.cat([lo + torch.randperm(hi - lo, generator=learner.generator)[:self.sample_size]
@@ -65,11 +74,11 @@ class GEM(MemoryStrategy):
         if (G @ g < 0).any():
             set_flat_grad(learner, project_to_cone(g, G, self.margin))
 
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         exp = ctx.experience
         self.memory_.add(exp.x_train, exp.y_train, exp.train_tasks(), exp.id, generator=learner.generator)
         self._groups = None
 
-    def load_state_dict(self, state, learner) -> None:
+    def load_state_dict(self, state: dict[str, Any], learner: LearnerView) -> None:
         super().load_state_dict(state, learner)
         self._groups = None

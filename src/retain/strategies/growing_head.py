@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from retain.models import IncrementalHead, LinearHead
 from retain.strategies.base import Strategy, params
+from retain.strategies.contract import ExperienceContext, LearnerView
 
 
 @params
@@ -20,11 +22,11 @@ class GrowingHead(Strategy):
     paper = "Rebuffi et al. 2017 (iCaRL's expanding classifier)"
     family = "architecture"
 
-    def before_experience(self, learner, ctx) -> None:
+    def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         with learner.seeded():
             self._grow(learner, ctx.classes)
 
-    def _grow(self, learner, classes) -> None:
+    def _grow(self, learner: LearnerView, classes: tuple[int, ...]) -> None:
         model = learner.model
         if isinstance(model.head, LinearHead):
             # Take over a fixed head, keeping only the units of classes already learned.
@@ -32,9 +34,11 @@ class GrowingHead(Strategy):
             keep = max(learner.seen_classes_) + 1 if learner.seen_classes_ else 0
             model.head = IncrementalHead(fixed.in_features, keep).to(learner.device)
             if keep:
+                block = model.head.blocks[0]
+                assert isinstance(block, nn.Linear)
                 with torch.no_grad():
-                    model.head.blocks[0].weight.copy_(fixed.fc.weight[:keep])
-                    model.head.blocks[0].bias.copy_(fixed.fc.bias[:keep])
+                    block.weight.copy_(fixed.fc.weight[:keep])
+                    block.bias.copy_(fixed.fc.bias[:keep])
         if not isinstance(model.head, IncrementalHead):
             raise ValueError(f"growing_head needs a linear head, the model has {type(model.head).__name__}")
         model.head.grow(max(classes) + 1)

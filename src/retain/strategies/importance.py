@@ -16,6 +16,7 @@ from retain.util import evaluating
 
 if TYPE_CHECKING:
     from retain.strategies.contract import LearnerView as Learner
+    from retain.strategies.contract import Step
 
 
 def snapshot(model: nn.Module) -> dict[str, Tensor]:
@@ -50,6 +51,8 @@ def add_penalty_grad(model: nn.Module, anchor: dict[str, Tensor], stiffness: dic
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             s = stiffness if isinstance(stiffness, float) else stiffness[name]
+            grad: Tensor
+            value: Tensor
             if a.shape == p.shape:
                 grad, value = p.grad, p
             else:
@@ -104,6 +107,7 @@ def importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: str = "f
     stat = (lambda a: a.pow(2)) if kind == "fisher" else torch.abs
     n = len(y)
     x, y, t = (learner.ranks.take(a) for a in (x, y, t))  # across ranks: each its share, summed below
+    total: dict[str, Tensor] | None
     with evaluating(model):
         # rows are sequences, or tables a model's own loss reads (a detector's boxes): one exact pass each
         # (the rest assume classes)
@@ -134,7 +138,7 @@ def _linear_importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: 
         return None
     seen: dict[str, list[tuple[Tensor, Tensor]]] = {}
 
-    def keep(name: str):
+    def keep(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             seen.setdefault(name, []).append((inputs[0].detach(), output))
         return hook
@@ -179,7 +183,7 @@ def _vmap_importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: st
 
     per_sample = vmap(grad(one), in_dims=(None, 0, 0, None))
     total = {k: torch.zeros_like(p) for k, p in params.items()}
-    for task in t.unique().tolist():
+    for task in torch.unique(t).tolist():
         rows = (t == task).nonzero().squeeze(1)
         task_id = torch.tensor([task], device=learner.device)
         for start in range(0, len(rows), chunk):
@@ -196,12 +200,12 @@ def _loop_importance(learner: Learner, x: Tensor, y: Tensor, t: Tensor, kind: st
     model = learner.model
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
     total = {k: torch.zeros_like(p) for k, p in params.items()}
+    # A model with a loss of its own (a speech recogniser's CTC) gives the log-likelihood the Fisher needs.
+    own: Callable[..., Tensor] | None = getattr(model, "loss", None) if kind == "fisher" else None
     for i in range(len(y)):
         xi, yi, ti = (a[i:i + 1].to(learner.device) for a in (x, y, t))
         logits = model(xi, ti)
-        # A model with a loss of its own (a speech recogniser's CTC) gives the log-likelihood the Fisher needs.
-        own = kind == "fisher" and hasattr(model, "loss")
-        objective = model.loss(logits, yi, reduction="sum") if own else _objective(kind, logits, yi)
+        objective = own(logits, yi, reduction="sum") if own is not None else _objective(kind, logits, yi)
         grads = torch.autograd.grad(objective, list(params.values()), allow_unused=True)
         for k, g in zip(params, grads, strict=True):
             if g is not None:
@@ -218,17 +222,26 @@ class AnchoredPenalty(Strategy):
     lam: float
     importance_: dict[str, Tensor]
     anchor_: dict[str, Tensor]
+    _stiffness: dict[str, Tensor] | None  # lam times the capped importances, built at the first step
 
     def set_anchor(self, learner: Learner, importance: dict[str, Tensor]) -> None:
+        """Anchor the penalty at the model's weights now, with ``importance`` as its weights.
+
+        Args:
+            learner: what the strategy may read of the learner (its model).
+            importance: each trainable parameter's importance, by name (uncapped).
+        """
         self.importance_, self.anchor_ = importance, snapshot(learner.model)
         self._stiffness = None
 
-    def after_backward(self, learner, step) -> None:
+    def after_backward(self, learner: Learner, step: Step) -> None:
         if not getattr(self, "anchor_", None):
             return
-        if getattr(self, "_stiffness", None) is None:
-            self._stiffness = {k: self.lam * w for k, w in capped(self.importance_, learner.lr, self.lam).items()}
-        add_penalty_grad(learner.model, self.anchor_, self._stiffness)
+        stiffness: dict[str, Tensor] | None = getattr(self, "_stiffness", None)
+        if stiffness is None:
+            stiffness = self._stiffness = {k: self.lam * w
+                                           for k, w in capped(self.importance_, learner.lr, self.lam).items()}
+        add_penalty_grad(learner.model, self.anchor_, stiffness)
 
     def state_dict(self) -> dict[str, Any]:
         return flatten("importance", getattr(self, "importance_", {})) | flatten("anchor", getattr(self, "anchor_", {}))

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from retain.models import MultiHead
-from retain.strategies.base import Strategy, params
+from retain.models.pretrained import TextEncoder
+from retain.strategies.base import Strategy, head_width, params
+from retain.strategies.contract import ExperienceContext, LearnerView, Step
+
+if TYPE_CHECKING:
+    from retain.data import Experience
 
 
 @params
@@ -37,44 +45,44 @@ class LoRAExperts(Strategy):
     def __post_init__(self) -> None:
         self.current_ = 0
 
-    def _backbone(self, learner):
+    def _backbone(self, learner: LearnerView) -> TextEncoder:
         backbone = learner.model.backbone
-        if not hasattr(backbone, "add_expert") or getattr(backbone, "adaptation", None) != "lora":
+        if not isinstance(backbone, TextEncoder) or backbone.adaptation != "lora":
             raise ValueError("lora_experts needs a text backbone with adaptation: lora "
                              "(model: {backbone: minilm, adaptation: lora})")
         return backbone
 
-    def _expert(self, exp) -> int:
+    def _expert(self, exp: Experience) -> int:
         return exp.task if exp.scenario == "task_incremental" else exp.id
 
-    def before_experience(self, learner, ctx) -> None:
+    def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         exp = ctx.experience
         backbone, model = self._backbone(learner), learner.model
         self.current_ = self._expert(exp)
         with learner.seeded():
             backbone.add_expert(self.current_, list(exp.classes))
             if not isinstance(model.head, MultiHead):
-                model.head = MultiHead(model.head.in_features, 0).to(learner.device)
+                model.head = MultiHead(head_width(model.head), 0).to(learner.device)
             model.head.add_task(self.current_, list(exp.classes))
         backbone.task_free = exp.scenario == "class_incremental"
         backbone.use_expert(self.current_)
 
-    def batch(self, learner, step):
+    def batch(self, learner: LearnerView, step: Step) -> Step:
         step.t = torch.full_like(step.t, self.current_)
         return step
 
     @torch.no_grad()
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         exp = ctx.experience
         backbone, k = self._backbone(learner), self.current_
         feats = learner.features(exp.x_train, torch.full((exp.n_train,), k), batch_size=64)
-        protos = getattr(backbone, f"prototypes_{k}")
+        protos: Tensor = getattr(backbone, f"prototypes_{k}")
         for i, c in enumerate(backbone.experts[k]):
             if (exp.y_train == c).any():
                 protos[i] = F.normalize(feats[exp.y_train == c].mean(0), dim=0).to(protos)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"current": self.current_}
 
-    def load_state_dict(self, state, learner) -> None:
+    def load_state_dict(self, state: dict[str, Any], learner: LearnerView) -> None:
         self.current_ = int(state.get("current", 0))

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, NonNegativeFloat
 
 from retain.strategies.base import params
+from retain.strategies.contract import ExperienceContext, LearnerView
 from retain.strategies.importance import AnchoredPenalty, grown, importance
 
 
@@ -20,6 +21,10 @@ class MAS(AnchoredPenalty):
     ``(lam / 2) * sum_i Omega_i (theta_i - theta*_i)^2`` around the latest weights, capped for
     SGD stability as in :func:`~retain.strategies.importance.capped`. Default ``lam`` 0.3: on
     Split MNIST-5k, 29% class-incremental and 96% task-incremental (1.0: 17% and 97%).
+
+    Args:
+        lam: the penalty's strength.
+        decay: the old importances' weight when new ones are added, 0-1.
     """
 
     lam: NonNegativeFloat = 0.3
@@ -30,7 +35,7 @@ class MAS(AnchoredPenalty):
     family = "regularization"
     tunable = {"lam": {"low": 0.003, "high": 30.0, "log": True}}
 
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         exp = ctx.experience
         new = importance(learner, exp.x_train, exp.y_train, exp.train_tasks(), "mas")
         old = getattr(self, "importance_", {})

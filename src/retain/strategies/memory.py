@@ -35,6 +35,20 @@ class Memory:
     feature mean best tracks the class mean (Welling 2009, as in iCaRL). When a class's share
     shrinks, its first samples stay: a random subset, or the best herding prefix.
 
+    Args:
+        size: the most samples it holds.
+        policy: one of ``POLICIES``: what stays when more are offered than fit.
+        balance: what ``class_balanced`` and ``herding`` share the slots among: ``"y"``, the classes; ``"e"``,
+            the experiences.
+        cap: the most samples a class (or experience) keeps, even while there is room; None: no cap.
+
+    Raises:
+        ValueError: ``size`` or ``cap`` below 1, or an unknown ``policy`` or ``balance``.
+
+    Attributes:
+        data: the held tensors by name, one row per sample (``x``, ``y``, ``t``, ``e`` also read as ``memory.x``...).
+        seen: the samples offered so far.
+
     >>> mem = Memory(4, "class_balanced")
     >>> mem.add(torch.zeros(10, 2), torch.tensor([0] * 5 + [1] * 5))
     >>> mem.add(torch.ones(10, 2), torch.tensor([2] * 5 + [3] * 5))
@@ -59,7 +73,7 @@ class Memory:
         return len(self.data["y"]) if self.data else 0
 
     def __getattr__(self, name: str) -> Tensor:
-        data = self.__dict__.get("data", {})
+        data: dict[str, Tensor] = self.__dict__.get("data", {})
         if name in data:
             return data[name]
         if name in ("x", "y", "t", "e"):
@@ -70,7 +84,22 @@ class Memory:
             generator: torch.Generator | None = None, features: Tensor | None = None,
             **extra: Tensor) -> None:
         """Offer new samples; the policy decides what stays (random draws from ``generator``).
-        ``features`` are needed by ``herding`` only."""
+        ``features`` are needed by ``herding`` only.
+
+        Args:
+            x: the samples' inputs.
+            y: their labels.
+            t: their task ids; None: task 0.
+            e: their experience ids, or one for all.
+            generator: the source of the policy's random choices.
+            features: the samples' features (``herding`` picks by them).
+            **extra: any other per-sample tensor to keep beside them (DER's ``logits``; ``loss_aware``'s
+                ``score``, each sample's loss).
+
+        Raises:
+            ValueError: ``loss_aware`` without ``score``, ``herding`` without ``features``, or samples with other
+                tensors than the memory holds.
+        """
         n = len(y)
         if t is None:
             t = torch.zeros(n, dtype=torch.long)
@@ -99,7 +128,7 @@ class Memory:
                 # A class keeps at most its share of the memory (rounded up): herding stops there.
                 limit = self.size
                 if self.balance == "y":
-                    classes = torch.cat([self.data["y"], new["y"]]).unique()
+                    classes = torch.unique(torch.cat([self.data["y"], new["y"]]))
                     limit = -(-self.size // len(classes))
                 order = herding_order(features.detach().cpu(), new["y"], limit=limit)
             else:
@@ -131,14 +160,15 @@ class Memory:
             return
         last = len(slot) - 1 - np.unique(slot[::-1], return_index=True)[1]  # last offer per slot wins
         if len(last):
-            slot, src = torch.from_numpy(slot[last]), torch.from_numpy(src[last])
+            slots, rows = torch.from_numpy(slot[last]), torch.from_numpy(src[last])
             for k, v in self.data.items():
-                v[slot] = new[k][src]
+                v[slots] = new[k][rows]
 
     def _victim(self, generator: torch.Generator | None) -> int:
         """The slot a sample admitted to a full ``balanced_reservoir`` or ``loss_aware`` memory replaces."""
         y = self.data["y"]
-        classes, inverse, counts = y.unique(return_inverse=True, return_counts=True)
+        found: tuple[Tensor, Tensor, Tensor] = torch.unique(y, return_inverse=True, return_counts=True)
+        _, inverse, counts = found
         if self.policy == "balanced_reservoir":
             largest = (counts[inverse] == counts.max()).nonzero().squeeze(1)
             return int(largest[torch.randint(len(largest), (1,), generator=generator)])
@@ -151,7 +181,7 @@ class Memory:
     def _balanced(self, new: dict[str, Tensor]) -> None:
         merged = {k: torch.cat([v, new[k]]) for k, v in self.data.items()}
         y = merged[self.balance]
-        classes = y.unique()
+        classes: Tensor = torch.unique(y)
         quota = torch.full((len(classes),), self.size // len(classes))
         quota[: self.size % len(classes)] += 1
         if self.cap is not None:  # at most cap per group, even while the memory has room for more
@@ -164,25 +194,58 @@ class Memory:
         """``n`` random samples without replacement (all of them when fewer are stored). With
         ``shard`` (rank, world), ``n`` is this rank's share: ``n * world`` are drawn (the same on
         every rank) and the rank keeps every ``world``-th from ``rank``. The key ``"slot"`` gives
-        the samples' places in the memory (to write a sample's values back)."""
+        the samples' places in the memory (to write a sample's values back).
+
+        Args:
+            n: how many samples (this rank's share).
+            generator: the source of the draw.
+            keys: the tensors to return (``"slot"`` among them to get the places); None: every one held.
+            shard: ``(rank, world)`` of the process drawing.
+
+        Returns:
+            Each key's rows for the drawn samples, in the same order.
+        """
         rank, world = shard
         idx = torch.randperm(len(self), generator=generator)[:n * world][rank::world]
         return {k: idx if k == "slot" else self.data[k].index_select(0, idx.to(self.data[k].device))
                 for k in keys or self.data}
 
     def replay_into(self, step: Step, n: int, generator: torch.Generator | None = None) -> Step:
-        """``step`` with ``n`` random memory samples appended to its batch (as is when empty)."""
+        """``step`` with ``n`` random memory samples appended to its batch (as is when empty).
+
+        Args:
+            step: the step to extend (its ``shard`` says this rank's share).
+            n: how many samples to append.
+            generator: the source of the draw.
+
+        Returns:
+            ``step``, extended.
+        """
         if not len(self):
             return step
         m = self.sample(n, generator, ("x", "y", "t"), step.shard)
         return step.append(m["x"], m["y"], m["t"])
 
     def state_dict(self) -> dict[str, Any]:
+        """What the memory holds, to save.
+
+        Returns:
+            ``seen`` (samples offered so far) and each held tensor under ``data.``.
+        """
         return {"seen": self.seen} | {f"data.{k}": v for k, v in self.data.items()}
 
     def load_state_dict(self, state: dict[str, Any], name: str = "memory") -> None:
         """Restore what :meth:`state_dict` returned; a state :meth:`add` could not have left (``name``
-        says which memory in the error) raises ``ValueError``."""
+        says which memory in the error) raises ``ValueError``.
+
+        Args:
+            state: what :meth:`state_dict` returned.
+            name: the memory's name in the error message.
+
+        Raises:
+            ValueError: a state this memory could not hold (missing tensors, rows that disagree, more than
+                ``size``, a count its policy never leaves).
+        """
         data = {k[5:]: v.cpu() for k, v in state.items() if k.startswith("data.")}
         seen = int(state["seen"])
         problem = self._problem(data, seen)
@@ -252,7 +315,7 @@ def herding_order(features: Tensor, y: Tensor, limit: int | None = None) -> Tens
     """
     f = torch.nn.functional.normalize(features.float(), dim=1)
     order = []
-    for c in y.unique():
+    for c in torch.unique(y):
         idx = (y == c).nonzero().squeeze(1)
         fc = f[idx]
         mu = fc.mean(0)
@@ -287,7 +350,17 @@ class MemoryStrategy(Strategy):
 
     def replay_loss(self, learner: LearnerView, step: Step, logits: Tensor, weight: float) -> Tensor:
         """Cross-entropy over a batch whose rows after the step's incoming ones were replayed, a
-        replayed row weighing ``weight`` times a new one (at 1: the learner's own loss over every row)."""
+        replayed row weighing ``weight`` times a new one (at 1: the learner's own loss over every row).
+
+        Args:
+            learner: what the strategy may read of the learner.
+            step: the step's batch, replayed rows after the incoming ones.
+            logits: the model's outputs on ``step.x``.
+            weight: a replayed row's weight relative to a new one's.
+
+        Returns:
+            The weighted mean loss.
+        """
         y = step.y
         new, replayed = step.incoming, len(y) - step.incoming
         if weight == 1 or not replayed:
@@ -302,14 +375,33 @@ class MemoryStrategy(Strategy):
     def draw(self, learner: LearnerView, step: Step, n: int,
              keys: tuple[str, ...] = ("x", "y", "t")) -> dict[str, Tensor]:
         """``n`` random memory samples (this rank's share of the step), their inputs augmented as the
-        model's modality allows when the method's ``augment`` is on (``retain.models.augment``)."""
+        model's modality allows when the method's ``augment`` is on (``retain.models.augment``).
+
+        Args:
+            learner: what the strategy may read of the learner.
+            step: the step they are drawn for.
+            n: how many.
+            keys: the tensors to return (see :meth:`Memory.sample`).
+
+        Returns:
+            Each key's rows for the drawn samples.
+        """
         m = self.memory_.sample(n, learner.generator, keys, step.shard)
         if getattr(self, "augment", False):
             m["x"] = augment(learner.model, m["x"].to(step.x.device), learner.generator)
         return m
 
     def replay(self, learner: LearnerView, step: Step, n: int) -> Step:
-        """``step`` with ``n`` memory samples (:meth:`draw`) appended to its batch (as is while the memory is empty)."""
+        """``step`` with ``n`` memory samples (:meth:`draw`) appended to its batch (as is while the memory is empty).
+
+        Args:
+            learner: what the strategy may read of the learner.
+            step: the step to extend.
+            n: how many samples to append.
+
+        Returns:
+            ``step``, extended.
+        """
         if not len(self.memory_):
             return step
         m = self.draw(learner, step, n)
@@ -318,7 +410,17 @@ class MemoryStrategy(Strategy):
     def offer(self, learner: LearnerView, step: Step, scored_by: Tensor | None = None, **extra: Tensor) -> None:
         """Offer the step's incoming rows to the memory once: on the first step taken on them
         (``step.fresh``), not again on later steps or epochs over the same samples. A ``loss_aware``
-        memory scores them by their cross-entropy under ``scored_by`` (the step's logits)."""
+        memory scores them by their cross-entropy under ``scored_by`` (the step's logits).
+
+        Args:
+            learner: what the strategy may read of the learner.
+            step: the step whose incoming rows are offered.
+            scored_by: the step's logits (needed by a ``loss_aware`` memory).
+            **extra: other per-sample tensors to keep with them (see :meth:`Memory.add`).
+
+        Raises:
+            ValueError: a ``loss_aware`` memory without ``scored_by``.
+        """
         if not step.fresh:
             return
         if self.memory_.policy == "loss_aware":

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pydantic import PositiveInt
+from torch import Tensor
 from torch.func import functional_call
 
 from retain.strategies.base import params
+from retain.strategies.contract import LearnerView, Step
 from retain.strategies.memory import Memory, MemoryStrategy
 
 
@@ -20,6 +22,11 @@ class MIR(MemoryStrategy):
     the incoming batch, and replays the ``batch_size`` candidates (as many as the incoming
     batch when unset) whose loss that step raises most. Incoming batches enter the memory as
     they arrive, so it works task-free through ``partial_fit``.
+
+    Args:
+        memory_size: the most samples the memory keeps.
+        candidates: memory samples scored each step.
+        batch_size: candidates replayed each step; None: as many as the incoming rows.
     """
 
     memory_size: PositiveInt = 500
@@ -36,8 +43,22 @@ class MIR(MemoryStrategy):
     def __post_init__(self) -> None:
         self.memory_ = Memory(self.memory_size, "reservoir")
 
-    def interference(self, learner, x, y, t, cx, cy, ct) -> torch.Tensor:
-        """How much a virtual SGD step on ``(x, y)`` raises each candidate's loss."""
+    def interference(self, learner: LearnerView, x: Tensor, y: Tensor, t: Tensor, cx: Tensor, cy: Tensor,
+                     ct: Tensor) -> Tensor:
+        """How much a virtual SGD step on ``(x, y)`` raises each candidate's loss.
+
+        Args:
+            learner: what the strategy may read of the learner (its model and learning rate).
+            x: the incoming batch's inputs.
+            y: their labels.
+            t: their task ids.
+            cx: the candidates' inputs, drawn from the memory.
+            cy: their labels.
+            ct: their task ids.
+
+        Returns:
+            Each candidate's loss after the virtual step minus its loss before.
+        """
         model = learner.model
         named = {k: p for k, p in model.named_parameters() if p.requires_grad}
         grads = torch.autograd.grad(F.cross_entropy(model(x, t), y), list(named.values()), allow_unused=True)
@@ -48,7 +69,7 @@ class MIR(MemoryStrategy):
             after = F.cross_entropy(functional_call(model, virtual, (cx, ct)), cy, reduction="none")
         return after - before
 
-    def batch(self, learner, step):
+    def batch(self, learner: LearnerView, step: Step) -> Step:
         if len(self.memory_):
             x, y, t = step.new()
             m = self.memory_.sample(self.candidates, learner.generator)

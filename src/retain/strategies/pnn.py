@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from retain.models import MultiHead, ProgressiveMLP
 from retain.strategies.base import Strategy, params
+from retain.strategies.contract import ExperienceContext, LearnerView
 
 
 @params
@@ -25,16 +26,17 @@ class PNN(Strategy):
     scenarios = ("task_incremental",)
     needs = ("mlp",)
 
-    def before_experience(self, learner, ctx) -> None:
+    def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         model, exp = learner.model, ctx.experience
         with learner.seeded():
             if not isinstance(model.backbone, ProgressiveMLP):
-                cfg = model.backbone.get_config()
+                cfg = model.get_config()["backbone"]
                 if cfg.get("name") != "mlp":
                     raise ValueError(f"pnn builds MLP columns; the model's backbone is {cfg.get('name')!r}")
                 model.backbone = ProgressiveMLP(cfg["in_features"], cfg["hidden"]).to(learner.device)
                 model.head = MultiHead(model.backbone.out_features, 0).to(learner.device)
             model.backbone.add_column(exp.task)
+            assert isinstance(model.head, MultiHead)  # set with the first column
             model.head.add_task(exp.task, exp.classes)
             for task, head in model.head.heads.items():
                 head.requires_grad_(task == str(exp.task))

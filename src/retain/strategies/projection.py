@@ -20,10 +20,12 @@ if TYPE_CHECKING:
 def grads(learner: Learner) -> list[Tensor]:
     """Every trainable parameter's gradient (a zero tensor is stored where one is missing), in
     the order of ``learner.trainable``."""
+    out = []
     for p in learner.trainable:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    return [p.grad for p in learner.trainable]
+        out.append(p.grad)
+    return out
 
 
 def flat_grad(learner: Learner) -> Tensor:
@@ -85,10 +87,12 @@ class GroupGrads:
         return torch.stack([memory_grad(learner, x[a:b], y[a:b], t[a:b]) for a, b in spans(sizes)])
 
     def _one_pass(self, learner: Learner, x: Tensor, y: Tensor, t: Tensor, sizes: list[int]) -> Tensor | None:
+        layout = self._layout
+        assert layout is not None  # the caller checked
         model, dev, n = learner.model, learner.device, len(y)
         seen: dict[nn.Linear, list[tuple[Tensor, Tensor]]] = {}
         handles = [m.register_forward_hook(lambda m, i, o: seen.setdefault(m, []).append((i[0], o)))
-                   for m in dict.fromkeys(m for m, *_ in self._layout)]
+                   for m in dict.fromkeys(m for m, *_ in layout)]
         try:
             logits = model(x.to(dev), t.to(dev))
         finally:
@@ -101,12 +105,12 @@ class GroupGrads:
         layers = list(seen)
         errors = dict(zip(layers, torch.autograd.grad(loss, [seen[m][0][1] for m in layers], allow_unused=True),
                           strict=True))
-        size = sum(shape.numel() for *_, shape in self._layout)
+        size = sum(shape.numel() for _, _, _, shape in layout)
         if self._buffer.shape[1:] != (size,) or len(self._buffer) < len(sizes) or self._buffer.device != dev:
             self._buffer = torch.empty(len(sizes), size, device=dev)
         G = self._buffer[:len(sizes)]
         with torch.no_grad():
-            for m, kind, start, shape in self._layout:
+            for m, kind, start, shape in layout:
                 part = G[:, start:start + shape.numel()]
                 d = errors.get(m)
                 if d is None:  # a layer the batch did not reach: no gradient

@@ -6,11 +6,13 @@ from typing import Annotated, Any
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from retain.data.scenes import PAD
 from retain.metrics.boxes import box_iou
-from retain.models.detector import detect
+from retain.models.detector import Detector, detect
 from retain.strategies.base import Strategy, params
+from retain.strategies.contract import ExperienceContext, LearnerView
 from retain.util import evaluating
 
 
@@ -23,6 +25,10 @@ class PseudoLabels(Strategy):
     if they had been labelled. The new classes are then learned beside the old ones rather than against
     them. An image with no free box row keeps what it has. ``added_`` counts the boxes added per class
     in the latest experience (what the old model still found).
+
+    Args:
+        min_score: the least score a found object needs to be added, strictly between 0 and 1.
+        max_overlap: the highest IoU a found object may have with a labelled one, 0-1.
     """
 
     min_score: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.4
@@ -41,14 +47,16 @@ class PseudoLabels(Strategy):
     def __post_init__(self) -> None:
         self.added_ = torch.zeros(0, dtype=torch.long)
 
-    def before_experience(self, learner, ctx) -> None:
+    def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         old = [c for c in learner.seen_classes_ if c not in ctx.classes]
-        self.added_ = torch.zeros(learner.model.n_classes, dtype=torch.long)
+        model: nn.Module = learner.model
+        assert isinstance(model, Detector)  # the method needs one; LearnerView types it as a classifier
+        self.added_ = torch.zeros(model.n_classes, dtype=torch.long)
         if not old:
             return
         x, y, t = ctx.train_set
         y = y.clone()
-        model, size = learner.model, learner.bulk_size
+        size = learner.bulk_size
         with evaluating(model), torch.no_grad():
             outputs = torch.cat([model(x[i:i + size].to(learner.device)).cpu() for i in range(0, len(x), size)])
         for i, found in enumerate(detect(outputs, model.n_classes, min_score=self.min_score)):
@@ -67,5 +75,5 @@ class PseudoLabels(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {"added": self.added_}
 
-    def load_state_dict(self, state, learner) -> None:
+    def load_state_dict(self, state: dict[str, Any], learner: LearnerView) -> None:
         self.added_ = state.get("added", torch.zeros(0, dtype=torch.long))

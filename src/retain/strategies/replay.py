@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import PositiveFloat, PositiveInt
+from torch import Tensor
 
 from retain.strategies.base import params
+from retain.strategies.contract import ExperienceContext, LearnerView, Step
 from retain.strategies.memory import Memory, MemoryStrategy
 
 
@@ -30,6 +32,17 @@ class Replay(MemoryStrategy):
     ``memory_size`` samples.
     With ``update="stream"`` (online ER) incoming batches are offered as they arrive instead,
     after the replayed samples are drawn, so it also works task-free through ``partial_fit``.
+
+    Args:
+        memory_size: the most samples the memory keeps.
+        batch_size: replayed rows a step (the global batch's, across ranks); None: ``ratio`` times the
+            incoming rows.
+        ratio: replayed rows per incoming row when ``batch_size`` is unset.
+        weight: a replayed row's weight in the loss, relative to a new one's.
+        policy: the memory's policy: ``"class_balanced"``, ``"reservoir"``, ``"herding"`` or ``"balanced_reservoir"``.
+        update: ``"experience"``: the memory takes each experience's samples after it; ``"stream"``: incoming
+            batches as they arrive (online ER).
+        augment: each replayed sample is shown a fresh augmented view.
     """
 
     memory_size: PositiveInt = 200
@@ -55,7 +68,7 @@ class Replay(MemoryStrategy):
     def supports_distributed(self) -> bool:
         return self.update == "experience"  # a stream memory would see one rank's rows of each step
 
-    def batch(self, learner, step):
+    def batch(self, learner: LearnerView, step: Step) -> Step:
         # a fixed batch_size is the global batch's: each rank draws its share
         n = -(-self.batch_size // step.shard[1]) if self.batch_size else round(self.ratio * step.incoming)
         step = self.replay(learner, step, n)
@@ -63,10 +76,10 @@ class Replay(MemoryStrategy):
             self.offer(learner, step)
         return step
 
-    def task_loss(self, learner, step, logits):
+    def task_loss(self, learner: LearnerView, step: Step, logits: Tensor) -> Tensor:
         return self.replay_loss(learner, step, logits, self.weight)
 
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         if self.update == "stream":
             return
         exp = ctx.experience

@@ -6,6 +6,7 @@ import torch
 from pydantic import NonNegativeFloat, PositiveFloat
 
 from retain.strategies.base import params
+from retain.strategies.contract import ExperienceContext, LearnerView, Step
 from retain.strategies.importance import AnchoredPenalty, grown, snapshot
 
 
@@ -20,6 +21,10 @@ class SI(AnchoredPenalty):
     as in :func:`~retain.strategies.importance.capped`. State: one importance and one anchor.
     Default ``lam`` 50: 97% on task-incremental Split MNIST-5k (100 and above, or a larger
     ``xi``, trade that for a point or two in the class-incremental setting).
+
+    Args:
+        lam: the penalty's strength.
+        xi: the damping added to each weight's squared change over the experience.
     """
 
     lam: NonNegativeFloat = 50.0
@@ -36,12 +41,12 @@ class SI(AnchoredPenalty):
         self._omega: dict[str, torch.Tensor] = {}
         self._last: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def before_experience(self, learner, ctx) -> None:
+    def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         self._start = snapshot(learner.model)
         self._omega = {k: torch.zeros_like(v) for k, v in self._start.items()}
         self._last = {}
 
-    def after_backward(self, learner, step) -> None:
+    def after_backward(self, learner: LearnerView, step: Step) -> None:
         super().after_backward(learner, step)  # the penalty's gradient first: omega follows the full gradient
         self._accumulate(learner)
         # The gradient tensor itself is kept, not a copy: the learner's zero_grad replaces it with
@@ -49,7 +54,7 @@ class SI(AnchoredPenalty):
         self._last = {k: (p.grad, p.detach().clone()) for k, p in learner.model.named_parameters()
                       if p.grad is not None and k in self._omega}
 
-    def _accumulate(self, learner) -> None:
+    def _accumulate(self, learner: LearnerView) -> None:
         """Add the contribution of the optimizer step taken since the last gradient."""
         if not self._last:
             return
@@ -59,7 +64,7 @@ class SI(AnchoredPenalty):
                     grad, before = self._last[k]
                     self._omega[k].addcmul_(grad, before.sub_(p))  # -g * (theta_now - theta_before)
 
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         self._accumulate(learner)
         end = snapshot(learner.model)
         gains = {k: w.clamp(min=0) / ((end[k] - self._start[k]) ** 2 + self.xi) for k, w in self._omega.items()}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import NonNegativeFloat
+from torch import Tensor, nn
 
 from retain.models import IncrementalHead, LinearHead
 from retain.strategies.base import Strategy, params
+from retain.strategies.contract import ExperienceContext, LearnerView
 
 
 @params
@@ -21,6 +25,10 @@ class SLDA(Strategy):
     ``n_classes x d`` means and one ``d x d`` matrix, whatever the stream's length. It needs a
     linear head directly on the features (``hidden: []``) or any head over fixed features.
     It takes no gradient steps (``closed_form``): an update costs one pass over the new features.
+
+    Args:
+        shrinkage: added to the covariance's diagonal before it is inverted; 0: none (a singular one is then
+            pseudo-inverted).
     """
 
     shrinkage: NonNegativeFloat = 1e-2
@@ -37,7 +45,7 @@ class SLDA(Strategy):
         self.counts_: torch.Tensor | None = None  # (classes,)
         self.scatter_: torch.Tensor | None = None  # (d, d), around each sample's class mean
 
-    def before_experience(self, learner, ctx) -> None:
+    def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         if not isinstance(learner.model.head, LinearHead | IncrementalHead):
             raise ValueError(f"slda writes a linear head (head: fixed or growing); this model's head is "
                              f"{type(learner.model.head).__name__}")
@@ -45,38 +53,41 @@ class SLDA(Strategy):
             raise ValueError("slda needs fixed features, but this backbone trains: use a frozen backbone and "
                              "a linear head (model: {adaptation: frozen, hidden: []})")
 
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         exp = ctx.experience
         f = learner.features(exp.x_train, exp.train_tasks()).double()
         head = learner.model.head
+        assert isinstance(head, LinearHead | IncrementalHead)  # before_experience refused the others
         n_classes, d = head.n_outputs, f.shape[1]
-        if self.sums_ is None:
-            self.sums_ = torch.zeros(n_classes, d, dtype=torch.float64)
-            self.counts_ = torch.zeros(n_classes, dtype=torch.float64)
-            self.scatter_ = torch.zeros(d, d, dtype=torch.float64)
-        elif len(self.counts_) < n_classes:  # a growing head has gained classes since
-            grow = n_classes - len(self.counts_)
-            self.sums_ = torch.cat([self.sums_, self.sums_.new_zeros(grow, d)])
-            self.counts_ = torch.cat([self.counts_, self.counts_.new_zeros(grow)])
+        sums, counts, scatter = self.sums_, self.counts_, self.scatter_
+        if sums is None or counts is None or scatter is None:
+            sums = torch.zeros(n_classes, d, dtype=torch.float64)
+            counts = torch.zeros(n_classes, dtype=torch.float64)
+            scatter = torch.zeros(d, d, dtype=torch.float64)
+        elif len(counts) < n_classes:  # a growing head has gained classes since
+            grow = n_classes - len(counts)
+            sums = torch.cat([sums, sums.new_zeros(grow, d)])
+            counts = torch.cat([counts, counts.new_zeros(grow)])
         y = exp.y_train.cpu()
-        for c in y.unique().tolist():
+        for c in torch.unique(y).tolist():
             fc = f[y == c]
-            n_old, n_new = self.counts_[c], float(len(fc))
+            n_old, n_new = counts[c], float(len(fc))
             mean_new = fc.mean(0)
             centred = fc - mean_new
-            self.scatter_ += centred.T @ centred
+            scatter += centred.T @ centred
             if n_old > 0:  # combine scatters of the old and new parts of class c (Chan et al.)
-                delta = mean_new - self.sums_[c] / n_old
-                self.scatter_ += torch.outer(delta, delta) * n_old * n_new / (n_old + n_new)
-            self.sums_[c] += fc.sum(0)
-            self.counts_[c] += n_new
-        self._write_head(head)
+                delta = mean_new - sums[c] / n_old
+                scatter += torch.outer(delta, delta) * n_old * n_new / (n_old + n_new)
+            sums[c] += fc.sum(0)
+            counts[c] += n_new
+        self.sums_, self.counts_, self.scatter_ = sums, counts, scatter
+        self._write_head(head, sums, counts, scatter)
 
-    def _write_head(self, head) -> None:
-        seen = self.counts_ > 0
-        means = self.sums_[seen] / self.counts_[seen, None]
-        n = float(self.counts_.sum())
-        cov = self.scatter_ / max(n - 1.0, 1.0)
+    def _write_head(self, head: LinearHead | IncrementalHead, sums: Tensor, counts: Tensor, scatter: Tensor) -> None:
+        seen = counts > 0
+        means = sums[seen] / counts[seen, None]
+        n = float(counts.sum())
+        cov = scatter / max(n - 1.0, 1.0)
         w = _solve_spd(cov + self.shrinkage * torch.eye(len(cov), dtype=cov.dtype), means.T).T  # P mu_c
         b = -0.5 * (w * means).sum(1)
         weight = torch.zeros(len(seen), w.shape[1], dtype=w.dtype)
@@ -86,16 +97,17 @@ class SLDA(Strategy):
         with torch.no_grad():
             start = 0
             for fc in layers:
+                assert isinstance(fc, nn.Linear)
                 fc.weight.copy_(weight[start:start + fc.out_features])
                 fc.bias.copy_(bias[start:start + fc.out_features])
                 start += fc.out_features
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         if self.sums_ is None:
             return {}
         return {"sums": self.sums_, "counts": self.counts_, "scatter": self.scatter_}
 
-    def load_state_dict(self, state, learner) -> None:
+    def load_state_dict(self, state: dict[str, Any], learner: LearnerView) -> None:
         if state:
             self.sums_, self.counts_, self.scatter_ = (state[k].cpu().double() for k in ("sums", "counts", "scatter"))
         else:
@@ -112,4 +124,5 @@ def _solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     pivots = factor.diagonal().abs()
     if int(info) == 0 and (pivots.min() / pivots.max()) ** 2 > 1e3 * len(a) * torch.finfo(a.dtype).eps:
         return torch.cholesky_solve(b, factor)
-    return torch.linalg.pinv(a, hermitian=True) @ b
+    inverse: Tensor = torch.linalg.pinv(a, hermitian=True)
+    return inverse @ b

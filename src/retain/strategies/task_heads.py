@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+
 from retain.models import MultiHead
-from retain.strategies.base import Strategy, params
+from retain.strategies.base import Strategy, head_width, params
+from retain.strategies.contract import ExperienceContext, LearnerView
 
 
 @params
@@ -21,11 +24,11 @@ class TaskHeads(Strategy):
     # classes every experience) would find task 0's head already built for its first classes.
     scenarios = ("task_incremental",)
 
-    def before_experience(self, learner, ctx) -> None:
+    def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         model = learner.model
         with learner.seeded():
             if not isinstance(model.head, MultiHead):
-                model.head = MultiHead(model.head.in_features, 0).to(learner.device)
+                model.head = MultiHead(head_width(model.head), 0).to(learner.device)
             _, y, t = ctx.train_set  # a merged stream (Joint) holds several tasks at once
-            for task in t.unique().tolist():
-                model.head.add_task(task, y[t == task].unique().tolist())
+            for task in torch.unique(t).tolist():
+                model.head.add_task(task, torch.unique(y[t == task]).tolist())

@@ -7,6 +7,7 @@ from torch import nn
 
 from retain.models import IncrementalHead, LinearHead
 from retain.strategies.base import Strategy, params
+from retain.strategies.contract import ExperienceContext, LearnerView
 
 
 def class_rows(head: nn.Module) -> list[tuple[nn.Linear, int]]:
@@ -16,6 +17,7 @@ def class_rows(head: nn.Module) -> list[tuple[nn.Linear, int]]:
     if isinstance(head, IncrementalHead):
         out, first = [], 0
         for block in head.blocks:
+            assert isinstance(block, nn.Linear)  # a growing head's blocks are linear layers
             out.append((block, first))
             first += block.out_features
         return out
@@ -42,10 +44,10 @@ class WeightAligning(Strategy):
     family = "architecture"  # it rescales the head; nothing is learned or kept
     scenarios = ("class_incremental",)
 
-    def before_experience(self, learner, ctx) -> None:
+    def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         ctx.notes[self.name] = set(learner.seen_classes_)  # a class the experience brings back is not new
 
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         known = ctx.notes.get(self.name, set())
         new = set(ctx.classes) - known
         old = [c for c in learner.seen_classes_ if c not in new]

@@ -8,6 +8,7 @@ import torch
 from pydantic import Field
 
 from retain.strategies.base import Strategy, flatten, params, unflatten
+from retain.strategies.contract import ExperienceContext, LearnerView
 from retain.strategies.importance import snapshot
 
 
@@ -34,6 +35,10 @@ class WeightAverage(Strategy):
     grown in between, or online steps taken in between, count as adaptation. Only trainable
     weights are averaged (the learner re-estimates BatchNorm statistics); on LoRA adapters each
     factor is averaged, which is not the average of their product.
+
+    Args:
+        weight: the old model's share, 0-1; None: ``n / (n + 1)`` with ``n`` experiences learned.
+        pretrained: count the initial model as one experience.
     """
 
     weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
@@ -50,11 +55,11 @@ class WeightAverage(Strategy):
         self.old_: dict[str, torch.Tensor] = {}
         self.learned_ = 0  # experiences the old model holds (the initial model counting one when pretrained)
 
-    def before_experience(self, learner, ctx) -> None:
+    def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         if self.pretrained and not self.old_:
             self.old_, self.learned_ = snapshot(learner.model), 1
 
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         if self.old_:
             share = self.weight if self.weight is not None else self.learned_ / (self.learned_ + 1)
             current = dict(learner.model.named_parameters())
@@ -68,6 +73,6 @@ class WeightAverage(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return flatten("old", self.old_) | {"learned": self.learned_}
 
-    def load_state_dict(self, state, learner) -> None:
+    def load_state_dict(self, state: dict[str, Any], learner: LearnerView) -> None:
         self.old_ = unflatten("old", state)
         self.learned_ = int(state.get("learned", 0))

@@ -10,6 +10,7 @@ from pydantic import Field, NonNegativeFloat
 from torch import Tensor
 
 from retain.strategies.base import params
+from retain.strategies.contract import ExperienceContext, LearnerView, Step
 from retain.strategies.der import DERPP
 
 Rate = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -32,6 +33,21 @@ class XDER(DERPP):
     gamma 0.85, lambd 0.05, eta 0.01, margin 0.7) are the authors' Seq-CIFAR-100 values as we read them, not
     tuned here: on Split MNIST-5k X-DER ends 5 points below DER++, on Split Fashion-MNIST 2-4
     (``benchmarks/TRICKS.md``, ``FRONTIER.md``).
+
+    Args:
+        memory_size: as in :class:`~retain.strategies.der.DER`.
+        alpha: the logit-matching term's weight.
+        beta: the replayed labels' cross-entropy weight.
+        batch_size: as in :class:`~retain.strategies.der.DER`.
+        ratio: as in :class:`~retain.strategies.der.DER`.
+        store: ``"end"`` only: the memory records logits when an experience is learned.
+        max_grad_norm: as in :class:`~retain.strategies.der.DER`.
+        shared: as in :class:`~retain.strategies.der.DERPP`.
+        augment: as in :class:`~retain.strategies.der.DER`.
+        gamma: a later class's stored logit is scaled to at most ``gamma`` times the sample's own, 0-1.
+        lambd: the weight of holding unseen classes ``margin`` below the best seen one.
+        eta: the weight of the experience's classes beating the past ones by ``margin`` on new rows.
+        margin: the margin of both terms (logits for ``lambd``, probabilities for ``eta``).
     """
 
     alpha: NonNegativeFloat = 0.3
@@ -54,7 +70,7 @@ class XDER(DERPP):
     def supports_distributed(self) -> bool:
         return False
 
-    def before_experience(self, learner, ctx) -> None:
+    def before_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         self.current_ = sorted(ctx.classes)
 
     def _update_logits(self, slots: Tensor, outputs: Tensor) -> None:
@@ -82,7 +98,7 @@ class XDER(DERPP):
         kept[:, current] = fresh
         stored[slots] = kept
 
-    def loss(self, learner, step, logits):
+    def loss(self, learner: LearnerView, step: Step, logits: Tensor) -> Tensor:
         term = super().loss(learner, step, logits)
         new = step.incoming
         target = step.notes.get("der")
@@ -104,7 +120,7 @@ class XDER(DERPP):
                 term = term + self.eta * gap[gap > 0].mean()
         return term
 
-    def after_experience(self, learner, ctx) -> None:
+    def after_experience(self, learner: LearnerView, ctx: ExperienceContext) -> None:
         if len(self.memory_):  # every stored (older) sample learns the classes this experience brought
             outputs = learner.predict_logits(self.memory_.x, self.memory_.t)
             self._update_logits(torch.arange(len(self.memory_)), outputs)

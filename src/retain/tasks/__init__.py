@@ -19,8 +19,8 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def _kinds(cls: type[TaskKind]) -> dict[str, type[TaskKind]]:
-    found = {}
+def _kinds(cls: type[TaskKind[Any]]) -> dict[str, type[TaskKind[Any]]]:
+    found: dict[str, type[TaskKind[Any]]] = {}
     for sub in cls.__subclasses__():
         if "name" in vars(sub):
             found[sub.name] = sub
@@ -28,18 +28,38 @@ def _kinds(cls: type[TaskKind]) -> dict[str, type[TaskKind]]:
     return found
 
 
-TASKS: dict[str, type[TaskKind]] = _kinds(TaskKind)
+TASKS: dict[str, type[TaskKind[Any]]] = _kinds(TaskKind)
 
 
-def task_kind(name: str) -> type[TaskKind]:
-    """The kind called ``name``; an unknown one is refused naming those there are."""
+def task_kind(name: str) -> type[TaskKind[Any]]:
+    """The kind called ``name``; an unknown one is refused naming those there are.
+
+    Args:
+        name: a kind's name (``classification``, ``translation``, ...).
+
+    Returns:
+        The kind's class.
+
+    Raises:
+        StoreError: no kind is called ``name``.
+    """
     if name not in TASKS:
         raise StoreError(f"task {name!r}: give one of {', '.join(sorted(TASKS))}")
     return TASKS[name]
 
 
 def stored_run(config: dict[str, Any]) -> tuple[str, dict[str, Any], float, int]:
-    """A store's kind, run config, held-out fraction and seed, from the config it keeps."""
+    """A store's kind, run config, held-out fraction and seed, from the config it keeps.
+
+    Args:
+        config: the config the store keeps (:attr:`ModelStore.config`).
+
+    Returns:
+        The kind's name, its run config, the held-out fraction (0-1) and the seed.
+
+    Raises:
+        StoreError: the config is not one a retain store keeps.
+    """
     if "run" in config:
         missing = [k for k in ("held_out", "seed") if k not in config]
         if missing:
@@ -51,14 +71,31 @@ def stored_run(config: dict[str, Any]) -> tuple[str, dict[str, Any], float, int]
     raise StoreError("the store's config names no task kind and has no run section: not a retain store's")
 
 
-def open_kind(store: ModelStore) -> tuple[TaskKind, float, int]:
-    """The kind of ``store`` built on the run config it keeps, its held-out fraction and seed."""
+def open_kind(store: ModelStore) -> tuple[TaskKind[Any], float, int]:
+    """The kind of ``store`` built on the run config it keeps, its held-out fraction and seed.
+
+    Args:
+        store: the model store.
+
+    Returns:
+        The kind, the held-out fraction (0-1) and the seed.
+    """
     name, run, held_out, seed = stored_run(store.config)
     return task_kind(name)(store, run), held_out, seed
 
 
-def kind_of_config(config: Any) -> type[TaskKind]:
-    """The kind whose validated config ``config`` is."""
+def kind_of_config(config: Any) -> type[TaskKind[Any]]:
+    """The kind whose validated config ``config`` is.
+
+    Args:
+        config: a validated run config (a :class:`~retain.config.RunConfig`, a translation config, ...).
+
+    Returns:
+        The kind's class.
+
+    Raises:
+        TypeError: ``config`` is no kind's config.
+    """
     for kind in TASKS.values():
         if isinstance(config, kind.config_type):
             return kind

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -18,6 +18,11 @@ from torch import Tensor
 from retain.quality import GateReport
 from retain.store import ModelStore
 from retain.strategies import STRATEGIES
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+Config = TypeVar("Config", bound="BaseModel")
 
 
 def only_tunable_changed(tuned: list[dict[str, Any]], current: list[dict[str, Any]]) -> None:
@@ -49,7 +54,7 @@ def strings_of(tensors: dict[str, Tensor], key: str) -> list[str]:
     return [data[a:b].decode() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
-def validated(config_type: type, raw: Any, where: str) -> Any:
+def validated(config_type: type[Config], raw: Any, where: str) -> Config:
     """``raw`` (a config's YAML mapping) as a ``config_type``; a bad value is refused naming its field and
     ``where`` the config came from."""
     from pydantic import ValidationError
@@ -71,33 +76,73 @@ class Rows(Protocol):
 
     def __len__(self) -> int: ...
 
-    def take(self, index: Tensor) -> Rows: ...
+    def take(self, index: Tensor) -> Rows:
+        """The rows at ``index``.
 
-    def tensors(self) -> dict[str, Tensor]: ...
+        Args:
+            index: row indices (a 1-d long tensor), in the order wanted.
 
-    def hashes(self) -> list[str]: ...
+        Returns:
+            Rows of the same kind.
+        """
 
-    def content(self) -> tuple[Tensor, ...]: ...
+    def tensors(self) -> dict[str, Tensor]:
+        """The rows as a store keeps them.
+
+        Returns:
+            Named tensors; the kind's ``rows_of`` reads them back.
+        """
+
+    def hashes(self) -> list[str]:
+        """A content hash of each row, to find repeats (the gate's duplicates).
+
+        Returns:
+            One hex digest a row.
+        """
+
+    def content(self) -> tuple[Tensor, ...]:
+        """What a batch's hash is taken over.
+
+        Returns:
+            The tensors that identify the batch.
+        """
+
+
+R = TypeVar("R", bound=Rows)  # a kind's own rows: Examples, Pairs, ...
 
 
 @dataclass
 class Prediction:
     """One row's prediction: where it came from, the answer (a label, a translation) and, for
-    labels, the likeliest ones with their probabilities."""
+    labels, the likeliest ones with their probabilities.
+
+    Attributes:
+        row: where the row came from: a table's row, a file, or its number among the inputs.
+        label: the answer: a label name, a translation, a transcript, a detector's boxes as JSON.
+        top: for labels, the likeliest names with their probabilities (0-1), likeliest first; else empty.
+    """
 
     row: str
     label: str
     top: list[tuple[str, float]]
 
 
-class TaskKind:
+class TaskKind(Generic[R]):
     """One kind of task. Subclasses set the class attributes and implement the methods below;
-    ``config`` is the validated run config the store keeps."""
+    ``config`` is the validated run config the store keeps.
+
+    The type parameter is the kind's rows (a :class:`Rows`): a classifier's ``Examples``, a
+    translation's ``Pairs``.
+
+    Args:
+        store: the model store the kind works on.
+        run: the run config the store keeps, validated into ``config`` (errors name the field).
+    """
 
     name: ClassVar[str]
     metric: ClassVar[str]  # what a version is scored by, on a 0-1 scale, higher is better
     labels: ClassVar[str]  # what a row's answer is called in messages and tables: "class", "direction"
-    config_type: ClassVar[type]  # the validated run config
+    config_type: ClassVar[type[BaseModel]]  # the validated run config
     too_few: ClassVar[str]  # why a batch may be too small to hold rows out
     writes_answers: ClassVar[bool] = False  # the model writes its answers (a translation), not picks a label
     # what `retain predict` reads: the kind's batch files ("files": a table, a folder) or, for translation,
@@ -113,27 +158,62 @@ class TaskKind:
     # -- config ---------------------------------------------------------------------------
     @classmethod
     def for_store(cls, config: Any) -> Any:
-        """``config`` as a new store keeps it."""
+        """``config`` as a new store keeps it.
+
+        Args:
+            config: the validated run config given to ``retain init``.
+
+        Returns:
+            The config the store keeps (a classifier's head set to grow, when the config leaves it unset).
+        """
         return config
 
     @classmethod
     def validate(cls, run: dict[str, Any]) -> Any:
-        """The kind's run config from the dictionary a store keeps (errors name the field)."""
+        """The kind's run config from the dictionary a store keeps (errors name the field).
+
+        Args:
+            run: the run config as the store keeps it (JSON values).
+
+        Returns:
+            The validated config (the kind's ``config_type``).
+        """
         raise NotImplementedError
 
     @classmethod
     def read_config(cls, path: str | Path) -> Any:
-        """The kind's config from the YAML file at ``path`` (``retain init --config``; errors name the field)."""
+        """The kind's config from the YAML file at ``path`` (``retain init --config``; errors name the field).
+
+        Args:
+            path: the YAML config file.
+
+        Returns:
+            The validated config (the kind's ``config_type``).
+        """
         raise NotImplementedError
 
     def retuned(self, best: Any) -> dict[str, Any]:
         """The store's run config with ``best``'s (a tuned config) training settings and declared-
-        tunable strategy knobs; anything else changed is refused: the versions learned with it."""
+        tunable strategy knobs; anything else changed is refused: the versions learned with it.
+
+        Args:
+            best: the tuned config of the store's kind (``retain tune``'s best).
+
+        Returns:
+            The run config to keep, as JSON values.
+
+        Raises:
+            ValueError: ``best`` changes more than the training settings and declared-tunable knobs.
+        """
         raise NotImplementedError
 
     def knobs(self) -> dict[str, Any]:
         """The training knobs the store's config sets now (a learner loaded from an older version
-        takes them: the config may have been retuned since)."""
+        takes them: the config may have been retuned since).
+
+        Returns:
+            Each knob's value by name (``lr``, ``epochs``, ``batch_size``, ...).
+        """
         raise NotImplementedError
 
     @property
@@ -143,163 +223,453 @@ class TaskKind:
 
     @property
     def gate_policy(self) -> Any:
+        """The :class:`~retain.quality.GatePolicy` of the store's config."""
         return self.config.gate
 
     # -- rows -----------------------------------------------------------------------------
-    def read(self, data: Path, labelled: bool = True) -> Rows:
-        """The rows of a batch file or folder, refused with a message naming it when they cannot be read."""
+    def read(self, data: Path, labelled: bool = True) -> R:
+        """The rows of a batch file or folder, refused with a message naming it when they cannot be read.
+
+        Args:
+            data: the batch file or folder.
+            labelled: whether the rows must carry their answers (False: to predict from).
+
+        Returns:
+            The rows.
+        """
         raise NotImplementedError
 
-    def read_batch(self, data: Path, first: bool) -> tuple[Rows, list[str]]:
+    def read_batch(self, data: Path, first: bool) -> tuple[R, list[str]]:
         """A batch file's rows and the answer names they use (a classifier's label names: the
-        store's, then the batch's new ones); ``first``: the store's first batch."""
+        store's, then the batch's new ones).
+
+        Args:
+            data: the batch file or folder.
+            first: whether it is the store's first batch.
+
+        Returns:
+            The rows, and the answer names they use (empty for kinds that name none).
+        """
         return self.read(data), []
 
-    def check(self, rows: Rows, names: list[str], where: str) -> None:
-        """Refuse rows no model could learn from (raises with a message naming ``where``)."""
+    def check(self, rows: R, names: list[str], where: str) -> None:
+        """Refuse rows no model could learn from (raises with a message naming ``where``).
 
-    def prepare(self, rows: Rows, progress: bool = False) -> Rows:
-        """Checked rows as the model reads them (a frozen backbone's features, say)."""
+        Args:
+            rows: the batch's rows.
+            names: the answer names they use (:meth:`read_batch`'s).
+            where: what the rows came from, named in the message.
+
+        Raises:
+            ValueError: the rows cannot be learned from.
+        """
+
+    def prepare(self, rows: R, progress: bool = False) -> R:
+        """Checked rows as the model reads them (a frozen backbone's features, say).
+
+        Args:
+            rows: checked rows.
+            progress: show a progress bar while encoding.
+
+        Returns:
+            The rows as the model reads them.
+        """
         return rows
 
-    def relabel(self, rows: Rows, names: list[str]) -> tuple[Rows, list[str]]:
+    def relabel(self, rows: R, names: list[str]) -> tuple[R, list[str]]:
         """``rows`` and ``names`` as the store names answers now, under the writer lock (a classifier's
-        new label ids, given when the batch was read, may have gone to another update's names)."""
+        new label ids, given when the batch was read, may have gone to another update's names).
+
+        Args:
+            rows: the batch's rows.
+            names: the answer names given when the batch was read.
+
+        Returns:
+            The rows and names with the store's ids.
+        """
         return rows, names
 
-    def as_came(self, data: Path, rows: Rows, names: list[str]) -> list[dict[str, Any]]:
-        """Each of ``rows`` as the user sent it, for review (a table's record, the file, the pair)."""
+    def as_came(self, data: Path, rows: R, names: list[str]) -> list[dict[str, Any]]:
+        """Each of ``rows`` as the user sent it, for review (a table's record, the file, the pair).
+
+        Args:
+            data: the batch file or folder the rows came from.
+            rows: the rows.
+            names: the answer names they use.
+
+        Returns:
+            One JSON-able mapping a row.
+        """
         return [{} for _ in range(len(rows))]
 
     def recorded_labels(self, names: list[str]) -> list[str] | None:
-        """The label names a new version records in the transaction that records it (None: none)."""
+        """The label names a new version records in the transaction that records it (None: none).
+
+        Args:
+            names: the answer names of the update.
+
+        Returns:
+            The names to record, or None.
+        """
         return None
 
-    def join(self, parts: list[Rows]) -> Rows:
-        """Rows of several batches as one (a kept batch's rows carried into the next update)."""
+    def join(self, parts: list[R]) -> R:
+        """Rows of several batches as one (a kept batch's rows carried into the next update).
+
+        Args:
+            parts: the batches' rows, in order.
+
+        Returns:
+            Their rows, one after another.
+        """
         raise NotImplementedError
 
-    def rows_of(self, tensors: dict[str, Tensor]) -> Rows:
-        """Rows kept with :meth:`Rows.tensors` read back."""
+    def rows_of(self, tensors: dict[str, Tensor]) -> R:
+        """Rows kept with :meth:`Rows.tensors` read back.
+
+        Args:
+            tensors: what :meth:`Rows.tensors` gave.
+
+        Returns:
+            The rows.
+        """
         raise NotImplementedError
 
-    def held_rows(self, name: str) -> Rows:
-        """A batch's held-out rows, as the store keeps them."""
+    def held_rows(self, name: str) -> R:
+        """A batch's held-out rows, as the store keeps them.
+
+        Args:
+            name: the batch's name in the store (``batch-0000``).
+
+        Returns:
+            Its held-out rows.
+        """
         return self.rows_of(self.store.get_data(name))
 
-    def answers(self, rows: Rows, names: list[str], learner: Any) -> list[str]:
-        """The answers (label names, directions) ``rows`` bring that the store has not learned
-        (``names``: the store's label names and the batch's new ones)."""
+    def answers(self, rows: R, names: list[str], learner: Any) -> list[str]:
+        """The answers (label names, directions) ``rows`` bring that the store has not learned.
+
+        Args:
+            rows: the batch's rows.
+            names: the store's label names and the batch's new ones.
+            learner: the promoted version's learner (None before the first).
+
+        Returns:
+            The new answers' names.
+        """
         return []
 
     def label_names(self, learner: Any) -> list[str]:
-        """The answers ``learner`` knows, by name (a classifier's class names, directions)."""
+        """The answers ``learner`` knows, by name (a classifier's class names, directions).
+
+        Args:
+            learner: a version's learner.
+
+        Returns:
+            The names, by id.
+        """
         raise NotImplementedError
 
-    def split(self, rows: Rows, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-        """Row indices to train on and to hold out (:class:`TooFewRows` when the rows cannot be judged)."""
+    def split(self, rows: R, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+        """Row indices to train on and to hold out.
+
+        Args:
+            rows: the batch's rows.
+            fraction: the share to hold out, 0-1.
+            seed: the seed of the draw.
+
+        Returns:
+            The indices to train on and those to hold out.
+
+        Raises:
+            TooFewRows: the rows cannot be split so that both sides can be judged.
+        """
         raise NotImplementedError
 
-    def learnable(self, rows: Rows, fraction: float) -> Tensor:
-        """The indices of ``rows`` an update can take now (the service leaves the others queued)."""
+    def learnable(self, rows: R, fraction: float) -> Tensor:
+        """The indices of ``rows`` an update can take now (the service leaves the others queued).
+
+        Args:
+            rows: the queued rows.
+            fraction: the share an update holds out, 0-1.
+
+        Returns:
+            Row indices (a 1-d long tensor); every row by default.
+        """
         return torch.arange(len(rows))
 
     # -- learning -------------------------------------------------------------------------
-    def new_learner(self, rows: Rows, names: list[str], seed: int) -> Any:
-        """The first version's learner, built from the config's first method."""
+    def new_learner(self, rows: R, names: list[str], seed: int) -> Any:
+        """The first version's learner, built from the config's first method.
+
+        Args:
+            rows: the first batch's training rows.
+            names: the answer names they use.
+            seed: the seed the learner starts from.
+
+        Returns:
+            An untrained learner.
+        """
         raise NotImplementedError
 
-    def readable(self, learner: Any, rows: Rows, where: str) -> Rows:
-        """``rows`` as ``learner`` reads them (refused naming ``where`` when it cannot)."""
+    def readable(self, learner: Any, rows: R, where: str) -> R:
+        """``rows`` as ``learner`` reads them (refused naming ``where`` when it cannot).
+
+        Args:
+            learner: the learner to read them.
+            rows: the rows.
+            where: what the rows came from, named in the message.
+
+        Returns:
+            The rows, in the form the learner takes.
+        """
         return rows
 
-    def fit(self, learner: Any, train: Rows, held: Rows, index: int, names: list[str], progress: bool = False) -> None:
-        """Train ``learner`` on the ``index``-th batch's training rows."""
+    def fit(self, learner: Any, train: R, held: R, index: int, names: list[str], progress: bool = False) -> None:
+        """Train ``learner`` on the ``index``-th batch's training rows.
+
+        Args:
+            learner: the learner, trained in place.
+            train: the rows to train on.
+            held: the batch's held-out rows (never trained on).
+            index: the batch's number in the store (its experience id).
+            names: the answer names the rows use.
+            progress: show a progress bar.
+        """
         raise NotImplementedError
 
     def retune(self, learner: Any) -> Any:
-        """``learner`` with the store's current knobs."""
+        """``learner`` with the store's current knobs.
+
+        Args:
+            learner: a version's learner.
+
+        Returns:
+            The learner with :meth:`knobs` set.
+        """
         return learner
 
     # -- judging --------------------------------------------------------------------------
-    def inspect(self, rows: Rows, current: Any, held: dict[str, Rows], known: set[str], seed: int) -> GateReport:
-        """The data-quality gate's look at a batch; ``known`` holds the hashes of rows already held."""
+    def inspect(self, rows: R, current: Any, held: dict[str, R], known: set[str], seed: int) -> GateReport:
+        """The data-quality gate's look at a batch.
+
+        Args:
+            rows: the batch's rows.
+            current: the promoted version's learner (None before the first).
+            held: the held-out rows of the batches the promoted version learned, by batch.
+            known: hashes of rows already held.
+            seed: the seed of the checks' draws.
+
+        Returns:
+            What the gate found and decided.
+        """
         raise NotImplementedError
 
-    def scores(self, learner: Any, held: dict[str, Rows]) -> dict[str, float]:
+    def scores(self, learner: Any, held: dict[str, R]) -> dict[str, float]:
         """The metric on each batch's held-out rows, keyed by what the promotion rule compares
-        (a batch name; for translation a batch and direction)."""
+        (a batch name; for translation a batch and direction).
+
+        Args:
+            learner: the learner to score.
+            held: held-out rows by batch.
+
+        Returns:
+            The metric (0-1) by key.
+        """
         raise NotImplementedError
 
-    def row_scores(self, learner: Any, held: dict[str, Rows]) -> dict[str, Tensor]:
-        """Each row's score under the keys of :meth:`scores` (a paired bootstrap bounds a drop with them)."""
+    def row_scores(self, learner: Any, held: dict[str, R]) -> dict[str, Tensor]:
+        """Each row's score under the keys of :meth:`scores` (a paired bootstrap bounds a drop with them).
+
+        Args:
+            learner: the learner to score.
+            held: held-out rows by batch.
+
+        Returns:
+            A score a row (0-1) by key.
+        """
         raise NotImplementedError
 
-    def parent_scores(self, learner: Any, held: dict[str, Rows], recorded: dict[str, float]) -> dict[str, float]:
-        """The promoted version's scores on ``held`` (``recorded``: what its version recorded)."""
+    def parent_scores(self, learner: Any, held: dict[str, R], recorded: dict[str, float]) -> dict[str, float]:
+        """The promoted version's scores on ``held``.
+
+        Args:
+            learner: the promoted version's learner.
+            held: held-out rows by batch.
+            recorded: the scores its version recorded.
+
+        Returns:
+            The metric (0-1) by key, as :meth:`scores`.
+        """
         return self.scores(learner, held)
 
-    def per_answer(self, learner: Any, held: dict[str, Rows]) -> dict[str, float]:
-        """The metric by answer (class, direction) over every held-out row."""
+    def per_answer(self, learner: Any, held: dict[str, R]) -> dict[str, float]:
+        """The metric by answer (class, direction) over every held-out row.
+
+        Args:
+            learner: the learner to score.
+            held: held-out rows by batch.
+
+        Returns:
+            The metric (0-1) by answer name.
+        """
         raise NotImplementedError
 
     def new_keys(self, scores: dict[str, float], batch: str) -> list[str]:
-        """The keys of ``scores`` that belong to the new ``batch``."""
+        """The keys of ``scores`` that belong to the new ``batch``.
+
+        Args:
+            scores: scores keyed as :meth:`scores` keys them.
+            batch: the new batch's name.
+
+        Returns:
+            Its keys.
+        """
         return [k for k in scores if k == batch or k.startswith(f"{batch} ")]
 
     # -- answering ------------------------------------------------------------------------
     def predict(self, learner: Any, data: Any, top_k: int, progress: bool = False) -> list[Prediction]:
-        """What ``learner`` answers for ``data`` (a file or folder, or inputs as they are)."""
+        """What ``learner`` answers for ``data`` (a file or folder, or inputs as they are).
+
+        Args:
+            learner: a version's learner.
+            data: a file or folder, or inputs as they are (rows, a tensor).
+            top_k: how many likeliest labels a row lists (labels only).
+            progress: show a progress bar.
+
+        Returns:
+            One prediction a row.
+        """
         raise NotImplementedError
 
     # -- the service (kinds that write answers; a classifier's requests are read by retain.service.inputs) --
-    def request_rows(self, inputs: list[dict[str, Any]], where: str) -> Rows:
-        """The rows of the service's JSON inputs (each ``{field: value}``); ``InputError`` names a bad one."""
+    def request_rows(self, inputs: list[dict[str, Any]], where: str) -> R:
+        """The rows of the service's JSON inputs (each ``{field: value}``).
+
+        Args:
+            inputs: the request's inputs.
+            where: the request's field, named in an error (``inputs``).
+
+        Returns:
+            The rows.
+
+        Raises:
+            InputError: an input is bad; it names it.
+        """
         raise NotImplementedError
 
-    def warm_rows(self) -> Rows:
-        """One input the service answers before it says it is ready."""
+    def warm_rows(self) -> R:
+        """One input the service answers before it says it is ready.
+
+        Returns:
+            One row.
+        """
         raise NotImplementedError
 
-    def with_answers(self, rows: Rows, answers: list[str]) -> tuple[Rows, list[str]]:
+    def with_answers(self, rows: R, answers: list[str]) -> tuple[R, list[str]]:
         """``rows`` with ``answers`` as what they should have been answered (feedback), and the answer names
-        they use (a detector's class names: the store's, then new ones; none for written answers)."""
+        they use (a detector's class names: the store's, then new ones; none for written answers).
+
+        Args:
+            rows: the rows feedback answers.
+            answers: one answer a row, as feedback sent it.
+
+        Returns:
+            The labelled rows and the answer names they use.
+        """
         raise NotImplementedError
 
-    def answer_problem(self, rows: Rows, index: int, answer: str) -> str | None:
+    def answer_problem(self, rows: R, index: int, answer: str) -> str | None:
         """Why feedback's ``answer`` to row ``index`` of ``rows`` cannot be learned (a detector's boxes: not a list
-        of boxes, more than the model takes, a box outside its image), or None."""
+        of boxes, more than the model takes, a box outside its image), or None.
+
+        Args:
+            rows: the rows feedback answers.
+            index: the row's index.
+            answer: the answer feedback sent.
+
+        Returns:
+            The problem, or None.
+        """
         return None
 
-    def answer_names(self, rows: Rows, answers: list[str]) -> list[str]:
+    def answer_names(self, rows: R, answers: list[str]) -> list[str]:
         """The answers feedback brings, by name, to tell which are new (a classifier's labels, a translation's
-        directions, a detector's box classes)."""
+        directions, a detector's box classes).
+
+        Args:
+            rows: the rows feedback answers.
+            answers: one answer a row, as feedback sent it.
+
+        Returns:
+            The answer names.
+        """
         return self.answer_groups(rows)
 
     def shown(self, answer: str) -> dict[str, Any]:
-        """A prediction's answer as the service returns it (a detector's boxes as a list, not as JSON text)."""
+        """A prediction's answer as the service returns it (a detector's boxes as a list, not as JSON text).
+
+        Args:
+            answer: a prediction's answer (:attr:`Prediction.label`).
+
+        Returns:
+            The fields of the service's answer.
+        """
         return {"label": answer}
 
-    def answer_groups(self, rows: Rows) -> list[str]:
+    def answer_groups(self, rows: R) -> list[str]:
         """What each row's answer is counted under (a translation's direction): predictions and feedback
-        are counted by it, and a group no version learned yet is reported new."""
+        are counted by it, and a group no version learned yet is reported new.
+
+        Args:
+            rows: the rows.
+
+        Returns:
+            One group a row.
+        """
         return [self.labels] * len(rows)
 
     def answer_score(self, answer: str, label: str) -> float:
         """How right ``answer`` was, given the ``label`` feedback sent (0 to 1): the live score of
-        predictions and of a candidate in shadow. A class is right or wrong."""
+        predictions and of a candidate in shadow. A class is right or wrong.
+
+        Args:
+            answer: what the model answered.
+            label: what feedback says it should have answered.
+
+        Returns:
+            The score, 0-1.
+        """
         return float(answer == label)
 
-    def answer_fields(self, rows: Rows, index: int) -> dict[str, Any]:
-        """What the service returns beside row ``index``'s answer (a translation's language)."""
+    def answer_fields(self, rows: R, index: int) -> dict[str, Any]:
+        """What the service returns beside row ``index``'s answer (a translation's language).
+
+        Args:
+            rows: the rows answered.
+            index: the row's index.
+
+        Returns:
+            Extra fields of the row's answer (none by default).
+        """
         return {}
 
     def evaluate(self, learner: Any, data: Path, version: int, progress: bool = False) -> dict[str, Any]:
-        """The metric of ``learner`` on labelled ``data``: overall and by answer."""
+        """The metric of ``learner`` on labelled ``data``: overall and by answer.
+
+        Args:
+            learner: a version's learner.
+            data: a labelled batch file or folder.
+            version: the version's number, recorded in the result.
+            progress: show a progress bar.
+
+        Returns:
+            The version, the rows, the metric overall and by answer (JSON values).
+        """
         raise NotImplementedError
 
 
-class WrittenAnswers(TaskKind):
+class WrittenAnswers(TaskKind[R]):
     """A kind whose model writes its answers (translation, transcription): judged by a score in points
     (``max_drop``, ``confidence``, ``kept`` in its config), trained by a generative learner whose knobs
     are attributes, and tuned in its first method's strategies and training settings only."""
@@ -332,7 +702,7 @@ class WrittenAnswers(TaskKind):
         return PromotionRule(max_drop=self.config.max_drop / 100, confidence=self.config.confidence, min_held_out=1,
                              gain_weight=0.0, kept=self.config.kept)
 
-    def split(self, rows: Rows, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    def split(self, rows: R, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
         """A seeded share ``fraction`` of the rows held out; refused when fewer than ``min_held_out``."""
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
         n, called = round(fraction * len(rows)), self.rows_called
@@ -342,7 +712,7 @@ class WrittenAnswers(TaskKind):
                              "with --held-out, or set min_held_out in its config)")
         return order[n:].sort().values, order[:n].sort().values
 
-    def learnable(self, rows: Rows, fraction: float) -> Tensor:
+    def learnable(self, rows: R, fraction: float) -> Tensor:
         """Every row once enough of them are queued to hold ``min_held_out`` out, else none."""
         enough = round(fraction * len(rows)) >= self.config.min_held_out
         return torch.arange(len(rows)) if enough else torch.zeros(0, dtype=torch.long)
@@ -355,7 +725,7 @@ class WrittenAnswers(TaskKind):
             raise ValueError(f"compose: the store's versions learned with {[p['name'] for p in mine.compose]}; "
                              "only declared-tunable knobs can change in a deployment")
         only_tunable_changed(tuned.compose, mine.compose)
-        run = self.config.model_dump(mode="json")
+        run: dict[str, Any] = self.config.model_dump(mode="json")
         run["methods"][0] = tuned.model_dump(mode="json") | {"label": mine.label}
         if self.training_tuned:
             run["training"] = best.training.model_dump(mode="json")
@@ -367,7 +737,7 @@ class WrittenAnswers(TaskKind):
         return learner
 
     # -- tuning a store (retain.tuning.answers: the kinds that write their answers) ---------------
-    def tuning_share(self, rows: Rows, percent: int, salt: str) -> Tensor:
+    def tuning_share(self, rows: R, percent: int, salt: str) -> Tensor:
         """A mask of about ``percent``% of ``rows``, drawn by a hash salted with ``salt`` (another salt
         draws another share): ``retain tune STORE`` cuts each batch's held-out rows by it."""
         raise NotImplementedError
@@ -382,7 +752,7 @@ class WrittenAnswers(TaskKind):
         """The config with a trial's ``values`` (keys of :meth:`tuning_values`) set, its first method alone."""
         raise NotImplementedError
 
-    def score_rows(self, learner: Any, rows: Rows) -> float:
+    def score_rows(self, learner: Any, rows: R) -> float:
         """The metric of ``learner`` on ``rows`` taken together (0-1)."""
         return self.scores(learner, {"rows": rows})["rows"]
 

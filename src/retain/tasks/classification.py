@@ -47,13 +47,25 @@ class Examples(NamedTuple):
 
 
 def top_labels(probabilities: Tensor, names: list[str], k: int) -> list[list[tuple[str, float]]]:
-    """Each row's ``k`` likeliest labels (fewer if there are fewer classes) with their probabilities."""
+    """Each row's ``k`` likeliest labels (fewer if there are fewer classes) with their probabilities.
+
+    Args:
+        probabilities: class probabilities, a row each (``[rows, classes]``).
+        names: the name of each class id.
+        k: how many labels a row lists.
+
+    Returns:
+        For each row, its labels' names with their probabilities, likeliest first.
+
+    >>> [(name, round(p, 2)) for name, p in top_labels(torch.tensor([[0.2, 0.7, 0.1]]), ["cat", "dog", "owl"], 2)[0]]
+    [('dog', 0.7), ('cat', 0.2)]
+    """
     values, ids = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
     return [[(names[c], v) for c, v in zip(row, vs, strict=True)] for row, vs in zip(ids.tolist(), values.tolist(),
                                                                                      strict=True)]
 
 
-class Classification(TaskKind):
+class Classification(TaskKind[Examples]):
     """Rows with a label among classes that grow as batches bring new ones; a version is scored by
     its accuracy on each batch's held-out rows (a fifth of each class by default)."""
 
@@ -75,7 +87,8 @@ class Classification(TaskKind):
 
     def retuned(self, best: RunConfig) -> dict[str, Any]:
         only_tunable_changed([s for m in best.strategies[:1] for s in m.compose], self.config.strategies[0].compose)
-        return self.config.model_dump(mode="json") | {
+        run: dict[str, Any] = self.config.model_dump(mode="json")
+        return run | {
             "training": best.training.model_dump(mode="json"),
             "strategies": [{"label": m.label, "compose": m.compose} for m in best.strategies]}
 
@@ -146,7 +159,8 @@ class Classification(TaskKind):
 
     def join(self, parts: list[Examples]) -> Examples:
         origin = sum((p.origin for p in parts), ()) if all(p.origin for p in parts) else ()
-        return Examples(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x", "y", "t")), origin)
+        return Examples(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]),
+                        torch.cat([p.t for p in parts]), origin)
 
     def model_inputs(self, x: Tensor, progress: bool = False) -> Tensor:
         """Raw inputs as the model reads them (a frozen backbone's features where it has one)."""
@@ -208,10 +222,10 @@ class Classification(TaskKind):
 
     def per_answer(self, learner: Learner, held: dict[str, Examples]) -> dict[str, float]:
         parts = list(held.values())
-        x, y, t = (torch.cat([p[i] for p in parts]) for i in range(3))
+        x, y, t = (torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), torch.cat([p.t for p in parts]))
         hits = learner.predict(x, t) == y
         names = self.label_names(learner)
-        return {names[c]: float(hits[y == c].float().mean()) for c in y.unique().tolist()}
+        return {names[c]: float(hits[y == c].float().mean()) for c in torch.unique(y).tolist()}
 
     def label_names(self, learner: Learner) -> list[str]:
         """The name of each of ``learner``'s class ids: the store's, or the learner's own when it is
@@ -242,5 +256,5 @@ class Classification(TaskKind):
         hits = learner.predict(x, t, where=str(data)) == y
         known = learner.model.head.n_outputs
         return {"version": version, "rows": len(y), "accuracy": float(hits.float().mean()),
-                "per_class": {labels.names[c]: float(hits[y == c].float().mean()) for c in y.unique().tolist()},
-                "unknown_classes": [labels.names[c] for c in y.unique().tolist() if c >= known]}
+                "per_class": {labels.names[c]: float(hits[y == c].float().mean()) for c in torch.unique(y).tolist()},
+                "unknown_classes": [labels.names[c] for c in torch.unique(y).tolist() if c >= known]}

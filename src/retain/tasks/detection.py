@@ -32,7 +32,7 @@ from retain.engine.detection import DetectionLearner, applies_to_detection
 from retain.engine.rows import check_strategy
 from retain.metrics.boxes import box_iou, xywh_to_xyxy, xyxy_to_xywh
 from retain.metrics.detection import Boxes, average_precision, box_f1, mean_average_precision
-from retain.models.detector import BACKBONES, STRIDE, Detector
+from retain.models.detector import STRIDE, Backbone, Detector
 from retain.quality import GatePolicy, GateReport
 from retain.quality.gate import decide
 from retain.strategies import STRATEGIES, make_strategy
@@ -49,9 +49,17 @@ class _Strict(BaseModel):
 
 
 class DetectorConfig(_Strict):
-    """The detector (:class:`retain.models.detector.Detector`) and how it reads and answers."""
+    """The detector (:class:`retain.models.detector.Detector`) and how it reads and answers.
 
-    backbone: Literal[BACKBONES] = "efficientnet_lite0"
+    Attributes:
+        backbone: ``efficientnet_lite0`` (pretrained features) or ``tiny`` (a small CNN).
+        width: channels of the head.
+        image_size: the side images are scaled to, in pixels (a multiple of twice the detector's stride).
+        max_boxes: the most boxes an image may have.
+        min_score: the lowest score of a box an answer gives, 0-1.
+    """
+
+    backbone: Backbone = "efficientnet_lite0"
     width: PositiveInt = Field(64, le=1024, description="channels of the head")
     image_size: int = Field(128, ge=32, le=1024, description="the side images are scaled to, in pixels (a "
                             f"multiple of {2 * STRIDE})")
@@ -77,7 +85,13 @@ class DetectionTrainingConfig(_Strict):
 
 class DetectionMethod(_Strict):
     """Strategies composed (those written for detectors: pseudo_labels, box_replay, detection_distill; and
-    those that need no class logits: finetune, replay, l2, ewc, joint, weight averaging)."""
+    those that need no class logits: finetune, replay, l2, ewc, joint, weight averaging).
+
+    Attributes:
+        label: the method's name (a folder name once slugged).
+        compose: the strategies, each a name or ``{"name": ..., knob: value}`` (a memory keeps a reservoir
+            unless told otherwise).
+    """
 
     label: str
     compose: list[dict[str, Any]] = Field(default_factory=list)
@@ -100,7 +114,25 @@ RECOMMENDED = DetectionMethod(label="pseudo-labels + box replay", compose=["pseu
 
 
 class DetectionConfig(_Strict):
-    """A detection store's config (``task: detection``)."""
+    """A detection store's config (``task: detection``).
+
+    Attributes:
+        task: ``detection``.
+        name: the run's name.
+        seed: the seed of the first learner.
+        model: the detector.
+        training: how each batch trains.
+        methods: the methods; a store learns with the first.
+        max_drop: a store promotes a version only if no batch it had learned lost more than this many
+            mAP@0.5 points.
+        confidence: judge a batch's drop by the lower bound of a paired bootstrap over its images (their F1
+            at IoU 0.5) at this confidence (None: by the drop itself).
+        min_held_out: the fewest held-out images a store's batch needs.
+        kept: what becomes of the images of a batch whose candidate is kept: ``carry`` them into the next
+            update, ``hold`` them until ``retain update --retry``, or ``drop`` them (recorded).
+        gate: a store's checks on incoming images.
+        service: ``retain serve`` on a detection store.
+    """
 
     task: Literal["detection"] = "detection"
     name: str = "detection"
@@ -129,7 +161,15 @@ class DetectionConfig(_Strict):
 
 
 def build_detector(config: DetectionConfig, method: DetectionMethod | None = None) -> DetectionLearner:
-    """The learner of ``method`` (default: the config's first): the config's detector and training."""
+    """The learner of ``method`` (default: the config's first): the config's detector and training.
+
+    Args:
+        config: the detection config.
+        method: the method whose strategies it composes (None: the config's first).
+
+    Returns:
+        An untrained detection learner.
+    """
     method = method or config.methods[0]
     m, t = config.model, config.training
     strategies = [make_strategy(s["name"], **{k: v for k, v in s.items() if k != "name"}) for s in method.compose]
@@ -139,9 +179,15 @@ def build_detector(config: DetectionConfig, method: DetectionMethod | None = Non
 
 @dataclass
 class BoxedImages:
-    """Images at the model's size (uint8 ``[N, 3, S, S]``), their boxes packed (``[N, M, 5]``: class id and
-    corners in the model's pixels, ``PAD`` rows past an image's boxes), each image's own ``(width, height)``
-    and where it came from."""
+    """Images at the model's size, their boxes packed, each image's own size and where it came from.
+
+    Attributes:
+        x: the images at the model's size, uint8 ``[N, 3, S, S]``.
+        y: their boxes packed, ``[N, M, 5]``: class id and corners in the model's pixels, ``PAD`` rows past
+            an image's boxes.
+        size: each image's own ``(width, height)`` in pixels, ``[N, 2]``.
+        origin: where each image came from (a file, or a request's input).
+    """
 
     x: Tensor
     y: Tensor
@@ -152,23 +198,54 @@ class BoxedImages:
         return len(self.x)
 
     def take(self, index: Tensor) -> BoxedImages:
+        """The images at ``index``.
+
+        Args:
+            index: image indices (a 1-d long tensor), in the order wanted.
+
+        Returns:
+            Those images with their boxes, sizes and origins.
+        """
         return BoxedImages(self.x[index], self.y[index], self.size[index], [self.origin[i] for i in index.tolist()])
 
     def tensors(self) -> dict[str, Tensor]:
+        """The images as a store keeps them.
+
+        Returns:
+            ``x``, ``y``, ``size`` and the origins' bytes; :meth:`Detection.rows_of` reads them back.
+        """
         return {"x": self.x, "y": self.y, "size": self.size} | strings_tensors("origin", self.origin)
 
     def hashes(self) -> list[str]:
-        """A hash of each image's pixels: the same image sent again, with any boxes, is a repeat."""
+        """A hash of each image's pixels: the same image sent again, with any boxes, is a repeat.
+
+        Returns:
+            One hex digest an image.
+        """
         return [hashlib.sha256(image.numpy().tobytes()).hexdigest() for image in self.x]
 
     def content(self) -> tuple[Tensor, ...]:
+        """What a batch's hash is taken over.
+
+        Returns:
+            The images and their boxes.
+        """
         return self.x, self.y
 
     def images(self) -> Tensor:
-        """The images as the detector reads them: floats in 0..1."""
+        """The images as the detector reads them: floats in 0..1.
+
+        Returns:
+            ``[N, 3, S, S]`` floats.
+        """
         return self.x.float() / 255
 
     def truth(self) -> list[Boxes]:
+        """Each image's true boxes.
+
+        Returns:
+            One :class:`~retain.metrics.detection.Boxes` an image: corners in the model's pixels and class ids.
+        """
         return [Boxes(corners, labels) for corners, labels in unpack(self.y)]
 
 
@@ -201,9 +278,14 @@ def images_of(path: Path, labelled: bool) -> list[Boxed]:
     return read_boxed(path, labelled)
 
 
-class Detection(WrittenAnswers):
+class Detection(WrittenAnswers[BoxedImages]):
     """Images with boxes, learned batch after batch; a version is scored by mAP@0.5 on each batch's held-out
-    images and promoted only if no batch it had learned lost more than ``max_drop`` points."""
+    images and promoted only if no batch it had learned lost more than ``max_drop`` points.
+
+    Args:
+        store: the detection store.
+        run: the :class:`DetectionConfig` the store keeps, as JSON values.
+    """
 
     name = "detection"
     metric = "mAP@0.5"
@@ -315,6 +397,16 @@ class Detection(WrittenAnswers):
         return decide(report, share, found, self.gate_policy)
 
     def detections(self, learner: DetectionLearner, rows: BoxedImages, min_score: float = 0.01) -> list[Boxes]:
+        """What ``learner`` detects in each of ``rows``' images.
+
+        Args:
+            learner: a version's learner.
+            rows: the images.
+            min_score: the lowest score of a box kept, 0-1.
+
+        Returns:
+            One set of boxes an image, in the model's pixels, with scores.
+        """
         return learner.detect(rows.images(), min_score=min_score) if len(rows) else []
 
     def scores(self, learner: DetectionLearner, held: dict[str, BoxedImages]) -> dict[str, float]:
@@ -328,6 +420,15 @@ class Detection(WrittenAnswers):
         return out
 
     def row_scores_of(self, learner: DetectionLearner, rows: BoxedImages) -> Tensor:
+        """Each image's F1 of its boxes at IoU 0.5, answers taken at ``model.min_score``.
+
+        Args:
+            learner: a version's learner.
+            rows: labelled images.
+
+        Returns:
+            One F1 (0-1) an image, float32.
+        """
         found = self.detections(learner, rows, self.config.model.min_score)
         return torch.tensor([box_f1(f, t) for f, t in zip(found, rows.truth(), strict=True)], dtype=torch.float32)
 
@@ -358,7 +459,7 @@ class Detection(WrittenAnswers):
         out = []
         for i in order.tolist():
             label = int(found.labels[i])
-            box = {"label": names[label] if label < len(names) else f"class {label}",
+            box: dict[str, Any] = {"label": names[label] if label < len(names) else f"class {label}",
                    "box": [round(v, 1) for v in xyxy_to_xywh(corners[i:i + 1])[0].tolist()]}
             if min(box["box"][2:]) < 1:  # squeezed to nothing against an edge: no box to show or to correct
                 continue
@@ -488,19 +589,34 @@ class Detection(WrittenAnswers):
         method["compose"] = self.with_strategy_values(method["compose"], values)
         raw["methods"] = [method]
         raw["training"]["lr"] = values.get("training.lr", raw["training"]["lr"])
-        return self.validate(raw)
+        config: DetectionConfig = self.validate(raw)
+        return config
 
 
 def ap50(found: list[Boxes], truth: list[Boxes]) -> dict[int, float]:
     """AP at IoU 0.5 of each class with a true box in ``truth`` (COCO's, at that one threshold)."""
-    classes = sorted({int(v) for t in truth for v in t.labels.tolist()})
-    return {c: float(average_precision(found, truth, c, [0.5])[0]) for c in classes}
+    out = {}
+    for c in sorted({int(v) for t in truth for v in t.labels.tolist()}):
+        ap = average_precision(found, truth, c, [0.5])
+        assert ap is not None  # None only for a class with no true box
+        out[c] = float(ap[0])
+    return out
 
 
 def parse_boxes(answer: str, where: str, lenient: bool = False) -> list[dict[str, Any]]:
     """The boxes of an answer or of feedback: a JSON list of ``{"label", "box": [x, y, w, h]}`` (and, for an
-    answer, ``"score"``); what is not is refused naming the box and the field (``lenient``: boxes with no area
-    are left out instead, as a stored answer is read to score it).
+    answer, ``"score"``); what is not is refused naming the box and the field.
+
+    Args:
+        answer: the JSON text.
+        where: what it is, named in messages (``feedback``, ``answer``).
+        lenient: leave boxes with no area out instead of refusing them, as a stored answer is read to score it.
+
+    Returns:
+        Each box as ``{"label", "box"}`` (and ``"score"`` when given), its label stripped, its numbers floats.
+
+    Raises:
+        ValueError: the text is not a list of boxes; it names the box and the field.
 
     >>> parse_boxes('[{"label": "cat", "box": [1, 2, 3, 4]}]', "feedback")
     [{'label': 'cat', 'box': [1.0, 2.0, 3.0, 4.0]}]

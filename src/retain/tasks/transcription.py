@@ -26,7 +26,7 @@ from retain.data import Experience
 from retain.engine.generative import check_generative
 from retain.engine.speech import SpeechLearner
 from retain.metrics import wer
-from retain.models.speech import ADAPTATIONS, MODELS, SpeechModel
+from retain.models.speech import Adaptation, ModelName, SpeechModel
 from retain.quality import GatePolicy, GateReport
 from retain.quality.gate import decide
 from retain.store import StoreError
@@ -50,8 +50,8 @@ class _Strict(BaseModel):
 class SpeechModelConfig(_Strict):
     """The recogniser (:class:`retain.models.speech.SpeechModel`) and how it adapts."""
 
-    name: Literal[MODELS] = "whisper-tiny.en"
-    adaptation: Literal[ADAPTATIONS] = "decoder"
+    name: ModelName = "whisper-tiny.en"
+    adaptation: Adaptation = "decoder"
     lora_rank: PositiveInt = Field(8, le=1024)
     max_seconds: float = Field(10.0, gt=0, le=30, description="the longest clip: the window the encoder reads")
     max_tokens: int = Field(48, ge=8, le=448, description="the longest transcript in tokens (Whisper: its prompt "
@@ -173,7 +173,7 @@ def read_clips(path: Path, max_seconds: float, labelled: bool = True) -> Clips:
     return Clips(audio, texts, origin)
 
 
-class Transcription(WrittenAnswers):
+class Transcription(WrittenAnswers[Clips]):
     """Clips with transcripts, learned batch after batch; a version is scored by ``1 − WER`` on each
     batch's held-out clips and promoted only if no batch it had learned lost more than ``max_drop``
     WER points."""
@@ -339,4 +339,5 @@ class Transcription(WrittenAnswers):
         raw["methods"] = [method]
         raw["training"]["lr"] = values.get("training.lr", raw["training"]["lr"])
         raw["model"]["lora_rank"] = values.get("model.lora_rank", raw["model"]["lora_rank"])
-        return self.validate(raw)
+        config: TranscriptionConfig = self.validate(raw)
+        return config

@@ -32,7 +32,8 @@ from retain.data import Experience
 from retain.data.catalogues import LANGUAGES, is_test_source, specifiers_kept
 from retain.data.files import InputError, json_lines
 from retain.engine.generative import GenerativeLearner, check_generative
-from retain.models.generative import ADAPTATIONS, MODELS, LanguageModel
+from retain.extras import require
+from retain.models.generative import Adaptation, LanguageModel, ModelName
 from retain.quality import GatePolicy, GateReport
 from retain.quality.pairs import inspect_pairs, loose_hash, pair_hash
 from retain.store import StoreError
@@ -45,7 +46,7 @@ from retain.tasks.base import (
     strings_tensors,
     validated,
 )
-from retain.util import require, slug
+from retain.util import slug
 
 PROMPT = "Translate English to {name} [{tag}]:\n{source}\n"
 
@@ -66,8 +67,8 @@ class _Strict(BaseModel):
 class LMConfig(_Strict):
     """The language model (:class:`retain.models.generative.LanguageModel`) and how it adapts."""
 
-    name: Literal[MODELS] = "smollm2"
-    adaptation: Literal[ADAPTATIONS] = "lora"
+    name: ModelName = "smollm2"
+    adaptation: Adaptation = "lora"
     lora_rank: PositiveInt = 8
 
 
@@ -113,7 +114,7 @@ class TranslationMethod(_Strict):
 
     label: str
     compose: list[dict[str, Any]] = Field(default_factory=list)
-    adaptation: Literal[ADAPTATIONS] | None = Field(None, description="this method's adaptation (default: the model's)")
+    adaptation: Adaptation | None = Field(None, description="this method's adaptation (default: the model's)")
     lr: PositiveFloat | None = Field(None, description="this method's learning rate (default: training.lr)")
 
     @field_validator("compose", mode="before")
@@ -132,7 +133,30 @@ class TranslationMethod(_Strict):
 
 
 class TranslationConfig(_Strict):
-    """``retain run`` on a config with ``task: translation``, and a translation store's config."""
+    """``retain run`` on a config with ``task: translation``, and a translation store's config.
+
+    Attributes:
+        task: ``translation``.
+        name: the run's name.
+        output: the folder runs are written under (``retain run --out`` overrides).
+        seed: the seed of the corpus's draw and of the learners.
+        model: the language model and how it adapts.
+        corpus: the stream: one direction per language, in order.
+        training: how each experience trains.
+        generation: how the test sources are translated, and how many English texts score perplexity.
+        methods: the methods compared (a store learns with the first).
+        max_drop: a store promotes a version only if no direction it had learned lost more chrF++ points
+            than this.
+        confidence: judge a direction's drop by the lower bound of a paired bootstrap over its sentences at
+            this confidence (None: by the drop itself).
+        min_held_out: the fewest held-out pairs a direction of a store's batch needs: the rule's chrF++ is
+            measured on them.
+        kept: what becomes of the pairs of a batch whose candidate is kept: ``carry`` them into the next
+            update on the promoted line, ``hold`` them until ``retain update --retry``, or ``drop`` them
+            (recorded).
+        gate: a store's checks on incoming pairs.
+        service: ``retain serve`` on a translation store.
+    """
 
     task: str = "translation"
     name: str = "translation"
@@ -180,7 +204,7 @@ def validate_translation(raw: dict[str, Any], where: str) -> TranslationConfig:
     return validated(TranslationConfig, raw, where)
 
 
-def pairs_experience(learner: GenerativeLearner, lang: str, sources: list[str], targets: list[str],
+def pairs_experience(learner: GenerativeLearner[LanguageModel], lang: str, sources: list[str], targets: list[str],
                      index: int) -> Experience:
     """Pairs translated into ``lang`` as token rows of one experience, tagged with direction ``index``."""
     try:
@@ -193,9 +217,22 @@ def pairs_experience(learner: GenerativeLearner, lang: str, sources: list[str], 
                       metadata={"direction": f"en-{lang}"})
 
 
-def translate(learner: GenerativeLearner, sources: list[str], lang: str, direction: int | None = None,
+def translate(learner: GenerativeLearner[LanguageModel], sources: list[str], lang: str, direction: int | None = None,
               max_new_tokens: int = 40, batch_size: int = 32, progress: bool = False) -> list[str]:
-    """``sources`` translated into ``lang`` (``direction``: the index whose expert adapter to use)."""
+    """``sources`` translated into ``lang``, greedily.
+
+    Args:
+        learner: the translation learner.
+        sources: English texts.
+        lang: the target language (a key of :data:`~retain.data.catalogues.LANGUAGES`).
+        direction: the index whose expert adapter to use (None: the shared weights).
+        max_new_tokens: the most tokens a translation gets.
+        batch_size: texts translated at once.
+        progress: show a progress bar.
+
+    Returns:
+        One translation a source.
+    """
     return learner.generate([prompt(s, lang) for s in sources], direction, max_new_tokens, batch_size, progress,
                             desc=f"en-{lang}")
 
@@ -204,17 +241,25 @@ def score(outputs: list[str], sources: list[str], references: list[str]) -> dict
     """chrF++ and BLEU (sacrebleu, corpus level, 0-100) and the share of outputs whose format
     specifiers differ from their source's.
 
+    Args:
+        outputs: the translations.
+        sources: their English sources.
+        references: the reference translations.
+
+    Returns:
+        ``chrf`` and ``bleu`` (0-100) and ``broken`` (the share, 0-1).
+
     >>> s = score(["Datei %s fehlt"], ["File %s missing"], ["Datei %s fehlt"])
     >>> round(s["chrf"]), round(s["bleu"]), s["broken"]
     (100, 100, 0.0)
     """
-    sacrebleu = require("sacrebleu", "sacrebleu")
+    sacrebleu = require("sacrebleu", "llm")
     return {"chrf": float(sacrebleu.corpus_chrf(outputs, [references], word_order=2).score),
             "bleu": float(sacrebleu.corpus_bleu(outputs, [references]).score),
             "broken": float(np.mean([not specifiers_kept(s, o) for s, o in zip(sources, outputs, strict=True)]))}
 
 
-def build_translator(cfg: TranslationConfig, method: TranslationMethod) -> GenerativeLearner:
+def build_translator(cfg: TranslationConfig, method: TranslationMethod) -> GenerativeLearner[LanguageModel]:
     """The learner of one method: the config's model with the method's adaptation and strategies."""
     model = LanguageModel(cfg.model.name, method.adaptation or cfg.model.adaptation, cfg.model.lora_rank, cfg.seed)
     strategies = [make_strategy(s["name"], **{k: v for k, v in s.items() if k != "name"}) for s in method.compose]
@@ -223,7 +268,7 @@ def build_translator(cfg: TranslationConfig, method: TranslationMethod) -> Gener
                              max_tokens=t.max_tokens, seed=cfg.seed, device=t.device)
 
 
-def translations(learner: GenerativeLearner, rows: Pairs, max_new_tokens: int = 40, batch_size: int = 32,
+def translations(learner: GenerativeLearner[LanguageModel], rows: Pairs, max_new_tokens: int = 40, batch_size: int = 32,
                  progress: bool = False) -> list[str]:
     """Each row's source translated into its own language, in the rows' order (a language the
     learner never learned goes through the shared weights: experts have no adapter for it)."""
@@ -291,7 +336,7 @@ def read_pairs(path: str | Path, labelled: bool = True) -> Pairs:
     return Pairs([r["source"] for r in rows], [r.get("target", "") for r in rows], [r["lang"] for r in rows])
 
 
-class Translation(WrittenAnswers):
+class Translation(WrittenAnswers[Pairs]):
     """English→X pairs learned direction after direction; a version is scored by chrF++ (0-1) on
     each batch's held-out pairs of each direction, and promoted only if no direction it had learned
     lost more than ``max_drop`` points."""
@@ -330,11 +375,11 @@ class Translation(WrittenAnswers):
         rows = (self.store.meta("held_out") or {})[name]
         return Pairs([p["source"] for p in rows], [p["target"] for p in rows], [p["lang"] for p in rows])
 
-    def label_names(self, learner: GenerativeLearner) -> list[str]:
+    def label_names(self, learner: GenerativeLearner[LanguageModel]) -> list[str]:
         """The directions ``learner`` has learned, in order."""
         return [f"en-{lang}" for lang in learner.directions]
 
-    def answers(self, rows: Pairs, names: list[str], learner: GenerativeLearner | None) -> list[str]:
+    def answers(self, rows: Pairs, names: list[str], learner: GenerativeLearner[LanguageModel] | None) -> list[str]:
         known = learner.directions if learner is not None else {}
         return [f"en-{lang}" for lang in dict.fromkeys(rows.langs) if lang not in known]
 
@@ -366,37 +411,38 @@ class Translation(WrittenAnswers):
         return {lang: sum(h for h, g in zip(held.tolist(), rows.langs, strict=True) if g == lang)
                 for lang in dict.fromkeys(rows.langs)}
 
-    def new_learner(self, rows: Pairs, names: list[str], seed: int) -> GenerativeLearner:
+    def new_learner(self, rows: Pairs, names: list[str], seed: int) -> GenerativeLearner[LanguageModel]:
         return build_translator(self.config.model_copy(update={"seed": seed}), self.config.methods[0])
 
-    def fit(self, learner: GenerativeLearner, train: Pairs, held: Pairs, index: int, names: list[str],
+    def fit(self, learner: GenerativeLearner[LanguageModel], train: Pairs, held: Pairs, index: int, names: list[str],
             progress: bool = False) -> None:
         for lang in dict.fromkeys(train.langs):
             direction = learner.directions.setdefault(lang, len(learner.directions))
             mine = train.direction(lang)
             learner.fit(pairs_experience(learner, lang, mine.sources, mine.targets, direction), progress)
 
-    def inspect(self, rows: Pairs, current: GenerativeLearner | None, held: dict[str, Pairs], known: set[str],
-                seed: int) -> GateReport:
+    def inspect(self, rows: Pairs, current: GenerativeLearner[LanguageModel] | None, held: dict[str, Pairs],
+                known: set[str], seed: int) -> GateReport:
         loose = {h for part in held.values() for h in part.loose_hashes()}
         return inspect_pairs(rows.sources, rows.targets, rows.langs, self.config.gate, known | loose,
                              max_chars=self.config.corpus.max_chars)
 
-    def _translations(self, learner: GenerativeLearner, rows: Pairs, progress: bool = False) -> list[str]:
+    def _translations(self, learner: GenerativeLearner[LanguageModel], rows: Pairs, progress: bool = False
+                      ) -> list[str]:
         g = self.config.generation
         return translations(learner, rows, g.max_new_tokens, g.batch_size, progress)
 
-    def chrf(self, learner: GenerativeLearner, rows: Pairs) -> float:
+    def chrf(self, learner: GenerativeLearner[LanguageModel], rows: Pairs) -> float:
         """chrF++ / 100 of ``learner``'s translations of ``rows`` against their targets."""
         return score(self._translations(learner, rows), rows.sources, rows.targets)["chrf"] / 100
 
-    def scores(self, learner: GenerativeLearner, held: dict[str, Pairs]) -> dict[str, float]:
+    def scores(self, learner: GenerativeLearner[LanguageModel], held: dict[str, Pairs]) -> dict[str, float]:
         """chrF++ / 100 on each batch's held-out pairs of each direction, keyed ``batch en-<lang>``
         (a later version is compared with its parent on the same pairs)."""
         return {f"{batch} en-{lang}": chrf for batch, rows in held.items()
                 for lang, chrf in self._by_direction(self._translations(learner, rows), rows).items()}
 
-    def per_answer(self, learner: GenerativeLearner, held: dict[str, Pairs]) -> dict[str, float]:
+    def per_answer(self, learner: GenerativeLearner[LanguageModel], held: dict[str, Pairs]) -> dict[str, float]:
         """chrF++ / 100 of each direction over every batch's held-out pairs."""
         parts = list(held.values())
         every = Pairs(*(sum((getattr(p, k) for p in parts), []) for k in ("sources", "targets", "langs")))
@@ -413,9 +459,9 @@ class Translation(WrittenAnswers):
                               [rows.targets[i] for i in mine])["chrf"] / 100
         return out
 
-    def row_scores(self, learner: GenerativeLearner, held: dict[str, Pairs]) -> dict[str, Tensor]:
+    def row_scores(self, learner: GenerativeLearner[LanguageModel], held: dict[str, Pairs]) -> dict[str, Tensor]:
         """Each held-out pair's sentence chrF++ / 100, keyed as :meth:`scores`."""
-        sacrebleu = require("sacrebleu", "sacrebleu")
+        sacrebleu = require("sacrebleu", "llm")
         out = {}
         for batch, rows in held.items():
             outputs = self._translations(learner, rows)
@@ -425,14 +471,15 @@ class Translation(WrittenAnswers):
                     for i, other in enumerate(rows.langs) if other == lang])
         return out
 
-    def parent_scores(self, learner: GenerativeLearner, held: dict[str, Pairs], recorded: dict[str, float]
-                      ) -> dict[str, float]:
+    def parent_scores(self, learner: GenerativeLearner[LanguageModel], held: dict[str, Pairs],
+                      recorded: dict[str, float]) -> dict[str, float]:
         """The promoted version's scores on ``held``: as its version recorded them (greedy decoding
         gives them again; translating every held-out pair is the costly part of an update)."""
         keys = {f"{batch} en-{lang}" for batch, rows in held.items() for lang in rows.langs}
         return {k: recorded[k] for k in keys} if keys <= set(recorded) else self.scores(learner, held)
 
-    def predict(self, learner: GenerativeLearner, data: Any, top_k: int, progress: bool = False) -> list[Prediction]:
+    def predict(self, learner: GenerativeLearner[LanguageModel], data: Any, top_k: int, progress: bool = False
+                ) -> list[Prediction]:
         rows = data if isinstance(data, Pairs) else self.read(Path(data), labelled=False)
         names = [str(i + 1) for i in range(len(rows))]
         limit = self.config.corpus.max_chars  # as /predict: the store learned no longer text; time grows with length
@@ -459,7 +506,7 @@ class Translation(WrittenAnswers):
 
     def answer_score(self, answer: str, label: str) -> float:
         """The translation's sentence chrF++ / 100 against the post-edit."""
-        return require("sacrebleu", "sacrebleu").sentence_chrf(answer, [label], word_order=2).score / 100
+        return float(require("sacrebleu", "llm").sentence_chrf(answer, [label], word_order=2).score) / 100
 
     def with_answers(self, rows: Pairs, answers: list[str]) -> tuple[Pairs, list[str]]:
         return Pairs(rows.sources, list(answers), rows.langs), []
@@ -470,7 +517,7 @@ class Translation(WrittenAnswers):
     def answer_fields(self, rows: Pairs, index: int) -> dict[str, Any]:
         return {"lang": rows.langs[index]}
 
-    def evaluate(self, learner: GenerativeLearner, data: Path, version: int, progress: bool = False
+    def evaluate(self, learner: GenerativeLearner[LanguageModel], data: Path, version: int, progress: bool = False
                  ) -> dict[str, Any]:
         rows = self.read(data)
         outputs = self._translations(learner, rows, progress)  # each row once, scored overall and by direction
@@ -498,9 +545,10 @@ class Translation(WrittenAnswers):
         method["lr"] = values.get("training.lr", method["lr"])
         raw["methods"] = [method]
         raw["model"]["lora_rank"] = values.get("model.lora_rank", raw["model"]["lora_rank"])
-        return self.validate(raw)
+        config: TranslationConfig = self.validate(raw)
+        return config
 
-    def score_rows(self, learner: GenerativeLearner, rows: Pairs) -> float:
+    def score_rows(self, learner: GenerativeLearner[LanguageModel], rows: Pairs) -> float:
         """chrF++ / 100 over ``rows`` of every direction at once."""
         return self.chrf(learner, rows)
 

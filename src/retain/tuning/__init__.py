@@ -11,9 +11,11 @@ transcription) is tuned on the rows it holds by ``retain.tuning.answers``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from retain.tuning import _extra  # noqa: F401  (first: names the extra when Optuna is missing)
 from retain.tuning.report import write_tuning_report
 from retain.tuning.space import Knob, configured, knobs
 from retain.tuning.stored import read_source
@@ -22,12 +24,27 @@ from retain.util import auto_threads
 
 
 def tune(source: Source, out: str | Path, *, workers: int = 1, storage: str | None = None, progress: bool = True,
-         final: bool = True) -> list[dict]:
+         final: bool = True) -> list[dict[str, Any]]:
     """Tune every method of ``source`` (:func:`read_source`: a config file or a model store) with
     ``workers`` processes sharing one study per method in ``storage`` (default: SQLite
     ``out/study.db``; a study found there resumes), then write the report to ``out``. ``final``:
     also train the default and best configs with ``tune.final_seeds`` and score them on the test
-    sets. Returns the report's rows."""
+    sets. Returns the report's rows.
+
+    Args:
+        source: what to tune (:func:`read_source`).
+        out: the report's folder (made when missing).
+        workers: how many processes run trials.
+        storage: the study database: a URL, a file path, or None (``out/study.db``).
+        progress: show progress bars.
+        final: also score the default and best configs on the test sets.
+
+    Returns:
+        One row per method, as :func:`write_tuning_report` writes them.
+
+    Raises:
+        TuneError: ``workers`` below 1, or a study that cannot run as asked.
+    """
     if workers < 1:
         raise TuneError(f"workers must be 1 or more, got {workers}")
     out = Path(out)

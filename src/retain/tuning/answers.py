@@ -27,7 +27,8 @@ from retain.config import SearchRange
 from retain.engine.protocol import Trained, train_and_score
 from retain.loop import Project
 from retain.strategies import STRATEGIES
-from retain.tasks import Rows, TaskKind
+from retain.tasks import Rows
+from retain.tasks.base import WrittenAnswers
 from retain.tuning.space import Knob, whole_numbers
 from retain.tuning.study import TuneError, open_storage, storage_url
 
@@ -35,7 +36,7 @@ TEST_PERCENT, VALIDATION_PERCENT = 30, 20
 RANKS = [4, 8, 16]
 
 
-def _cut(kind: TaskKind, rows: Rows, percent: int, salt: str) -> tuple[Rows, Rows]:
+def _cut(kind: WrittenAnswers[Any], rows: Rows, percent: int, salt: str) -> tuple[Rows, Rows]:
     """``rows`` split by the kind's salted hash: about ``percent``% on the second side."""
     mask = kind.tuning_share(rows, percent, salt)
     return rows.take(mask.logical_not().nonzero().squeeze(1)), rows.take(mask.nonzero().squeeze(1))
@@ -43,14 +44,16 @@ def _cut(kind: TaskKind, rows: Rows, percent: int, salt: str) -> tuple[Rows, Row
 
 def store_slices(project: Project) -> list[tuple[Rows, Rows, Rows]]:
     """Each held-out batch of the promoted line as (training, validation, test) rows."""
-    held = project.held_out()
+    kind, held = project.kind, project.held_out()
+    if not isinstance(kind, WrittenAnswers):
+        raise TuneError(f"{project.store.path}: not a store whose model writes its answers (its task is {kind.name})")
     if len(held) < 2:
         raise TuneError(f"{project.store.path}: the promoted version learned {len(held)} batch(es); tuning the "
                         "knobs that keep old batches needs two or more")
     slices = []
     for name, rows in held.items():
-        rest, test = _cut(project.kind, rows, TEST_PERCENT, "tune-test")
-        train, validation = _cut(project.kind, rest, VALIDATION_PERCENT, "tune-validation")
+        rest, test = _cut(kind, rows, TEST_PERCENT, "tune-test")
+        train, validation = _cut(kind, rest, VALIDATION_PERCENT, "tune-validation")
         if not len(train) or not len(validation) or not len(test):
             raise TuneError(f"{project.store.path}: batch {name} holds {len(rows)} held-out rows, too few to cut "
                             "into training, validation and test rows: tune once the store holds more")
@@ -58,7 +61,7 @@ def store_slices(project: Project) -> list[tuple[Rows, Rows, Rows]]:
     return slices
 
 
-def answer_knobs(kind: TaskKind) -> list[Knob]:
+def answer_knobs(kind: WrittenAnswers[Any]) -> list[Knob]:
     """The knobs of :meth:`~retain.tasks.TaskKind.tuning_values` with their ranges: the learning rate a
     decade either side of the config's, the LoRA rank among :data:`RANKS`, a strategy knob over the
     range its strategy declares."""
@@ -81,6 +84,7 @@ def _train(project: Project, cfg: Any, chunks: list[Rows], judged: list[Rows],
     """A fresh model of ``cfg`` trained chunk after chunk, scored after each on ``judged`` (the kind's
     metric, 0-1; 0 for the batches not learned yet)."""
     kind = type(project.kind)(project.store, cfg.model_dump(mode="json"))
+    assert isinstance(kind, WrittenAnswers)  # tune_answers_store takes no other store
     learner = kind.new_learner(chunks[0], [], cfg.seed)
     learned = [0]
 
@@ -99,7 +103,7 @@ def tune_answers_store(path: str | Path, out: str | Path, trials: int = 8, stora
     (validation and test scores of the kind's metric, 0-1)."""
     project = Project(path)
     kind = project.kind
-    if not kind.writes_answers:
+    if not isinstance(kind, WrittenAnswers):
         raise TuneError(f"{path}: not a store whose model writes its answers (its task is {kind.name})")
     cfg, slices = project.config, store_slices(project)
     out = Path(out)

@@ -9,6 +9,7 @@ import json
 import math
 import statistics
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from retain.util import slug  # noqa: E402
 
 def _plot(kind: str, study: optuna.Study, path: Path, **options: Any) -> bool:
     """Save one of Optuna's matplotlib plots; False when the study cannot draw it yet (too few trials)."""
-    plotters = {"history": optuna.visualization.matplotlib.plot_optimization_history,
+    plotters: dict[str, Callable[..., Any]] = {"history": optuna.visualization.matplotlib.plot_optimization_history,
                 "importance": optuna.visualization.matplotlib.plot_param_importances,
                 "pareto": optuna.visualization.matplotlib.plot_pareto_front,
                 "intermediate": optuna.visualization.matplotlib.plot_intermediate_values}
@@ -65,7 +66,7 @@ def importances(study: optuna.Study) -> dict[str, float]:
     return {k: float(v) for k, v in found.items()}
 
 
-def _trials_csv(study: optuna.Study, objectives: list[str], path: Path) -> None:
+def _trials_csv(study: optuna.Study, objectives: Sequence[str], path: Path) -> None:
     params = sorted({k for t in study.trials for k in t.params})
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -111,11 +112,23 @@ def _final(source: Source, method: MethodConfig, values: dict[str, Any], tick: A
             "train_seconds": statistics.fmean(r.metrics.train_seconds for r in runs), "diverged": diverged}
 
 
-def write_tuning_report(source: Source, url: str, out: Path, progress: bool = True, final: bool = True) -> list[dict]:
-    """Everything a finished study leaves in ``out``; returns one row per method (also ``tune.json``)."""
+def write_tuning_report(source: Source, url: str, out: Path, progress: bool = True,
+                        final: bool = True) -> list[dict[str, Any]]:
+    """Everything a finished study leaves in ``out``; returns one row per method (also ``tune.json``).
+
+    Args:
+        source: what the studies tuned.
+        url: the study database's URL.
+        out: the report's folder.
+        progress: show a progress bar over the test-set runs.
+        final: also train the default and best configs with ``tune.final_seeds`` and score them on the test sets.
+
+    Returns:
+        One row per method: its trials, best trial and parameters, importances and (``final``) test scores.
+    """
     cfg = source.cfg
     storage = open_storage(url)
-    rows = []
+    rows: list[dict[str, Any]] = []
     seeds = cfg.tune.final_seeds
     total = 2 * len(seeds) * len(cfg.strategies) if final else 0
     with tqdm(total=total, disable=not progress or not final, desc="test-set report", unit="run") as bar:
@@ -139,7 +152,7 @@ def write_tuning_report(source: Source, url: str, out: Path, progress: bool = Tr
             plots = {kind: _plot(kind, study, folder / f"{kind}.png", **options) for kind, options in wanted.items()}
             states = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
             defaults = {k.key: k.default for k in knobs(cfg, method)}
-            row = {"method": method.label, "study": study.study_name, "trials": states,
+            row: dict[str, Any] = {"method": method.label, "study": study.study_name, "trials": states,
                    "objectives": cfg.tune.objectives, "best_trial": best.number,
                    "best_validation": dict(zip(cfg.tune.objectives, best.values, strict=True)),
                    "best_params": best.params, "default_params": defaults, "importance": importances(study),
@@ -168,7 +181,7 @@ def _pct(x: float) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}"
 
 
-def _markdown(source: Source, rows: list[dict]) -> str:
+def _markdown(source: Source, rows: list[dict[str, Any]]) -> str:
     cfg = source.cfg
     lines = [f"# Tuning {cfg.name}", "",
              f"Source: `{source.path}`. Trials score on validation slices ({cfg.tune.validation_fraction:.0%} of "

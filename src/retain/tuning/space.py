@@ -20,7 +20,14 @@ INTEGER_TRAINING = ("epochs", "batch_size")
 @dataclass(frozen=True)
 class Knob:
     """One searched value: ``key`` is ``strategy.knob`` or ``training.knob``; ``default`` the
-    config's own value (the first trial's, when it lies in the range)."""
+    config's own value (the first trial's, when it lies in the range).
+
+    Attributes:
+        key: ``strategy.knob``, ``training.knob`` (or, tuning a store, ``model.lora_rank``).
+        space: the range or the choices searched.
+        integer: whether the knob takes whole numbers.
+        default: the config's own value.
+    """
 
     key: str
     space: SearchRange
@@ -28,15 +35,31 @@ class Knob:
     default: Any
 
     def suggest(self, trial: optuna.Trial) -> Any:
+        """The trial's value of this knob, drawn by Optuna's sampler.
+
+        Args:
+            trial: the Optuna trial.
+
+        Returns:
+            A choice, a whole number or a float in the range.
+        """
         s = self.space
         if s.choices is not None:
             return trial.suggest_categorical(self.key, s.choices)
+        assert s.low is not None and s.high is not None  # SearchRange: a range without choices has both ends
         if self.integer:
             return trial.suggest_int(self.key, round(s.low), round(s.high), step=round(s.step or 1), log=s.log)
         return trial.suggest_float(self.key, s.low, s.high, step=s.step, log=s.log)
 
     def holds(self, value: Any) -> bool:
-        """Whether ``value`` is one the search may try."""
+        """Whether ``value`` is one the search may try.
+
+        Args:
+            value: a knob's value.
+
+        Returns:
+            True for one of the choices, or a value within the range.
+        """
         s = self.space
         if s.choices is not None:
             return value in s.choices
@@ -63,7 +86,15 @@ def default_training_space(training: TrainingConfig) -> dict[str, SearchRange]:
 def knobs(cfg: RunConfig, method: MethodConfig) -> list[Knob]:
     """Every knob a study of ``method`` searches: those its strategies declare under ``search:``
     (or, when none does and ``tune.default_spaces``, the ranges each strategy class declares as
-    ``tunable``), then the training knobs of ``tune.search`` (default: lr and epochs)."""
+    ``tunable``), then the training knobs of ``tune.search`` (default: lr and epochs).
+
+    Args:
+        cfg: the run config (its ``tune`` section and training settings).
+        method: the method whose strategies' knobs are searched.
+
+    Returns:
+        The knobs, the strategies' first.
+    """
     ranges = dict(method.search)
     if not ranges and cfg.tune.default_spaces:
         for part in method.compose:
@@ -86,7 +117,20 @@ def knobs(cfg: RunConfig, method: MethodConfig) -> list[Knob]:
 def configured(cfg: RunConfig, method: MethodConfig, values: dict[str, Any], seeds: list[int] | None = None,
                ) -> RunConfig:
     """The run config of ``method`` alone with a trial's ``values`` set (none: the config's own),
-    validated as ``retain run`` would; no search ranges and no tune section are left in it."""
+    validated as ``retain run`` would; no search ranges and no tune section are left in it.
+
+    Args:
+        cfg: the run config.
+        method: the one method kept.
+        values: a trial's values, by knob key (:attr:`Knob.key`).
+        seeds: the seeds to run; None: the config's.
+
+    Returns:
+        The validated run config.
+
+    Raises:
+        ValueError: a ``training.`` key that is not a training knob.
+    """
     compose = [dict(p) for p in method.compose]
     training = cfg.training.model_dump()
     for key, value in values.items():

@@ -45,6 +45,13 @@ def store_source(path: Path) -> Source:
 
 
 def read_source(path: str | Path) -> Source:
-    """What ``retain tune PATH`` tunes: a config file, or a model store's folder."""
+    """What ``retain tune PATH`` tunes: a config file, or a model store's folder.
+
+    Args:
+        path: a config file, or a model store's folder.
+
+    Returns:
+        The source: the config and, for a store, the stream of the batches it holds.
+    """
     path = Path(path)
     return store_source(path) if path.is_dir() else Source(load_config(path), str(path))

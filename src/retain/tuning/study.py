@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import yaml
@@ -40,11 +40,13 @@ from retain.config import MethodConfig, RunConfig
 from retain.data import Experience, Stream, split_held_out
 from retain.engine.learner import Diverged
 from retain.engine.protocol import Trained, train_and_score
+from retain.extras import require_extra
 from retain.tuning.space import Knob, config_yaml, configured, knobs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and the report say what matters
 
-DIRECTIONS = {"accuracy": "maximize", "train_seconds": "minimize", "peak_mb": "minimize"}
+DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
+    "accuracy": "maximize", "train_seconds": "minimize", "peak_mb": "minimize"}
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # what spends the trial budget
 HEARTBEAT = 2  # seconds between a running trial's signs of life; stale after GRACE (longer than
 GRACE = 120  # a worker may wait for SQLite's lock, 60 s, so a live worker is never taken for dead)
@@ -52,7 +54,16 @@ GRACE = 120  # a worker may wait for SQLite's lock, 60 s, so a live worker is ne
 
 def validation_stream(stream: Stream, fraction: float, seed: int) -> Stream:
     """The stream trials see: each experience trains on its training rows less a validation slice
-    and is judged on that slice. The test splits are not in it."""
+    and is judged on that slice. The test splits are not in it.
+
+    Args:
+        stream: the stream a config builds, test splits included.
+        fraction: the share of each experience's training rows held out for validation, 0-1.
+        seed: seeds the split (each experience adds its id).
+
+    Returns:
+        The stream of training rows and validation slices.
+    """
     experiences = []
     for e in stream:
         kept, held = split_held_out(e.y_train, fraction, seed + e.id)
@@ -68,6 +79,16 @@ def storage_url(storage: str | None, out: Path) -> str:
     """The database URL of ``--storage``: a URL as given (``postgresql://`` uses psycopg 3), a
     file path as SQLite, or by default ``study.db`` in the output folder.
 
+    Args:
+        storage: what ``--storage`` gave: a URL, a file path, or None.
+        out: the study's output folder.
+
+    Returns:
+        The SQLAlchemy URL of the study database.
+
+    Raises:
+        MissingExtra: a PostgreSQL URL without the ``postgres`` extra installed.
+
     >>> storage_url("postgresql://tuner@db-host/studies", Path("out"))
     'postgresql+psycopg://tuner@db-host/studies'
     >>> storage_url(None, Path("/runs/x-tune"))
@@ -78,6 +99,7 @@ def storage_url(storage: str | None, out: Path) -> str:
     if "://" not in storage:
         return f"sqlite:///{Path(storage).resolve()}"
     if storage.startswith("postgresql://"):
+        require_extra("postgres", "psycopg")
         return "postgresql+psycopg://" + storage.removeprefix("postgresql://")
     return storage
 
@@ -108,7 +130,13 @@ class TuneError(ValueError):
 @dataclass
 class Source:
     """What a study tunes: a config and the stream it builds, from a config file or a model store
-    (``path``: what worker processes re-read)."""
+    (``path``: what worker processes re-read).
+
+    Attributes:
+        cfg: the run config whose methods are tuned.
+        path: the config file or the store's folder, which worker processes read again.
+        kind: ``config`` or ``store``.
+    """
 
     cfg: RunConfig
     path: str
@@ -117,7 +145,15 @@ class Source:
 
     @classmethod
     def config(cls, cfg: RunConfig, out: Path) -> Source:
-        """A config; written to ``out/config.yaml`` for the workers."""
+        """A config; written to ``out/config.yaml`` for the workers.
+
+        Args:
+            cfg: the run config.
+            out: the study's output folder.
+
+        Returns:
+            The source, its ``path`` the written file.
+        """
         out.mkdir(parents=True, exist_ok=True)
         path = out / "config.yaml"
         raw = cfg.model_dump(mode="json")
@@ -126,7 +162,14 @@ class Source:
         return cls(cfg, str(path))
 
     def stream(self, progress: bool = False) -> Stream:
-        """The whole stream, test splits included (the trials get :func:`validation_stream`)."""
+        """The whole stream, test splits included (the trials get :func:`validation_stream`).
+
+        Args:
+            progress: show progress bars while a data set is read (the first call only).
+
+        Returns:
+            The stream, built once.
+        """
         if self._stream is None:
             self._stream = build_stream(self.cfg, progress=progress)
         return self._stream
@@ -204,7 +247,8 @@ class Objective:
             # experiences are learned and ends at the objective, so a pruner's "best so far" is its
             # latest point (the mean over the seen ones alone falls as the stream grows).
             seen = experiences if method.whole_stream else experiences[:learned[0] + 1]
-            return learner.evaluate(seen) + [0.0] * (len(experiences) - len(seen))
+            scores: list[float] = learner.evaluate(seen)
+            return scores + [0.0] * (len(experiences) - len(seen))
 
         def report(i: int, so_far: Trained) -> None:
             learned[0] = i + 1
@@ -253,9 +297,16 @@ def _pruner(cfg: RunConfig, n_experiences: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def optimize(source: Source, url: str, worker: int = 0, tick: Callable[[], None] = lambda: None) -> None:
+def optimize(source: Source, url: str, worker: int = 0, tick: Callable[[], object] = lambda: None) -> None:
     """Run trials of every method's study until its budget (``tune.trials`` finished or pruned
-    trials, those of earlier runs and other workers included) is spent."""
+    trials, those of earlier runs and other workers included) is spent.
+
+    Args:
+        source: what the studies tune.
+        url: the study database's URL (:func:`storage_url`).
+        worker: this worker's number (0: the one that takes the enqueued first trials).
+        tick: called after each trial (a progress bar's update).
+    """
     cfg = source.cfg
     stream = validation_stream(source.stream(), cfg.tune.validation_fraction, cfg.tune.seed)
     storage = open_storage(url)
