@@ -49,9 +49,6 @@ class Page:
     def path(self) -> Path:
         return REFERENCE / f"{self.module}.md"
 
-    def names(self) -> list[str]:
-        return [target.rsplit(".", 1)[1] for _, targets in self.sections for target in targets]
-
 
 def load() -> griffe.Module:
     """The ``retain`` package as griffe reads it from ``src/`` (statically)."""
@@ -160,6 +157,9 @@ def render_index(found: list[Page]) -> str:
 
 def render_nav(found: list[Page], config: str) -> str:
     """mkdocs.yml with the lines between the reference markers written from the pages."""
+    if NAV_BEGIN + "\n" not in config or NAV_END + "\n" not in config:
+        raise SystemExit(f"mkdocs.yml: the API reference's nav must sit between the lines {NAV_BEGIN!r} and "
+                         f"{NAV_END!r}")
     head, rest = config.split(NAV_BEGIN + "\n", 1)
     _, tail = rest.split(NAV_END + "\n", 1)
     entries = ["      - Overview: reference/index.md"]

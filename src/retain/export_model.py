@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.jit._trace import TracerWarning
 
 from retain.extras import require
 
@@ -539,7 +538,8 @@ def export_model(store: str | Path, out: str | Path, fmt: str = "torchscript", v
     partial = out.with_name(f".{out.name}.partial")
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", TracerWarning)  # shapes taken as constants: each is fixed
+            # shapes taken as constants: each is fixed (TracerWarning is public in torch.jit, missing from its stubs)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's: still the one torch-only format
             expected = reference(prepare(example))
             if fmt == "torchscript":

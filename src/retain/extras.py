@@ -27,7 +27,9 @@ def require(module: str, extra: str) -> Any:
         The imported module.
 
     Raises:
-        MissingExtra: ``module`` cannot be imported.
+        MissingExtra: ``module`` or a package above it is not installed.
+        ImportError: it is installed but broken (one of its own imports or its version checks fails): raised as
+            it came, since installing the extra again would not mend it.
 
     >>> require("json", "serve").__name__
     'json'
@@ -38,9 +40,9 @@ def require(module: str, extra: str) -> Any:
     """
     try:
         return importlib.import_module(module)
-    except ImportError as err:
-        if err.name is not None and not module.startswith(err.name) and not err.name.startswith(module.split(".")[0]):
-            raise  # the module is there but one of its own imports broke: show that, not a wrong hint
+    except ModuleNotFoundError as err:
+        if err.name is None or not (module == err.name or module.startswith(err.name + ".")):
+            raise  # the package is there, something it imports is not: show that, not a wrong hint
         raise MissingExtra(f"{module.split('.')[0]} is not installed: pip install 'retain[{extra}]'") from err
 
 

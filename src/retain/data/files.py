@@ -281,7 +281,7 @@ def _records(records: list[tuple[int, dict[str, Any]]], path: Path, labels: Labe
     elif not named:
         text = "text" if "text" in columns else None
         features = None if text else [c for c in columns if c not in (label, task)]
-    read = [text] if text else features
+    read = [text] if text is not None else features  # an empty name is refused below as a missing column
     assert read is not None  # columns named, or found above
     for name in read:
         if name not in columns:

@@ -44,7 +44,8 @@ class Boxes:
 def _matches(found: Boxes, truth: Boxes, thresholds: Tensor, max_detections: int) -> tuple[Tensor, Tensor]:
     """One image and one class: the kept detections' scores and, per threshold, which of them matched
     a true box (``[len(thresholds), n]``)."""
-    assert found.scores is not None  # detections carry scores
+    if found.scores is None:
+        raise ValueError("detections need scores (Boxes.scores) to be ranked; only true boxes go without")
     order = torch.sort(found.scores, descending=True, stable=True).indices[:max_detections]
     scores = found.scores[order]
     matched = torch.zeros(len(thresholds), len(order), dtype=torch.bool, device=scores.device)

@@ -206,7 +206,7 @@ class LanguageModel(nn.Module):
         width = x.shape[1]
         length = max(int((x != PAD).sum(1).max()), 1) if len(x) else 1
         x = x[:, :length]
-        if self.adaptation != "experts" or t is None:
+        if self.adaptation != "experts" or t is None or not len(x):  # an empty batch has no direction to route
             logits = self._logits(x)
         else:
             logits = None

@@ -148,12 +148,9 @@ def likely_label_errors(features: Tensor, y: Tensor, seed: int = 0, beyond: floa
     centre). Where a class's rows have no clear centre (new words on a CNN's features) fewer flipped
     rows are found; ``benchmarks/results/lifecycle.json`` holds the figures per stream.
     Classes with fewer than 3 rows cannot be judged and are left alone."""
+    from cleanlab import filter as filters
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
-    from retain.extras import require
-
-    filters = require("cleanlab.filter", "quality")
     y_np = y.cpu().numpy()
     classes, counts = np.unique(y_np, return_counts=True)
     judged = np.isin(y_np, classes[counts >= 3])

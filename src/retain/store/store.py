@@ -107,11 +107,11 @@ def database_url(url: str) -> URL:
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise StoreError(f"{backend!r} databases are not supported; use SQLite or PostgreSQL")
-    if backend == "postgresql":
-        require_extra("postgres", "psycopg")
     if parsed.password is not None:
         raise StoreError("leave the password out of the database URL (it would be kept in the store's folder): "
                          "give it in PGPASSWORD or ~/.pgpass")
+    if backend == "postgresql":
+        require_extra("postgres", "psycopg")
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:" or "mode=memory" in str(parsed):
             raise StoreError("a store's SQLite database must be a file, not in memory")
@@ -353,7 +353,8 @@ class ModelStore:
     @property
     def config(self) -> dict[str, Any]:
         config = self._meta("config")
-        assert config is not None, "create records a store's config"
+        if config is None:  # create() writes it with the store's first record: the records are damaged
+            raise StoreError("the store's records hold no config (retain init writes one): its database is damaged")
         loaded: dict[str, Any] = json.loads(config)
         return loaded
 
