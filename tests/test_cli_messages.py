@@ -262,3 +262,14 @@ def test_run_refuses_a_device_or_output_it_cannot_use(tmp_path, monkeypatch, cap
     path.write_text(yaml.safe_dump(cfg | {"output": str(path / "x")}))  # under a file, as /proc/x is unwritable
     assert (f"output {path / 'x'}: cannot make the folder runs are written to (Not a directory); set output: to a "
             "folder you can write") in _error(capsys, ["run", str(path)])
+
+
+def test_select_writes_no_forgetting_for_a_method_that_sees_the_stream_once(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"scenario": {"dataset": "digits", "n_experiences": 2}, "model": {"hidden": [16]},
+                                   "training": {"epochs": 1}, "strategies": ["joint", "finetune"]}))
+    assert main(["select", str(cfg), "--adaptation", "frozen"]) == 0
+    rows = {line.split(" | ")[2]: line.split(" | ")[4] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| mlp ")}
+    assert rows["joint"] == "n/a"  # one pass over the whole stream: a single row, nothing to forget
+    assert float(rows["finetune"]) >= 0

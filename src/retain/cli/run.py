@@ -237,6 +237,7 @@ def _launch_ranks(args: argparse.Namespace) -> int:
 def select(args: argparse.Namespace) -> int:
     """``retain select``: the config's methods with each backbone and adaptation, as a table."""
     from retain.experiment import compare_backbones
+    from retain.monitor.report import percent
 
     with reported(invalid="invalid choice"):
         cfg = run_config(args)
@@ -253,7 +254,7 @@ def select(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"| {r['backbone']} | {r['adaptation']} | {r['strategy']} "
               f"| {100 * r['acc']:.1f} ± {100 * r['acc_std']:.1f} "
-              f"| {100 * r['forgetting']:.1f} | {r['update_seconds']:.2f} | {r['feature_seconds']:.1f} "
+              f"| {percent(r['forgetting'])} | {r['update_seconds']:.2f} | {r['feature_seconds']:.1f} "
               f"| {r['trainable_parameters']:,.0f} | {r['peak_mb']:.0f} |")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))

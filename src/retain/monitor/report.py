@@ -18,7 +18,13 @@ from retain.metrics import ExperimentResult  # noqa: E402
 from retain.util import slug  # noqa: E402
 
 
-def _pct(mean: float | None, std: float | None = None) -> str:
+def percent(mean: float | None, std: float | None = None) -> str:
+    """A 0-1 score as a percentage with one decimal (and ``± std``); ``n/a`` when there is none or it is NaN
+    (forgetting of a single experience).
+
+    >>> percent(0.8123, 0.01), percent(float("nan"))
+    ('81.2 ± 1.0', 'n/a')
+    """
     if mean is None or math.isnan(mean):
         return "n/a"
     return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
@@ -41,8 +47,8 @@ def comparison_table(results: ExperimentResult) -> str:
     for label, m in results.methods.items():
         s, sd = m.summary.mean, m.summary.std
         lines.append(
-            f"| {label} | {m.mode} | {_pct(s.acc, sd.acc)} | {_pct(s.stream_acc)} | "
-            f"{_pct(s.forgetting)} | {_pct(s.bwt)} | {_pct(s.fwt)} | {_pct(s.prequential_acc)} | "
+            f"| {label} | {m.mode} | {percent(s.acc, sd.acc)} | {percent(s.stream_acc)} | "
+            f"{percent(s.forgetting)} | {percent(s.bwt)} | {percent(s.fwt)} | {percent(s.prequential_acc)} | "
             f"{s.gradient_steps:.0f} | {s.train_seconds:.2f} | {s.samples_per_second:.0f} | "
             f"{s.peak_mb:.0f} |"
         )

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from retain.config import MethodConfig  # noqa: E402
 from retain.engine.learner import Diverged  # noqa: E402
 from retain.experiment import run_method  # noqa: E402
+from retain.monitor.report import percent  # noqa: E402
 from retain.tuning.space import config_yaml, configured, knobs  # noqa: E402
 from retain.tuning.study import Source, TuneError, open_storage, study_name  # noqa: E402
 from retain.util import slug  # noqa: E402
@@ -177,8 +178,6 @@ def _yaml(source: Source, method: MethodConfig, trial: FrozenTrial, study: optun
                        f"tuned by retain tune: study {study.study_name}, trial {trial.number} (validation: {values})")
 
 
-def _pct(x: float) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}"
 
 
 def _markdown(source: Source, rows: list[dict[str, Any]]) -> str:
@@ -194,8 +193,9 @@ def _markdown(source: Source, rows: list[dict[str, Any]]) -> str:
         for r in rows:
             d, t = r["test_default"], r["test_tuned"]
             lines.append(f"| {r['method']} | {r['trials']['complete']} / {r['trials']['pruned']} / "
-                         f"{r['trials']['fail']} | {_pct(r['best_validation']['accuracy'])} "
-                         f"| {_pct(d['acc'])} ± {_pct(d['acc_std'])} | {_pct(t['acc'])} ± {_pct(t['acc_std'])} "
+                         f"{r['trials']['fail']} | {percent(r['best_validation']['accuracy'])} "
+                         f"| {percent(d['acc'])} ± {percent(d['acc_std'])} "
+                         f"| {percent(t['acc'])} ± {percent(t['acc_std'])} "
                          f"| {100 * (t['acc'] - d['acc']):+.1f} |")
         lines += ["", f"Test ACC: mean ± std over seeds {seeds}.", ""]
     for r in rows:
@@ -203,7 +203,7 @@ def _markdown(source: Source, rows: list[dict[str, Any]]) -> str:
         for key in r["default_params"]:
             best = r["best_params"].get(key)
             lines.append(f"| {key} | {_value(r['default_params'][key])} | {_value(best)} "
-                         f"| {_pct(r['importance'][key]) + '%' if key in r['importance'] else 'n/a'} |")
+                         f"| {percent(r['importance'][key]) + '%' if key in r['importance'] else 'n/a'} |")
         takes = "`retain init` takes it (a store's config)" if source.kind == "store" else \
             "`retain run` takes it as it is"
         lines += ["", f"Best config: [`{r['best_config']}`]({r['best_config']}) ({takes}); "
