@@ -96,12 +96,11 @@ def _write(base: Path, fmt: str, x: Tensor, texts: list[str] | None, names: list
             columns["task"] = tasks.tolist()
         _table(base, fmt, columns)
     elif fmt in ("npz", "npy"):
-        arrays = {"x": x.numpy(), "y": np.array(names)}
+        arrays: dict[str, Any] = {"x": x.numpy(), "y": np.array(names)}  # Any: np.savez's **kwds may name any array
         if tasks is not None:
             arrays["t"] = tasks.numpy()
         if fmt == "npz":
-            np.savez(base.with_suffix(".npz"), allow_pickle=True, **arrays)  # the default, named: then mypy knows
-            # that **arrays holds only arrays
+            np.savez(base.with_suffix(".npz"), **arrays)
         else:  # a folder of one .npy file per array
             base.mkdir()
             for key, array in arrays.items():

@@ -185,10 +185,10 @@ def spoken_words(languages: Sequence[str] = ("en",), concepts: Sequence[str] | N
             split[f"y_{part}"].append(label)
             split[f"language_{part}"].append(lang)
     dtypes = {"x": np.float16, "y": np.int64, "l": str}
-    arrays: dict[str, np.ndarray] = {k: np.asarray(v, dtype=dtypes[k[0]]) for k, v in split.items()}
+    arrays: dict[str, Any] = {k: np.asarray(v, dtype=dtypes[k[0]]) for k, v in split.items()}  # Any: see np.savez
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_suffix(".tmp.npz")
-    np.savez(tmp_path, allow_pickle=True, **arrays)  # the default, named: then mypy knows **arrays holds arrays
+    np.savez(tmp_path, **arrays)
     tmp_path.replace(path)
     return _as_dataset(arrays, names)
 
