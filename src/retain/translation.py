@@ -15,7 +15,6 @@ the model lost.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from retain.extras import require
 from retain.metrics.results import ExperienceInfo, ExperimentResult, MethodResult, Metrics, SeedRun, StreamInfo, Summary
 from retain.models.generative import LanguageModel
 from retain.monitor import write_report
+from retain.monitor.report import percent
 from retain.tasks.translation import (
     TranslationConfig,
     TranslationMethod,
@@ -397,7 +397,7 @@ def translation_table(results: ExperimentResult, extras: dict[str, Any]) -> str:
         final = 100 * s.acc
         lines.append(f"| {label} | {_with_interval(final, e['final_interval']['mean'])} | "
                      f"{_with_interval(final - copy['chrf_mean'], e['over_copy_interval']['mean'])} | "
-                     f"{np.mean(e['bleu'][-1]):.1f} | {_points(s.forgetting)} | {_points(s.bwt)} | "
+                     f"{np.mean(e['bleu'][-1]):.1f} | {percent(s.forgetting)} | {percent(s.bwt)} | "
                      f"{100 * np.mean(e['broken'][-1]):.0f} | {100 * np.mean(e['copied'][-1]):.0f} | "
                      f"{_ppl(e['perplexity_before'], e['perplexity_after'])} | "
                      f"{_ppl(e['perplexity_with_end_before'], e['perplexity_with_end_after'])} | "
@@ -419,10 +419,6 @@ def translation_table(results: ExperimentResult, extras: dict[str, Any]) -> str:
     lines += [f"| {label} | " + " | ".join(f"{100 * v:.0f}" for v in e["copied"][-1]) + " |"
               for label, e in methods.items()]
     return "\n".join(lines)
-
-
-def _points(value: float) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
 def write_translation_report(results: ExperimentResult, extras: dict[str, Any], folder: str | Path) -> Path:

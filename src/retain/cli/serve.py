@@ -30,10 +30,8 @@ def _settings(args: argparse.Namespace) -> ServiceConfig:
 
 def serve(args: argparse.Namespace) -> int:
     """``retain serve``: uvicorn serving the store, in one process or ``--workers`` of them."""
-    from retain.extras import require_extra
-
-    with reported():  # before any work: one line naming the extra to install
-        require_extra("serve", "fastapi", "uvicorn", "prometheus_client")
+    with reported():  # before any work: the package checks its extra and names it in one line when missing
+        import retain.service  # noqa: F401
     import yaml
     from sqlalchemy.exc import SQLAlchemyError
 
